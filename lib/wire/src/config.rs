@@ -1,0 +1,262 @@
+//! The site configuration, `site.conf`: `key = value` lines, `#` comments, blank
+//! lines ignored. Unknown keys are an error, so a typo never silently falls back to
+//! a default. Every program reads the same file and uses the keys it needs.
+
+use crate::calls;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// How the dispatcher learns the UCloud user of a user call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserMode {
+    /// From the `UCloud-Username` header, which today's UCloud sends unsigned: the
+    /// token proves the request comes from UCloud, not which user it is for.
+    Header,
+    /// Only from the named claim of the signed token; a user call whose token has
+    /// no such claim is refused.
+    Strict { claim: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct SiteConfig {
+    /// The provider id UCloud knows this site by (`/ucloud/{provider}/...`).
+    pub provider: String,
+    /// The public base URL of the site (the balancer's), for links given to browsers.
+    pub public_url: String,
+    /// The only account allowed to run the dispatcher.
+    pub gateway_user: String,
+    /// The account calls with no UCloud user run as; never root.
+    pub service_user: String,
+    /// Mapped local accounts must have at least this uid.
+    pub min_uid: u32,
+    /// Accounts whose login shell is one of these are never a mapping target.
+    pub disabled_shells: Vec<String>,
+    pub user_mode: UserMode,
+    /// Tokens whose `exp - iat` exceeds this many seconds are refused.
+    pub token_max_lifetime: u64,
+    /// Allowed clock difference with UCloud, in seconds.
+    pub clock_skew: u64,
+    /// Default wall-clock limit of a call, in seconds.
+    pub timeout: u64,
+    /// Per-call limits (`timeout.<call> = <seconds>`).
+    pub call_timeouts: BTreeMap<String, u64>,
+    /// `integration.retrieveManifest`'s `expireAfterMs` (absent: mappings never expire).
+    pub mapping_expire_after_ms: Option<u64>,
+    /// Where the sender reaches UCloud (`https://...`), and the CA file it trusts.
+    pub ucloud_url: String,
+    pub ucloud_ca: String,
+    /// The account the sender runs as (the only reader of the refresh token).
+    pub sender_user: String,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "site.conf: {}", self.message)
+        } else {
+            write!(f, "site.conf line {}: {}", self.line, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(line: usize, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        line,
+        message: message.into(),
+    }
+}
+
+impl SiteConfig {
+    pub fn parse(text: &str) -> Result<SiteConfig, ConfigError> {
+        let mut config = SiteConfig {
+            provider: String::new(),
+            public_url: String::new(),
+            gateway_user: String::new(),
+            service_user: String::new(),
+            min_uid: 1000,
+            disabled_shells: [
+                "/usr/sbin/nologin",
+                "/sbin/nologin",
+                "/bin/false",
+                "/usr/bin/false",
+            ]
+            .map(String::from)
+            .to_vec(),
+            user_mode: UserMode::Header,
+            token_max_lifetime: 20 * 60,
+            clock_skew: 30,
+            timeout: calls::DEFAULT_TIMEOUT_SECS,
+            call_timeouts: BTreeMap::new(),
+            mapping_expire_after_ms: None,
+            ucloud_url: String::new(),
+            ucloud_ca: String::new(),
+            sender_user: String::new(),
+        };
+        let mut strict = false;
+        let mut claim = String::from("ucloudUsername");
+        for (index, raw) in text.lines().enumerate() {
+            let line_no = index + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(err(
+                    line_no,
+                    format!("expected `key = value`, got {line:?}"),
+                ));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let number = |what: &str| -> Result<u64, ConfigError> {
+                value.parse::<u64>().map_err(|_| {
+                    err(
+                        line_no,
+                        format!("{what} must be a whole number, got {value:?}"),
+                    )
+                })
+            };
+            match key {
+                "provider" => config.provider = value.to_string(),
+                "public_url" => config.public_url = value.trim_end_matches('/').to_string(),
+                "gateway_user" => config.gateway_user = value.to_string(),
+                "service_user" => config.service_user = value.to_string(),
+                "sender_user" => config.sender_user = value.to_string(),
+                "min_uid" => {
+                    config.min_uid = u32::try_from(number(key)?)
+                        .map_err(|_| err(line_no, "min_uid is out of range"))?
+                }
+                "disabled_shells" => {
+                    config.disabled_shells = value.split_whitespace().map(String::from).collect()
+                }
+                "user_mode" => match value {
+                    "header" => strict = false,
+                    "strict" => strict = true,
+                    _ => return Err(err(line_no, "user_mode must be `header` or `strict`")),
+                },
+                "user_claim" => claim = value.to_string(),
+                "token_max_lifetime" => config.token_max_lifetime = number(key)?,
+                "clock_skew" => config.clock_skew = number(key)?,
+                "timeout" => config.timeout = number(key)?,
+                "mapping_expire_after_ms" => config.mapping_expire_after_ms = Some(number(key)?),
+                "ucloud_url" => config.ucloud_url = value.trim_end_matches('/').to_string(),
+                "ucloud_ca" => config.ucloud_ca = value.to_string(),
+                _ => match key.strip_prefix("timeout.") {
+                    Some(call) if calls::is_valid_call_name(call) => {
+                        config.call_timeouts.insert(call.to_string(), number(key)?);
+                    }
+                    _ => return Err(err(line_no, format!("unknown key {key:?}"))),
+                },
+            }
+        }
+        if strict {
+            if claim.is_empty() {
+                return Err(err(0, "user_mode = strict needs a user_claim"));
+            }
+            config.user_mode = UserMode::Strict { claim };
+        }
+        for (key, value) in [
+            ("provider", &config.provider),
+            ("gateway_user", &config.gateway_user),
+            ("service_user", &config.service_user),
+        ] {
+            if value.is_empty() {
+                return Err(err(0, format!("{key} is not set")));
+            }
+        }
+        if !config
+            .provider
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(err(0, "provider may hold only letters, digits, - and _"));
+        }
+        if config.service_user == "root" || config.gateway_user == "root" {
+            return Err(err(0, "neither service_user nor gateway_user may be root"));
+        }
+        if config.min_uid == 0 {
+            return Err(err(0, "min_uid must be above 0"));
+        }
+        Ok(config)
+    }
+
+    pub fn load(path: &str) -> Result<SiteConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(0, format!("cannot read {path}: {e}")))?;
+        SiteConfig::parse(&text)
+    }
+
+    /// The wall-clock limit of one call, in seconds.
+    pub fn timeout_for(&self, call: &str) -> u64 {
+        match self.call_timeouts.get(call) {
+            Some(secs) => *secs,
+            None if calls::LONG_CALLS.contains(&call) => calls::LONG_TIMEOUT_SECS,
+            None => self.timeout,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "provider = hpc\ngateway_user = ucloud-gw\nservice_user = ucloud-svc\n";
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = SiteConfig::parse(MINIMAL).unwrap();
+        assert_eq!(c.provider, "hpc");
+        assert_eq!(c.min_uid, 1000);
+        assert_eq!(c.user_mode, UserMode::Header);
+        assert_eq!(c.timeout_for("files.browse"), calls::DEFAULT_TIMEOUT_SECS);
+        assert_eq!(c.timeout_for("files.download"), calls::LONG_TIMEOUT_SECS);
+    }
+
+    #[test]
+    fn strict_mode_and_per_call_timeouts() {
+        let text = format!(
+            "{MINIMAL}# comment\n\nuser_mode = strict\nuser_claim = uname\ntimeout.jobs.create = 7\n"
+        );
+        let c = SiteConfig::parse(&text).unwrap();
+        assert_eq!(
+            c.user_mode,
+            UserMode::Strict {
+                claim: "uname".into()
+            }
+        );
+        assert_eq!(c.timeout_for("jobs.create"), 7);
+    }
+
+    #[test]
+    fn mistakes_are_errors_with_line_numbers() {
+        let cases = [
+            (format!("{MINIMAL}min_uid = -1\n"), 4),
+            (format!("{MINIMAL}mni_uid = 5\n"), 4),
+            (format!("{MINIMAL}user_mode = lax\n"), 4),
+            (format!("{MINIMAL}timeout.../etc = 5\n"), 4),
+            (format!("{MINIMAL}no equals sign\n"), 4),
+        ];
+        for (text, line) in cases {
+            assert_eq!(SiteConfig::parse(&text).unwrap_err().line, line, "{text}");
+        }
+    }
+
+    #[test]
+    fn root_and_missing_accounts_are_refused() {
+        assert!(SiteConfig::parse("provider = hpc\ngateway_user = gw\n").is_err());
+        assert!(
+            SiteConfig::parse("provider = hpc\ngateway_user = gw\nservice_user = root\n").is_err()
+        );
+        assert!(SiteConfig::parse(&format!("{MINIMAL}min_uid = 0\n")).is_err());
+        assert!(
+            SiteConfig::parse("provider = h/../x\ngateway_user = gw\nservice_user = s\n").is_err()
+        );
+    }
+}

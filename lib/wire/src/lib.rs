@@ -1,0 +1,23 @@
+//! Contracts shared by the programs of ucloud-im: where files live, the site
+//! configuration, the envelope the gateway hands the dispatcher, validated names,
+//! the UCloud token checks and UCloud's error body.
+//!
+//! The dispatcher links this crate, so it stays small and free of I/O beyond
+//! reading a file the caller names.
+#![forbid(unsafe_code)]
+
+pub mod calls;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod names;
+pub mod paths;
+pub mod token;
+
+/// Milliseconds since the epoch, UCloud's timestamp unit.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,62 @@
+//! Where ucloud-im keeps its files. Fixed at build time, never taken from argv or
+//! the environment: a build for a real site leaves `UCLOUD_IM_ROOT` unset; the local
+//! stack builds with it set to its throwaway root-owned prefix.
+
+/// The prefix every path below starts with (empty on a real site).
+pub const ROOT: &str = match option_env!("UCLOUD_IM_ROOT") {
+    Some(root) => root,
+    None => "",
+};
+
+fn under(path: &str) -> String {
+    format!("{ROOT}{path}")
+}
+
+/// Root-owned configuration: `site.conf`, the UCloud public key, CA, refresh token.
+pub fn etc_dir() -> String {
+    under("/etc/ucloud-im")
+}
+pub fn site_config() -> String {
+    under("/etc/ucloud-im/site.conf")
+}
+/// UCloud's public key for the provider: base64 of DER SubjectPublicKeyInfo, or PEM.
+pub fn ucloud_public_key() -> String {
+    under("/etc/ucloud-im/ucloud_key.pub")
+}
+/// The provider's refresh token, readable by the sender's account only.
+pub fn refresh_token() -> String {
+    under("/etc/ucloud-im/refresh-token")
+}
+/// State: mapping store, drive table, outbox.
+pub fn state_dir() -> String {
+    under("/var/lib/ucloud-im")
+}
+/// One file per mapped UCloud user, named by [`crate::names::UcloudName::file_name`].
+pub fn mappings_dir() -> String {
+    under("/var/lib/ucloud-im/mappings")
+}
+/// One file per drive, named by its UCloud drive id.
+pub fn drives_dir() -> String {
+    under("/var/lib/ucloud-im/drives")
+}
+/// The durable spool of messages to UCloud.
+pub fn outbox_dir() -> String {
+    under("/var/lib/ucloud-im/outbox")
+}
+pub fn audit_log() -> String {
+    under("/var/log/ucloud-im/audit.log")
+}
+/// Programs that are not on anyone's PATH: the dispatcher and the plugins.
+pub fn libexec_dir() -> String {
+    under("/usr/libexec/ucloud-im")
+}
+pub fn dispatcher() -> String {
+    under("/usr/libexec/ucloud-im/ucloud-dispatch")
+}
+pub fn plugin_dir() -> String {
+    under("/usr/libexec/ucloud-im/plugins")
+}
+/// The other programs (gateway, registry, sender, simulator).
+pub fn bin_dir() -> String {
+    under("/usr/bin")
+}
