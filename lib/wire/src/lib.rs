@@ -11,6 +11,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod names;
+pub mod outbox;
 pub mod paths;
 pub mod token;
 

@@ -1,0 +1,174 @@
+//! The outbox: everything the provider tells UCloud, one file per message, written
+//! durably (temporary file, fsync, rename) so that UCloud being down loses nothing.
+//! Writers call [`enqueue`]; the sender delivers `queue/` in name order.
+
+use serde_json::{json, Value};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const TMP: &str = "tmp";
+pub const QUEUE: &str = "queue";
+pub const REPLIES: &str = "replies";
+pub const FAILED: &str = "failed";
+
+/// One call to UCloud: `POST {ucloud_url}{path}` with `body`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub path: String,
+    pub body: Value,
+    /// When set, the sender stores UCloud's answer as `replies/<reply>.json`.
+    pub reply: Option<String>,
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+fn is_valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with('.')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+impl Message {
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({ "path": self.path, "body": self.body });
+        if let Some(reply) = &self.reply {
+            v["reply"] = json!(reply);
+        }
+        v
+    }
+
+    pub fn from_json(bytes: &[u8]) -> io::Result<Message> {
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| invalid(format!("not JSON: {e}")))?;
+        let path = v.get("path").and_then(Value::as_str).unwrap_or_default();
+        if !path.starts_with("/api/") && !path.starts_with("/auth/") || path.contains("..") {
+            return Err(invalid(format!("path {path:?} is not a UCloud API path")));
+        }
+        let body = v
+            .get("body")
+            .cloned()
+            .ok_or_else(|| invalid("no body".into()))?;
+        let reply = match v.get("reply") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(tag)) if is_valid_tag(tag) => Some(tag.clone()),
+            Some(_) => return Err(invalid("reply must be a tag of [A-Za-z0-9_.-]".into())),
+        };
+        Ok(Message {
+            path: path.to_string(),
+            body,
+            reply,
+        })
+    }
+}
+
+/// Writes `message` into the outbox at `dir`: `tmp/<name>`, fsync, rename into
+/// `queue/`, fsync of `queue/`. Returns the queued file's path. Names sort in
+/// creation order: milliseconds, then pid, then a per-process counter.
+pub fn enqueue(dir: &Path, message: &Message) -> io::Result<PathBuf> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    if let Some(tag) = &message.reply {
+        if !is_valid_tag(tag) {
+            return Err(invalid(format!("reply tag {tag:?} is not [A-Za-z0-9_.-]")));
+        }
+    }
+    let name = format!(
+        "{:013}-{:010}-{:06}.json",
+        crate::now_ms(),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let tmp = dir.join(TMP).join(&name);
+    let queued = dir.join(QUEUE).join(&name);
+    let mut file = File::options().write(true).create_new(true).open(&tmp)?;
+    file.write_all(message.to_json().to_string().as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, &queued)?;
+    File::open(dir.join(QUEUE))?.sync_all()?;
+    Ok(queued)
+}
+
+/// The queued messages, oldest first.
+pub fn queued(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut names: Vec<PathBuf> = fs::read_dir(dir.join(QUEUE))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "outbox-test-{}-{}",
+            std::process::id(),
+            crate::now_ms()
+        ));
+        for sub in [TMP, QUEUE] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn messages_queue_in_order_and_round_trip() {
+        let dir = scratch();
+        let first = Message {
+            path: "/api/a".into(),
+            body: json!({"n": 1}),
+            reply: Some("drive-41".into()),
+        };
+        let second = Message {
+            path: "/api/b".into(),
+            body: json!({"n": 2}),
+            reply: None,
+        };
+        enqueue(&dir, &first).unwrap();
+        enqueue(&dir, &second).unwrap();
+        let paths = queued(&dir).unwrap();
+        assert_eq!(paths.len(), 2);
+        assert_eq!(
+            Message::from_json(&fs::read(&paths[0]).unwrap()).unwrap(),
+            first
+        );
+        assert_eq!(
+            Message::from_json(&fs::read(&paths[1]).unwrap()).unwrap(),
+            second
+        );
+        assert_eq!(fs::read_dir(dir.join(TMP)).unwrap().count(), 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn bad_messages_are_refused() {
+        let dir = scratch();
+        let bad_tag = Message {
+            path: "/api/a".into(),
+            body: json!({}),
+            reply: Some("../x".into()),
+        };
+        assert!(enqueue(&dir, &bad_tag).is_err());
+        for text in [
+            r#"{"path":"/etc/passwd","body":{}}"#,
+            r#"{"path":"/api/../x","body":{}}"#,
+            r#"{"path":"/api/a"}"#,
+            r#"{"path":"/api/a","body":{},"reply":"a/b"}"#,
+            "nonsense",
+        ] {
+            assert!(Message::from_json(text.as_bytes()).is_err(), "{text}");
+        }
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
