@@ -1,1 +1,312 @@
+//! Helpers for the end-to-end tests: they drive the local stack that `scripts/stack up`
+//! started, through the addresses and accounts it wrote to `target/stack/stack.env`.
+//!
+//! A missing stack is a failure, never a skip: a test that silently skips on a machine
+//! without the stack would let a broken chain pass.
+#![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The running local stack, as described by its env file.
+pub struct Stack {
+    vars: BTreeMap<String, String>,
+}
+
+/// `UCLOUD_IM_STACK_ENV` lets an outside checker point the tests at another env file;
+/// by default it is the one `scripts/stack up` writes into this clone.
+pub fn env_file() -> PathBuf {
+    match std::env::var_os("UCLOUD_IM_STACK_ENV") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/stack/stack.env"),
+    }
+}
+
+impl Stack {
+    pub fn load() -> Stack {
+        let path = env_file();
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "run scripts/stack up first: {} missing or unreadable ({e})",
+                path.display()
+            )
+        });
+        let vars = parse_env(&text)
+            .unwrap_or_else(|why| panic!("{}: {why}; rerun scripts/stack up", path.display()));
+        Stack { vars }
+    }
+
+    pub fn get(&self, key: &str) -> String {
+        match self.vars.get(key) {
+            Some(value) => value.clone(),
+            None => panic!(
+                "{key} is not set in {}; rerun scripts/stack up",
+                env_file().display()
+            ),
+        }
+    }
+
+    pub fn prefix(&self) -> PathBuf {
+        PathBuf::from(self.get("UCLOUD_IM_PREFIX"))
+    }
+
+    pub fn bin(&self, program: &str) -> PathBuf {
+        Path::new(&self.get("UCLOUD_IM_BIN")).join(program)
+    }
+
+    /// `UCLOUD_IM_USERS` as `(ucloudName, localName)` pairs.
+    pub fn users(&self) -> Vec<(String, String)> {
+        pairs(&self.get("UCLOUD_IM_USERS"))
+    }
+
+    pub fn drive_of(&self, ucloud_name: &str) -> String {
+        pairs(&self.get("UCLOUD_IM_DRIVES"))
+            .into_iter()
+            .find(|(name, _)| name == ucloud_name)
+            .map(|(_, drive)| drive)
+            .unwrap_or_else(|| panic!("UCLOUD_IM_DRIVES has no drive for {ucloud_name}"))
+    }
+
+    /// The local account the stack mapped `ucloud_name` to.
+    pub fn local_of(&self, ucloud_name: &str) -> String {
+        self.users()
+            .into_iter()
+            .find(|(name, _)| name == ucloud_name)
+            .map(|(_, local)| local)
+            .unwrap_or_else(|| panic!("UCLOUD_IM_USERS has no user {ucloud_name}"))
+    }
+
+    fn sim(&self) -> Command {
+        let mut command = Command::new(self.bin("ucloud-sim"));
+        command.env_remove("UCLOUD_IM_GATEWAY_URL");
+        command
+    }
+
+    /// A UCloud bearer token from the simulator; `extra` goes after the fixed options
+    /// (e.g. `["--fresh"]`, `["--lifetime", "7200"]`).
+    pub fn token(&self, extra: &[&str]) -> String {
+        let output = self
+            .sim()
+            .arg("token")
+            .args(["--signing-key", &self.get("UCLOUD_SIM_PRIVATE_KEY")])
+            .args(["--state", &self.get("UCLOUD_IM_STATE")])
+            .args(extra)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ucloud-sim token: {e}"));
+        let stdout = checked("ucloud-sim token", &output);
+        let token = stdout.trim().to_string();
+        assert!(!token.is_empty(), "ucloud-sim token printed nothing");
+        token
+    }
+
+    /// One call to the gateway the way UCloud makes it (as `user`, or without a user).
+    /// The body is parsed JSON, a JSON string for a text body, `Null` for an empty one.
+    pub fn call(
+        &self,
+        user: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        self.call_with(user, None, method, path, body)
+    }
+
+    /// Like [`Stack::call`], with an explicit bearer token (for hostile tokens).
+    pub fn call_with(
+        &self,
+        user: Option<&str>,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let url = self.get("UCLOUD_IM_GATEWAY_URL");
+        let mut command = self.sim();
+        command
+            .arg("call")
+            .args(["--url", &url])
+            .args(["--signing-key", &self.get("UCLOUD_SIM_PRIVATE_KEY")])
+            .args(["--state", &self.get("UCLOUD_IM_STATE")]);
+        if url.starts_with("https:") {
+            command.args(["--ca", &self.get("UCLOUD_IM_CA")]);
+        }
+        if let Some(user) = user {
+            command.args(["--user", user]);
+        }
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        command.args([method, path]);
+        if let Some(body) = body {
+            command.arg(body);
+        }
+        let output = command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run ucloud-sim call: {e}"));
+        let stdout = checked(&format!("ucloud-sim call {method} {path}"), &output);
+        parse_call_output(&stdout)
+            .unwrap_or_else(|why| panic!("ucloud-sim call {method} {path}: {why}"))
+    }
+
+    /// The audit log's lines (read as root, which the tests run as).
+    pub fn audit_lines(&self) -> Vec<String> {
+        let path = self.get("UCLOUD_IM_AUDIT_LOG");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => text.lines().map(String::from).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("cannot read the audit log {path}: {e}"),
+        }
+    }
+}
+
+/// Runs `args` as the local account `user` (`runuser -u user -- args...`).
+pub fn run_as(user: &str, args: &[&str]) -> Output {
+    // cwd `/`: the clone may sit in a directory the user cannot enter.
+    Command::new("runuser")
+        .current_dir("/")
+        .args(["-u", user, "--"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run runuser -u {user}: {e}"))
+}
+
+/// Every request the simulator recorded, one JSON object per line of `UCLOUD_SIM_LOG`.
+pub fn sim_log(stack: &Stack) -> Vec<serde_json::Value> {
+    let path = stack.get("UCLOUD_SIM_LOG");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => panic!("cannot read the simulator's log {path}: {e}"),
+    };
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .enumerate()
+        .map(|(index, line)| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{path} line {}: not JSON ({e}): {line}", index + 1))
+        })
+        .collect()
+}
+
+fn checked(what: &str, output: &Output) -> String {
+    if !output.status.success() {
+        panic!(
+            "{what} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `ucloud-sim call` prints the status on the first line and the body after it.
+pub fn parse_call_output(stdout: &str) -> Result<(u16, serde_json::Value), String> {
+    let (first, body) = stdout.split_once('\n').unwrap_or((stdout, ""));
+    let status = first
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| format!("expected a status code on the first line, got {first:?}"))?;
+    let body = body.trim();
+    let value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|_| serde_json::Value::String(body.into()))
+    };
+    Ok((status, value))
+}
+
+/// `A:x B:y` → `[(A, x), (B, y)]`. The right side (a local account or a drive id)
+/// never holds a colon, so the last colon is the separator whatever the name holds.
+fn pairs(text: &str) -> Vec<(String, String)> {
+    text.split_whitespace()
+        .map(|item| match item.rsplit_once(':') {
+            Some((left, right)) => (left.to_string(), right.to_string()),
+            None => panic!("expected NAME:VALUE in stack.env, got {item:?}"),
+        })
+        .collect()
+}
+
+/// Parses the shell-sourceable subset the stack writes: `KEY=value` lines where the
+/// value may mix bare text, single-quoted text and `\x` escapes; `#` comments.
+pub fn parse_env(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut vars = BTreeMap::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=value", index + 1));
+        };
+        let mut out = String::new();
+        let mut chars = value.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' => loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => out.push(c),
+                        None => return Err(format!("line {}: unterminated quote", index + 1)),
+                    }
+                },
+                '\\' => match chars.next() {
+                    Some(c) => out.push(c),
+                    None => return Err(format!("line {}: dangling backslash", index + 1)),
+                },
+                c => out.push(c),
+            }
+        }
+        vars.insert(key.trim().to_string(), out);
+    }
+    Ok(vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values_unquote_like_the_shell() {
+        let vars =
+            parse_env("# stack\nA=plain\nB='two words'\nC='it'\\''s'\nexport D='x#1:y'\n\nE=\n")
+                .unwrap();
+        assert_eq!(vars["A"], "plain");
+        assert_eq!(vars["B"], "two words");
+        assert_eq!(vars["C"], "it's");
+        assert_eq!(vars["D"], "x#1:y");
+        assert_eq!(vars["E"], "");
+        assert!(parse_env("A='open\n").is_err());
+        assert!(parse_env("no equals\n").is_err());
+    }
+
+    #[test]
+    fn call_output_is_status_then_body() {
+        assert_eq!(
+            parse_call_output("200\n{\"a\":1}\n").unwrap(),
+            (200, serde_json::json!({"a": 1}))
+        );
+        assert_eq!(
+            parse_call_output("404\nnot here\n").unwrap(),
+            (404, serde_json::json!("not here"))
+        );
+        assert_eq!(
+            parse_call_output("204\n").unwrap(),
+            (204, serde_json::Value::Null)
+        );
+        assert!(parse_call_output("oops\n{}").is_err());
+    }
+
+    #[test]
+    fn pairs_split_at_the_last_colon() {
+        assert_eq!(
+            pairs("AliceHansen#1001:ucim-alice BobNielsen#2002:17"),
+            vec![
+                ("AliceHansen#1001".to_string(), "ucim-alice".to_string()),
+                ("BobNielsen#2002".to_string(), "17".to_string())
+            ]
+        );
+    }
+}

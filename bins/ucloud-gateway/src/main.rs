@@ -1,3 +1,205 @@
-#![forbid(unsafe_code)]
+//! ucloud-gateway: serves one client connection (inetd style on fds 0/1, or the
+//! socket-activated fd 3), routing each HTTP request of UCloud's provider API to
+//! one run of the setuid dispatcher. See ucloud-gateway(8).
+#![deny(unsafe_code)]
 
-fn main() {}
+mod conn;
+mod dispatch;
+mod error;
+mod framing;
+mod handle;
+mod normalise;
+mod respond;
+mod route;
+#[allow(unsafe_code)]
+mod sys;
+
+use error::Reject;
+use std::cell::{OnceCell, RefCell};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use ucloud_http::server::{HttpError, Limits, Reader};
+use ucloud_wire::config::SiteConfig;
+use ucloud_wire::paths;
+
+/// How long a keep-alive connection may sit idle between requests.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take to send a request head once it has started.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request body (up to `Limits::max_body`).
+const BODY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one write to a client may block before the client counts as gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+const HELP: &str = "\
+ucloud-gateway: serve one connection of UCloud's provider API
+
+Usage: ucloud-gateway
+
+Started once per connection by a socket unit (Accept=yes) or inetd: the connection
+is on stdin/stdout, or on fd 3 when LISTEN_FDS=1 and LISTEN_PID is this process.
+Reads site.conf and UCloud's public key from the configuration directory, starts
+the dispatcher once per request, logs one line per request to stderr.
+
+Options:
+  -h, --help   print this help
+
+See ucloud-gateway(8).";
+
+const NO_NEW_PRIVS: &str = "no_new_privs is set: the setuid dispatcher cannot gain root; \
+remove NoNewPrivileges= and the directives that imply it from the unit";
+
+fn main() -> ExitCode {
+    let mut args = pico_args::Arguments::from_env();
+    if args.contains(["-h", "--help"]) {
+        println!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    let rest = args.finish();
+    if !rest.is_empty() {
+        eprintln!("ucloud-gateway: takes no arguments, got {rest:?} (see --help)");
+        return ExitCode::from(64);
+    }
+    let listen = match listen_fds() {
+        Ok(listen) => listen,
+        Err(why) => {
+            eprintln!("ucloud-gateway: {why}");
+            return ExitCode::from(64);
+        }
+    };
+    let inherited = match sys::take_connection(listen) {
+        Ok(fds) => fds,
+        Err(e) => {
+            eprintln!("ucloud-gateway: cannot take the connection's descriptor: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let (read, write) = match inherited {
+        sys::Inherited::Inetd(r, w) => (r, Some(w)),
+        sys::Inherited::Listen(fd) => (fd, None),
+    };
+    let (client_in, mut out) = match conn::split(read, write, SEND_TIMEOUT) {
+        Ok(halves) => halves,
+        Err(e) => {
+            eprintln!("ucloud-gateway: cannot set up the connection: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    ucloud_wire::token::install_crypto_provider();
+    let site = handle::Site {
+        config: startup_config(),
+        key: OnceCell::new(),
+        dispatcher: paths::dispatcher(),
+        last_token: RefCell::new(None),
+    };
+    serve(&site, client_in, &mut out);
+    ExitCode::SUCCESS
+}
+
+/// Whether the service manager passed the connection as fd 3.
+fn listen_fds() -> Result<bool, String> {
+    let Ok(fds) = std::env::var("LISTEN_FDS") else {
+        return Ok(false);
+    };
+    // LISTEN_PID names the process the descriptors are for; a mismatch means they
+    // were meant for a parent (inetd style applies).
+    if std::env::var("LISTEN_PID").ok() != Some(std::process::id().to_string()) {
+        return Ok(false);
+    }
+    if fds != "1" {
+        return Err(format!(
+            "LISTEN_FDS={fds}: exactly one socket (a connection, Accept=yes) is supported"
+        ));
+    }
+    Ok(true)
+}
+
+/// site.conf and the no_new_privs check; `Err` is answered as `MISCONFIGURED`.
+fn startup_config() -> Result<SiteConfig, String> {
+    if no_new_privs() {
+        eprintln!("ucloud-gateway: {NO_NEW_PRIVS}");
+        return Err(NO_NEW_PRIVS.to_string());
+    }
+    SiteConfig::load(&paths::site_config()).map_err(|e| {
+        let why = e.to_string();
+        eprintln!("ucloud-gateway: {why}");
+        why
+    })
+}
+
+fn no_new_privs() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().any(|l| {
+        l.strip_prefix("NoNewPrivs:")
+            .is_some_and(|v| v.trim() == "1")
+    })
+}
+
+fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientOut) {
+    let limits = Limits::default();
+    let mut reader = Reader::new(client_in);
+    loop {
+        if reader.buffered().is_empty() {
+            match reader.get_ref().wait_readable(IDLE_TIMEOUT) {
+                Ok(true) => {}
+                // Idle too long, or a broken descriptor: close without a word.
+                _ => return,
+            }
+        }
+        let started = Instant::now();
+        reader.get_mut().deadline = Some(started + HEAD_TIMEOUT);
+        let (mut req, body) = match reader.read_head(&limits, out) {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => return refuse(out, e, "-", "-", started),
+        };
+        reader.get_mut().deadline = Some(Instant::now() + BODY_TIMEOUT);
+        if !body.is_empty() {
+            match reader.read_body(body, &limits) {
+                Ok(bytes) => req.body = bytes,
+                Err(e) => return refuse(out, e, &req.method, req.path(), started),
+            }
+        }
+        reader.get_mut().deadline = None;
+        let (method, path, keep_alive) =
+            (req.method.clone(), req.path().to_string(), req.keep_alive);
+        let outcome = handle::handle(site, req, out);
+        log(
+            &method,
+            &path,
+            outcome.call,
+            outcome.status,
+            started,
+            outcome.note.as_deref(),
+        );
+        if outcome.close || !keep_alive {
+            return;
+        }
+    }
+}
+
+/// Answers an HTTP-level error (when it has a status) and ends the connection.
+fn refuse(out: &mut conn::ClientOut, e: HttpError, method: &str, path: &str, started: Instant) {
+    let why = e.to_string();
+    match e.status() {
+        Some(_) => {
+            let status = respond::send_reject(out, &Reject::Http(e), false, false).unwrap_or(0);
+            log(method, path, "-", status, started, Some(&why));
+        }
+        None => log(method, path, "-", 0, started, Some(&why)),
+    }
+}
+
+/// One line per request: method, path (never the query: it may hold a transfer
+/// token), call, status, milliseconds, and a note.
+fn log(method: &str, path: &str, call: &str, status: u16, started: Instant, note: Option<&str>) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let note = note
+        .map(|n| n.replace(['\n', '\r'], " "))
+        .unwrap_or_default();
+    if note.is_empty() {
+        eprintln!("ucloud-gateway: {method} {path} {call} {status} {ms:.1}ms");
+    } else {
+        eprintln!("ucloud-gateway: {method} {path} {call} {status} {ms:.1}ms {note}");
+    }
+}

@@ -1,3 +1,89 @@
+//! ucloud-sender: the one program that holds the provider's refresh token. It
+//! delivers the outbox (what the registry and the monitor have to tell UCloud) to
+//! UCloud in order, retrying until UCloud has taken each message.
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod deliver;
+mod setup;
+
+use std::fmt;
+use std::process::ExitCode;
+use std::time::Duration;
+use ucloud_http::client::{Client, Endpoint};
+
+const HELP: &str = "\
+ucloud-sender: deliver ucloud-im's outbox to UCloud
+
+usage: ucloud-sender [--once]
+
+  --once   deliver what is queued, then exit: 0 when the queue is empty at the
+           end, 1 when a message could not be delivered (it stays queued)
+
+Without --once it runs until stopped, delivering new messages as they arrive.
+Reads site.conf (ucloud_url, ucloud_ca, sender_user) and the refresh token; runs
+as sender_user only. See ucloud-sender(8).
+";
+
+/// How often an idle sender looks for new messages.
+const POLL: Duration = Duration::from_millis(200);
+/// Connect, read and write limit for one exchange with UCloud.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug)]
+pub enum SendError {
+    /// Bad command line (exit 64).
+    Usage(String),
+    /// Configuration, credentials or the outbox are not usable (exit 78).
+    Setup(String),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Usage(why) => write!(f, "{why} (see ucloud-sender --help)"),
+            SendError::Setup(why) => f.write_str(why),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args = pico_args::Arguments::from_env();
+    if args.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    let once = args.contains("--once");
+    let rest = args.finish();
+    let result = if rest.is_empty() {
+        run(once)
+    } else {
+        Err(SendError::Usage(format!("unexpected arguments {rest:?}")))
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("ucloud-sender: {e}");
+            ExitCode::from(match e {
+                SendError::Usage(_) => 64,
+                SendError::Setup(_) => 78,
+            })
+        }
+    }
+}
+
+fn run(once: bool) -> Result<bool, SendError> {
+    ucloud_http::tls::install_provider();
+    let setup = setup::load()?;
+    let endpoint = Endpoint::new(&setup.ucloud_url, Some(&setup.ucloud_ca), TIMEOUT)
+        .map_err(|e| SendError::Setup(format!("ucloud_url {}: {e}", setup.ucloud_url)))?;
+    let mut sender = deliver::Sender::new(Client::new(endpoint), setup.refresh_token, setup.outbox);
+    if once {
+        return sender.drain(true);
+    }
+    eprintln!("ucloud-sender: delivering to {}", setup.ucloud_url);
+    loop {
+        sender.drain(false)?;
+        std::thread::sleep(POLL);
+    }
+}

@@ -1,3 +1,268 @@
+//! ucloud-sim: the UCloud side of a provider, for the local stack and the tests. It
+//! mints UCloud's bearer tokens, calls the provider the way UCloud's core does, and
+//! serves over HTTPS the endpoints a provider calls, recording every call.
 #![forbid(unsafe_code)]
 
-fn main() {}
+mod api;
+mod call;
+mod calllog;
+mod serve;
+mod store;
+mod tokens;
+
+use pico_args::Arguments;
+use std::ffi::OsString;
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const HELP: &str = "\
+ucloud-sim: a UCloud simulator for ucloud-im's local stack and tests
+
+usage:
+  ucloud-sim init  --state DIR --provider ID
+  ucloud-sim serve --listen ADDR:PORT --cert PEM --key PEM --signing-key PEM
+                   --state DIR --log FILE
+  ucloud-sim token --signing-key PEM --state DIR [--user NAME [--user-claim CLAIM]]
+                   [--lifetime SECONDS] [--iat-offset SECONDS] [--issuer ISS]
+                   [--subject SUB] [--role ROLE] [--fresh]
+  ucloud-sim call  [--url URL] [--ca PEM] --signing-key PEM --state DIR [--user NAME]
+                   [--user-claim CLAIM] [--token TOKEN] METHOD PATH [JSON_BODY]
+
+  init   create the state when missing; print the provider's refresh token
+  serve  HTTPS server for the endpoints a provider calls (and POST /sim/jobs)
+  token  print a UCloud bearer token (cached, reused until < 3 min remain)
+  call   call the provider like UCloud; print the status, then the body
+         (--url defaults to $UCLOUD_IM_GATEWAY_URL)
+
+See ucloud-sim(1).
+";
+
+/// Why the simulator stopped.
+#[derive(Debug)]
+pub enum SimError {
+    /// The command line is wrong (exit 64).
+    Usage(String),
+    /// Files, keys, state or the listening socket are not usable (exit 78).
+    Setup(String),
+    /// `call` got no HTTP answer (exit 1).
+    Call(String),
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimError::Usage(why) => write!(f, "{why} (see ucloud-sim --help)"),
+            SimError::Setup(why) | SimError::Call(why) => f.write_str(why),
+        }
+    }
+}
+
+impl SimError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            SimError::Usage(_) => 64,
+            SimError::Setup(_) => 78,
+            SimError::Call(_) => 1,
+        }
+    }
+}
+
+fn usage(e: pico_args::Error) -> SimError {
+    SimError::Usage(e.to_string())
+}
+
+fn required(args: &mut Arguments, name: &'static str) -> Result<PathBuf, SimError> {
+    args.opt_value_from_str::<_, PathBuf>(name)
+        .map_err(usage)?
+        .ok_or_else(|| SimError::Usage(format!("{name} is required")))
+}
+
+fn no_more(args: Arguments) -> Result<(), SimError> {
+    let rest = args.finish();
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(SimError::Usage(format!("unexpected arguments {rest:?}")))
+    }
+}
+
+fn main() -> ExitCode {
+    ucloud_wire::token::install_crypto_provider();
+    ucloud_http::tls::install_provider();
+    let mut args = Arguments::from_env();
+    if args.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ucloud-sim: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(mut args: Arguments) -> Result<(), SimError> {
+    let command = args.subcommand().map_err(usage)?;
+    match command.as_deref() {
+        Some("init") => init(args),
+        Some("serve") => serve(args),
+        Some("token") => token(args),
+        Some("call") => call(args),
+        Some(other) => Err(SimError::Usage(format!("unknown command {other:?}"))),
+        None => Err(SimError::Usage("a command is required".into())),
+    }
+}
+
+fn init(mut args: Arguments) -> Result<(), SimError> {
+    let state = required(&mut args, "--state")?;
+    let provider: String = args
+        .opt_value_from_str("--provider")
+        .map_err(usage)?
+        .ok_or_else(|| SimError::Usage("--provider is required".into()))?;
+    no_more(args)?;
+    let (_, token) = store::Store::init(&state, &provider)?;
+    println!("{token}");
+    Ok(())
+}
+
+fn serve(mut args: Arguments) -> Result<(), SimError> {
+    let listen: String = args
+        .opt_value_from_str("--listen")
+        .map_err(usage)?
+        .ok_or_else(|| SimError::Usage("--listen is required".into()))?;
+    let cert = required(&mut args, "--cert")?;
+    let key = required(&mut args, "--key")?;
+    let signing_key = required(&mut args, "--signing-key")?;
+    let state = required(&mut args, "--state")?;
+    let log = required(&mut args, "--log")?;
+    no_more(args)?;
+    let tls =
+        ucloud_http::tls::server_config(&cert, &key).map_err(|e| SimError::Setup(e.to_string()))?;
+    let keys = tokens::Keys::load(&signing_key)?;
+    let sim = api::Sim::new(store::Store::open(&state)?, keys)?;
+    let log = calllog::CallLog::open(&log)?;
+    serve::serve(&listen, sim, log, tls)
+}
+
+/// The options `token` and `call` share for choosing the token.
+fn token_options(args: &mut Arguments) -> Result<tokens::TokenOptions, SimError> {
+    let user: Option<String> = args.opt_value_from_str("--user").map_err(usage)?;
+    let claim: Option<String> = args.opt_value_from_str("--user-claim").map_err(usage)?;
+    let user = match (user, claim) {
+        (Some(u), c) => Some((u, c.unwrap_or_else(|| "ucloudUsername".into()))),
+        (None, None) => None,
+        (None, Some(_)) => return Err(SimError::Usage("--user-claim needs --user".into())),
+    };
+    Ok(tokens::TokenOptions {
+        user,
+        lifetime: args.opt_value_from_str("--lifetime").map_err(usage)?,
+        iat_offset: args
+            .opt_value_from_fn("--iat-offset", |s| s.parse::<i64>())
+            .map_err(usage)?,
+        issuer: args.opt_value_from_str("--issuer").map_err(usage)?,
+        subject: args.opt_value_from_str("--subject").map_err(usage)?,
+        role: args.opt_value_from_str("--role").map_err(usage)?,
+        fresh: args.contains("--fresh"),
+    })
+}
+
+fn token(mut args: Arguments) -> Result<(), SimError> {
+    let signing_key = required(&mut args, "--signing-key")?;
+    let state = required(&mut args, "--state")?;
+    let options = token_options(&mut args)?;
+    no_more(args)?;
+    let keys = tokens::Keys::load(&signing_key)?;
+    let store = store::Store::open(&state)?;
+    println!("{}", tokens::ucloud_token(&keys, &store, &options)?);
+    Ok(())
+}
+
+fn call(mut args: Arguments) -> Result<(), SimError> {
+    let url: Option<String> = args.opt_value_from_str("--url").map_err(usage)?;
+    let ca: Option<PathBuf> = args.opt_value_from_str("--ca").map_err(usage)?;
+    let signing_key: Option<PathBuf> = args.opt_value_from_str("--signing-key").map_err(usage)?;
+    let state: Option<PathBuf> = args.opt_value_from_str("--state").map_err(usage)?;
+    let given_token: Option<String> = args.opt_value_from_str("--token").map_err(usage)?;
+    // In `call`, --user names the end user (the header); a token claim only with
+    // --user-claim, for sites in strict mode.
+    let user: Option<String> = args.opt_value_from_str("--user").map_err(usage)?;
+    let claim: Option<String> = args.opt_value_from_str("--user-claim").map_err(usage)?;
+    let rest: Vec<OsString> = args.finish();
+    let rest: Vec<String> = rest
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|_| SimError::Usage("arguments must be UTF-8".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let (method, path, body) = match rest.as_slice() {
+        [m, p] => (m.as_str(), p.as_str(), None),
+        [m, p, b] => (m.as_str(), p.as_str(), Some(b.as_str())),
+        _ => {
+            return Err(SimError::Usage(
+                "call needs METHOD PATH [JSON_BODY] after its options".into(),
+            ))
+        }
+    };
+    if !path.starts_with('/') {
+        return Err(SimError::Usage(format!(
+            "PATH must start with /, got {path:?}"
+        )));
+    }
+    let url = match url {
+        Some(u) => u,
+        None => std::env::var("UCLOUD_IM_GATEWAY_URL").map_err(|_| {
+            SimError::Usage("--url is missing and UCLOUD_IM_GATEWAY_URL is not set".into())
+        })?,
+    };
+    let store = match &state {
+        Some(dir) => Some(store::Store::open(dir)?),
+        None => None,
+    };
+    let token = match given_token {
+        Some(t) => t,
+        None => {
+            let (Some(key), Some(store)) = (&signing_key, &store) else {
+                return Err(SimError::Usage(
+                    "call needs --signing-key and --state (or --token)".into(),
+                ));
+            };
+            let options = tokens::TokenOptions {
+                user: claim.map(|c| (user.clone().unwrap_or_default(), c)),
+                ..Default::default()
+            };
+            if options.user.as_ref().is_some_and(|(u, _)| u.is_empty()) {
+                return Err(SimError::Usage("--user-claim needs --user".into()));
+            }
+            tokens::ucloud_token(&tokens::Keys::load(key)?, store, &options)?
+        }
+    };
+    let (status, body) = call::call(
+        &call::CallArgs {
+            url: &url,
+            ca: ca.as_deref(),
+            user: user.as_deref(),
+            token: &token,
+            method,
+            path,
+            body,
+        },
+        store.as_ref(),
+    )?;
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(out, "{status}")
+        .and_then(|_| out.write_all(&body))
+        .and_then(|_| {
+            if body.ends_with(b"\n") {
+                Ok(())
+            } else {
+                writeln!(out)
+            }
+        })
+        .and_then(|_| out.flush());
+    written.map_err(|e| SimError::Call(format!("cannot write the answer: {e}")))
+}

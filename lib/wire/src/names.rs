@@ -5,10 +5,15 @@
 use base64::Engine;
 use std::fmt;
 
-/// A UCloud username such as `DonnaJensen#4512`: 1 to 255 bytes of UTF-8 with no
-/// control characters. It is never used raw in a path: see [`UcloudName::file_name`].
+/// A UCloud username such as `DonnaJensen#4512`: 1 to [`UCLOUD_NAME_MAX`] bytes of
+/// UTF-8 with no control characters. It is never used raw in a path: see [`UcloudName::file_name`].
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UcloudName(String);
+
+/// The longest UCloud username accepted: its [`UcloudName::file_name`] (two hex digits
+/// a byte) must fit a file name (255 bytes) with room for a short prefix. UCloud's
+/// names (`FirstLast#1234`) are far shorter.
+pub const UCLOUD_NAME_MAX: usize = 120;
 
 /// A local account name as the system tools accept it: `[a-z_][a-z0-9_-]*`, at most
 /// 32 bytes.
@@ -32,9 +37,9 @@ impl std::error::Error for NameError {}
 
 impl UcloudName {
     pub fn new(name: &str) -> Result<UcloudName, NameError> {
-        if name.is_empty() || name.len() > 255 {
+        if name.is_empty() || name.len() > UCLOUD_NAME_MAX {
             return Err(NameError(format!(
-                "UCloud username must be 1 to 255 bytes, got {}",
+                "UCloud username must be 1 to {UCLOUD_NAME_MAX} bytes, got {}",
                 name.len()
             )));
         }
@@ -81,7 +86,9 @@ impl UcloudName {
 
     /// The inverse of [`UcloudName::file_name`], for listing a store.
     pub fn from_file_name(file: &str) -> Result<UcloudName, NameError> {
-        if file.len() % 2 != 0 || !file.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !file.len().is_multiple_of(2)
+            || !file.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(NameError(format!("{file:?} is not a mapping file name")));
         }
         let bytes = (0..file.len())
@@ -171,7 +178,8 @@ mod tests {
         for bad in ["", "a\0b", "a\nb", "\u{7f}"] {
             assert!(UcloudName::new(bad).is_err(), "{bad:?}");
         }
-        assert!(UcloudName::new(&"x".repeat(256)).is_err());
+        assert!(UcloudName::new(&"x".repeat(UCLOUD_NAME_MAX + 1)).is_err());
+        assert!(UcloudName::new(&"x".repeat(UCLOUD_NAME_MAX)).is_ok());
         assert!(UcloudName::from_header(b"not base64!").is_err());
         assert!(UcloudName::from_header(b"/w==").is_err(), "invalid UTF-8");
         assert!(UcloudName::from_header(b"").is_err());

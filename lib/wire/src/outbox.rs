@@ -12,6 +12,8 @@ pub const TMP: &str = "tmp";
 pub const QUEUE: &str = "queue";
 pub const REPLIES: &str = "replies";
 pub const FAILED: &str = "failed";
+/// The longest reply tag: room for a prefix and the file name of any UCloud user.
+pub const MAX_TAG: usize = 250;
 
 /// One call to UCloud: `POST {ucloud_url}{path}` with `body`.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,7 +30,7 @@ fn invalid(message: String) -> io::Error {
 
 fn is_valid_tag(tag: &str) -> bool {
     !tag.is_empty()
-        && tag.len() <= 128
+        && tag.len() <= MAX_TAG
         && !tag.starts_with('.')
         && tag
             .bytes()
@@ -110,12 +112,8 @@ pub fn queued(dir: &Path) -> io::Result<Vec<PathBuf>> {
 mod tests {
     use super::*;
 
-    fn scratch() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "outbox-test-{}-{}",
-            std::process::id(),
-            crate::now_ms()
-        ));
+    fn scratch(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("outbox-{test}-{}", std::process::id()));
         for sub in [TMP, QUEUE] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
@@ -124,7 +122,7 @@ mod tests {
 
     #[test]
     fn messages_queue_in_order_and_round_trip() {
-        let dir = scratch();
+        let dir = scratch("order");
         let first = Message {
             path: "/api/a".into(),
             body: json!({"n": 1}),
@@ -153,7 +151,7 @@ mod tests {
 
     #[test]
     fn bad_messages_are_refused() {
-        let dir = scratch();
+        let dir = scratch("refusals");
         let bad_tag = Message {
             path: "/api/a".into(),
             body: json!({}),

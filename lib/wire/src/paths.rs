@@ -31,6 +31,10 @@ pub fn refresh_token() -> String {
 pub fn state_dir() -> String {
     under("/var/lib/ucloud-im")
 }
+/// The root-only key the dispatcher signs and checks transfer tokens with.
+pub fn transfer_key() -> String {
+    under("/var/lib/ucloud-im/transfer.key")
+}
 /// One file per mapped UCloud user, named by [`crate::names::UcloudName::file_name`].
 pub fn mappings_dir() -> String {
     under("/var/lib/ucloud-im/mappings")

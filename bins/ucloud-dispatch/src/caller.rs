@@ -1,0 +1,33 @@
+//! Only the gateway's account may run the dispatcher: for anyone else the setuid
+//! bit must buy nothing, not even a token check.
+
+use crate::error::Error;
+use nix::unistd::{getuid, User};
+use ucloud_wire::config::SiteConfig;
+
+pub fn check(site: &SiteConfig) -> Result<(), Error> {
+    let gateway = User::from_name(&site.gateway_user)
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot look up gateway_user {}: {e}",
+                site.gateway_user
+            ))
+        })?
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "gateway_user {} (site.conf) is not an account on this system",
+                site.gateway_user
+            ))
+        })?;
+    if gateway.uid.is_root() {
+        return Err(Error::Config("gateway_user must not be root".into()));
+    }
+    let uid = getuid();
+    if uid != gateway.uid {
+        return Err(Error::WrongCaller {
+            uid: uid.as_raw(),
+            expected: site.gateway_user.clone(),
+        });
+    }
+    Ok(())
+}

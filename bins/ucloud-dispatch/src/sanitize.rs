@@ -1,0 +1,81 @@
+//! Makes the process itself known-good before it reads anything: everything here
+//! changes only the dispatcher's own state (no file written, nothing sent), so it
+//! may run before the token is verified.
+
+use crate::error::Error;
+use crate::sys;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{alarm, chdir, getpid, getsid, setsid};
+
+/// Wall-clock limit for everything before the plugin starts.
+const DECIDE_TIMEOUT_SECS: u32 = 30;
+
+pub fn process() -> Result<(), Error> {
+    environment();
+    descriptors()?;
+    sys::reset_signals().map_err(|e| Error::Internal(format!("cannot reset signals: {e}")))?;
+    // A caller that never closes fd 3 must not keep a root process waiting forever;
+    // exec.rs re-arms the alarm with the call's own limit.
+    alarm::set(DECIDE_TIMEOUT_SECS);
+    umask(Mode::from_bits_truncate(0o077));
+    chdir("/").map_err(|e| Error::Internal(format!("cannot chdir to /: {e}")))?;
+    session()?;
+    limits()
+}
+
+/// Nothing of the caller's environment is used or passed on: the plugin's is built
+/// from nothing in exec.rs. Emptying ours also keeps libc's NSS and locale code
+/// from reading anything the caller chose.
+fn environment() {
+    for (key, _) in std::env::vars_os() {
+        std::env::remove_var(key);
+    }
+}
+
+/// fds 0..=2 must be open (they become the plugin's), 3 is the envelope, and
+/// nothing else may survive: a secret the caller opened must not reach the plugin.
+fn descriptors() -> Result<(), Error> {
+    for fd in 0..=2 {
+        if !sys::fd_is_open(fd) {
+            return Err(Error::Usage(format!(
+                "fd {fd} is not open: ucloud-dispatch needs fds 0, 1 and 2 (they become the plugin's)"
+            )));
+        }
+    }
+    sys::close_from(4).map_err(|e| Error::Internal(format!("cannot close inherited fds: {e}")))
+}
+
+/// A new session drops the controlling terminal, so a plugin cannot push input
+/// into the caller's terminal (TIOCSTI).
+fn session() -> Result<(), Error> {
+    match setsid() {
+        Ok(_) => Ok(()),
+        // Already a session leader: it has a session of its own to keep.
+        Err(_) if getsid(None).ok() == Some(getpid()) => Ok(()),
+        Err(e) => Err(Error::Usage(format!(
+            "cannot start a new session ({e}): do not run ucloud-dispatch as a process group leader"
+        ))),
+    }
+}
+
+/// No core dumps of a root process; soft limits raised to the hard ones so that a
+/// caller cannot make the audit write or the exec fail half-way with a tiny limit.
+/// Hard limits cannot be raised (the bounding set may lack CAP_SYS_RESOURCE).
+fn limits() -> Result<(), Error> {
+    let set = |resource, soft, hard| {
+        setrlimit(resource, soft, hard)
+            .map_err(|e| Error::Internal(format!("cannot set {resource:?}: {e}")))
+    };
+    set(Resource::RLIMIT_CORE, 0, 0)?;
+    for resource in [
+        Resource::RLIMIT_FSIZE,
+        Resource::RLIMIT_NOFILE,
+        Resource::RLIMIT_CPU,
+    ] {
+        let (_, hard) = getrlimit(resource)
+            .map_err(|e| Error::Internal(format!("cannot read {resource:?}: {e}")))?;
+        set(resource, hard, hard)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Which local directory a drive id means, and whether the caller may use it. The
+//! only source is the root-owned drive table (`$UCLOUD_IM_DRIVES/<driveId>`, written
+//! by ucloud-registry): never the `resolvedCollection` UCloud sends, never the path.
+
+use crate::error::Error;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
+use serde_json::Value;
+use std::io::Read;
+use std::os::fd::AsFd;
+use ucloud_wire::names::DriveId;
+
+const MAX_ENTRY: u64 = 64 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Drive {
+    pub id: DriveId,
+    pub local: String,
+    /// Absolute; taken as given (it is root's data: a link in it is the admin's choice).
+    pub base: String,
+}
+
+/// The drive `id` if it is one of `user`'s. Another user's drive and a missing one
+/// get the same answer, so the plugin tells nobody which drives exist.
+pub fn lookup(table: &impl AsFd, id: &DriveId, user: &str) -> Result<Drive, Error> {
+    let not_yours = || Error::NotFound(format!("there is no drive {id} of yours on this provider"));
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let fd = match openat(table, id.as_str(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Err(not_yours()),
+        Err(e) => {
+            return Err(Error::Misconfigured(format!(
+                "cannot open the drive table entry of {id}: {}",
+                e.desc()
+            )))
+        }
+    };
+    let st = fstat(&fd).map_err(|e| Error::Internal(format!("drive {id}: {}", e.desc())))?;
+    let is_file = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
+    // Writable by anyone but root would let that someone point a drive anywhere.
+    if !is_file || st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+        return Err(Error::Misconfigured(format!(
+            "the drive table entry of {id} must be a regular file owned by root, not group/world-writable"
+        )));
+    }
+    let mut text = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_ENTRY + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| Error::Internal(format!("cannot read the drive table entry of {id}: {e}")))?;
+    let drive = parse(id, &text).map_err(|why| {
+        Error::Misconfigured(format!("the drive table entry of {id} is invalid: {why}"))
+    })?;
+    if drive.local != user {
+        return Err(not_yours());
+    }
+    Ok(drive)
+}
+
+pub fn parse(id: &DriveId, text: &[u8]) -> Result<Drive, String> {
+    if text.len() as u64 > MAX_ENTRY {
+        return Err("too large".into());
+    }
+    let v: Value = serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("no {k:?}"))
+    };
+    if field("id")? != id.as_str() {
+        return Err(format!("it names drive {:?}", field("id")?));
+    }
+    let base = field("base")?;
+    if !base.starts_with('/') || base.contains('\0') {
+        return Err(format!("base {base:?} is not an absolute path"));
+    }
+    Ok(Drive {
+        id: id.clone(),
+        local: field("local")?.to_string(),
+        base: base.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn table(entries: &[(&str, &str)]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "files-drives-{}-{}",
+            std::process::id(),
+            ucloud_wire::now_ms()
+        ));
+        std::fs::create_dir(&dir).unwrap();
+        for (name, text) in entries {
+            std::fs::write(dir.join(name), text).unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644))
+                .unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn only_the_callers_own_drives_resolve() {
+        let alice = r#"{"id":"17","ucloud":"A#1","local":"alice","base":"/home/alice","kind":"home","title":"Home"}"#;
+        let bob = r#"{"id":"18","ucloud":"B#2","local":"bob","base":"/home/bob","kind":"home","title":"Home"}"#;
+        let liar = r#"{"id":"17","ucloud":"B#2","local":"bob","base":"/home/bob"}"#;
+        let dir = table(&[("17", alice), ("18", bob), ("19", liar)]);
+        let fd = std::fs::File::open(&dir).unwrap();
+        let id = |s: &str| DriveId::new(s).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            let d = lookup(&fd, &id("17"), "alice").unwrap();
+            assert_eq!(
+                (d.local.as_str(), d.base.as_str()),
+                ("alice", "/home/alice")
+            );
+            assert!(matches!(
+                lookup(&fd, &id("18"), "alice"),
+                Err(Error::NotFound(_))
+            ));
+            assert!(matches!(
+                lookup(&fd, &id("19"), "bob"),
+                Err(Error::Misconfigured(_))
+            ));
+        } else {
+            // Files not owned by root are never trusted.
+            assert!(matches!(
+                lookup(&fd, &id("17"), "alice"),
+                Err(Error::Misconfigured(_))
+            ));
+        }
+        assert!(matches!(
+            lookup(&fd, &id("20"), "alice"),
+            Err(Error::NotFound(_))
+        ));
+        std::fs::set_permissions(dir.join("17"), std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(matches!(
+            lookup(&fd, &id("17"), "alice"),
+            Err(Error::Misconfigured(_))
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn entries_must_be_well_formed() {
+        let id = DriveId::new("17").unwrap();
+        for bad in [
+            r#"{"id":"17","local":"alice","base":"home/alice"}"#,
+            r#"{"id":"17","local":"alice"}"#,
+            r#"{"id":"17","base":"/home/alice"}"#,
+            "nonsense",
+        ] {
+            assert!(parse(&id, bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+}

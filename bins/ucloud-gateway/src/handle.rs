@@ -1,0 +1,386 @@
+//! One request, from route to answer: the health check, the bearer-token gate, the
+//! UCloud user, the request JSON, and the dispatcher.
+
+use crate::dispatch::{self, Job, Relayed};
+use crate::error::Reject;
+use crate::normalise::normalise;
+use crate::respond;
+use crate::route::{route, Route};
+use serde_json::{Map, Value};
+use std::cell::{OnceCell, RefCell};
+use std::io::Write;
+use ucloud_http::server::{query_pairs, write_response, Request};
+use ucloud_wire::config::{SiteConfig, UserMode};
+use ucloud_wire::envelope::{Credential, Envelope, MAX_TOKEN};
+use ucloud_wire::names::UcloudName;
+use ucloud_wire::token::{self, TokenPolicy, UcloudKey, VerifiedToken};
+use ucloud_wire::{calls, paths};
+
+/// What the process learned at start; shared by every request of the connection.
+pub struct Site {
+    /// `Err`: every request gets 500 `MISCONFIGURED` with this text.
+    pub config: Result<SiteConfig, String>,
+    /// Parsed on first use, once per process.
+    pub key: OnceCell<Result<UcloudKey, String>>,
+    pub dispatcher: String,
+    /// The last token that verified, and what it said: UCloud reuses one token for
+    /// many calls, and the signature over the same bytes need not be checked twice.
+    /// Its expiry is still checked on every use.
+    pub last_token: RefCell<Option<(String, VerifiedToken)>>,
+}
+
+impl Site {
+    fn key(&self) -> Result<&UcloudKey, Reject> {
+        let key = self.key.get_or_init(|| {
+            let path = paths::ucloud_public_key();
+            UcloudKey::load(&path)
+                .map_err(|e| format!("cannot use UCloud's public key {path}: {e}"))
+        });
+        key.as_ref()
+            .map_err(|why| Reject::Misconfigured(why.clone()))
+    }
+}
+
+/// What the access log says about one request.
+pub struct Outcome {
+    pub call: &'static str,
+    pub status: u16,
+    /// The connection must close after this answer.
+    pub close: bool,
+    /// A note for the log (e.g. why a relay broke off).
+    pub note: Option<String>,
+}
+
+pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
+    let gz = respond::accepts_gzip(&req);
+    let keep_alive = req.keep_alive;
+    let mut call = "-";
+    let result = (|| -> Result<Outcome, Reject> {
+        let config = site
+            .config
+            .as_ref()
+            .map_err(|why| Reject::Misconfigured(why.clone()))?;
+        match route(&req.method, req.path(), &config.provider) {
+            Route::Health => {
+                let status = send(out, 200, br#"{"status":"ok"}"#, gz, keep_alive);
+                Ok(Outcome {
+                    call: "health",
+                    status,
+                    close: false,
+                    note: None,
+                })
+            }
+            Route::NotFound(why) => Err(Reject::NotFound(why)),
+            Route::NotImplemented(c) => {
+                call = c;
+                Err(Reject::NotImplemented(format!(
+                    "{c} (the WebSocket log stream) is not served by this version"
+                )))
+            }
+            Route::Api(c) => {
+                call = c;
+                let envelope = api_envelope(site, config, c, &req)?;
+                Ok(relay(site, c, envelope, None, gz, keep_alive, out))
+            }
+            Route::Transfer(c) => {
+                call = c;
+                let Some(transfer) = transfer_token(&req)? else {
+                    if req.method == "OPTIONS" {
+                        let status = preflight(out, keep_alive);
+                        return Ok(Outcome {
+                            call: c,
+                            status,
+                            close: false,
+                            note: None,
+                        });
+                    }
+                    return Err(Reject::Unauthorized(format!(
+                        "{c} needs a transfer token (query parameter token or header Chunked-Upload-Token)"
+                    )));
+                };
+                let envelope = Envelope {
+                    call: c.to_string(),
+                    credential: Credential::Transfer(transfer),
+                    user: None,
+                    request: transfer_request(&req),
+                };
+                let body = (req.method == "POST").then(|| req.body.clone());
+                Ok(relay(site, c, envelope, body, false, keep_alive, out))
+            }
+        }
+    })();
+    match result {
+        Ok(outcome) => outcome,
+        Err(reject) => {
+            let note = Some(reject.failure().why);
+            match respond::send_reject(out, &reject, gz, keep_alive) {
+                Ok(status) => Outcome {
+                    call,
+                    status,
+                    close: false,
+                    note,
+                },
+                Err(_) => Outcome {
+                    call,
+                    status: reject.failure().status,
+                    close: true,
+                    note: Some("client gone".into()),
+                },
+            }
+        }
+    }
+}
+
+fn send(out: &mut impl Write, status: u16, body: &[u8], gz: bool, keep_alive: bool) -> u16 {
+    // A failed write shows up as a closed connection on the next read.
+    let _ = respond::send_json(out, status, body, gz, keep_alive);
+    status
+}
+
+/// CORS preflight of the upload URL: browsers send it without credentials.
+fn preflight(out: &mut impl Write, keep_alive: bool) -> u16 {
+    let mut headers = vec![
+        ("Access-Control-Allow-Origin", "*"),
+        ("Access-Control-Allow-Methods", "POST, OPTIONS"),
+        (
+            "Access-Control-Allow-Headers",
+            "Chunked-Upload-Token, Chunked-Upload-Offset, Chunked-Upload-Total-Size, UCloud-Username, Content-Type",
+        ),
+        ("Access-Control-Max-Age", "3600"),
+    ];
+    if !keep_alive {
+        headers.push(("Connection", "close"));
+    }
+    let _ = write_response(out, 204, &headers, b"");
+    204
+}
+
+fn relay(
+    site: &Site,
+    call: &'static str,
+    envelope: Envelope,
+    stdin: Option<Vec<u8>>,
+    gzip: bool,
+    keep_alive: bool,
+    out: &mut impl Write,
+) -> Outcome {
+    let job = Job {
+        dispatcher: &site.dispatcher,
+        call,
+        envelope: envelope.encode(),
+        stdin,
+        gzip,
+        keep_alive,
+    };
+    match dispatch::run(job, out) {
+        Relayed::Answered { status, reusable } => Outcome {
+            call,
+            status,
+            close: !reusable,
+            note: None,
+        },
+        Relayed::Failed(reject) => {
+            let failure = reject.failure();
+            let close = respond::send_reject(out, &reject, gzip, keep_alive).is_err();
+            Outcome {
+                call,
+                status: failure.status,
+                close,
+                note: Some(failure.why),
+            }
+        }
+        Relayed::Broken { status, why } => Outcome {
+            call,
+            status,
+            close: true,
+            note: Some(why),
+        },
+    }
+}
+
+fn api_envelope(
+    site: &Site,
+    config: &SiteConfig,
+    call: &'static str,
+    req: &Request,
+) -> Result<Envelope, Reject> {
+    let bearer = bearer_token(req)?;
+    let key = site.key()?;
+    let policy = TokenPolicy {
+        max_lifetime: config.token_max_lifetime,
+        skew: config.clock_skew,
+    };
+    let claim = match &config.user_mode {
+        UserMode::Strict { claim } => Some(claim.as_str()),
+        UserMode::Header => None,
+    };
+    let now = ucloud_wire::now_ms() / 1000;
+    // Same rule as token::verify: valid while now < exp + skew. The other checks
+    // (signature, claims, iat, nbf) passed for these very bytes already.
+    let cached = site.last_token.borrow().as_ref().and_then(|(t, v)| {
+        (t == bearer && now < v.expires_at.saturating_add(config.clock_skew)).then(|| v.clone())
+    });
+    let verified = match cached {
+        Some(v) => v,
+        None => {
+            let v = token::verify(bearer, key, &policy, claim, now)
+                .map_err(|e| Reject::Unauthorized(e.to_string()))?;
+            *site.last_token.borrow_mut() = Some((bearer.to_string(), v.clone()));
+            v
+        }
+    };
+    let user = match req.header("ucloud-username") {
+        Some(value) => Some(
+            UcloudName::from_header(value.as_bytes())
+                .map_err(|e| Reject::BadRequest(e.to_string()))?,
+        ),
+        None => match verified.user {
+            Some(name) => Some(
+                UcloudName::new(&name)
+                    .map_err(|e| Reject::BadRequest(format!("token user claim: {e}")))?,
+            ),
+            None if calls::is_service_call(call) => None,
+            None => {
+                return Err(Reject::BadRequest(format!(
+                    "{call} acts for a UCloud user: the UCloud-Username header is missing"
+                )))
+            }
+        },
+    };
+    let mut request = match req.method.as_str() {
+        "GET" => query_object(req, None),
+        _ if req.body.iter().all(u8::is_ascii_whitespace) => Value::Object(Map::new()),
+        _ => serde_json::from_slice(&req.body)
+            .map_err(|e| Reject::BadRequest(format!("the request body is not JSON: {e}")))?,
+    };
+    normalise(&mut request);
+    Ok(Envelope {
+        call: call.to_string(),
+        credential: Credential::Bearer(bearer.to_string()),
+        user,
+        request,
+    })
+}
+
+fn bearer_token(req: &Request) -> Result<&str, Reject> {
+    let value = req.header("authorization").ok_or_else(|| {
+        Reject::Unauthorized("no Authorization header: UCloud's bearer token is required".into())
+    })?;
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => {
+            return Err(Reject::Unauthorized(
+                "the Authorization header is not of the form \"Bearer <token>\"".into(),
+            ))
+        }
+    };
+    if token.is_empty() || token.len() > MAX_TOKEN {
+        return Err(Reject::Unauthorized(format!(
+            "the bearer token is empty or longer than {MAX_TOKEN} bytes"
+        )));
+    }
+    Ok(token)
+}
+
+fn transfer_token(req: &Request) -> Result<Option<String>, Reject> {
+    let token = req
+        .query_param("token")
+        .or_else(|| req.header("chunked-upload-token").map(str::to_string));
+    match token {
+        Some(t) if t.is_empty() || t.len() > MAX_TOKEN => Err(Reject::Unauthorized(format!(
+            "the transfer token is empty or longer than {MAX_TOKEN} bytes"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// Query parameters as a JSON object of strings (the first of repeated names wins).
+fn query_object(req: &Request, skip: Option<&str>) -> Value {
+    let mut map = Map::new();
+    if let Some(query) = req.query() {
+        for (k, v) in query_pairs(query) {
+            if Some(k.as_str()) != skip && !map.contains_key(&k) {
+                map.insert(k, Value::String(v));
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+/// The data channel's request (provisional until the transfer calls are served):
+/// the method, the query without the token, and the headers a transfer needs.
+fn transfer_request(req: &Request) -> Value {
+    let mut headers = Map::new();
+    for name in [
+        "chunked-upload-offset",
+        "chunked-upload-total-size",
+        "range",
+        "content-type",
+    ] {
+        if let Some(v) = req.header(name) {
+            headers.insert(name.to_string(), Value::String(v.to_string()));
+        }
+    }
+    let mut map = Map::new();
+    map.insert("method".into(), Value::String(req.method.clone()));
+    map.insert("query".into(), query_object(req, Some("token")));
+    map.insert("headers".into(), Value::Object(headers));
+    Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: method.into(),
+            target: target.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+            keep_alive: true,
+        }
+    }
+
+    #[test]
+    fn bearer_forms() {
+        assert_eq!(
+            bearer_token(&req("GET", "/", &[("authorization", "Bearer a.b.c")])).unwrap(),
+            "a.b.c"
+        );
+        assert_eq!(
+            bearer_token(&req("GET", "/", &[("authorization", "bearer  a.b.c ")])).unwrap(),
+            "a.b.c"
+        );
+        for bad in ["Basic abc", "Bearer", "Bearer ", "a.b.c"] {
+            assert!(
+                bearer_token(&req("GET", "/", &[("authorization", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(bearer_token(&req("GET", "/", &[])).is_err());
+    }
+
+    #[test]
+    fn query_and_transfer_requests() {
+        let r = req(
+            "GET",
+            "/x?id=a%2Fb&id=second&token=secret&n=1",
+            &[("range", "bytes=0-1")],
+        );
+        assert_eq!(
+            query_object(&r, None),
+            serde_json::json!({"id": "a/b", "token": "secret", "n": "1"})
+        );
+        assert_eq!(transfer_token(&r).unwrap().as_deref(), Some("secret"));
+        let t = transfer_request(&r);
+        assert_eq!(t["query"], serde_json::json!({"id": "a/b", "n": "1"}));
+        assert_eq!(t["headers"]["range"], "bytes=0-1");
+        let u = req("POST", "/x", &[("chunked-upload-token", "tok")]);
+        assert_eq!(transfer_token(&u).unwrap().as_deref(), Some("tok"));
+        assert_eq!(transfer_token(&req("POST", "/x", &[])).unwrap(), None);
+    }
+}

@@ -1,0 +1,103 @@
+//! Writing answers: JSON bodies (gzip when the client asks) and UCloud errors.
+
+use crate::error::Reject;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use std::io::{self, Write};
+use ucloud_http::server::{write_response, Request};
+
+pub const JSON: &str = "application/json; charset=utf-8";
+
+/// Whether `Accept-Encoding` allows gzip (a `q=0` refuses it).
+pub fn accepts_gzip(req: &Request) -> bool {
+    let Some(value) = req.header("accept-encoding") else {
+        return false;
+    };
+    value.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let coding = parts.next().unwrap_or("").trim();
+        let refused = parts.any(|p| {
+            let p = p.trim();
+            p.strip_prefix("q=")
+                .or_else(|| p.strip_prefix("Q="))
+                .is_some_and(|q| q.trim().parse::<f32>().is_ok_and(|q| q == 0.0))
+        });
+        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+    })
+}
+
+pub fn gzip(body: &[u8]) -> io::Result<Vec<u8>> {
+    let mut enc = GzEncoder::new(Vec::with_capacity(body.len() / 3 + 64), Compression::fast());
+    enc.write_all(body)?;
+    enc.finish()
+}
+
+/// Sends a JSON body as it is or gzipped.
+pub fn send_json(
+    out: &mut impl Write,
+    status: u16,
+    body: &[u8],
+    gz: bool,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let mut headers: Vec<(&str, &str)> = vec![("Content-Type", JSON), ("Vary", "Accept-Encoding")];
+    if !keep_alive {
+        headers.push(("Connection", "close"));
+    }
+    if gz {
+        let packed = gzip(body)?;
+        headers.push(("Content-Encoding", "gzip"));
+        write_response(out, status, &headers, &packed)
+    } else {
+        write_response(out, status, &headers, body)
+    }
+}
+
+pub fn send_reject(
+    out: &mut impl Write,
+    reject: &Reject,
+    gz: bool,
+    keep_alive: bool,
+) -> io::Result<u16> {
+    let failure = reject.failure();
+    let body = serde_json::to_vec(&failure.body()).expect("a JSON value always serialises");
+    send_json(out, failure.status, &body, gz, keep_alive)?;
+    Ok(failure.status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(accept: Option<&str>) -> Request {
+        Request {
+            method: "GET".into(),
+            target: "/".into(),
+            headers: accept
+                .map(|a| vec![("accept-encoding".to_string(), a.to_string())])
+                .unwrap_or_default(),
+            body: Vec::new(),
+            keep_alive: true,
+        }
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip(&req(Some("gzip"))));
+        assert!(accepts_gzip(&req(Some("deflate, GZIP;q=0.5"))));
+        assert!(!accepts_gzip(&req(Some("gzip;q=0"))));
+        assert!(!accepts_gzip(&req(Some("br"))));
+        assert!(!accepts_gzip(&req(None)));
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read;
+        let packed = gzip(b"{\"a\":1}").unwrap();
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&packed[..])
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "{\"a\":1}");
+    }
+}

@@ -1,0 +1,146 @@
+//! One JSON line per decision of the registry, appended to the same root-owned audit
+//! log as the dispatcher's and in the same shape (`time`, `program`, `pid`,
+//! `callerUid`, `decision` allowed|refused, `reason`), plus the `action`. A change is
+//! made only after its record is written; syslog is best effort.
+
+use crate::error::Error;
+use nix::fcntl::OFlag;
+use serde_json::{json, Value};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixDatagram;
+
+#[derive(Debug, Default, Clone)]
+pub struct Record {
+    pub action: &'static str,
+    pub ucloud_user: Option<String>,
+    pub local_user: Option<String>,
+    pub uid: Option<u32>,
+}
+
+impl Record {
+    pub fn line(&self, refused: Option<&str>) -> String {
+        let mut v = json!({
+            "time": ucloud_wire::now_ms(),
+            "program": "ucloud-registry",
+            "pid": std::process::id(),
+            "callerUid": nix::unistd::getuid().as_raw(),
+            "action": self.action,
+            "ucloudUser": self.ucloud_user,
+            "localUser": self.local_user,
+            "uid": self.uid,
+            "decision": if refused.is_some() { "refused" } else { "allowed" },
+        });
+        if let Some(reason) = refused {
+            v["reason"] = Value::String(reason.to_string());
+        }
+        v.to_string()
+    }
+}
+
+pub struct Audit {
+    path: String,
+}
+
+impl Audit {
+    pub fn site() -> Audit {
+        Audit {
+            path: ucloud_wire::paths::audit_log(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn at(path: &std::path::Path) -> Audit {
+        Audit {
+            path: path.to_string_lossy().into_owned(),
+        }
+    }
+
+    pub fn allowed(&self, record: &Record) -> Result<(), Error> {
+        self.write(&record.line(None), true)
+    }
+
+    /// A refusal is recorded best effort: the refusal stands either way.
+    pub fn refused(&self, record: &Record, reason: &Error) {
+        if let Err(e) = self.write(&record.line(Some(&reason.to_string())), false) {
+            eprintln!("ucloud-registry: {e}");
+        }
+    }
+
+    fn write(&self, line: &str, allowed: bool) -> Result<(), Error> {
+        let fail =
+            |why: String| Error::Audit(format!("cannot write the audit log {}: {why}", self.path));
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(
+                OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits() | OFlag::O_NONBLOCK.bits(),
+            )
+            .open(&self.path)
+            .map_err(|e| fail(e.to_string()))?;
+        let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+        if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o077 != 0 {
+            return Err(fail(format!(
+                "it must be a regular file owned by root with mode 0600 (it is uid {}, mode {:04o})",
+                meta.uid(),
+                meta.mode() & 0o7777
+            )));
+        }
+        // One write with O_APPEND: never interleaved with a dispatcher's line.
+        file.write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| fail(e.to_string()))?;
+        syslog(line, allowed);
+        Ok(())
+    }
+}
+
+fn syslog(line: &str, allowed: bool) {
+    // authpriv (10) with notice (5) for allowed, warning (4) for refused.
+    let priority = 10 * 8 + if allowed { 5 } else { 4 };
+    let message = format!(
+        "<{priority}>ucloud-registry[{}]: {line}",
+        std::process::id()
+    );
+    if let Ok(socket) = UnixDatagram::unbound() {
+        let _ = socket.send_to(message.as_bytes(), "/dev/log");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_say_what_was_decided() {
+        let r = Record {
+            action: "add",
+            ucloud_user: Some("A#1".into()),
+            local_user: Some("alice".into()),
+            uid: Some(1001),
+        };
+        let allowed: Value = serde_json::from_str(&r.line(None)).unwrap();
+        assert_eq!(allowed["decision"], "allowed");
+        assert_eq!(allowed["program"], "ucloud-registry");
+        assert_eq!(allowed["action"], "add");
+        assert!(allowed.get("reason").is_none());
+        let refused: Value = serde_json::from_str(&r.line(Some("no"))).unwrap();
+        assert_eq!(
+            (refused["decision"].as_str(), refused["reason"].as_str()),
+            (Some("refused"), Some("no"))
+        );
+    }
+
+    #[test]
+    fn an_unsafe_log_is_an_error() {
+        let path = std::env::temp_dir().join(format!("registry-audit-{}", std::process::id()));
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        let err = Audit::at(&path).allowed(&Record::default()).unwrap_err();
+        assert!(matches!(err, Error::Audit(_)), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,443 @@
+//! The root-owned data: the mapping store (`mappings/<hex of the UCloud name>`, root
+//! 0600 in a root 0700 directory) and the drive table (`drives/<driveId>`, root 0644
+//! in a root 0755 directory), formats in doc/contracts.md.
+//!
+//! Every write is atomic (a dot-file in the same directory, fsync, rename, fsync of
+//! the directory), so a reader (the dispatcher, a plugin) sees the old file or the new
+//! one, never half of one; the readers open only exact names, which never start with
+//! a dot. Every change needs a [`Lock`], so two admins at once cannot interleave a
+//! check with another's write.
+
+use crate::error::Error;
+use nix::fcntl::{Flock, FlockArg, OFlag};
+use serde_json::{json, Value};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use ucloud_wire::names::{DriveId, LocalName, UcloudName};
+
+/// Larger files are not ours: a mapping or drive is a few hundred bytes.
+const MAX_RECORD: u64 = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub ucloud: UcloudName,
+    pub local: LocalName,
+    pub uid: u32,
+    pub created: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drive {
+    pub id: DriveId,
+    pub ucloud: UcloudName,
+    pub local: LocalName,
+    /// The local directory the drive's paths are below (the user's home).
+    pub base: String,
+}
+
+/// Proof that the caller holds the store's lock; released on drop.
+pub struct Lock(#[allow(dead_code)] Flock<File>);
+
+pub struct Store {
+    state: PathBuf,
+    mappings: PathBuf,
+    drives: PathBuf,
+}
+
+impl Mapping {
+    pub fn to_json(&self) -> Value {
+        json!({"ucloud": self.ucloud.as_str(), "local": self.local.as_str(), "uid": self.uid, "created": self.created})
+    }
+
+    /// `expected` is the name the file is stored under: a file that names another
+    /// user is refused rather than trusted.
+    pub fn from_json(expected: &UcloudName, v: &Value) -> Result<Mapping, String> {
+        let ucloud = str_field(v, "ucloud")?;
+        if ucloud != expected.as_str() {
+            return Err(format!("names UCloud user {ucloud:?}, not {expected}"));
+        }
+        let local = LocalName::new(str_field(v, "local")?).map_err(|e| e.to_string())?;
+        let uid = v
+            .get("uid")
+            .and_then(Value::as_u64)
+            .and_then(|u| u32::try_from(u).ok())
+            .ok_or("has no valid uid")?;
+        let created = v.get("created").and_then(Value::as_u64).unwrap_or(0);
+        Ok(Mapping {
+            ucloud: expected.clone(),
+            local,
+            uid,
+            created,
+        })
+    }
+}
+
+impl Drive {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id.as_str(), "ucloud": self.ucloud.as_str(), "local": self.local.as_str(),
+            "base": self.base, "kind": "home", "title": "Home",
+        })
+    }
+
+    pub fn from_json(expected: &DriveId, v: &Value) -> Result<Drive, String> {
+        let id = str_field(v, "id")?;
+        if id != expected.as_str() {
+            return Err(format!("names drive {id:?}, not {expected}"));
+        }
+        let base = str_field(v, "base")?;
+        if !base.starts_with('/') {
+            return Err(format!("base {base:?} is not an absolute path"));
+        }
+        Ok(Drive {
+            id: expected.clone(),
+            ucloud: UcloudName::new(str_field(v, "ucloud")?).map_err(|e| e.to_string())?,
+            local: LocalName::new(str_field(v, "local")?).map_err(|e| e.to_string())?,
+            base: base.to_string(),
+        })
+    }
+}
+
+fn str_field<'v>(v: &'v Value, key: &str) -> Result<&'v str, String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("has no {key:?}"))
+}
+
+impl Store {
+    /// The store of this installation (paths fixed at build time).
+    pub fn site() -> Store {
+        Store {
+            state: ucloud_wire::paths::state_dir().into(),
+            mappings: ucloud_wire::paths::mappings_dir().into(),
+            drives: ucloud_wire::paths::drives_dir().into(),
+        }
+    }
+
+    /// A store below `state` (`mappings/`, `drives/`), for tests.
+    #[cfg(test)]
+    pub fn at(state: &Path) -> Store {
+        Store {
+            state: state.into(),
+            mappings: state.join("mappings"),
+            drives: state.join("drives"),
+        }
+    }
+
+    /// Creates missing directories with their modes and refuses ones that anybody
+    /// but root could change: the dispatcher trusts what is in them.
+    pub fn prepare(&self) -> Result<(), Error> {
+        ensure_dir(&self.state, 0o755, 0o022)?;
+        ensure_dir(&self.mappings, 0o700, 0o077)?;
+        ensure_dir(&self.drives, 0o755, 0o022)
+    }
+
+    /// Takes the store's lock, waiting for another ucloud-registry if it holds it.
+    pub fn lock(&self) -> Result<Lock, Error> {
+        let path = self.state.join("registry.lock");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
+            .open(&path)
+            .map_err(Error::io(format!(
+                "cannot open the lock file {}",
+                path.display()
+            )))?;
+        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Lock(lock)),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+            Err((_, e)) => return Err(Error::errno(format!("cannot lock {}", path.display()))(e)),
+        };
+        eprintln!("ucloud-registry: waiting for another ucloud-registry to finish");
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map(Lock)
+            .map_err(|(_, e)| Error::errno(format!("cannot lock {}", path.display()))(e))
+    }
+
+    pub fn mapping(&self, name: &UcloudName) -> Result<Option<Mapping>, Error> {
+        let path = self.mappings.join(name.file_name());
+        match read_json(&path)? {
+            None => Ok(None),
+            Some(v) => Mapping::from_json(name, &v)
+                .map(Some)
+                .map_err(|why| Error::Config(format!("{}: {why}", path.display()))),
+        }
+    }
+
+    /// Every mapping, by file name, and a note for each file that is not a valid one.
+    pub fn mappings(&self) -> Result<(Vec<Mapping>, Vec<String>), Error> {
+        let mut found = Vec::new();
+        let mut problems = Vec::new();
+        for (file, path) in entries(&self.mappings)? {
+            let Ok(name) = UcloudName::from_file_name(&file) else {
+                problems.push(format!("{}: not a mapping file name", path.display()));
+                continue;
+            };
+            match self.mapping(&name) {
+                Ok(Some(m)) => found.push(m),
+                Ok(None) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        Ok((found, problems))
+    }
+
+    pub fn put_mapping(&self, _: &Lock, m: &Mapping) -> Result<(), Error> {
+        write_atomic(&self.mappings, &m.ucloud.file_name(), &m.to_json(), 0o600)
+    }
+
+    pub fn remove_mapping(&self, _: &Lock, name: &UcloudName) -> Result<(), Error> {
+        remove(&self.mappings, &name.file_name())
+    }
+
+    pub fn drive(&self, id: &DriveId) -> Result<Option<Drive>, Error> {
+        let path = self.drives.join(id.as_str());
+        match read_json(&path)? {
+            None => Ok(None),
+            Some(v) => Drive::from_json(id, &v)
+                .map(Some)
+                .map_err(|why| Error::Config(format!("{}: {why}", path.display()))),
+        }
+    }
+
+    pub fn drives(&self) -> Result<(Vec<Drive>, Vec<String>), Error> {
+        let mut found = Vec::new();
+        let mut problems = Vec::new();
+        for (file, path) in entries(&self.drives)? {
+            let Ok(id) = DriveId::new(&file) else {
+                problems.push(format!("{}: not a drive id", path.display()));
+                continue;
+            };
+            match self.drive(&id) {
+                Ok(Some(d)) => found.push(d),
+                Ok(None) => {}
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        Ok((found, problems))
+    }
+
+    pub fn drives_of(&self, name: &UcloudName) -> Result<Vec<Drive>, Error> {
+        let (drives, _) = self.drives()?;
+        Ok(drives.into_iter().filter(|d| d.ucloud == *name).collect())
+    }
+
+    pub fn put_drive(&self, _: &Lock, d: &Drive) -> Result<(), Error> {
+        write_atomic(&self.drives, d.id.as_str(), &d.to_json(), 0o644)
+    }
+
+    pub fn remove_drive(&self, _: &Lock, id: &DriveId) -> Result<(), Error> {
+        remove(&self.drives, id.as_str())
+    }
+}
+
+fn ensure_dir(path: &Path, mode: u32, forbidden: u32) -> Result<(), Error> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir(path).map_err(Error::io(format!("cannot create {}", path.display())))?;
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(Error::io(format!("cannot set the mode of {}", path.display())))
+        }
+        Err(e) => Err(Error::io(path.display())(e)),
+        Ok(meta) if !meta.is_dir() => Err(Error::Config(format!(
+            "{} must be a directory (it is a {})",
+            path.display(),
+            if meta.file_type().is_symlink() { "symbolic link" } else { "file" }
+        ))),
+        Ok(meta) if meta.uid() != 0 || meta.mode() & forbidden != 0 => Err(Error::Config(format!(
+            "{} must be owned by root with mode {mode:04o} (it is uid {}, mode {:04o}): fix it with chown root:root and chmod {mode:o}",
+            path.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ))),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Names in `dir` that are not dot-files (temporary files start with a dot).
+fn entries(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(Error::io(format!("cannot list {}", dir.display())))? {
+        let entry = entry.map_err(Error::io(format!("cannot list {}", dir.display())))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            out.push((name, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A small JSON file, or `None` when it does not exist. Links are not followed.
+pub fn read_json(path: &Path) -> Result<Option<Value>, Error> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_NONBLOCK.bits())
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("cannot open {}", path.display()))(e)),
+    };
+    let meta = file.metadata().map_err(Error::io(path.display()))?;
+    if !meta.is_file() {
+        return Err(Error::Config(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let mut text = Vec::new();
+    file.take(MAX_RECORD + 1)
+        .read_to_end(&mut text)
+        .map_err(Error::io(format!("cannot read {}", path.display())))?;
+    if text.len() as u64 > MAX_RECORD {
+        return Err(Error::Config(format!(
+            "{} is larger than {MAX_RECORD} bytes",
+            path.display()
+        )));
+    }
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| Error::Config(format!("{} is not JSON: {e}", path.display())))
+}
+
+fn write_atomic(dir: &Path, name: &str, value: &Value, mode: u32) -> Result<(), Error> {
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let target = dir.join(name);
+    let fail = |what: &str| Error::io(format!("cannot {what} {}", target.display()));
+    // A leftover of a crashed registry that had our pid; we hold the lock.
+    let _ = fs::remove_file(&tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
+        .open(&tmp)
+        .map_err(fail("create a temporary file for"))?;
+    let written = (|| {
+        // The umask may have taken bits the readers need.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(format!("{value}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &target)?;
+        File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(fail("write"))
+}
+
+fn remove(dir: &Path, name: &str) -> Result<(), Error> {
+    let path = dir.join(name);
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("cannot remove {}", path.display()))(e)),
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io(format!("cannot sync {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "registry-store-{tag}-{}-{}",
+            std::process::id(),
+            ucloud_wire::now_ms()
+        ));
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn alice() -> Mapping {
+        Mapping {
+            ucloud: UcloudName::new("AliceHansen#1001").unwrap(),
+            local: LocalName::new("alice").unwrap(),
+            uid: 1001,
+            created: 5,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_with_their_modes() {
+        let dir = scratch("rt");
+        let store = Store::at(&dir);
+        if nix::unistd::geteuid().is_root() {
+            store.prepare().unwrap();
+        } else {
+            fs::create_dir(dir.join("mappings")).unwrap();
+            fs::create_dir(dir.join("drives")).unwrap();
+        }
+        let lock = store.lock().unwrap();
+        let m = alice();
+        store.put_mapping(&lock, &m).unwrap();
+        assert_eq!(store.mapping(&m.ucloud).unwrap(), Some(m.clone()));
+        let file = dir.join("mappings").join(m.ucloud.file_name());
+        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
+        let d = Drive {
+            id: DriveId::new("17").unwrap(),
+            ucloud: m.ucloud.clone(),
+            local: m.local.clone(),
+            base: "/home/alice".into(),
+        };
+        store.put_drive(&lock, &d).unwrap();
+        assert_eq!(
+            fs::metadata(dir.join("drives/17")).unwrap().mode() & 0o777,
+            0o644
+        );
+        assert_eq!(store.drives_of(&m.ucloud).unwrap(), vec![d.clone()]);
+        let (all, problems) = store.mappings().unwrap();
+        assert_eq!((all, problems), (vec![m.clone()], vec![]));
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.join("mappings")).unwrap().count(), 1);
+        store.remove_drive(&lock, &d.id).unwrap();
+        store.remove_mapping(&lock, &m.ucloud).unwrap();
+        assert_eq!(store.mapping(&m.ucloud).unwrap(), None);
+        assert!(store.drives_of(&m.ucloud).unwrap().is_empty());
+        drop(lock);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn records_that_lie_about_their_name_are_refused() {
+        let bob = UcloudName::new("BobNielsen#2002").unwrap();
+        assert!(Mapping::from_json(&bob, &alice().to_json()).is_err());
+        let alice = alice();
+        for bad in [
+            json!({"ucloud": "AliceHansen#1001", "local": "../root", "uid": 1001}),
+            json!({"ucloud": "AliceHansen#1001", "local": "alice", "uid": -1}),
+            json!({"ucloud": "AliceHansen#1001", "local": "alice"}),
+        ] {
+            assert!(Mapping::from_json(&alice.ucloud, &bad).is_err(), "{bad}");
+        }
+        let id = DriveId::new("17").unwrap();
+        for bad in [
+            json!({"id": "18", "ucloud": "A#1", "local": "alice", "base": "/home/alice"}),
+            json!({"id": "17", "ucloud": "A#1", "local": "alice", "base": "home/alice"}),
+            json!({"id": "17", "ucloud": "A#1", "local": "Alice", "base": "/home/alice"}),
+        ] {
+            assert!(Drive::from_json(&id, &bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unsafe_directories_are_refused() {
+        let dir = scratch("unsafe");
+        fs::create_dir(dir.join("mappings")).unwrap();
+        fs::set_permissions(dir.join("mappings"), fs::Permissions::from_mode(0o755)).unwrap();
+        let err = Store::at(&dir).prepare().unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

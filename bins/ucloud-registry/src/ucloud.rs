@@ -1,0 +1,214 @@
+//! What the registry tells UCloud, through the outbox (the sender holds the
+//! provider's credentials, the registry never does), and how it reads UCloud's
+//! answers, which the sender leaves in `outbox/replies/<tag>.json`.
+
+use crate::error::Error;
+use crate::store::read_json;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use ucloud_wire::names::{DriveId, UcloudName};
+use ucloud_wire::outbox::{self, Message};
+
+pub const REGISTER_DRIVE: &str = "/api/files/collections/control/register";
+pub const APPROVE_CONNECTION: &str = "/api/providers/integration/control/approveConnection";
+pub const CLEAR_CONNECTION: &str = "/api/providers/integration/control/clearConnection";
+
+/// Outbox reply tags are `drive-` and the hex of the name: the longest name the tag
+/// can carry, which is more than the longest UCloud name `lib/wire` accepts.
+pub const MAX_NAME_BYTES: usize = (outbox::MAX_TAG - "drive-".len()) / 2;
+const _: () = assert!(MAX_NAME_BYTES >= ucloud_wire::names::UCLOUD_NAME_MAX);
+
+/// The tag under which the sender stores UCloud's answer to a home drive registration.
+pub fn drive_tag(name: &UcloudName) -> String {
+    format!("drive-{}", name.file_name())
+}
+
+/// The provider's own id for a user's home drive: stable, so registering it twice
+/// names the same drive.
+pub fn home_drive_provider_id(provider: &str, name: &UcloudName) -> String {
+    format!("{provider}-home-{}", name.file_name())
+}
+
+pub fn approve_connection(name: &UcloudName) -> Message {
+    Message {
+        path: APPROVE_CONNECTION.into(),
+        body: json!({"username": name.as_str()}),
+        reply: None,
+    }
+}
+
+pub fn clear_connection(name: &UcloudName) -> Message {
+    Message {
+        path: CLEAR_CONNECTION.into(),
+        body: json!({"username": name.as_str()}),
+        reply: None,
+    }
+}
+
+/// `BulkRequest<ProviderRegisteredResource<FileCollection.Spec>>`. UCloud's Go core
+/// names the specification `spec`; `specification` and the top-level `product` are
+/// what this project's simulator reads. Go ignores keys it does not know, so one body
+/// serves both.
+pub fn register_home_drive(provider: &str, name: &UcloudName) -> Message {
+    let product = json!({"id": "home", "category": "home", "provider": provider});
+    let spec = json!({"title": "Home", "product": product});
+    Message {
+        path: REGISTER_DRIVE.into(),
+        body: json!({"items": [{
+            "product": product,
+            "providerGeneratedId": home_drive_provider_id(provider, name),
+            "spec": spec,
+            "specification": spec,
+            "createdBy": name.as_str(),
+            "project": null,
+            "projectAllRead": false,
+            "projectAllWrite": false,
+        }]}),
+        reply: Some(drive_tag(name)),
+    }
+}
+
+pub struct Outbox {
+    dir: PathBuf,
+}
+
+impl Outbox {
+    pub fn site() -> Outbox {
+        Outbox {
+            dir: ucloud_wire::paths::outbox_dir().into(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn at(dir: &std::path::Path) -> Outbox {
+        Outbox { dir: dir.into() }
+    }
+
+    pub fn send(&self, message: &Message) -> Result<(), Error> {
+        outbox::enqueue(&self.dir, message)
+            .map(|_| ())
+            .map_err(|e| {
+                Error::Io(format!(
+                    "cannot queue {} in the outbox {}: {e} (its tmp/ and queue/ must exist)",
+                    message.path,
+                    self.dir.display()
+                ))
+            })
+    }
+
+    fn reply_path(&self, tag: &str) -> PathBuf {
+        self.dir.join(outbox::REPLIES).join(format!("{tag}.json"))
+    }
+
+    /// The drive id UCloud gave the home drive of `name`, once the sender has stored
+    /// its answer. A reply is written by the sender's account, so it is checked like
+    /// any input: a drive id that could be a path is an error, not a file name.
+    pub fn drive_reply(&self, name: &UcloudName) -> Result<Option<DriveId>, Error> {
+        let path = self.reply_path(&drive_tag(name));
+        let Some(reply) = read_json(&path)? else {
+            return Ok(None);
+        };
+        parse_drive_reply(&reply)
+            .map(Some)
+            .map_err(|why| Error::Io(format!("{}: {why}", path.display())))
+    }
+
+    pub fn discard_drive_reply(&self, name: &UcloudName) {
+        let _ = std::fs::remove_file(self.reply_path(&drive_tag(name)));
+    }
+
+    /// Names with an answer in `replies/`: for finding answers that outlived their
+    /// mapping (a `remove` while the registration was still on its way).
+    pub fn answered_names(&self) -> Vec<UcloudName> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join(outbox::REPLIES)) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let file = e.file_name().into_string().ok()?;
+                let hex = file.strip_prefix("drive-")?.strip_suffix(".json")?;
+                UcloudName::from_file_name(hex).ok()
+            })
+            .collect()
+    }
+
+    /// A registration UCloud refused: the sender moved it to `failed/`.
+    pub fn failed_registration(&self, name: &UcloudName) -> Option<PathBuf> {
+        let tag = drive_tag(name);
+        let entries = std::fs::read_dir(self.dir.join(outbox::FAILED)).ok()?;
+        entries.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+            read_json(p)
+                .ok()
+                .flatten()
+                .is_some_and(|v| v.get("reply").and_then(Value::as_str) == Some(tag.as_str()))
+        })
+    }
+}
+
+/// `{"responses":[{"id":"<driveId>"}]}`.
+pub fn parse_drive_reply(reply: &Value) -> Result<DriveId, String> {
+    let id = reply
+        .get("responses")
+        .and_then(|r| r.get(0))
+        .and_then(|r| r.get("id"))
+        .and_then(Value::as_str)
+        .ok_or("UCloud's answer has no responses[0].id")?;
+    DriveId::new(id).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_body_names_the_user_and_a_stable_id() {
+        let name = UcloudName::new("DonnaJensen#4512").unwrap();
+        let m = register_home_drive("hpc", &name);
+        assert_eq!(m.path, REGISTER_DRIVE);
+        assert_eq!(
+            m.reply.as_deref(),
+            Some("drive-446f6e6e614a656e73656e2334353132")
+        );
+        let item = &m.body["items"][0];
+        assert_eq!(item["createdBy"], "DonnaJensen#4512");
+        assert_eq!(
+            item["providerGeneratedId"],
+            "hpc-home-446f6e6e614a656e73656e2334353132"
+        );
+        assert_eq!(item["specification"]["product"]["provider"], "hpc");
+        assert_eq!(item["spec"]["title"], "Home");
+    }
+
+    #[test]
+    fn hostile_replies_are_refused() {
+        assert_eq!(
+            parse_drive_reply(&json!({"responses":[{"id":"17"}]}))
+                .unwrap()
+                .as_str(),
+            "17"
+        );
+        for bad in [
+            json!({"responses":[{"id":"../mappings/x"}]}),
+            json!({"responses":[{"id":".hidden"}]}),
+            json!({"responses":[{"id":17}]}),
+            json!({"responses":[]}),
+            json!({}),
+        ] {
+            assert!(parse_drive_reply(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_longest_name_still_makes_a_valid_tag() {
+        let name = UcloudName::new(&"x".repeat(ucloud_wire::names::UCLOUD_NAME_MAX)).unwrap();
+        let dir = std::env::temp_dir().join(format!("registry-outbox-{}", std::process::id()));
+        for sub in [outbox::TMP, outbox::QUEUE] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        Outbox::at(&dir)
+            .send(&register_home_drive("hpc", &name))
+            .unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

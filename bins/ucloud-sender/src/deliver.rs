@@ -1,0 +1,390 @@
+//! Delivering the outbox: in name order, one message at a time, each until UCloud
+//! has taken it (2xx) or refused it for good (a 4xx other than 401/408/429). A
+//! message leaves `queue/` only after one of those answers, so UCloud being down,
+//! slow or restarting loses nothing and reorders nothing. A crash between UCloud's
+//! answer and the removal delivers that message once more (at least once).
+
+use crate::SendError;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use ucloud_http::client::{Client, ClientError, Response};
+use ucloud_wire::outbox::{self, Message};
+
+/// UCloud renews its tokens when less than this many seconds remain; so do we.
+const RENEW_BELOW: u64 = 180;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// With `--once`, a message gets this many tries before the run gives up.
+const ONCE_ATTEMPTS: u32 = 4;
+
+pub struct Sender {
+    client: Client,
+    refresh_token: String,
+    outbox: PathBuf,
+    /// The access token and when it expires (seconds since the epoch).
+    access: Option<(String, u64)>,
+}
+
+/// What became of one attempt.
+enum Outcome {
+    /// UCloud took it; the body of its answer.
+    Delivered(u16, Vec<u8>),
+    /// UCloud refuses it for good.
+    Refused(u16, Vec<u8>),
+    /// Try again later; why not now.
+    Retry(String),
+}
+
+fn now() -> u64 {
+    ucloud_wire::now_ms() / 1000
+}
+
+/// The `exp` claim of a JWT, read without verifying it: the token came from UCloud
+/// over TLS, and the only use is to know when to ask for the next one.
+fn expiry_of(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Value>(&bytes).ok()?["exp"].as_u64()
+}
+
+fn classify(result: Result<Response, ClientError>) -> Outcome {
+    match result {
+        Err(e) => Outcome::Retry(e.to_string()),
+        Ok(r) if (200..300).contains(&r.status) => Outcome::Delivered(r.status, r.body),
+        Ok(r) if (400..500).contains(&r.status) && !matches!(r.status, 401 | 408 | 429) => {
+            Outcome::Refused(r.status, r.body)
+        }
+        Ok(r) => Outcome::Retry(format!(
+            "UCloud answered {}: {}",
+            r.status,
+            excerpt(&r.body)
+        )),
+    }
+}
+
+/// A short, single-line view of a body for the log.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+    line
+}
+
+/// Writes `bytes` to `dir/name` through `tmp/` and a rename, so that readers never
+/// see half a file.
+fn write_atomically(outbox: &Path, dir: &str, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = outbox
+        .join(outbox::TMP)
+        .join(format!("sender-{}-{name}", std::process::id()));
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, outbox.join(dir).join(name))?;
+    File::open(outbox.join(dir))?.sync_all()
+}
+
+impl Sender {
+    pub fn new(client: Client, refresh_token: String, outbox: PathBuf) -> Sender {
+        Sender {
+            client,
+            refresh_token,
+            outbox,
+            access: None,
+        }
+    }
+
+    /// An access token with more than [`RENEW_BELOW`] seconds left.
+    fn access_token(&mut self) -> Result<String, String> {
+        if let Some((token, exp)) = &self.access {
+            if *exp > now() + RENEW_BELOW {
+                return Ok(token.clone());
+            }
+        }
+        let body = json!({"items": [{"refreshToken": self.refresh_token}]}).to_string();
+        let response = self
+            .client
+            .send(
+                "POST",
+                "/auth/providers/refresh",
+                &[
+                    ("Content-Type", "application/json"),
+                    ("Accept", "application/json"),
+                ],
+                body.as_bytes(),
+            )
+            .map_err(|e| format!("cannot reach UCloud for an access token: {e}"))?;
+        if response.status == 401 || response.status == 403 {
+            return Err(format!(
+                "UCloud refused the refresh token ({}): check the refresh-token file",
+                response.status
+            ));
+        }
+        if response.status != 200 {
+            return Err(format!(
+                "UCloud answered {} to the token refresh: {}",
+                response.status,
+                excerpt(&response.body)
+            ));
+        }
+        let token = serde_json::from_slice::<Value>(&response.body)
+            .ok()
+            .and_then(|v| v["responses"][0]["accessToken"].as_str().map(String::from))
+            .ok_or("UCloud's refresh answer holds no accessToken")?;
+        let exp = expiry_of(&token).unwrap_or(now() + 600);
+        self.access = Some((token.clone(), exp));
+        Ok(token)
+    }
+
+    fn attempt(&mut self, message: &Message) -> Outcome {
+        let token = match self.access_token() {
+            Ok(t) => t,
+            Err(why) => return Outcome::Retry(why),
+        };
+        let authorization = format!("Bearer {token}");
+        let body = message.body.to_string();
+        let result = self.client.send(
+            "POST",
+            &message.path,
+            &[
+                ("Authorization", &authorization),
+                ("Content-Type", "application/json"),
+                ("Accept", "application/json"),
+            ],
+            body.as_bytes(),
+        );
+        if matches!(&result, Ok(r) if r.status == 401) {
+            // Revoked or expired early: the next attempt gets a new token.
+            self.access = None;
+        }
+        classify(result)
+    }
+
+    /// Delivers everything queued, oldest first. Returns when the queue is empty
+    /// (`Ok(true)`), or with `once` when a message could not be delivered in
+    /// [`ONCE_ATTEMPTS`] tries (`Ok(false)`). Without `once` it retries forever.
+    pub fn drain(&mut self, once: bool) -> Result<bool, SendError> {
+        loop {
+            let queue = outbox::queued(&self.outbox).map_err(|e| {
+                SendError::Setup(format!(
+                    "cannot list {}: {e}",
+                    self.outbox.join(outbox::QUEUE).display()
+                ))
+            })?;
+            if queue.is_empty() {
+                return Ok(true);
+            }
+            for path in queue {
+                if !self.deliver(&path, once)? {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// One message, retried with backoff. `Ok(false)`: gave up (only with `once`).
+    fn deliver(&mut self, path: &Path, once: bool) -> Result<bool, SendError> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            // Taken away by an admin in the meantime: nothing to deliver.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => {
+                return Err(SendError::Setup(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let message = match Message::from_json(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("ucloud-sender: {name}: not a valid message ({e}); moved to failed/");
+                self.fail(&name, json!({"status": null, "error": e.to_string()}))?;
+                return Ok(true);
+            }
+        };
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let started = Instant::now();
+            match self.attempt(&message) {
+                Outcome::Delivered(status, body) => {
+                    if let Some(tag) = &message.reply {
+                        write_atomically(
+                            &self.outbox,
+                            outbox::REPLIES,
+                            &format!("{tag}.json"),
+                            &body,
+                        )
+                        .map_err(|e| {
+                            SendError::Setup(format!("cannot store the reply {tag}: {e}"))
+                        })?;
+                    }
+                    fs::remove_file(path).or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Ok(()),
+                        _ => Err(SendError::Setup(format!(
+                            "cannot remove {}: {e}",
+                            path.display()
+                        ))),
+                    })?;
+                    eprintln!(
+                        "ucloud-sender: delivered {name} POST {} -> {status} ({} ms){}",
+                        message.path,
+                        started.elapsed().as_millis(),
+                        message
+                            .reply
+                            .as_deref()
+                            .map(|t| format!(", reply {t}"))
+                            .unwrap_or_default()
+                    );
+                    return Ok(true);
+                }
+                Outcome::Refused(status, body) => {
+                    eprintln!(
+                        "ucloud-sender: UCloud refused {name} POST {} -> {status}: {}; moved to failed/",
+                        message.path,
+                        excerpt(&body)
+                    );
+                    let body = serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| {
+                        Value::String(String::from_utf8_lossy(&body).into_owned())
+                    });
+                    self.fail(&name, json!({"status": status, "body": body}))?;
+                    return Ok(true);
+                }
+                Outcome::Retry(why) => {
+                    eprintln!(
+                        "ucloud-sender: {name} POST {} not delivered (try {attempts}): {why}",
+                        message.path
+                    );
+                    if once && attempts >= ONCE_ATTEMPTS {
+                        return Ok(false);
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Moves a message to `failed/`, with UCloud's answer beside it.
+    fn fail(&self, name: &str, response: Value) -> Result<(), SendError> {
+        let mut response = response;
+        response["time"] = json!(ucloud_wire::now_ms());
+        let stem = name.strip_suffix(".json").unwrap_or(name);
+        write_atomically(
+            &self.outbox,
+            outbox::FAILED,
+            &format!("{stem}.response"),
+            response.to_string().as_bytes(),
+        )
+        .and_then(|_| {
+            fs::rename(
+                self.outbox.join(outbox::QUEUE).join(name),
+                self.outbox.join(outbox::FAILED).join(name),
+            )
+        })
+        .map_err(|e| SendError::Setup(format!("cannot move {name} to failed/: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16) -> Result<Response, ClientError> {
+        Ok(Response {
+            status,
+            headers: vec![],
+            body: b"{}".to_vec(),
+            reusable: true,
+        })
+    }
+
+    #[test]
+    fn statuses_decide_between_done_failed_and_retry() {
+        assert!(matches!(
+            classify(response(200)),
+            Outcome::Delivered(200, _)
+        ));
+        assert!(matches!(
+            classify(response(204)),
+            Outcome::Delivered(204, _)
+        ));
+        for s in [400, 403, 404, 409, 422] {
+            assert!(matches!(classify(response(s)), Outcome::Refused(..)), "{s}");
+        }
+        for s in [401, 408, 429, 500, 502, 503, 504, 302] {
+            assert!(matches!(classify(response(s)), Outcome::Retry(_)), "{s}");
+        }
+        assert!(matches!(
+            classify(Err(ClientError::Timeout)),
+            Outcome::Retry(_)
+        ));
+    }
+
+    #[test]
+    fn expiry_is_read_from_the_payload() {
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!("{}.{}.sig", b64("{}"), b64(r#"{"exp":1234}"#));
+        assert_eq!(expiry_of(&token), Some(1234));
+        assert_eq!(expiry_of("garbage"), None);
+        assert_eq!(excerpt(b"a\nb"), "ab");
+    }
+
+    #[test]
+    fn replies_and_failures_land_whole() {
+        let dir = std::env::temp_dir().join(format!("sender-outbox-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in [outbox::TMP, outbox::QUEUE, outbox::REPLIES, outbox::FAILED] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        write_atomically(
+            &dir,
+            outbox::REPLIES,
+            "drive-41.json",
+            b"{\"responses\":[]}",
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read(dir.join("replies/drive-41.json")).unwrap(),
+            b"{\"responses\":[]}"
+        );
+        assert_eq!(fs::read_dir(dir.join(outbox::TMP)).unwrap().count(), 0);
+
+        let queued = outbox::enqueue(
+            &dir,
+            &Message {
+                path: "/api/x".into(),
+                body: json!({}),
+                reply: None,
+            },
+        )
+        .unwrap();
+        let name = queued.file_name().unwrap().to_str().unwrap().to_string();
+        let endpoint =
+            ucloud_http::client::Endpoint::new("http://127.0.0.1:9", None, Duration::from_secs(1))
+                .unwrap();
+        let sender = Sender::new(Client::new(endpoint), "t".into(), dir.clone());
+        sender.fail(&name, json!({"status": 400})).unwrap();
+        assert!(!queued.exists());
+        assert!(dir.join(outbox::FAILED).join(&name).exists());
+        let stem = name.strip_suffix(".json").unwrap();
+        let response: Value = serde_json::from_slice(
+            &fs::read(dir.join(outbox::FAILED).join(format!("{stem}.response"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(response["status"], 400);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,510 @@
+//! ucloud-registry against the local stack: the installed binary, run as root (and
+//! once as a user), on the stack's real store, with real accounts made by useradd.
+//! Refusals must leave the store exactly as it was; a scratch account goes through
+//! add, a browse through the whole chain, and remove.
+#![forbid(unsafe_code)]
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use ucloud_im_tests::{run_as, sim_log, Stack};
+
+const ALICE: &str = "AliceHansen#1001";
+const BOB: &str = "BobNielsen#2002";
+
+/// Tests in this file change the store or compare it before and after: one at a time.
+static STORE: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    STORE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn registry(stack: &Stack, args: &[&str]) -> Output {
+    Command::new(stack.bin("ucloud-registry"))
+        .args(args)
+        .current_dir("/")
+        .output()
+        .expect("cannot run ucloud-registry")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}, stdout {:?}, stderr {:?}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn state(stack: &Stack) -> PathBuf {
+    stack.prefix().join("var/lib/ucloud-im")
+}
+
+/// Every file of the mapping store and the drive table, with its content and mode.
+fn snapshot(stack: &Stack) -> BTreeMap<String, (String, u32)> {
+    let mut files = BTreeMap::new();
+    for dir in ["mappings", "drives"] {
+        let dir = state(stack).join(dir);
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
+            files.insert(path.display().to_string(), (content, meta.mode()));
+        }
+    }
+    files
+}
+
+fn hex(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}{}{}", std::process::id() % 10000, nanos % 100000)
+}
+
+/// `list` as `ucloudName -> (local, uid, drive)`.
+fn list(stack: &Stack) -> BTreeMap<String, (String, String, String)> {
+    let out = registry(stack, &["list"]);
+    assert!(out.status.success(), "list: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!(
+                f.len(),
+                4,
+                "list line {line:?} is not `ucloudName localUser uid driveId|pending`"
+            );
+            (
+                f[0].to_string(),
+                (f[1].to_string(), f[2].to_string(), f[3].to_string()),
+            )
+        })
+        .collect()
+}
+
+fn audit_has(stack: &Stack, action: &str, ucloud: &str, decision: &str) -> bool {
+    stack.audit_lines().iter().any(|line| {
+        serde_json::from_str::<Value>(line).is_ok_and(|v| {
+            v["program"] == "ucloud-registry"
+                && v["action"] == action
+                && v["ucloudUser"] == ucloud
+                && v["decision"] == decision
+        })
+    })
+}
+
+/// A local account made for one test and deleted (with its home and any mapping)
+/// when the test ends, whatever happens.
+struct Scratch<'s> {
+    stack: &'s Stack,
+    name: String,
+    ucloud: String,
+}
+
+impl<'s> Scratch<'s> {
+    fn new(stack: &'s Stack, ucloud: &str) -> Scratch<'s> {
+        let name = unique("rtest-");
+        let out = Command::new("useradd")
+            .args([
+                "--create-home",
+                "--user-group",
+                "--shell",
+                "/bin/bash",
+                &name,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "useradd {name}: {}", text(&out));
+        Scratch {
+            stack,
+            name,
+            ucloud: ucloud.to_string(),
+        }
+    }
+
+    fn home(&self) -> String {
+        let out = Command::new("getent")
+            .args(["passwd", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split(':')
+            .nth(5)
+            .unwrap()
+            .to_string()
+    }
+
+    fn uid(&self) -> String {
+        let out = Command::new("id")
+            .args(["-u", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        let _ = registry(self.stack, &["remove", &self.ucloud]);
+        let _ = Command::new("userdel")
+            .args(["--remove", &self.name])
+            .output();
+    }
+}
+
+fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    done()
+}
+
+#[test]
+fn list_shows_the_stack_users_with_their_drives() {
+    let stack = Stack::load();
+    let rows = list(&stack);
+    for (ucloud, local) in stack.users() {
+        let (l, uid, drive) = rows
+            .get(&ucloud)
+            .unwrap_or_else(|| panic!("{ucloud} is not in `list`: {rows:?}"));
+        assert_eq!(l, &local);
+        assert_eq!(drive, &stack.drive_of(&ucloud), "{ucloud}");
+        let id = Command::new("id").args(["-u", &local]).output().unwrap();
+        assert_eq!(uid, String::from_utf8_lossy(&id.stdout).trim());
+    }
+}
+
+#[test]
+fn refusals_change_nothing_and_say_why() {
+    let _serial = serial();
+    let stack = Stack::load();
+    let alice = stack.local_of(ALICE);
+    let nologin = stack.get("UCLOUD_IM_NOLOGIN_USER");
+    let service = stack.get("UCLOUD_IM_SERVICE_USER");
+    let fresh = unique("RTestNobody#");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["add".into(), fresh.clone(), "daemon".into()],
+            "below min_uid",
+        ),
+        (vec!["add".into(), fresh.clone(), "root".into()], "root"),
+        (vec!["add".into(), fresh.clone(), nologin], "disabled shell"),
+        (vec!["add".into(), fresh.clone(), service], "min_uid"),
+        (
+            vec!["add".into(), fresh.clone(), "rtest-no-such-account".into()],
+            "does not exist",
+        ),
+        (
+            vec!["add".into(), fresh.clone(), "../etc".into()],
+            "not a local account name",
+        ),
+        (
+            vec!["add".into(), ALICE.into(), alice.clone()],
+            "already mapped",
+        ),
+        (
+            vec!["add".into(), BOB.into(), alice.clone()],
+            "already mapped",
+        ),
+        (
+            vec!["add".into(), fresh.clone(), alice.clone()],
+            "already the target",
+        ),
+        (
+            vec!["add".into(), "Evil\u{1}Name#1".into(), "daemon".into()],
+            "control character",
+        ),
+        (
+            vec!["add".into(), "Evil\nName#1".into(), "daemon".into()],
+            "control character",
+        ),
+        (
+            vec!["add".into(), "Two Words#1".into(), "daemon".into()],
+            "whitespace",
+        ),
+        (
+            vec!["add".into(), "x".repeat(121), "daemon".into()],
+            "1 to 120 bytes",
+        ),
+        (vec!["remove".into(), fresh.clone()], "not mapped"),
+    ];
+    for (args, why) in cases {
+        let before = snapshot(&stack);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = registry(&stack, &args);
+        assert_eq!(out.status.code(), Some(77), "{args:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(why),
+            "{args:?} should say {why:?}: {}",
+            text(&out)
+        );
+        assert_eq!(snapshot(&stack), before, "{args:?} changed the store");
+        if args[1] == fresh {
+            assert!(
+                audit_has(&stack, args[0], &fresh, "refused"),
+                "no audit line for the refused {args:?}"
+            );
+        }
+    }
+    // Names with NUL cannot be passed as an argument at all.
+    let nul = Command::new(stack.bin("ucloud-registry"))
+        .args(["add", "a\0b", "daemon"])
+        .output();
+    assert!(nul.is_err(), "an argument with NUL reached the program");
+}
+
+#[test]
+fn only_root_may_run_it() {
+    let stack = Stack::load();
+    let alice = stack.local_of(ALICE);
+    let bin = stack.bin("ucloud-registry");
+    for args in [vec!["list"], vec!["remove", ALICE]] {
+        let mut argv = vec![bin.to_str().unwrap()];
+        argv.extend(&args);
+        let out = run_as(&alice, &argv);
+        assert_eq!(
+            out.status.code(),
+            Some(77),
+            "{args:?} as {alice}: {}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("root"),
+            "{}",
+            text(&out)
+        );
+    }
+    assert!(
+        list(&stack).contains_key(ALICE),
+        "a refused remove removed {ALICE}"
+    );
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    let stack = Stack::load();
+    for args in [
+        vec![],
+        vec!["frobnicate"],
+        vec!["add", "A#1"],
+        vec!["add", "A#1", "a", "--wait", "x"],
+        vec!["list", "extra"],
+    ] {
+        let out = registry(&stack, &args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out));
+    }
+    let help = registry(&stack, &["--help"]);
+    assert!(
+        help.status.success()
+            && String::from_utf8_lossy(&help.stdout).contains("ucloud-registry add")
+    );
+}
+
+/// The whole life of a mapping: add (through the sender to the simulated UCloud and
+/// back), the files it writes, a browse through the chain as the new user, remove.
+#[test]
+fn add_browse_remove_round_trip() {
+    let _serial = serial();
+    let stack = Stack::load();
+    let ucloud = unique("RTest#");
+    let user = Scratch::new(&stack, &ucloud);
+
+    let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
+    assert!(out.status.success(), "add: {}", text(&out));
+    let drive = {
+        let mut drive = String::new();
+        let recorded = wait_until(15, || {
+            let _ = registry(&stack, &["sync"]);
+            drive = list(&stack)
+                .get(&ucloud)
+                .map(|r| r.2.clone())
+                .unwrap_or_default();
+            !drive.is_empty() && drive != "pending"
+        });
+        assert!(
+            recorded,
+            "the drive of {ucloud} is still {drive:?}: is the sender running?"
+        );
+        drive
+    };
+    assert_eq!(
+        list(&stack)[&ucloud],
+        (user.name.clone(), user.uid(), drive.clone())
+    );
+    assert!(
+        audit_has(&stack, "add", &ucloud, "allowed"),
+        "no audit line for add"
+    );
+
+    let mapping = state(&stack).join("mappings").join(hex(&ucloud));
+    let meta = std::fs::metadata(&mapping).expect("no mapping file");
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o600),
+        "{}",
+        mapping.display()
+    );
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mapping).unwrap()).unwrap();
+    assert_eq!(m["ucloud"], ucloud.as_str());
+    assert_eq!(m["local"], user.name.as_str());
+    assert_eq!(m["uid"].to_string(), user.uid());
+    assert!(m["created"].as_u64().unwrap() > 1_600_000_000_000, "{m}");
+
+    let drive_file = state(&stack).join("drives").join(&drive);
+    let meta = std::fs::metadata(&drive_file).expect("no drive file");
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o644));
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(&drive_file).unwrap()).unwrap();
+    assert_eq!(d["id"], drive.as_str());
+    assert_eq!(d["local"], user.name.as_str());
+    assert_eq!(d["base"], user.home().as_str());
+    assert_eq!(
+        (d["kind"].as_str(), d["title"].as_str()),
+        (Some("home"), Some("Home"))
+    );
+
+    assert!(
+        sim_log(&stack).iter().map(Value::to_string).any(|l| {
+            l.contains("/api/files/collections/control/register") && l.contains(&ucloud)
+        }),
+        "the simulator never received the registration of {ucloud}"
+    );
+
+    // A second add of the same name is refused and changes nothing.
+    let before = snapshot(&stack);
+    let again = registry(&stack, &["add", &ucloud, &user.name]);
+    assert_eq!(again.status.code(), Some(77), "{}", text(&again));
+    assert_eq!(snapshot(&stack), before);
+
+    // The new mapping works through the whole chain.
+    let body = serde_json::json!({
+        "resolvedCollection": {"id": drive},
+        "browse": {"flags": {"path": format!("/{drive}")}, "itemsPerPage": 10}
+    })
+    .to_string();
+    let browse = format!("/ucloud/{}/files/browse", stack.get("UCLOUD_IM_PROVIDER"));
+    let (status, answer) = stack.call(Some(&ucloud), "POST", &browse, Some(&body));
+    assert_eq!(status, 200, "browse as the new user: {answer}");
+
+    let out = registry(&stack, &["remove", &ucloud]);
+    assert!(out.status.success(), "remove: {}", text(&out));
+    assert!(!mapping.exists(), "the mapping file is still there");
+    assert!(!drive_file.exists(), "the drive file is still there");
+    assert!(!list(&stack).contains_key(&ucloud));
+    assert!(
+        audit_has(&stack, "remove", &ucloud, "allowed"),
+        "no audit line for remove"
+    );
+    let (status, answer) = stack.call(Some(&ucloud), "POST", &browse, Some(&body));
+    assert!(
+        (400..500).contains(&status) && answer.get("items").is_none(),
+        "browse after remove: {status} {answer}"
+    );
+    assert!(
+        wait_until(15, || sim_log(&stack)
+            .iter()
+            .map(Value::to_string)
+            .any(|l| { l.contains("clearConnection") && l.contains(&ucloud) })),
+        "the simulator never heard clearConnection for {ucloud}"
+    );
+}
+
+/// A UCloud name that looks like a path is stored under the hex of its bytes, inside
+/// the store, and nowhere else.
+#[test]
+fn path_like_ucloud_names_stay_in_the_store() {
+    let _serial = serial();
+    let stack = Stack::load();
+    let ucloud = format!("../{}", unique("rtest-escape"));
+    let user = Scratch::new(&stack, &ucloud);
+    let outside = |p: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = (outside(&state(&stack)), outside(&state(&stack).join("..")));
+    let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
+    assert!(out.status.success(), "add {ucloud:?}: {}", text(&out));
+    let mapping = state(&stack).join("mappings").join(hex(&ucloud));
+    assert!(mapping.is_file(), "{} is missing", mapping.display());
+    assert_eq!(
+        (outside(&state(&stack)), outside(&state(&stack).join(".."))),
+        before
+    );
+    assert!(list(&stack).contains_key(&ucloud));
+    let out = registry(&stack, &["remove", &ucloud]);
+    assert!(out.status.success(), "remove {ucloud:?}: {}", text(&out));
+    assert!(!mapping.exists());
+    let reply = state(&stack)
+        .join("outbox/replies")
+        .join(format!("drive-{}.json", hex(&ucloud)));
+    let _ = registry(&stack, &["sync"]);
+    assert!(!reply.exists(), "{} outlived the mapping", reply.display());
+    let mode = std::fs::metadata(state(&stack).join("mappings"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "the mapping store's mode changed");
+}
+
+/// Two admins adding the same UCloud name at the same moment: the lock makes exactly
+/// one of them win, and the store holds one valid mapping.
+#[test]
+fn concurrent_adds_of_one_name_map_it_once() {
+    let _serial = serial();
+    let stack = Stack::load();
+    let ucloud = unique("RTestRace#");
+    let first = Scratch::new(&stack, &ucloud);
+    let second = Scratch::new(&stack, &ucloud);
+    let spawn = |local: &str| {
+        Command::new(stack.bin("ucloud-registry"))
+            .args(["add", &ucloud, local, "--wait", "0"])
+            .current_dir("/")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(&first.name), spawn(&second.name));
+    let outcomes = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+    let won: Vec<&Output> = outcomes.iter().filter(|o| o.status.success()).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "{} / {}",
+        text(&outcomes[0]),
+        text(&outcomes[1])
+    );
+    let lost = outcomes.iter().find(|o| !o.status.success()).unwrap();
+    assert_eq!(lost.status.code(), Some(77), "{}", text(lost));
+    assert!(
+        String::from_utf8_lossy(&lost.stderr).contains("already mapped"),
+        "{}",
+        text(lost)
+    );
+    let (local, _, _) = list(&stack)[&ucloud].clone();
+    assert!(local == first.name || local == second.name, "{local}");
+    let mapping = state(&stack).join("mappings").join(hex(&ucloud));
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(mapping).unwrap()).unwrap();
+    assert_eq!(m["local"], local.as_str());
+}

@@ -1,0 +1,196 @@
+//! The systemd units in units/: systemd itself must accept them, the gateway's must keep
+//! the setuid dispatcher working, and their exposure scores must not creep up.
+//!
+//! `systemd-analyze verify` insists that ExecStart= binaries exist, and on this machine
+//! they live in the stack's prefix, not in /usr/bin: the units are checked as copies
+//! whose ExecStart= points at the installed stack binaries, nothing else changed.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use ucloud_im_tests::Stack;
+
+const UNITS: [&str; 3] = [
+    "ucloud-gateway.socket",
+    "ucloud-gateway@.service",
+    "ucloud-sender.service",
+];
+
+/// The exposure bounds we publish (0 best, 10 worst). The gateway cannot go lower than
+/// about 6 without no_new_privs, which would break the setuid dispatcher.
+const GATEWAY_MAX_EXPOSURE: f64 = 6.5;
+const SENDER_MAX_EXPOSURE: f64 = 2.0;
+
+/// Directives that turn no_new_privs on for a service with User= (or defeat setuid).
+const IMPLY_NO_NEW_PRIVS: [&str; 18] = [
+    "NoNewPrivileges",
+    "SystemCallFilter",
+    "SystemCallArchitectures",
+    "RestrictSUIDSGID",
+    "RestrictAddressFamilies",
+    "RestrictNamespaces",
+    "RestrictRealtime",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectClock",
+    "ProtectHostname",
+    "PrivateDevices",
+    "MemoryDenyWriteExecute",
+    "LockPersonality",
+    "DynamicUser",
+    "PrivateUsers",
+    "PrivateNetwork",
+];
+
+fn source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../units")
+}
+
+fn read_unit(name: &str) -> String {
+    let path = source_dir().join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// `Key=value` settings of a unit, comments and section headers left out.
+fn settings(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn value_of(text: &str, key: &str) -> Vec<String> {
+    settings(text)
+        .into_iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// Copies of the units into a fresh directory, with ExecStart= on the stack's binaries.
+fn staged_units(stack: &Stack) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ucloud-im-units-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = stack.get("UCLOUD_IM_BIN");
+    for name in UNITS {
+        let text = read_unit(name).replace("ExecStart=/usr/bin/", &format!("ExecStart={bin}/"));
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn systemd_accepts_the_units_without_a_warning() {
+    let stack = Stack::load();
+    let dir = staged_units(&stack);
+    let output = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(UNITS.map(|u| dir.join(u)))
+        .output()
+        .expect("cannot run systemd-analyze (package systemd)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify found problems ({}):\n{stderr}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn gateway_unit_keeps_setuid_working() {
+    let unit = read_unit("ucloud-gateway@.service");
+    for (key, value) in settings(&unit) {
+        assert!(
+            !IMPLY_NO_NEW_PRIVS.contains(&key.as_str()),
+            "ucloud-gateway@.service sets {key}={value}, which turns on no_new_privs \
+             (or defeats setuid): the dispatcher could never become root"
+        );
+    }
+    let mut caps: Vec<String> = value_of(&unit, "CapabilityBoundingSet")
+        .join(" ")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    caps.sort();
+    assert_eq!(caps, ["CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID"]);
+    assert_eq!(value_of(&unit, "User"), ["ucloud-gw"]);
+    assert_eq!(value_of(&unit, "StandardInput"), ["socket"]);
+    assert_eq!(value_of(&unit, "StandardOutput"), ["socket"]);
+    assert_eq!(value_of(&unit, "ProtectSystem"), ["strict"]);
+    assert_eq!(value_of(&unit, "CollectMode"), ["inactive-or-failed"]);
+    // Plugins write users' files and the dispatcher the audit log, under ProtectSystem.
+    let writable = value_of(&unit, "ReadWritePaths").join(" ");
+    assert!(writable.contains("/home") && writable.contains("/var/log/ucloud-im"));
+}
+
+#[test]
+fn socket_cannot_be_taken_down_by_a_burst_of_connections() {
+    let unit = read_unit("ucloud-gateway.socket");
+    assert_eq!(value_of(&unit, "Accept"), ["yes"]);
+    assert_eq!(value_of(&unit, "TriggerLimitBurst"), ["0"]);
+    let max: u32 = value_of(&unit, "MaxConnections")
+        .first()
+        .expect("MaxConnections= must be sized, not left at 64")
+        .parse()
+        .expect("MaxConnections= is a number");
+    assert!(max > 64, "MaxConnections={max}");
+}
+
+#[test]
+fn sender_unit_has_no_way_to_privilege() {
+    let unit = read_unit("ucloud-sender.service");
+    assert_eq!(value_of(&unit, "NoNewPrivileges"), ["yes"]);
+    assert_eq!(value_of(&unit, "CapabilityBoundingSet"), [""]);
+    assert_eq!(value_of(&unit, "User"), ["ucloud-send"]);
+    assert_eq!(
+        value_of(&unit, "ReadWritePaths"),
+        ["/var/lib/ucloud-im/outbox"]
+    );
+}
+
+fn exposure(unit: &str) -> f64 {
+    let path = source_dir().join(unit);
+    let output = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&path)
+        .output()
+        .expect("cannot run systemd-analyze");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level for {unit} in:\n{stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    println!("{unit}: {}", line.trim_start_matches(['→', ' ']));
+    let score = line
+        .rsplit_once(": ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("cannot read the score in {line:?}"));
+    assert!((0.0..=10.0).contains(&score), "{line}");
+    score
+}
+
+#[test]
+fn exposure_stays_within_the_published_bounds() {
+    let gateway = exposure("ucloud-gateway@.service");
+    assert!(
+        gateway <= GATEWAY_MAX_EXPOSURE,
+        "gateway exposure {gateway} > {GATEWAY_MAX_EXPOSURE}"
+    );
+    let sender = exposure("ucloud-sender.service");
+    assert!(
+        sender <= SENDER_MAX_EXPOSURE,
+        "sender exposure {sender} > {SENDER_MAX_EXPOSURE}"
+    );
+}
