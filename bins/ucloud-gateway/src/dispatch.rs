@@ -86,9 +86,7 @@ fn spawn(job: &mut Job<'_>) -> Result<Child, String> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    sys::envelope_on_fd3(&mut cmd, &env_read);
-    let mut child = cmd
-        .spawn()
+    let mut child = sys::spawn_with_fd3(&mut cmd, &env_read)
         .map_err(|e| format!("cannot start the dispatcher {}: {e}", job.dispatcher))?;
     drop(env_read);
     write_side(File::from(env_write), std::mem::take(&mut job.envelope));
