@@ -970,7 +970,9 @@ struct ProbeAs {
 impl ProbeAs {
     fn install(env: &Env, call: &str) -> ProbeAs {
         let path = env.plugins().join(call);
-        let saved = path.with_extension("dispatch-test-saved");
+        // Not `with_extension`: that would give files.createDownload and
+        // files.download the same saved name.
+        let saved = env.plugins().join(format!("{call}-dispatch-test-saved"));
         let saved = match std::fs::rename(&path, &saved) {
             Ok(()) => Some(saved),
             Err(_) => None,
@@ -1020,7 +1022,8 @@ fn transfer_tokens_are_minted_for_one_user_and_one_call() {
     let probe = download(None, &token).probe();
     assert_eq!(status_ids(&probe, "Uid"), vec![alice_uid; 4]);
     assert_eq!(probe["env"]["UCLOUD_USERNAME"], ALICE);
-    assert!(probe["env"].get("UCLOUD_TRANSFER_TOKEN").is_none());
+    // The data-channel plugin sees the token it was called with, nothing newer.
+    assert_eq!(probe["env"]["UCLOUD_TRANSFER_TOKEN"], token.as_str());
     download(Some(ALICE), &token).probe();
 
     download(Some(BOB), &token).refused(77, 403, "USER_MISMATCH", "the token is for", true);

@@ -81,10 +81,18 @@ fn append(line: &str) -> Result<(), Error> {
             stat.st_mode & 0o7777
         )));
     }
-    // One write with O_APPEND: a line is never interleaved with another dispatcher's.
+    // One write with O_APPEND: a line is never interleaved with another dispatcher's,
+    // and a short write (disk full) is a failed record, not half a line.
     let mut file = File::from(fd);
-    file.write_all(format!("{line}\n").as_bytes())
-        .map_err(|e| fail(e.to_string()))
+    let bytes = format!("{line}\n");
+    match file.write(bytes.as_bytes()) {
+        Ok(n) if n == bytes.len() => Ok(()),
+        Ok(n) => Err(fail(format!(
+            "only {n} of {} bytes were written",
+            bytes.len()
+        ))),
+        Err(e) => Err(fail(e.to_string())),
+    }
 }
 
 fn syslog(line: &str, allowed: bool) {

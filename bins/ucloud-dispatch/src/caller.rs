@@ -22,6 +22,13 @@ pub fn check(site: &SiteConfig) -> Result<(), Error> {
     if gateway.uid.is_root() {
         return Err(Error::Config("gateway_user must not be root".into()));
     }
+    // A gateway that died before we looked would leave us a child of init: the
+    // plugin's parent-death signal would then be tied to init and never fire.
+    if nix::unistd::getppid().as_raw() == 1 {
+        return Err(Error::Usage(
+            "the caller is gone (the parent is init): nothing to answer to".into(),
+        ));
+    }
     let uid = getuid();
     if uid != gateway.uid {
         return Err(Error::WrongCaller {

@@ -116,6 +116,11 @@ fn decide(record: &mut audit::Record) -> Result<Allowed, Error> {
         let token = transfer::mint(&transfer::load_key()?, for_call, &target, verify::now())?;
         env.push(("UCLOUD_TRANSFER_TOKEN".into(), token));
     }
+    // On the data channel the plugin gets the token it was called with (verified
+    // above): it names the transfer session the create call set up.
+    if let ucloud_wire::envelope::Credential::Transfer(token) = &envelope.credential {
+        env.push(("UCLOUD_TRANSFER_TOKEN".into(), token.clone()));
+    }
     Ok(Allowed {
         env,
         timeout: install.site.timeout_for(&envelope.call),

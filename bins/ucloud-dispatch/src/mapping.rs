@@ -114,6 +114,12 @@ fn target(account: User, ucloud: Option<UcloudName>) -> Result<Target, Error> {
         .map_err(|_| Error::Internal("account name holds a NUL".into()))?;
     let groups = getgrouplist(&cname, account.gid)
         .map_err(|e| Error::Internal(format!("cannot list the groups of {}: {e}", account.name)))?;
+    if groups.iter().any(|g| g.as_raw() == 0) {
+        return Err(Error::AccountRefused(format!(
+            "{} is a member of group root (gid 0): a plugin never runs with it",
+            account.name
+        )));
+    }
     Ok(Target {
         name: account.name,
         uid: account.uid,

@@ -12,9 +12,13 @@ use nix::unistd::{alarm, chdir, getpid, getsid, setsid};
 const DECIDE_TIMEOUT_SECS: u32 = 30;
 
 pub fn process() -> Result<(), Error> {
-    environment();
+    environment()?;
     descriptors()?;
     sys::reset_signals().map_err(|e| Error::Internal(format!("cannot reset signals: {e}")))?;
+    // A caller's profiling timers would survive exec and could kill this root process
+    // (and later the plugin) at a moment of the caller's choosing.
+    sys::clear_interval_timers()
+        .map_err(|e| Error::Internal(format!("cannot clear the interval timers: {e}")))?;
     // A caller that never closes fd 3 must not keep a root process waiting forever;
     // exec.rs re-arms the alarm with the call's own limit.
     alarm::set(DECIDE_TIMEOUT_SECS);
@@ -26,11 +30,23 @@ pub fn process() -> Result<(), Error> {
 
 /// Nothing of the caller's environment is used or passed on: the plugin's is built
 /// from nothing in exec.rs. Emptying ours also keeps libc's NSS and locale code
-/// from reading anything the caller chose.
-fn environment() {
+/// from reading anything the caller chose. The crypto library reads `OPENSSL_ia32cap`
+/// (and its kin) when the program is loaded, before this runs: a caller who sets one
+/// could steer its choice of CPU code paths, so such a run is refused.
+fn environment() -> Result<(), Error> {
+    let steered = std::env::vars_os().any(|(key, _)| {
+        let key = key.to_string_lossy();
+        key.starts_with("OPENSSL_") && key.ends_with("cap")
+    });
     for (key, _) in std::env::vars_os() {
         std::env::remove_var(key);
     }
+    if steered {
+        return Err(Error::Usage(
+            "an OPENSSL_*cap variable is set: it steers the crypto library before ucloud-dispatch starts; unset it".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// fds 0..=2 must be open (they become the plugin's), 3 is the envelope, and
@@ -60,18 +76,33 @@ fn session() -> Result<(), Error> {
 }
 
 /// No core dumps of a root process; soft limits raised to the hard ones so that a
-/// caller cannot make the audit write or the exec fail half-way with a tiny limit.
-/// Hard limits cannot be raised (the bounding set may lack CAP_SYS_RESOURCE).
+/// caller cannot make the audit write or the exec fail half-way with a tiny limit
+/// (the plugin inherits these soft limits). Hard limits cannot be raised (the
+/// bounding set may lack CAP_SYS_RESOURCE), so a caller whose hard file-size limit
+/// is finite is refused: it could cut an audit line short.
 fn limits() -> Result<(), Error> {
     let set = |resource, soft, hard| {
         setrlimit(resource, soft, hard)
             .map_err(|e| Error::Internal(format!("cannot set {resource:?}: {e}")))
     };
     set(Resource::RLIMIT_CORE, 0, 0)?;
+    let (_, fsize) = getrlimit(Resource::RLIMIT_FSIZE)
+        .map_err(|e| Error::Internal(format!("cannot read RLIMIT_FSIZE: {e}")))?;
+    if fsize != nix::sys::resource::RLIM_INFINITY {
+        return Err(Error::Usage(format!(
+            "the hard file-size limit is {fsize} bytes: ucloud-dispatch needs it unlimited (ulimit -H -f unlimited)"
+        )));
+    }
     for resource in [
         Resource::RLIMIT_FSIZE,
         Resource::RLIMIT_NOFILE,
         Resource::RLIMIT_CPU,
+        Resource::RLIMIT_AS,
+        Resource::RLIMIT_DATA,
+        Resource::RLIMIT_STACK,
+        Resource::RLIMIT_NPROC,
+        Resource::RLIMIT_MEMLOCK,
+        Resource::RLIMIT_SIGPENDING,
     ] {
         let (_, hard) = getrlimit(resource)
             .map_err(|e| Error::Internal(format!("cannot read {resource:?}: {e}")))?;

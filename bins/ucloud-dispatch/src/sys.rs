@@ -48,6 +48,28 @@ pub fn reset_signals() -> nix::Result<()> {
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
 }
 
+/// Disarms ITIMER_VIRTUAL and ITIMER_PROF, which survive exec. ITIMER_REAL is the
+/// alarm, re-armed by the pipeline itself.
+pub fn clear_interval_timers() -> nix::Result<()> {
+    let zero = libc::itimerval {
+        it_interval: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        it_value: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+    };
+    for which in [libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
+        // SAFETY: `zero` is a valid itimerval that outlives the call, and a null
+        // old-value pointer is allowed.
+        let rc = unsafe { libc::setitimer(which, &zero, std::ptr::null_mut()) };
+        nix::errno::Errno::result(rc)?;
+    }
+    Ok(())
+}
+
 /// Takes ownership of the envelope channel, fd 3. Must run before the process
 /// opens anything: a closed fd 3 would otherwise be reused by the next open.
 pub fn take_envelope_fd() -> Option<OwnedFd> {

@@ -43,9 +43,12 @@ impl UcloudName {
                 name.len()
             )));
         }
-        if name.chars().any(char::is_control) {
+        if name
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+        {
             return Err(NameError(
-                "UCloud username contains a control character".into(),
+                "UCloud username contains a control character or an invisible formatting one".into(),
             ));
         }
         Ok(UcloudName(name.to_string()))
@@ -101,6 +104,12 @@ impl UcloudName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Bidirectional overrides and zero-width characters: they make a name print as
+/// another one in logs.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
 }
 
 impl LocalName {
@@ -175,7 +184,14 @@ mod tests {
 
     #[test]
     fn hostile_usernames_are_refused() {
-        for bad in ["", "a\0b", "a\nb", "\u{7f}"] {
+        for bad in [
+            "",
+            "a\0b",
+            "a\nb",
+            "\u{7f}",
+            "Alice\u{202E}1001#",
+            "Bob\u{200B}",
+        ] {
             assert!(UcloudName::new(bad).is_err(), "{bad:?}");
         }
         assert!(UcloudName::new(&"x".repeat(UCLOUD_NAME_MAX + 1)).is_err());
