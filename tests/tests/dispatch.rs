@@ -775,12 +775,23 @@ fn hex(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A mapping file written into the stack's store for one test.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A mapping file written into the stack's store for one test, made just now.
 fn place_mapping(env: &Env, ucloud: &str, local: &str, uid: u32) -> Placed {
+    place_mapping_made_at(env, ucloud, local, uid, now_ms())
+}
+
+fn place_mapping_made_at(env: &Env, ucloud: &str, local: &str, uid: u32, created: u64) -> Placed {
     let path = env.mappings().join(hex(ucloud));
     std::fs::write(
         &path,
-        json!({"ucloud": ucloud, "local": local, "uid": uid, "created": 1}).to_string(),
+        json!({"ucloud": ucloud, "local": local, "uid": uid, "created": created}).to_string(),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -827,6 +838,34 @@ fn refused_mapping_targets() {
         env.run(&env.envelope(PROBE, Some(ucloud), json!({})))
             .refused(77, 403, "ACCOUNT_REFUSED", why, true);
     }
+}
+
+#[test]
+fn an_expired_mapping_no_longer_works() {
+    let _lock = exclusive();
+    let env = Env::new();
+    let expire: u64 = std::fs::read_to_string(env.stack.prefix().join("etc/ucloud-im/site.conf"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.split_once('=')
+                .filter(|(k, _)| k.trim() == "mapping_expire_after_ms")
+        })
+        .map(|(_, v)| v.trim().parse().unwrap())
+        .expect("the stack's site.conf sets mapping_expire_after_ms");
+    let bob = env.stack.local_of(BOB);
+    let uid = id_of("-u", &bob)[0];
+    let old = now_ms() - expire - 1000;
+    {
+        let _placed = place_mapping_made_at(&env, "DtestExpired#8", &bob, uid, old);
+        env.run(&env.envelope(PROBE, Some("DtestExpired#8"), json!({})))
+            .refused(77, 403, "NOT_MAPPED", "has expired", true);
+    }
+    let _placed = place_mapping_made_at(&env, "DtestFresh#9", &bob, uid, old + 60_000);
+    let probe = env
+        .run(&env.envelope(PROBE, Some("DtestFresh#9"), json!({})))
+        .probe();
+    assert_eq!(status_ids(&probe, "Uid"), vec![uid; 4]);
 }
 
 #[test]

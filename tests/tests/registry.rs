@@ -229,11 +229,11 @@ fn refusals_change_nothing_and_say_why() {
         ),
         (
             vec!["add".into(), "Evil\u{1}Name#1".into(), "daemon".into()],
-            "control character",
+            "control",
         ),
         (
             vec!["add".into(), "Evil\nName#1".into(), "daemon".into()],
-            "control character",
+            "control",
         ),
         (
             vec!["add".into(), "Two Words#1".into(), "daemon".into()],

@@ -169,9 +169,13 @@ fn ms(secs: i64, nsec: i64) -> i64 {
 /// UCloud's `ProviderFile`. Linux's `fstatat` reports no birth time, so `createdAt`
 /// is the modification time.
 fn provider_file(dir: &str, name: &str, st: &FileStat) -> Value {
+    provider_file_at(&format!("{dir}/{name}"), st)
+}
+
+pub fn provider_file_at(id: &str, st: &FileStat) -> Value {
     let modified = ms(st.st_mtime, st.st_mtime_nsec);
     json!({
-        "id": format!("{dir}/{name}"),
+        "id": id,
         "createdAt": modified,
         "status": {
             "type": Kind::of(st).ucloud(),

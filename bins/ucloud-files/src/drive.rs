@@ -12,7 +12,7 @@ use ucloud_wire::names::DriveId;
 
 const MAX_ENTRY: u64 = 64 * 1024;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drive {
     pub id: DriveId,
     pub local: String,

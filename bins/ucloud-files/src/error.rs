@@ -14,6 +14,13 @@ pub enum Error {
     NotFound(String),
     PermissionDenied(String),
     NotADirectory(String),
+    /// The name is taken and the conflict policy says not to touch it.
+    Conflict(String),
+    /// A transfer offset or range that does not fit what is on disk.
+    BadOffset(String),
+    RangeNotSatisfiable(String),
+    /// ENOSPC or EDQUOT: nothing half-written was kept.
+    DiskFull(String),
     /// The call name in `UCLOUD_CALL` is not one this binary serves.
     Unsupported(String),
     /// The installation is wrong (environment, drive table); not the user's fault.
@@ -27,6 +34,10 @@ impl Error {
             Error::BadRequest(_) => (400, "BAD_REQUEST"),
             Error::BadPath(_) => (400, "BAD_PATH"),
             Error::NotADirectory(_) => (400, "NOT_A_DIRECTORY"),
+            Error::Conflict(_) => (409, "ALREADY_EXISTS"),
+            Error::BadOffset(_) => (409, "BAD_OFFSET"),
+            Error::RangeNotSatisfiable(_) => (416, "RANGE_NOT_SATISFIABLE"),
+            Error::DiskFull(_) => (507, "DISK_FULL"),
             Error::PermissionDenied(_) => (403, "PERMISSION_DENIED"),
             Error::NotFound(_) => (404, "NOT_FOUND"),
             Error::Unsupported(_) => (404, "NOT_SUPPORTED"),
@@ -49,7 +60,13 @@ impl Error {
             )),
             ENOTDIR => Error::NotADirectory(format!("{ucloud_path} is not a directory")),
             ENAMETOOLONG => Error::BadPath(format!("{ucloud_path} is too long")),
-            other => Error::Internal(format!("cannot open {ucloud_path}: {}", other.desc())),
+            EEXIST | ENOTEMPTY => Error::Conflict(format!("{ucloud_path} already exists")),
+            ENOSPC | EDQUOT => Error::DiskFull(format!(
+                "no space left for {ucloud_path} (disk or quota full); nothing half-written was kept"
+            )),
+            EROFS => Error::PermissionDenied(format!("{ucloud_path} is on a read-only file system")),
+            EISDIR => Error::BadRequest(format!("{ucloud_path} is a directory")),
+            other => Error::Internal(format!("{ucloud_path}: {}", other.desc())),
         }
     }
 }
@@ -62,6 +79,10 @@ impl fmt::Display for Error {
             | Error::NotFound(m)
             | Error::PermissionDenied(m)
             | Error::NotADirectory(m)
+            | Error::Conflict(m)
+            | Error::BadOffset(m)
+            | Error::RangeNotSatisfiable(m)
+            | Error::DiskFull(m)
             | Error::Unsupported(m)
             | Error::Misconfigured(m)
             | Error::Internal(m) => f.write_str(m),

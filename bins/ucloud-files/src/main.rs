@@ -7,10 +7,18 @@
 #![forbid(unsafe_code)]
 
 mod browse;
+mod collections;
+mod conflict;
+mod download;
 mod drive;
 mod error;
+mod fsops;
+mod ops;
 mod path;
+mod resolve;
+mod session;
 mod tree;
+mod upload;
 
 use error::Error;
 use serde_json::Value;
@@ -22,10 +30,20 @@ usage: ucloud-files REQUEST_FILE      (with UCLOUD_CALL set, as the dispatcher r
        ucloud-files --help
 
 The native file plugins of ucloud-im, one binary dispatching on UCLOUD_CALL:
-  files.browse   one page of a directory of one of the caller's drives
+  files.browse             one page of a directory of one of the caller's drives
+  files.retrieve           one file's status
+  files.createFolder       new folders                        (bulk, one transaction)
+  files.move, files.copy   move or copy (recursively)         (bulk, one transaction)
+  files.trash              move into the drive's Trash folder (bulk, one transaction)
+  files.emptyTrash         empty the Trash folder
+  files.delete             delete for good                    (bulk, one transaction)
+  files.createDownload     download links;  files.download  serves one (data channel)
+  files.createUpload       upload links;    files.upload    takes one chunk (data channel)
+  files.collections.{create,delete,rename,updateAcl,verify}
 
 Environment (set by ucloud-dispatch): UCLOUD_CALL, USER (the mapped account; the
-drive must be theirs), UCLOUD_IM_DRIVES (the drive table directory).
+drive must be theirs), HOME, UCLOUD_IM_DRIVES (the drive table directory),
+UCLOUD_PUBLIC_URL and UCLOUD_PROVIDER (for links), UCLOUD_TRANSFER_TOKEN.
 Prints the response JSON on stdout; on failure one line
   {\"status\":404,\"errorCode\":\"NOT_FOUND\",\"why\":\"...\"}
 on stderr and exit status 1. See ucloud-files(8).
@@ -47,6 +65,9 @@ fn main() -> ExitCode {
         })
         .and_then(|file| run(&file));
     match result.and_then(|answer| {
+        if answer.is_null() {
+            return Ok(());
+        }
         let mut out = std::io::stdout().lock();
         serde_json::to_writer(&mut out, &answer)
             .map_err(|e| Error::Internal(format!("cannot write the answer: {e}")))?;
@@ -74,14 +95,25 @@ fn run(file: &str) -> Result<Value, Error> {
     let call = env("UCLOUD_CALL")?;
     let user = caller()?;
     let request = read_request(file)?;
+    let table = env("UCLOUD_IM_DRIVES")?;
+    let table = std::fs::File::open(&table)
+        .map_err(|e| Error::Misconfigured(format!("cannot open the drive table {table}: {e}")))?;
+    let ctx = resolve::Ctx { table, user };
     match call.as_str() {
-        "files.browse" => {
-            let table = env("UCLOUD_IM_DRIVES")?;
-            let table = std::fs::File::open(&table).map_err(|e| {
-                Error::Misconfigured(format!("cannot open the drive table {table}: {e}"))
-            })?;
-            browse::run(&request, &table, &user)
-        }
+        "files.browse" => browse::run(&request, &ctx.table, &ctx.user),
+        "files.retrieve" => ops::retrieve(&ctx, &request),
+        "files.createFolder" => ops::create_folder(&ctx, &request),
+        "files.move" => ops::move_files(&ctx, &request),
+        "files.copy" => ops::copy_files(&ctx, &request),
+        "files.trash" => ops::trash(&ctx, &request),
+        "files.emptyTrash" => ops::empty_trash(&ctx, &request),
+        "files.delete" => ops::delete(&ctx, &request),
+        "files.createDownload" => download::create(&ctx, &request),
+        "files.createUpload" => upload::create(&ctx, &request),
+        // The data channel answers in the framed form itself.
+        "files.download" => download::serve(&ctx, &request).map(|()| Value::Null),
+        "files.upload" => upload::serve(&ctx, &request).map(|()| Value::Null),
+        c if c.starts_with("files.collections.") => collections::run(c, &ctx, &request),
         other => Err(Error::Unsupported(format!(
             "ucloud-files does not implement {other}"
         ))),

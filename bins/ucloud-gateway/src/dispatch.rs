@@ -40,8 +40,21 @@ pub struct Job<'a> {
     pub envelope: Vec<u8>,
     /// Raw body for the plugin's stdin (data channel); `None` closes stdin at once.
     pub stdin: Option<Vec<u8>>,
+    /// A body streamed from the client to the plugin's stdin (upload chunks), in
+    /// place of `stdin`: called once with the pipe, it copies the body into it.
+    pub stream: Option<&'a mut dyn FnMut(&mut dyn Write) -> StreamEnd>,
     pub gzip: bool,
     pub keep_alive: bool,
+}
+
+/// How streaming a request body to the plugin ended.
+pub enum StreamEnd {
+    /// The whole body went to the plugin, or the plugin stopped reading early (the
+    /// rest was dropped): its answer decides.
+    Done,
+    /// The client went away or broke the body off: the plugin saw its stdin end
+    /// early, and the connection is over.
+    ClientGone(String),
 }
 
 pub fn run(mut job: Job<'_>, out: &mut impl Write) -> Relayed {
@@ -51,6 +64,21 @@ pub fn run(mut job: Job<'_>, out: &mut impl Write) -> Relayed {
     };
     let stderr = collect_stderr(child.stderr.take().expect("stderr is piped"));
     let mut stdout = child.stdout.take().expect("stdout is piped");
+    if let Some(stream) = job.stream.take() {
+        // The plugin reads its whole stdin before it answers (an early answer is a
+        // refusal, small enough for the pipe), so copying first cannot deadlock.
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        let end = stream(&mut stdin);
+        drop(stdin);
+        if let StreamEnd::ClientGone(why) = end {
+            // Let the plugin see the short body and clean up, then close.
+            let _ = io::copy(&mut stdout, &mut io::sink());
+            let _ = child.wait();
+            let _ = stderr.join();
+            return Relayed::Broken { status: 400, why };
+        }
+    }
+    let mut stdout = stdout;
     let start = match read_start(&mut stdout) {
         Ok(start) => start,
         Err(e) => {
@@ -91,8 +119,12 @@ fn spawn(job: &mut Job<'_>) -> Result<Child, String> {
     drop(env_read);
     write_side(File::from(env_write), std::mem::take(&mut job.envelope));
     // Without a body, dropping the pipe gives the plugin EOF at once.
-    if let (Some(body), Some(stdin)) = (job.stdin.take(), child.stdin.take()) {
-        write_side(stdin, body);
+    if job.stream.is_none() {
+        if let (Some(body), Some(stdin)) = (job.stdin.take(), child.stdin.take()) {
+            write_side(stdin, body);
+        } else {
+            drop(child.stdin.take());
+        }
     }
     Ok(child)
 }
@@ -393,7 +425,11 @@ fn send_head(
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let length_text = length.map(|l| l.to_string());
+    // 204 and 304 never carry a body (RFC 9112 6.3): announcing one would make the
+    // client read the chunk framing as the next response on this connection.
+    let bodiless = status == 204 || status == 304;
     let mode = match &length_text {
+        _ if bodiless => BodyMode::Fixed { total: 0, sent: 0 },
         Some(text) => {
             list.push(("Content-Length", text));
             BodyMode::Fixed {
@@ -485,6 +521,21 @@ mod tests {
                 && !text.contains("gzip")
                 && text.contains("Connection: close")
         );
+    }
+
+    #[test]
+    fn no_content_answers_announce_no_body() {
+        for status in [204, 304] {
+            let mut out = Vec::new();
+            let head = Some((status, vec![("Content-Length".into(), "5".into())]));
+            let (_, mode) = send_head(&mut out, head, true).ok().unwrap();
+            assert!(matches!(mode, BodyMode::Fixed { total: 0, sent: 0 }));
+            let text = String::from_utf8(out).unwrap().to_ascii_lowercase();
+            assert!(
+                !text.contains("transfer-encoding") && !text.contains("content-length"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

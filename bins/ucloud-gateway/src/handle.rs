@@ -1,7 +1,7 @@
 //! One request, from route to answer: the health check, the bearer-token gate, the
 //! UCloud user, the request JSON, and the dispatcher.
 
-use crate::dispatch::{self, Job, Relayed};
+use crate::dispatch::{self, Job, Relayed, StreamEnd};
 use crate::error::Reject;
 use crate::normalise::normalise;
 use crate::respond;
@@ -70,6 +70,12 @@ pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
                     note: None,
                 })
             }
+            Route::ConnectPage => Ok(Outcome {
+                call: "connect.page",
+                status: crate::connect_page::serve(&req, out, keep_alive),
+                close: false,
+                note: None,
+            }),
             Route::NotFound(why) => Err(Reject::NotFound(why)),
             Route::NotImplemented(c) => {
                 call = c;
@@ -80,7 +86,7 @@ pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
             Route::Api(c) => {
                 call = c;
                 let envelope = api_envelope(site, config, c, &req)?;
-                Ok(relay(site, c, envelope, None, gz, keep_alive, out))
+                Ok(relay(site, c, envelope, None, None, gz, keep_alive, out))
             }
             Route::Transfer(c) => {
                 call = c;
@@ -98,14 +104,19 @@ pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
                         "{c} needs a transfer token (query parameter token or header Chunked-Upload-Token)"
                     )));
                 };
+                let mut request = transfer_request(&req);
+                if req.method == "POST" {
+                    request["headers"]["content-length"] =
+                        Value::String(req.body.len().to_string());
+                }
                 let envelope = Envelope {
                     call: c.to_string(),
                     credential: Credential::Transfer(transfer),
                     user: None,
-                    request: transfer_request(&req),
+                    request,
                 };
                 let body = (req.method == "POST").then(|| req.body.clone());
-                Ok(relay(site, c, envelope, body, false, keep_alive, out))
+                Ok(relay(site, c, envelope, body, None, false, keep_alive, out))
             }
         }
     })();
@@ -155,11 +166,13 @@ fn preflight(out: &mut impl Write, keep_alive: bool) -> u16 {
     204
 }
 
-fn relay(
-    site: &Site,
+#[allow(clippy::too_many_arguments)]
+fn relay<'a>(
+    site: &'a Site,
     call: &'static str,
     envelope: Envelope,
     stdin: Option<Vec<u8>>,
+    stream: Option<&'a mut dyn FnMut(&mut dyn Write) -> StreamEnd>,
     gzip: bool,
     keep_alive: bool,
     out: &mut impl Write,
@@ -169,6 +182,7 @@ fn relay(
         call,
         envelope: envelope.encode(),
         stdin,
+        stream,
         gzip,
         keep_alive,
     };
@@ -290,7 +304,14 @@ fn transfer_token(req: &Request) -> Result<Option<String>, Reject> {
         Some(t) if t.is_empty() || t.len() > MAX_TOKEN => Err(Reject::Unauthorized(format!(
             "the transfer token is empty or longer than {MAX_TOKEN} bytes"
         ))),
-        other => Ok(other),
+        // Only a token of the right shape may start a (setuid) dispatcher.
+        Some(t) => {
+            match ucloud_wire::token::transfer_token_looks_valid(&t, ucloud_wire::now_ms() / 1000) {
+                Ok(()) => Ok(Some(t)),
+                Err(e) => Err(Reject::Unauthorized(e.to_string())),
+            }
+        }
+        None => Ok(None),
     }
 }
 
@@ -325,7 +346,74 @@ fn transfer_request(req: &Request) -> Value {
     map.insert("method".into(), Value::String(req.method.clone()));
     map.insert("query".into(), query_object(req, Some("token")));
     map.insert("headers".into(), Value::Object(headers));
+    // The plugin keys its transfer session on the token the dispatcher verified.
+    if let Ok(Some(token)) = transfer_token(req) {
+        map.insert("token".into(), Value::String(token));
+    }
     Value::Object(map)
+}
+
+/// Whether this request's body is streamed to the plugin instead of read first:
+/// an upload chunk with a Content-Length (up to 32,000,000 bytes, UCloud's largest).
+pub fn streams_body(site: &Site, req: &Request) -> bool {
+    let Ok(config) = site.config.as_ref() else {
+        return false;
+    };
+    req.method == "POST"
+        && matches!(
+            route(&req.method, req.path(), &config.provider),
+            Route::Transfer("files.upload")
+        )
+}
+
+/// An upload chunk: the body goes from the client to the plugin's stdin as it
+/// arrives, never held whole. `length` is the request's Content-Length.
+pub fn handle_stream(
+    site: &Site,
+    req: Request,
+    length: usize,
+    copy: &mut dyn FnMut(&mut dyn Write) -> StreamEnd,
+    out: &mut impl Write,
+) -> Outcome {
+    let call = "files.upload";
+    let keep_alive = req.keep_alive;
+    let transfer = match transfer_token(&req).and_then(|t| {
+        t.ok_or_else(|| {
+            Reject::Unauthorized(format!(
+                "{call} needs a transfer token (query parameter token or header Chunked-Upload-Token)"
+            ))
+        })
+    }) {
+        Ok(t) => t,
+        Err(reject) => {
+            // The body was not read: the connection cannot carry another request.
+            let _ = respond::send_reject(out, &reject, false, false);
+            return Outcome {
+                call,
+                status: reject.failure().status,
+                close: true,
+                note: Some(reject.failure().why),
+            };
+        }
+    };
+    let mut request = transfer_request(&req);
+    request["headers"]["content-length"] = Value::String(length.to_string());
+    let envelope = Envelope {
+        call: call.to_string(),
+        credential: Credential::Transfer(transfer),
+        user: None,
+        request,
+    };
+    relay(
+        site,
+        call,
+        envelope,
+        None,
+        Some(copy),
+        false,
+        keep_alive,
+        out,
+    )
 }
 
 #[cfg(test)]
@@ -366,21 +454,31 @@ mod tests {
 
     #[test]
     fn query_and_transfer_requests() {
+        // Shaped like the dispatcher's tokens (HS256, our typ, exp in 2286); the
+        // signature is not checked here.
+        const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0eXAiOiJ1Y2xvdWQtaW0tdHJhbnNmZXIiLCJleHAiOjk5OTk5OTk5OTl9.c2ln";
         let r = req(
             "GET",
-            "/x?id=a%2Fb&id=second&token=secret&n=1",
+            &format!("/x?id=a%2Fb&id=second&token={TOKEN}&n=1"),
             &[("range", "bytes=0-1")],
         );
         assert_eq!(
             query_object(&r, None),
-            serde_json::json!({"id": "a/b", "token": "secret", "n": "1"})
+            serde_json::json!({"id": "a/b", "token": TOKEN, "n": "1"})
         );
-        assert_eq!(transfer_token(&r).unwrap().as_deref(), Some("secret"));
+        assert_eq!(transfer_token(&r).unwrap().as_deref(), Some(TOKEN));
         let t = transfer_request(&r);
         assert_eq!(t["query"], serde_json::json!({"id": "a/b", "n": "1"}));
         assert_eq!(t["headers"]["range"], "bytes=0-1");
-        let u = req("POST", "/x", &[("chunked-upload-token", "tok")]);
-        assert_eq!(transfer_token(&u).unwrap().as_deref(), Some("tok"));
+        let u = req("POST", "/x", &[("chunked-upload-token", TOKEN)]);
+        assert_eq!(transfer_token(&u).unwrap().as_deref(), Some(TOKEN));
         assert_eq!(transfer_token(&req("POST", "/x", &[])).unwrap(), None);
+        for garbage in ["secret", "a.b.c"] {
+            let g = req("POST", "/x", &[("chunked-upload-token", garbage)]);
+            assert!(
+                transfer_token(&g).is_err(),
+                "{garbage} would start a dispatcher"
+            );
+        }
     }
 }

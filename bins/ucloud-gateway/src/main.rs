@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 mod conn;
+mod connect_page; // issue 7: the ticket page
 mod dispatch;
 mod error;
 mod framing;
@@ -28,6 +29,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request body (up to `Limits::max_body`).
 const BODY_TIMEOUT: Duration = Duration::from_secs(120);
+/// The largest upload chunk the data channel streams (UCloud's largest chunk).
+const MAX_STREAMED: usize = 32_000_000;
 /// How long one write to a client may block before the client counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -137,6 +140,12 @@ fn no_new_privs() -> bool {
 
 fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientOut) {
     let limits = Limits::default();
+    // Heads may announce an upload chunk (streamed, never held); every other body
+    // is held and stays under `limits.max_body`, checked once the route is known.
+    let head_limits = Limits {
+        max_body: MAX_STREAMED,
+        ..Limits::default()
+    };
     let mut reader = Reader::new(client_in);
     loop {
         if reader.buffered().is_empty() {
@@ -148,12 +157,42 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
         }
         let started = Instant::now();
         reader.get_mut().deadline = Some(started + HEAD_TIMEOUT);
-        let (mut req, body) = match reader.read_head(&limits, out) {
+        let (mut req, body) = match reader.read_head(&head_limits, out) {
             Ok(Some(head)) => head,
             Ok(None) => return,
             Err(e) => return refuse(out, e, "-", "-", started),
         };
         reader.get_mut().deadline = Some(Instant::now() + BODY_TIMEOUT);
+        if let Some(n) = body.length().filter(|_| handle::streams_body(site, &req)) {
+            let (method, path) = (req.method.clone(), req.path().to_string());
+            let mut copy = |sink: &mut dyn std::io::Write| match reader.copy_body(n, sink) {
+                Ok(_) => dispatch::StreamEnd::Done,
+                Err(e) => dispatch::StreamEnd::ClientGone(format!("upload body: {e}")),
+            };
+            let outcome = handle::handle_stream(site, req, n, &mut copy, out);
+            log(
+                &method,
+                &path,
+                outcome.call,
+                outcome.status,
+                started,
+                outcome.note.as_deref(),
+            );
+            if outcome.close {
+                return;
+            }
+            reader.get_mut().deadline = None;
+            continue;
+        }
+        if body.length().is_some_and(|n| n > limits.max_body) {
+            return refuse(
+                out,
+                HttpError::BodyTooLarge,
+                &req.method,
+                req.path(),
+                started,
+            );
+        }
         if !body.is_empty() {
             match reader.read_body(body, &limits) {
                 Ok(bytes) => req.body = bytes,

@@ -10,6 +10,9 @@ pub enum Route {
     Transfer(&'static str),
     /// `GET /ucloud-im/health`, answered by the gateway itself.
     Health,
+    /// `GET /ucloud/{P}/connect?ticket=...`: the page that shows a connection ticket
+    /// to a browser (no token; answered by the gateway itself, see connect_page.rs).
+    ConnectPage,
     /// A call this version recognises but does not serve yet.
     NotImplemented(&'static str),
     /// Nothing here; the text says why.
@@ -121,6 +124,13 @@ pub fn route(method: &str, raw_path: &str, provider: &str) -> Route {
             "{path}: this site is provider {provider:?}, not {first:?}"
         ));
     }
+    if rest == "connect" {
+        return if method == "GET" {
+            Route::ConnectPage
+        } else {
+            Route::NotFound(format!("{path} answers GET only, not {method}"))
+        };
+    }
     let mut known_path = false;
     for (table, make) in [
         (API, Route::Api as fn(&'static str) -> Route),
@@ -217,6 +227,10 @@ mod tests {
             Route::NotImplemented("jobs.follow")
         );
         assert_eq!(route("GET", "/ucloud-im/health/", "hpc"), Route::Health);
+        assert_eq!(
+            route("GET", "/ucloud/hpc/connect", "hpc"),
+            Route::ConnectPage
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct Record {
     pub ucloud_user: Option<String>,
     pub local_user: Option<String>,
     pub uid: Option<u32>,
+    /// The uid that asked, when it is not this process's own: the peer of the
+    /// registry socket, as the kernel reports it.
+    pub caller: Option<u32>,
 }
 
 impl Record {
@@ -25,7 +28,7 @@ impl Record {
             "time": ucloud_wire::now_ms(),
             "program": "ucloud-registry",
             "pid": std::process::id(),
-            "callerUid": nix::unistd::getuid().as_raw(),
+            "callerUid": self.caller.unwrap_or_else(|| nix::unistd::getuid().as_raw()),
             "action": self.action,
             "ucloudUser": self.ucloud_user,
             "localUser": self.local_user,
@@ -119,6 +122,7 @@ mod tests {
             ucloud_user: Some("A#1".into()),
             local_user: Some("alice".into()),
             uid: Some(1001),
+            caller: None,
         };
         let allowed: Value = serde_json::from_str(&r.line(None)).unwrap();
         assert_eq!(allowed["decision"], "allowed");

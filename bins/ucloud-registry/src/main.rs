@@ -1,20 +1,28 @@
 //! ucloud-registry: the admin command for the root-owned mapping store and drive
-//! table. `add` maps a UCloud user to a local account and registers the user's home
-//! drive with UCloud through the outbox; `remove` undoes it; `list` shows the store;
-//! `sync` records drives whose registration UCloud answered after `add` stopped
-//! waiting. See ucloud-registry(8).
-#![forbid(unsafe_code)]
+//! table, and the socket-activated service that connects UCloud users to local
+//! accounts. `add` maps a UCloud user to a local account and registers the user's
+//! home drive with UCloud through the outbox; `remove` undoes it; `list` shows the
+//! store; `sync` records drives whose registration UCloud answered after `add`
+//! stopped waiting; `expire` removes mappings older than `mapping_expire_after_ms`;
+//! `serve` answers one connection on the registry socket (tickets, see serve.rs).
+//! See ucloud-registry(8).
+#![deny(unsafe_code)]
 
 mod account;
 mod audit;
 mod error;
 mod ops;
+mod serve;
 mod store;
+#[allow(unsafe_code)]
+mod sys;
+mod ticket;
 mod ucloud;
 
 use error::Error;
 use ops::{Added, Registry};
 use std::ffi::OsString;
+use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
 use ucloud_wire::config::SiteConfig;
@@ -24,6 +32,8 @@ usage: ucloud-registry add <ucloudName> <localUser> [--wait SECONDS]
        ucloud-registry remove <ucloudName>
        ucloud-registry list
        ucloud-registry sync
+       ucloud-registry expire
+       ucloud-registry serve
        ucloud-registry --help
 
 Keeps the root-owned map from UCloud users to local accounts and the drive table
@@ -36,6 +46,11 @@ Keeps the root-owned map from UCloud users to local accounts and the drive table
   remove  delete the mapping and the user's drives, and tell UCloud
   list    one line per mapping: ucloudName localUser uid driveId|pending
   sync    record the drives of pending mappings that UCloud has answered
+  expire  remove mappings older than mapping_expire_after_ms (site.conf) and tell
+          UCloud; run it from a timer or cron when expiry is on
+  serve   answer one request on the registry socket: the connection on stdin
+          (inetd style, systemd Accept=yes) or on fd 3 (LISTEN_FDS); the peer's
+          uid decides what it may ask (ucloud-connect(1) is the client)
 
 Exit codes: 0 done (also when add leaves the drive pending), 64 usage, 77 refused,
 78 unsafe or misconfigured installation, 70 internal error. See ucloud-registry(8).
@@ -55,6 +70,8 @@ enum Command {
     },
     List,
     Sync,
+    Expire,
+    Serve,
 }
 
 fn main() -> ExitCode {
@@ -104,10 +121,12 @@ fn parse(mut args: pico_args::Arguments) -> Result<Command, Error> {
         },
         Some("list") => Command::List,
         Some("sync") => Command::Sync,
+        Some("expire") => Command::Expire,
+        Some("serve") => Command::Serve,
         Some(other) => return Err(usage(format!("unknown command {other:?}"))),
         None => {
             return Err(usage(
-                "a command is needed: add, remove, list or sync".into(),
+                "a command is needed: add, remove, list, sync, expire or serve".into(),
             ))
         }
     };
@@ -132,12 +151,24 @@ fn site() -> Result<SiteConfig, Error> {
 }
 
 fn run(command: Command) -> Result<(), Error> {
+    if let Command::Serve = command {
+        return serve::serve(connection()?);
+    }
     let registry = Registry::site();
     registry.store.prepare()?;
     match command {
+        Command::Serve => unreachable!("handled above"),
+        Command::Expire => {
+            for m in registry.expire(&site()?, ucloud_wire::now_ms())? {
+                println!(
+                    "expired the mapping of {} to {} (uid {}); UCloud will be told",
+                    m.ucloud, m.local, m.uid
+                );
+            }
+        }
         Command::Add { name, local, wait } => {
             let site = site()?;
-            match registry.add(&site, &name, &local, Duration::from_secs(wait))? {
+            match registry.add(&site, &name, &local, Duration::from_secs(wait), None)? {
                 Added::Drive(d) => println!(
                     "mapped {name} to {local}; home drive {} at {}",
                     d.id, d.base
@@ -149,7 +180,7 @@ fn run(command: Command) -> Result<(), Error> {
             }
         }
         Command::Remove { name } => {
-            let m = registry.remove(&name)?;
+            let m = registry.remove(&name, None)?;
             println!(
                 "removed {} (was {} uid {}) and its drives; UCloud will be told",
                 m.ucloud, m.local, m.uid
@@ -182,4 +213,35 @@ fn run(command: Command) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The connection to serve: fd 3 under `LISTEN_FDS`, else stdin (inetd style).
+fn connection() -> Result<UnixStream, Error> {
+    use std::os::fd::AsFd;
+    let fd = match sys::listen_fd() {
+        Some(fd) => fd,
+        None => std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(Error::io("cannot duplicate stdin"))?,
+    };
+    let kind = nix::sys::stat::fstat(&fd).map_err(Error::errno("cannot stat the connection"))?;
+    let format = kind.st_mode & nix::sys::stat::SFlag::S_IFMT.bits();
+    let is_socket = format == nix::sys::stat::SFlag::S_IFSOCK.bits();
+    if !is_socket {
+        return Err(Error::Usage(
+            "serve needs a connected unix socket on stdin (systemd Accept=yes, or \
+             systemd-socket-activate --inetd -a) or on fd 3 (LISTEN_FDS); \
+             people run ucloud-connect instead"
+                .into(),
+        ));
+    }
+    let listening = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn)
+        .map_err(Error::errno("cannot inspect the socket"))?;
+    if listening {
+        return Err(Error::Config(
+            "serve was given a listening socket: its socket unit needs Accept=yes".into(),
+        ));
+    }
+    Ok(UnixStream::from(fd))
 }

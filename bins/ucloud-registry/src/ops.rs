@@ -1,11 +1,13 @@
 //! The registry's operations, independent of how they are asked for: the admin
-//! command today, a socket-activated service later. Each takes validated input,
-//! records its decision in the audit log and then changes the store under its lock.
+//! command or the socket-activated service (serve.rs, which decides who may ask for
+//! what). Each takes validated input, records its decision in the audit log and then
+//! changes the store under its lock.
 
 use crate::account;
 use crate::audit::{Audit, Record};
 use crate::error::Error;
 use crate::store::{Drive, Lock, Mapping, Store};
+use crate::ticket::{Ticket, Tickets};
 use crate::ucloud::{self, Outbox};
 use std::time::{Duration, Instant};
 use ucloud_wire::config::SiteConfig;
@@ -15,6 +17,21 @@ pub struct Registry {
     pub store: Store,
     pub outbox: Outbox,
     pub audit: Audit,
+    pub tickets: Tickets,
+}
+
+/// What a valid ticket asks for.
+enum Redeem {
+    Map(Mapping, String),
+    Again(Mapping),
+}
+
+/// How a redeemed ticket ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Connected {
+    New(Mapping, Added),
+    /// The UCloud user was already mapped to the caller: UCloud is told again.
+    Again(Mapping),
 }
 
 /// How `add` ended.
@@ -59,6 +76,7 @@ impl Registry {
             store: Store::site(),
             outbox: Outbox::site(),
             audit: Audit::site(),
+            tickets: Tickets::site(),
         }
     }
 
@@ -70,12 +88,14 @@ impl Registry {
         raw_name: &str,
         raw_local: &str,
         wait: Duration,
+        caller: Option<u32>,
     ) -> Result<Added, Error> {
         let mut record = Record {
             action: "add",
             ucloud_user: Some(raw_name.to_string()),
             local_user: Some(raw_local.to_string()),
-            uid: None,
+            caller,
+            ..Default::default()
         };
         let lock = self.store.lock()?;
         let mapping = match self.check_add(site, raw_name, raw_local, &mut record) {
@@ -85,28 +105,50 @@ impl Registry {
                 return Err(e);
             }
         };
-        self.audit.allowed(&record)?;
-        self.store.put_mapping(&lock, &mapping.0)?;
+        self.write_mapping(&lock, site, &mapping.0, &record)?;
+        drop(lock);
+        self.wait_for_drive(&mapping.0, &mapping.1, wait)
+    }
+
+    /// The common end of `add` and a redeemed ticket: audit, write the mapping and
+    /// queue UCloud's approveConnection and the home drive registration.
+    fn write_mapping(
+        &self,
+        lock: &Lock,
+        site: &SiteConfig,
+        mapping: &Mapping,
+        record: &Record,
+    ) -> Result<(), Error> {
+        self.audit.allowed(record)?;
+        self.store.put_mapping(lock, mapping)?;
         let queued = self
             .outbox
-            .send(&ucloud::approve_connection(&mapping.0.ucloud))
+            .send(&ucloud::approve_connection(&mapping.ucloud))
             .and_then(|()| {
                 self.outbox.send(&ucloud::register_home_drive(
                     &site.provider,
-                    &mapping.0.ucloud,
+                    &mapping.ucloud,
                 ))
             });
         if let Err(e) = queued {
             // Without the registration the drive could never appear: undo the mapping
             // so that the admin can simply run `add` again.
-            self.store.remove_mapping(&lock, &mapping.0.ucloud)?;
-            self.audit.refused(&record, &e);
+            self.store.remove_mapping(lock, &mapping.ucloud)?;
+            self.audit.refused(record, &e);
             return Err(e);
         }
-        drop(lock);
+        Ok(())
+    }
+
+    fn wait_for_drive(
+        &self,
+        mapping: &Mapping,
+        home: &str,
+        wait: Duration,
+    ) -> Result<Added, Error> {
         let deadline = Instant::now() + wait;
         loop {
-            if let Some(drive) = self.record_drive(&mapping.0, &mapping.1)? {
+            if let Some(drive) = self.record_drive(mapping, home)? {
                 return Ok(Added::Drive(drive));
             }
             if Instant::now() >= deadline {
@@ -114,6 +156,125 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// A one-time ticket for `raw_name`, asked for by the service account when UCloud
+    /// calls integration/connect.
+    pub fn mint_ticket(&self, raw_name: &str, caller: Option<u32>) -> Result<Ticket, Error> {
+        let record = Record {
+            action: "ticket",
+            ucloud_user: Some(raw_name.to_string()),
+            caller,
+            ..Default::default()
+        };
+        let name = match ucloud_name(raw_name) {
+            Ok(n) => n,
+            Err(e) => {
+                self.audit.refused(&record, &e);
+                return Err(e);
+            }
+        };
+        let lock = self.store.lock()?;
+        self.audit.allowed(&record)?;
+        self.tickets.mint(&lock, &name, ucloud_wire::now_ms())
+    }
+
+    /// Redeems `raw_ticket` for the local account with uid `uid` (the kernel's word
+    /// for who is asking). The ticket is spent whatever the outcome. Policy: a UCloud
+    /// user already mapped to another account is never remapped, and an account that
+    /// serves one UCloud user serves no other; otherwise whoever holds the ticket
+    /// connects its UCloud user to their own account (see ucloud-registry(8)).
+    pub fn redeem(
+        &self,
+        site: &SiteConfig,
+        raw_ticket: &str,
+        uid: u32,
+        wait: Duration,
+    ) -> Result<Connected, Error> {
+        let mut record = Record {
+            action: "connect",
+            uid: Some(uid),
+            caller: Some(uid),
+            ..Default::default()
+        };
+        let lock = self.store.lock()?;
+        let checked = self.check_redeem(site, raw_ticket, uid, &lock, &mut record);
+        let (mapping, home) = match checked {
+            Ok(Redeem::Map(mapping, home)) => (mapping, home),
+            Ok(Redeem::Again(existing)) => {
+                // Mapped to this very account already: say yes again, UCloud may
+                // have lost the first approval.
+                self.audit.allowed(&record)?;
+                self.outbox
+                    .send(&ucloud::approve_connection(&existing.ucloud))?;
+                return Ok(Connected::Again(existing));
+            }
+            Err(e) => {
+                self.audit.refused(&record, &e);
+                return Err(e);
+            }
+        };
+        self.write_mapping(&lock, site, &mapping, &record)?;
+        drop(lock);
+        let added = self.wait_for_drive(&mapping, &home, wait)?;
+        Ok(Connected::New(mapping, added))
+    }
+
+    fn check_redeem(
+        &self,
+        site: &SiteConfig,
+        raw_ticket: &str,
+        uid: u32,
+        lock: &Lock,
+        record: &mut Record,
+    ) -> Result<Redeem, Error> {
+        let ticket = Ticket::parse(raw_ticket)?;
+        let local = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+            Ok(Some(user)) => user.name,
+            Ok(None) => {
+                return Err(Error::Refused(format!(
+                    "uid {uid} has no account name in NSS; only accounts can be connected"
+                )))
+            }
+            Err(e) => return Err(Error::Io(format!("cannot look up uid {uid}: {}", e.desc()))),
+        };
+        record.local_user = Some(local.clone());
+        let taken = self.tickets.take(lock, &ticket)?.ok_or_else(|| {
+            Error::Refused(
+                "unknown ticket: it was used already, has expired, or was mistyped;                  press Connect in UCloud again for a new one"
+                    .into(),
+            )
+        })?;
+        record.ucloud_user = Some(taken.ucloud.to_string());
+        if taken.expires <= ucloud_wire::now_ms() {
+            return Err(Error::Refused(format!(
+                "the ticket has expired (tickets last {} minutes); press Connect in UCloud again",
+                crate::ticket::TTL_MS / 60_000
+            )));
+        }
+        if uid == 0 {
+            return Err(Error::Refused(
+                "root is never connected to a UCloud user: run ucloud-connect as yourself, not with sudo"
+                    .into(),
+            ));
+        }
+        if let Some(existing) = self.store.mapping(&taken.ucloud)? {
+            if existing.uid == uid && existing.local.as_str() == local {
+                return Ok(Redeem::Again(existing));
+            }
+            return Err(Error::Refused(format!(
+                "UCloud user {} is already connected to another local account;                  it must be disconnected in UCloud (or by the site admin) first",
+                taken.ucloud
+            )));
+        }
+        let (mapping, home) = self.check_add(site, taken.ucloud.as_str(), &local, record)?;
+        if mapping.uid != uid {
+            return Err(Error::Refused(format!(
+                "the account {local} has uid {} in NSS, but the caller has uid {uid}",
+                mapping.uid
+            )));
+        }
+        Ok(Redeem::Map(mapping, home))
     }
 
     fn check_add(
@@ -188,10 +349,64 @@ impl Registry {
 
     /// Removes the mapping of `raw_name` and its drives, and tells UCloud the
     /// connection is gone.
-    pub fn remove(&self, raw_name: &str) -> Result<Mapping, Error> {
+    pub fn remove(&self, raw_name: &str, caller: Option<u32>) -> Result<Mapping, Error> {
+        self.remove_as("remove", raw_name, caller)
+    }
+
+    /// UCloud says the user disconnected: like `remove`, but a user who is not mapped
+    /// is no error (UCloud retries, and the answer must stay the same).
+    pub fn unlinked(&self, raw_name: &str, caller: Option<u32>) -> Result<Option<Mapping>, Error> {
+        let name = ucloud_name(raw_name)?;
+        if self.store.mapping(&name)?.is_none() {
+            let record = Record {
+                action: "unlinked",
+                ucloud_user: Some(raw_name.to_string()),
+                caller,
+                ..Default::default()
+            };
+            self.audit.allowed(&record)?;
+            // Said again: UCloud may not have heard the first clearConnection.
+            self.outbox.send(&ucloud::clear_connection(&name))?;
+            return Ok(None);
+        }
+        self.remove_as("unlinked", raw_name, caller).map(Some)
+    }
+
+    /// Removes every mapping older than `mapping_expire_after_ms` and tells UCloud.
+    pub fn expire(&self, site: &SiteConfig, now: u64) -> Result<Vec<Mapping>, Error> {
+        let Some(max_age) = site.mapping_expire_after_ms else {
+            return Ok(Vec::new());
+        };
+        // Listed under the lock: a mapping made again a moment ago is not old.
+        let lock = self.store.lock()?;
+        let (mappings, _) = self.store.mappings()?;
+        let mut expired = Vec::new();
+        for m in mappings {
+            if m.created.saturating_add(max_age) <= now {
+                let record = Record {
+                    action: "expire",
+                    ucloud_user: Some(m.ucloud.to_string()),
+                    local_user: Some(m.local.to_string()),
+                    uid: Some(m.uid),
+                    caller: None,
+                };
+                self.remove_locked(&lock, &m, &record)?;
+                expired.push(m);
+            }
+        }
+        Ok(expired)
+    }
+
+    fn remove_as(
+        &self,
+        action: &'static str,
+        raw_name: &str,
+        caller: Option<u32>,
+    ) -> Result<Mapping, Error> {
         let mut record = Record {
-            action: "remove",
+            action,
             ucloud_user: Some(raw_name.to_string()),
+            caller,
             ..Default::default()
         };
         let lock = self.store.lock()?;
@@ -212,16 +427,21 @@ impl Registry {
         };
         record.local_user = Some(mapping.local.to_string());
         record.uid = Some(mapping.uid);
-        self.audit.allowed(&record)?;
+        self.remove_locked(&lock, &mapping, &record)?;
+        Ok(mapping)
+    }
+
+    fn remove_locked(&self, lock: &Lock, mapping: &Mapping, record: &Record) -> Result<(), Error> {
+        self.audit.allowed(record)?;
         // Queued first: if a removal below fails, running `remove` again is safe.
         self.outbox
             .send(&ucloud::clear_connection(&mapping.ucloud))?;
         for drive in self.store.drives_of(&mapping.ucloud)? {
-            self.store.remove_drive(&lock, &drive.id)?;
+            self.store.remove_drive(lock, &drive.id)?;
         }
-        self.store.remove_mapping(&lock, &mapping.ucloud)?;
+        self.store.remove_mapping(lock, &mapping.ucloud)?;
         self.outbox.discard_drive_reply(&mapping.ucloud);
-        Ok(mapping)
+        Ok(())
     }
 
     pub fn list(&self) -> Result<(Vec<Row>, Vec<String>), Error> {
@@ -292,6 +512,135 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "registry-ops-{tag}-{}-{}",
+            std::process::id(),
+            ucloud_wire::now_ms()
+        ));
+        for sub in [
+            "",
+            "state",
+            "outbox",
+            "outbox/tmp",
+            "outbox/queue",
+            "outbox/replies",
+            "tickets",
+        ] {
+            std::fs::create_dir(dir.join(sub)).unwrap();
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    fn registry(dir: &Path) -> Registry {
+        let audit = dir.join("audit.log");
+        std::fs::write(&audit, "").unwrap();
+        std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let store = Store::at(&dir.join("state"));
+        std::fs::create_dir(dir.join("state/mappings")).unwrap();
+        std::fs::create_dir(dir.join("state/drives")).unwrap();
+        Registry {
+            store,
+            outbox: Outbox::at(&dir.join("outbox")),
+            audit: Audit::at(&audit),
+            tickets: Tickets::at(&dir.join("tickets")),
+        }
+    }
+
+    fn queued(dir: &Path) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(dir.join("outbox/queue"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Needs root: the audit log must be root-owned (the tests run as root).
+    #[test]
+    fn old_mappings_expire_and_ucloud_is_told() {
+        let dir = scratch("expire");
+        let r = registry(&dir);
+        let now = 10_000_000;
+        let site = |extra: &str| {
+            SiteConfig::parse(&format!(
+                "provider = hpc\ngateway_user = gw\nservice_user = svc\n{extra}"
+            ))
+            .unwrap()
+        };
+        let mapping = |name: &str, local: &str, created: u64| Mapping {
+            ucloud: UcloudName::new(name).unwrap(),
+            local: LocalName::new(local).unwrap(),
+            uid: 2000,
+            created,
+        };
+        let lock = r.store.lock().unwrap();
+        r.store
+            .put_mapping(&lock, &mapping("Old#1", "old", now - 5000))
+            .unwrap();
+        r.store
+            .put_mapping(&lock, &mapping("Edge#1", "edge", now - 1000))
+            .unwrap();
+        r.store
+            .put_mapping(&lock, &mapping("New#1", "new", now - 999))
+            .unwrap();
+        drop(lock);
+        // Expiry off: nothing happens.
+        assert!(r.expire(&site(""), now).unwrap().is_empty());
+        let gone = r
+            .expire(&site("mapping_expire_after_ms = 1000\n"), now)
+            .unwrap();
+        let mut names: Vec<&str> = gone.iter().map(|m| m.ucloud.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["Edge#1", "Old#1"]);
+        let (left, _) = r.store.mappings().unwrap();
+        assert_eq!(left, vec![mapping("New#1", "new", now - 999)]);
+        let messages = queued(&dir);
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(
+            messages.iter().all(|m| m.contains("clearConnection")),
+            "{messages:?}"
+        );
+        let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+        assert_eq!(audit.matches("\"action\":\"expire\"").count(), 2, "{audit}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn tickets_are_single_use_and_expire() {
+        let dir = scratch("tickets");
+        let r = registry(&dir);
+        let name = UcloudName::new("T#1").unwrap();
+        let lock = r.store.lock().unwrap();
+        let fresh = r.tickets.mint(&lock, &name, ucloud_wire::now_ms()).unwrap();
+        let stale = r
+            .tickets
+            .mint(
+                &lock,
+                &name,
+                ucloud_wire::now_ms() - crate::ticket::TTL_MS - 1,
+            )
+            .unwrap();
+        let taken = r.tickets.take(&lock, &fresh).unwrap().unwrap();
+        assert_eq!(taken.ucloud, name);
+        assert!(taken.expires > ucloud_wire::now_ms());
+        assert!(
+            r.tickets.take(&lock, &fresh).unwrap().is_none(),
+            "used twice"
+        );
+        // Minting sweeps expired tickets away.
+        let _ = r.tickets.mint(&lock, &name, ucloud_wire::now_ms()).unwrap();
+        assert!(
+            r.tickets.take(&lock, &stale).unwrap().is_none(),
+            "stale ticket kept"
+        );
+        drop(lock);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn hostile_ucloud_names_are_refused() {

@@ -236,7 +236,7 @@ impl Store {
     }
 }
 
-fn ensure_dir(path: &Path, mode: u32, forbidden: u32) -> Result<(), Error> {
+pub fn ensure_dir(path: &Path, mode: u32, forbidden: u32) -> Result<(), Error> {
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir(path).map_err(Error::io(format!("cannot create {}", path.display())))?;
@@ -429,6 +429,74 @@ mod tests {
         ] {
             assert!(Drive::from_json(&id, &bad).is_err(), "{bad}");
         }
+    }
+
+    /// Two writers at once (two admins, or two gateway hosts on shared storage):
+    /// every change is made under the lock and lands whole, and a reader running
+    /// beside them only ever sees complete records.
+    #[test]
+    fn concurrent_writers_never_corrupt_the_store() {
+        let dir = scratch("race");
+        fs::create_dir(dir.join("mappings")).unwrap();
+        fs::create_dir(dir.join("drives")).unwrap();
+        const EACH: u32 = 40;
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let store = Store::at(&dir);
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (_, problems) = store.mappings().unwrap();
+                    assert!(problems.is_empty(), "a reader saw {problems:?}");
+                    reads += 1;
+                }
+                reads
+            });
+            let writers: Vec<_> = (0..2u32)
+                .map(|w| {
+                    let dir = &dir;
+                    s.spawn(move || {
+                        // Its own Store and its own open of the lock file, as a
+                        // second process would have.
+                        let store = Store::at(dir);
+                        for i in 0..EACH {
+                            let lock = store.lock().unwrap();
+                            let m = Mapping {
+                                ucloud: UcloudName::new(&format!("W{w}#{i}")).unwrap(),
+                                local: LocalName::new(&format!("w{w}u{i}")).unwrap(),
+                                uid: 10_000 + w * 1000 + i,
+                                created: u64::from(i),
+                            };
+                            // Check-then-write, the pattern the lock protects.
+                            let (all, _) = store.mappings().unwrap();
+                            assert!(all.iter().all(|o| o.local != m.local));
+                            store.put_mapping(&lock, &m).unwrap();
+                            if i % 3 == 0 {
+                                store.remove_mapping(&lock, &m.ucloud).unwrap();
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            assert!(reader.join().unwrap() > 0);
+        });
+        let (all, problems) = Store::at(&dir).mappings().unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+        let kept = (0..EACH).filter(|i| i % 3 != 0).count();
+        assert_eq!(all.len(), 2 * kept);
+        let names: Vec<String> = fs::read_dir(dir.join("mappings"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with('.')),
+            "temporary files left: {names:?}"
+        );
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -334,6 +334,58 @@ impl<R: Read> Reader<R> {
         }
     }
 
+    /// Copies an announced body of `n` bytes to `sink` as it arrives, through a
+    /// bounded buffer (for bodies too large to hold, e.g. upload chunks). When the
+    /// sink stops taking bytes, the rest of the body is read and dropped, so that
+    /// the connection stays usable for the next request.
+    pub fn copy_body(&mut self, n: usize, sink: &mut dyn Write) -> Result<CopyEnd, HttpError> {
+        let mut left = n;
+        let mut sink_ok = true;
+        while left > 0 {
+            if self.avail() == 0 && self.fill_large()? == 0 {
+                return Err(HttpError::Closed);
+            }
+            let k = self.avail().min(left);
+            if sink_ok {
+                let chunk = &self.buf[self.pos..self.pos + k];
+                if sink.write_all(chunk).is_err() {
+                    sink_ok = false;
+                }
+            }
+            self.pos += k;
+            left -= k;
+        }
+        Ok(if sink_ok {
+            CopyEnd::Done
+        } else {
+            CopyEnd::SinkClosed
+        })
+    }
+
+    /// Like `fill`, reading up to `STREAM_CHUNK` at a time (bulk bodies).
+    fn fill_large(&mut self) -> Result<usize, HttpError> {
+        const STREAM_CHUNK: usize = 256 * 1024;
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + STREAM_CHUNK, 0);
+        loop {
+            match self.inner.read(&mut self.buf[old..]) {
+                Ok(n) => {
+                    self.buf.truncate(old + n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(from_io(e));
+                }
+            }
+        }
+    }
+
     /// Whether the last request got an interim `100 Continue`.
     pub fn continue_sent(&self) -> bool {
         self.continue_sent
@@ -464,7 +516,24 @@ enum Framing {
 /// How the body of a request whose head was read is framed.
 pub struct PendingBody(Framing);
 
+/// How a streamed body ended (see [`Reader::copy_body`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum CopyEnd {
+    /// Every byte reached the sink.
+    Done,
+    /// The sink stopped taking bytes; the rest was read and dropped.
+    SinkClosed,
+}
+
 impl PendingBody {
+    /// The announced length, for a body with `Content-Length`.
+    pub fn length(&self) -> Option<usize> {
+        match self.0 {
+            Framing::Length(n) => Some(n),
+            Framing::Chunked => None,
+        }
+    }
+
     /// Whether the request announced no body at all.
     pub fn is_empty(&self) -> bool {
         matches!(self.0, Framing::Length(0))

@@ -48,7 +48,8 @@ impl UcloudName {
             .any(|c| c.is_control() || is_invisible_format(c))
         {
             return Err(NameError(
-                "UCloud username contains a control character or an invisible formatting one".into(),
+                "UCloud username contains a control character or an invisible formatting one"
+                    .into(),
             ));
         }
         Ok(UcloudName(name.to_string()))

@@ -182,6 +182,35 @@ pub fn verify(
     })
 }
 
+/// The `typ` claim of the transfer tokens the dispatcher mints (HS256, keyed with a
+/// root-only key; see ucloud-dispatch(8)).
+pub const TRANSFER_TYPE: &str = "ucloud-im-transfer";
+
+/// A cheap look at a transfer token WITHOUT verifying it: three parts, an HS256
+/// header, our `typ` and an `exp` not yet past. The gateway cannot verify these
+/// tokens (the key is root's); this only keeps obvious garbage from starting a
+/// dispatcher. The dispatcher's check is the one that counts.
+pub fn transfer_token_looks_valid(token: &str, now: u64) -> Result<(), TokenError> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| refuse("the transfer token is not a JWT"))?;
+    if header.alg != Algorithm::HS256 {
+        return Err(refuse("the transfer token is not one this provider issued"));
+    }
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    let claims: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| refuse("the transfer token's claims are unreadable"))?;
+    if claims.get("typ").and_then(Value::as_str) != Some(TRANSFER_TYPE) {
+        return Err(refuse("the transfer token is not one this provider issued"));
+    }
+    match claims.get("exp").and_then(Value::as_u64) {
+        Some(exp) if exp > now => Ok(()),
+        _ => Err(refuse("the transfer token has expired")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +390,35 @@ mod tests {
         assert_eq!(v.user.as_deref(), Some("DonnaJensen#4512"));
         let bad = sign(&k, &with(&[("ucloudUsername", json!(7))]));
         assert!(verify(&bad, &key, &POLICY, Some("ucloudUsername"), NOW).is_err());
+    }
+
+    #[test]
+    fn transfer_token_shape_is_checked_without_the_key() {
+        install_crypto_provider();
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef");
+        let mint =
+            |claims: Value, alg| jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap();
+        let good = mint(
+            json!({"typ": TRANSFER_TYPE, "exp": NOW + 10}),
+            Algorithm::HS256,
+        );
+        assert!(transfer_token_looks_valid(&good, NOW).is_ok());
+        for bad in [
+            mint(
+                json!({"typ": TRANSFER_TYPE, "exp": NOW - 1}),
+                Algorithm::HS256,
+            ),
+            mint(json!({"typ": "other", "exp": NOW + 10}), Algorithm::HS256),
+            mint(json!({"typ": TRANSFER_TYPE}), Algorithm::HS256),
+            mint(
+                json!({"typ": TRANSFER_TYPE, "exp": NOW + 10}),
+                Algorithm::HS384,
+            ),
+            "x".into(),
+            "a.b.c".into(),
+        ] {
+            assert!(transfer_token_looks_valid(&bad, NOW).is_err(), "{bad}");
+        }
     }
 
     #[test]

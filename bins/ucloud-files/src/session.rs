@@ -1,0 +1,270 @@
+//! Transfer sessions: what a download or upload URL's token may be used for.
+//!
+//! The dispatcher mints the token (bound to the UCloud user, the local account and
+//! the call) and verifies it on the data channel before it chooses the account;
+//! the token says nothing about paths. So `files.createDownload` and
+//! `files.createUpload`, running as the user, record the paths in a session file
+//! in the user's own state directory, named by the token's random `jti`:
+//!
+//!   `$HOME/.local/state/ucloud-im/transfers/<jti>.json` (0600, in 0700 dirs)
+//!
+//! and `files.download` / `files.upload`, running as the same user after the
+//! dispatcher verified the token, read it back. Only that user (and root) can read
+//! or write it; a token of another user leads to another user's directory, where
+//! this jti has no file. Sessions end when their token expires; expired files are
+//! removed whenever a new session is made.
+
+use crate::error::Error;
+use base64::Engine;
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::{mkdirat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+
+const DIRS: [&str; 4] = [".local", "state", "ucloud-im", "transfers"];
+const MAX_SESSION: u64 = 4 << 20;
+
+/// The token of this request, and what it claims (the dispatcher checked the
+/// signature; this only reads the claims).
+pub struct Token {
+    pub raw: String,
+    pub jti: String,
+    pub exp: u64,
+}
+
+/// The token for a create call comes from the dispatcher's environment; on the
+/// data channel from the request (the gateway passes the token it relayed, which
+/// the dispatcher verified), or the environment if the dispatcher passes it there.
+pub fn token(request: Option<&Value>, call: &str, user: &str) -> Result<Token, Error> {
+    let raw = std::env::var("UCLOUD_TRANSFER_TOKEN")
+        .ok()
+        .or_else(|| {
+            request
+                .and_then(|r| r.get("token"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .ok_or_else(|| {
+            Error::Misconfigured(format!(
+                "{call} got no transfer token (UCLOUD_TRANSFER_TOKEN, or the request's token)"
+            ))
+        })?;
+    let bad = |why: &str| Error::BadRequest(format!("the transfer token {why}"));
+    let payload = raw.split('.').nth(1).ok_or_else(|| bad("is not a JWT"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| bad("is not a JWT"))?;
+    let claims: Value = serde_json::from_slice(&bytes).map_err(|_| bad("is not a JWT"))?;
+    if claims.get("call").and_then(Value::as_str) != Some(call) {
+        return Err(bad(&format!("is not for {call}")));
+    }
+    if claims.get("local").and_then(Value::as_str) != Some(user) {
+        return Err(bad("was issued for another account"));
+    }
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .filter(|j| (16..=64).contains(&j.len()) && j.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| bad("has no usable jti"))?;
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| bad("has no exp"))?;
+    Ok(Token {
+        raw: raw.clone(),
+        jti: jti.to_string(),
+        exp,
+    })
+}
+
+/// The session directory, made (0700) when `create` is set.
+fn dir(create: bool) -> Result<OwnedFd, Error> {
+    let home = std::env::var("HOME").map_err(|_| {
+        Error::Misconfigured("HOME is not set (ucloud-files runs under ucloud-dispatch)".into())
+    })?;
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut fd = nix::fcntl::open(home.as_str(), flags, Mode::empty()).map_err(|e| {
+        Error::Misconfigured(format!(
+            "cannot open your home directory {home}: {}",
+            e.desc()
+        ))
+    })?;
+    for name in DIRS {
+        if create {
+            match mkdirat(&fd, name, Mode::S_IRWXU) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => {
+                    return Err(Error::PermissionDenied(format!(
+                        "cannot make ~/{} for transfer sessions: {}",
+                        DIRS.join("/"),
+                        e.desc()
+                    )))
+                }
+            }
+        }
+        fd = openat(&fd, name, flags | OFlag::O_NOFOLLOW, Mode::empty()).map_err(|e| match e {
+            Errno::ENOENT => gone(),
+            e => Error::PermissionDenied(format!(
+                "cannot open ~/{} for transfer sessions: {}",
+                DIRS.join("/"),
+                e.desc()
+            )),
+        })?;
+    }
+    Ok(fd)
+}
+
+fn gone() -> Error {
+    Error::NotFound(
+        "this transfer link has no session (it was never made here, has expired, or was for another user)"
+            .into(),
+    )
+}
+
+/// Writes the session atomically (temporary file, fsync, rename).
+pub fn write(token: &Token, session: &Value) -> Result<(), Error> {
+    let d = dir(true)?;
+    let name = format!("{}.json", token.jti);
+    let tmp = format!(".{}.tmp", token.jti);
+    let fd = openat(
+        &d,
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    )
+    .map_err(|e| Error::from_errno(e, "the transfer session"))?;
+    let mut f = std::fs::File::from(fd);
+    f.write_all(session.to_string().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::Internal(format!("cannot write the transfer session: {e}")))?;
+    renameat(&d, tmp.as_str(), &d, name.as_str())
+        .map_err(|e| Error::from_errno(e, "the transfer session"))
+}
+
+pub fn read(token: &Token) -> Result<Value, Error> {
+    if token.exp <= ucloud_wire::now_ms() / 1000 {
+        return Err(gone());
+    }
+    let d = dir(false)?;
+    let name = format!("{}.json", token.jti);
+    let fd = openat(
+        &d,
+        name.as_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::ENOENT => gone(),
+        e => Error::from_errno(e, "the transfer session"),
+    })?;
+    let mut text = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_SESSION)
+        .read_to_end(&mut text)
+        .map_err(|e| Error::Internal(format!("cannot read the transfer session: {e}")))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| Error::Internal(format!("the transfer session is damaged: {e}")))
+}
+
+/// Removes sessions whose token has expired. Best effort.
+pub fn sweep() {
+    let Ok(d) = dir(false) else { return };
+    let now = ucloud_wire::now_ms() / 1000;
+    let Ok(listing) = crate::tree::list(d, "sessions") else {
+        return;
+    };
+    for name in listing.names {
+        let Some(stem) = name.strip_suffix(".json") else {
+            continue;
+        };
+        let expired = openat(
+            &listing.dir,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()
+        .and_then(|fd| {
+            let mut text = Vec::new();
+            std::fs::File::from(fd)
+                .take(MAX_SESSION)
+                .read_to_end(&mut text)
+                .ok()?;
+            serde_json::from_slice::<Value>(&text).ok()
+        })
+        .and_then(|v| v.get("exp").and_then(Value::as_u64))
+        .is_some_and(|exp| exp <= now);
+        if expired && stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let _ = unlinkat(&listing.dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
+
+/// Which item of the session a data-channel request is for (`?item=N`, default 0).
+pub fn item<'a>(session: &'a Value, request: &Value) -> Result<(usize, &'a Value), Error> {
+    let n = match request.get("query").and_then(|q| q.get("item")) {
+        None => 0,
+        Some(Value::String(s))
+            if !s.is_empty() && s.len() <= 4 && s.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            s.parse().expect("checked digits")
+        }
+        Some(v) => return Err(Error::BadRequest(format!("item {v} is not a number"))),
+    };
+    let item = session
+        .get("items")
+        .and_then(Value::as_array)
+        .and_then(|a| a.get(n))
+        .ok_or_else(|| Error::NotFound(format!("this transfer link has no item {n}")))?;
+    Ok((n, item))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn jwt(claims: Value) -> String {
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            e.encode(b"{\"alg\":\"HS256\"}"),
+            e.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn tokens_must_be_for_this_call_and_account() {
+        std::env::remove_var("UCLOUD_TRANSFER_TOKEN");
+        let good = json!({"call": "files.download", "local": "alice",
+            "jti": "0123456789abcdef0123456789abcdef", "exp": 99});
+        let req = json!({"token": jwt(good.clone())});
+        let t = token(Some(&req), "files.download", "alice").unwrap();
+        assert_eq!(
+            (t.jti.as_str(), t.exp),
+            ("0123456789abcdef0123456789abcdef", 99)
+        );
+        assert!(token(Some(&req), "files.upload", "alice").is_err());
+        assert!(token(Some(&req), "files.download", "bob").is_err());
+        let mut bad = good.clone();
+        bad["jti"] = json!("../../etc/passwd");
+        assert!(token(Some(&json!({"token": jwt(bad)})), "files.download", "alice").is_err());
+        assert!(token(Some(&json!({"token": "x"})), "files.download", "alice").is_err());
+        assert!(token(None, "files.download", "alice").is_err());
+    }
+
+    #[test]
+    fn items_are_chosen_by_number() {
+        let s = json!({"items": [{"path": "/1/a"}, {"path": "/1/b"}]});
+        assert_eq!(item(&s, &json!({})).unwrap().0, 0);
+        assert_eq!(
+            item(&s, &json!({"query": {"item": "1"}})).unwrap().1["path"],
+            "/1/b"
+        );
+        assert!(item(&s, &json!({"query": {"item": "2"}})).is_err());
+        assert!(item(&s, &json!({"query": {"item": "-1"}})).is_err());
+    }
+}

@@ -1,0 +1,867 @@
+//! Connecting UCloud users to local accounts (issue 7), against the local stack:
+//! UCloud (the simulator) calls integration/connect, the browser gets the ticket
+//! page from the gateway, a real account made by useradd runs the installed
+//! ucloud-connect, the registry (socket-activated, as root) checks the kernel's word
+//! for who that is, and UCloud hears approveConnection. Then the hostile cases:
+//! altered, reused, expired tickets, root and system accounts, Bob and Alice, the
+//! roles of the socket, expiry, and two redemptions at once.
+#![forbid(unsafe_code)]
+
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use ucloud_im_tests::{run_as, sim_log, Stack};
+
+const ALICE: &str = "AliceHansen#1001";
+const BOB: &str = "BobNielsen#2002";
+
+fn text(output: &Output) -> String {
+    format!(
+        "exit {:?}, stdout {:?}, stderr {:?}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn registry(stack: &Stack, args: &[&str]) -> Output {
+    Command::new(stack.bin("ucloud-registry"))
+        .args(args)
+        .current_dir("/")
+        .output()
+        .expect("cannot run ucloud-registry")
+}
+
+fn connect_bin(stack: &Stack) -> String {
+    let bin = stack.bin("ucloud-connect");
+    assert!(
+        bin.is_file(),
+        "{} is missing: rerun scripts/stack up",
+        bin.display()
+    );
+    // The socket is the one the stack started; a missing one is a failure, not a skip.
+    let socket = stack.get("UCLOUD_IM_REGISTRY_SOCKET");
+    assert!(
+        Path::new(&socket).exists(),
+        "the registry socket {socket} is missing: rerun scripts/stack up"
+    );
+    bin.display().to_string()
+}
+
+/// `ucloud-connect ARGS` as `user`.
+fn connect_as(stack: &Stack, user: &str, args: &[&str]) -> Output {
+    let bin = connect_bin(stack);
+    let mut all = vec![bin.as_str()];
+    all.extend_from_slice(args);
+    run_as(user, &all)
+}
+
+/// A ticket for `ucloud`, asked for as the service account (what the plugin does).
+fn mint(stack: &Stack, ucloud: &str) -> String {
+    let out = connect_as(
+        stack,
+        &stack.get("UCLOUD_IM_SERVICE_USER"),
+        &["--mint-ticket", ucloud],
+    );
+    assert!(
+        out.status.success(),
+        "--mint-ticket {ucloud}: {}",
+        text(&out)
+    );
+    let ticket = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(ticket.len(), 43, "{ticket:?}");
+    ticket
+}
+
+fn hex(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn state(stack: &Stack) -> PathBuf {
+    stack.prefix().join("var/lib/ucloud-im")
+}
+
+fn mapping_of(stack: &Stack, ucloud: &str) -> Option<Value> {
+    let path = state(stack).join("mappings").join(hex(ucloud));
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|t| serde_json::from_str(&t).expect("a mapping file is JSON"))
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}{}{}", std::process::id() % 10000, nanos % 100000)
+}
+
+fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    done()
+}
+
+fn sim_heard(stack: &Stack, path_part: &str, ucloud: &str) -> bool {
+    sim_log(stack).iter().any(|entry| {
+        entry.to_string().contains(path_part)
+            && entry.to_string().contains(&json!(ucloud).to_string())
+    })
+}
+
+fn sim_heard_count(stack: &Stack, path_part: &str, ucloud: &str) -> usize {
+    sim_log(stack)
+        .iter()
+        .filter(|e| {
+            e.to_string().contains(path_part) && e.to_string().contains(&json!(ucloud).to_string())
+        })
+        .count()
+}
+
+/// A local account made for one test (useradd, private home) and removed with its
+/// mapping when the test ends, whatever happens.
+struct Person<'s> {
+    stack: &'s Stack,
+    name: String,
+    ucloud: String,
+}
+
+impl<'s> Person<'s> {
+    fn new(stack: &'s Stack, ucloud: &str) -> Person<'s> {
+        let name = unique("ctest-");
+        let out = Command::new("useradd")
+            .args([
+                "--create-home",
+                "--user-group",
+                "--shell",
+                "/bin/bash",
+                &name,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "useradd {name}: {}", text(&out));
+        let person = Person {
+            stack,
+            name,
+            ucloud: ucloud.to_string(),
+        };
+        // Private, as on a site: a browse that works proves it ran as this account.
+        let home = person.home();
+        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        person
+    }
+
+    fn home(&self) -> String {
+        let out = Command::new("getent")
+            .args(["passwd", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split(':')
+            .nth(5)
+            .unwrap()
+            .to_string()
+    }
+
+    fn uid(&self) -> u64 {
+        let out = Command::new("id")
+            .args(["-u", &self.name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+impl Drop for Person<'_> {
+    fn drop(&mut self) {
+        let _ = registry(self.stack, &["remove", &self.ucloud]);
+        let _ = Command::new("userdel")
+            .args(["--remove", &self.name])
+            .output();
+    }
+}
+
+/// A plain HTTP GET to the gateway, as a browser would send it (no token).
+fn browser_get(stack: &Stack, target: &str) -> (u16, String, String) {
+    let url = stack.get("UCLOUD_IM_GATEWAY_URL");
+    let authority = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("the tests speak plain HTTP to the gateway, got {url}"));
+    let mut stream = TcpStream::connect(authority).unwrap_or_else(|e| panic!("{authority}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    (status, head.to_string(), body.to_string())
+}
+
+fn drive_of(stack: &Stack, ucloud: &str) -> String {
+    let mut drive = String::new();
+    let found = wait_until(20, || {
+        let _ = registry(stack, &["sync"]);
+        let out = registry(stack, &["list"]);
+        drive = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f.first() == Some(&ucloud)).then(|| f[3].to_string())
+            })
+            .unwrap_or_default();
+        !drive.is_empty() && drive != "pending"
+    });
+    assert!(
+        found,
+        "the drive of {ucloud} is still {drive:?}: is the sender running?"
+    );
+    drive
+}
+
+fn browse(stack: &Stack, ucloud: &str, drive: &str) -> (u16, Value) {
+    let body = json!({
+        "resolvedCollection": {"id": drive},
+        "browse": {"flags": {"path": format!("/{drive}")}, "itemsPerPage": 50}
+    });
+    let path = format!("/ucloud/{}/files/browse", stack.get("UCLOUD_IM_PROVIDER"));
+    stack.call(Some(ucloud), "POST", &path, Some(&body.to_string()))
+}
+
+fn integration(stack: &Stack, op: &str, ucloud: &str) -> (u16, Value) {
+    let path = format!(
+        "/ucloud/{}/integration/{op}",
+        stack.get("UCLOUD_IM_PROVIDER")
+    );
+    stack.call(
+        None,
+        "POST",
+        &path,
+        Some(&json!({"username": ucloud}).to_string()),
+    )
+}
+
+/// The whole flow of the issue: connect → ticket page → the person runs
+/// ucloud-connect → approveConnection reaches UCloud → requests run as them →
+/// unlinked → refused with a reason, and UCloud hears clearConnection.
+#[test]
+fn connect_page_redeem_use_and_unlink() {
+    let stack = Stack::load();
+    let ucloud = unique("CarolConnect#");
+    let carol = Person::new(&stack, &ucloud);
+
+    let (status, answer) = integration(&stack, "connect", &ucloud);
+    assert_eq!(status, 200, "integration/connect: {answer}");
+    let redirect = answer["redirectTo"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    let prefix = format!(
+        "{}/ucloud/{}/connect?ticket=",
+        stack.get("UCLOUD_IM_GATEWAY_URL"),
+        stack.get("UCLOUD_IM_PROVIDER")
+    );
+    let ticket = redirect
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("redirectTo {redirect} is not below the public URL {prefix}"));
+    assert!(
+        mapping_of(&stack, &ucloud).is_none(),
+        "mapped before the ticket was redeemed"
+    );
+
+    // The browser follows the redirect: a page with the exact command, no token needed.
+    let target = &redirect[stack.get("UCLOUD_IM_GATEWAY_URL").len()..];
+    let (status, head, page) = browser_get(&stack, target);
+    assert_eq!(status, 200, "{head}\n{page}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    assert!(head.contains("referrer-policy: no-referrer"), "{head}");
+    let command = format!("ucloud-connect {ticket}");
+    assert!(
+        page.contains(&format!(">{command}<")),
+        "the page does not show {command:?}:\n{page}"
+    );
+
+    // Before: UCloud's requests for this user are refused.
+    let out = connect_as(&stack, &carol.name, &[ticket]);
+    assert!(
+        out.status.success(),
+        "ucloud-connect as {}: {}",
+        carol.name,
+        text(&out)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("connected") && said.contains(&carol.name),
+        "{said}"
+    );
+
+    let m = mapping_of(&stack, &ucloud).expect("no mapping after ucloud-connect");
+    assert_eq!(m["local"], carol.name.as_str());
+    assert_eq!(m["uid"], carol.uid());
+    assert!(
+        wait_until(15, || sim_heard(&stack, "approveConnection", &ucloud)),
+        "the simulator never heard approveConnection for {ucloud}"
+    );
+    let audit_says = stack.audit_lines().iter().any(|l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|v| {
+            v["action"] == "connect"
+                && v["ucloudUser"] == ucloud.as_str()
+                && v["decision"] == "allowed"
+                && v["callerUid"] == carol.uid()
+        })
+    });
+    assert!(
+        audit_says,
+        "no audit line for the connect with the caller's uid"
+    );
+
+    // Requests now run as Carol: her private home lists, with her file in it.
+    let hello = Path::new(&carol.home()).join("hello.txt");
+    let out = run_as(
+        &carol.name,
+        &["sh", "-c", &format!("echo hi > {}", hello.display())],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let drive = drive_of(&stack, &ucloud);
+    let (status, page) = browse(&stack, &ucloud, &drive);
+    assert_eq!(status, 200, "browse as {ucloud}: {page}");
+    let item = page["items"]
+        .as_array()
+        .and_then(|items| {
+            items.iter().find(|i| {
+                i["id"]
+                    .as_str()
+                    .is_some_and(|id| id.ends_with("/hello.txt"))
+            })
+        })
+        .unwrap_or_else(|| panic!("hello.txt is not in {page}"));
+    assert_eq!(item["status"]["unixOwner"], carol.uid(), "{item}");
+
+    // The same ticket again: spent.
+    let again = connect_as(&stack, &carol.name, &[ticket]);
+    assert_eq!(again.status.code(), Some(77), "{}", text(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("used already"),
+        "{}",
+        text(&again)
+    );
+
+    // UCloud says the user disconnected.
+    let (status, answer) = integration(&stack, "unlinked", &ucloud);
+    assert_eq!((status, &answer), (200, &json!({})), "integration/unlinked");
+    assert!(
+        mapping_of(&stack, &ucloud).is_none(),
+        "still mapped after unlinked"
+    );
+    let (status, refusal) = browse(&stack, &ucloud, &drive);
+    assert!(
+        (400..500).contains(&status),
+        "browse after unlinked: {status} {refusal}"
+    );
+    let why = refusal["why"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&ucloud) && why.contains("connect"),
+        "why: {refusal}"
+    );
+    assert!(
+        wait_until(15, || sim_heard(&stack, "clearConnection", &ucloud)),
+        "the simulator never heard clearConnection for {ucloud}"
+    );
+    // Unlinked again: still {} (UCloud retries), nothing to remove.
+    assert_eq!(integration(&stack, "unlinked", &ucloud), (200, json!({})));
+}
+
+/// Altered, truncated, expired, reused tickets, and tickets presented by root or by
+/// system accounts, are refused, and none of them maps anything.
+#[test]
+fn bad_tickets_and_unsuitable_accounts_are_refused() {
+    let stack = Stack::load();
+    let ucloud = unique("DaveRefused#");
+    let dave = Person::new(&stack, &ucloud);
+    let ticket = mint(&stack, &ucloud);
+
+    let last = ticket.chars().last().unwrap();
+    let altered = format!("{}{}", &ticket[..42], if last == 'A' { 'B' } else { 'A' });
+    let out = connect_as(&stack, &dave.name, &[&altered]);
+    assert_eq!(out.status.code(), Some(77), "altered: {}", text(&out));
+    let out = connect_as(&stack, &dave.name, &[&ticket[..40]]);
+    assert_eq!(out.status.code(), Some(77), "truncated: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a connection ticket"),
+        "{}",
+        text(&out)
+    );
+    let out = connect_as(&stack, &dave.name, &["../../etc/passwd"]);
+    assert_eq!(out.status.code(), Some(77), "path: {}", text(&out));
+
+    // A system account (uid below min_uid) presents the real ticket: refused, and the
+    // ticket is spent, so Dave needs a new one.
+    let out = connect_as(&stack, "daemon", &[&ticket]);
+    assert_eq!(out.status.code(), Some(77), "daemon: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("min_uid"),
+        "{}",
+        text(&out)
+    );
+    let out = connect_as(&stack, &dave.name, &[&ticket]);
+    assert_eq!(out.status.code(), Some(77), "spent ticket: {}", text(&out));
+
+    // An account with a disabled shell.
+    let ticket = mint(&stack, &ucloud);
+    let out = connect_as(&stack, &stack.get("UCLOUD_IM_NOLOGIN_USER"), &[&ticket]);
+    assert_eq!(out.status.code(), Some(77), "nologin: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("disabled shell"),
+        "{}",
+        text(&out)
+    );
+
+    // Root (someone ran it with sudo).
+    let ticket = mint(&stack, &ucloud);
+    let out = Command::new(connect_bin(&stack))
+        .arg(&ticket)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(77), "root: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root"),
+        "{}",
+        text(&out)
+    );
+
+    // Expired: a ticket whose time is up (planted by root in the ticket store in the
+    // registry's format; waiting 10 minutes would be a waste of CI time).
+    let expired_ticket = format!("E{}", &mint(&stack, &ucloud)[1..]);
+    let planted = state(&stack).join("tickets").join(&expired_ticket);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    std::fs::write(
+        &planted,
+        json!({"ucloud": ucloud, "created": now - 700_000, "expires": now - 100_000}).to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &planted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let out = connect_as(&stack, &dave.name, &[&expired_ticket]);
+    assert_eq!(out.status.code(), Some(77), "expired: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{}",
+        text(&out)
+    );
+    assert!(!planted.exists(), "the expired ticket was not removed");
+
+    assert!(
+        mapping_of(&stack, &ucloud).is_none(),
+        "a refused ticket mapped {ucloud}"
+    );
+    let refused = stack
+        .audit_lines()
+        .iter()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                v["action"] == "connect"
+                    && v["ucloudUser"] == ucloud.as_str()
+                    && v["decision"] == "refused"
+            })
+        })
+        .count();
+    assert!(
+        refused >= 4,
+        "only {refused} refused connect lines in the audit log"
+    );
+}
+
+/// The policy (ucloud-registry(8)): a connected UCloud user is never remapped by a
+/// ticket, an account serves one UCloud user, and reconnecting to the same account
+/// is a yes that tells UCloud again.
+#[test]
+fn bob_cannot_take_over_alice_and_alice_may_reconnect() {
+    let stack = Stack::load();
+    let alice_local = stack.local_of(ALICE);
+    let bob_local = stack.local_of(BOB);
+    let before = mapping_of(&stack, ALICE).expect("the stack maps Alice");
+
+    let ticket = mint(&stack, ALICE);
+    let out = connect_as(&stack, &bob_local, &[&ticket]);
+    assert_eq!(
+        out.status.code(),
+        Some(77),
+        "Bob with Alice's ticket: {}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already connected to another"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        mapping_of(&stack, ALICE),
+        Some(before.clone()),
+        "Alice's mapping changed"
+    );
+
+    // Bob's account already serves BobNielsen: it takes no second UCloud user.
+    let stranger = unique("EveStranger#");
+    let ticket = mint(&stack, &stranger);
+    let out = connect_as(&stack, &bob_local, &[&ticket]);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already the target"),
+        "{}",
+        text(&out)
+    );
+    assert!(mapping_of(&stack, &stranger).is_none());
+
+    // Alice connects again to her own account: yes, and UCloud hears it again.
+    let heard = sim_heard_count(&stack, "approveConnection", ALICE);
+    let ticket = mint(&stack, ALICE);
+    let out = connect_as(&stack, &alice_local, &[&ticket]);
+    assert!(out.status.success(), "Alice reconnecting: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already connected"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(mapping_of(&stack, ALICE), Some(before));
+    assert!(
+        wait_until(15, || sim_heard_count(&stack, "approveConnection", ALICE)
+            > heard),
+        "approveConnection for Alice was not sent again"
+    );
+}
+
+/// The socket's roles: only the service account mints tickets and reports unlinked.
+#[test]
+fn only_the_service_account_mints_tickets_and_unlinks() {
+    let stack = Stack::load();
+    let alice_local = stack.local_of(ALICE);
+    let before = mapping_of(&stack, ALICE).expect("the stack maps Alice");
+    for args in [["--mint-ticket", ALICE], ["--unlinked", ALICE]] {
+        let out = connect_as(&stack, &alice_local, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(77),
+            "{args:?} as {alice_local}: {}",
+            text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("only the service account"),
+            "{}",
+            text(&out)
+        );
+        let out = Command::new(connect_bin(&stack))
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(77),
+            "{args:?} as root: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        mapping_of(&stack, ALICE),
+        Some(before),
+        "Alice's mapping changed"
+    );
+    let out = connect_as(&stack, &alice_local, &[]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    // A raw client that is not ucloud-connect gets a JSON answer, not a crash.
+    let socket = stack.get("UCLOUD_IM_REGISTRY_SOCKET");
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    s.write_all(b"{\"op\":\"format-disk\"}\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let v: Value =
+        serde_json::from_str(answer.trim()).unwrap_or_else(|e| panic!("{answer:?}: {e}"));
+    assert_eq!(
+        (v["ok"].clone(), v["status"].clone()),
+        (json!(false), json!(64)),
+        "{v}"
+    );
+}
+
+/// The ticket page shows nothing a link can inject, and answers GET only.
+#[test]
+fn the_ticket_page_refuses_damaged_links() {
+    let stack = Stack::load();
+    let p = stack.get("UCLOUD_IM_PROVIDER");
+    for target in [
+        format!("/ucloud/{p}/connect?ticket=%3Cscript%3Ealert(1)%3C/script%3E"),
+        format!("/ucloud/{p}/connect?ticket=a%22onload%3D"),
+        format!("/ucloud/{p}/connect"),
+    ] {
+        let (status, _, body) = browser_get(&stack, &target);
+        assert_eq!(status, 400, "{target}: {body}");
+        assert!(
+            !body.contains("<script") && !body.contains("onload"),
+            "{target}: {body}"
+        );
+        assert!(body.contains("damaged"), "{body}");
+    }
+    let (status, _) = stack.call(None, "POST", &format!("/ucloud/{p}/connect"), Some("{}"));
+    assert_eq!(status, 404);
+}
+
+/// Mappings older than mapping_expire_after_ms stop working and UCloud is told: by
+/// `ucloud-registry expire`, and by the sweep at the start of any registry connection.
+#[test]
+fn old_mappings_expire() {
+    let stack = Stack::load();
+    let (status, manifest) = stack.call(
+        None,
+        "GET",
+        &format!(
+            "/ucloud/{}/integration/retrieveManifest",
+            stack.get("UCLOUD_IM_PROVIDER")
+        ),
+        None,
+    );
+    assert_eq!(status, 200, "{manifest}");
+    let max_age = manifest["expireAfterMs"].as_u64().unwrap_or_else(|| {
+        panic!("the stack sets mapping_expire_after_ms; rerun scripts/stack up ({manifest})")
+    });
+
+    let by_cli = unique("FrankExpire#");
+    let by_sweep = unique("GraceExpire#");
+    let frank = Person::new(&stack, &by_cli);
+    let grace = Person::new(&stack, &by_sweep);
+    // Whoever expires it first (this test's trigger, or another registry connection
+    // running at the same moment), it must be gone, audited, and UCloud told.
+    let expired = |name: &str| {
+        stack.audit_lines().iter().any(|l| {
+            serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                v["action"] == "expire" && v["ucloudUser"] == name && v["decision"] == "allowed"
+            })
+        })
+    };
+    let out = registry(&stack, &["add", &by_cli, &frank.name, "--wait", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    backdate(&stack, &by_cli, max_age + 1000);
+    let out = registry(&stack, &["expire"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        mapping_of(&stack, &by_cli).is_none(),
+        "expire left {by_cli}"
+    );
+    assert!(expired(&by_cli), "no audit line for the expiry of {by_cli}");
+
+    // A fresh mapping is not touched; once old, any registry connection expires it.
+    let out = registry(&stack, &["add", &by_sweep, &grace.name, "--wait", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let _ = connect_as(&stack, &grace.name, &["not-a-ticket"]);
+    assert!(
+        mapping_of(&stack, &by_sweep).is_some(),
+        "a fresh mapping expired"
+    );
+    backdate(&stack, &by_sweep, max_age + 1000);
+    let _ = connect_as(&stack, &grace.name, &["not-a-ticket"]);
+    assert!(
+        mapping_of(&stack, &by_sweep).is_none(),
+        "the socket's sweep left {by_sweep}"
+    );
+    assert!(
+        expired(&by_sweep),
+        "no audit line for the expiry of {by_sweep}"
+    );
+    for name in [&by_cli, &by_sweep] {
+        assert!(
+            wait_until(15, || sim_heard(&stack, "clearConnection", name)),
+            "the simulator never heard clearConnection for {name}"
+        );
+        let (status, refusal) = browse(&stack, name, "1");
+        assert!((400..500).contains(&status), "{status} {refusal}");
+    }
+}
+
+/// Rewrites a mapping's `created` (atomically, as the registry writes) to `age_ms` ago.
+fn backdate(stack: &Stack, ucloud: &str, age_ms: u64) {
+    let mut m = mapping_of(stack, ucloud).unwrap_or_else(|| panic!("{ucloud} is not mapped"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    m["created"] = json!(now - age_ms);
+    let dir = state(stack).join("mappings");
+    let tmp = dir.join(format!(".test-{}", hex(ucloud)));
+    std::fs::write(&tmp, m.to_string()).unwrap();
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::rename(&tmp, dir.join(hex(ucloud))).unwrap();
+}
+
+/// Two people race with one ticket, and two more with their own tickets at once:
+/// one ticket maps once, and the store holds exactly the winners, all valid.
+#[test]
+fn concurrent_redemptions_never_corrupt_the_store() {
+    let stack = Stack::load();
+    let shared = unique("HeidiRace#");
+    let (first, second) = (Person::new(&stack, &shared), Person::new(&stack, &shared));
+    let own: Vec<Person> = (0..2)
+        .map(|i| Person::new(&stack, &unique(&format!("IvanRace{i}#"))))
+        .collect();
+    let ticket = mint(&stack, &shared);
+    let own_tickets: Vec<String> = own.iter().map(|p| mint(&stack, &p.ucloud)).collect();
+    let bin = connect_bin(&stack);
+    let spawn = |user: &str, ticket: &str| {
+        Command::new("runuser")
+            .current_dir("/")
+            .args(["-u", user, "--", &bin, ticket])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let children = vec![
+        spawn(&first.name, &ticket),
+        spawn(&second.name, &ticket),
+        spawn(&own[0].name, &own_tickets[0]),
+        spawn(&own[1].name, &own_tickets[1]),
+    ];
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let shared_wins = outs[..2].iter().filter(|o| o.status.success()).count();
+    assert_eq!(shared_wins, 1, "{} / {}", text(&outs[0]), text(&outs[1]));
+    assert!(
+        outs[2].status.success() && outs[3].status.success(),
+        "{} / {}",
+        text(&outs[2]),
+        text(&outs[3])
+    );
+    let winner = if outs[0].status.success() {
+        &first.name
+    } else {
+        &second.name
+    };
+    assert_eq!(
+        mapping_of(&stack, &shared).unwrap()["local"],
+        winner.as_str()
+    );
+    for (p, _) in own.iter().zip(&own_tickets) {
+        assert_eq!(
+            mapping_of(&stack, &p.ucloud).unwrap()["local"],
+            p.name.as_str()
+        );
+    }
+    let list = registry(&stack, &["list"]);
+    assert!(
+        list.status.success() && list.stderr.is_empty(),
+        "the store has bad files: {}",
+        text(&list)
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(state(&stack).join("mappings"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn registry_units_pass_systemd_analyze() {
+    let stack = Stack::load();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../units");
+    let dir = std::env::temp_dir().join(format!("ucloud-im-registry-units-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = stack.get("UCLOUD_IM_BIN");
+    let units = ["ucloud-registry.socket", "ucloud-registry@.service"];
+    for name in units {
+        let text =
+            std::fs::read_to_string(src.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        std::fs::write(
+            dir.join(name),
+            text.replace("ExecStart=/usr/bin/", &format!("ExecStart={bin}/")),
+        )
+        .unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .args(units.map(|u| dir.join(u)))
+        .output()
+        .expect("cannot run systemd-analyze");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        text(&out)
+    );
+    let service = std::fs::read_to_string(src.join("ucloud-registry@.service")).unwrap();
+    assert!(
+        service.contains("StandardInput=socket")
+            && service.contains("ExecStart=/usr/bin/ucloud-registry serve")
+    );
+    let socket = std::fs::read_to_string(src.join("ucloud-registry.socket")).unwrap();
+    assert!(
+        socket.contains("Accept=yes")
+            && socket.contains("SocketMode=0666")
+            && socket.contains("TriggerLimitBurst=0")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_and_man_pages() {
+    let stack = Stack::load();
+    let out = Command::new(connect_bin(&stack))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("registry.sock"),
+        "{}",
+        text(&out)
+    );
+    let out = registry(&stack, &["--help"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("serve"),
+        "{}",
+        text(&out)
+    );
+    for page in ["ucloud-connect.1", "ucloud-registry.8"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../man")
+            .join(page);
+        let out = Command::new("man")
+            .arg("-l")
+            .arg(&path)
+            .env("MANWIDTH", "80")
+            .output()
+            .expect("man");
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{page}: {}",
+            text(&out)
+        );
+        assert!(out.stderr.is_empty(), "{page} warns: {}", text(&out));
+    }
+}
