@@ -10,10 +10,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use ucloud_im_tests::Stack;
 
-const UNITS: [&str; 3] = [
+const UNITS: [&str; 7] = [
     "ucloud-gateway.socket",
     "ucloud-gateway@.service",
     "ucloud-sender.service",
+    "ucloud-registry.socket",
+    "ucloud-registry@.service",
+    "ucloud-registry-expire.service",
+    "ucloud-registry-expire.timer",
 ];
 
 /// The exposure bounds we publish (0 best, 10 worst). The gateway cannot go lower than
