@@ -10,6 +10,7 @@ mod error;
 mod framing;
 mod handle;
 mod normalise;
+mod proxy;
 mod respond;
 mod route;
 #[allow(unsafe_code)]
@@ -37,7 +38,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 const HELP: &str = "\
 ucloud-gateway: serve one connection of UCloud's provider API
 
-Usage: ucloud-gateway
+Usage: ucloud-gateway [--proxy-protocol]
 
 Started once per connection by a socket unit (Accept=yes) or inetd: the connection
 is on stdin/stdout, or on fd 3 when LISTEN_FDS=1 and LISTEN_PID is this process.
@@ -45,7 +46,10 @@ Reads site.conf and UCloud's public key from the configuration directory, starts
 the dispatcher once per request, logs one line per request to stderr.
 
 Options:
-  -h, --help   print this help
+  --proxy-protocol  balancer-facing socket: the connection must start with a
+                    PROXY protocol v2 header (sent by ucloud-lb), else it is
+                    closed; the client it names is logged with each request
+  -h, --help        print this help
 
 See ucloud-gateway(8).";
 
@@ -58,9 +62,12 @@ fn main() -> ExitCode {
         println!("{HELP}");
         return ExitCode::SUCCESS;
     }
+    let behind_balancer = args.contains("--proxy-protocol");
     let rest = args.finish();
     if !rest.is_empty() {
-        eprintln!("ucloud-gateway: takes no arguments, got {rest:?} (see --help)");
+        eprintln!(
+            "ucloud-gateway: takes no arguments but --proxy-protocol, got {rest:?} (see --help)"
+        );
         return ExitCode::from(64);
     }
     let listen = match listen_fds() {
@@ -81,13 +88,26 @@ fn main() -> ExitCode {
         sys::Inherited::Inetd(r, w) => (r, Some(w)),
         sys::Inherited::Listen(fd) => (fd, None),
     };
-    let (client_in, mut out) = match conn::split(read, write, SEND_TIMEOUT) {
+    let (mut client_in, mut out) = match conn::split(read, write, SEND_TIMEOUT) {
         Ok(halves) => halves,
         Err(e) => {
             eprintln!("ucloud-gateway: cannot set up the connection: {e}");
             return ExitCode::from(71);
         }
     };
+    if behind_balancer {
+        client_in.deadline = Some(Instant::now() + HEAD_TIMEOUT);
+        match proxy::read_header(&mut client_in) {
+            // A client is logged with each of its requests; the balancer's own
+            // health checks (LOCAL) get no line of their own.
+            Ok(_) => {}
+            Err(why) => {
+                eprintln!("ucloud-gateway: closing the connection unanswered: {why}");
+                return ExitCode::SUCCESS;
+            }
+        }
+        client_in.deadline = None;
+    }
     ucloud_wire::token::install_crypto_provider();
     let site = handle::Site {
         config: startup_config(),
@@ -233,9 +253,16 @@ fn refuse(out: &mut conn::ClientOut, e: HttpError, method: &str, path: &str, sta
 /// token), call, status, milliseconds, and a note.
 fn log(method: &str, path: &str, call: &str, status: u16, started: Instant, note: Option<&str>) {
     let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let note = note
+    let mut note = note
         .map(|n| n.replace(['\n', '\r'], " "))
         .unwrap_or_default();
+    if let Some(client) = proxy::client() {
+        note = if note.is_empty() {
+            format!("client={client}")
+        } else {
+            format!("client={client} {note}")
+        };
+    }
     if note.is_empty() {
         eprintln!("ucloud-gateway: {method} {path} {call} {status} {ms:.1}ms");
     } else {

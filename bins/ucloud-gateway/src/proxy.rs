@@ -1,0 +1,174 @@
+//! The balancer-facing mode: the connection must start with a PROXY protocol v2
+//! header (haproxy.org proxy-protocol.txt, section 2.2) naming the real client,
+//! which the gateway then logs. Anything else ends the connection unanswered: on
+//! that socket only the balancer may speak, and it always sends the header.
+
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::OnceLock;
+
+const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// Far above what an address block with a few TLVs needs; a bigger claim is hostile.
+const MAX_LEN: usize = 512;
+
+/// Who is on the other end of the balancer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A client the balancer relayed.
+    Client(SocketAddr),
+    /// The balancer's own connection (its health checks): `LOCAL` command, or an
+    /// address family the header may carry but we do not log (unix, unspecified).
+    Local,
+}
+
+static CLIENT: OnceLock<String> = OnceLock::new();
+
+/// The client of this connection, for the request log (set once, balancer mode only).
+pub fn client() -> Option<&'static str> {
+    CLIENT.get().map(String::as_str)
+}
+
+/// Reads exactly the header (never a byte of the request behind it).
+pub fn read_header(input: &mut impl Read) -> Result<Peer, String> {
+    let mut fixed = [0u8; 16];
+    input
+        .read_exact(&mut fixed)
+        .map_err(|e| format!("no PROXY v2 header: {e}"))?;
+    if fixed[..12] != SIGNATURE {
+        return Err("the connection does not start with a PROXY v2 header".into());
+    }
+    let (version, command) = (fixed[12] >> 4, fixed[12] & 0x0f);
+    if version != 2 {
+        return Err(format!("PROXY header version {version}, expected 2"));
+    }
+    let len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
+    if len > MAX_LEN {
+        return Err(format!(
+            "PROXY header claims {len} bytes of addresses (at most {MAX_LEN})"
+        ));
+    }
+    let mut rest = vec![0u8; len];
+    input
+        .read_exact(&mut rest)
+        .map_err(|e| format!("PROXY v2 header cut short: {e}"))?;
+    let peer = match command {
+        0 => Peer::Local,
+        1 => parse_addresses(fixed[13], &rest)?,
+        _ => return Err(format!("PROXY v2 command {command} is unknown")),
+    };
+    if let Peer::Client(addr) = peer {
+        let _ = CLIENT.set(addr.to_string());
+    }
+    Ok(peer)
+}
+
+fn parse_addresses(family: u8, rest: &[u8]) -> Result<Peer, String> {
+    match family {
+        // TCP over IPv4: source, destination, source port, destination port.
+        0x11 => {
+            let a = rest.get(..12).ok_or("PROXY v2 IPv4 block too short")?;
+            let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+            let port = u16::from_be_bytes([a[8], a[9]]);
+            Ok(Peer::Client(SocketAddr::new(IpAddr::V4(ip), port)))
+        }
+        0x21 => {
+            let a = rest.get(..36).ok_or("PROXY v2 IPv6 block too short")?;
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&a[..16]);
+            let ip = Ipv6Addr::from(octets);
+            let ip = ip
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(ip));
+            let port = u16::from_be_bytes([a[32], a[33]]);
+            Ok(Peer::Client(SocketAddr::new(ip, port)))
+        }
+        // UNSPEC, or unix sockets: nothing useful to log.
+        0x00 | 0x31 | 0x32 => Ok(Peer::Local),
+        _ => Err(format!(
+            "PROXY v2 address family/protocol {family:#04x} is not TCP"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(cmd: u8, fam: u8, block: &[u8]) -> Vec<u8> {
+        let mut h = SIGNATURE.to_vec();
+        h.extend_from_slice(&[0x20 | cmd, fam]);
+        h.extend_from_slice(&(block.len() as u16).to_be_bytes());
+        h.extend_from_slice(block);
+        h
+    }
+
+    #[test]
+    fn ipv4_client_and_the_request_stays_unread() {
+        let mut block = vec![192, 0, 2, 7, 127, 0, 0, 1];
+        block.extend_from_slice(&40000u16.to_be_bytes());
+        block.extend_from_slice(&443u16.to_be_bytes());
+        let mut bytes = header(1, 0x11, &block);
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let mut input = &bytes[..];
+        let peer = read_header(&mut input).unwrap();
+        assert_eq!(peer, Peer::Client("192.0.2.7:40000".parse().unwrap()));
+        assert_eq!(input, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[test]
+    fn ipv6_mapped_local_and_tlvs() {
+        let mut block = Ipv4Addr::new(10, 1, 2, 3)
+            .to_ipv6_mapped()
+            .octets()
+            .to_vec();
+        block.extend_from_slice(&[0; 16]);
+        block.extend_from_slice(&[0, 80, 1, 187]);
+        block.extend_from_slice(&[0x04, 0, 1, 0]); // a NOOP TLV, ignored
+        let peer = read_header(&mut &header(1, 0x21, &block)[..]).unwrap();
+        assert_eq!(peer, Peer::Client("10.1.2.3:80".parse().unwrap()));
+        assert_eq!(
+            read_header(&mut &header(0, 0, &[])[..]).unwrap(),
+            Peer::Local
+        );
+    }
+
+    #[test]
+    fn hostile_headers_are_refused() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                b"GET /ucloud-im/health HTTP/1.1\r\n\r\n".to_vec(),
+                "does not start",
+            ),
+            (
+                b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(),
+                "does not start",
+            ),
+            (SIGNATURE[..8].to_vec(), "no PROXY"),
+            (header(1, 0x11, &[1, 2, 3]), "too short"),
+            (header(7, 0x11, &[0; 12]), "command 7"),
+            (header(1, 0x12, &[0; 12]), "not TCP"),
+            (
+                {
+                    let mut h = header(1, 0x11, &[]);
+                    h[14..16].copy_from_slice(&60000u16.to_be_bytes());
+                    h
+                },
+                "at most",
+            ),
+            (header(1, 0x11, &[0; 12])[..20].to_vec(), "cut short"),
+            (
+                {
+                    let mut h = header(1, 0x11, &[0; 12]);
+                    h[12] = 0x11;
+                    h
+                },
+                "version 1",
+            ),
+        ];
+        for (bytes, words) in cases {
+            let e = read_header(&mut &bytes[..]).unwrap_err();
+            assert!(e.contains(words), "{words}: {e}");
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The gateways: their live state (health, drain, weight, active connections,
+//! counters), the choice of one for a new connection (weighted least-connections),
+//! and connecting to it over TCP or a unix socket.
+
+use crate::config::{Address, BackendConfig};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Backend {
+    pub name: String,
+    pub address: Address,
+    pub weight: AtomicU32,
+    pub proxy_protocol: AtomicBool,
+    pub drain: AtomicBool,
+    pub up: AtomicBool,
+    /// Set when a reload removed it: its health checker stops.
+    pub retired: AtomicBool,
+    /// Consecutive health results: (successes, failures).
+    streak: Mutex<(u32, u32)>,
+    pub active: AtomicU64,
+    pub connections: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub check_failures: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+}
+
+impl Backend {
+    pub fn new(c: &BackendConfig) -> Backend {
+        Backend {
+            name: c.name.clone(),
+            address: c.address.clone(),
+            weight: AtomicU32::new(c.weight),
+            proxy_protocol: AtomicBool::new(c.proxy_protocol),
+            drain: AtomicBool::new(c.drain),
+            // Up until proven otherwise, so a fresh start serves at once; the first
+            // check runs immediately and a refused connect takes it out at once.
+            up: AtomicBool::new(true),
+            retired: AtomicBool::new(false),
+            streak: Mutex::new((0, 0)),
+            active: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            connect_errors: AtomicU64::new(0),
+            check_failures: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes the settings a reload may change.
+    pub fn update(&self, c: &BackendConfig) {
+        self.weight.store(c.weight, Relaxed);
+        self.proxy_protocol.store(c.proxy_protocol, Relaxed);
+        self.drain.store(c.drain, Relaxed);
+    }
+
+    pub fn takes_new(&self) -> bool {
+        self.up.load(Relaxed) && !self.drain.load(Relaxed) && self.weight.load(Relaxed) > 0
+    }
+
+    /// Records one check result; `rise` successes in a row bring it up, `fall`
+    /// failures take it down. Logs each change.
+    pub fn record(&self, ok: bool, rise: u32, fall: u32, why: &str) {
+        let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            *streak = (streak.0.saturating_add(1), 0);
+        } else {
+            *streak = (0, streak.1.saturating_add(1));
+            self.check_failures.fetch_add(1, Relaxed);
+        }
+        let up = self.up.load(Relaxed);
+        if !up && streak.0 >= rise {
+            self.up.store(true, Relaxed);
+            eprintln!("ucloud-lb: backend {} ({}) is up", self.name, self.address);
+        } else if up && streak.1 >= fall {
+            *streak = (0, 0);
+            drop(streak);
+            self.set_down(why);
+        }
+    }
+
+    /// Passive detection: a refused or failed connect takes it out at once (nobody
+    /// listens there); the health checker brings it back after `rise` good checks.
+    pub fn mark_down(&self, why: &str) {
+        *self.streak.lock().unwrap_or_else(|p| p.into_inner()) = (0, 0);
+        self.set_down(why);
+    }
+
+    fn set_down(&self, why: &str) {
+        if self.up.swap(false, Relaxed) {
+            eprintln!(
+                "ucloud-lb: backend {} ({}) is down: {why}",
+                self.name, self.address
+            );
+        }
+    }
+
+    pub fn connect(&self, timeout: Duration) -> io::Result<Stream> {
+        match &self.address {
+            Address::Tcp(addr) => {
+                let s = TcpStream::connect_timeout(addr, timeout)?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            Address::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
+        }
+    }
+}
+
+/// Counts a connection as active on its backend for as long as it lives.
+pub struct Lease(pub Arc<Backend>);
+
+impl Lease {
+    pub fn new(b: Arc<Backend>) -> Lease {
+        b.active.fetch_add(1, Relaxed);
+        b.connections.fetch_add(1, Relaxed);
+        Lease(b)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Weighted least-connections: the fewest active connections per unit of weight,
+/// ties broken by rotating the starting point so equal backends share the load.
+pub fn pick(backends: &[Arc<Backend>], skip: &[usize], turn: &AtomicUsize) -> Option<usize> {
+    let n = backends.len();
+    if n == 0 {
+        return None;
+    }
+    let start = turn.fetch_add(1, Relaxed) % n;
+    let mut best: Option<(usize, u64, u64)> = None;
+    for k in 0..n {
+        let i = (start + k) % n;
+        let b = &backends[i];
+        if skip.contains(&i) || !b.takes_new() {
+            continue;
+        }
+        let (active, weight) = (b.active.load(Relaxed), u64::from(b.weight.load(Relaxed)));
+        // active/weight < best_active/best_weight, without division.
+        let better = match best {
+            None => true,
+            Some((_, ba, bw)) => (active + 1) * bw < (ba + 1) * weight,
+        };
+        if better {
+            best = Some((i, active, weight));
+        }
+    }
+    best.map(|(i, _, _)| i)
+}
+
+pub enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t).and(s.set_write_timeout(t)),
+            Stream::Unix(s) => s.set_read_timeout(t).and(s.set_write_timeout(t)),
+        }
+    }
+    pub fn shutdown_write(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        };
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(name: &str, weight: u32, active: u64) -> Arc<Backend> {
+        let b = Backend::new(&BackendConfig {
+            name: name.into(),
+            address: Address::Tcp("127.0.0.1:1".parse().unwrap()),
+            weight,
+            proxy_protocol: false,
+            drain: false,
+        });
+        b.active.store(active, Relaxed);
+        Arc::new(b)
+    }
+
+    #[test]
+    fn least_connections_per_weight_wins() {
+        let turn = AtomicUsize::new(0);
+        let bs = [backend("a", 1, 5), backend("b", 1, 2), backend("c", 1, 9)];
+        assert_eq!(pick(&bs, &[], &turn), Some(1));
+        assert_eq!(pick(&bs, &[1], &turn), Some(0));
+        // Weight 4 with 7 active beats weight 1 with 2 active: 8/4 < 3/1.
+        let bs = [backend("a", 1, 2), backend("b", 4, 7)];
+        assert_eq!(pick(&bs, &[], &turn), Some(1));
+    }
+
+    #[test]
+    fn down_drained_and_zero_weight_take_nothing() {
+        let turn = AtomicUsize::new(0);
+        let bs = [backend("a", 1, 0), backend("b", 1, 0), backend("c", 0, 0)];
+        bs[0].mark_down("test");
+        bs[1].drain.store(true, Relaxed);
+        assert_eq!(pick(&bs, &[], &turn), None);
+        bs[1].drain.store(false, Relaxed);
+        assert_eq!(pick(&bs, &[], &turn), Some(1));
+    }
+
+    #[test]
+    fn equal_backends_share() {
+        let turn = AtomicUsize::new(0);
+        let bs = [backend("a", 1, 0), backend("b", 1, 0)];
+        let picks: Vec<_> = (0..4).map(|_| pick(&bs, &[], &turn).unwrap()).collect();
+        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
+    }
+
+    #[test]
+    fn rise_and_fall() {
+        let b = backend("a", 1, 0);
+        b.record(false, 2, 2, "x");
+        assert!(b.up.load(Relaxed));
+        b.record(false, 2, 2, "x");
+        assert!(!b.up.load(Relaxed));
+        b.record(true, 2, 2, "");
+        assert!(!b.up.load(Relaxed));
+        b.record(true, 2, 2, "");
+        assert!(b.up.load(Relaxed));
+    }
+}

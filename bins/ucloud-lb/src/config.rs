@@ -1,0 +1,356 @@
+//! ucloud-lb.conf(5): global `key = value` lines, then one `[backend NAME]` section
+//! per gateway. `#` starts a comment line. Unknown keys, repeated keys and bad values
+//! are errors with the line number: a typo must never fall back to a default.
+
+use crate::error::Error;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where a gateway listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Address {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(a) => write!(f, "{a}"),
+            Address::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// `[A-Za-z0-9_.-]{1,64}`: it appears in logs and metric labels unquoted.
+    pub name: String,
+    pub address: Address,
+    /// Relative share of new connections; 0 takes none (like `drain`).
+    pub weight: u32,
+    /// Send a PROXY protocol v2 header first (the gateway's balancer-facing socket).
+    pub proxy_protocol: bool,
+    /// No new connections; existing ones finish.
+    pub drain: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Bound when the service manager passes no socket.
+    pub listen: Option<SocketAddr>,
+    /// Prometheus text on `GET /metrics`; keep it on a local address.
+    pub metrics: Option<SocketAddr>,
+    /// `(certificate chain, key)` pairs; the first the client can verify is used.
+    pub certificates: Vec<(PathBuf, PathBuf)>,
+    pub max_connections: usize,
+    pub max_per_client: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+    pub health_rise: u32,
+    pub health_fall: u32,
+    pub health_path: String,
+    pub backends: Vec<BackendConfig>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            file: path.to_path_buf(),
+            line: 0,
+            why: format!("cannot read it: {e}"),
+        })?;
+        parse(&text).map_err(|(line, why)| Error::Config {
+            file: path.to_path_buf(),
+            line,
+            why,
+        })
+    }
+}
+
+type Fail = (usize, String);
+/// A `[backend NAME]` being read: its line, name, and `(line, key, value)`s.
+type Section = (usize, String, Vec<(usize, String, String)>);
+
+pub fn parse(text: &str) -> Result<Config, Fail> {
+    let mut config = Config {
+        listen: None,
+        metrics: None,
+        certificates: Vec::new(),
+        // A UCloud core opens bursts of a few hundred connections from one address.
+        max_connections: 4096,
+        max_per_client: 512,
+        handshake_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(300),
+        connect_timeout: Duration::from_secs(3),
+        drain_timeout: Duration::from_secs(30),
+        health_interval: Duration::from_secs(2),
+        health_timeout: Duration::from_secs(2),
+        health_rise: 2,
+        health_fall: 3,
+        health_path: "/ucloud-im/health".to_string(),
+        backends: Vec::new(),
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut section: Option<Section> = None;
+    for (index, raw) in text.lines().enumerate() {
+        let n = index + 1;
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(head) = line.strip_prefix('[') {
+            let head = head
+                .strip_suffix(']')
+                .ok_or((n, "a section line must end with ]".to_string()))?;
+            let name = head
+                .strip_prefix("backend ")
+                .map(str::trim)
+                .ok_or((n, format!("unknown section [{head}]: only [backend NAME]")))?;
+            if let Some((at, name, keys)) = section.take() {
+                config.backends.push(backend(at, name, keys)?);
+            }
+            check_name(name).map_err(|why| (n, why))?;
+            if config.backends.iter().any(|b| b.name == name) {
+                return Err((n, format!("backend {name} is defined twice")));
+            }
+            section = Some((n, name.to_string(), Vec::new()));
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or((n, format!("expected key = value, got {line:?}")))?;
+        let (key, value) = (key.trim().to_string(), value.trim().to_string());
+        if let Some((_, _, keys)) = section.as_mut() {
+            keys.push((n, key, value));
+            continue;
+        }
+        if key != "certificate" {
+            if seen.contains(&key) {
+                return Err((n, format!("{key} is set twice")));
+            }
+            seen.push(key.clone());
+        }
+        global(&mut config, &key, &value).map_err(|why| (n, why))?;
+    }
+    if let Some((at, name, keys)) = section.take() {
+        config.backends.push(backend(at, name, keys)?);
+    }
+    if config.certificates.is_empty() {
+        return Err((0, "no certificate = CERT.pem KEY.pem line".to_string()));
+    }
+    if config.backends.is_empty() {
+        return Err((0, "no [backend NAME] section".to_string()));
+    }
+    if config.health_rise == 0 || config.health_fall == 0 {
+        return Err((
+            0,
+            "health_rise and health_fall must be at least 1".to_string(),
+        ));
+    }
+    Ok(config)
+}
+
+fn global(c: &mut Config, key: &str, value: &str) -> Result<(), String> {
+    match key {
+        "listen" => c.listen = Some(addr(value)?),
+        "metrics" => c.metrics = Some(addr(value)?),
+        "certificate" => {
+            let mut parts = value.split_whitespace();
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(cert), Some(key), None) => {
+                    c.certificates.push((cert.into(), key.into()));
+                }
+                _ => return Err("certificate = CERT.pem KEY.pem (two paths)".to_string()),
+            }
+        }
+        "max_connections" => c.max_connections = count(value)?,
+        "max_per_client" => c.max_per_client = count(value)?,
+        "handshake_timeout" => c.handshake_timeout = seconds(value)?,
+        "idle_timeout" => c.idle_timeout = seconds(value)?,
+        "connect_timeout" => c.connect_timeout = seconds(value)?,
+        "drain_timeout" => c.drain_timeout = seconds(value)?,
+        "health_interval" => c.health_interval = seconds(value)?,
+        "health_timeout" => c.health_timeout = seconds(value)?,
+        "health_rise" => c.health_rise = count(value)? as u32,
+        "health_fall" => c.health_fall = count(value)? as u32,
+        "health_path" => {
+            if !value.starts_with('/') || value.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+                return Err(format!(
+                    "health_path {value:?}: a path starting with /, no spaces"
+                ));
+            }
+            c.health_path = value.to_string();
+        }
+        _ => return Err(format!("unknown key {key:?} (see ucloud-lb.conf(5))")),
+    }
+    Ok(())
+}
+
+fn backend(
+    at: usize,
+    name: String,
+    keys: Vec<(usize, String, String)>,
+) -> Result<BackendConfig, Fail> {
+    let (mut address, mut weight, mut proxy, mut drain) = (None, 1, false, false);
+    let mut seen: Vec<String> = Vec::new();
+    for (n, key, value) in keys {
+        if seen.contains(&key) {
+            return Err((n, format!("{key} is set twice in [backend {name}]")));
+        }
+        seen.push(key.clone());
+        let set = match key.as_str() {
+            "address" => backend_address(&value).map(|a| address = Some(a)),
+            "weight" => count(&value).and_then(|w| {
+                u32::try_from(w)
+                    .ok()
+                    .filter(|w| *w <= 1000)
+                    .map(|w| weight = w)
+                    .ok_or_else(|| "weight must be 0..=1000".to_string())
+            }),
+            "proxy_protocol" => boolean(&value).map(|b| proxy = b),
+            "drain" => boolean(&value).map(|b| drain = b),
+            _ => Err(format!("unknown key {key:?} in [backend {name}]")),
+        };
+        set.map_err(|why| (n, why))?;
+    }
+    let address = address.ok_or((at, format!("[backend {name}] has no address")))?;
+    Ok(BackendConfig {
+        name,
+        address,
+        weight,
+        proxy_protocol: proxy,
+        drain,
+    })
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "backend name {name:?}: use 1-64 of A-Z a-z 0-9 _ . -"
+        ))
+    }
+}
+
+fn addr(value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is no IP:PORT address (e.g. 127.0.0.1:8443, [::1]:8443)"))
+}
+
+fn backend_address(value: &str) -> Result<Address, String> {
+    match value.strip_prefix("unix:") {
+        Some(path) if path.starts_with('/') => Ok(Address::Unix(path.into())),
+        Some(_) => Err(format!("{value:?}: a unix socket needs an absolute path")),
+        None => addr(value).map(Address::Tcp),
+    }
+}
+
+fn count(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is no whole number"))
+}
+
+/// Seconds, fractions allowed (`0.5`), at most a day.
+fn seconds(value: &str) -> Result<Duration, String> {
+    let s: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is no number of seconds"))?;
+    if !(0.001..=86400.0).contains(&s) {
+        return Err(format!("{value} s is out of range (0.001 to 86400)"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn boolean(value: &str) -> Result<bool, String> {
+    match value {
+        "yes" | "true" | "on" => Ok(true),
+        "no" | "false" | "off" => Ok(false),
+        _ => Err(format!("{value:?}: use yes or no")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+# comment
+listen = 127.0.0.1:8443
+certificate = /e/ec.pem /e/ec.key
+certificate = /e/rsa.pem /e/rsa.key
+health_interval = 0.5
+[backend gw1]
+address = 127.0.0.1:8889
+proxy_protocol = yes
+weight = 3
+[backend gw2]
+address = unix:/run/gw.sock
+drain = yes
+";
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.listen, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(c.certificates.len(), 2);
+        assert_eq!(c.health_interval, Duration::from_millis(500));
+        assert_eq!(c.max_per_client, 512);
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.backends[0].weight, 3);
+        assert!(c.backends[0].proxy_protocol && !c.backends[0].drain);
+        assert_eq!(c.backends[1].address, Address::Unix("/run/gw.sock".into()));
+        assert!(c.backends[1].drain && !c.backends[1].proxy_protocol);
+    }
+
+    #[test]
+    fn mistakes_name_their_line() {
+        let cases = [
+            (
+                "certificate = a b\n[backend x]\naddress = 1.2.3.4:5\nwieght = 2\n",
+                4,
+                "unknown key",
+            ),
+            ("certificate = a b\nlisten = nowhere\n", 2, "IP:PORT"),
+            (
+                "certificate = a b\nlisten = 1.2.3.4:5\nlisten = 1.2.3.4:6\n",
+                3,
+                "twice",
+            ),
+            ("certificate = a\n", 1, "two paths"),
+            (
+                "certificate = a b\n[backend ../x]\naddress = 1.2.3.4:5\n",
+                2,
+                "backend name",
+            ),
+            (
+                "certificate = a b\n[backend x]\naddress = unix:rel\n",
+                3,
+                "absolute",
+            ),
+            ("certificate = a b\n[backend x]\n", 2, "no address"),
+            ("certificate = a b\nidle_timeout = -1\n", 2, "out of range"),
+            ("certificate = a b\n[frontend]\n", 2, "unknown section"),
+            ("[backend x]\naddress = 1.2.3.4:5\n", 0, "no certificate"),
+            ("certificate = a b\n", 0, "no [backend"),
+        ];
+        for (text, line, words) in cases {
+            let (n, why) = parse(text).unwrap_err();
+            assert_eq!(n, line, "{text}: {why}");
+            assert!(why.contains(words), "{text}: {why}");
+        }
+    }
+}
