@@ -388,7 +388,9 @@ fn unknown_calls_get_404_with_a_reason() {
         &stack,
         &get(&format!("/ucloud/jobs.provider.{p}/websocket"), &auth),
     );
-    r.assert_error(501, "NOT_IMPLEMENTED");
+    // The follow endpoint speaks WebSocket only: a plain GET is a bad request.
+    let why = r.assert_error(400, "BAD_REQUEST");
+    assert!(why.contains("WebSocket"), "{why}");
 }
 
 #[test]

@@ -70,7 +70,6 @@ fn scratch(name: &str) -> PathBuf {
 struct Gateway {
     port: u16,
     child: Option<Child>,
-    log: PathBuf,
 }
 
 impl Gateway {
@@ -111,7 +110,6 @@ impl Gateway {
         Gateway {
             port,
             child: Some(child),
-            log,
         }
     }
 

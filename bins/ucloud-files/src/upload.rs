@@ -2,7 +2,9 @@
 //!
 //! Chunks are written into a hidden partial file next to the target,
 //! `.ucloud-im-upload-<jti>-<item>`, at the offset the client names (`-1`: at the
-//! end), each fsync'ed before it is acknowledged. The partial file's length is the
+//! end), each fdatasync'ed before it is acknowledged. The space for the whole
+//! declared size is reserved at the first chunk (`fallocate`), so a disk that is
+//! too small refuses the upload at once (507) instead of half-way. The partial file's length is the
 //! resume point: a chunk cut short (the client went away) is cut off again, so a
 //! retry of that chunk, or `-1`, continues. When the partial file reaches the
 //! declared total size it is fsync'ed and renamed to the target under the
@@ -14,11 +16,16 @@ use crate::error::Error;
 use crate::fsops::{self, Journal, PlaceError};
 use crate::resolve::{self, Ctx};
 use crate::session;
-use nix::fcntl::{openat, Flock, FlockArg, OFlag};
+use nix::errno::Errno;
+use nix::fcntl::{
+    fallocate, openat, posix_fadvise, splice, FallocateFlags, Flock, FlockArg, OFlag,
+    PosixFadviseAdvice, SpliceFFlags,
+};
 use nix::sys::stat::{fstat, Mode};
-use nix::unistd::{fdatasync, fsync, ftruncate};
+use nix::unistd::{fdatasync, fsync, ftruncate, unlinkat, UnlinkatFlags};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 /// UCloud's largest chunk.
@@ -177,9 +184,14 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
     let lock = Flock::lock(std::fs::File::from(fd), FlockArg::LockExclusive)
         .map_err(|(_, e)| Error::from_errno(e, &shown))?;
     let file: &std::fs::File = &lock;
-    let have = fstat(file)
-        .map_err(|e| Error::from_errno(e, &shown))?
-        .st_size as u64;
+    let st = fstat(file).map_err(|e| Error::from_errno(e, &shown))?;
+    if st.st_nlink == 0 {
+        // The chunk we waited for failed on an empty partial file and removed it.
+        return Err(Error::BadOffset(format!(
+            "{shown}: another chunk of this upload failed meanwhile; send the chunk that starts at 0"
+        )));
+    }
+    let have = st.st_size as u64;
     let at = c.offset.unwrap_or(have);
     if at != have {
         return Err(Error::BadOffset(format!(
@@ -193,45 +205,28 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
             c.length, c.total
         )));
     }
-    // Cut back to `have` on any failure, so that nothing half-written stays.
+    // Cut back to `have` on any failure, so that nothing half-written stays (the
+    // truncation also frees the space reserved past it); a partial file left empty
+    // goes, so that a first chunk that failed leaves no trace.
     let undo = |e: Error| -> Error {
         let _ = ftruncate(file, have as i64);
+        if have == 0 {
+            let _ = unlinkat(&dir, partial.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
         e
     };
-    let mut buf = vec![0u8; (1 << 20).min(c.length.max(1) as usize)];
-    let mut stdin = std::io::stdin().lock();
-    let mut pos = at;
-    while pos < at + c.length {
-        let want = ((at + c.length - pos) as usize).min(buf.len());
-        let got = match stdin.read(&mut buf[..want]) {
-            Ok(0) => {
-                return Err(undo(Error::BadRequest(format!(
-                "{shown}: the chunk was cut short after {} of {} bytes; nothing of it was kept, \
-                     resend it from offset {have}",
-                pos - at,
-                c.length
-            ))))
-            }
-            Ok(k) => k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(undo(Error::Internal(format!("reading the chunk: {e}")))),
-        };
-        file.write_all_at(&buf[..got], pos).map_err(|e| {
-            undo(Error::from_errno(
-                nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(5)),
-                &shown,
-            ))
-        })?;
-        pos += got as u64;
-    }
-    fdatasync(file).map_err(|e| undo(Error::from_errno(e, &shown)))?;
+    reserve(file, have, c.total, &shown).map_err(undo)?;
+    receive(file, at, c.length, &shown).map_err(undo)?;
+    let pos = at + c.length;
     if pos < c.total {
+        fdatasync(file).map_err(|e| undo(Error::from_errno(e, &shown)))?;
         return answer(
             200,
             &json!({"offset": pos, "totalSize": c.total, "complete": false}),
         );
     }
-    fsync(file).map_err(|e| Error::from_errno(e, &shown))?;
+    // The last chunk: data and metadata on disk before the name appears.
+    fsync(file).map_err(|e| undo(Error::from_errno(e, &shown)))?;
     let mut journal = Journal::default();
     let policy = if policy == Policy::MergeRename {
         Policy::Rename
@@ -252,6 +247,107 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
         200,
         &json!({"offset": pos, "totalSize": c.total, "complete": true, "id": id}),
     )
+}
+
+/// Reserves the space the rest of the upload needs, so that an upload that cannot
+/// fit is refused at its first chunk, before any byte of it is taken, and the
+/// chunks after it cannot run out of space half-way. The file's size (the resume
+/// point) does not change. A filesystem without `fallocate` just goes on (a full
+/// disk then shows at the write, which is undone as well).
+fn reserve(file: &std::fs::File, have: u64, total: u64, shown: &str) -> Result<(), Error> {
+    if total <= have {
+        return Ok(());
+    }
+    match fallocate(
+        file,
+        FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        have as i64,
+        (total - have) as i64,
+    ) {
+        Ok(()) => Ok(()),
+        Err(e @ (Errno::ENOSPC | Errno::EDQUOT | Errno::EFBIG)) => Err(match e {
+            Errno::EFBIG => Error::DiskFull(format!(
+                "{shown}: a file of {total} bytes is larger than this file system allows"
+            )),
+            _ => Error::DiskFull(format!(
+                "{shown}: {total} bytes do not fit (disk or quota full); nothing of the upload \
+                 was kept past byte {have}, free space and resend from there"
+            )),
+        }),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Bytes between two writeback starts (see `receive`).
+const WRITEBACK_STEP: u64 = 4 << 20;
+/// The most one `splice`/`read` moves (the gateway's pipe holds 1 MiB).
+const STEP: usize = 1 << 20;
+
+/// Moves `length` bytes from stdin (the gateway's pipe) into `file` at `at`.
+///
+/// `splice` moves them pipe to page cache without a trip through this process
+/// (plain reads when stdin is not a pipe). Every `WRITEBACK_STEP` bytes the
+/// kernel is told to start writing what came (`POSIX_FADV_DONTNEED` starts
+/// writeback of dirty pages without waiting), so the disk works while the rest of
+/// the chunk arrives and the `fdatasync` before the answer waits only for the
+/// tail. It also keeps uploads from filling the login node's page cache.
+fn receive(file: &std::fs::File, at: u64, length: u64, shown: &str) -> Result<(), Error> {
+    let stdin = std::io::stdin();
+    let end = at + length;
+    let mut pos = at;
+    let mut started = at;
+    let mut buf: Vec<u8> = Vec::new();
+    let errno = |e: Errno| Error::from_errno(e, shown);
+    while pos < end {
+        let want = ((end - pos) as usize).min(STEP);
+        let got = if buf.is_empty() {
+            let mut off = pos as i64;
+            match splice(
+                stdin.as_fd(),
+                None,
+                file,
+                Some(&mut off),
+                want,
+                SpliceFFlags::SPLICE_F_MOVE,
+            ) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                // stdin is not a pipe, or the filesystem cannot take spliced pages.
+                Err(Errno::EINVAL) => {
+                    buf = vec![0u8; STEP];
+                    continue;
+                }
+                Err(e) => return Err(errno(e)),
+            }
+        } else {
+            let n = match stdin.lock().read(&mut buf[..want]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Internal(format!("reading the chunk: {e}"))),
+            };
+            file.write_all_at(&buf[..n], pos)
+                .map_err(|e| errno(Errno::from_raw(e.raw_os_error().unwrap_or(5))))?;
+            n
+        };
+        if got == 0 {
+            return Err(Error::BadRequest(format!(
+                "{shown}: the chunk was cut short after {} of {length} bytes; nothing of it was \
+                 kept, resend it from offset {at}",
+                pos - at
+            )));
+        }
+        pos += got as u64;
+        if pos - started >= WRITEBACK_STEP || pos == end {
+            let _ = posix_fadvise(
+                file,
+                started as i64,
+                (pos - started) as i64,
+                PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            );
+            started = pos;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -6,11 +6,12 @@ use crate::error::Reject;
 use crate::framing::{self, Frame};
 use crate::respond;
 use crate::sys;
-use nix::fcntl::OFlag;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{pipe2, Pid};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
@@ -23,6 +24,12 @@ const MAX_SIMPLE: usize = 64 << 20;
 const MAX_STDERR: usize = 64 << 10;
 /// A pipe holds at least this much, so a smaller envelope is written without a thread.
 const PIPE_CAPACITY: usize = 60 << 10;
+/// Pipe size for bulk bytes (upload chunks in, downloads out): the default 64 KiB
+/// costs a pair of context switches per 64 KiB. 1 MiB is what an unprivileged
+/// process may ask for (`/proc/sys/fs/pipe-max-size`).
+const BULK_PIPE: i32 = 1 << 20;
+/// The relay's read buffer: one pipe's worth, so one read empties the pipe.
+const RELAY_BUFFER: usize = 1 << 20;
 
 /// How the relay ended.
 pub enum Relayed {
@@ -95,7 +102,7 @@ pub fn run(mut job: Job<'_>, out: &mut impl Write) -> Relayed {
             .position(|&c| c == b'\n')
             .map_or(start.len(), |i| i + 1);
         let reader = BufReader::with_capacity(
-            64 << 10,
+            RELAY_BUFFER,
             io::Cursor::new(start[after..].to_vec()).chain(stdout),
         );
         relay_framed(child, stderr, reader, out, &job)
@@ -117,6 +124,12 @@ fn spawn(job: &mut Job<'_>) -> Result<Child, String> {
     let mut child = sys::spawn_with_fd3(&mut cmd, &env_read)
         .map_err(|e| format!("cannot start the dispatcher {}: {e}", job.dispatcher))?;
     drop(env_read);
+    if job.stream.is_some() {
+        grow_pipe(child.stdin.as_ref());
+    }
+    if job.call == "files.download" {
+        grow_pipe(child.stdout.as_ref());
+    }
     write_side(File::from(env_write), std::mem::take(&mut job.envelope));
     // Without a body, dropping the pipe gives the plugin EOF at once.
     if job.stream.is_none() {
@@ -127,6 +140,14 @@ fn spawn(job: &mut Job<'_>) -> Result<Child, String> {
         }
     }
     Ok(child)
+}
+
+/// Best effort: past the account's pipe quota (`pipe-user-pages-soft`) the kernel
+/// refuses, and the default size still works, only slower.
+fn grow_pipe(pipe: Option<&impl AsFd>) {
+    if let Some(pipe) = pipe {
+        let _ = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(BULK_PIPE));
+    }
 }
 
 /// Writes `data` and closes `w`, in a thread when it may not fit the pipe. A reader

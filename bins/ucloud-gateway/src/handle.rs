@@ -77,6 +77,13 @@ pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
                 note: None,
             }),
             Route::NotFound(why) => Err(Reject::NotFound(why)),
+            // serve() hands upgrades to follow.rs before they get here.
+            Route::WebSocket(c) => {
+                call = c;
+                Err(Reject::BadRequest(format!(
+                    "{c} is a WebSocket endpoint: send a WebSocket upgrade request"
+                )))
+            }
             Route::NotImplemented(c) => {
                 call = c;
                 Err(Reject::NotImplemented(format!(
@@ -124,7 +131,7 @@ pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
         Ok(outcome) => outcome,
         Err(reject) => {
             let note = Some(reject.failure().why);
-            match respond::send_reject(out, &reject, gz, keep_alive) {
+            match respond::send_reject_with(out, &reject, gz, keep_alive, cors_for(call)) {
                 Ok(status) => Outcome {
                     call,
                     status,
@@ -139,6 +146,16 @@ pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
                 },
             }
         }
+    }
+}
+
+/// The data channel is called by browsers, which hide an answer without CORS
+/// headers from the page: its errors carry them too.
+fn cors_for(call: &str) -> &'static [(&'static str, &'static str)] {
+    if call == "files.download" || call == "files.upload" {
+        respond::DATA_CHANNEL_CORS
+    } else {
+        &[]
     }
 }
 
@@ -195,7 +212,8 @@ fn relay<'a>(
         },
         Relayed::Failed(reject) => {
             let failure = reject.failure();
-            let close = respond::send_reject(out, &reject, gzip, keep_alive).is_err();
+            let close =
+                respond::send_reject_with(out, &reject, gzip, keep_alive, cors_for(call)).is_err();
             Outcome {
                 call,
                 status: failure.status,
@@ -212,12 +230,13 @@ fn relay<'a>(
     }
 }
 
-fn api_envelope(
+/// The request's bearer token and what it says, once verified (or found in the
+/// one-entry cache). Also the gate of the WebSocket upgrade (follow.rs).
+pub(crate) fn verify_bearer<'r>(
     site: &Site,
     config: &SiteConfig,
-    call: &'static str,
-    req: &Request,
-) -> Result<Envelope, Reject> {
+    req: &'r Request,
+) -> Result<(&'r str, VerifiedToken), Reject> {
     let bearer = bearer_token(req)?;
     let key = site.key()?;
     let policy = TokenPolicy {
@@ -243,6 +262,16 @@ fn api_envelope(
             v
         }
     };
+    Ok((bearer, verified))
+}
+
+fn api_envelope(
+    site: &Site,
+    config: &SiteConfig,
+    call: &'static str,
+    req: &Request,
+) -> Result<Envelope, Reject> {
+    let (bearer, verified) = verify_bearer(site, config, req)?;
     let user = match req.header("ucloud-username") {
         Some(value) => Some(
             UcloudName::from_header(value.as_bytes())
@@ -387,7 +416,7 @@ pub fn handle_stream(
         Ok(t) => t,
         Err(reject) => {
             // The body was not read: the connection cannot carry another request.
-            let _ = respond::send_reject(out, &reject, false, false);
+            let _ = respond::send_reject_with(out, &reject, false, false, cors_for(call));
             return Outcome {
                 call,
                 status: reject.failure().status,

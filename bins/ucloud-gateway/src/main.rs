@@ -7,6 +7,7 @@ mod conn;
 mod connect_page; // issue 7: the ticket page
 mod dispatch;
 mod error;
+mod follow; // the WebSocket of jobs.follow
 mod framing;
 mod handle;
 mod normalise;
@@ -15,6 +16,7 @@ mod respond;
 mod route;
 #[allow(unsafe_code)]
 mod sys;
+mod websocket;
 
 use error::Reject;
 use std::cell::{OnceCell, RefCell};
@@ -183,6 +185,21 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
             Err(e) => return refuse(out, e, "-", "-", started),
         };
         reader.get_mut().deadline = Some(Instant::now() + BODY_TIMEOUT);
+        if follow::is_websocket(site, &req) {
+            // The rest of the connection is the WebSocket's, bytes already read included.
+            let leftover = reader.buffered().to_vec();
+            let outcome = follow::serve(site, &req, leftover, reader.get_mut(), out);
+            let path = req.path().to_string();
+            log(
+                &req.method,
+                &path,
+                follow::CALL,
+                outcome.status,
+                started,
+                Some(&outcome.note),
+            );
+            return;
+        }
         if let Some(n) = body.length().filter(|_| handle::streams_body(site, &req)) {
             let (method, path) = (req.method.clone(), req.path().to_string());
             let mut copy = |sink: &mut dyn std::io::Write| match reader.copy_body(n, sink) {

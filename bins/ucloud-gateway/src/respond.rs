@@ -8,6 +8,16 @@ use ucloud_http::server::{write_response, Request};
 
 pub const JSON: &str = "application/json; charset=utf-8";
 
+/// What a browser needs to read an answer of the data channel, errors included
+/// (without it a failed upload shows only "network error").
+pub const DATA_CHANNEL_CORS: &[(&str, &str)] = &[
+    ("Access-Control-Allow-Origin", "*"),
+    (
+        "Access-Control-Expose-Headers",
+        "Content-Length, Content-Range, Content-Disposition",
+    ),
+];
+
 /// Whether `Accept-Encoding` allows gzip (a `q=0` refuses it).
 pub fn accepts_gzip(req: &Request) -> bool {
     let Some(value) = req.header("accept-encoding") else {
@@ -40,7 +50,20 @@ pub fn send_json(
     gz: bool,
     keep_alive: bool,
 ) -> io::Result<()> {
+    send_json_with(out, status, body, gz, keep_alive, &[])
+}
+
+/// Like [`send_json`], with `extra` headers (e.g. [`DATA_CHANNEL_CORS`]).
+pub fn send_json_with(
+    out: &mut impl Write,
+    status: u16,
+    body: &[u8],
+    gz: bool,
+    keep_alive: bool,
+    extra: &[(&str, &str)],
+) -> io::Result<()> {
     let mut headers: Vec<(&str, &str)> = vec![("Content-Type", JSON), ("Vary", "Accept-Encoding")];
+    headers.extend_from_slice(extra);
     if !keep_alive {
         headers.push(("Connection", "close"));
     }
@@ -59,9 +82,20 @@ pub fn send_reject(
     gz: bool,
     keep_alive: bool,
 ) -> io::Result<u16> {
+    send_reject_with(out, reject, gz, keep_alive, &[])
+}
+
+/// Like [`send_reject`], with `extra` headers.
+pub fn send_reject_with(
+    out: &mut impl Write,
+    reject: &Reject,
+    gz: bool,
+    keep_alive: bool,
+    extra: &[(&str, &str)],
+) -> io::Result<u16> {
     let failure = reject.failure();
     let body = serde_json::to_vec(&failure.body()).expect("a JSON value always serialises");
-    send_json(out, failure.status, &body, gz, keep_alive)?;
+    send_json_with(out, failure.status, &body, gz, keep_alive, extra)?;
     Ok(failure.status)
 }
 
@@ -88,6 +122,19 @@ mod tests {
         assert!(!accepts_gzip(&req(Some("gzip;q=0"))));
         assert!(!accepts_gzip(&req(Some("br"))));
         assert!(!accepts_gzip(&req(None)));
+    }
+
+    #[test]
+    fn data_channel_errors_carry_cors() {
+        let mut out = Vec::new();
+        let reject = Reject::Unauthorized("expired".into());
+        let status = send_reject_with(&mut out, &reject, false, true, DATA_CHANNEL_CORS).unwrap();
+        assert_eq!(status, 401);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("Access-Control-Allow-Origin: *\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

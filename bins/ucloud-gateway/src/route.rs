@@ -13,7 +13,10 @@ pub enum Route {
     /// `GET /ucloud/{P}/connect?ticket=...`: the page that shows a connection ticket
     /// to a browser (no token; answered by the gateway itself, see connect_page.rs).
     ConnectPage,
-    /// A call this version recognises but does not serve yet.
+    /// `GET /ucloud/jobs.provider.{P}/websocket`: a WebSocket session (follow.rs).
+    WebSocket(&'static str),
+    /// A call this version recognises but does not serve yet (none at present).
+    #[allow(dead_code)]
     NotImplemented(&'static str),
     /// Nothing here; the text says why.
     NotFound(String),
@@ -117,7 +120,11 @@ pub fn route(method: &str, raw_path: &str, provider: &str) -> Route {
     };
     let (first, rest) = rest.split_once('/').unwrap_or((rest, ""));
     if first == format!("jobs.provider.{provider}") && rest == "websocket" {
-        return Route::NotImplemented("jobs.follow");
+        return if method == "GET" {
+            Route::WebSocket("jobs.follow")
+        } else {
+            Route::NotFound(format!("{path} answers GET (a WebSocket upgrade) only"))
+        };
     }
     if first != provider {
         return Route::NotFound(format!(
@@ -224,7 +231,7 @@ mod tests {
         );
         assert_eq!(
             route("GET", "/ucloud/jobs.provider.hpc/websocket", "hpc"),
-            Route::NotImplemented("jobs.follow")
+            Route::WebSocket("jobs.follow")
         );
         assert_eq!(route("GET", "/ucloud-im/health/", "hpc"), Route::Health);
         assert_eq!(
@@ -252,6 +259,11 @@ mod tests {
             ("POST", "/ucloud-im/health", "GET only"),
             ("POST", "/ucloud/hpc", "not a call"),
             ("GET", "/ucloud/jobs.provider.other/websocket", "provider"),
+            (
+                "POST",
+                "/ucloud/jobs.provider.hpc/websocket",
+                "GET (a WebSocket upgrade) only",
+            ),
         ];
         for (method, path, why) in cases {
             match route(method, path, "hpc") {

@@ -6,6 +6,7 @@
 mod api;
 mod call;
 mod calllog;
+mod follow;
 mod serve;
 mod store;
 mod tokens;
@@ -29,12 +30,16 @@ usage:
                    [--subject SUB] [--role ROLE] [--fresh]
   ucloud-sim call  [--url URL] [--ca PEM] --signing-key PEM --state DIR [--user NAME]
                    [--user-claim CLAIM] [--token TOKEN] METHOD PATH [JSON_BODY]
+  ucloud-sim follow [--url URL] [--ca PEM] --signing-key PEM --state DIR --user NAME
+                   [--token TOKEN] [--cancel-after N] [--raw HEX] JOB_JSON
 
   init   create the state when missing; print the provider's refresh token
   serve  HTTPS server for the endpoints a provider calls (and POST /sim/jobs)
   token  print a UCloud bearer token (cached, reused until < 3 min remain)
   call   call the provider like UCloud; print the status, then the body
          (--url defaults to $UCLOUD_IM_GATEWAY_URL)
+  follow follow a job's output over the WebSocket like UCloud; one JSON line per
+         message, then a close line (or the HTTP status when the upgrade is refused)
 
 See ucloud-sim(1).
 ";
@@ -112,6 +117,7 @@ fn run(mut args: Arguments) -> Result<(), SimError> {
         Some("serve") => serve(args),
         Some("token") => token(args),
         Some("call") => call(args),
+        Some("follow") => follow(args),
         Some(other) => Err(SimError::Usage(format!("unknown command {other:?}"))),
         None => Err(SimError::Usage("a command is required".into())),
     }
@@ -265,4 +271,53 @@ fn call(mut args: Arguments) -> Result<(), SimError> {
         })
         .and_then(|_| out.flush());
     written.map_err(|e| SimError::Call(format!("cannot write the answer: {e}")))
+}
+
+fn follow(mut args: Arguments) -> Result<(), SimError> {
+    let url: Option<String> = args.opt_value_from_str("--url").map_err(usage)?;
+    let ca: Option<PathBuf> = args.opt_value_from_str("--ca").map_err(usage)?;
+    let given_token: Option<String> = args.opt_value_from_str("--token").map_err(usage)?;
+    let signing_key: Option<PathBuf> = args.opt_value_from_str("--signing-key").map_err(usage)?;
+    let state: Option<PathBuf> = args.opt_value_from_str("--state").map_err(usage)?;
+    let user: String = args
+        .opt_value_from_str("--user")
+        .map_err(usage)?
+        .ok_or_else(|| SimError::Usage("follow needs --user NAME".into()))?;
+    let cancel_after: Option<usize> = args.opt_value_from_str("--cancel-after").map_err(usage)?;
+    let raw: Option<String> = args.opt_value_from_str("--raw").map_err(usage)?;
+    let job: String = args
+        .free_from_str()
+        .map_err(|_| SimError::Usage("follow needs JOB_JSON after its options".into()))?;
+    no_more(args)?;
+    let raw = raw.as_deref().map(follow::parse_hex).transpose()?;
+    let url = match url {
+        Some(u) => u,
+        None => std::env::var("UCLOUD_IM_GATEWAY_URL").map_err(|_| {
+            SimError::Usage("--url is missing and UCLOUD_IM_GATEWAY_URL is not set".into())
+        })?,
+    };
+    let token = match given_token {
+        Some(t) => t,
+        None => {
+            let (Some(key), Some(state)) = (&signing_key, &state) else {
+                return Err(SimError::Usage(
+                    "follow needs --signing-key and --state (or --token)".into(),
+                ));
+            };
+            let store = store::Store::open(state)?;
+            tokens::ucloud_token(&tokens::Keys::load(key)?, &store, &Default::default())?
+        }
+    };
+    follow::follow(
+        &follow::FollowArgs {
+            url: &url,
+            ca: ca.as_deref(),
+            user: &user,
+            token: &token,
+            job: &job,
+            raw,
+            cancel_after,
+        },
+        &mut std::io::stdout().lock(),
+    )
 }

@@ -364,7 +364,8 @@ impl<R: Read> Reader<R> {
 
     /// Like `fill`, reading up to `STREAM_CHUNK` at a time (bulk bodies).
     fn fill_large(&mut self) -> Result<usize, HttpError> {
-        const STREAM_CHUNK: usize = 256 * 1024;
+        // One read may take what a pipe of 1 MiB (the upload relay's) can take.
+        const STREAM_CHUNK: usize = 1 << 20;
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;

@@ -1,0 +1,665 @@
+//! `GET /ucloud/jobs.provider.{P}/websocket`: UCloud's core follows a job's output.
+//! The upgrade request is checked like any call (bearer token, user from
+//! `usernameHint`); after the 101 the core's `init` message becomes the request of
+//! one `jobs.follow` dispatcher, whose plugin prints one message payload per line
+//! (ucloud-im-protocol(7)). The gateway owns the stream id and the `response` that
+//! ends the stream, so a plugin can neither forge nor skip them.
+//!
+//! Three threads meet on one channel: the client's frames, the plugin's lines, and
+//! this one, the only writer to the client, which also pings every 30 s.
+
+use crate::conn::ClientIn;
+use crate::error::Reject;
+use crate::handle::{verify_bearer, Site};
+use crate::normalise::normalise;
+use crate::respond;
+use crate::sys;
+use crate::websocket::{self as ws, Decoder, Message, Role};
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{pipe2, Pid};
+use serde_json::{json, Value};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+use ucloud_http::server::{write_head, Request};
+use ucloud_wire::envelope::{Credential, Envelope};
+use ucloud_wire::error::Failure;
+use ucloud_wire::names::UcloudName;
+
+pub const CALL: &str = "jobs.follow";
+/// The largest message the core may send (an init carries one Job).
+const MAX_CLIENT_MESSAGE: usize = 1 << 20;
+/// The largest line a plugin may print (one batch of output).
+const MAX_PLUGIN_LINE: usize = 1 << 20;
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// Silence (not even a pong) this long means the core is gone.
+const SILENCE_LIMIT: Duration = Duration::from_secs(75);
+/// How long the core may take to send `init` after the upgrade.
+const INIT_WITHIN: Duration = Duration::from_secs(30);
+/// How long a stopped plugin gets to exit on its own after its stdin closed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How often the reader thread looks up from a quiet socket to see if it must stop.
+const READER_TICK: Duration = Duration::from_millis(250);
+/// The plugin's first two lines (ucloud-im-protocol(7)).
+const MAGIC: &str = "UCLOUD-IM/1";
+const HEAD: &str = r#"{"websocket":true}"#;
+
+/// What the access log says about the session.
+pub struct Outcome {
+    pub status: u16,
+    pub note: String,
+}
+
+enum Event {
+    Client(Message),
+    /// The client broke the protocol: close with this code.
+    ClientBad(ws::WsError),
+    ClientGone(String),
+    Line(Vec<u8>),
+    /// The plugin's stdout ended (`Err`: it could not be read or a line was too long).
+    PluginEof(Result<(), String>),
+}
+
+/// Whether `req` goes to the WebSocket endpoint (upgrade or not: serve() answers).
+pub fn is_websocket(site: &Site, req: &Request) -> bool {
+    site.config.as_ref().is_ok_and(|c| {
+        crate::route::route(&req.method, req.path(), &c.provider)
+            == crate::route::Route::WebSocket(CALL)
+    })
+}
+
+/// Serves one upgrade request to its end. The connection is over afterwards.
+pub fn serve(
+    site: &Site,
+    req: &Request,
+    leftover: Vec<u8>,
+    input: &mut ClientIn,
+    out: &mut impl Write,
+) -> Outcome {
+    let (envelope_parts, accept) = match check_upgrade(site, req) {
+        Ok(ok) => ok,
+        Err(reject) => {
+            let failure = reject.failure();
+            let _ = respond::send_reject(out, &reject, false, false);
+            return Outcome {
+                status: failure.status,
+                note: failure.why,
+            };
+        }
+    };
+    let headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept.as_str()),
+    ];
+    if let Err(e) = write_head(out, 101, &headers).and_then(|()| out.flush()) {
+        return Outcome {
+            status: 101,
+            note: format!("client gone: {e}"),
+        };
+    }
+    let (tx, rx) = mpsc::channel();
+    let stop = AtomicBool::new(false);
+    let note = std::thread::scope(|scope| {
+        let client_tx = tx.clone();
+        let stop_ref = &stop;
+        scope.spawn(move || read_client(input, leftover, client_tx, stop_ref));
+        let mut session = Session {
+            out,
+            rx: &rx,
+            last_heard: Instant::now(),
+            next_ping: Instant::now() + PING_EVERY,
+            reader_done: false,
+        };
+        let note = session.run(site, envelope_parts, tx);
+        stop.store(true, Ordering::Relaxed);
+        note
+    });
+    Outcome { status: 101, note }
+}
+
+/// What the upgrade request contributes to the envelope.
+struct Caller {
+    bearer: String,
+    user: UcloudName,
+    provider: String,
+}
+
+fn check_upgrade(site: &Site, req: &Request) -> Result<(Caller, String), Reject> {
+    let config = site
+        .config
+        .as_ref()
+        .map_err(|why| Reject::Misconfigured(why.clone()))?;
+    let has_token = |name: &str, token: &str| {
+        req.header(name)
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(Reject::BadRequest(
+            "this is a WebSocket endpoint: the request needs Upgrade: websocket and Connection: Upgrade".into(),
+        ));
+    }
+    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(Reject::BadRequest(
+            "only WebSocket version 13 (RFC 6455) is spoken: send Sec-WebSocket-Version: 13".into(),
+        ));
+    }
+    let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
+    if !ws::valid_key(key) {
+        return Err(Reject::BadRequest(
+            "Sec-WebSocket-Key is missing or not base64 of 16 bytes".into(),
+        ));
+    }
+    // The token first: an unauthenticated caller learns nothing else.
+    let (bearer, verified) = verify_bearer(site, config, req)?;
+    let user = match req.query_param("usernameHint") {
+        Some(hint) => {
+            UcloudName::from_hint(&hint).map_err(|e| Reject::BadRequest(e.to_string()))?
+        }
+        None => match verified.user {
+            Some(name) => UcloudName::new(&name)
+                .map_err(|e| Reject::BadRequest(format!("token user claim: {e}")))?,
+            None => {
+                return Err(Reject::BadRequest(
+                    "following a job acts for a UCloud user: the query parameter usernameHint is missing".into(),
+                ))
+            }
+        },
+    };
+    Ok((
+        Caller {
+            bearer: bearer.to_string(),
+            user,
+            provider: config.provider.clone(),
+        },
+        ws::accept_key(key),
+    ))
+}
+
+/// Reads the client's frames until it leaves, breaks the protocol, or `stop` is set.
+fn read_client(input: &mut ClientIn, leftover: Vec<u8>, tx: Sender<Event>, stop: &AtomicBool) {
+    let mut decoder = Decoder::new(Role::Server, MAX_CLIENT_MESSAGE);
+    decoder.push(&leftover);
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        loop {
+            match decoder.next() {
+                Ok(Some(m)) => {
+                    let closing = matches!(m, Message::Close(..));
+                    if tx.send(Event::Client(m)).is_err() || closing {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Event::ClientBad(e));
+                    return;
+                }
+            }
+        }
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            input.deadline = Some(Instant::now() + READER_TICK);
+            match input.read(&mut buf) {
+                Ok(0) => {
+                    let _ = tx.send(Event::ClientGone("the client closed the connection".into()));
+                    return;
+                }
+                Ok(n) => {
+                    decoder.push(&buf[..n]);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.send(Event::ClientGone(format!("client gone: {e}")));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the plugin's lines (each at most `MAX_PLUGIN_LINE`) until EOF.
+fn read_plugin(stdout: impl Read, tx: Sender<Event>) {
+    let mut reader = BufReader::with_capacity(64 << 10, stdout);
+    loop {
+        let mut line = Vec::new();
+        let got = (&mut reader)
+            .take(MAX_PLUGIN_LINE as u64 + 1)
+            .read_until(b'\n', &mut line);
+        let end = match got {
+            Ok(0) => Some(Ok(())),
+            Ok(_) if line.last() == Some(&b'\n') => {
+                line.pop();
+                None
+            }
+            Ok(_) if line.len() > MAX_PLUGIN_LINE => Some(Err(format!(
+                "the plugin printed a line longer than {MAX_PLUGIN_LINE} bytes"
+            ))),
+            // The last line without its newline still counts.
+            Ok(_) => None,
+            Err(e) => Some(Err(format!("reading the plugin's output: {e}"))),
+        };
+        if let Some(end) = end {
+            let _ = tx.send(Event::PluginEof(end));
+            return;
+        }
+        if tx.send(Event::Line(line)).is_err() {
+            return;
+        }
+    }
+}
+
+struct Session<'a, W: Write> {
+    out: &'a mut W,
+    rx: &'a Receiver<Event>,
+    last_heard: Instant,
+    next_ping: Instant,
+    /// The client's reader has stopped: no close reply can come.
+    reader_done: bool,
+}
+
+/// The running plugin (the dispatcher, exec'd into it: same process).
+struct Plugin {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+/// How the session ends toward the client.
+enum End {
+    /// Send the stream's final `response`, then close normally.
+    Respond(u16, Value),
+    /// Close with this code and reason, no `response`.
+    Close(u16, String),
+    /// The client is gone: nothing more can be sent.
+    Gone(String),
+}
+
+impl<W: Write> Session<'_, W> {
+    fn send(&mut self, frame: &[u8]) -> Result<(), String> {
+        self.out
+            .write_all(frame)
+            .and_then(|()| self.out.flush())
+            .map_err(|e| format!("client gone: {e}"))
+    }
+
+    /// Waits for the next event, pinging on time and giving up on a silent client.
+    fn next(&mut self, deadline: Option<Instant>) -> Result<Event, End> {
+        loop {
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(End::Close(
+                    ws::CLOSE_POLICY,
+                    "no init message within 30 s".into(),
+                ));
+            }
+            if now.duration_since(self.last_heard) > SILENCE_LIMIT {
+                return Err(End::Close(
+                    ws::CLOSE_GOING_AWAY,
+                    "no answer to pings".into(),
+                ));
+            }
+            if now >= self.next_ping {
+                self.send(&ws::encode(0x9, b"", None)).map_err(End::Gone)?;
+                self.next_ping = now + PING_EVERY;
+            }
+            let wake = deadline.map_or(self.next_ping, |d| d.min(self.next_ping));
+            match self.rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(event) => {
+                    if matches!(event, Event::Client(_)) {
+                        self.last_heard = Instant::now();
+                    }
+                    if matches!(
+                        event,
+                        Event::Client(Message::Close(..))
+                            | Event::ClientBad(_)
+                            | Event::ClientGone(_)
+                    ) {
+                        self.reader_done = true;
+                    }
+                    return Ok(event);
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(End::Gone("every reader ended".into()))
+                }
+            }
+        }
+    }
+
+    /// Answers control frames; returns the text messages (and ends on the rest).
+    fn control(&mut self, m: Message) -> Result<Option<String>, End> {
+        match m {
+            Message::Text(t) => Ok(Some(t)),
+            Message::Ping(p) => {
+                self.send(&ws::encode(0xA, &p, None)).map_err(End::Gone)?;
+                Ok(None)
+            }
+            Message::Pong(_) => Ok(None),
+            Message::Binary(_) => Err(End::Close(
+                ws::CLOSE_UNSUPPORTED,
+                "this stream carries text messages only".into(),
+            )),
+            Message::Close(..) => Err(End::Close(ws::CLOSE_NORMAL, "closed by the client".into())),
+        }
+    }
+
+    fn run(&mut self, site: &Site, caller: Caller, tx: Sender<Event>) -> String {
+        let init_by = Instant::now() + INIT_WITHIN;
+        let (stream_id, request) = loop {
+            let event = match self.next(Some(init_by)) {
+                Ok(e) => e,
+                Err(end) => return self.finish(None, None, end),
+            };
+            let text = match event {
+                Event::Client(m) => match self.control(m) {
+                    Ok(Some(t)) => t,
+                    Ok(None) => continue,
+                    Err(end) => return self.finish(None, None, end),
+                },
+                Event::ClientBad(e) => return self.finish(None, None, End::Close(e.code, e.why)),
+                Event::ClientGone(why) => return self.finish(None, None, End::Gone(why)),
+                Event::Line(_) | Event::PluginEof(_) => unreachable!("no plugin yet"),
+            };
+            match parse_init(&text, &caller.provider) {
+                Ok(init) => break init,
+                Err(why) => return self.finish(None, None, End::Close(ws::CLOSE_POLICY, why)),
+            }
+        };
+        let envelope = Envelope {
+            call: CALL.to_string(),
+            credential: Credential::Bearer(caller.bearer),
+            user: Some(caller.user),
+            request,
+        };
+        let mut plugin = match spawn(&site.dispatcher, envelope.encode(), tx) {
+            Ok(p) => p,
+            Err(why) => {
+                let f = Reject::DispatchFailed(why).failure();
+                return self.finish(None, Some(&stream_id), End::Respond(f.status, f.body()));
+            }
+        };
+        let end = self.relay(&stream_id, &mut plugin);
+        self.finish(Some(plugin), Some(&stream_id), end)
+    }
+
+    /// Plugin lines out, client messages in, until one side ends.
+    fn relay(&mut self, stream_id: &str, plugin: &mut Plugin) -> End {
+        let mut lines_seen = 0usize;
+        loop {
+            let event = match self.next(None) {
+                Ok(e) => e,
+                Err(end) => return end,
+            };
+            match event {
+                Event::Client(m) => match self.control(m) {
+                    Ok(Some(text)) if is_cancel(&text) => {
+                        return End::Close(ws::CLOSE_NORMAL, "cancelled".into())
+                    }
+                    // Anything else the core may say does not concern a follow stream.
+                    Ok(_) => {}
+                    Err(end) => return end,
+                },
+                Event::ClientBad(e) => return End::Close(e.code, e.why),
+                Event::ClientGone(why) => return End::Gone(why),
+                Event::Line(line) => {
+                    lines_seen += 1;
+                    let expected = match lines_seen {
+                        1 => Some(MAGIC),
+                        2 => Some(HEAD),
+                        _ => None,
+                    };
+                    if let Some(expected) = expected {
+                        if line != expected.as_bytes() {
+                            return plugin_broke(format!(
+                                "line {lines_seen} of the plugin's output is not {expected}"
+                            ));
+                        }
+                        continue;
+                    }
+                    let payload: Value = match serde_json::from_slice(&line) {
+                        Ok(v @ Value::Object(_)) => v,
+                        _ => {
+                            return plugin_broke(
+                                "the plugin printed a line that is not a JSON object".into(),
+                            )
+                        }
+                    };
+                    let message =
+                        json!({"type": "message", "streamId": stream_id, "payload": payload});
+                    if let Err(why) = self.send(&ws::text(&message.to_string(), None)) {
+                        return End::Gone(why);
+                    }
+                }
+                Event::PluginEof(Err(why)) => return plugin_broke(why),
+                Event::PluginEof(Ok(())) => {
+                    drop(plugin.stdin.take());
+                    let status = plugin.child.wait();
+                    let text = std::mem::replace(&mut plugin.stderr, std::thread::spawn(Vec::new))
+                        .join()
+                        .unwrap_or_default();
+                    return match status {
+                        Ok(s) if s.success() && lines_seen >= 2 => End::Respond(200, json!({})),
+                        Ok(s) if s.success() => {
+                            plugin_broke("the plugin exited 0 without its UCLOUD-IM/1 head".into())
+                        }
+                        Ok(s) => {
+                            let reject = match s.signal() {
+                                Some(sig) if sig == Signal::SIGALRM as i32 => {
+                                    Reject::Timeout(CALL.into())
+                                }
+                                Some(sig) => Reject::Crashed(sig),
+                                None => Reject::Plugin(Failure::from_stderr(&text, 4096)),
+                            };
+                            let f = reject.failure();
+                            End::Respond(f.status, f.body())
+                        }
+                        Err(e) => plugin_broke(format!("waiting for the plugin: {e}")),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Stops the plugin, tells the client how the stream ended; returns the log note.
+    fn finish(&mut self, plugin: Option<Plugin>, stream_id: Option<&str>, end: End) -> String {
+        if let Some(plugin) = plugin {
+            stop(plugin);
+        }
+        match end {
+            End::Respond(status, payload) => {
+                let response = json!({
+                    "type": "response",
+                    "status": status,
+                    "streamId": stream_id.unwrap_or_default(),
+                    "payload": payload,
+                });
+                let note = format!("stream ended, status {status}");
+                let _ = self
+                    .send(&ws::text(&response.to_string(), None))
+                    .and_then(|()| self.send(&ws::close(ws::CLOSE_NORMAL, "", None)));
+                self.await_close();
+                note
+            }
+            End::Close(code, why) => {
+                let _ = self.send(&ws::close(code, &why, None));
+                self.await_close();
+                format!("closed {code}: {why}")
+            }
+            End::Gone(why) => why,
+        }
+    }
+
+    /// Gives the client a moment to answer our close, as RFC 6455 asks.
+    fn await_close(&mut self) {
+        if self.reader_done {
+            return;
+        }
+        let until = Instant::now() + Duration::from_secs(2);
+        while let Ok(event) = self
+            .rx
+            .recv_timeout(until.saturating_duration_since(Instant::now()))
+        {
+            if matches!(
+                event,
+                Event::Client(Message::Close(..)) | Event::ClientGone(_) | Event::ClientBad(_)
+            ) {
+                return;
+            }
+        }
+    }
+}
+
+fn plugin_broke(why: String) -> End {
+    let f = Reject::BadOutput(why).failure();
+    End::Respond(f.status, f.body())
+}
+
+/// `{"call":"jobs.provider.{P}.follow","streamId":"…","payload":{"type":"init",…}}`:
+/// the stream id and the request for the plugin (the payload).
+fn parse_init(text: &str, provider: &str) -> Result<(String, Value), String> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| format!("the first message is not JSON: {e}"))?;
+    let expected = format!("jobs.provider.{provider}.follow");
+    if v["call"].as_str() != Some(expected.as_str()) {
+        return Err(format!("the first message must call {expected}"));
+    }
+    let stream_id = v["streamId"]
+        .as_str()
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .ok_or("the first message needs a streamId (a string of 1 to 256 bytes)")?
+        .to_string();
+    let mut payload = v["payload"].clone();
+    if payload["type"].as_str() != Some("init") || !payload["job"].is_object() {
+        return Err("the first message's payload must be {\"type\":\"init\",\"job\":Job}".into());
+    }
+    normalise(&mut payload);
+    Ok((stream_id, payload))
+}
+
+/// A cancel in either form the core uses: `{"type":"cancel",…}` or inside `payload`.
+fn is_cancel(text: &str) -> bool {
+    serde_json::from_str::<Value>(text)
+        .is_ok_and(|v| v["type"] == "cancel" || v["payload"]["type"] == "cancel")
+}
+
+/// Starts the dispatcher with the envelope on fd 3; its stdin stays open (the
+/// plugin ends when it closes), its stdout feeds `read_plugin`.
+fn spawn(dispatcher: &str, envelope: Vec<u8>, tx: Sender<Event>) -> Result<Plugin, String> {
+    let (env_read, env_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot make the envelope pipe: {e}"))?;
+    let mut cmd = Command::new(dispatcher);
+    cmd.env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = sys::spawn_with_fd3(&mut cmd, &env_read)
+        .map_err(|e| format!("cannot start the dispatcher {dispatcher}: {e}"))?;
+    drop(env_read);
+    let mut env_write = File::from(env_write);
+    // An envelope with one Job fits the pipe; a bigger one gets a thread.
+    std::thread::spawn(move || {
+        let _ = env_write.write_all(&envelope);
+    });
+    let stdout = child.stdout.take().expect("stdout is piped");
+    std::thread::spawn(move || read_plugin(stdout, tx));
+    let mut err = child.stderr.take().expect("stderr is piped");
+    let stderr = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = err.read(&mut buf) {
+            kept.extend_from_slice(&buf[..n]);
+            if kept.len() > 128 << 10 {
+                kept.drain(..kept.len() - (64 << 10));
+            }
+        }
+        kept
+    });
+    Ok(Plugin {
+        stdin: child.stdin.take(),
+        child,
+        stderr,
+    })
+}
+
+/// Closing its stdin asks the plugin to stop; it gets `STOP_GRACE` to do so. The
+/// kill after that is refused once the dispatcher became the user (EPERM); then the
+/// gateway's own exit, right after the session, ends it (PR_SET_PDEATHSIG).
+fn stop(mut plugin: Plugin) {
+    drop(plugin.stdin.take());
+    let until = Instant::now() + STOP_GRACE;
+    while Instant::now() < until {
+        match plugin.child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    if kill(Pid::from_raw(plugin.child.id() as i32), Signal::SIGKILL).is_ok() {
+        let _ = plugin.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_messages() {
+        let good = r#"{"call":"jobs.provider.hpc.follow","streamId":"s1","payload":{"type":"init","job":{"id":"42"}}}"#;
+        let (id, req) = parse_init(good, "hpc").unwrap();
+        assert_eq!(id, "s1");
+        assert_eq!(req["job"]["id"], "42");
+        for (bad, why) in [
+            ("not json", "not JSON"),
+            (
+                r#"{"call":"jobs.provider.other.follow","streamId":"s","payload":{"type":"init","job":{}}}"#,
+                "must call jobs.provider.hpc.follow",
+            ),
+            (
+                r#"{"call":"jobs.provider.hpc.follow","payload":{"type":"init","job":{}}}"#,
+                "streamId",
+            ),
+            (
+                r#"{"call":"jobs.provider.hpc.follow","streamId":"s","payload":{"type":"cancel"}}"#,
+                "init",
+            ),
+        ] {
+            let e = parse_init(bad, "hpc").unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn cancels_in_both_forms() {
+        assert!(is_cancel(r#"{"type":"cancel","streamId":"s"}"#));
+        assert!(is_cancel(
+            r#"{"call":"jobs.provider.hpc.follow","streamId":"s","payload":{"type":"cancel"}}"#
+        ));
+        assert!(!is_cancel(r#"{"type":"init"}"#));
+        assert!(!is_cancel("cancel"));
+    }
+
+    #[test]
+    fn plugin_lines_are_split_and_bounded() {
+        let (tx, rx) = mpsc::channel();
+        read_plugin(&b"UCLOUD-IM/1\n{\"a\":1}\nlast"[..], tx);
+        let got: Vec<_> = rx.iter().collect();
+        assert!(matches!(&got[0], Event::Line(l) if l == b"UCLOUD-IM/1"));
+        assert!(matches!(&got[1], Event::Line(l) if l == b"{\"a\":1}"));
+        assert!(matches!(&got[2], Event::Line(l) if l == b"last"));
+        assert!(matches!(&got[3], Event::PluginEof(Ok(()))));
+        let (tx, rx) = mpsc::channel();
+        let long = vec![b'x'; MAX_PLUGIN_LINE + 10];
+        read_plugin(&long[..], tx);
+        assert!(matches!(rx.recv().unwrap(), Event::PluginEof(Err(_))));
+    }
+}

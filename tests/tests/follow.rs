@@ -1,0 +1,311 @@
+//! Following a job's output over the WebSocket, the way UCloud's core does: the
+//! simulator opens `/ucloud/jobs.provider.{P}/websocket`, the gateway starts the
+//! jobs.follow plugin as the mapped user through the setuid dispatcher, and the plugin
+//! streams the output of a real Slurm job. Also what the gateway does with a bad token
+//! and with hostile frames.
+#![forbid(unsafe_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use ucloud_im_tests::Stack;
+
+const ALICE: &str = "AliceHansen#1001";
+const BOB: &str = "BobNielsen#2002";
+
+/// Tests that run the plugin as Alice take turns, so that "Alice's jobs.follow
+/// process" names exactly one.
+static ALICE_FOLLOWS: Mutex<()> = Mutex::new(());
+
+fn stack() -> Stack {
+    let stack = Stack::load();
+    assert_eq!(
+        stack.get("UCLOUD_IM_SLURM"),
+        "1",
+        "the stack runs no Slurm cluster; rerun scripts/stack up"
+    );
+    stack
+}
+
+fn job_id(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
+}
+
+/// A Job as UCloud's core sends it, running `sh -c SCRIPT`.
+fn job(stack: &Stack, id: &str, script: &str) -> Value {
+    let app = stack.get("UCLOUD_IM_JOB_APP");
+    let (name, version) = app
+        .rsplit_once(':')
+        .expect("UCLOUD_IM_JOB_APP is name:version");
+    let product = stack.get("UCLOUD_IM_JOB_PRODUCT");
+    let words: Vec<Value> = ["sh", "-c", script]
+        .iter()
+        .map(|w| json!({"type": "word", "word": w}))
+        .collect();
+    json!({
+        "id": id,
+        "createdAt": 1_764_000_000_000u64,
+        "owner": {"createdBy": ALICE, "project": null},
+        "specification": {
+            "product": {"id": product, "category": "cpu", "provider": stack.get("UCLOUD_IM_PROVIDER")},
+            "application": {"name": name, "version": version},
+            "replicas": 1,
+            "parameters": {},
+            "resources": [],
+            "timeAllocation": {"hours": 0, "minutes": 10, "seconds": 0}
+        },
+        "status": {
+            "state": "IN_QUEUE",
+            "resolvedApplication": {
+                "metadata": {"name": name, "version": version},
+                "invocation": {"invocation": words, "parameters": []}
+            },
+            "resolvedProduct": {"name": product, "category": "cpu", "cpu": 1, "memoryInGigs": 1, "gpu": 0}
+        }
+    })
+}
+
+/// Submits the job as Alice; returns the Job with the providerGeneratedId UCloud
+/// would then send, and the Slurm id.
+fn start(stack: &Stack, id: &str, script: &str) -> (Value, String) {
+    let mut job = job(stack, id, script);
+    let body = json!({ "items": [job] }).to_string();
+    let path = format!("/ucloud/{}/jobs", stack.get("UCLOUD_IM_PROVIDER"));
+    let (status, answer) = stack.call(Some(ALICE), "POST", &path, Some(&body));
+    assert_eq!(status, 200, "jobs.create: {answer}");
+    let provider_id = answer["responses"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {answer}"))
+        .to_string();
+    let slurm_id = provider_id.rsplit('/').next().unwrap().to_string();
+    job["providerGeneratedId"] = json!(provider_id);
+    (job, slurm_id)
+}
+
+fn scancel(slurm_id: &str) {
+    let _ = Command::new("scancel").arg(slurm_id).status();
+}
+
+fn follow_command(stack: &Stack, user: &str, job: &Value, extra: &[&str]) -> Command {
+    let url = stack.get("UCLOUD_IM_GATEWAY_URL");
+    let mut command = Command::new(stack.bin("ucloud-sim"));
+    command
+        .arg("follow")
+        .args(["--url", &url])
+        .args(["--signing-key", &stack.get("UCLOUD_SIM_PRIVATE_KEY")])
+        .args(["--state", &stack.get("UCLOUD_IM_STATE")])
+        .args(["--user", user]);
+    if url.starts_with("https:") {
+        command.args(["--ca", &stack.get("UCLOUD_IM_CA")]);
+    }
+    command.args(extra).arg(job.to_string());
+    command
+}
+
+/// Runs `ucloud-sim follow` to its end; its JSON lines.
+fn follow(stack: &Stack, user: &str, job: &Value, extra: &[&str]) -> Vec<Value> {
+    let output = follow_command(stack, user, job, extra)
+        .output()
+        .expect("cannot run ucloud-sim follow");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ucloud-sim follow failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+fn messages(lines: &[Value]) -> Vec<&Value> {
+    lines.iter().filter(|l| l["type"] == "message").collect()
+}
+
+fn joined(lines: &[Value], field: &str) -> String {
+    messages(lines)
+        .iter()
+        .filter_map(|m| m["payload"][field].as_str())
+        .collect()
+}
+
+fn uid_of(user: &str) -> u32 {
+    let output = Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Processes of `uid` running the jobs.follow plugin (its script stays open in the shell).
+fn follow_plugins_of(uid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if !entry.metadata().is_ok_and(|m| m.uid() == uid) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.ends_with("plugins/jobs.follow"))
+        }) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn alice_follows_her_running_job_line_by_line_to_its_end() {
+    let stack = stack();
+    let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
+    let id = job_id("follow");
+    let script = "for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.4; done; echo oops >&2";
+    let (job, slurm_id) = start(&stack, &id, script);
+    let started = Instant::now();
+    let lines = follow(&stack, ALICE, &job, &[]);
+    scancel(&slurm_id);
+    let expected: String = (1..=6).map(|i| format!("line-{i}\n")).collect();
+    assert_eq!(joined(&lines, "stdout"), expected, "{lines:#?}");
+    assert_eq!(joined(&lines, "stderr"), "oops\n", "{lines:#?}");
+    let msgs = messages(&lines);
+    assert!(
+        msgs.len() >= 2,
+        "the output came in one piece, not as it grew: {lines:#?}"
+    );
+    for m in &msgs {
+        assert!(
+            m["streamId"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("sim-")),
+            "{m}"
+        );
+        assert_eq!(m["payload"]["rank"], 0, "{m}");
+        assert_eq!(m["payload"]["streamId"], format!("slurm-{slurm_id}"), "{m}");
+    }
+    let n = lines.len();
+    assert!(n >= 2, "{lines:#?}");
+    assert_eq!(lines[n - 2]["type"], "response", "{lines:#?}");
+    assert_eq!(lines[n - 2]["status"], 200, "{lines:#?}");
+    assert_eq!(lines[n - 1]["close"], 1000, "{lines:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the stream did not end with the job"
+    );
+}
+
+#[test]
+fn bob_cannot_follow_alices_job() {
+    let stack = stack();
+    let id = job_id("follow-bob");
+    let (job, slurm_id) = start(&stack, &id, "echo secret-of-alice; sleep 60");
+    let lines = follow(&stack, BOB, &job, &[]);
+    scancel(&slurm_id);
+    assert!(messages(&lines).is_empty(), "Bob saw output: {lines:#?}");
+    let response = lines
+        .iter()
+        .find(|l| l["type"] == "response")
+        .unwrap_or_else(|| panic!("no response: {lines:#?}"));
+    assert_eq!(response["status"], 404, "{response}");
+    assert!(!format!("{lines:?}").contains("secret-of-alice"));
+}
+
+#[test]
+fn a_bad_token_is_refused_before_any_upgrade() {
+    let stack = stack();
+    let job = job(&stack, "never-runs", "true");
+    for token in ["garbage", "a.b.c"] {
+        let lines = follow(&stack, ALICE, &job, &["--token", token]);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert_eq!(lines[0]["http"], 401, "{lines:#?}");
+    }
+    let expired = stack.token(&["--fresh", "--lifetime", "60", "--iat-offset", "-3600"]);
+    let lines = follow(&stack, ALICE, &job, &["--token", &expired]);
+    assert_eq!(lines[0]["http"], 401, "{lines:#?}");
+}
+
+#[test]
+fn hostile_frames_close_the_socket_with_the_right_code() {
+    let stack = stack();
+    let job = job(&stack, "never-runs", "true");
+    let masked = |first: u8, payload: &[u8]| -> String {
+        let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let big_header = "81ff0000000000200000".to_string() + "00000000"; // 2 MiB announced
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("810568656c6c6f".into(), 1002, "unmasked"),
+        (masked(0xC1, b"x"), 1002, "reserved bits"),
+        (masked(0x83, b"x"), 1002, "unknown opcode"),
+        (big_header, 1009, "oversized"),
+        (masked(0x82, b"bin"), 1003, "binary"),
+        (masked(0x81, b"not json"), 1008, "not an init"),
+        (masked(0x81, &[0xff, 0xfe]), 1007, "not UTF-8"),
+    ];
+    for (raw, code, what) in cases {
+        let lines = follow(&stack, ALICE, &job, &["--raw", &raw]);
+        let last = lines.last().unwrap_or_else(|| panic!("{what}: nothing"));
+        assert_eq!(last["close"], code, "{what}: {lines:#?}");
+        assert!(
+            lines.iter().all(|l| l["type"] != "message"),
+            "{what}: {lines:#?}"
+        );
+    }
+}
+
+#[test]
+fn cancel_stops_the_plugin() {
+    let stack = stack();
+    let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
+    let alice = uid_of(&stack.local_of(ALICE));
+    let id = job_id("follow-cancel");
+    let (job, slurm_id) = start(&stack, &id, "echo one; sleep 2; echo two; sleep 300");
+    let mut child = follow_command(&stack, ALICE, &job, &["--cancel-after", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("cannot run ucloud-sim follow");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("one"), "{first}");
+    let running = follow_plugins_of(alice);
+    assert_eq!(running.len(), 1, "Alice's jobs.follow plugin: {running:?}");
+    let rest: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(child.wait().unwrap().success());
+    let last = rest.last().unwrap_or_else(|| panic!("no end"));
+    assert_eq!(last["close"], 1000, "{rest:#?}");
+    assert_eq!(last["reason"], "cancelled", "{rest:#?}");
+    // The job runs on; only the stream ended.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !follow_plugins_of(alice).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the plugin still runs after the cancel: {:?}",
+            follow_plugins_of(alice)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let state = Command::new("squeue")
+        .args(["-h", "-j", &slurm_id, "-o", "%T"])
+        .output()
+        .unwrap();
+    scancel(&slurm_id);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "RUNNING");
+}
