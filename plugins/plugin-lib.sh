@@ -2,7 +2,12 @@
 #
 #     . "$UCLOUD_IM_LIBEXEC/plugin-lib.sh"
 #
-# POSIX sh; needs jq. See ucloud-im-plugins(7).
+# POSIX sh; needs jq (or gojq, preferred when installed: it starts ~15x faster). See ucloud-im-plugins(7).
+
+# The jq every plugin runs: Debian 12's jq 1.6 spends 20-30 ms starting up (more
+# than the Slurm call it prepares), gojq, which speaks the same language, ~2 ms. Any
+# jq works; gojq is used when the site has it.
+if command -v gojq >/dev/null 2>&1; then ucloud_jq=gojq; else ucloud_jq=jq; fi
 
 # The dispatcher runs a plugin as `<call> /dev/fd/3`: the request JSON is the file named
 # by the first argument. Captured here, while $1 is still the script's own.
@@ -21,7 +26,7 @@ ucloud_fail() {
         exit 1
         ;;
     esac
-    jq -cn --argjson status "$1" --arg code "$2" --arg why "$3" \
+    "$ucloud_jq" -cn --argjson status "$1" --arg code "$2" --arg why "$3" \
         '{status: $status, errorCode: $code, why: $why}' >&2
     exit 1
 }
@@ -34,7 +39,7 @@ ucloud_request() {
 # ucloud_config FILE: prints a JSON file of the site's configuration directory, after
 # checking it parses, or fails the call with a message an admin can act on.
 ucloud_config() {
-    jq -e . "$ucloud_etc/$1" 2>/dev/null ||
+    "$ucloud_jq" -e . "$ucloud_etc/$1" 2>/dev/null ||
         ucloud_fail 500 SITE_CONFIG "$ucloud_etc/$1 is missing or not valid JSON"
 }
 
@@ -132,7 +137,3 @@ ucloud_jobs_control() {
     "$ucloud_jq" -cn --argjson n "$_ucloud_count" '{responses: [range($n) | {}]}'
 }
 
-# The jq the job plugins run: Debian 12's jq 1.6 spends 20-30 ms starting up (more
-# than the Slurm call it prepares), gojq, which speaks the same language, ~2 ms. Any
-# jq works; gojq is used when the site has it.
-if command -v gojq >/dev/null 2>&1; then ucloud_jq=gojq; else ucloud_jq=jq; fi

@@ -39,6 +39,35 @@ enum Outcome {
     Retry(String),
 }
 
+/// How a message is sent. POST unless the message says `"method":"GET"`: the monitor
+/// asks UCloud who owns a job (`/api/jobs/control/retrieve?id=`) through the outbox,
+/// so that the refresh token never leaves the sender. The field lives beside the
+/// ones `outbox::Message` knows, which ignores it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Method {
+    Post,
+    Get,
+}
+
+impl Method {
+    fn of(bytes: &[u8]) -> Result<Method, String> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+        match v.get("method") {
+            None | Some(Value::Null) => Ok(Method::Post),
+            Some(Value::String(m)) if m == "POST" => Ok(Method::Post),
+            Some(Value::String(m)) if m == "GET" => Ok(Method::Get),
+            Some(other) => Err(format!("method {other} is neither \"GET\" nor \"POST\"")),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Get => "GET",
+        }
+    }
+}
+
 fn now() -> u64 {
     ucloud_wire::now_ms() / 1000
 }
@@ -141,23 +170,34 @@ impl Sender {
         Ok(token)
     }
 
-    fn attempt(&mut self, message: &Message) -> Outcome {
+    fn attempt(&mut self, method: Method, message: &Message) -> Outcome {
         let token = match self.access_token() {
             Ok(t) => t,
             Err(why) => return Outcome::Retry(why),
         };
         let authorization = format!("Bearer {token}");
-        let body = message.body.to_string();
-        let result = self.client.send(
-            "POST",
-            &message.path,
-            &[
-                ("Authorization", &authorization),
-                ("Content-Type", "application/json"),
-                ("Accept", "application/json"),
-            ],
-            body.as_bytes(),
-        );
+        let result = match method {
+            Method::Post => self.client.send(
+                "POST",
+                &message.path,
+                &[
+                    ("Authorization", &authorization),
+                    ("Content-Type", "application/json"),
+                    ("Accept", "application/json"),
+                ],
+                message.body.to_string().as_bytes(),
+            ),
+            // A retrieve: UCloud takes its parameters from the query, never a body.
+            Method::Get => self.client.send(
+                "GET",
+                &message.path,
+                &[
+                    ("Authorization", &authorization),
+                    ("Accept", "application/json"),
+                ],
+                b"",
+            ),
+        };
         if matches!(&result, Ok(r) if r.status == 401) {
             // Revoked or expired early: the next attempt gets a new token.
             self.access = None;
@@ -205,7 +245,12 @@ impl Sender {
                 )))
             }
         };
-        let message = match Message::from_json(&bytes) {
+        let parsed = Message::from_json(&bytes).and_then(|m| {
+            Method::of(&bytes)
+                .map(|method| (m, method))
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        });
+        let (message, method) = match parsed {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("ucloud-sender: {name}: not a valid message ({e}); moved to failed/");
@@ -218,7 +263,7 @@ impl Sender {
         loop {
             attempts += 1;
             let started = Instant::now();
-            match self.attempt(&message) {
+            match self.attempt(method, &message) {
                 Outcome::Delivered(status, body) => {
                     if let Some(tag) = &message.reply {
                         write_atomically(
@@ -239,7 +284,8 @@ impl Sender {
                         ))),
                     })?;
                     eprintln!(
-                        "ucloud-sender: delivered {name} POST {} -> {status} ({} ms){}",
+                        "ucloud-sender: delivered {name} {} {} -> {status} ({} ms){}",
+                        method.name(),
                         message.path,
                         started.elapsed().as_millis(),
                         message
@@ -252,7 +298,8 @@ impl Sender {
                 }
                 Outcome::Refused(status, body) => {
                     eprintln!(
-                        "ucloud-sender: UCloud refused {name} POST {} -> {status}: {}; moved to failed/",
+                        "ucloud-sender: UCloud refused {name} {} {} -> {status}: {}; moved to failed/",
+                        method.name(),
                         message.path,
                         excerpt(&body)
                     );
@@ -264,7 +311,8 @@ impl Sender {
                 }
                 Outcome::Retry(why) => {
                     eprintln!(
-                        "ucloud-sender: {name} POST {} not delivered (try {attempts}): {why}",
+                        "ucloud-sender: {name} {} {} not delivered (try {attempts}): {why}",
+                        method.name(),
                         message.path
                     );
                     if once && attempts >= ONCE_ATTEMPTS {
@@ -331,6 +379,20 @@ mod tests {
             classify(Err(ClientError::Timeout)),
             Outcome::Retry(_)
         ));
+    }
+
+    #[test]
+    fn the_method_is_post_unless_the_message_says_get() {
+        assert_eq!(
+            Method::of(br#"{"path":"/api/a","body":{}}"#),
+            Ok(Method::Post)
+        );
+        assert_eq!(
+            Method::of(br#"{"path":"/api/a","body":{},"method":"GET"}"#),
+            Ok(Method::Get)
+        );
+        assert!(Method::of(br#"{"path":"/api/a","body":{},"method":"DELETE"}"#).is_err());
+        assert!(Method::of(br#"{"path":"/api/a","body":{},"method":1}"#).is_err());
     }
 
     #[test]

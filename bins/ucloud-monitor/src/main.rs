@@ -1,0 +1,213 @@
+//! ucloud-monitor: watches Slurm and tells UCloud about every state change of the
+//! jobs ucloud-im submitted, through the outbox (the sender delivers). It polls
+//! slurmctld (one squeue per cycle for all jobs) and listens for the events
+//! slurmctld's PrologSlurmctld/EpilogSlurmctld hooks send through ucloud-notify.
+//! Never root; holds no UCloud credential.
+#![deny(unsafe_code)]
+
+mod error;
+mod events;
+mod jobstate;
+mod monitor;
+mod owner;
+mod slurm;
+mod store;
+#[allow(unsafe_code)]
+mod sys;
+
+use error::Error;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+const HELP: &str = "\
+ucloud-monitor: report Slurm job state changes to UCloud
+
+usage: ucloud-monitor [--interval SECONDS] [--no-events] [--slurm-user NAME]
+
+  --interval SECONDS   poll Slurm this often (default 5; one squeue per cycle)
+  --no-events          do not listen for ucloud-notify's events (polling only)
+  --slurm-user NAME    the only account whose events are accepted (default slurm)
+
+Writes job updates to the outbox; ucloud-sender delivers them. Keeps what it
+sent per job in var/lib/ucloud-im/monitor/. Listens on run/ucloud-im/monitor.sock
+(or the socket the service manager passes). Never runs as root. See
+ucloud-monitor(8).
+";
+
+/// Every this many polls, the accounting database is swept for jobs that came and
+/// went while nobody looked (at 5 s: every 5 minutes).
+const SWEEP_EVERY: u32 = 60;
+/// How often the loop looks for owner answers and due rechecks while it waits.
+const BUSY_TICK: Duration = Duration::from_millis(50);
+
+struct Options {
+    interval: Duration,
+    events: bool,
+    slurm_user: String,
+}
+
+fn main() -> ExitCode {
+    let mut args = pico_args::Arguments::from_env();
+    if args.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    match options(&mut args).and_then(|o| {
+        let rest = args.finish();
+        if rest.is_empty() {
+            run(o)
+        } else {
+            Err(Error::Usage(format!("unexpected arguments {rest:?}")))
+        }
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ucloud-monitor: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn options(args: &mut pico_args::Arguments) -> Result<Options, Error> {
+    let interval: f64 = args
+        .opt_value_from_str("--interval")
+        .map_err(|e| Error::Usage(format!("--interval: {e}")))?
+        .unwrap_or(5.0);
+    if !(0.1..=3600.0).contains(&interval) {
+        return Err(Error::Usage(
+            "--interval must be between 0.1 and 3600 seconds".into(),
+        ));
+    }
+    Ok(Options {
+        interval: Duration::from_secs_f64(interval),
+        events: !args.contains("--no-events"),
+        slurm_user: args
+            .opt_value_from_str("--slurm-user")
+            .map_err(|e| Error::Usage(format!("--slurm-user: {e}")))?
+            .unwrap_or_else(|| "slurm".to_string()),
+    })
+}
+
+fn state_dir() -> PathBuf {
+    PathBuf::from(ucloud_wire::paths::state_dir()).join("monitor")
+}
+
+fn socket_path() -> PathBuf {
+    PathBuf::from(format!(
+        "{}/run/ucloud-im/monitor.sock",
+        ucloud_wire::paths::ROOT
+    ))
+}
+
+/// The event socket: the service manager's, or bound here (any local account may
+/// connect; peer credentials decide who is heard).
+fn listener() -> Result<UnixListener, Error> {
+    if let Some(l) = sys::inherited_listener().map_err(Error::Setup)? {
+        return Ok(l);
+    }
+    let path = socket_path();
+    // A socket left by a previous run is ours to replace; anything else is not.
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(Error::Setup(format!(
+                "{} exists and is not a socket: remove it",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    let l = UnixListener::bind(&path).map_err(|e| {
+        Error::Setup(format!(
+            "cannot listen on {}: {e} (the directory must be writable by the monitor's account)",
+            path.display()
+        ))
+    })?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| Error::Setup(format!("{}: {e}", path.display())))?;
+    Ok(l)
+}
+
+fn run(o: Options) -> Result<(), Error> {
+    // Taken first, before anything could open fd 3.
+    let listener = if o.events { Some(listener()?) } else { None };
+    if nix::unistd::geteuid().is_root() {
+        return Err(Error::Setup(
+            "ucloud-monitor never runs as root: start it as its own account (ucloud-mon)".into(),
+        ));
+    }
+    let slurm_uid = nix::unistd::User::from_name(&o.slurm_user)
+        .map_err(|e| Error::Setup(format!("cannot look up {}: {e}", o.slurm_user)))?
+        .ok_or_else(|| {
+            Error::Setup(format!(
+                "no account {} (Slurm's SlurmUser); name it with --slurm-user",
+                o.slurm_user
+            ))
+        })?
+        .uid
+        .as_raw();
+    let store = store::Store::open(&state_dir())?;
+    let outbox = PathBuf::from(ucloud_wire::paths::outbox_dir());
+    let drives = PathBuf::from(ucloud_wire::paths::drives_dir());
+    let mut monitor = monitor::Monitor::new(store, outbox, drives)?;
+    let (tx, rx) = mpsc::channel();
+    if let Some(listener) = listener {
+        std::thread::spawn(move || events::serve(listener, slurm_uid, tx));
+    } else {
+        // Keeps the channel open: the loop then only ever times out.
+        std::mem::forget(tx);
+    }
+    eprintln!(
+        "ucloud-monitor: polling every {:?}{}",
+        o.interval,
+        if o.events {
+            ", listening for events"
+        } else {
+            ""
+        }
+    );
+    monitor.flush()?;
+    monitor.sweep()?;
+    let mut next_poll = Instant::now();
+    let mut polls = 0u32;
+    loop {
+        let now = Instant::now();
+        if now >= next_poll {
+            let started = Instant::now();
+            monitor.poll()?;
+            polls += 1;
+            if polls % SWEEP_EVERY == 0 {
+                monitor.sweep()?;
+            }
+            if std::env::var_os("UCLOUD_MONITOR_TRACE").is_some() {
+                eprintln!("ucloud-monitor: poll took {:?}", started.elapsed());
+            }
+            next_poll = Instant::now() + o.interval;
+        }
+        let wait = next_poll.saturating_duration_since(Instant::now());
+        let wait = if monitor.busy() {
+            wait.min(BUSY_TICK)
+        } else {
+            wait
+        };
+        match rx.recv_timeout(wait) {
+            Ok(event) => {
+                monitor.event(event)?;
+                while let Ok(event) = rx.try_recv() {
+                    monitor.event(event)?;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::Setup("the event socket stopped serving".into()))
+            }
+        }
+        monitor.recheck()?;
+        monitor.collect_owners()?;
+        monitor.flush()?;
+    }
+}

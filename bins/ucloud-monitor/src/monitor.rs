@@ -1,0 +1,384 @@
+//! The monitor's core: what Slurm says about a job, the job's record, and its
+//! owner decide which updates UCloud gets. Polls and events feed the same
+//! [`Monitor::observe`], so both paths send the same history.
+//!
+//! Every job's history at UCloud is `IN_QUEUE` (with `outputFolder`), then
+//! `RUNNING` if it ever got a node (even when no look saw it running), then one
+//! final state; `SUSPENDED` and `newTimeAllocation` updates come in between.
+
+use crate::error::Error;
+use crate::events::{Event, Kind};
+use crate::jobstate::{self, UState};
+use crate::owner::{self, Lookup, Owners};
+use crate::slurm::{self, Observation};
+use crate::store::{Record, Standing, Store};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use ucloud_wire::outbox::{self, Message};
+
+/// After an end event slurmctld shows the job COMPLETING until its epilog is done:
+/// look again this often, this many times, then leave it to the poll.
+const RECHECK_EVERY: Duration = Duration::from_millis(100);
+const RECHECKS: u32 = 50;
+/// How far back the accounting sweep looks before its last run.
+const SWEEP_OVERLAP_MS: u64 = 10 * 60 * 1000;
+/// The first sweep ever looks back this far.
+const FIRST_SWEEP_MS: u64 = 3600 * 1000;
+const SWEEP_MARK: &str = "sweep";
+
+pub struct Monitor {
+    store: Store,
+    outbox: PathBuf,
+    owners: Owners,
+    records: HashMap<u64, Record>,
+    /// Jobs with committed updates not yet queued.
+    dirty: HashSet<u64>,
+    /// Looks that waited for an owner lookup, by UCloud job id.
+    waiting: HashMap<String, Vec<(Observation, Option<Kind>)>>,
+    /// End events whose job slurmctld still shows COMPLETING.
+    rechecks: HashMap<u64, (Instant, u32)>,
+    /// Jobs whose refusal was logged (logged once per run).
+    told: HashSet<u64>,
+}
+
+impl Monitor {
+    pub fn new(store: Store, outbox: PathBuf, drives: PathBuf) -> Result<Monitor, Error> {
+        let records = store.load()?;
+        let owners = Owners::new(outbox.clone(), drives, store.owners_dir());
+        // Committed but not queued when the last run stopped: queued now, unchanged.
+        let dirty = records
+            .values()
+            .filter(|r| r.queued < r.updates.len())
+            .map(|r| r.slurm_id)
+            .collect();
+        Ok(Monitor {
+            store,
+            outbox,
+            owners,
+            records,
+            dirty,
+            waiting: HashMap::new(),
+            rechecks: HashMap::new(),
+            told: HashSet::new(),
+        })
+    }
+
+    /// One poll: one squeue for all jobs; sacct only for tracked jobs slurmctld
+    /// has forgotten (the monitor was away longer than MinJobAge).
+    pub fn poll(&mut self) -> Result<(), Error> {
+        let looks = match slurm::squeue_all() {
+            Ok(l) => l,
+            Err(why) => {
+                eprintln!("ucloud-monitor: poll skipped: {why}");
+                return Ok(());
+            }
+        };
+        let seen: HashSet<u64> = looks.iter().map(|o| o.slurm_id).collect();
+        for look in looks {
+            self.observe(look, None)?;
+        }
+        let missing: Vec<u64> = self
+            .records
+            .values()
+            .filter(|r| !r.is_final() && r.standing == Standing::Reported)
+            .map(|r| r.slurm_id)
+            .filter(|id| !seen.contains(id))
+            .collect();
+        if !missing.is_empty() {
+            match slurm::sacct(&missing, "") {
+                Ok(looks) => {
+                    for look in looks {
+                        self.observe(look, None)?;
+                    }
+                }
+                Err(why) => eprintln!("ucloud-monitor: sacct for forgotten jobs: {why}"),
+            }
+        }
+        self.flush()
+    }
+
+    /// Every tagged job the accounting database saw since the last sweep: jobs that
+    /// came and went while the monitor was stopped.
+    pub fn sweep(&mut self) -> Result<(), Error> {
+        let now = ucloud_wire::now_ms();
+        let since_ms = match self.store.read_mark(SWEEP_MARK) {
+            Some(last) => last.saturating_sub(SWEEP_OVERLAP_MS),
+            None => now.saturating_sub(FIRST_SWEEP_MS),
+        };
+        let since = format!("{}", since_ms / 1000);
+        // sacct takes local times; an epoch value is not accepted, so format one.
+        let since = slurm_time(&since);
+        match slurm::sacct(&[], &since) {
+            Ok(looks) => {
+                for look in looks {
+                    if !self
+                        .records
+                        .get(&look.slurm_id)
+                        .is_some_and(Record::is_done)
+                    {
+                        self.observe(look, None)?;
+                    }
+                }
+                self.store.write_mark(SWEEP_MARK, now)?;
+            }
+            Err(why) => eprintln!("ucloud-monitor: accounting sweep skipped: {why}"),
+        }
+        self.flush()
+    }
+
+    /// An event from Slurm's hooks: look at that one job now.
+    pub fn event(&mut self, event: Event) -> Result<(), Error> {
+        match slurm::squeue_one(event.slurm_id) {
+            Ok(Some(look)) => self.observe(look, Some(event.kind))?,
+            Ok(None) => {}
+            Err(why) => eprintln!("ucloud-monitor: job {}: {why}", event.slurm_id),
+        }
+        Ok(())
+    }
+
+    /// Looks again at jobs whose end event came while slurmctld still showed them
+    /// COMPLETING.
+    pub fn recheck(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .rechecks
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.event(Event {
+                slurm_id: id,
+                kind: Kind::End,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// When the main loop must wake up next for rechecks or owner answers.
+    pub fn busy(&self) -> bool {
+        !self.rechecks.is_empty() || self.owners.is_waiting() || !self.dirty.is_empty()
+    }
+
+    /// Picks up the sender's answers to owner lookups and replays what waited.
+    pub fn collect_owners(&mut self) -> Result<(), Error> {
+        for id in self.owners.collect()? {
+            for (look, kind) in self.waiting.remove(&id).unwrap_or_default() {
+                self.observe(look, kind)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn observe(&mut self, look: Observation, kind: Option<Kind>) -> Result<(), Error> {
+        if !owner::is_job_id(&look.name) {
+            return Ok(());
+        }
+        let id = look.slurm_id;
+        if self
+            .records
+            .get(&id)
+            .is_some_and(|r| r.is_final() || r.standing != Standing::Reported)
+        {
+            self.rechecks.remove(&id);
+            return Ok(());
+        }
+        let owner = match self.owners.lookup(&look.name)? {
+            Lookup::Known(owner) => owner,
+            Lookup::Waiting => {
+                self.waiting
+                    .entry(look.name.clone())
+                    .or_default()
+                    .push((look, kind));
+                return Ok(());
+            }
+            Lookup::Unknown(why) => {
+                if self.told.insert(id) {
+                    eprintln!(
+                        "ucloud-monitor: Slurm job {id} ({}) is not reported: UCloud job {}: {why}",
+                        look.user, look.name
+                    );
+                }
+                return Ok(());
+            }
+        };
+        let record = self
+            .records
+            .entry(id)
+            .or_insert_with(|| Record::new(id, &look.name, &look.user));
+        if owner.local != look.user {
+            let why = format!(
+                "runs as {}, but UCloud job {} belongs to {} ({})",
+                look.user, look.name, owner.ucloud, owner.local
+            );
+            eprintln!("ucloud-monitor: Slurm job {id} refused: {why}");
+            record.standing = Standing::Refused(why);
+            record.touched_ms = ucloud_wire::now_ms();
+            self.store.save(record)?;
+            return Ok(());
+        }
+        let Some(mut verdict) = jobstate::verdict(&look.state, id, look.exit) else {
+            if self.told.insert(id) {
+                eprintln!(
+                    "ucloud-monitor: Slurm job {id}: state {:?} is not in the table; left as it was",
+                    look.state
+                );
+            }
+            return Ok(());
+        };
+        // slurmctld runs the prolog before it shows the job RUNNING.
+        if kind == Some(Kind::Start) && verdict.state == UState::InQueue {
+            verdict = jobstate::verdict("RUNNING", id, look.exit).expect("in the table");
+        }
+        if kind == Some(Kind::End) && !verdict.state.is_final() {
+            let tries = self.rechecks.get(&id).map_or(0, |(_, n)| *n);
+            if tries < RECHECKS {
+                self.rechecks
+                    .insert(id, (Instant::now() + RECHECK_EVERY, tries + 1));
+            } else {
+                self.rechecks.remove(&id);
+            }
+        } else if verdict.state.is_final() {
+            self.rechecks.remove(&id);
+        }
+        let now = ucloud_wire::now_ms();
+        let mut new: Vec<Value> = Vec::new();
+        let mut push = |mut update: Value| {
+            update["timestamp"] = json!(now);
+            new.push(update);
+        };
+        let mut limit = record.limit;
+        if record.updates.is_empty() {
+            let queue_text = if verdict.state == UState::InQueue {
+                verdict.status.clone()
+            } else {
+                format!("Your job was submitted to Slurm (Slurm ID {id})")
+            };
+            push(json!({
+                "state": "IN_QUEUE",
+                "status": queue_text,
+                "outputFolder": format!("/{}/ucloud-jobs/{}", owner.drive, look.name),
+            }));
+            limit = look.time_limit;
+        }
+        // The IN_QUEUE just pushed counts as the last state.
+        let last = if record.updates.is_empty() {
+            Some(UState::InQueue)
+        } else {
+            record.last_state()
+        };
+        let ran = record.ever(UState::Running);
+        if verdict.state.is_final() {
+            if look.started && !ran {
+                push(
+                    json!({"state": "RUNNING", "status": format!("Your job is running (Slurm ID {id})")}),
+                );
+            }
+            push(json!({"state": verdict.state.as_str(), "status": verdict.status}));
+        } else {
+            // Once it ran, a look that says "queued" is a prolog not yet through (or
+            // a requeue): UCloud keeps RUNNING until the job ends.
+            let backwards = verdict.state == UState::InQueue && ran;
+            if Some(verdict.state) != last && !backwards {
+                push(json!({"state": verdict.state.as_str(), "status": verdict.status}));
+            }
+            if let (Some(now_limit), Some(old)) = (look.time_limit, limit) {
+                if now_limit > old {
+                    push(json!({
+                        "newTimeAllocation": now_limit * 60_000,
+                        "status": format!("Your job's time limit is now {}", minutes_text(now_limit)),
+                    }));
+                    limit = Some(now_limit);
+                }
+            }
+        }
+        if !new.is_empty() {
+            record.updates.extend(new);
+            record.limit = limit;
+            record.touched_ms = now;
+            self.store.save(record)?;
+            self.dirty.insert(id);
+        }
+        Ok(())
+    }
+
+    /// Queues every committed, unqueued update as one batch
+    /// (`/api/jobs/control/update`), then records that they are queued.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<u64> = self.dirty.iter().copied().collect();
+        ids.sort_unstable();
+        let mut items = Vec::new();
+        for id in &ids {
+            let record = &self.records[id];
+            for update in &record.updates[record.queued..] {
+                items.push(json!({"id": record.ucloud_id, "update": update}));
+            }
+        }
+        if !items.is_empty() {
+            outbox::enqueue(
+                &self.outbox,
+                &Message {
+                    path: "/api/jobs/control/update".into(),
+                    body: json!({ "items": items }),
+                    reply: None,
+                },
+            )
+            .map_err(|e| {
+                Error::Setup(format!(
+                    "cannot queue job updates in {}: {e} (is the monitor's account in the outbox group?)",
+                    self.outbox.display()
+                ))
+            })?;
+        }
+        for id in ids {
+            let record = self.records.get_mut(&id).expect("dirty ids have records");
+            for update in &record.updates[record.queued..] {
+                eprintln!(
+                    "ucloud-monitor: job {} (Slurm {id}): {}",
+                    record.ucloud_id,
+                    update["state"].as_str().unwrap_or("update")
+                );
+            }
+            record.queued = record.updates.len();
+            self.store.save(record)?;
+        }
+        self.dirty.clear();
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` in local time for sacct, from epoch seconds, via date(1)'s
+/// rules being unavailable here: sacct also accepts `now-<seconds>`, which is what
+/// this returns, so no clock arithmetic on time zones is needed.
+fn slurm_time(epoch_secs: &str) -> String {
+    let then: u64 = epoch_secs.parse().unwrap_or(0);
+    let now = ucloud_wire::now_ms() / 1000;
+    format!("now-{}", now.saturating_sub(then).max(1))
+}
+
+fn minutes_text(minutes: u64) -> String {
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_for_limits_and_times() {
+        assert_eq!(minutes_text(90), "1 h 30 min");
+        assert_eq!(minutes_text(120), "2 h");
+        assert_eq!(minutes_text(5), "5 min");
+        let t = slurm_time(&((ucloud_wire::now_ms() / 1000) - 600).to_string());
+        assert!(t == "now-600" || t == "now-601", "{t}");
+    }
+}

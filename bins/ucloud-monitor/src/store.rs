@@ -1,0 +1,256 @@
+//! The monitor's durable state, one small JSON file per Slurm job under
+//! `var/lib/ucloud-im/monitor/jobs/`, each written through a temporary file, fsync
+//! and rename. A record holds every update ever committed for the job, in order,
+//! and how many of them are in the outbox: an update is committed (written here)
+//! before it is queued, so a crash between the two resends exactly the same update,
+//! and a final state, once committed, is the only one the job will ever get.
+
+use crate::error::Error;
+use crate::jobstate::UState;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Finished records are forgotten this long after their last update was queued.
+const KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Standing {
+    /// The Slurm job's user owns the UCloud job (or nobody checked yet).
+    Reported,
+    /// The Slurm job's user is not the UCloud job's owner: never reported.
+    Refused(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub slurm_id: u64,
+    pub ucloud_id: String,
+    pub user: String,
+    pub standing: Standing,
+    /// Every update committed for the job (UCloud JobUpdate objects), in order.
+    pub updates: Vec<Value>,
+    /// How many of `updates` are in the outbox.
+    pub queued: usize,
+    /// The time limit (minutes) UCloud last heard of.
+    pub limit: Option<u64>,
+    pub touched_ms: u64,
+}
+
+impl Record {
+    pub fn new(slurm_id: u64, ucloud_id: &str, user: &str) -> Record {
+        Record {
+            slurm_id,
+            ucloud_id: ucloud_id.to_string(),
+            user: user.to_string(),
+            standing: Standing::Reported,
+            updates: Vec::new(),
+            queued: 0,
+            limit: None,
+            touched_ms: ucloud_wire::now_ms(),
+        }
+    }
+
+    fn states(&self) -> impl Iterator<Item = UState> + '_ {
+        self.updates
+            .iter()
+            .filter_map(|u| u["state"].as_str().and_then(UState::parse))
+    }
+
+    pub fn last_state(&self) -> Option<UState> {
+        self.states().last()
+    }
+
+    pub fn ever(&self, state: UState) -> bool {
+        self.states().any(|s| s == state)
+    }
+
+    pub fn is_final(&self) -> bool {
+        self.states().any(UState::is_final)
+    }
+
+    /// Nothing left to say: refused, or final and queued.
+    pub fn is_done(&self) -> bool {
+        matches!(self.standing, Standing::Refused(_))
+            || (self.is_final() && self.queued == self.updates.len())
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = json!({
+            "slurm": self.slurm_id,
+            "ucloud": self.ucloud_id,
+            "user": self.user,
+            "updates": self.updates,
+            "queued": self.queued,
+            "limit": self.limit,
+            "touched": self.touched_ms,
+        });
+        if let Standing::Refused(why) = &self.standing {
+            v["refused"] = json!(why);
+        }
+        v
+    }
+
+    fn from_json(v: &Value) -> Option<Record> {
+        let updates = v["updates"].as_array()?.clone();
+        let queued = usize::try_from(v["queued"].as_u64()?).ok()?;
+        if queued > updates.len() {
+            return None;
+        }
+        Some(Record {
+            slurm_id: v["slurm"].as_u64()?,
+            ucloud_id: v["ucloud"].as_str()?.to_string(),
+            user: v["user"].as_str()?.to_string(),
+            standing: match v["refused"].as_str() {
+                Some(why) => Standing::Refused(why.to_string()),
+                None => Standing::Reported,
+            },
+            updates,
+            queued,
+            limit: v["limit"].as_u64(),
+            touched_ms: v["touched"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+/// Writes `bytes` to `path` so that a reader (or a restart after a crash) sees the
+/// old content or the new one, never a mix.
+pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().expect("state files live in a directory");
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    let mut file = File::create(&tmp).map_err(Error::state(&tmp))?;
+    file.write_all(bytes).map_err(Error::state(&tmp))?;
+    file.sync_all().map_err(Error::state(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(Error::state(path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::state(dir))
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens the state directory, creating its subdirectories; it must exist and
+    /// belong to the monitor's account.
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        if !dir.is_dir() {
+            return Err(Error::Setup(format!(
+                "the state directory {} does not exist: create it owned by the monitor's account, mode 0700",
+                dir.display()
+            )));
+        }
+        for sub in ["jobs", "owners"] {
+            let path = dir.join(sub);
+            if !path.is_dir() {
+                fs::create_dir(&path).map_err(|e| {
+                    Error::Setup(format!(
+                        "cannot create {}: {e} (the state directory must belong to the monitor's account)",
+                        path.display()
+                    ))
+                })?;
+            }
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn job_path(&self, slurm_id: u64) -> PathBuf {
+        self.dir.join("jobs").join(format!("{slurm_id}.json"))
+    }
+
+    pub fn save(&self, record: &Record) -> Result<(), Error> {
+        write_durably(
+            &self.job_path(record.slurm_id),
+            record.to_json().to_string().as_bytes(),
+        )
+    }
+
+    /// Every record; finished ones older than [`KEEP_MS`] are removed. An unreadable
+    /// record is an error, never silently skipped: skipping it could send a second,
+    /// different final state.
+    pub fn load(&self) -> Result<HashMap<u64, Record>, Error> {
+        let dir = self.dir.join("jobs");
+        let mut records = HashMap::new();
+        let now = ucloud_wire::now_ms();
+        for entry in fs::read_dir(&dir).map_err(Error::state(&dir))? {
+            let path = entry.map_err(Error::state(&dir))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            let bytes = fs::read(&path).map_err(Error::state(&path))?;
+            let record = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| Record::from_json(&v))
+                .ok_or_else(|| {
+                    Error::State(format!(
+                        "{} is not a monitor record: move it away after checking what UCloud was told about that job",
+                        path.display()
+                    ))
+                })?;
+            if record.is_done() && now.saturating_sub(record.touched_ms) > KEEP_MS {
+                fs::remove_file(&path).map_err(Error::state(&path))?;
+                continue;
+            }
+            records.insert(record.slurm_id, record);
+        }
+        Ok(records)
+    }
+
+    /// A small value kept across restarts (the time of the last accounting sweep).
+    pub fn read_mark(&self, name: &str) -> Option<u64> {
+        fs::read_to_string(self.dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn write_mark(&self, name: &str, value: u64) -> Result<(), Error> {
+        write_durably(&self.dir.join(name), value.to_string().as_bytes())
+    }
+
+    pub fn owners_dir(&self) -> PathBuf {
+        self.dir.join("owners")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_know_their_state() {
+        let dir = std::env::temp_dir().join(format!("monitor-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir).unwrap();
+        let mut r = Record::new(7, "J1", "alice");
+        r.updates.push(json!({"state": "IN_QUEUE"}));
+        r.updates.push(json!({"state": "SUCCESS"}));
+        r.queued = 1;
+        store.save(&r).unwrap();
+        let mut refused = Record::new(8, "J1", "mallory");
+        refused.standing = Standing::Refused("not the owner".into());
+        store.save(&refused).unwrap();
+        let all = store.load().unwrap();
+        let back = &all[&7];
+        assert_eq!(back.updates.len(), 2);
+        assert_eq!(back.queued, 1);
+        assert!(back.is_final() && !back.is_done());
+        assert_eq!(back.last_state(), Some(UState::Success));
+        assert!(all[&8].is_done());
+        fs::write(dir.join("jobs/9.json"), b"{broken").unwrap();
+        assert!(matches!(store.load(), Err(Error::State(_))));
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

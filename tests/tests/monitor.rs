@@ -1,0 +1,514 @@
+//! ucloud-monitor against real Slurm, with the simulator as UCloud: jobs are made
+//! known to UCloud (`POST /sim/jobs`, owner set) and submitted exactly as jobs.create
+//! submits them (`--job-name=<UCloud id> --comment=ucloud-im`, as the owner), and the
+//! updates that reach the simulator are checked. Tests that stop the monitor or the
+//! simulator hold a lock, so they never overlap.
+#![forbid(unsafe_code)]
+
+use serde_json::{json, Value};
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use ucloud_im_tests::{run_as, Stack};
+
+const ALICE: &str = "AliceHansen#1001";
+const BOB: &str = "BobNielsen#2002";
+/// Stopping the monitor or the simulator is done by one test at a time.
+static OUTAGE: Mutex<()> = Mutex::new(());
+
+fn stack() -> Stack {
+    let stack = Stack::load();
+    assert_eq!(
+        stack.get("UCLOUD_IM_SLURM"),
+        "1",
+        "the stack runs no Slurm; rerun scripts/stack up"
+    );
+    stack.get("UCLOUD_IM_MONITOR_SOCKET");
+    stack
+}
+
+fn job_id(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "mon-{tag}-{}-{}",
+        std::process::id(),
+        nanos % 1_000_000_000_000
+    )
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn run_dir(stack: &Stack) -> PathBuf {
+    PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Tells the simulator (UCloud) that job `id` exists and belongs to `owner`.
+fn ucloud_knows(stack: &Stack, id: &str, owner: &str) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &stack.get("UCLOUD_IM_CA"),
+            "-X",
+            "POST",
+        ])
+        .args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "--data",
+            &json!({"id": id, "owner": {"createdBy": owner, "project": null}}).to_string(),
+        ])
+        .arg(format!("{}/sim/jobs", stack.get("UCLOUD_SIM_URL")))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "POST /sim/jobs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Submits like jobs.create does; returns the Slurm job id.
+fn submit(user: &str, id: &str, script: &str, extra: &[&str]) -> u64 {
+    let name = format!("--job-name={id}");
+    let mut args = vec![
+        "sbatch",
+        "--parsable",
+        &name,
+        "--comment=ucloud-im",
+        "--chdir=/tmp",
+        "--output=/dev/null",
+    ];
+    args.extend_from_slice(extra);
+    let wrap = format!("--wrap={script}");
+    args.push(&wrap);
+    let out = run_as(user, &args);
+    assert!(
+        out.status.success(),
+        "sbatch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The updates the simulator received for job `id`, in order.
+fn updates(stack: &Stack, id: &str) -> Vec<Value> {
+    let path = PathBuf::from(stack.get("UCLOUD_IM_STATE"))
+        .join("updates")
+        .join(format!("{}.json", hex(id)));
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn states(updates: &[Value]) -> Vec<String> {
+    updates
+        .iter()
+        .filter_map(|u| u["state"].as_str().map(String::from))
+        .collect()
+}
+
+const FINAL: [&str; 3] = ["SUCCESS", "FAILURE", "EXPIRED"];
+
+/// Waits until job `id` has a final state at the simulator; returns its updates.
+fn wait_final(stack: &Stack, id: &str, seconds: u64) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let u = updates(stack, id);
+        if states(&u).iter().any(|s| FINAL.contains(&s.as_str())) {
+            // A repeat would come right behind: give it a moment to show.
+            std::thread::sleep(Duration::from_millis(300));
+            return updates(stack, id);
+        }
+        assert!(Instant::now() < deadline, "job {id}: no final state at the simulator after {seconds}s; updates so far: {u:?}; see the monitor's and sender's logs in {}", stack.get("UCLOUD_IM_STACK_LOGS"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The states a whole history may have: one queue, running, one final state.
+fn assert_history(id: &str, u: &[Value], last: &str) {
+    let s = states(u);
+    let finals: Vec<&String> = s.iter().filter(|x| FINAL.contains(&x.as_str())).collect();
+    assert!(
+        finals.iter().all(|f| *f == last),
+        "job {id}: final states {finals:?}, expected only {last}: {s:?}"
+    );
+    assert_eq!(
+        s.first().map(String::as_str),
+        Some("IN_QUEUE"),
+        "job {id}: {s:?}"
+    );
+    assert!(
+        s.contains(&"RUNNING".to_string()),
+        "job {id} ran but was never RUNNING: {s:?}"
+    );
+    let folder = u[0]["outputFolder"].as_str().unwrap_or_default();
+    assert!(
+        folder.ends_with(&format!("/ucloud-jobs/{id}")) && folder.starts_with('/'),
+        "job {id}: first update has outputFolder {folder:?}"
+    );
+    for x in u {
+        assert!(
+            x["status"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Your job")),
+            "job {id}: status text {x}"
+        );
+    }
+}
+
+#[test]
+fn a_job_goes_in_queue_running_success() {
+    let stack = stack();
+    let id = job_id("ok");
+    ucloud_knows(&stack, &id, BOB);
+    submit(&stack.local_of(BOB), &id, "sleep 1", &[]);
+    let u = wait_final(&stack, &id, 30);
+    assert_history(&id, &u, "SUCCESS");
+    assert_eq!(states(&u), ["IN_QUEUE", "RUNNING", "SUCCESS"], "{u:?}");
+    let drive = stack.drive_of(BOB);
+    assert_eq!(u[0]["outputFolder"], format!("/{drive}/ucloud-jobs/{id}"));
+}
+
+#[test]
+fn exit_3_ends_failure_with_the_code_in_the_text() {
+    let stack = stack();
+    let id = job_id("fail");
+    ucloud_knows(&stack, &id, ALICE);
+    submit(&stack.local_of(ALICE), &id, "exit 3", &[]);
+    let u = wait_final(&stack, &id, 30);
+    assert_history(&id, &u, "FAILURE");
+    let last = u.iter().rev().find(|x| x["state"] == "FAILURE").unwrap();
+    assert!(
+        last["status"].as_str().unwrap().contains("code 3"),
+        "{last}"
+    );
+}
+
+#[test]
+fn a_cancelled_job_ends_success_as_documented() {
+    let stack = stack();
+    let alice = stack.local_of(ALICE);
+    let running = job_id("term");
+    let pending = job_id("termq");
+    ucloud_knows(&stack, &running, ALICE);
+    ucloud_knows(&stack, &pending, ALICE);
+    let a = submit(&alice, &running, "sleep 60", &[]);
+    let b = submit(&alice, &pending, "true", &["--begin=now+1hour"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !states(&updates(&stack, &running)).contains(&"RUNNING".to_string()) {
+        assert!(
+            Instant::now() < deadline,
+            "job {running} never RUNNING at the simulator"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for slurm in [a, b] {
+        let out = run_as(&alice, &["scancel", &slurm.to_string()]);
+        assert!(out.status.success());
+    }
+    let u = wait_final(&stack, &running, 30);
+    assert_history(&running, &u, "SUCCESS");
+    assert!(u.last().unwrap()["status"]
+        .as_str()
+        .unwrap()
+        .contains("cancelled"));
+    // Never started: queued, then cancelled, no RUNNING.
+    let q = wait_final(&stack, &pending, 30);
+    assert_eq!(states(&q), ["IN_QUEUE", "SUCCESS"], "{q:?}");
+}
+
+#[test]
+fn an_extension_is_reported_as_new_time_allocation() {
+    let stack = stack();
+    let id = job_id("ext");
+    ucloud_knows(&stack, &id, BOB);
+    let slurm = submit(&stack.local_of(BOB), &id, "sleep 20", &["--time=2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !states(&updates(&stack, &id)).contains(&"RUNNING".to_string()) {
+        assert!(Instant::now() < deadline, "job {id} never RUNNING");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // What jobs.extend asks Slurm; as root, since Slurm lets only operators raise limits.
+    let out = Command::new("scontrol")
+        .args(["update", &format!("JobId={slurm}"), "TimeLimit=+3"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let u = updates(&stack, &id);
+        if let Some(x) = u.iter().find(|x| x.get("newTimeAllocation").is_some()) {
+            assert_eq!(x["newTimeAllocation"], 5 * 60_000, "{x}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no newTimeAllocation after the extension: {u:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("scancel").arg(slurm.to_string()).status();
+    wait_final(&stack, &id, 30);
+}
+
+#[test]
+fn alices_job_named_after_bobs_changes_nothing_for_bob() {
+    let stack = stack();
+    let id = job_id("spoof");
+    ucloud_knows(&stack, &id, BOB);
+    // Alice's own sbatch, named and tagged like Bob's UCloud job, and quicker than his.
+    submit(&stack.local_of(ALICE), &id, "exit 7", &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        updates(&stack, &id),
+        Vec::<Value>::new(),
+        "Alice's job reached Bob's UCloud job"
+    );
+    submit(&stack.local_of(BOB), &id, "sleep 1", &[]);
+    let u = wait_final(&stack, &id, 30);
+    assert_eq!(states(&u), ["IN_QUEUE", "RUNNING", "SUCCESS"], "{u:?}");
+    let log =
+        fs::read_to_string(PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS")).join("monitor.log"))
+            .unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("refused") && l.contains(&id)),
+        "the refusal is not logged"
+    );
+}
+
+#[test]
+fn events_from_an_ordinary_user_are_refused() {
+    let stack = stack();
+    let notify = stack.prefix().join("usr/libexec/ucloud-im/ucloud-notify");
+    let socket = stack.get("UCLOUD_IM_MONITOR_SOCKET");
+    let out = Command::new("runuser")
+        .current_dir("/")
+        .args([
+            "-u",
+            &stack.local_of(ALICE),
+            "--",
+            "env",
+            "SLURM_SCRIPT_CONTEXT=epilog_slurmctld",
+            "SLURM_JOB_ID=1",
+        ])
+        .arg(&notify)
+        .args(["--socket", &socket])
+        .output()
+        .unwrap();
+    // ucloud-notify always exits 0 (it must never fail a Slurm hook), and says why.
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused") && err.contains("not Slurm's account"),
+        "{err}"
+    );
+    // The same from Slurm's account is heard.
+    let ok = Command::new("runuser")
+        .current_dir("/")
+        .args([
+            "-u",
+            "slurm",
+            "--",
+            "env",
+            "SLURM_SCRIPT_CONTEXT=epilog_slurmctld",
+            "SLURM_JOB_ID=1",
+        ])
+        .arg(&notify)
+        .args(["--socket", &socket])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success() && ok.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+#[test]
+fn notify_exits_0_quickly_when_no_monitor_listens() {
+    let stack = stack();
+    let notify = stack.prefix().join("usr/libexec/ucloud-im/ucloud-notify");
+    let started = Instant::now();
+    let out = Command::new(&notify)
+        .env("SLURM_SCRIPT_CONTEXT", "prolog_slurmctld")
+        .env("SLURM_JOB_ID", "1")
+        .args(["--socket", "/nonexistent/monitor.sock"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not delivered"));
+}
+
+fn pid_of(stack: &Stack, service: &str) -> i32 {
+    fs::read_to_string(run_dir(stack).join("pids").join(format!("{service}.pid")))
+        .unwrap_or_else(|e| panic!("no pid file for {service}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn kill_and_wait(pid: i32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("sh")
+        .arg("-c")
+        .arg(format!("ps -o stat= -p {pid} | grep -qv Z"))
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "pid {pid} does not die");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts a service the way scripts/stack does (detached, clean environment,
+/// appending to its log) and records its pid.
+fn start_like_the_stack(stack: &Stack, service: &str, argv: &[&str]) {
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .open(PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS")).join(format!("{service}.log")))
+        .unwrap();
+    let child = Command::new("setsid")
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C.UTF-8")
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    fs::write(
+        run_dir(stack).join("pids").join(format!("{service}.pid")),
+        child.id().to_string(),
+    )
+    .unwrap();
+}
+
+fn start_monitor(stack: &Stack) {
+    let socket = stack.get("UCLOUD_IM_MONITOR_SOCKET");
+    let _ = fs::remove_file(&socket);
+    let user = stack.get("UCLOUD_IM_MONITOR_USER");
+    let monitor = stack.bin("ucloud-monitor");
+    start_like_the_stack(
+        stack,
+        "monitor",
+        &[
+            "systemd-socket-activate",
+            "-l",
+            &socket,
+            "setpriv",
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            monitor.to_str().unwrap(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&socket).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the monitor's socket did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("chmod").args(["0666", &socket]).status();
+    let notify = stack.prefix().join("usr/libexec/ucloud-im/ucloud-notify");
+    let _ = Command::new("runuser")
+        .current_dir("/")
+        .args([
+            "-u",
+            "slurm",
+            "--",
+            "env",
+            "SLURM_SCRIPT_CONTEXT=prolog_slurmctld",
+            "SLURM_JOB_ID=0",
+        ])
+        .arg(notify)
+        .args(["--socket", &socket])
+        .status();
+}
+
+#[test]
+fn a_killed_monitor_catches_up_with_one_final_state_each() {
+    let _outage = OUTAGE.lock().unwrap_or_else(|p| p.into_inner());
+    let stack = stack();
+    let bob = stack.local_of(BOB);
+    let ids: Vec<String> = (0..4).map(|i| job_id(&format!("crash{i}"))).collect();
+    for id in &ids {
+        ucloud_knows(&stack, id, BOB);
+    }
+    // Two end while the monitor runs, two while it is dead.
+    submit(&bob, &ids[0], "true", &[]);
+    submit(&bob, &ids[1], "sleep 2; exit 4", &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while updates(&stack, &ids[0]).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the monitor reported nothing for {}",
+            ids[0]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_and_wait(pid_of(&stack, "monitor"));
+    submit(&bob, &ids[2], "true", &[]);
+    submit(&bob, &ids[3], "exit 5", &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    start_monitor(&stack);
+    for (id, last) in ids.iter().zip(["SUCCESS", "FAILURE", "SUCCESS", "FAILURE"]) {
+        let u = wait_final(&stack, id, 40);
+        assert_history(id, &u, last);
+    }
+}
+
+#[test]
+fn updates_wait_for_ucloud_to_come_back() {
+    let _outage = OUTAGE.lock().unwrap_or_else(|p| p.into_inner());
+    let stack = stack();
+    let id = job_id("down");
+    ucloud_knows(&stack, &id, ALICE);
+    let sim = pid_of(&stack, "sim");
+    let argv_line = fs::read_to_string(format!("/proc/{sim}/cmdline")).unwrap();
+    let argv: Vec<String> = argv_line
+        .split('\0')
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    kill_and_wait(sim);
+    submit(&stack.local_of(ALICE), &id, "true", &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(updates(&stack, &id).is_empty());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    start_like_the_stack(&stack, "sim", &argv);
+    let u = wait_final(&stack, &id, 60);
+    assert_history(&id, &u, "SUCCESS");
+}
