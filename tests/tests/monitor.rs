@@ -201,6 +201,18 @@ fn exit_3_ends_failure_with_the_code_in_the_text() {
     );
 }
 
+/// The one slow test: Slurm's limits are whole minutes and enforced about every 30 s,
+/// so a 1-minute job is killed 60 to 95 s after it starts.
+#[test]
+fn a_job_over_its_time_limit_ends_expired() {
+    let stack = stack();
+    let id = job_id("late");
+    ucloud_knows(&stack, &id, ALICE);
+    submit(&stack.local_of(ALICE), &id, "sleep 600", &["--time=1"]);
+    let u = wait_final(&stack, &id, 180);
+    assert_history(&id, &u, "EXPIRED");
+}
+
 #[test]
 fn a_cancelled_job_ends_success_as_documented() {
     let stack = stack();
