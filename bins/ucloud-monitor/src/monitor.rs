@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use ucloud_wire::outbox::{self, Message};
+use ucloud_wire::outbox::{self, Message, Method};
 
 /// After an end event slurmctld shows the job COMPLETING until its epilog is done:
 /// look again this often, this many times, then leave it to the poll.
@@ -323,6 +323,7 @@ impl Monitor {
             outbox::enqueue(
                 &self.outbox,
                 &Message {
+                    method: Method::Post,
                     path: "/api/jobs/control/update".into(),
                     body: json!({ "items": items }),
                     reply: None,

@@ -190,33 +190,18 @@ impl Owners {
     }
 }
 
-/// Queues a GET in the outbox, as `outbox::enqueue` does a POST (temporary file,
-/// fsync, rename into `queue/`, fsync of `queue/`): the writer in lib/wire knows
-/// only path, body and reply, and the sender reads `method` beside them.
+/// Queues a GET in the outbox: the sender asks UCloud and stores the answer as the
+/// reply `reply`.
 fn enqueue_get(dir: &Path, path: &str, reply: &str) -> std::io::Result<PathBuf> {
-    use std::io::Write;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    // Apart from lib/wire's counter, so two names of this process never collide.
-    static SEQ: AtomicU64 = AtomicU64::new(900_000);
-    let name = format!(
-        "{:013}-{:010}-{:06}.json",
-        ucloud_wire::now_ms(),
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
-    let message = json!({"path": path, "method": "GET", "body": {}, "reply": reply});
-    let tmp = dir.join(outbox::TMP).join(&name);
-    let queued = dir.join(outbox::QUEUE).join(&name);
-    let mut file = fs::File::options()
-        .write(true)
-        .create_new(true)
-        .open(&tmp)?;
-    file.write_all(message.to_string().as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    fs::rename(&tmp, &queued)?;
-    fs::File::open(dir.join(outbox::QUEUE))?.sync_all()?;
-    Ok(queued)
+    outbox::enqueue(
+        dir,
+        &outbox::Message {
+            method: outbox::Method::Get,
+            path: path.to_string(),
+            body: json!({}),
+            reply: Some(reply.to_string()),
+        },
+    )
 }
 
 fn parse_cached(bytes: &[u8]) -> Option<Owner> {

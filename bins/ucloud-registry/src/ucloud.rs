@@ -7,7 +7,7 @@ use crate::store::read_json;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use ucloud_wire::names::{DriveId, UcloudName};
-use ucloud_wire::outbox::{self, Message};
+use ucloud_wire::outbox::{self, Message, Method};
 
 pub const REGISTER_DRIVE: &str = "/api/files/collections/control/register";
 pub const APPROVE_CONNECTION: &str = "/api/providers/integration/control/approveConnection";
@@ -31,6 +31,7 @@ pub fn home_drive_provider_id(provider: &str, name: &UcloudName) -> String {
 
 pub fn approve_connection(name: &UcloudName) -> Message {
     Message {
+        method: Method::Post,
         path: APPROVE_CONNECTION.into(),
         body: json!({"username": name.as_str()}),
         reply: None,
@@ -39,6 +40,7 @@ pub fn approve_connection(name: &UcloudName) -> Message {
 
 pub fn clear_connection(name: &UcloudName) -> Message {
     Message {
+        method: Method::Post,
         path: CLEAR_CONNECTION.into(),
         body: json!({"username": name.as_str()}),
         reply: None,
@@ -53,6 +55,7 @@ pub fn register_home_drive(provider: &str, name: &UcloudName) -> Message {
     let product = json!({"id": "home", "category": "home", "provider": provider});
     let spec = json!({"title": "Home", "product": product});
     Message {
+        method: Method::Post,
         path: REGISTER_DRIVE.into(),
         body: json!({"items": [{
             "product": product,

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use ucloud_http::client::{Client, ClientError, Response};
-use ucloud_wire::outbox::{self, Message};
+use ucloud_wire::outbox::{self, Message, Method};
 
 /// UCloud renews its tokens when less than this many seconds remain; so do we.
 const RENEW_BELOW: u64 = 180;
@@ -37,35 +37,6 @@ enum Outcome {
     Refused(u16, Vec<u8>),
     /// Try again later; why not now.
     Retry(String),
-}
-
-/// How a message is sent. POST unless the message says `"method":"GET"`: the monitor
-/// asks UCloud who owns a job (`/api/jobs/control/retrieve?id=`) through the outbox,
-/// so that the refresh token never leaves the sender. The field lives beside the
-/// ones `outbox::Message` knows, which ignores it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Method {
-    Post,
-    Get,
-}
-
-impl Method {
-    fn of(bytes: &[u8]) -> Result<Method, String> {
-        let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-        match v.get("method") {
-            None | Some(Value::Null) => Ok(Method::Post),
-            Some(Value::String(m)) if m == "POST" => Ok(Method::Post),
-            Some(Value::String(m)) if m == "GET" => Ok(Method::Get),
-            Some(other) => Err(format!("method {other} is neither \"GET\" nor \"POST\"")),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Method::Post => "POST",
-            Method::Get => "GET",
-        }
-    }
 }
 
 fn now() -> u64 {
@@ -170,13 +141,13 @@ impl Sender {
         Ok(token)
     }
 
-    fn attempt(&mut self, method: Method, message: &Message) -> Outcome {
+    fn attempt(&mut self, message: &Message) -> Outcome {
         let token = match self.access_token() {
             Ok(t) => t,
             Err(why) => return Outcome::Retry(why),
         };
         let authorization = format!("Bearer {token}");
-        let result = match method {
+        let result = match message.method {
             Method::Post => self.client.send(
                 "POST",
                 &message.path,
@@ -245,12 +216,7 @@ impl Sender {
                 )))
             }
         };
-        let parsed = Message::from_json(&bytes).and_then(|m| {
-            Method::of(&bytes)
-                .map(|method| (m, method))
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-        });
-        let (message, method) = match parsed {
+        let message = match Message::from_json(&bytes) {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("ucloud-sender: {name}: not a valid message ({e}); moved to failed/");
@@ -263,7 +229,7 @@ impl Sender {
         loop {
             attempts += 1;
             let started = Instant::now();
-            match self.attempt(method, &message) {
+            match self.attempt(&message) {
                 Outcome::Delivered(status, body) => {
                     if let Some(tag) = &message.reply {
                         write_atomically(
@@ -285,7 +251,7 @@ impl Sender {
                     })?;
                     eprintln!(
                         "ucloud-sender: delivered {name} {} {} -> {status} ({} ms){}",
-                        method.name(),
+                        message.method.name(),
                         message.path,
                         started.elapsed().as_millis(),
                         message
@@ -299,7 +265,7 @@ impl Sender {
                 Outcome::Refused(status, body) => {
                     eprintln!(
                         "ucloud-sender: UCloud refused {name} {} {} -> {status}: {}; moved to failed/",
-                        method.name(),
+                        message.method.name(),
                         message.path,
                         excerpt(&body)
                     );
@@ -312,7 +278,7 @@ impl Sender {
                 Outcome::Retry(why) => {
                     eprintln!(
                         "ucloud-sender: {name} {} {} not delivered (try {attempts}): {why}",
-                        method.name(),
+                        message.method.name(),
                         message.path
                     );
                     if once && attempts >= ONCE_ATTEMPTS {
@@ -382,20 +348,6 @@ mod tests {
     }
 
     #[test]
-    fn the_method_is_post_unless_the_message_says_get() {
-        assert_eq!(
-            Method::of(br#"{"path":"/api/a","body":{}}"#),
-            Ok(Method::Post)
-        );
-        assert_eq!(
-            Method::of(br#"{"path":"/api/a","body":{},"method":"GET"}"#),
-            Ok(Method::Get)
-        );
-        assert!(Method::of(br#"{"path":"/api/a","body":{},"method":"DELETE"}"#).is_err());
-        assert!(Method::of(br#"{"path":"/api/a","body":{},"method":1}"#).is_err());
-    }
-
-    #[test]
     fn expiry_is_read_from_the_payload() {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
         let token = format!("{}.{}.sig", b64("{}"), b64(r#"{"exp":1234}"#));
@@ -427,6 +379,7 @@ mod tests {
         let queued = outbox::enqueue(
             &dir,
             &Message {
+                method: Method::Post,
                 path: "/api/x".into(),
                 body: json!({}),
                 reply: None,

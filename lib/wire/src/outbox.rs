@@ -15,9 +15,29 @@ pub const FAILED: &str = "failed";
 /// The longest reply tag: room for a prefix and the file name of any UCloud user.
 pub const MAX_TAG: usize = 250;
 
-/// One call to UCloud: `POST {ucloud_url}{path}` with `body`.
+/// How the sender makes the call: POST with the body (everything the provider tells
+/// UCloud), or GET without one (a question, such as the monitor's
+/// `/api/jobs/control/retrieve?id=`, whose answer comes back as a reply).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Method {
+    #[default]
+    Post,
+    Get,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Post => "POST",
+            Method::Get => "GET",
+        }
+    }
+}
+
+/// One call to UCloud: `{method} {ucloud_url}{path}`, with `body` for a POST.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Message {
+    pub method: Method,
     pub path: String,
     pub body: Value,
     /// When set, the sender stores UCloud's answer as `replies/<reply>.json`.
@@ -43,6 +63,9 @@ impl Message {
         if let Some(reply) = &self.reply {
             v["reply"] = json!(reply);
         }
+        if self.method == Method::Get {
+            v["method"] = json!("GET");
+        }
         v
     }
 
@@ -62,7 +85,18 @@ impl Message {
             Some(Value::String(tag)) if is_valid_tag(tag) => Some(tag.clone()),
             Some(_) => return Err(invalid("reply must be a tag of [A-Za-z0-9_.-]".into())),
         };
+        let method = match v.get("method") {
+            None | Some(Value::Null) => Method::Post,
+            Some(Value::String(m)) if m == "POST" => Method::Post,
+            Some(Value::String(m)) if m == "GET" => Method::Get,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "method {other:?} is neither \"GET\" nor \"POST\""
+                )))
+            }
+        };
         Ok(Message {
+            method,
             path: path.to_string(),
             body,
             reply,
@@ -124,11 +158,13 @@ mod tests {
     fn messages_queue_in_order_and_round_trip() {
         let dir = scratch("order");
         let first = Message {
+            method: Method::Post,
             path: "/api/a".into(),
             body: json!({"n": 1}),
             reply: Some("drive-41".into()),
         };
         let second = Message {
+            method: Method::Get,
             path: "/api/b".into(),
             body: json!({"n": 2}),
             reply: None,
@@ -153,6 +189,7 @@ mod tests {
     fn bad_messages_are_refused() {
         let dir = scratch("refusals");
         let bad_tag = Message {
+            method: Method::Post,
             path: "/api/a".into(),
             body: json!({}),
             reply: Some("../x".into()),
@@ -163,6 +200,8 @@ mod tests {
             r#"{"path":"/api/../x","body":{}}"#,
             r#"{"path":"/api/a"}"#,
             r#"{"path":"/api/a","body":{},"reply":"a/b"}"#,
+            r#"{"path":"/api/a","body":{},"method":"DELETE"}"#,
+            r#"{"path":"/api/a","body":{},"method":1}"#,
             "nonsense",
         ] {
             assert!(Message::from_json(text.as_bytes()).is_err(), "{text}");
