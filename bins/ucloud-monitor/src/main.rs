@@ -177,14 +177,10 @@ fn run(o: Options) -> Result<(), Error> {
     loop {
         let now = Instant::now();
         if now >= next_poll {
-            let started = Instant::now();
             monitor.poll()?;
             polls += 1;
-            if polls % SWEEP_EVERY == 0 {
+            if polls.is_multiple_of(SWEEP_EVERY) {
                 monitor.sweep()?;
-            }
-            if std::env::var_os("UCLOUD_MONITOR_TRACE").is_some() {
-                eprintln!("ucloud-monitor: poll took {:?}", started.elapsed());
             }
             next_poll = Instant::now() + o.interval;
         }
