@@ -30,7 +30,8 @@ account that runs it is the account UCloud will use.
   --socket PATH       the registry socket (default: @SOCKET@)
 
 Exit codes: 0 done, 64 usage, 69 the registry cannot be reached, 77 refused (the
-message says why), 70 internal error. See ucloud-connect(1).
+message says why), 78 the registry's installation is misconfigured, 70 internal
+error. See ucloud-connect(1).
 ";
 
 const EXIT_USAGE: u8 = 64;

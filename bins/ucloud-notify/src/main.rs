@@ -44,6 +44,11 @@ fn main() {
             return;
         }
     };
+    // A mistyped flag is said, never fatal: a failing hook would requeue the job.
+    let extra = args.finish();
+    if !extra.is_empty() {
+        eprintln!("ucloud-notify: ignoring unknown arguments {extra:?} (see --help)");
+    }
     let env = |name: &str| std::env::var(name).unwrap_or_default();
     let event = match env("SLURM_SCRIPT_CONTEXT").as_str() {
         "prolog_slurmctld" => "start",
