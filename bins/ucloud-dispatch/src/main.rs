@@ -13,6 +13,7 @@ mod envelope;
 mod error;
 mod exec;
 mod mapping;
+mod nss;
 mod sanitize;
 #[allow(unsafe_code)]
 mod sys;
@@ -88,6 +89,8 @@ fn decide(record: &mut audit::Record) -> Result<Allowed, Error> {
     let channel = sys::take_envelope_fd();
     checks::privileges()?;
     let site = checks::site_config()?;
+    // Before the first account lookup (the caller check).
+    nss::leave_out(&site.nss_skip)?;
     caller::check(&site)?;
     let install = checks::installation(site)?;
     let envelope = envelope::read(channel)?;
@@ -216,6 +219,7 @@ mod tests {
             ("verify.rs", include_str!("verify.rs")),
             ("transfer.rs", include_str!("transfer.rs")),
             ("sys.rs", include_str!("sys.rs")),
+            ("nss.rs", include_str!("nss.rs")),
         ];
         for (name, text) in sources {
             // Unit tests (which may run commands) are not the dispatcher's code.

@@ -7,6 +7,7 @@ use nix::sys::signal::Signal;
 use nix::sys::signal::{
     sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow,
 };
+use std::ffi::CStr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 /// Whether `fd` is an open descriptor of this process.
@@ -120,5 +121,27 @@ pub fn place_fd(fd: OwnedFd, target: RawFd) -> std::io::Result<OwnedFd> {
             return Err(err);
         }
         Ok(OwnedFd::from_raw_fd(target))
+    }
+}
+
+extern "C" {
+    /// glibc's override of one nsswitch.conf line for this process (<nss.h>).
+    fn __nss_configure_lookup(
+        dbname: *const libc::c_char,
+        service_line: *const libc::c_char,
+    ) -> libc::c_int;
+}
+
+/// Makes this process's lookups in `database` use `services` instead of the line in
+/// nsswitch.conf. Must run before the first lookup in that database.
+pub fn nss_configure_lookup(database: &CStr, services: &CStr) -> std::io::Result<()> {
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call; glibc
+    // parses the line into its own storage and keeps neither pointer. The process is
+    // single-threaded, so no lookup runs concurrently with the change.
+    let rc = unsafe { __nss_configure_lookup(database.as_ptr(), services.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }

@@ -47,6 +47,9 @@ pub struct SiteConfig {
     pub ucloud_ca: String,
     /// The account the sender runs as (the only reader of the refresh token).
     pub sender_user: String,
+    /// NSS modules the dispatcher leaves out of nsswitch.conf's passwd, group and
+    /// initgroups lines (default `systemd`); see ucloud-dispatch(8).
+    pub nss_skip: Vec<String>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -99,6 +102,7 @@ impl SiteConfig {
             ucloud_url: String::new(),
             ucloud_ca: String::new(),
             sender_user: String::new(),
+            nss_skip: vec!["systemd".into()],
         };
         let mut strict = false;
         let mut claim = String::from("ucloudUsername");
@@ -148,6 +152,17 @@ impl SiteConfig {
                 "mapping_expire_after_ms" => config.mapping_expire_after_ms = Some(number(key)?),
                 "ucloud_url" => config.ucloud_url = value.trim_end_matches('/').to_string(),
                 "ucloud_ca" => config.ucloud_ca = value.to_string(),
+                "nss_skip" => {
+                    config.nss_skip = value.split_whitespace().map(String::from).collect();
+                    if let Some(bad) = config.nss_skip.iter().find(|m| !is_nss_module_name(m)) {
+                        return Err(err(
+                            line_no,
+                            format!(
+                                "nss_skip: {bad:?} is not an NSS module name (letters, digits, _)"
+                            ),
+                        ));
+                    }
+                }
                 _ => match key.strip_prefix("timeout.") {
                     Some(call) if calls::is_valid_call_name(call) => {
                         config.call_timeouts.insert(call.to_string(), number(key)?);
@@ -203,6 +218,13 @@ impl SiteConfig {
     }
 }
 
+/// What nsswitch.conf can name as a service (`files`, `sss`, `ldap`, `systemd`).
+fn is_nss_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +239,19 @@ mod tests {
         assert_eq!(c.user_mode, UserMode::Header);
         assert_eq!(c.timeout_for("files.browse"), calls::DEFAULT_TIMEOUT_SECS);
         assert_eq!(c.timeout_for("files.download"), calls::LONG_TIMEOUT_SECS);
+        assert_eq!(c.nss_skip, ["systemd"]);
+    }
+
+    #[test]
+    fn nss_skip_takes_module_names_only() {
+        let c = SiteConfig::parse(&format!("{MINIMAL}nss_skip =\n")).unwrap();
+        assert!(c.nss_skip.is_empty());
+        let c = SiteConfig::parse(&format!("{MINIMAL}nss_skip = systemd  mymachines\n")).unwrap();
+        assert_eq!(c.nss_skip, ["systemd", "mymachines"]);
+        for bad in ["[NOTFOUND=return]", "../lib/x", "a:b", "sys\u{0}temd"] {
+            let e = SiteConfig::parse(&format!("{MINIMAL}nss_skip = {bad}\n")).unwrap_err();
+            assert_eq!(e.line, 4, "{bad}");
+        }
     }
 
     #[test]
