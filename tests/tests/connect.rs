@@ -191,7 +191,26 @@ impl Drop for Person<'_> {
     }
 }
 
-/// A plain HTTP GET to the gateway, as a browser would send it (no token).
+/// The browser follows a link as UCloud hands it out: over TLS through the
+/// balancer (the public URL), with the stack CA, no token.
+fn browser_follow(stack: &Stack, url: &str) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--cacert", &stack.get("UCLOUD_IM_CA"), url])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "curl {url}: {}", text(&out));
+    let raw = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_string(), body.to_string())
+}
+
+/// A plain HTTP GET to the direct gateway, as a browser would send it (no token):
+/// for hostile targets a link would never carry.
 fn browser_get(stack: &Stack, target: &str) -> (u16, String, String) {
     let url = stack.get("UCLOUD_IM_GATEWAY_URL");
     let authority = url
@@ -276,7 +295,7 @@ fn connect_page_redeem_use_and_unlink() {
         .unwrap_or_else(|| panic!("{answer}"));
     let prefix = format!(
         "{}/ucloud/{}/connect?ticket=",
-        stack.get("UCLOUD_IM_GATEWAY_URL"),
+        stack.get("UCLOUD_IM_LB_URL"),
         stack.get("UCLOUD_IM_PROVIDER")
     );
     let ticket = redirect
@@ -288,8 +307,7 @@ fn connect_page_redeem_use_and_unlink() {
     );
 
     // The browser follows the redirect: a page with the exact command, no token needed.
-    let target = &redirect[stack.get("UCLOUD_IM_GATEWAY_URL").len()..];
-    let (status, head, page) = browser_get(&stack, target);
+    let (status, head, page) = browser_follow(&stack, redirect);
     assert_eq!(status, 200, "{head}\n{page}");
     let head = head.to_ascii_lowercase();
     assert!(head.contains("content-type: text/html"), "{head}");

@@ -1,7 +1,10 @@
 //! The file calls through the whole chain, as the mapped users, on real files:
 //! folder, move, copy, trash, delete with their conflict policies and bulk
-//! undo; downloads and chunked uploads over the data channel (raw HTTP here, as a
-//! browser would send it), including hostile tokens and broken-off uploads.
+//! undo; downloads and chunked uploads over the data channel, including hostile
+//! tokens and broken-off uploads. The links point at the public URL, the balancer
+//! (https); one test follows them as given with curl, the others speak raw HTTP/1.1
+//! to the direct gateway behind it (the same program), so that every byte on the
+//! wire is theirs to shape.
 #![forbid(unsafe_code)]
 
 use serde_json::{json, Value};
@@ -508,13 +511,41 @@ impl Answer {
     }
 }
 
-/// `http://host:port/path?query` → (host:port, /path?query).
+/// A link under the public URL (the balancer) → the direct gateway's `host:port`
+/// and the link's `/path?query`, for raw HTTP/1.1 to the gateway behind it.
 fn split_url(url: &str) -> (String, String) {
-    let rest = url
+    let stack = Stack::load();
+    let target = url
+        .strip_prefix(&stack.get("UCLOUD_IM_LB_URL"))
+        .unwrap_or_else(|| panic!("{url} is not under the public URL (the balancer)"));
+    let gateway = stack.get("UCLOUD_IM_GATEWAY_URL");
+    let host = gateway
         .strip_prefix("http://")
-        .expect("the stack's public URL is plain http");
-    let i = rest.find('/').unwrap();
-    (rest[..i].to_string(), rest[i..].to_string())
+        .expect("the direct gateway speaks plain http");
+    (host.to_string(), target.to_string())
+}
+
+/// curl through the balancer with the stack CA: (status, body), the headers in
+/// `headers_file`.
+fn curl_tls(stack: &Stack, args: &[&str], headers_file: &std::path::Path) -> (u16, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert", &stack.get("UCLOUD_IM_CA"), "-D"])
+        .arg(headers_file)
+        .args(args)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = std::fs::read_to_string(headers_file).unwrap();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {head:?}"));
+    (status, out.stdout)
 }
 
 fn read_answer(conn: &mut TcpStream) -> Answer {
@@ -614,8 +645,8 @@ fn downloads_stream_with_length_disposition_cors_and_range() {
         .unwrap()
         .to_string();
     assert!(
-        url.starts_with(&stack.get("UCLOUD_IM_GATEWAY_URL")),
-        "link under the public URL: {url}"
+        url.starts_with(&format!("{}/", stack.get("UCLOUD_IM_LB_URL"))),
+        "link under the public URL, the balancer: {url}"
     );
     let a = http(&url, "GET", &[], b"");
     assert_eq!(a.status, 200);
@@ -663,6 +694,73 @@ fn downloads_stream_with_length_disposition_cors_and_range() {
     // A file Alice may not read: 403 with a why, no link made.
     let (st, body) = create_download(&stack, ALICE, &format!("/{d}/{}/locked", s.dir));
     refused(st, &body, 403, "unreadable file");
+}
+
+/// What UCloud hands a browser works as given: over TLS through the balancer, with
+/// the stack CA, to the file as its owner wrote or will read it.
+#[test]
+fn links_work_through_the_balancer() {
+    let stack = Stack::load();
+    let alice = stack.local_of(ALICE);
+    let d = stack.drive_of(ALICE);
+    let s = Scratch::new(&alice);
+    let heads = std::env::temp_dir().join(unique("files-tls-head"));
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+
+    let (url, token) = create_upload(
+        &stack,
+        ALICE,
+        &format!("/{d}/{}/via-tls.bin", s.dir),
+        "REJECT",
+    );
+    assert!(url.starts_with("https://"), "upload link {url}");
+    let body_file = std::env::temp_dir().join(unique("files-tls-body"));
+    std::fs::write(&body_file, &data).unwrap();
+    let (status, answer) = curl_tls(
+        &stack,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &format!("Chunked-Upload-Token: {token}"),
+            "-H",
+            "Chunked-Upload-Offset: 0",
+            "-H",
+            &format!("Chunked-Upload-Total-Size: {}", data.len()),
+            "--data-binary",
+            &format!("@{}", body_file.display()),
+            &url,
+        ],
+        &heads,
+    );
+    let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+    assert_eq!(
+        (status, &answer["complete"]),
+        (200, &json!(true)),
+        "{answer}"
+    );
+    assert_eq!(std::fs::read(s.local("via-tls.bin")).unwrap(), data);
+    assert_eq!(
+        as_user(&alice, &format!("stat -c %U {}/via-tls.bin", s.dir)).trim(),
+        alice
+    );
+
+    let (st, body) = create_download(&stack, ALICE, &format!("/{d}/{}/via-tls.bin", s.dir));
+    assert_eq!(st, 200, "{body}");
+    let url = body["responses"][0]["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, got) = curl_tls(&stack, &[&url], &heads);
+    assert_eq!(status, 200);
+    assert_eq!(got, data, "the download through the balancer is the file");
+    let head = std::fs::read_to_string(&heads)
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.contains("content-disposition: attachment"), "{head}");
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    let _ = std::fs::remove_file(&heads);
+    let _ = std::fs::remove_file(&body_file);
 }
 
 fn create_upload(stack: &Stack, user: &str, id: &str, policy: &str) -> (String, String) {

@@ -28,18 +28,20 @@ usage:
   ucloud-sim token --signing-key PEM --state DIR [--user NAME [--user-claim CLAIM]]
                    [--lifetime SECONDS] [--iat-offset SECONDS] [--issuer ISS]
                    [--subject SUB] [--role ROLE] [--fresh]
-  ucloud-sim call  [--url URL] [--ca PEM] --signing-key PEM --state DIR [--user NAME]
-                   [--user-claim CLAIM] [--token TOKEN] METHOD PATH [JSON_BODY]
-  ucloud-sim follow [--url URL] [--ca PEM] --signing-key PEM --state DIR --user NAME
-                   [--token TOKEN] [--cancel-after N] [--raw HEX] JOB_JSON
+  ucloud-sim call  [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
+                   [--user NAME] [--user-claim CLAIM] METHOD PATH [JSON_BODY]
+  ucloud-sim follow [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
+                   --user NAME [--cancel-after N] [--raw HEX] JOB_JSON
 
   init   create the state when missing; print the provider's refresh token
   serve  HTTPS server for the endpoints a provider calls (and POST /sim/jobs)
   token  print a UCloud bearer token (cached, reused until < 3 min remain)
   call   call the provider like UCloud; print the status, then the body
-         (--url defaults to $UCLOUD_IM_GATEWAY_URL)
+         (--url defaults to $UCLOUD_IM_LB_URL, else $UCLOUD_IM_GATEWAY_URL;
+         --ca to $UCLOUD_IM_CA for an https URL)
   follow follow a job's output over the WebSocket like UCloud; one JSON line per
-         message, then a close line (or the HTTP status when the upgrade is refused)
+         message, then a close line (or the HTTP status when the upgrade is refused);
+         --url and --ca default as for call
 
 See ucloud-sim(1).
 ";
@@ -72,6 +74,32 @@ impl SimError {
             SimError::Call(_) => 1,
         }
     }
+}
+
+/// Where `call` and `follow` reach the provider: `--url`, else the balancer of the
+/// local stack (`UCLOUD_IM_LB_URL`, the way UCloud reaches a site), else the direct
+/// gateway (`UCLOUD_IM_GATEWAY_URL`). An https URL is verified against `--ca`, else
+/// `UCLOUD_IM_CA`, else the system's roots.
+fn provider_url(
+    url: Option<String>,
+    ca: Option<PathBuf>,
+) -> Result<(String, Option<PathBuf>), SimError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let url = url
+        .or_else(|| env("UCLOUD_IM_LB_URL"))
+        .or_else(|| env("UCLOUD_IM_GATEWAY_URL"))
+        .ok_or_else(|| {
+            SimError::Usage(
+                "--url is missing and neither UCLOUD_IM_LB_URL nor UCLOUD_IM_GATEWAY_URL is set"
+                    .into(),
+            )
+        })?;
+    let ca = ca.or_else(|| {
+        url.starts_with("https://")
+            .then(|| env("UCLOUD_IM_CA").map(PathBuf::from))
+            .flatten()
+    });
+    Ok((url, ca))
 }
 
 fn usage(e: pico_args::Error) -> SimError {
@@ -219,12 +247,7 @@ fn call(mut args: Arguments) -> Result<(), SimError> {
             "PATH must start with /, got {path:?}"
         )));
     }
-    let url = match url {
-        Some(u) => u,
-        None => std::env::var("UCLOUD_IM_GATEWAY_URL").map_err(|_| {
-            SimError::Usage("--url is missing and UCLOUD_IM_GATEWAY_URL is not set".into())
-        })?,
-    };
+    let (url, ca) = provider_url(url, ca)?;
     let store = match &state {
         Some(dir) => Some(store::Store::open(dir)?),
         None => None,
@@ -290,12 +313,7 @@ fn follow(mut args: Arguments) -> Result<(), SimError> {
         .map_err(|_| SimError::Usage("follow needs JOB_JSON after its options".into()))?;
     no_more(args)?;
     let raw = raw.as_deref().map(follow::parse_hex).transpose()?;
-    let url = match url {
-        Some(u) => u,
-        None => std::env::var("UCLOUD_IM_GATEWAY_URL").map_err(|_| {
-            SimError::Usage("--url is missing and UCLOUD_IM_GATEWAY_URL is not set".into())
-        })?,
-    };
+    let (url, ca) = provider_url(url, ca)?;
     let token = match given_token {
         Some(t) => t,
         None => {
