@@ -1,0 +1,283 @@
+//! ucloud-jobscript: the part of the jobs.create plugin a shell is slow at. Run by
+//! the plugin as the calling user, it reads the request (UCloud's jobs), the site's
+//! product and application tables and the caller's drives, checks every job,
+//! renders each one's batch script, makes the job folders with the scripts in them,
+//! and prints one line per job for the plugin to `eval`:
+//!
+//!   submit 'ID' 'FOLDER'            (with --print: submit 'ID' 'FOLDER' 'SCRIPT')
+//!   refuse STATUS CODE 'WHY'        (the only line; nothing was made)
+//!
+//! Every value is single-quoted. See ucloud-jobscript(8) and ucloud-im-jobs(7).
+#![forbid(unsafe_code)]
+
+mod render;
+
+use render::{shell_quote, Planned, Refusal, Site};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const HELP: &str = "\
+usage: ucloud-jobscript --etc DIR --drives DIR --user UCLOUD_NAME --tag TAG [--print] REQUEST_FILE
+       ucloud-jobscript -h|--help
+
+Run by the jobs.create plugin as the calling user. Checks the jobs of REQUEST_FILE
+({\"items\":[Job,...]}) against DIR/products/jobs.json, DIR/jobs/applications.json
+and the caller's rows of the drive table, makes <home>/ucloud-jobs/<job id>/ with
+its job.sbatch for each job, and prints one line per job:
+  submit 'ID' 'FOLDER'
+or, when a job is refused (then nothing is made), the one line
+  refuse STATUS CODE 'WHY'
+--print makes nothing and adds each script: submit 'ID' 'FOLDER' 'SCRIPT'.
+Exit 0 with one of those; 64 on a wrong command line. See ucloud-jobscript(8).
+";
+
+/// The largest request or table read (UCloud's bulk requests are far smaller).
+const MAX_INPUT: u64 = 8 << 20;
+
+struct Args {
+    etc: PathBuf,
+    drives: PathBuf,
+    user: String,
+    tag: String,
+    print: bool,
+    request: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Err(why) => {
+            eprintln!("ucloud-jobscript: {why} (try --help)");
+            return ExitCode::from(64);
+        }
+    };
+    let lines = match run(&args) {
+        Ok(lines) => lines,
+        Err(refusal) => vec![format!(
+            "refuse {} {} {}",
+            refusal.status,
+            refusal.code,
+            shell_quote(&refusal.why)
+        )],
+    };
+    let mut out = std::io::stdout().lock();
+    let written = lines
+        .iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ucloud-jobscript: cannot write the plan: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = pico_args::Arguments::from_env();
+    if args.contains(["-h", "--help"]) {
+        return Ok(None);
+    }
+    let need =
+        |v: Result<Option<String>, pico_args::Error>, name: &str| -> Result<String, String> {
+            v.map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{name} is missing"))
+        };
+    let etc = need(args.opt_value_from_str("--etc"), "--etc")?;
+    let drives = need(args.opt_value_from_str("--drives"), "--drives")?;
+    let user = need(args.opt_value_from_str("--user"), "--user")?;
+    let tag = need(args.opt_value_from_str("--tag"), "--tag")?;
+    let print = args.contains("--print");
+    let rest = args.finish();
+    let [request] = rest.as_slice() else {
+        return Err("expected one REQUEST_FILE after the options".into());
+    };
+    if !tag
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        || tag.is_empty()
+    {
+        return Err(format!("--tag {tag:?} must be a plain name"));
+    }
+    Ok(Some(Args {
+        etc: etc.into(),
+        drives: drives.into(),
+        user,
+        tag,
+        print,
+        request: request.into(),
+    }))
+}
+
+fn site_config(why: String) -> Refusal {
+    Refusal {
+        status: 500,
+        code: "SITE_CONFIG",
+        why,
+    }
+}
+
+/// A JSON file of at most MAX_INPUT bytes.
+fn read_json(path: &Path) -> Result<Value, String> {
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_INPUT + 1).read_to_end(&mut text))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_INPUT {
+        return Err(format!(
+            "{} is larger than {MAX_INPUT} bytes",
+            path.display()
+        ));
+    }
+    serde_json::from_slice(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))
+}
+
+/// `key` of a site table, a list (absent: empty).
+fn table(etc: &Path, file: &str, key: &str) -> Result<Vec<Value>, Refusal> {
+    let path = etc.join(file);
+    let value = read_json(&path).map_err(site_config)?;
+    match value.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(list)) => Ok(list.clone()),
+        Some(_) => Err(site_config(format!(
+            "{}: {key} is not a list",
+            path.display()
+        ))),
+    }
+}
+
+/// The caller's rows of the drive table (one JSON file per drive).
+fn drives_of(dir: &Path, user: &str) -> Result<Vec<Value>, Refusal> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        site_config(format!(
+            "cannot read the drive table {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let mut mine = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| {
+                site_config(format!(
+                    "cannot read the drive table {}: {e}",
+                    dir.display()
+                ))
+            })?
+            .path();
+        let row = read_json(&path).map_err(site_config)?;
+        if row.get("ucloud").and_then(Value::as_str) == Some(user) {
+            mine.push(row);
+        }
+    }
+    // A stable order, whatever the directory's.
+    mine.sort_by_key(|row| row.get("id").and_then(Value::as_str).map(str::to_string));
+    Ok(mine)
+}
+
+fn run(args: &Args) -> Result<Vec<String>, Refusal> {
+    let request = read_json(&args.request).map_err(|why| Refusal {
+        status: 400,
+        code: "BAD_REQUEST",
+        why,
+    })?;
+    let products = table(&args.etc, "products/jobs.json", "products")?;
+    let applications = table(&args.etc, "jobs/applications.json", "applications")?;
+    let drives = drives_of(&args.drives, &args.user)?;
+    let site = Site {
+        products: &products,
+        applications: &applications,
+        drives: &drives,
+        user: &args.user,
+        tag: &args.tag,
+    };
+    let jobs = render::plan(&request, &site)?;
+    if args.print {
+        return Ok(jobs
+            .iter()
+            .map(|j| {
+                format!(
+                    "submit {} {} {}",
+                    shell_quote(&j.id),
+                    shell_quote(&j.folder),
+                    shell_quote(&j.script)
+                )
+            })
+            .collect());
+    }
+    make_folders(&jobs)?;
+    Ok(jobs
+        .iter()
+        .map(|j| format!("submit {} {}", shell_quote(&j.id), shell_quote(&j.folder)))
+        .collect())
+}
+
+/// Each job's folder with its job.sbatch, all or none: a folder that already exists
+/// means that job was submitted before, and it is never submitted twice.
+fn make_folders(jobs: &[Planned]) -> Result<(), Refusal> {
+    let mut made: Vec<&Path> = Vec::new();
+    let undo = |made: &[&Path], refusal: Refusal| {
+        for folder in made {
+            let _ = std::fs::remove_dir_all(folder);
+        }
+        refusal
+    };
+    for job in jobs {
+        let folder = Path::new(&job.folder);
+        if let Some(parent) = folder.parent() {
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                return Err(undo(
+                    &made,
+                    Refusal {
+                        status: 500,
+                        code: "JOB_FOLDER",
+                        why: format!("cannot make {}: {e}", parent.display()),
+                    },
+                ));
+            }
+        }
+        match std::fs::create_dir(folder) {
+            Ok(()) => made.push(folder),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(undo(
+                    &made,
+                    Refusal {
+                        status: 409,
+                        code: "ALREADY_EXISTS",
+                        why: format!(
+                            "job {} already has a folder ({}): it was submitted before",
+                            job.id, job.folder
+                        ),
+                    },
+                ))
+            }
+            Err(e) => {
+                return Err(undo(
+                    &made,
+                    Refusal {
+                        status: 500,
+                        code: "JOB_FOLDER",
+                        why: format!("cannot make {}: {e}", job.folder),
+                    },
+                ))
+            }
+        }
+        if let Err(e) = std::fs::write(folder.join("job.sbatch"), &job.script) {
+            return Err(undo(
+                &made,
+                Refusal {
+                    status: 500,
+                    code: "JOB_FOLDER",
+                    why: format!("cannot write {}/job.sbatch: {e}", job.folder),
+                },
+            ));
+        }
+    }
+    Ok(())
+}
