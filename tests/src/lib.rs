@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The running local stack, as described by its env file.
 pub struct Stack {
@@ -77,9 +78,13 @@ impl Stack {
             .unwrap_or_else(|| panic!("UCLOUD_IM_USERS has no user {ucloud_name}"))
     }
 
+    /// The simulator with none of the variables it takes defaults from: what a
+    /// test's own environment holds (a sourced stack.env, say) changes nothing.
     fn sim(&self) -> Command {
         let mut command = Command::new(self.bin("ucloud-sim"));
-        command.env_remove("UCLOUD_IM_GATEWAY_URL");
+        for name in ["UCLOUD_IM_LB_URL", "UCLOUD_IM_GATEWAY_URL", "UCLOUD_IM_CA"] {
+            command.env_remove(name);
+        }
         command
     }
 
@@ -100,7 +105,8 @@ impl Stack {
         token
     }
 
-    /// One call to the gateway the way UCloud makes it (as `user`, or without a user).
+    /// One call the way UCloud makes it (as `user`, or without a user), in plain HTTP
+    /// to the direct gateway (`UCLOUD_IM_GATEWAY_URL`), no balancer in between.
     /// The body is parsed JSON, a JSON string for a text body, `Null` for an empty one.
     pub fn call(
         &self,
@@ -123,14 +129,43 @@ impl Stack {
     ) -> (u16, serde_json::Value) {
         let url = self.get("UCLOUD_IM_GATEWAY_URL");
         let mut command = self.sim();
-        command
-            .arg("call")
-            .args(["--url", &url])
-            .args(["--signing-key", &self.get("UCLOUD_SIM_PRIVATE_KEY")])
-            .args(["--state", &self.get("UCLOUD_IM_STATE")]);
+        command.arg("call").args(["--url", &url]);
         if url.starts_with("https:") {
             command.args(["--ca", &self.get("UCLOUD_IM_CA")]);
         }
+        self.sim_call(command, user, token, method, path, body)
+    }
+
+    /// One call the way UCloud makes it, to where `ucloud-sim call` goes when given
+    /// no `--url` in the stack's environment: the balancer (`UCLOUD_IM_LB_URL`, TLS
+    /// verified against `UCLOUD_IM_CA`), as UCloud reaches a site.
+    pub fn call_public(
+        &self,
+        user: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut command = self.sim();
+        for name in ["UCLOUD_IM_LB_URL", "UCLOUD_IM_GATEWAY_URL", "UCLOUD_IM_CA"] {
+            command.env(name, self.get(name));
+        }
+        command.arg("call");
+        self.sim_call(command, user, None, method, path, body)
+    }
+
+    fn sim_call(
+        &self,
+        mut command: Command,
+        user: Option<&str>,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        command
+            .args(["--signing-key", &self.get("UCLOUD_SIM_PRIVATE_KEY")])
+            .args(["--state", &self.get("UCLOUD_IM_STATE")]);
         if let Some(user) = user {
             command.args(["--user", user]);
         }
@@ -149,6 +184,74 @@ impl Stack {
             .unwrap_or_else(|why| panic!("ucloud-sim call {method} {path}: {why}"))
     }
 
+    /// Follows a link the way a browser follows one UCloud handed it: the URL as
+    /// given (under the stack's public URL: https through the balancer), the server
+    /// verified against the stack CA. `args` are curl options placed before the URL
+    /// (method, headers, body).
+    pub fn follow_link(&self, url: &str, args: &[&str]) -> Fetched {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let heads = std::env::temp_dir().join(format!(
+            "ucloud-im-tests-head-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "120",
+                "--cacert",
+                &self.get("UCLOUD_IM_CA"),
+            ])
+            .arg("-D")
+            .arg(&heads)
+            .args(args)
+            .arg(url)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+        let head = std::fs::read_to_string(&heads).unwrap_or_default();
+        let _ = std::fs::remove_file(&heads);
+        if !output.status.success() {
+            panic!(
+                "curl {args:?} {url} failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Fetched::new(&head, output.stdout)
+            .unwrap_or_else(|why| panic!("curl {args:?} {url}: {why}"))
+    }
+
+    /// A link under the public URL (the balancer) rewritten onto the direct gateway
+    /// behind it: (`host:port`, `/path?query`), for tests that write every byte of
+    /// the plain HTTP/1.1 request themselves. The same program answers both.
+    pub fn direct_target(&self, url: &str) -> (String, String) {
+        let public = self.get("UCLOUD_IM_LB_URL");
+        let target = url
+            .strip_prefix(&public)
+            .filter(|rest| rest.starts_with('/'))
+            .unwrap_or_else(|| panic!("{url} is not under the public URL {public}"));
+        let gateway = self.get("UCLOUD_IM_GATEWAY_URL");
+        let authority = gateway
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("the direct gateway speaks plain http, got {gateway}"));
+        (authority.to_string(), target.to_string())
+    }
+
+    /// One counter or gauge of the stack's balancer (`UCLOUD_IM_LB_METRICS`), by its
+    /// full name with labels.
+    pub fn lb_metric(&self, name: &str) -> u64 {
+        let url = self.get("UCLOUD_IM_LB_METRICS");
+        let output = Command::new("curl")
+            .args(["-sS", "--max-time", "10", &url])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+        let text = checked(&format!("curl {url}"), &output);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} at {url}:\n{text}"))
+    }
+
     /// The audit log's lines (read as root, which the tests run as).
     pub fn audit_lines(&self) -> Vec<String> {
         let path = self.get("UCLOUD_IM_AUDIT_LOG");
@@ -157,6 +260,49 @@ impl Stack {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => panic!("cannot read the audit log {path}: {e}"),
         }
+    }
+}
+
+/// One HTTP answer as a client received it.
+pub struct Fetched {
+    /// The final status (an interim `100 Continue` is skipped).
+    pub status: u16,
+    /// The final response's head: status line and header lines.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Fetched {
+    /// From curl's `-D` dump, which holds every response head in a row (interim
+    /// ones first), and the body.
+    fn new(dump: &str, body: Vec<u8>) -> Result<Fetched, String> {
+        let head = dump
+            .split("\r\n\r\n")
+            .filter(|h| h.starts_with("HTTP/"))
+            .last()
+            .ok_or_else(|| format!("no response head in {dump:?}"))?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no status in {head:?}"))?;
+        Ok(Fetched {
+            status,
+            head: head.to_string(),
+            body,
+        })
+    }
+
+    /// A header's value (names are case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
@@ -297,6 +443,20 @@ mod tests {
             (204, serde_json::Value::Null)
         );
         assert!(parse_call_output("oops\n{}").is_err());
+    }
+
+    #[test]
+    fn fetched_is_the_final_response() {
+        let f = Fetched::new(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n",
+            b"hi".to_vec(),
+        )
+        .unwrap();
+        assert_eq!(f.status, 200);
+        assert_eq!(f.header("content-type"), Some("text/html"));
+        assert_eq!(f.header("content-length"), None);
+        assert_eq!(f.text(), "hi");
+        assert!(Fetched::new("", Vec::new()).is_err());
     }
 
     #[test]

@@ -191,24 +191,6 @@ impl Drop for Person<'_> {
     }
 }
 
-/// The browser follows a link as UCloud hands it out: over TLS through the
-/// balancer (the public URL), with the stack CA, no token.
-fn browser_follow(stack: &Stack, url: &str) -> (u16, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-i", "--cacert", &stack.get("UCLOUD_IM_CA"), url])
-        .output()
-        .expect("curl");
-    assert!(out.status.success(), "curl {url}: {}", text(&out));
-    let raw = String::from_utf8_lossy(&out.stdout).to_string();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, head.to_string(), body.to_string())
-}
-
 /// A plain HTTP GET to the direct gateway, as a browser would send it (no token):
 /// for hostile targets a link would never carry.
 fn browser_get(stack: &Stack, target: &str) -> (u16, String, String) {
@@ -306,10 +288,12 @@ fn connect_page_redeem_use_and_unlink() {
         "mapped before the ticket was redeemed"
     );
 
-    // The browser follows the redirect: a page with the exact command, no token needed.
-    let (status, head, page) = browser_follow(&stack, redirect);
-    assert_eq!(status, 200, "{head}\n{page}");
-    let head = head.to_ascii_lowercase();
+    // The browser follows the redirect as given, over TLS through the balancer: a
+    // page with the exact command, no token needed.
+    let shown = stack.follow_link(redirect, &[]);
+    let page = shown.text();
+    assert_eq!(shown.status, 200, "{}\n{page}", shown.head);
+    let head = shown.head.to_ascii_lowercase();
     assert!(head.contains("content-type: text/html"), "{head}");
     assert!(head.contains("cache-control: no-store"), "{head}");
     assert!(head.contains("referrer-policy: no-referrer"), "{head}");
@@ -318,6 +302,12 @@ fn connect_page_redeem_use_and_unlink() {
         page.contains(&format!(">{command}<")),
         "the page does not show {command:?}:\n{page}"
     );
+    // The same link on the direct gateway (plain HTTP, no balancer) shows the same
+    // page: showing it does not use the ticket up.
+    let (_, target) = stack.direct_target(redirect);
+    let (status, head, direct_page) = browser_get(&stack, &target);
+    assert_eq!(status, 200, "{head}\n{direct_page}");
+    assert_eq!(direct_page, page, "the direct gateway shows another page");
 
     // Before: UCloud's requests for this user are refused.
     let out = connect_as(&stack, &carol.name, &[ticket]);

@@ -511,41 +511,10 @@ impl Answer {
     }
 }
 
-/// A link under the public URL (the balancer) → the direct gateway's `host:port`
-/// and the link's `/path?query`, for raw HTTP/1.1 to the gateway behind it.
+/// A link as UCloud hands it out (under the public URL, the balancer), rewritten
+/// onto the direct gateway behind it: `(host:port, /path?query)` for raw HTTP/1.1.
 fn split_url(url: &str) -> (String, String) {
-    let stack = Stack::load();
-    let target = url
-        .strip_prefix(&stack.get("UCLOUD_IM_LB_URL"))
-        .unwrap_or_else(|| panic!("{url} is not under the public URL (the balancer)"));
-    let gateway = stack.get("UCLOUD_IM_GATEWAY_URL");
-    let host = gateway
-        .strip_prefix("http://")
-        .expect("the direct gateway speaks plain http");
-    (host.to_string(), target.to_string())
-}
-
-/// curl through the balancer with the stack CA: (status, body), the headers in
-/// `headers_file`.
-fn curl_tls(stack: &Stack, args: &[&str], headers_file: &std::path::Path) -> (u16, Vec<u8>) {
-    let out = Command::new("curl")
-        .args(["-sS", "--cacert", &stack.get("UCLOUD_IM_CA"), "-D"])
-        .arg(headers_file)
-        .args(args)
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let head = std::fs::read_to_string(headers_file).unwrap();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {head:?}"));
-    (status, out.stdout)
+    Stack::load().direct_target(url)
 }
 
 fn read_answer(conn: &mut TcpStream) -> Answer {
@@ -704,7 +673,6 @@ fn links_work_through_the_balancer() {
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
     let s = Scratch::new(&alice);
-    let heads = std::env::temp_dir().join(unique("files-tls-head"));
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
 
     let (url, token) = create_upload(
@@ -716,8 +684,8 @@ fn links_work_through_the_balancer() {
     assert!(url.starts_with("https://"), "upload link {url}");
     let body_file = std::env::temp_dir().join(unique("files-tls-body"));
     std::fs::write(&body_file, &data).unwrap();
-    let (status, answer) = curl_tls(
-        &stack,
+    let up = stack.follow_link(
+        &url,
         &[
             "-X",
             "POST",
@@ -729,15 +697,14 @@ fn links_work_through_the_balancer() {
             &format!("Chunked-Upload-Total-Size: {}", data.len()),
             "--data-binary",
             &format!("@{}", body_file.display()),
-            &url,
         ],
-        &heads,
     );
-    let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
+    let answer: Value = serde_json::from_slice(&up.body).unwrap_or(Value::Null);
     assert_eq!(
-        (status, &answer["complete"]),
+        (up.status, &answer["complete"]),
         (200, &json!(true)),
-        "{answer}"
+        "{}\n{answer}",
+        up.head
     );
     assert_eq!(std::fs::read(s.local("via-tls.bin")).unwrap(), data);
     assert_eq!(
@@ -751,15 +718,27 @@ fn links_work_through_the_balancer() {
         .as_str()
         .unwrap()
         .to_string();
-    let (status, got) = curl_tls(&stack, &[&url], &heads);
-    assert_eq!(status, 200);
-    assert_eq!(got, data, "the download through the balancer is the file");
-    let head = std::fs::read_to_string(&heads)
-        .unwrap()
-        .to_ascii_lowercase();
-    assert!(head.contains("content-disposition: attachment"), "{head}");
-    assert!(head.contains("access-control-allow-origin: *"), "{head}");
-    let _ = std::fs::remove_file(&heads);
+    assert!(url.starts_with("https://"), "download link {url}");
+    let down = stack.follow_link(&url, &[]);
+    assert_eq!(down.status, 200, "{}", down.head);
+    assert!(
+        down.body == data,
+        "the download through the balancer is not the file ({} bytes of {})",
+        down.body.len(),
+        data.len()
+    );
+    let disposition = down.header("content-disposition").unwrap_or_default();
+    assert!(disposition.starts_with("attachment"), "{}", down.head);
+    assert_eq!(
+        down.header("access-control-allow-origin"),
+        Some("*"),
+        "{}",
+        down.head
+    );
+    // A resumed download asks for a range; the balancer passes it through untouched.
+    let part = stack.follow_link(&url, &["-r", "1000-1099"]);
+    assert_eq!(part.status, 206, "{}", part.head);
+    assert_eq!(part.body, &data[1000..1100]);
     let _ = std::fs::remove_file(&body_file);
 }
 
