@@ -38,7 +38,7 @@ usage:
   token  print a UCloud bearer token (cached, reused until < 3 min remain)
   call   call the provider like UCloud; print the status, then the body
          (--url defaults to $UCLOUD_IM_LB_URL, else $UCLOUD_IM_GATEWAY_URL;
-         --ca to $UCLOUD_IM_CA for an https URL)
+         an https URL needs --ca, which defaults to $UCLOUD_IM_CA)
   follow follow a job's output over the WebSocket like UCloud; one JSON line per
          message, then a close line (or the HTTP status when the upgrade is refused);
          --url and --ca default as for call
@@ -79,7 +79,7 @@ impl SimError {
 /// Where `call` and `follow` reach the provider: `--url`, else the balancer of the
 /// local stack (`UCLOUD_IM_LB_URL`, the way UCloud reaches a site), else the direct
 /// gateway (`UCLOUD_IM_GATEWAY_URL`). An https URL is verified against `--ca`, else
-/// `UCLOUD_IM_CA`, else the system's roots.
+/// `UCLOUD_IM_CA`: there is no default trust, as the stack's CA is its own.
 fn provider_url(
     url: Option<String>,
     ca: Option<PathBuf>,
@@ -94,12 +94,15 @@ fn provider_url(
                     .into(),
             )
         })?;
-    let ca = ca.or_else(|| {
-        url.starts_with("https://")
-            .then(|| env("UCLOUD_IM_CA").map(PathBuf::from))
-            .flatten()
-    });
-    Ok((url, ca))
+    if !url.starts_with("https://") {
+        return Ok((url, ca));
+    }
+    match ca.or_else(|| env("UCLOUD_IM_CA").map(PathBuf::from)) {
+        Some(ca) => Ok((url, Some(ca))),
+        None => Err(SimError::Usage(format!(
+            "{url} is https: name the CA to trust with --ca or UCLOUD_IM_CA"
+        ))),
+    }
 }
 
 fn usage(e: pico_args::Error) -> SimError {
