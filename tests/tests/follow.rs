@@ -309,3 +309,138 @@ fn cancel_stops_the_plugin() {
     scancel(&slurm_id);
     assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "RUNNING");
 }
+
+/// Runs the installed jobs.follow plugin as `local` the way the dispatcher does (its
+/// environment, the request as a file), but with `squeue` replaced by one that knows
+/// no job, as Slurm's controller is MinJobAge (5 min here) after a job's end.
+fn follow_forgotten(stack: &Stack, local: &str, init: &Value) -> std::process::Output {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("follow-acct-{}-{nanos}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let chmod = |path: &std::path::Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    chmod(&dir, 0o755);
+    // What squeue 22.05 answers once the controller has purged the job.
+    let squeue = dir.join("squeue");
+    std::fs::write(
+        &squeue,
+        "#!/bin/sh\ncase \" $* \" in\n*' -j '*) echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1 ;;\nesac\nexit 0\n",
+    )
+    .unwrap();
+    chmod(&squeue, 0o755);
+    let request = dir.join("request.json");
+    std::fs::write(&request, init.to_string()).unwrap();
+    chmod(&request, 0o644);
+    let passwd = Command::new("getent")
+        .args(["passwd", local])
+        .output()
+        .unwrap();
+    let home = String::from_utf8_lossy(&passwd.stdout)
+        .split(':')
+        .nth(5)
+        .unwrap_or_else(|| panic!("no passwd entry for {local}"))
+        .to_string();
+    let libexec = stack.get("UCLOUD_IM_LIBEXEC");
+    let plugin = format!("{}/jobs.follow", stack.get("UCLOUD_IM_PLUGIN_DIR"));
+    let output = ucloud_im_tests::run_as(
+        local,
+        &[
+            "env",
+            "-i",
+            &format!("PATH={}:/usr/local/bin:/usr/bin:/bin", dir.display()),
+            &format!("HOME={home}"),
+            &format!("USER={local}"),
+            &format!("LOGNAME={local}"),
+            "LANG=C.UTF-8",
+            "UCLOUD_CALL=jobs.follow",
+            &format!("UCLOUD_IM_LIBEXEC={libexec}"),
+            &format!("UCLOUD_IM_ETC={}", stack.get("UCLOUD_IM_ETC")),
+            &plugin,
+            &request.to_string_lossy(),
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    output
+}
+
+/// The last line of a plugin's stderr, its failure (ucloud-im-protocol(7)).
+fn failure(output: &std::process::Output) -> Value {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{stderr:?}: {e}"))
+}
+
+#[test]
+fn a_job_slurm_has_forgotten_is_followed_from_accounting() {
+    let stack = stack();
+    let id = job_id("follow-acct");
+    let (job, slurm_id) = start(&stack, &id, "echo acct-1; echo acct-2; echo warn >&2");
+    // Accounting has the job once it ended (right after, a row may still be partial).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = Command::new("sacct")
+            .args(["-X", "-P", "-n", "-j", &slurm_id, "-o", "JobName,State"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&row.stdout).trim() == format!("{id}|COMPLETED") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {slurm_id} is not COMPLETED in sacct: {}",
+            String::from_utf8_lossy(&row.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let alice = stack.local_of(ALICE);
+    let bob = stack.local_of(BOB);
+
+    for init in [
+        json!({"type": "init", "job": job}),
+        json!({"type": "init", "job": {"id": id}}),
+    ] {
+        let output = follow_forgotten(&stack, &alice, &init);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines[..2],
+            ["UCLOUD-IM/1", r#"{"websocket":true}"#],
+            "{stdout}"
+        );
+        let payloads: Vec<Value> = lines[2..]
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let all =
+            |field: &str| -> String { payloads.iter().filter_map(|p| p[field].as_str()).collect() };
+        assert_eq!(all("stdout"), "acct-1\nacct-2\n", "{stdout}");
+        assert_eq!(all("stderr"), "warn\n", "{stdout}");
+        assert!(
+            payloads
+                .iter()
+                .all(|p| p["streamId"] == format!("slurm-{slurm_id}")),
+            "{stdout}"
+        );
+    }
+
+    // A providerGeneratedId naming another job, and Bob asking for Alice's job.
+    let mut other = job.clone();
+    other["providerGeneratedId"] = json!(format!("{alice}/1"));
+    let output = follow_forgotten(&stack, &alice, &json!({"type": "init", "job": other}));
+    assert!(!output.status.success());
+    assert_eq!(failure(&output)["status"], 400, "{:?}", output);
+    let output = follow_forgotten(&stack, &bob, &json!({"type": "init", "job": job}));
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "Bob saw {:?}", output.stdout);
+    assert_eq!(failure(&output)["status"], 404, "{:?}", output);
+}
