@@ -1,20 +1,21 @@
-//! One client connection: the TLS handshake under a deadline, a backend (a refused
-//! connect is retried on another: nothing was sent yet), the PROXY header, then bytes
-//! both ways until either side is done or the connection sits idle too long.
+//! One client connection, up to the relay: the TLS handshake under a deadline, a
+//! backend (a refused connect is retried on another: nothing was sent yet), the
+//! PROXY header; then the relay (relay.rs) moves the bytes both ways until either
+//! side is done or the connection sits idle too long.
 
 use crate::backend::{pick, Backend, Lease, Stream};
 use crate::proxy_v2;
-use crate::state::{Generation, Shared};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use crate::relay::{Handover, Relay};
+use crate::state::{Generation, Shared, Slot};
 use rustls::ServerConnection;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-pub fn serve(shared: &Shared, generation: &Generation, mut client: TcpStream, peer: SocketAddr) {
+pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, peer: SocketAddr) {
+    let shared = slot.shared.clone();
     let c = &generation.config;
     let local = client.local_addr().unwrap_or(peer);
     let _ = client.set_nodelay(true);
@@ -28,67 +29,117 @@ pub fn serve(shared: &Shared, generation: &Generation, mut client: TcpStream, pe
         return eprintln!("ucloud-lb: {peer}: TLS handshake failed: {why}");
     }
     let _ = client.set_read_timeout(None);
-    let mut tried = Vec::new();
     // What the client sent, kept until the backend answers its first byte: a backend
     // that resets the connection before that never saw the request (it sat in the
     // accept queue of a gateway that went away), so it is safe to send elsewhere.
-    let mut unanswered = Some(Vec::new());
+    attach(Pending {
+        tls,
+        client,
+        slot,
+        generation,
+        peer,
+        local,
+        tried: Vec::new(),
+        unanswered: Some(Vec::new()),
+    });
+}
+
+/// The relay gave a connection back: its backend reset it before answering. Runs
+/// on a thread of its own, like `serve`.
+pub fn retry(h: Handover) {
+    let Handover {
+        tls,
+        client,
+        slot,
+        generation,
+        peer,
+        local,
+        tried,
+        unanswered,
+        ..
+    } = h;
+    attach(Pending {
+        tls,
+        client,
+        slot,
+        generation,
+        peer,
+        local,
+        tried,
+        unanswered,
+    });
+}
+
+/// A connection past its handshake, without a backend yet.
+struct Pending {
+    tls: ServerConnection,
+    client: TcpStream,
+    slot: Slot,
+    generation: Arc<Generation>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tried: Vec<usize>,
+    unanswered: Option<Vec<u8>>,
+}
+
+/// Finds a backend that takes the connection (sending it what the client said so
+/// far, if anything) and hands both to the relay; a 502 when none does.
+fn attach(mut p: Pending) {
+    let shared = p.slot.shared.clone();
+    let generation = p.generation.clone();
+    let idle = generation.config.idle_timeout;
     loop {
-        let Some((lease, mut backend)) = connect(shared, generation, peer, local, &mut tried)
+        let Some((lease, mut backend)) =
+            connect(&shared, &generation, p.peer, p.local, &mut p.tried)
         else {
             shared.counters.no_backend.fetch_add(1, Relaxed);
-            eprintln!("ucloud-lb: {peer}: no backend is available: answered 502");
-            return bad_gateway(&mut tls, &mut client);
+            eprintln!(
+                "ucloud-lb: {}: no backend is available: answered 502",
+                p.peer
+            );
+            return bad_gateway(&mut p.tls, &mut p.client);
         };
-        let b = &lease.0;
-        let _ = backend.set_timeouts(Some(c.idle_timeout));
-        let mut moved = (0u64, 0u64);
-        let replayed = match unanswered.as_deref() {
-            Some(sent) if !sent.is_empty() => backend.write_all(sent).map_err(|_| Ended::Reset),
-            _ => Ok(()),
-        };
-        let outcome = replayed.and_then(|()| {
-            let idle = c.idle_timeout;
-            relay(
-                &mut tls,
-                &mut client,
-                &mut backend,
-                idle,
-                &mut moved,
-                &mut unanswered,
-            )
-        });
-        b.bytes_in.fetch_add(moved.0, Relaxed);
-        b.bytes_out.fetch_add(moved.1, Relaxed);
-        shared.counters.bytes_in.fetch_add(moved.0, Relaxed);
-        shared.counters.bytes_out.fetch_add(moved.1, Relaxed);
-        match outcome {
-            Ok(()) => {}
-            Err(Ended::Reset) => {
+        if let Some(sent) = p.unanswered.as_deref().filter(|s| !s.is_empty()) {
+            let _ = backend.set_timeouts(Some(idle));
+            if let Err(e) = backend.write_all(sent) {
+                let b = &lease.0;
                 b.connect_errors.fetch_add(1, Relaxed);
-                b.mark_down("it reset a connection before answering");
-                eprintln!(
-                    "ucloud-lb: {peer}: backend {} reset the connection before answering; \
-                     sending the request to another",
-                    b.name
-                );
+                b.mark_down(&format!("resending a request: {e}"));
                 continue;
             }
-            Err(Ended::Idle) => {
-                shared.counters.idle_timeouts.fetch_add(1, Relaxed);
-            }
-            // Clients that hang up mid-way are ordinary, not worth a line.
-            Err(Ended::ClientGone) => {}
-            Err(Ended::Broken(why)) => {
-                eprintln!("ucloud-lb: {peer} via {}: connection ended: {why}", b.name);
-            }
         }
+        let _ = backend.set_timeouts(None);
+        let _ = p.client.set_write_timeout(None);
+        relay().hand_over(Handover {
+            tls: p.tls,
+            client: p.client,
+            backend,
+            unanswered: p.unanswered,
+            lease,
+            slot: p.slot,
+            generation: p.generation,
+            peer: p.peer,
+            local: p.local,
+            tried: p.tried,
+        });
         return;
     }
 }
 
-/// Bigger requests are not kept for a second try.
-const REPLAY_LIMIT: usize = 64 * 1024;
+static RELAY: OnceLock<Relay> = OnceLock::new();
+
+/// Starts the relay thread; once, before the first connection is accepted.
+pub fn start_relay() -> io::Result<()> {
+    let relay = Relay::start(retry)?;
+    let _ = RELAY.set(relay);
+    Ok(())
+}
+
+fn relay() -> &'static Relay {
+    RELAY
+        .get()
+        .expect("start_relay runs before the first connection")
+}
 
 fn handshake(
     tls: &mut ServerConnection,
@@ -193,139 +244,4 @@ fn bad_gateway(tls: &mut ServerConnection, client: &mut TcpStream) {
     let _ = client.shutdown(std::net::Shutdown::Write);
     let mut sink = [0u8; 4096];
     while matches!(client.read(&mut sink), Ok(n) if n > 0) {}
-}
-
-enum Ended {
-    Idle,
-    /// The backend reset the connection before its first byte.
-    Reset,
-    /// The client reset the connection or stopped reading.
-    ClientGone,
-    Broken(String),
-}
-
-fn client_error(e: io::Error) -> Ended {
-    match e.kind() {
-        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => Ended::ClientGone,
-        _ => Ended::Broken(e.to_string()),
-    }
-}
-
-impl From<io::Error> for Ended {
-    fn from(e: io::Error) -> Ended {
-        Ended::Broken(e.to_string())
-    }
-}
-
-fn relay(
-    tls: &mut ServerConnection,
-    client: &mut TcpStream,
-    backend: &mut Stream,
-    idle: Duration,
-    moved: &mut (u64, u64),
-    unanswered: &mut Option<Vec<u8>>,
-) -> Result<(), Ended> {
-    let reset = |e: io::Error, unanswered: &Option<Vec<u8>>| {
-        let gone = matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
-        if gone && unanswered.is_some() {
-            Ended::Reset
-        } else {
-            Ended::from(e)
-        }
-    };
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut client_open = true;
-    let idle_ms = PollTimeout::try_from(i32::try_from(idle.as_millis()).unwrap_or(i32::MAX))
-        .unwrap_or(PollTimeout::MAX);
-    loop {
-        flush(tls, client).map_err(client_error)?;
-        // Plaintext may already wait in rustls (a request sent with the handshake's
-        // last flight): pass it on before waiting for more.
-        if client_open {
-            loop {
-                match tls.reader().read(&mut buf) {
-                    Ok(0) => {
-                        // close_notify: the client sends no more.
-                        client_open = false;
-                        backend.shutdown_write();
-                        break;
-                    }
-                    Ok(n) => {
-                        if let Some(kept) = unanswered.as_mut() {
-                            kept.extend_from_slice(&buf[..n]);
-                            if kept.len() > REPLAY_LIMIT {
-                                *unanswered = None;
-                            }
-                        }
-                        backend
-                            .write_all(&buf[..n])
-                            .map_err(|e| reset(e, unanswered))?;
-                        moved.0 += n as u64;
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                        client_open = false;
-                        backend.shutdown_write();
-                        break;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        let (from_client, from_backend) = {
-            let mut fds = vec![PollFd::new(backend.as_fd(), PollFlags::POLLIN)];
-            if client_open {
-                fds.push(PollFd::new(client.as_fd(), PollFlags::POLLIN));
-            }
-            match poll(&mut fds, idle_ms) {
-                Ok(0) => return Err(Ended::Idle),
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(Ended::Broken(e.to_string())),
-            }
-            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (fds.get(1).is_some_and(ready), ready(&fds[0]))
-        };
-        if from_client {
-            match tls.read_tls(client) {
-                Ok(0) => {
-                    client_open = false;
-                    backend.shutdown_write();
-                }
-                Ok(_) => {
-                    tls.process_new_packets().map_err(|e| {
-                        let _ = flush(tls, client);
-                        Ended::Broken(format!("TLS: {e}"))
-                    })?;
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                Err(e) => return Err(client_error(e)),
-            }
-        }
-        if from_backend {
-            match backend.read(&mut buf) {
-                // The gateway is done: the answer is complete.
-                Ok(0) => break,
-                Ok(n) => {
-                    *unanswered = None;
-                    send(tls, client, &buf[..n]).map_err(client_error)?;
-                    moved.1 += n as u64;
-                }
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-                Err(e) => return Err(reset(e, unanswered)),
-            }
-        }
-    }
-    tls.send_close_notify();
-    flush(tls, client).map_err(client_error)?;
-    Ok(())
-}
-
-fn send(tls: &mut ServerConnection, client: &mut TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        let n = tls.writer().write(data)?;
-        data = &data[n..];
-        flush(tls, client)?;
-    }
-    Ok(())
 }

@@ -9,6 +9,7 @@ mod error;
 mod health;
 mod metrics;
 mod proxy_v2;
+mod relay;
 mod state;
 #[allow(unsafe_code)]
 mod sys;
@@ -112,6 +113,12 @@ fn main() -> ExitCode {
         if let Err(e) = started {
             return fail(&Error::Listen(format!("metrics address {addr}: {e}")), 71);
         }
+    }
+    if let Err(e) = conn::start_relay() {
+        return fail(
+            &Error::Listen(format!("cannot start the relay thread: {e}")),
+            71,
+        );
     }
     let acceptor = {
         let shared = shared.clone();
@@ -310,10 +317,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
             let _ = client.set_nonblocking(false);
             let spawned = std::thread::Builder::new()
                 .stack_size(256 * 1024)
-                .spawn(move || {
-                    conn::serve(&slot.shared, &generation, client, peer);
-                    drop(slot);
-                });
+                .spawn(move || conn::serve(slot, generation, client, peer));
             if let Err(e) = spawned {
                 eprintln!("ucloud-lb: {peer}: cannot start a thread: {e}");
             }

@@ -1,0 +1,502 @@
+//! Established connections: one thread waits on all of them (epoll) and moves the
+//! bytes both ways. A thread per connection woke twice per request and could not
+//! batch; here one wakeup serves every connection that is ready. The handshake and
+//! the backend connect, which may block, stay on the connection's own short-lived
+//! thread (conn.rs), which hands the connection over and ends; a backend that resets
+//! the connection before its first byte sends it back there for another backend.
+//!
+//! Every socket is non-blocking. Backpressure: the client is not read while a
+//! backend write is pending, the backend not while the client has TLS output
+//! waiting, so neither side's bytes pile up here.
+
+use crate::backend::{Lease, Stream};
+use crate::state::{Generation, Slot};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use rustls::ServerConnection;
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A connection past its handshake, with a backend that took it.
+pub struct Handover {
+    pub tls: ServerConnection,
+    pub client: TcpStream,
+    pub backend: Stream,
+    /// What the client sent, kept until the backend's first byte (see conn.rs).
+    pub unanswered: Option<Vec<u8>>,
+    pub lease: Lease,
+    pub slot: Slot,
+    pub generation: Arc<Generation>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Backends tried for this connection already.
+    pub tried: Vec<usize>,
+}
+
+/// How a relayed connection ended.
+pub enum Ended {
+    Done,
+    Idle,
+    /// The backend reset the connection before its first byte.
+    Reset,
+    /// The client reset the connection or stopped reading.
+    ClientGone,
+    Broken(String),
+}
+
+/// Bigger requests are not kept for a second try.
+pub const REPLAY_LIMIT: usize = 64 * 1024;
+/// Plaintext waiting for the backend before the client is read no further.
+const PENDING_LIMIT: usize = 256 * 1024;
+const READ_SIZE: usize = 64 * 1024;
+/// How often idle connections are looked for.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// The way into the relay thread.
+#[derive(Clone)]
+pub struct Relay {
+    tx: Sender<Handover>,
+    wake: Arc<EventFd>,
+}
+
+/// What to do with a connection the relay gives back (a backend reset it before
+/// answering): runs on a thread of its own.
+pub type Retry = fn(Handover);
+
+impl Relay {
+    pub fn start(retry: Retry) -> io::Result<Relay> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let wake = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
+        epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
+        let (tx, rx) = channel();
+        let thread_wake = wake.clone();
+        std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || Loop::new(epoll, thread_wake, rx, retry).run())?;
+        Ok(Relay { tx, wake })
+    }
+
+    pub fn hand_over(&self, conn: Handover) {
+        if self.tx.send(conn).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+}
+
+/// The epoll token of the wakeup; connection `k` has tokens 2k (client) and 2k+1.
+const WAKE: u64 = u64::MAX;
+
+struct Conn {
+    h: Handover,
+    to_backend: Vec<u8>,
+    /// Plaintext from the backend that rustls has not taken yet.
+    to_client: Vec<u8>,
+    client_open: bool,
+    backend_shut: bool,
+    backend_done: bool,
+    /// Whether epoll still watches the backend (not after its end: a closed socket
+    /// would report itself ready again and again).
+    backend_watched: bool,
+    last: Instant,
+    moved: (u64, u64),
+    interest: (EpollFlags, EpollFlags),
+}
+
+struct Loop {
+    epoll: Epoll,
+    wake: Arc<EventFd>,
+    rx: Receiver<Handover>,
+    retry: Retry,
+    conns: HashMap<u64, Conn>,
+    next: u64,
+    buf: Vec<u8>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted)
+}
+
+fn client_error(e: io::Error) -> Ended {
+    match e.kind() {
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe => Ended::ClientGone,
+        _ => Ended::Broken(e.to_string()),
+    }
+}
+
+impl Loop {
+    fn new(epoll: Epoll, wake: Arc<EventFd>, rx: Receiver<Handover>, retry: Retry) -> Loop {
+        Loop {
+            epoll,
+            wake,
+            rx,
+            retry,
+            conns: HashMap::new(),
+            next: 0,
+            buf: vec![0u8; READ_SIZE],
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = vec![EpollEvent::empty(); 256];
+        let mut last_sweep = Instant::now();
+        loop {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::from(500u16)) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                Err(e) => {
+                    eprintln!("ucloud-lb: relay: epoll_wait: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    0
+                }
+            };
+            for event in &events[..n] {
+                let token = event.data();
+                if token == WAKE {
+                    let _ = self.wake.read();
+                    self.take_new();
+                    continue;
+                }
+                let hangup = event
+                    .events()
+                    .intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+                self.pump(token / 2, hangup && token % 2 == 0);
+            }
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = Instant::now();
+                self.sweep();
+            }
+        }
+    }
+
+    fn take_new(&mut self) {
+        while let Ok(h) = self.rx.try_recv() {
+            let key = self.next;
+            self.next += 1;
+            let both = EpollFlags::EPOLLIN;
+            let added = h
+                .client
+                .set_nonblocking(true)
+                .and_then(|()| set_nonblocking(&h.backend))
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    self.epoll
+                        .add(h.client.as_fd(), EpollEvent::new(both, key * 2))
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|()| {
+                    self.epoll
+                        .add(h.backend.as_fd(), EpollEvent::new(both, key * 2 + 1))
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = added {
+                eprintln!("ucloud-lb: {}: cannot relay: {e}", h.peer);
+                continue;
+            }
+            self.conns.insert(
+                key,
+                Conn {
+                    h,
+                    to_backend: Vec::new(),
+                    to_client: Vec::new(),
+                    client_open: true,
+                    backend_shut: false,
+                    backend_done: false,
+                    backend_watched: true,
+                    last: Instant::now(),
+                    moved: (0, 0),
+                    interest: (both, both),
+                },
+            );
+            // Plaintext may already wait in rustls (a request sent with the
+            // handshake's last flight).
+            self.pump(key, false);
+        }
+    }
+
+    /// Moves what can move on connection `key`. `client_hung_up`: the client's
+    /// socket reported a hangup or an error, so it can take nothing more.
+    fn pump(&mut self, key: u64, client_hung_up: bool) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        conn.last = Instant::now();
+        match conn.step(&mut self.buf) {
+            Ok(false) if client_hung_up => self.finish(key, Ended::ClientGone),
+            Ok(false) => {
+                if conn.backend_done && conn.backend_watched {
+                    let _ = self.epoll.delete(conn.h.backend.as_fd());
+                    conn.backend_watched = false;
+                }
+                let (client, backend) = conn.wanted();
+                if client != conn.interest.0 {
+                    let _ = self
+                        .epoll
+                        .modify(conn.h.client.as_fd(), &mut EpollEvent::new(client, key * 2));
+                    conn.interest.0 = client;
+                }
+                if conn.backend_watched && backend != conn.interest.1 {
+                    let _ = self.epoll.modify(
+                        conn.h.backend.as_fd(),
+                        &mut EpollEvent::new(backend, key * 2 + 1),
+                    );
+                    conn.interest.1 = backend;
+                }
+            }
+            Ok(true) => self.finish(key, Ended::Done),
+            Err(ended) => self.finish(key, ended),
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let idle: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now.duration_since(c.last) >= c.h.generation.config.idle_timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            self.finish(key, Ended::Idle);
+        }
+    }
+
+    fn finish(&mut self, key: u64, ended: Ended) {
+        let Some(mut conn) = self.conns.remove(&key) else {
+            return;
+        };
+        let _ = self.epoll.delete(conn.h.client.as_fd());
+        if conn.backend_watched {
+            let _ = self.epoll.delete(conn.h.backend.as_fd());
+        }
+        let h = &conn.h;
+        let b = &h.lease.0;
+        let shared = &h.slot.shared;
+        b.bytes_in.fetch_add(conn.moved.0, Relaxed);
+        b.bytes_out.fetch_add(conn.moved.1, Relaxed);
+        shared.counters.bytes_in.fetch_add(conn.moved.0, Relaxed);
+        shared.counters.bytes_out.fetch_add(conn.moved.1, Relaxed);
+        let peer = h.peer;
+        // Idle or broken: tell the client the stream ends (best effort, no waiting).
+        let notify = matches!(ended, Ended::Idle | Ended::Broken(_));
+        match ended {
+            Ended::Done => {}
+            Ended::Reset => {
+                b.connect_errors.fetch_add(1, Relaxed);
+                b.mark_down("it reset a connection before answering");
+                eprintln!(
+                    "ucloud-lb: {peer}: backend {} reset the connection before answering; \
+                     sending the request to another",
+                    b.name
+                );
+                // Back to blocking for the connection's own thread.
+                let _ = conn.h.client.set_nonblocking(false);
+                let retry = self.retry;
+                let h = conn.h;
+                let spawned = std::thread::Builder::new()
+                    .stack_size(256 * 1024)
+                    .spawn(move || retry(h));
+                if let Err(e) = spawned {
+                    eprintln!("ucloud-lb: {peer}: cannot start a thread: {e}");
+                }
+                return;
+            }
+            Ended::Idle => {
+                shared.counters.idle_timeouts.fetch_add(1, Relaxed);
+            }
+            // Clients that hang up mid-way are ordinary, not worth a line.
+            Ended::ClientGone => {}
+            Ended::Broken(why) => {
+                eprintln!("ucloud-lb: {peer} via {}: connection ended: {why}", b.name);
+            }
+        }
+        if notify {
+            conn.h.tls.send_close_notify();
+            let _ = conn.flush_client();
+        }
+    }
+}
+
+fn set_nonblocking(s: &Stream) -> io::Result<()> {
+    match s {
+        Stream::Tcp(s) => s.set_nonblocking(true),
+        Stream::Unix(s) => s.set_nonblocking(true),
+    }
+}
+
+impl Conn {
+    /// Moves what can move now; Ok(true) when the connection is complete.
+    fn step(&mut self, buf: &mut [u8]) -> Result<bool, Ended> {
+        loop {
+            let mut progress = false;
+            progress |= self.read_client(buf)?;
+            progress |= self.write_backend()?;
+            progress |= self.read_backend(buf)?;
+            progress |= self.flush_client()?;
+            if self.backend_done && self.to_client.is_empty() && !self.h.tls.wants_write() {
+                self.h.tls.send_close_notify();
+                self.flush_client()?;
+                return Ok(true);
+            }
+            if !progress {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Reads the client's TLS and queues the plaintext for the backend.
+    fn read_client(&mut self, buf: &mut [u8]) -> Result<bool, Ended> {
+        let mut progress = false;
+        while self.client_open && self.to_backend.len() < PENDING_LIMIT {
+            match self.h.tls.reader().read(buf) {
+                Ok(0) => {
+                    // close_notify: the client sends no more.
+                    self.client_open = false;
+                    progress = true;
+                }
+                Ok(n) => {
+                    self.take_from_client(&buf[..n]);
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    self.client_open = false;
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    match self.h.tls.read_tls(&mut self.h.client) {
+                        Ok(0) => {
+                            self.client_open = false;
+                            progress = true;
+                        }
+                        Ok(_) => {
+                            progress = true;
+                            if let Err(e) = self.h.tls.process_new_packets() {
+                                let _ = self.flush_client();
+                                return Err(Ended::Broken(format!("TLS: {e}")));
+                            }
+                        }
+                        Err(e) if would_block(&e) => break,
+                        Err(e) => return Err(client_error(e)),
+                    }
+                }
+                Err(e) => return Err(Ended::Broken(e.to_string())),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Queues plaintext for the backend, and keeps a copy for a replay while the
+    /// backend has not answered and the request is small.
+    fn take_from_client(&mut self, bytes: &[u8]) {
+        self.to_backend.extend_from_slice(bytes);
+        self.moved.0 += bytes.len() as u64;
+        if let Some(kept) = self.h.unanswered.as_mut() {
+            kept.extend_from_slice(bytes);
+            if kept.len() > REPLAY_LIMIT {
+                self.h.unanswered = None;
+            }
+        }
+    }
+
+    fn write_backend(&mut self) -> Result<bool, Ended> {
+        let mut progress = false;
+        while !self.to_backend.is_empty() {
+            match self.h.backend.write(&self.to_backend) {
+                Ok(n) => {
+                    self.to_backend.drain(..n);
+                    progress = true;
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(self.backend_error(e)),
+            }
+        }
+        if self.to_backend.is_empty() && !self.client_open && !self.backend_shut {
+            self.h.backend.shutdown_write();
+            self.backend_shut = true;
+            progress = true;
+        }
+        Ok(progress)
+    }
+
+    fn read_backend(&mut self, buf: &mut [u8]) -> Result<bool, Ended> {
+        let mut progress = false;
+        // Only while the client keeps up: what it has not taken stays in the backend.
+        while !self.backend_done && self.to_client.is_empty() && !self.h.tls.wants_write() {
+            match self.h.backend.read(buf) {
+                Ok(0) => {
+                    self.backend_done = true;
+                    progress = true;
+                }
+                Ok(n) => {
+                    self.h.unanswered = None;
+                    self.moved.1 += n as u64;
+                    let taken = self.h.tls.writer().write(&buf[..n]).unwrap_or(0);
+                    self.to_client.extend_from_slice(&buf[taken..n]);
+                    progress = true;
+                    self.flush_client()?;
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(self.backend_error(e)),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Writes rustls's TLS output to the client, and feeds it what it did not take.
+    fn flush_client(&mut self) -> Result<bool, Ended> {
+        let mut progress = false;
+        loop {
+            while self.h.tls.wants_write() {
+                match self.h.tls.write_tls(&mut self.h.client) {
+                    Ok(_) => progress = true,
+                    Err(e) if would_block(&e) => return Ok(progress),
+                    Err(e) => return Err(client_error(e)),
+                }
+            }
+            if self.to_client.is_empty() {
+                return Ok(progress);
+            }
+            let taken = self.h.tls.writer().write(&self.to_client).unwrap_or(0);
+            if taken == 0 {
+                return Ok(progress);
+            }
+            self.to_client.drain(..taken);
+            progress = true;
+        }
+    }
+
+    fn backend_error(&self, e: io::Error) -> Ended {
+        let gone = matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
+        if gone && self.h.unanswered.is_some() {
+            Ended::Reset
+        } else {
+            Ended::Broken(e.to_string())
+        }
+    }
+
+    /// The events each socket should wake the relay for.
+    fn wanted(&self) -> (EpollFlags, EpollFlags) {
+        let mut client = EpollFlags::empty();
+        if self.client_open && self.to_backend.len() < PENDING_LIMIT {
+            client |= EpollFlags::EPOLLIN;
+        }
+        if self.h.tls.wants_write() || !self.to_client.is_empty() {
+            client |= EpollFlags::EPOLLOUT;
+        }
+        let mut backend = EpollFlags::empty();
+        if !self.backend_done && self.to_client.is_empty() && !self.h.tls.wants_write() {
+            backend |= EpollFlags::EPOLLIN;
+        }
+        if !self.to_backend.is_empty() {
+            backend |= EpollFlags::EPOLLOUT;
+        }
+        (client, backend)
+    }
+}
