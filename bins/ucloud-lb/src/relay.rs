@@ -167,7 +167,8 @@ impl Loop {
                 let hangup = event
                     .events()
                     .intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
-                self.pump(token / 2, hangup && token % 2 == 0);
+                let client = token % 2 == 0;
+                self.pump(token / 2, hangup && client, hangup && !client);
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
@@ -217,18 +218,26 @@ impl Loop {
             );
             // Plaintext may already wait in rustls (a request sent with the
             // handshake's last flight).
-            self.pump(key, false);
+            self.pump(key, false, false);
         }
     }
 
     /// Moves what can move on connection `key`. `client_hung_up`: the client's
     /// socket reported a hangup or an error, so it can take nothing more.
-    fn pump(&mut self, key: u64, client_hung_up: bool) {
+    /// `backend_hung_up`: the backend's did; epoll reports that whatever the
+    /// interest, so its end is read now, even past the backpressure (what is left
+    /// in a closed socket is at most its receive buffer).
+    fn pump(&mut self, key: u64, client_hung_up: bool, backend_hung_up: bool) {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         conn.last = Instant::now();
-        match conn.step(&mut self.buf) {
+        let ended = if backend_hung_up {
+            conn.drain_backend(&mut self.buf)
+        } else {
+            Ok(())
+        };
+        match ended.and_then(|()| conn.step(&mut self.buf)) {
             Ok(false) if client_hung_up => self.finish(key, Ended::ClientGone),
             Ok(false) => {
                 if conn.backend_done && conn.backend_watched {
@@ -447,6 +456,24 @@ impl Conn {
             }
         }
         Ok(progress)
+    }
+
+    /// Reads a hung-up backend to its end into the client's queue.
+    fn drain_backend(&mut self, buf: &mut [u8]) -> Result<(), Ended> {
+        while !self.backend_done {
+            match self.h.backend.read(buf) {
+                Ok(0) => self.backend_done = true,
+                Ok(n) => {
+                    self.h.unanswered = None;
+                    self.moved.1 += n as u64;
+                    self.to_client.extend_from_slice(&buf[..n]);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(self.backend_error(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Writes rustls's TLS output to the client, and feeds it what it did not take.
