@@ -444,3 +444,142 @@ fn a_job_slurm_has_forgotten_is_followed_from_accounting() {
     assert!(output.stdout.is_empty(), "Bob saw {:?}", output.stdout);
     assert_eq!(failure(&output)["status"], 404, "{:?}", output);
 }
+
+/// RFC 4648 base64url without padding (UCloud's `usernameHint`).
+fn base64url(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// One client frame (masked, as RFC 6455 requires of a client).
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5a, 0x17, 0xc3, 0x81];
+    let mut frame = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// The next server frame: (opcode, payload).
+fn server_frame(stream: &mut impl std::io::Read) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head)?;
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut n = [0u8; 2];
+            stream.read_exact(&mut n)?;
+            u64::from(u16::from_be_bytes(n))
+        }
+        127 => {
+            let mut n = [0u8; 8];
+            stream.read_exact(&mut n)?;
+            u64::from_be_bytes(n)
+        }
+        n => u64::from(n),
+    };
+    assert_eq!(head[1] & 0x80, 0, "a server frame is never masked");
+    assert!(len < 1 << 20, "a {len}-byte frame");
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload)?;
+    Ok((head[0] & 0x0f, payload))
+}
+
+/// The gateway pings every 30 s (ucloud-gateway(8)), so a job that prints nothing
+/// for long keeps its stream: a client that answers the ping still gets the job's
+/// output afterwards.
+#[test]
+fn a_quiet_job_keeps_its_stream_by_pings_every_30_s() {
+    use std::io::{Read, Write};
+    let stack = stack();
+    let url = stack.get("UCLOUD_IM_GATEWAY_URL");
+    let authority = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("UCLOUD_IM_GATEWAY_URL {url} is not plain HTTP"))
+        .trim_end_matches('/');
+    let id = job_id("follow-ping");
+    // Quiet past the first ping, then one line.
+    let (job, slurm_id) = start(&stack, &id, "sleep 34; echo after-the-ping; sleep 120");
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(45)))
+        .unwrap();
+    let provider = stack.get("UCLOUD_IM_PROVIDER");
+    let upgrade = format!(
+        "GET /ucloud/jobs.provider.{provider}/websocket?usernameHint={} HTTP/1.1\r\n\
+         Host: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        base64url(ALICE.as_bytes()),
+        stack.token(&[])
+    );
+    stream.write_all(upgrade.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let upgraded = Instant::now();
+    let init = json!({
+        "call": format!("jobs.provider.{provider}.follow"),
+        "streamId": "ping-test",
+        "payload": {"type": "init", "job": job},
+    });
+    stream
+        .write_all(&client_frame(0x1, init.to_string().as_bytes()))
+        .unwrap();
+
+    let mut pinged = None;
+    let mut text = Vec::new();
+    let outcome = loop {
+        let (opcode, payload) = match server_frame(&mut stream) {
+            Ok(frame) => frame,
+            Err(e) => break format!("read: {e}"),
+        };
+        match opcode {
+            0x9 => {
+                pinged.get_or_insert(upgraded.elapsed());
+                stream.write_all(&client_frame(0xA, &payload)).unwrap();
+            }
+            0x1 => {
+                let message: Value = serde_json::from_slice(&payload).unwrap();
+                let got_line = message["payload"]["stdout"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("after-the-ping"));
+                text.push(message);
+                if got_line {
+                    break "the line".into();
+                }
+            }
+            0x8 => break format!("closed: {payload:?}"),
+            other => break format!("opcode {other}"),
+        }
+    };
+    let _ = stream.write_all(&client_frame(0x8, &1000u16.to_be_bytes()));
+    scancel(&slurm_id);
+    assert_eq!(outcome, "the line", "{text:#?}");
+    let pinged = pinged.expect("no ping before the job's line");
+    assert!(
+        pinged > Duration::from_secs(25) && pinged < Duration::from_secs(35),
+        "the first ping came {pinged:?} after the upgrade"
+    );
+}
