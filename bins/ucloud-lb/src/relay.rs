@@ -105,6 +105,12 @@ struct Conn {
     /// Whether epoll still watches the backend (not after its end: a closed socket
     /// would report itself ready again and again).
     backend_watched: bool,
+    /// A read found the socket empty (it came up short or would block); cleared
+    /// when epoll reports the socket readable. Level-triggered epoll reports a
+    /// socket with data at every wait, so skipping the read that would only end in
+    /// EAGAIN loses nothing, and saves that call on both sides of every request.
+    client_drained: bool,
+    backend_drained: bool,
     last: Instant,
     moved: (u64, u64),
     interest: (EpollFlags, EpollFlags),
@@ -168,6 +174,13 @@ impl Loop {
                     .events()
                     .intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
                 let client = token % 2 == 0;
+                if let Some(conn) = self.conns.get_mut(&(token / 2)) {
+                    if client {
+                        conn.client_drained = false;
+                    } else {
+                        conn.backend_drained = false;
+                    }
+                }
                 self.pump(token / 2, hangup && client, hangup && !client);
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
@@ -211,6 +224,8 @@ impl Loop {
                     backend_shut: false,
                     backend_done: false,
                     backend_watched: true,
+                    client_drained: false,
+                    backend_drained: false,
                     last: Instant::now(),
                     moved: (0, 0),
                     interest: (both, both),
@@ -333,6 +348,24 @@ impl Loop {
     }
 }
 
+/// A read that notes when it found the socket empty: a short read or EAGAIN.
+struct Drained<'a, S> {
+    s: &'a mut S,
+    drained: &'a mut bool,
+}
+
+impl<S: Read> Read for Drained<'_, S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.s.read(buf);
+        match &read {
+            Ok(n) if *n < buf.len() => *self.drained = true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => *self.drained = true,
+            _ => {}
+        }
+        read
+    }
+}
+
 fn set_nonblocking(s: &Stream) -> io::Result<()> {
     match s {
         Stream::Tcp(s) => s.set_nonblocking(true),
@@ -379,7 +412,14 @@ impl Conn {
                     progress = true;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    match self.h.tls.read_tls(&mut self.h.client) {
+                    if self.client_drained {
+                        break;
+                    }
+                    let mut from = Drained {
+                        s: &mut self.h.client,
+                        drained: &mut self.client_drained,
+                    };
+                    match self.h.tls.read_tls(&mut from) {
                         Ok(0) => {
                             self.client_open = false;
                             progress = true;
@@ -437,8 +477,17 @@ impl Conn {
     fn read_backend(&mut self, buf: &mut [u8]) -> Result<bool, Ended> {
         let mut progress = false;
         // Only while the client keeps up: what it has not taken stays in the backend.
-        while !self.backend_done && self.to_client.is_empty() && !self.h.tls.wants_write() {
-            match self.h.backend.read(buf) {
+        while !self.backend_done
+            && !self.backend_drained
+            && self.to_client.is_empty()
+            && !self.h.tls.wants_write()
+        {
+            let read = Drained {
+                s: &mut self.h.backend,
+                drained: &mut self.backend_drained,
+            }
+            .read(buf);
+            match read {
                 Ok(0) => {
                     self.backend_done = true;
                     progress = true;
