@@ -576,3 +576,42 @@ impl Conn {
         (client, backend)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn only_a_read_that_finds_the_socket_empty_marks_it_drained() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut drained = false;
+        let mut buf = [0u8; 4];
+        b.write_all(b"abcdef").unwrap();
+        // A full buffer: more may wait.
+        let n = Drained {
+            s: &mut a,
+            drained: &mut drained,
+        }
+        .read(&mut buf)
+        .unwrap();
+        assert_eq!((n, drained), (4, false));
+        // Short: the socket had no more.
+        let n = Drained {
+            s: &mut a,
+            drained: &mut drained,
+        }
+        .read(&mut buf)
+        .unwrap();
+        assert_eq!((n, drained), (2, true));
+        drained = false;
+        let e = Drained {
+            s: &mut a,
+            drained: &mut drained,
+        }
+        .read(&mut buf)
+        .unwrap_err();
+        assert_eq!((e.kind(), drained), (ErrorKind::WouldBlock, true));
+    }
+}
