@@ -378,6 +378,7 @@ fn failure(output: &std::process::Output) -> Value {
 #[test]
 fn a_job_slurm_has_forgotten_is_followed_from_accounting() {
     let stack = stack();
+    let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
     let id = job_id("follow-acct");
     let (job, slurm_id) = start(&stack, &id, "echo acct-1; echo acct-2; echo warn >&2");
     // Accounting has the job once it ended (right after, a row may still be partial).
@@ -508,6 +509,7 @@ fn server_frame(stream: &mut impl std::io::Read) -> std::io::Result<(u8, Vec<u8>
 fn a_quiet_job_keeps_its_stream_by_pings_every_30_s() {
     use std::io::{Read, Write};
     let stack = stack();
+    let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
     let url = stack.get("UCLOUD_IM_GATEWAY_URL");
     let authority = url
         .strip_prefix("http://")
