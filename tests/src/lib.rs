@@ -253,6 +253,47 @@ impl Stack {
     }
 
     /// The audit log's lines (read as root, which the tests run as).
+    /// A Job as UCloud's core sends it to `jobs.create`: `owner`'s job `id` running
+    /// `sh -c SCRIPT` with the stack's application and product, for `minutes`.
+    pub fn shell_job(
+        &self,
+        owner: &str,
+        id: &str,
+        script: &str,
+        minutes: u64,
+    ) -> serde_json::Value {
+        let app = self.get("UCLOUD_IM_JOB_APP");
+        let (name, version) = app
+            .rsplit_once(':')
+            .expect("UCLOUD_IM_JOB_APP is name:version");
+        let product = self.get("UCLOUD_IM_JOB_PRODUCT");
+        let words: Vec<serde_json::Value> = ["sh", "-c", script]
+            .iter()
+            .map(|w| serde_json::json!({"type": "word", "word": w}))
+            .collect();
+        serde_json::json!({
+            "id": id,
+            "createdAt": 1_764_000_000_000u64,
+            "owner": {"createdBy": owner, "project": null},
+            "specification": {
+                "product": {"id": product, "category": "cpu", "provider": self.get("UCLOUD_IM_PROVIDER")},
+                "application": {"name": name, "version": version},
+                "replicas": 1,
+                "parameters": {},
+                "resources": [],
+                "timeAllocation": {"hours": 0, "minutes": minutes, "seconds": 0}
+            },
+            "status": {
+                "state": "IN_QUEUE",
+                "resolvedApplication": {
+                    "metadata": {"name": name, "version": version},
+                    "invocation": {"invocation": words, "parameters": []}
+                },
+                "resolvedProduct": {"name": product, "category": "cpu", "cpu": 1, "memoryInGigs": 1, "gpu": 0}
+            }
+        })
+    }
+
     pub fn audit_lines(&self) -> Vec<String> {
         let path = self.get("UCLOUD_IM_AUDIT_LOG");
         match std::fs::read_to_string(&path) {

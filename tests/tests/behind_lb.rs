@@ -166,38 +166,9 @@ fn browse_body(stack: &Stack, drive: &str, path: &str) -> String {
     .to_string()
 }
 
-/// A Job as UCloud's core sends it to `jobs.create`, running `sh -c SCRIPT` for Alice.
+/// A Job as UCloud's core sends it, running `sh -c SCRIPT` for Alice.
 fn job(stack: &Stack, id: &str, script: &str) -> Value {
-    let app = stack.get("UCLOUD_IM_JOB_APP");
-    let (name, version) = app
-        .rsplit_once(':')
-        .expect("UCLOUD_IM_JOB_APP is name:version");
-    let product = stack.get("UCLOUD_IM_JOB_PRODUCT");
-    let words: Vec<Value> = ["sh", "-c", script]
-        .iter()
-        .map(|w| json!({"type": "word", "word": w}))
-        .collect();
-    json!({
-        "id": id,
-        "createdAt": 1_764_000_000_000u64,
-        "owner": {"createdBy": ALICE, "project": null},
-        "specification": {
-            "product": {"id": product, "category": "cpu", "provider": stack.get("UCLOUD_IM_PROVIDER")},
-            "application": {"name": name, "version": version},
-            "replicas": 1,
-            "parameters": {},
-            "resources": [],
-            "timeAllocation": {"hours": 0, "minutes": 5, "seconds": 0}
-        },
-        "status": {
-            "state": "IN_QUEUE",
-            "resolvedApplication": {
-                "metadata": {"name": name, "version": version},
-                "invocation": {"invocation": words, "parameters": []}
-            },
-            "resolvedProduct": {"name": product, "category": "cpu", "cpu": 1, "memoryInGigs": 1, "gpu": 0}
-        }
-    })
+    stack.shell_job(ALICE, id, script, 5)
 }
 
 /// The simulator in the stack's environment, with exactly the variables given of
