@@ -47,39 +47,21 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
 /// The relay gave a connection back: its backend reset it before answering. Runs
 /// on a thread of its own, like `serve`.
 pub fn retry(h: Handover) {
-    let Handover {
-        tls,
-        client,
-        slot,
-        generation,
-        peer,
-        local,
-        tried,
-        unanswered,
-        ..
-    } = h;
-    attach(Pending {
-        tls,
-        client,
-        slot,
-        generation,
-        peer,
-        local,
-        tried,
-        unanswered,
-    });
+    attach(h.conn);
 }
 
 /// A connection past its handshake, without a backend yet.
-struct Pending {
-    tls: ServerConnection,
-    client: TcpStream,
-    slot: Slot,
-    generation: Arc<Generation>,
-    peer: SocketAddr,
-    local: SocketAddr,
-    tried: Vec<usize>,
-    unanswered: Option<Vec<u8>>,
+pub struct Pending {
+    pub tls: ServerConnection,
+    pub client: TcpStream,
+    pub slot: Slot,
+    pub generation: Arc<Generation>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Backends tried for this connection already.
+    pub tried: Vec<usize>,
+    /// What the client sent, kept until the backend's first byte (see `serve`).
+    pub unanswered: Option<Vec<u8>>,
 }
 
 /// Finds a backend that takes the connection (sending it what the client said so
@@ -111,16 +93,9 @@ fn attach(mut p: Pending) {
         let _ = backend.set_timeouts(None);
         let _ = p.client.set_write_timeout(None);
         relay().hand_over(Handover {
-            tls: p.tls,
-            client: p.client,
+            conn: p,
             backend,
-            unanswered: p.unanswered,
             lease,
-            slot: p.slot,
-            generation: p.generation,
-            peer: p.peer,
-            local: p.local,
-            tried: p.tried,
         });
         return;
     }

@@ -10,13 +10,11 @@
 //! waiting, so neither side's bytes pile up here.
 
 use crate::backend::{Lease, Stream};
-use crate::state::{Generation, Slot};
+use crate::conn::Pending;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use rustls::ServerConnection;
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -25,18 +23,9 @@ use std::time::{Duration, Instant};
 
 /// A connection past its handshake, with a backend that took it.
 pub struct Handover {
-    pub tls: ServerConnection,
-    pub client: TcpStream,
+    pub conn: Pending,
     pub backend: Stream,
-    /// What the client sent, kept until the backend's first byte (see conn.rs).
-    pub unanswered: Option<Vec<u8>>,
     pub lease: Lease,
-    pub slot: Slot,
-    pub generation: Arc<Generation>,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    /// Backends tried for this connection already.
-    pub tried: Vec<usize>,
 }
 
 /// How a relayed connection ended.
@@ -51,7 +40,7 @@ pub enum Ended {
 }
 
 /// Bigger requests are not kept for a second try.
-pub const REPLAY_LIMIT: usize = 64 * 1024;
+const REPLAY_LIMIT: usize = 64 * 1024;
 /// Plaintext waiting for the backend before the client is read no further.
 const PENDING_LIMIT: usize = 256 * 1024;
 const READ_SIZE: usize = 64 * 1024;
@@ -196,13 +185,14 @@ impl Loop {
             self.next += 1;
             let both = EpollFlags::EPOLLIN;
             let added = h
+                .conn
                 .client
                 .set_nonblocking(true)
                 .and_then(|()| set_nonblocking(&h.backend))
                 .map_err(|e| e.to_string())
                 .and_then(|()| {
                     self.epoll
-                        .add(h.client.as_fd(), EpollEvent::new(both, key * 2))
+                        .add(h.conn.client.as_fd(), EpollEvent::new(both, key * 2))
                         .map_err(|e| e.to_string())
                 })
                 .and_then(|()| {
@@ -211,7 +201,7 @@ impl Loop {
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = added {
-                eprintln!("ucloud-lb: {}: cannot relay: {e}", h.peer);
+                eprintln!("ucloud-lb: {}: cannot relay: {e}", h.conn.peer);
                 continue;
             }
             self.conns.insert(
@@ -261,9 +251,10 @@ impl Loop {
                 }
                 let (client, backend) = conn.wanted();
                 if client != conn.interest.0 {
-                    let _ = self
-                        .epoll
-                        .modify(conn.h.client.as_fd(), &mut EpollEvent::new(client, key * 2));
+                    let _ = self.epoll.modify(
+                        conn.h.conn.client.as_fd(),
+                        &mut EpollEvent::new(client, key * 2),
+                    );
                     conn.interest.0 = client;
                 }
                 if conn.backend_watched && backend != conn.interest.1 {
@@ -284,7 +275,7 @@ impl Loop {
         let idle: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| now.duration_since(c.last) >= c.h.generation.config.idle_timeout)
+            .filter(|(_, c)| now.duration_since(c.last) >= c.h.conn.generation.config.idle_timeout)
             .map(|(k, _)| *k)
             .collect();
         for key in idle {
@@ -296,18 +287,18 @@ impl Loop {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
-        let _ = self.epoll.delete(conn.h.client.as_fd());
+        let _ = self.epoll.delete(conn.h.conn.client.as_fd());
         if conn.backend_watched {
             let _ = self.epoll.delete(conn.h.backend.as_fd());
         }
         let h = &conn.h;
         let b = &h.lease.0;
-        let shared = &h.slot.shared;
+        let shared = &h.conn.slot.shared;
         b.bytes_in.fetch_add(conn.moved.0, Relaxed);
         b.bytes_out.fetch_add(conn.moved.1, Relaxed);
         shared.counters.bytes_in.fetch_add(conn.moved.0, Relaxed);
         shared.counters.bytes_out.fetch_add(conn.moved.1, Relaxed);
-        let peer = h.peer;
+        let peer = h.conn.peer;
         // Idle or broken: tell the client the stream ends (best effort, no waiting).
         let notify = matches!(ended, Ended::Idle | Ended::Broken(_));
         match ended {
@@ -321,7 +312,7 @@ impl Loop {
                     b.name
                 );
                 // Back to blocking for the connection's own thread.
-                let _ = conn.h.client.set_nonblocking(false);
+                let _ = conn.h.conn.client.set_nonblocking(false);
                 let retry = self.retry;
                 let h = conn.h;
                 let spawned = std::thread::Builder::new()
@@ -342,7 +333,7 @@ impl Loop {
             }
         }
         if notify {
-            conn.h.tls.send_close_notify();
+            conn.h.conn.tls.send_close_notify();
             let _ = conn.flush_client();
         }
     }
@@ -382,8 +373,8 @@ impl Conn {
             progress |= self.write_backend()?;
             progress |= self.read_backend(buf)?;
             progress |= self.flush_client()?;
-            if self.backend_done && self.to_client.is_empty() && !self.h.tls.wants_write() {
-                self.h.tls.send_close_notify();
+            if self.backend_done && self.to_client.is_empty() && !self.h.conn.tls.wants_write() {
+                self.h.conn.tls.send_close_notify();
                 self.flush_client()?;
                 return Ok(true);
             }
@@ -397,7 +388,7 @@ impl Conn {
     fn read_client(&mut self, buf: &mut [u8]) -> Result<bool, Ended> {
         let mut progress = false;
         while self.client_open && self.to_backend.len() < PENDING_LIMIT {
-            match self.h.tls.reader().read(buf) {
+            match self.h.conn.tls.reader().read(buf) {
                 Ok(0) => {
                     // close_notify: the client sends no more.
                     self.client_open = false;
@@ -416,17 +407,17 @@ impl Conn {
                         break;
                     }
                     let mut from = Drained {
-                        s: &mut self.h.client,
+                        s: &mut self.h.conn.client,
                         drained: &mut self.client_drained,
                     };
-                    match self.h.tls.read_tls(&mut from) {
+                    match self.h.conn.tls.read_tls(&mut from) {
                         Ok(0) => {
                             self.client_open = false;
                             progress = true;
                         }
                         Ok(_) => {
                             progress = true;
-                            if let Err(e) = self.h.tls.process_new_packets() {
+                            if let Err(e) = self.h.conn.tls.process_new_packets() {
                                 let _ = self.flush_client();
                                 return Err(Ended::Broken(format!("TLS: {e}")));
                             }
@@ -446,10 +437,10 @@ impl Conn {
     fn take_from_client(&mut self, bytes: &[u8]) {
         self.to_backend.extend_from_slice(bytes);
         self.moved.0 += bytes.len() as u64;
-        if let Some(kept) = self.h.unanswered.as_mut() {
+        if let Some(kept) = self.h.conn.unanswered.as_mut() {
             kept.extend_from_slice(bytes);
             if kept.len() > REPLAY_LIMIT {
-                self.h.unanswered = None;
+                self.h.conn.unanswered = None;
             }
         }
     }
@@ -480,7 +471,7 @@ impl Conn {
         while !self.backend_done
             && !self.backend_drained
             && self.to_client.is_empty()
-            && !self.h.tls.wants_write()
+            && !self.h.conn.tls.wants_write()
         {
             let read = Drained {
                 s: &mut self.h.backend,
@@ -493,9 +484,9 @@ impl Conn {
                     progress = true;
                 }
                 Ok(n) => {
-                    self.h.unanswered = None;
+                    self.h.conn.unanswered = None;
                     self.moved.1 += n as u64;
-                    let taken = self.h.tls.writer().write(&buf[..n]).unwrap_or(0);
+                    let taken = self.h.conn.tls.writer().write(&buf[..n]).unwrap_or(0);
                     self.to_client.extend_from_slice(&buf[taken..n]);
                     progress = true;
                     self.flush_client()?;
@@ -513,7 +504,7 @@ impl Conn {
             match self.h.backend.read(buf) {
                 Ok(0) => self.backend_done = true,
                 Ok(n) => {
-                    self.h.unanswered = None;
+                    self.h.conn.unanswered = None;
                     self.moved.1 += n as u64;
                     self.to_client.extend_from_slice(&buf[..n]);
                 }
@@ -529,8 +520,8 @@ impl Conn {
     fn flush_client(&mut self) -> Result<bool, Ended> {
         let mut progress = false;
         loop {
-            while self.h.tls.wants_write() {
-                match self.h.tls.write_tls(&mut self.h.client) {
+            while self.h.conn.tls.wants_write() {
+                match self.h.conn.tls.write_tls(&mut self.h.conn.client) {
                     Ok(_) => progress = true,
                     Err(e) if would_block(&e) => return Ok(progress),
                     Err(e) => return Err(client_error(e)),
@@ -539,7 +530,7 @@ impl Conn {
             if self.to_client.is_empty() {
                 return Ok(progress);
             }
-            let taken = self.h.tls.writer().write(&self.to_client).unwrap_or(0);
+            let taken = self.h.conn.tls.writer().write(&self.to_client).unwrap_or(0);
             if taken == 0 {
                 return Ok(progress);
             }
@@ -550,7 +541,7 @@ impl Conn {
 
     fn backend_error(&self, e: io::Error) -> Ended {
         let gone = matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
-        if gone && self.h.unanswered.is_some() {
+        if gone && self.h.conn.unanswered.is_some() {
             Ended::Reset
         } else {
             Ended::Broken(e.to_string())
@@ -563,11 +554,11 @@ impl Conn {
         if self.client_open && self.to_backend.len() < PENDING_LIMIT {
             client |= EpollFlags::EPOLLIN;
         }
-        if self.h.tls.wants_write() || !self.to_client.is_empty() {
+        if self.h.conn.tls.wants_write() || !self.to_client.is_empty() {
             client |= EpollFlags::EPOLLOUT;
         }
         let mut backend = EpollFlags::empty();
-        if !self.backend_done && self.to_client.is_empty() && !self.h.tls.wants_write() {
+        if !self.backend_done && self.to_client.is_empty() && !self.h.conn.tls.wants_write() {
             backend |= EpollFlags::EPOLLIN;
         }
         if !self.to_backend.is_empty() {
