@@ -207,8 +207,11 @@ impl Env {
         let envelope = Scratch::new(&how.envelope);
         let secret = Scratch::new(b"the caller's secret");
         let mut script = String::from("exec ");
-        if how.envelope_fd {
-            script.push_str("3<\"$1\" ");
+        match how.envelope_delay {
+            _ if !how.envelope_fd => {}
+            None => script.push_str("3<\"$1\" "),
+            // A pipe that stays empty for a while, as a spare's does (ucloud-gateway(8)).
+            Some(secs) => script.push_str(&format!("3< <(sleep {secs}; cat \"$1\") ")),
         }
         script.push_str("42<\"$2\"; shift 2; exec \"$@\"");
         let mut command = Command::new("/bin/bash");
@@ -275,6 +278,8 @@ struct Invocation {
     env: Vec<(String, String)>,
     program: PathBuf,
     envelope_fd: bool,
+    /// Seconds before the envelope is written into fd 3 (a pipe then).
+    envelope_delay: Option<u32>,
 }
 
 impl Invocation {
@@ -286,6 +291,7 @@ impl Invocation {
             env: Vec::new(),
             program: PathBuf::from(env.get("UCLOUD_IM_DISPATCH")),
             envelope_fd: true,
+            envelope_delay: None,
         }
     }
 }
@@ -905,7 +911,7 @@ fn bad_envelopes_are_refused() {
     let token = env.token();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"not json".to_vec(), "not JSON"),
-        (b"".to_vec(), "not JSON"),
+        (b" ".to_vec(), "not JSON"),
         (b"[]".to_vec(), "not a JSON object"),
         (
             envelope_with("../test.probe", "bearer", &token, Some(ALICE), json!({})),
@@ -954,6 +960,39 @@ fn an_oversized_envelope_is_refused() {
     let envelope = env.envelope(PROBE, Some(ALICE), json!({ "pad": padding }));
     env.run(&envelope)
         .refused(64, 400, "BAD_ENVELOPE", "larger than", true);
+}
+
+/// fd 3 closed without a byte: how the gateway lets a spare dispatcher go. Nothing
+/// was asked, so nothing runs and nothing is recorded.
+#[test]
+fn an_empty_envelope_is_no_request() {
+    let _lock = shared();
+    let env = Env::new();
+    let run = env.run(b"");
+    assert_eq!(run.output.status.code(), Some(0), "{}", run.stderr());
+    assert!(
+        run.output.stdout.is_empty(),
+        "a plugin ran: {}",
+        run.stdout()
+    );
+    assert!(run.output.stderr.is_empty(), "stderr: {}", run.stderr());
+    assert!(run.audit.is_empty(), "audit lines: {:?}", run.audit);
+}
+
+/// A dispatcher started ahead of its request waits for the envelope with its 30 s
+/// alarm paused (the alarm would kill it otherwise), then decides as usual.
+#[test]
+fn an_envelope_that_comes_late_is_still_served() {
+    let _lock = shared();
+    let env = Env::new();
+    let mut how = Invocation::new(&env, &env.envelope(PROBE, Some(ALICE), json!({})));
+    how.envelope_delay = Some(32);
+    let run = env.run_with(&how);
+    let probe = run.probe();
+    let uid = id_of("-u", &env.stack.local_of(ALICE))[0];
+    assert_eq!(status_ids(&probe, "Uid"), [uid; 4]);
+    assert_eq!(run.audit.len(), 1, "{:?}", run.audit);
+    assert_eq!(run.audit[0]["decision"], "allowed");
 }
 
 #[test]

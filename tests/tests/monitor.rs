@@ -400,7 +400,9 @@ fn kill_and_wait(pid: i32) {
 }
 
 /// Starts a service the way scripts/stack does (detached, clean environment,
-/// appending to its log) and records its pid.
+/// appending to its log) and records its pid. It outlives the test on purpose:
+/// scripts/stack stops it by that pid, so it is never waited for here.
+#[allow(clippy::zombie_processes)]
 fn start_like_the_stack(stack: &Stack, service: &str, argv: &[&str]) {
     let log = fs::OpenOptions::new()
         .append(true)

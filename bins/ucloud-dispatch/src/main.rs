@@ -55,7 +55,13 @@ fn main() -> ExitCode {
         caller_uid: nix::unistd::getuid().as_raw(),
         ..Default::default()
     };
-    let decision = decide(&mut record);
+    let decision = match decide(&mut record) {
+        // fd 3 closed unread: a spare the gateway no longer needs. Nothing was
+        // asked, so nothing is decided or recorded.
+        Ok(None) => return ExitCode::SUCCESS,
+        Ok(Some(allowed)) => Ok(allowed),
+        Err(e) => Err(e),
+    };
     // Only root can write the audit log: without root there is nothing to record,
     // and the refusal itself says why.
     let logged = if nix::unistd::geteuid().is_root() {
@@ -83,7 +89,8 @@ struct Allowed {
 /// Everything up to and including the decision. Nothing here reaches outside the
 /// process (tests::no_side_effect_before_the_token_is_verified keeps it so): the
 /// audit record is written by the caller, after the decision.
-fn decide(record: &mut audit::Record) -> Result<Allowed, Error> {
+/// `Ok(None)`: no request came (fd 3 closed before its first byte).
+fn decide(record: &mut audit::Record) -> Result<Option<Allowed>, Error> {
     sanitize::process()?;
     // Before anything is opened, or a closed fd 3 would be taken by that open.
     let channel = sys::take_envelope_fd();
@@ -93,10 +100,14 @@ fn decide(record: &mut audit::Record) -> Result<Allowed, Error> {
     nss::leave_out(&site.nss_skip)?;
     caller::check(&site)?;
     let install = checks::installation(site)?;
-    let envelope = envelope::read(channel)?;
+    // Everything that does not depend on the request is done before it arrives: a
+    // spare dispatcher (ucloud-gateway(8)) has it done when the request comes.
+    let key = checks::ucloud_key(install.key_file)?;
+    let Some(envelope) = envelope::read(channel)? else {
+        return Ok(None);
+    };
     record.call = Some(envelope.call.clone());
     record.ucloud_user = envelope.user.as_ref().map(|u| u.to_string());
-    let key = checks::ucloud_key(install.key_file)?;
     let verified = verify::credential(&envelope, &key, &install.site, verify::now())?;
     // ---- the credential is verified: side effects may follow from here on ----
     record.ucloud_user = verified.user.as_ref().map(|u| u.to_string());
@@ -124,14 +135,14 @@ fn decide(record: &mut audit::Record) -> Result<Allowed, Error> {
     if let ucloud_wire::envelope::Credential::Transfer(token) = &envelope.credential {
         env.push(("UCLOUD_TRANSFER_TOKEN".into(), token.clone()));
     }
-    Ok(Allowed {
+    Ok(Some(Allowed {
         env,
         timeout: install.site.timeout_for(&envelope.call),
         call: envelope.call,
         request,
         target,
         plugin,
-    })
+    }))
 }
 
 /// Drops to the target account and executes the plugin; returns only on failure.

@@ -8,8 +8,9 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{alarm, chdir, getpid, getsid, setsid};
 
-/// Wall-clock limit for everything before the plugin starts.
-const DECIDE_TIMEOUT_SECS: u32 = 30;
+/// Wall-clock limit for the dispatcher's own work before the plugin starts (the
+/// wait for the envelope is bounded separately, envelope.rs).
+pub const DECIDE_TIMEOUT_SECS: u32 = 30;
 
 pub fn process() -> Result<(), Error> {
     environment()?;
@@ -19,8 +20,8 @@ pub fn process() -> Result<(), Error> {
     // (and later the plugin) at a moment of the caller's choosing.
     sys::clear_interval_timers()
         .map_err(|e| Error::Internal(format!("cannot clear the interval timers: {e}")))?;
-    // A caller that never closes fd 3 must not keep a root process waiting forever;
-    // exec.rs re-arms the alarm with the call's own limit.
+    // A root process must never be kept waiting forever: envelope.rs restarts the
+    // alarm once the envelope begins, exec.rs re-arms it with the call's own limit.
     alarm::set(DECIDE_TIMEOUT_SECS);
     umask(Mode::from_bits_truncate(0o077));
     chdir("/").map_err(|e| Error::Internal(format!("cannot chdir to /: {e}")))?;

@@ -15,6 +15,7 @@ use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use ucloud_http::server::{write_head, write_last_chunk};
 use ucloud_wire::error::Failure;
 
@@ -43,16 +44,21 @@ pub enum Relayed {
 
 pub struct Job<'a> {
     pub dispatcher: &'a str,
+    /// A dispatcher already started for this request, if the connection has one.
+    pub spare: Option<Spare>,
     pub call: &'a str,
     pub envelope: Vec<u8>,
     /// Raw body for the plugin's stdin (data channel); `None` closes stdin at once.
     pub stdin: Option<Vec<u8>>,
     /// A body streamed from the client to the plugin's stdin (upload chunks), in
     /// place of `stdin`: called once with the pipe, it copies the body into it.
-    pub stream: Option<&'a mut dyn FnMut(&mut dyn Write) -> StreamEnd>,
+    pub stream: Option<BodyStream<'a>>,
     pub gzip: bool,
     pub keep_alive: bool,
 }
+
+/// Copies a request body into the plugin's stdin (given as the argument).
+pub type BodyStream<'a> = &'a mut dyn FnMut(&mut dyn Write) -> StreamEnd;
 
 /// How streaming a request body to the plugin ended.
 pub enum StreamEnd {
@@ -111,26 +117,81 @@ pub fn run(mut job: Job<'_>, out: &mut impl Write) -> Relayed {
     }
 }
 
-/// Starts the dispatcher and hands it the envelope and stdin (taken from `job`).
+/// A dispatcher started before its request, while the connection was idle: it has
+/// made its own checks and waits for the envelope on fd 3 (ucloud-gateway(8),
+/// SPARE DISPATCHER). Closing fd 3 unwritten lets it go without a record.
+pub struct Spare {
+    child: Child,
+    envelope: File,
+    born: Instant,
+}
+
+/// A spare older than this is let go instead of used: a dispatcher waits at most
+/// 60 s for its envelope (ucloud-dispatch(8)), and the margin keeps the two apart.
+pub const SPARE_MAX_AGE: Duration = Duration::from_secs(30);
+
+impl Spare {
+    pub fn start(dispatcher: &str) -> Result<Spare, String> {
+        let (env_read, env_write) =
+            pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot make the envelope pipe: {e}"))?;
+        let mut cmd = Command::new(dispatcher);
+        // The dispatcher rebuilds its environment anyway; give it nothing to misread.
+        cmd.env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = sys::spawn_with_fd3(&mut cmd, &env_read)
+            .map_err(|e| format!("cannot start the dispatcher {dispatcher}: {e}"))?;
+        Ok(Spare {
+            child,
+            envelope: File::from(env_write),
+            born: Instant::now(),
+        })
+    }
+
+    /// When the spare gets too old to be given a request.
+    pub fn expires(&self) -> Instant {
+        self.born + SPARE_MAX_AGE
+    }
+
+    /// Young enough and still waiting. One that ended early (an unsafe installation,
+    /// say) is not used: a fresh dispatcher reports the same fault for the request.
+    pub fn usable(&mut self) -> bool {
+        Instant::now() < self.expires() && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Closes fd 3 unwritten, so the dispatcher exits without a record, and reaps it.
+    pub fn release(self) {
+        let Spare {
+            mut child,
+            envelope,
+            ..
+        } = self;
+        drop(envelope);
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+}
+
+/// Starts the dispatcher (or takes the job's spare) and hands it the envelope and
+/// stdin (taken from `job`).
 fn spawn(job: &mut Job<'_>) -> Result<Child, String> {
-    let (env_read, env_write) =
-        pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot make the envelope pipe: {e}"))?;
-    let mut cmd = Command::new(job.dispatcher);
-    // The dispatcher rebuilds its environment anyway; give it nothing to misread.
-    cmd.env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = sys::spawn_with_fd3(&mut cmd, &env_read)
-        .map_err(|e| format!("cannot start the dispatcher {}: {e}", job.dispatcher))?;
-    drop(env_read);
+    let spare = match job.spare.take() {
+        Some(spare) => spare,
+        None => Spare::start(job.dispatcher)?,
+    };
+    let Spare {
+        mut child,
+        envelope,
+        ..
+    } = spare;
     if job.stream.is_some() {
         grow_pipe(child.stdin.as_ref());
     }
     if job.call == "files.download" {
         grow_pipe(child.stdout.as_ref());
     }
-    write_side(File::from(env_write), std::mem::take(&mut job.envelope));
+    write_side(envelope, std::mem::take(&mut job.envelope));
     // Without a body, dropping the pipe gives the plugin EOF at once.
     if job.stream.is_none() {
         if let (Some(body), Some(stdin)) = (job.stdin.take(), child.stdin.take()) {

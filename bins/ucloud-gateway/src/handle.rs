@@ -1,14 +1,15 @@
 //! One request, from route to answer: the health check, the bearer-token gate, the
 //! UCloud user, the request JSON, and the dispatcher.
 
-use crate::dispatch::{self, Job, Relayed, StreamEnd};
+use crate::dispatch::{self, BodyStream, Job, Relayed, Spare, StreamEnd};
 use crate::error::Reject;
 use crate::normalise::normalise;
 use crate::respond;
 use crate::route::{route, Route};
 use serde_json::{Map, Value};
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::io::Write;
+use std::time::Instant;
 use ucloud_http::server::{query_pairs, write_response, Request};
 use ucloud_wire::config::{SiteConfig, UserMode};
 use ucloud_wire::envelope::{Credential, Envelope, MAX_TOKEN};
@@ -27,9 +28,54 @@ pub struct Site {
     /// many calls, and the signature over the same bytes need not be checked twice.
     /// Its expiry is still checked on every use.
     pub last_token: RefCell<Option<(String, VerifiedToken)>>,
+    /// The next request's dispatcher, started while the connection is idle.
+    pub spare: RefCell<Option<Spare>>,
+    /// Requests of this connection that went to a dispatcher.
+    pub dispatched: Cell<u32>,
 }
 
+/// A connection gets a spare dispatcher once it has carried this many requests: one
+/// that carries a single request (and then closes) would only waste the spare.
+const SPARE_AFTER: u32 = 2;
+
 impl Site {
+    /// Starts the next request's dispatcher now, while the connection waits for that
+    /// request: a kept-alive connection then finds its dispatcher past start-up.
+    fn prepare_spare(&self) {
+        let wanted = self.config.as_ref().is_ok_and(|c| c.spare_dispatcher);
+        if !wanted || self.spare.borrow().is_some() {
+            return;
+        }
+        match Spare::start(&self.dispatcher) {
+            Ok(spare) => *self.spare.borrow_mut() = Some(spare),
+            // The request that comes next starts its own and reports the fault.
+            Err(e) => eprintln!("ucloud-gateway: no spare dispatcher: {e}"),
+        }
+    }
+
+    /// The spare, if it can still take a request; one that cannot is let go.
+    fn take_spare(&self) -> Option<Spare> {
+        let mut spare = self.spare.borrow_mut().take()?;
+        if spare.usable() {
+            Some(spare)
+        } else {
+            spare.release();
+            None
+        }
+    }
+
+    /// When the spare must be let go, if there is one.
+    pub fn spare_expires(&self) -> Option<Instant> {
+        self.spare.borrow().as_ref().map(Spare::expires)
+    }
+
+    /// Lets the spare go (fd 3 closed unwritten: it exits without a record).
+    pub fn release_spare(&self) {
+        if let Some(spare) = self.spare.borrow_mut().take() {
+            spare.release();
+        }
+    }
+
     fn key(&self) -> Result<&UcloudKey, Reject> {
         let key = self.key.get_or_init(|| {
             let path = paths::ucloud_public_key();
@@ -189,13 +235,14 @@ fn relay<'a>(
     call: &'static str,
     envelope: Envelope,
     stdin: Option<Vec<u8>>,
-    stream: Option<&'a mut dyn FnMut(&mut dyn Write) -> StreamEnd>,
+    stream: Option<BodyStream<'a>>,
     gzip: bool,
     keep_alive: bool,
     out: &mut impl Write,
 ) -> Outcome {
     let job = Job {
         dispatcher: &site.dispatcher,
+        spare: site.take_spare(),
         call,
         envelope: envelope.encode(),
         stdin,
@@ -203,7 +250,7 @@ fn relay<'a>(
         gzip,
         keep_alive,
     };
-    match dispatch::run(job, out) {
+    let outcome = match dispatch::run(job, out) {
         Relayed::Answered { status, reusable } => Outcome {
             call,
             status,
@@ -227,7 +274,12 @@ fn relay<'a>(
             close: true,
             note: Some(why),
         },
+    };
+    site.dispatched.set(site.dispatched.get().saturating_add(1));
+    if keep_alive && !outcome.close && site.dispatched.get() >= SPARE_AFTER {
+        site.prepare_spare();
     }
+    outcome
 }
 
 /// The request's bearer token and what it says, once verified (or found in the

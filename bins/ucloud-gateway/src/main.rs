@@ -19,7 +19,7 @@ mod sys;
 mod websocket;
 
 use error::Reject;
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use ucloud_http::server::{HttpError, Limits, Reader};
@@ -116,8 +116,12 @@ fn main() -> ExitCode {
         key: OnceCell::new(),
         dispatcher: paths::dispatcher(),
         last_token: RefCell::new(None),
+        spare: RefCell::new(None),
+        dispatched: Cell::new(0),
     };
     serve(&site, client_in, &mut out);
+    // Before exiting: a spare that lost its parent would refuse (and record) that.
+    site.release_spare();
     ExitCode::SUCCESS
 }
 
@@ -170,12 +174,9 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
     };
     let mut reader = Reader::new(client_in);
     loop {
-        if reader.buffered().is_empty() {
-            match reader.get_ref().wait_readable(IDLE_TIMEOUT) {
-                Ok(true) => {}
-                // Idle too long, or a broken descriptor: close without a word.
-                _ => return,
-            }
+        if reader.buffered().is_empty() && !next_request_comes(site, reader.get_ref()) {
+            // Idle too long, or a broken descriptor: close without a word.
+            return;
         }
         let started = Instant::now();
         reader.get_mut().deadline = Some(started + HEAD_TIMEOUT);
@@ -186,6 +187,8 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
         };
         reader.get_mut().deadline = Some(Instant::now() + BODY_TIMEOUT);
         if follow::is_websocket(site, &req) {
+            // The WebSocket starts its own dispatcher; a spare would only wait.
+            site.release_spare();
             // The rest of the connection is the WebSocket's, bytes already read included.
             let leftover = reader.buffered().to_vec();
             let outcome = follow::serve(site, &req, leftover, reader.get_mut(), out);
@@ -250,6 +253,22 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
         );
         if outcome.close || !keep_alive {
             return;
+        }
+    }
+}
+
+/// Waits up to IDLE_TIMEOUT for the next request, letting the spare dispatcher go
+/// once it is too old to be used.
+fn next_request_comes(site: &handle::Site, client: &conn::ClientIn) -> bool {
+    let idle_until = Instant::now() + IDLE_TIMEOUT;
+    loop {
+        let until = site
+            .spare_expires()
+            .map_or(idle_until, |t| t.min(idle_until));
+        match client.wait_readable(until.saturating_duration_since(Instant::now())) {
+            Ok(true) => return true,
+            Ok(false) if Instant::now() < idle_until => site.release_spare(),
+            _ => return false,
         }
     }
 }

@@ -50,6 +50,10 @@ pub struct SiteConfig {
     /// NSS modules the dispatcher leaves out of nsswitch.conf's passwd, group and
     /// initgroups lines (default `systemd`); see ucloud-dispatch(8).
     pub nss_skip: Vec<String>,
+    /// Whether the gateway starts the next request's dispatcher while a kept-alive
+    /// connection is idle (`spare_dispatcher = yes|no`, default yes); see
+    /// ucloud-gateway(8).
+    pub spare_dispatcher: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -103,6 +107,7 @@ impl SiteConfig {
             ucloud_ca: String::new(),
             sender_user: String::new(),
             nss_skip: vec!["systemd".into()],
+            spare_dispatcher: true,
         };
         let mut strict = false;
         let mut claim = String::from("ucloudUsername");
@@ -152,6 +157,18 @@ impl SiteConfig {
                 "mapping_expire_after_ms" => config.mapping_expire_after_ms = Some(number(key)?),
                 "ucloud_url" => config.ucloud_url = value.trim_end_matches('/').to_string(),
                 "ucloud_ca" => config.ucloud_ca = value.to_string(),
+                "spare_dispatcher" => {
+                    config.spare_dispatcher = match value {
+                        "yes" => true,
+                        "no" => false,
+                        _ => {
+                            return Err(err(
+                                line_no,
+                                format!("spare_dispatcher must be yes or no, got {value:?}"),
+                            ))
+                        }
+                    }
+                }
                 "nss_skip" => {
                     config.nss_skip = value.split_whitespace().map(String::from).collect();
                     if let Some(bad) = config.nss_skip.iter().find(|m| !is_nss_module_name(m)) {
@@ -240,6 +257,17 @@ mod tests {
         assert_eq!(c.timeout_for("files.browse"), calls::DEFAULT_TIMEOUT_SECS);
         assert_eq!(c.timeout_for("files.download"), calls::LONG_TIMEOUT_SECS);
         assert_eq!(c.nss_skip, ["systemd"]);
+        assert!(c.spare_dispatcher);
+    }
+
+    #[test]
+    fn spare_dispatcher_is_yes_or_no() {
+        let c = SiteConfig::parse(&format!("{MINIMAL}spare_dispatcher = no\n")).unwrap();
+        assert!(!c.spare_dispatcher);
+        for bad in ["", "true", "YES", "no no"] {
+            let e = SiteConfig::parse(&format!("{MINIMAL}spare_dispatcher = {bad}\n")).unwrap_err();
+            assert_eq!(e.line, 4, "{bad:?}");
+        }
     }
 
     #[test]
