@@ -5,25 +5,38 @@
 //!   chain-bench keepalive ADDR PATH TOKEN N   N requests on one connection
 //!   chain-bench newconn   ADDR PATH TOKEN N   N connections, one request each
 //!   chain-bench exec      N PROGRAM...        N times: run each PROGRAM in a row
+//!
+//! `--gap MS` first paces keepalive and exec: MS milliseconds of quiet before each
+//! timed request or run, as when calls arrive apart (UCloud's do), instead of back
+//! to back.
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let gap = if args.first().map(String::as_str) == Some("--gap") && args.len() > 1 {
+        let ms = count(&args[1]);
+        args.drain(..2);
+        Duration::from_millis(ms as u64)
+    } else {
+        Duration::ZERO
+    };
     let samples = match args.first().map(String::as_str) {
         Some("keepalive") if args.len() == 5 => {
-            keepalive(&args[1], &args[2], &args[3], count(&args[4]))
+            keepalive(&args[1], &args[2], &args[3], count(&args[4]), gap)
         }
         Some("newconn") if args.len() == 5 => {
             newconn(&args[1], &args[2], &args[3], count(&args[4]))
         }
-        Some("exec") if args.len() >= 3 => exec(count(&args[1]), &args[2..]),
+        Some("exec") if args.len() >= 3 => exec(count(&args[1]), &args[2..], gap),
         _ => {
-            eprintln!("usage: chain-bench keepalive|newconn ADDR PATH TOKEN N | exec N PROGRAM...");
+            eprintln!(
+                "usage: chain-bench [--gap MS] keepalive|newconn ADDR PATH TOKEN N | exec N PROGRAM..."
+            );
             std::process::exit(64);
         }
     };
@@ -81,7 +94,7 @@ fn check(status: u16) {
     }
 }
 
-fn keepalive(addr: &str, path: &str, token: &str, n: usize) -> Vec<f64> {
+fn keepalive(addr: &str, path: &str, token: &str, n: usize, gap: Duration) -> Vec<f64> {
     let req = request(path, token);
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_nodelay(true).ok();
@@ -91,6 +104,7 @@ fn keepalive(addr: &str, path: &str, token: &str, n: usize) -> Vec<f64> {
     check(read_response(&mut stream, &mut buf));
     (0..n)
         .map(|_| {
+            std::thread::sleep(gap);
             let start = Instant::now();
             stream.write_all(&req).expect("write");
             check(read_response(&mut stream, &mut buf));
@@ -114,9 +128,10 @@ fn newconn(addr: &str, path: &str, token: &str, n: usize) -> Vec<f64> {
         .collect()
 }
 
-fn exec(n: usize, programs: &[String]) -> Vec<f64> {
+fn exec(n: usize, programs: &[String], gap: Duration) -> Vec<f64> {
     (0..n)
         .map(|_| {
+            std::thread::sleep(gap);
             let start = Instant::now();
             for program in programs {
                 let status = Command::new(program)
