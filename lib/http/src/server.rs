@@ -189,9 +189,13 @@ pub struct Reader<R: Read> {
     pos: usize,
     /// Whether the last request got an interim `100 Continue`.
     continue_sent: bool,
+    /// `copy_body`'s buffer, allocated (and zeroed) once, on the first bulk body.
+    bulk: Vec<u8>,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
+/// One read of a bulk body may take what a pipe of 1 MiB (the upload relay's) holds.
+const BULK_CHUNK: usize = 1 << 20;
 
 impl<R: Read> Reader<R> {
     pub fn new(inner: R) -> Self {
@@ -200,6 +204,7 @@ impl<R: Read> Reader<R> {
             buf: Vec::with_capacity(READ_CHUNK),
             pos: 0,
             continue_sent: false,
+            bulk: Vec::new(),
         }
     }
 
@@ -339,52 +344,39 @@ impl<R: Read> Reader<R> {
     /// sink stops taking bytes, the rest of the body is read and dropped, so that
     /// the connection stays usable for the next request.
     pub fn copy_body(&mut self, n: usize, sink: &mut dyn Write) -> Result<CopyEnd, HttpError> {
-        let mut left = n;
         let mut sink_ok = true;
+        // What the head's reads took of the body goes first.
+        let early = self.avail().min(n);
+        if sink
+            .write_all(&self.buf[self.pos..self.pos + early])
+            .is_err()
+        {
+            sink_ok = false;
+        }
+        self.pos += early;
+        let mut left = n - early;
+        if left > 0 && self.bulk.is_empty() {
+            self.bulk = vec![0; BULK_CHUNK];
+        }
         while left > 0 {
-            if self.avail() == 0 && self.fill_large()? == 0 {
-                return Err(HttpError::Closed);
+            // Never past the body: what follows it is the next request's.
+            let want = left.min(BULK_CHUNK);
+            let got = match self.inner.read(&mut self.bulk[..want]) {
+                Ok(0) => return Err(HttpError::Closed),
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(from_io(e)),
+            };
+            if sink_ok && sink.write_all(&self.bulk[..got]).is_err() {
+                sink_ok = false;
             }
-            let k = self.avail().min(left);
-            if sink_ok {
-                let chunk = &self.buf[self.pos..self.pos + k];
-                if sink.write_all(chunk).is_err() {
-                    sink_ok = false;
-                }
-            }
-            self.pos += k;
-            left -= k;
+            left -= got;
         }
         Ok(if sink_ok {
             CopyEnd::Done
         } else {
             CopyEnd::SinkClosed
         })
-    }
-
-    /// Like `fill`, reading up to `STREAM_CHUNK` at a time (bulk bodies).
-    fn fill_large(&mut self) -> Result<usize, HttpError> {
-        // One read may take what a pipe of 1 MiB (the upload relay's) can take.
-        const STREAM_CHUNK: usize = 1 << 20;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
-        let old = self.buf.len();
-        self.buf.resize(old + STREAM_CHUNK, 0);
-        loop {
-            match self.inner.read(&mut self.buf[old..]) {
-                Ok(n) => {
-                    self.buf.truncate(old + n);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(from_io(e));
-                }
-            }
-        }
     }
 
     /// Whether the last request got an interim `100 Continue`.
@@ -796,6 +788,54 @@ mod tests {
             self.0 = &self.0[1..];
             Ok(1)
         }
+    }
+
+    /// A streamed body arrives whole, in order, however the reads fall, and the
+    /// pipelined request after it is still there to read.
+    /// Odd-sized reads, none of them lined up with the body's end.
+    struct Pieces<'a>(&'a [u8]);
+    impl Read for Pieces<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(7777);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn copy_body_takes_exactly_the_body() {
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut wire = format!(
+            "POST /up HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        wire.extend_from_slice(&body);
+        wire.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+        let limits = Limits {
+            max_body: 1 << 30,
+            ..Limits::default()
+        };
+        let whole: Box<dyn Read> = Box::new(&wire[..]);
+        let pieces: Box<dyn Read> = Box::new(Pieces(&wire[..]));
+        for mut reader in [Reader::new(whole), Reader::new(pieces)] {
+            let (_, pending) = reader.read_head(&limits, &mut io::sink()).unwrap().unwrap();
+            let n = pending.length().unwrap();
+            let mut got = Vec::new();
+            assert!(matches!(reader.copy_body(n, &mut got), Ok(CopyEnd::Done)));
+            assert!(got == body, "the body came out changed");
+            let next = reader.read_request(&Limits::default()).unwrap().unwrap();
+            assert_eq!(next.path(), "/next");
+        }
+        // One byte per read, and a body cut short by the client.
+        let mut reader = Reader::new(Trickle(&wire[..wire.len() - 2_000_000]));
+        let (_, pending) = reader.read_head(&limits, &mut io::sink()).unwrap().unwrap();
+        let n = pending.length().unwrap();
+        assert!(matches!(
+            reader.copy_body(n, &mut io::sink()),
+            Err(HttpError::Closed)
+        ));
     }
 
     #[test]
