@@ -132,19 +132,10 @@ pub const SPARE_MAX_AGE: Duration = Duration::from_secs(30);
 
 impl Spare {
     pub fn start(dispatcher: &str) -> Result<Spare, String> {
-        let (env_read, env_write) =
-            pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot make the envelope pipe: {e}"))?;
-        let mut cmd = Command::new(dispatcher);
-        // The dispatcher rebuilds its environment anyway; give it nothing to misread.
-        cmd.env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = sys::spawn_with_fd3(&mut cmd, &env_read)
-            .map_err(|e| format!("cannot start the dispatcher {dispatcher}: {e}"))?;
+        let (child, envelope) = start(dispatcher)?;
         Ok(Spare {
             child,
-            envelope: File::from(env_write),
+            envelope,
             born: Instant::now(),
         })
     }
@@ -171,6 +162,22 @@ impl Spare {
         drop(child.stdin.take());
         let _ = child.wait();
     }
+}
+
+/// Starts a dispatcher with pipes for fds 0, 1 and 2; returns it and the write end
+/// of its envelope pipe (fd 3), which is still to be written and closed.
+pub fn start(dispatcher: &str) -> Result<(Child, File), String> {
+    let (env_read, env_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot make the envelope pipe: {e}"))?;
+    let mut cmd = Command::new(dispatcher);
+    // The dispatcher rebuilds its environment anyway; give it nothing to misread.
+    cmd.env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = sys::spawn_with_fd3(&mut cmd, &env_read)
+        .map_err(|e| format!("cannot start the dispatcher {dispatcher}: {e}"))?;
+    Ok((child, File::from(env_write)))
 }
 
 /// Starts the dispatcher (or takes the job's spare) and hands it the envelope and

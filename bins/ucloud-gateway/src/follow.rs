@@ -13,16 +13,13 @@ use crate::error::Reject;
 use crate::handle::{verify_bearer, Site};
 use crate::normalise::normalise;
 use crate::respond;
-use crate::sys;
 use crate::websocket::{self as ws, Decoder, Message, Role};
-use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
-use nix::unistd::{pipe2, Pid};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -555,17 +552,7 @@ fn is_cancel(text: &str) -> bool {
 /// Starts the dispatcher with the envelope on fd 3; its stdin stays open (the
 /// plugin ends when it closes), its stdout feeds `read_plugin`.
 fn spawn(dispatcher: &str, envelope: Vec<u8>, tx: Sender<Event>) -> Result<Plugin, String> {
-    let (env_read, env_write) =
-        pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot make the envelope pipe: {e}"))?;
-    let mut cmd = Command::new(dispatcher);
-    cmd.env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = sys::spawn_with_fd3(&mut cmd, &env_read)
-        .map_err(|e| format!("cannot start the dispatcher {dispatcher}: {e}"))?;
-    drop(env_read);
-    let mut env_write = File::from(env_write);
+    let (mut child, mut env_write) = crate::dispatch::start(dispatcher)?;
     // An envelope with one Job fits the pipe; a bigger one gets a thread.
     std::thread::spawn(move || {
         let _ = env_write.write_all(&envelope);
