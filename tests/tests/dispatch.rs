@@ -207,11 +207,11 @@ impl Env {
         let envelope = Scratch::new(&how.envelope);
         let secret = Scratch::new(b"the caller's secret");
         let mut script = String::from("exec ");
-        match how.envelope_delay {
+        match &how.fd3_source {
             _ if !how.envelope_fd => {}
             None => script.push_str("3<\"$1\" "),
-            // A pipe that stays empty for a while, as a spare's does (ucloud-gateway(8)).
-            Some(secs) => script.push_str(&format!("3< <(sleep {secs}; cat \"$1\") ")),
+            // A pipe fed by a command (which may wait, as a spare's does).
+            Some(source) => script.push_str(&format!("3< <({source}) ")),
         }
         script.push_str("42<\"$2\"; shift 2; exec \"$@\"");
         let mut command = Command::new("/bin/bash");
@@ -278,8 +278,8 @@ struct Invocation {
     env: Vec<(String, String)>,
     program: PathBuf,
     envelope_fd: bool,
-    /// Seconds before the envelope is written into fd 3 (a pipe then).
-    envelope_delay: Option<u32>,
+    /// A shell command whose output is fd 3 (a pipe then); `$1` is the envelope's file.
+    fd3_source: Option<String>,
 }
 
 impl Invocation {
@@ -291,7 +291,7 @@ impl Invocation {
             env: Vec::new(),
             program: PathBuf::from(env.get("UCLOUD_IM_DISPATCH")),
             envelope_fd: true,
-            envelope_delay: None,
+            fd3_source: None,
         }
     }
 }
@@ -986,13 +986,42 @@ fn an_envelope_that_comes_late_is_still_served() {
     let _lock = shared();
     let env = Env::new();
     let mut how = Invocation::new(&env, &env.envelope(PROBE, Some(ALICE), json!({})));
-    how.envelope_delay = Some(32);
+    how.fd3_source = Some("sleep 32; cat \"$1\"".into());
     let run = env.run_with(&how);
     let probe = run.probe();
     let uid = id_of("-u", &env.stack.local_of(ALICE))[0];
     assert_eq!(status_ids(&probe, "Uid"), [uid; 4]);
     assert_eq!(run.audit.len(), 1, "{:?}", run.audit);
     assert_eq!(run.audit[0]["decision"], "allowed");
+}
+
+/// Once the envelope has begun, the 30 s alarm runs again: a caller that sends one
+/// byte and then nothing cannot keep a root process waiting.
+#[test]
+fn an_envelope_that_stops_half_way_ends_with_the_alarm() {
+    let _lock = shared();
+    let env = Env::new();
+    let mut how = Invocation::new(&env, b"");
+    // The feeder keeps fd 3 open but not the test's stderr (or the run would wait on it).
+    how.fd3_source = Some("printf '{'; exec sleep 60 2>/dev/null".into());
+    let started = std::time::Instant::now();
+    let run = env.run_with(&how);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        run.output.status.signal(),
+        Some(14),
+        "{:?} {}",
+        run.output.status,
+        run.stderr()
+    );
+    let took = started.elapsed().as_secs();
+    assert!((29..50).contains(&took), "SIGALRM after {took} s");
+    assert!(
+        run.output.stdout.is_empty(),
+        "a plugin ran: {}",
+        run.stdout()
+    );
+    assert!(run.audit.is_empty(), "audit lines: {:?}", run.audit);
 }
 
 #[test]

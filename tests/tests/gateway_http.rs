@@ -762,3 +762,30 @@ fn a_spare_too_old_to_use_is_let_go_unrecorded() {
     conn.send(&request);
     assert_eq!(conn.response().status, 200);
 }
+
+#[test]
+fn a_spare_that_got_old_during_a_slow_request_is_not_used() {
+    let stack = Stack::load();
+    let request = init_request(&stack, &stack.token(&[]));
+    let since = stack.audit_lines().len();
+    let mut conn = Conn::open(&stack);
+    for _ in 0..2 {
+        conn.send(&request);
+        assert_eq!(conn.response().status, 200);
+    }
+    let gateway = gateway_of(&conn);
+    let spare = spare_of(gateway);
+    // The next request's body takes longer than a spare may wait to be used.
+    let (head_and_first, last) = request.split_at(request.len() - 1);
+    conn.send(head_and_first);
+    std::thread::sleep(Duration::from_secs(32));
+    conn.send(last);
+    assert_eq!(conn.response().status, 200);
+    wait_gone(spare, Duration::from_secs(10));
+    // It was let go unrecorded: a fresh dispatcher gave the 200.
+    assert!(
+        audit_of(&stack, spare, since).is_empty(),
+        "{:?}",
+        audit_of(&stack, spare, since)
+    );
+}

@@ -14,11 +14,13 @@ use nix::unistd::alarm;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 use ucloud_wire::envelope::{Envelope, MAX_ENVELOPE};
 
-/// How long a dispatcher waits for its envelope to begin. The gateway hands a spare
-/// a request only while it is younger than half of this.
-pub const FIRST_BYTE_WAIT_MS: u16 = 60_000;
+/// How long a dispatcher waits for its envelope to begin. The gateway lets a spare
+/// go long before (ucloud-gateway(8): at 30 s of age, or about 160 s at the most
+/// when a request's head and body are slow).
+pub const FIRST_BYTE_WAIT: Duration = Duration::from_secs(300);
 
 /// `channel` is fd 3 as taken right after sanitizing (`None`: it was not open).
 /// `Ok(None)`: fd 3 was closed before its first byte, so nothing was asked.
@@ -47,24 +49,66 @@ pub fn read(channel: Option<OwnedFd>) -> Result<Option<Envelope>, Error> {
 /// Waits until fd 3 is readable (data or EOF), with the alarm paused meanwhile.
 fn wait_for_first_byte(fd: &OwnedFd) -> Result<(), Error> {
     alarm::cancel();
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    loop {
-        match poll(&mut fds, PollTimeout::from(FIRST_BYTE_WAIT_MS)) {
-            Ok(0) => {
-                return Err(Error::Usage(format!(
-                    "no envelope began on fd 3 within {} s",
-                    FIRST_BYTE_WAIT_MS / 1000
-                )))
-            }
-            Ok(_) => break,
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                return Err(Error::BadEnvelope(format!(
-                    "cannot wait for the envelope on fd 3: {e}"
-                )))
-            }
+    match readable_within(fd, FIRST_BYTE_WAIT) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(Error::Usage(format!(
+                "no envelope began on fd 3 within {} s",
+                FIRST_BYTE_WAIT.as_secs()
+            )))
+        }
+        Err(e) => {
+            return Err(Error::BadEnvelope(format!(
+                "cannot wait for the envelope on fd 3: {e}"
+            )))
         }
     }
     alarm::set(DECIDE_TIMEOUT_SECS);
     Ok(())
+}
+
+/// Whether `fd` turns readable (data or EOF) within `limit`.
+fn readable_within(fd: &OwnedFd, limit: Duration) -> Result<bool, Errno> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn readable_when_data_or_eof_arrives_and_not_before() {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        let quiet = Instant::now();
+        assert_eq!(
+            readable_within(&read, Duration::from_millis(150)),
+            Ok(false)
+        );
+        assert!(
+            quiet.elapsed() >= Duration::from_millis(100),
+            "{:?}",
+            quiet.elapsed()
+        );
+        let mut write = File::from(write);
+        write.write_all(b"{").unwrap();
+        assert_eq!(readable_within(&read, Duration::from_secs(5)), Ok(true));
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(write);
+        assert_eq!(readable_within(&read, Duration::from_secs(5)), Ok(true));
+    }
 }

@@ -126,9 +126,19 @@ pub struct Spare {
     born: Instant,
 }
 
-/// A spare older than this is let go instead of used: a dispatcher waits at most
-/// 60 s for its envelope (ucloud-dispatch(8)), and the margin keeps the two apart.
+/// A spare older than this is let go instead of used. The gateway checks before
+/// each request and while idle, and a request's head and body take at most 130 s
+/// more (main.rs), so a spare never waits longer than about 160 s: well inside the
+/// dispatcher's own limit of 300 s for its envelope (ucloud-dispatch(8)).
 pub const SPARE_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// What became of a spare by the time a request wants it.
+pub enum Fitness {
+    Ready,
+    TooOld,
+    /// It exited on its own (a broken installation, say); why, for the log.
+    Ended(String),
+}
 
 impl Spare {
     pub fn start(dispatcher: &str) -> Result<Spare, String> {
@@ -145,13 +155,37 @@ impl Spare {
         self.born + SPARE_MAX_AGE
     }
 
-    /// Young enough and still waiting. One that ended early (an unsafe installation,
-    /// say) is not used: a fresh dispatcher reports the same fault for the request.
-    pub fn usable(&mut self) -> bool {
-        Instant::now() < self.expires() && matches!(self.child.try_wait(), Ok(None))
+    pub fn fitness(&mut self) -> Fitness {
+        match self.child.try_wait() {
+            Ok(None) if Instant::now() < self.expires() => Fitness::Ready,
+            Ok(None) => Fitness::TooOld,
+            Ok(Some(status)) => {
+                let mut text = Vec::new();
+                if let Some(mut err) = self.child.stderr.take() {
+                    // It has exited: its stderr ends at once.
+                    let _ = err.by_ref().take(4096).read_to_end(&mut text);
+                }
+                let failure = Failure::from_stderr(&text, 512);
+                Fitness::Ended(format!("{status}: {}", failure.why))
+            }
+            Err(e) => Fitness::Ended(format!("cannot wait for it: {e}")),
+        }
+    }
+
+    /// Writes the envelope and closes fd 3: the dispatcher now decides the request.
+    /// A spare that is gone by then (the write fails) is let go: `None`, start anew.
+    fn hand_over(mut self, envelope: &[u8]) -> Option<Child> {
+        if self.envelope.write_all(envelope).is_err() {
+            self.release();
+            return None;
+        }
+        let Spare { child, .. } = self;
+        Some(child)
     }
 
     /// Closes fd 3 unwritten, so the dispatcher exits without a record, and reaps it.
+    /// One still busy with its own checks is killed (it has decided nothing yet, and
+    /// still has the gateway's real uid), so that this never waits on it.
     pub fn release(self) {
         let Spare {
             mut child,
@@ -160,6 +194,9 @@ impl Spare {
         } = self;
         drop(envelope);
         drop(child.stdin.take());
+        if let Ok(None) = child.try_wait() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        }
         let _ = child.wait();
     }
 }
@@ -183,22 +220,25 @@ pub fn start(dispatcher: &str) -> Result<(Child, File), String> {
 /// Starts the dispatcher (or takes the job's spare) and hands it the envelope and
 /// stdin (taken from `job`).
 fn spawn(job: &mut Job<'_>) -> Result<Child, String> {
-    let spare = match job.spare.take() {
-        Some(spare) => spare,
-        None => Spare::start(job.dispatcher)?,
+    let envelope = std::mem::take(&mut job.envelope);
+    let mut child = match job
+        .spare
+        .take()
+        .and_then(|spare| spare.hand_over(&envelope))
+    {
+        Some(child) => child,
+        None => {
+            let (child, fd3) = start(job.dispatcher)?;
+            write_side(fd3, envelope);
+            child
+        }
     };
-    let Spare {
-        mut child,
-        envelope,
-        ..
-    } = spare;
     if job.stream.is_some() {
         grow_pipe(child.stdin.as_ref());
     }
     if job.call == "files.download" {
         grow_pipe(child.stdout.as_ref());
     }
-    write_side(envelope, std::mem::take(&mut job.envelope));
     // Without a body, dropping the pipe gives the plugin EOF at once.
     if job.stream.is_none() {
         if let (Some(body), Some(stdin)) = (job.stdin.take(), child.stdin.take()) {

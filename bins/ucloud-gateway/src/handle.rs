@@ -1,7 +1,7 @@
 //! One request, from route to answer: the health check, the bearer-token gate, the
 //! UCloud user, the request JSON, and the dispatcher.
 
-use crate::dispatch::{self, BodyStream, Job, Relayed, Spare, StreamEnd};
+use crate::dispatch::{self, BodyStream, Fitness, Job, Relayed, Spare, StreamEnd};
 use crate::error::Reject;
 use crate::normalise::normalise;
 use crate::respond;
@@ -32,6 +32,8 @@ pub struct Site {
     pub spare: RefCell<Option<Spare>>,
     /// Requests of this connection that went to a dispatcher.
     pub dispatched: Cell<u32>,
+    /// Set once a spare ended on its own: the next would only do the same.
+    pub spares_off: Cell<bool>,
 }
 
 /// A connection gets a spare dispatcher once it has carried this many requests: one
@@ -43,7 +45,7 @@ impl Site {
     /// request: a kept-alive connection then finds its dispatcher past start-up.
     fn prepare_spare(&self) {
         let wanted = self.config.as_ref().is_ok_and(|c| c.spare_dispatcher);
-        if !wanted || self.spare.borrow().is_some() {
+        if !wanted || self.spares_off.get() || self.spare.borrow().is_some() {
             return;
         }
         match Spare::start(&self.dispatcher) {
@@ -56,17 +58,31 @@ impl Site {
     /// The spare, if it can still take a request; one that cannot is let go.
     fn take_spare(&self) -> Option<Spare> {
         let mut spare = self.spare.borrow_mut().take()?;
-        if spare.usable() {
-            Some(spare)
-        } else {
-            spare.release();
-            None
+        match spare.fitness() {
+            Fitness::Ready => return Some(spare),
+            Fitness::TooOld => {}
+            Fitness::Ended(why) => {
+                eprintln!(
+                    "ucloud-gateway: a spare dispatcher ended before its request ({why}); \
+                     no more spares on this connection"
+                );
+                self.spares_off.set(true);
+            }
         }
+        spare.release();
+        None
     }
 
     /// When the spare must be let go, if there is one.
     pub fn spare_expires(&self) -> Option<Instant> {
         self.spare.borrow().as_ref().map(Spare::expires)
+    }
+
+    /// Lets the spare go if it is too old to be used.
+    pub fn release_old_spare(&self) {
+        if self.spare_expires().is_some_and(|t| t <= Instant::now()) {
+            self.release_spare();
+        }
     }
 
     /// Lets the spare go (fd 3 closed unwritten: it exits without a record).

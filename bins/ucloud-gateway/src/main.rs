@@ -118,9 +118,10 @@ fn main() -> ExitCode {
         last_token: RefCell::new(None),
         spare: RefCell::new(None),
         dispatched: Cell::new(0),
+        spares_off: Cell::new(false),
     };
     serve(&site, client_in, &mut out);
-    // Before exiting: a spare that lost its parent would refuse (and record) that.
+    // Before exiting, so that no spare outlives the gateway.
     site.release_spare();
     ExitCode::SUCCESS
 }
@@ -174,6 +175,8 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
     };
     let mut reader = Reader::new(client_in);
     loop {
+        // Also when requests come back to back (pipelined, or not for a dispatcher).
+        site.release_old_spare();
         if reader.buffered().is_empty() && !next_request_comes(site, reader.get_ref()) {
             // Idle too long, or a broken descriptor: close without a word.
             return;
@@ -299,9 +302,13 @@ fn log(method: &str, path: &str, call: &str, status: u16, started: Instant, note
             format!("client={client} {note}")
         };
     }
-    if note.is_empty() {
-        eprintln!("ucloud-gateway: {method} {path} {call} {status} {ms:.1}ms");
-    } else {
-        eprintln!("ucloud-gateway: {method} {path} {call} {status} {ms:.1}ms {note}");
+    let mut line = format!("ucloud-gateway: {method} {path} {call} {status} {ms:.1}ms");
+    if !note.is_empty() {
+        line.push(' ');
+        line.push_str(&note);
     }
+    line.push('\n');
+    // One write: eprintln! writes piece by piece, and a line in pieces costs a
+    // system call each and can interleave with another writer's.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
 }

@@ -790,12 +790,15 @@ mod tests {
         }
     }
 
-    /// A streamed body arrives whole, in order, however the reads fall, and the
-    /// pipelined request after it is still there to read.
-    /// Odd-sized reads, none of them lined up with the body's end.
-    struct Pieces<'a>(&'a [u8]);
+    /// Odd-sized reads, none of them lined up with the body's end, each after an
+    /// interrupted one.
+    struct Pieces<'a>(&'a [u8], bool);
     impl Read for Pieces<'_> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.1 = !self.1;
+            if self.1 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             let n = self.0.len().min(buf.len()).min(7777);
             buf[..n].copy_from_slice(&self.0[..n]);
             self.0 = &self.0[n..];
@@ -803,6 +806,8 @@ mod tests {
         }
     }
 
+    /// A streamed body arrives whole, in order, however the reads fall, and the
+    /// pipelined request after it is still there to read.
     #[test]
     fn copy_body_takes_exactly_the_body() {
         let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -818,7 +823,7 @@ mod tests {
             ..Limits::default()
         };
         let whole: Box<dyn Read> = Box::new(&wire[..]);
-        let pieces: Box<dyn Read> = Box::new(Pieces(&wire[..]));
+        let pieces: Box<dyn Read> = Box::new(Pieces(&wire[..], false));
         for mut reader in [Reader::new(whole), Reader::new(pieces)] {
             let (_, pending) = reader.read_head(&limits, &mut io::sink()).unwrap().unwrap();
             let n = pending.length().unwrap();
