@@ -451,6 +451,43 @@ pub fn parse_env(text: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(vars)
 }
 
+/// A name no other test (or earlier run) uses, for files, drives and UCloud users.
+pub fn unique(prefix: &str) -> String {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos}-{seq}", std::process::id())
+}
+
+/// Like [`unique`], short enough for a local account name (useradd takes 32 bytes)
+/// and made of what such a name may hold.
+pub fn unique_account(prefix: &str) -> String {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed) % 100;
+    format!(
+        "{prefix}{}{}{seq}",
+        std::process::id() % 10000,
+        nanos % 100000
+    )
+}
+
+/// The uid of a local account.
+pub fn uid_of(user: &str) -> u32 {
+    let output = Command::new("id").args(["-u", user]).output().unwrap();
+    assert!(output.status.success(), "no local account {user}");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,19 +12,11 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, Stack};
+use ucloud_im_tests::{run_as, unique, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
 const BACKEND_CONNECTIONS: &str = r#"ucloud_lb_backend_connections_total{backend="gateway"}"#;
-
-fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
-}
 
 fn text(output: &Output) -> String {
     format!(

@@ -5,23 +5,10 @@
 
 use serde_json::{json, Value};
 use std::process::Command;
-use ucloud_im_tests::{run_as, Stack};
+use ucloud_im_tests::{run_as, uid_of, unique, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-fn uid_of(user: &str) -> u64 {
-    let out = Command::new("id").args(["-u", user]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
 
 /// Runs `script` with `sh -c` in `user`'s home, as `user`.
 fn as_user(user: &str, script: &str) {

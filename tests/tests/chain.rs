@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 use std::process::Command;
-use ucloud_im_tests::{run_as, sim_log, Stack};
+use ucloud_im_tests::{run_as, sim_log, uid_of, unique, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -35,15 +35,6 @@ fn browse_body(stack: &Stack, drive: &str) -> String {
     .to_string()
 }
 
-fn uid_of(user: &str) -> u64 {
-    let output = Command::new("id").args(["-u", user]).output().unwrap();
-    assert!(output.status.success(), "no local account {user}");
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// A UCloud error body: a non-empty `why` and an `errorCode`.
 fn assert_error_body(body: &Value, context: &str) -> String {
     let why = body["why"].as_str().unwrap_or_default();
@@ -53,15 +44,6 @@ fn assert_error_body(body: &Value, context: &str) -> String {
         "{context}: no `errorCode` in {body}"
     );
     why.to_string()
-}
-
-/// A name no other test (or earlier run) uses, for files and unmapped users.
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, sim_log, Stack};
+use ucloud_im_tests::{run_as, sim_log, unique_account, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -91,14 +91,6 @@ fn mapping_of(stack: &Stack, ucloud: &str) -> Option<Value> {
         .map(|t| serde_json::from_str(&t).expect("a mapping file is JSON"))
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}{}{}", std::process::id() % 10000, nanos % 100000)
-}
-
 fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < deadline {
@@ -136,7 +128,7 @@ struct Person<'s> {
 
 impl<'s> Person<'s> {
     fn new(stack: &'s Stack, ucloud: &str) -> Person<'s> {
-        let name = unique("ctest-");
+        let name = unique_account("ctest-");
         let out = Command::new("useradd")
             .args([
                 "--create-home",
@@ -267,7 +259,7 @@ fn integration(stack: &Stack, op: &str, ucloud: &str) -> (u16, Value) {
 #[test]
 fn connect_page_redeem_use_and_unlink() {
     let stack = Stack::load();
-    let ucloud = unique("CarolConnect#");
+    let ucloud = unique_account("CarolConnect#");
     let carol = Person::new(&stack, &ucloud);
 
     let (status, answer) = integration(&stack, "connect", &ucloud);
@@ -404,7 +396,7 @@ fn connect_page_redeem_use_and_unlink() {
 #[test]
 fn bad_tickets_and_unsuitable_accounts_are_refused() {
     let stack = Stack::load();
-    let ucloud = unique("DaveRefused#");
+    let ucloud = unique_account("DaveRefused#");
     let dave = Person::new(&stack, &ucloud);
     let ticket = mint(&stack, &ucloud);
 
@@ -536,7 +528,7 @@ fn bob_cannot_take_over_alice_and_alice_may_reconnect() {
     );
 
     // Bob's account already serves BobNielsen: it takes no second UCloud user.
-    let stranger = unique("EveStranger#");
+    let stranger = unique_account("EveStranger#");
     let ticket = mint(&stack, &stranger);
     let out = connect_as(&stack, &bob_local, &[&ticket]);
     assert_eq!(out.status.code(), Some(77), "{}", text(&out));
@@ -659,8 +651,8 @@ fn old_mappings_expire() {
         panic!("the stack sets mapping_expire_after_ms; rerun scripts/stack up ({manifest})")
     });
 
-    let by_cli = unique("FrankExpire#");
-    let by_sweep = unique("GraceExpire#");
+    let by_cli = unique_account("FrankExpire#");
+    let by_sweep = unique_account("GraceExpire#");
     let frank = Person::new(&stack, &by_cli);
     let grace = Person::new(&stack, &by_sweep);
     // Whoever expires it first (this test's trigger, or another registry connection
@@ -731,10 +723,10 @@ fn backdate(stack: &Stack, ucloud: &str, age_ms: u64) {
 #[test]
 fn concurrent_redemptions_never_corrupt_the_store() {
     let stack = Stack::load();
-    let shared = unique("HeidiRace#");
+    let shared = unique_account("HeidiRace#");
     let (first, second) = (Person::new(&stack, &shared), Person::new(&stack, &shared));
     let own: Vec<Person> = (0..2)
-        .map(|i| Person::new(&stack, &unique(&format!("IvanRace{i}#"))))
+        .map(|i| Person::new(&stack, &unique_account(&format!("IvanRace{i}#"))))
         .collect();
     let ticket = mint(&stack, &shared);
     let own_tickets: Vec<String> = own.iter().map(|p| mint(&stack, &p.ucloud)).collect();

@@ -11,23 +11,10 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
-use ucloud_im_tests::{run_as, Stack};
+use ucloud_im_tests::{run_as, uid_of, unique, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
-
-fn uid_of(user: &str) -> u32 {
-    let out = Command::new("id").args(["-u", user]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
 
 fn home_of(user: &str) -> String {
     let out = Command::new("getent")

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::Stack;
+use ucloud_im_tests::{uid_of, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -106,14 +106,6 @@ fn joined(lines: &[Value], field: &str) -> String {
         .iter()
         .filter_map(|m| m["payload"][field].as_str())
         .collect()
-}
-
-fn uid_of(user: &str) -> u32 {
-    let output = Command::new("id").args(["-u", user]).output().unwrap();
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// Processes of `uid` running the jobs.follow plugin (its script stays open in the shell).

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, Stack};
+use ucloud_im_tests::{run_as, uid_of, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -49,15 +49,6 @@ fn home_of(user: &str) -> PathBuf {
             .nth(5)
             .unwrap_or_else(|| panic!("no account {user}")),
     )
-}
-
-fn uid_of(user: &str) -> u32 {
-    let output = Command::new("id").args(["-u", user]).output().unwrap();
-    assert!(output.status.success(), "no local account {user}");
-    String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 fn job_folder(user: &str, id: &str) -> PathBuf {

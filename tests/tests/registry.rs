@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, sim_log, Stack};
+use ucloud_im_tests::{run_as, sim_log, unique_account, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -65,14 +65,6 @@ fn hex(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}{}{}", std::process::id() % 10000, nanos % 100000)
-}
-
 /// `list` as `ucloudName -> (local, uid, drive)`.
 fn list(stack: &Stack) -> BTreeMap<String, (String, String, String)> {
     let out = registry(stack, &["list"]);
@@ -115,7 +107,7 @@ struct Scratch<'s> {
 
 impl<'s> Scratch<'s> {
     fn new(stack: &'s Stack, ucloud: &str) -> Scratch<'s> {
-        let name = unique("rtest-");
+        let name = unique_account("rtest-");
         let out = Command::new("useradd")
             .args([
                 "--create-home",
@@ -198,7 +190,7 @@ fn refusals_change_nothing_and_say_why() {
     let alice = stack.local_of(ALICE);
     let nologin = stack.get("UCLOUD_IM_NOLOGIN_USER");
     let service = stack.get("UCLOUD_IM_SERVICE_USER");
-    let fresh = unique("RTestNobody#");
+    let fresh = unique_account("RTestNobody#");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             vec!["add".into(), fresh.clone(), "daemon".into()],
@@ -324,7 +316,7 @@ fn usage_errors_exit_64() {
 fn add_browse_remove_round_trip() {
     let _serial = serial();
     let stack = Stack::load();
-    let ucloud = unique("RTest#");
+    let ucloud = unique_account("RTest#");
     let user = Scratch::new(&stack, &ucloud);
 
     let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
@@ -432,7 +424,7 @@ fn add_browse_remove_round_trip() {
 fn path_like_ucloud_names_stay_in_the_store() {
     let _serial = serial();
     let stack = Stack::load();
-    let ucloud = format!("../{}", unique("rtest-escape"));
+    let ucloud = format!("../{}", unique_account("rtest-escape"));
     let user = Scratch::new(&stack, &ucloud);
     let outside = |p: &Path| -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(p)
@@ -473,7 +465,7 @@ fn path_like_ucloud_names_stay_in_the_store() {
 fn concurrent_adds_of_one_name_map_it_once() {
     let _serial = serial();
     let stack = Stack::load();
-    let ucloud = unique("RTestRace#");
+    let ucloud = unique_account("RTestRace#");
     let first = Scratch::new(&stack, &ucloud);
     let second = Scratch::new(&stack, &ucloud);
     let spawn = |local: &str| {

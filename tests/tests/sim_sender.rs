@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, sim_log, Stack};
+use ucloud_im_tests::{run_as, sim_log, unique, Stack};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -28,16 +28,6 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-fn unique(prefix: &str) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}-{}-{}-{}",
-        std::process::id(),
-        now_ms(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn outbox(stack: &Stack) -> PathBuf {
