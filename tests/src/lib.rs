@@ -488,6 +488,83 @@ pub fn uid_of(user: &str) -> u32 {
         .unwrap()
 }
 
+/// The home directory of a local account.
+pub fn home_of(user: &str) -> String {
+    let out = Command::new("getent")
+        .args(["passwd", user])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "no local account {user}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(':')
+        .nth(5)
+        .unwrap()
+        .to_string()
+}
+
+/// A local account made for one test (useradd, a private home) and removed, with
+/// any mapping of `ucloud`, when the test ends, whatever happens.
+pub struct ScratchAccount<'s> {
+    stack: &'s Stack,
+    pub name: String,
+    pub ucloud: String,
+}
+
+impl<'s> ScratchAccount<'s> {
+    /// `prefix` starts the account's name (see [`unique_account`]).
+    pub fn new(stack: &'s Stack, prefix: &str, ucloud: &str) -> ScratchAccount<'s> {
+        let name = unique_account(prefix);
+        let out = Command::new("useradd")
+            .args([
+                "--create-home",
+                "--user-group",
+                "--shell",
+                "/bin/bash",
+                &name,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let account = ScratchAccount {
+            stack,
+            name,
+            ucloud: ucloud.to_string(),
+        };
+        // Private, as on a site: a browse that works proves it ran as this account.
+        std::fs::set_permissions(
+            account.home(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        account
+    }
+
+    pub fn home(&self) -> String {
+        home_of(&self.name)
+    }
+
+    pub fn uid(&self) -> u32 {
+        uid_of(&self.name)
+    }
+}
+
+impl Drop for ScratchAccount<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.stack.bin("ucloud-registry"))
+            .args(["remove", &self.ucloud])
+            .current_dir("/")
+            .output();
+        let _ = Command::new("userdel")
+            .args(["--remove", &self.name])
+            .output();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, sim_log, unique_account, Stack};
+use ucloud_im_tests::{run_as, sim_log, unique_account, ScratchAccount, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -118,71 +118,6 @@ fn sim_heard_count(stack: &Stack, path_part: &str, ucloud: &str) -> usize {
         .count()
 }
 
-/// A local account made for one test (useradd, private home) and removed with its
-/// mapping when the test ends, whatever happens.
-struct Person<'s> {
-    stack: &'s Stack,
-    name: String,
-    ucloud: String,
-}
-
-impl<'s> Person<'s> {
-    fn new(stack: &'s Stack, ucloud: &str) -> Person<'s> {
-        let name = unique_account("ctest-");
-        let out = Command::new("useradd")
-            .args([
-                "--create-home",
-                "--user-group",
-                "--shell",
-                "/bin/bash",
-                &name,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "useradd {name}: {}", text(&out));
-        let person = Person {
-            stack,
-            name,
-            ucloud: ucloud.to_string(),
-        };
-        // Private, as on a site: a browse that works proves it ran as this account.
-        let home = person.home();
-        std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .unwrap();
-        person
-    }
-
-    fn home(&self) -> String {
-        let out = Command::new("getent")
-            .args(["passwd", &self.name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .split(':')
-            .nth(5)
-            .unwrap()
-            .to_string()
-    }
-
-    fn uid(&self) -> u64 {
-        let out = Command::new("id")
-            .args(["-u", &self.name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    }
-}
-
-impl Drop for Person<'_> {
-    fn drop(&mut self) {
-        let _ = registry(self.stack, &["remove", &self.ucloud]);
-        let _ = Command::new("userdel")
-            .args(["--remove", &self.name])
-            .output();
-    }
-}
-
 /// A plain HTTP GET to the direct gateway, as a browser would send it (no token):
 /// for hostile targets a link would never carry.
 fn browser_get(stack: &Stack, target: &str) -> (u16, String, String) {
@@ -260,7 +195,7 @@ fn integration(stack: &Stack, op: &str, ucloud: &str) -> (u16, Value) {
 fn connect_page_redeem_use_and_unlink() {
     let stack = Stack::load();
     let ucloud = unique_account("CarolConnect#");
-    let carol = Person::new(&stack, &ucloud);
+    let carol = ScratchAccount::new(&stack, "ctest-", &ucloud);
 
     let (status, answer) = integration(&stack, "connect", &ucloud);
     assert_eq!(status, 200, "integration/connect: {answer}");
@@ -397,7 +332,7 @@ fn connect_page_redeem_use_and_unlink() {
 fn bad_tickets_and_unsuitable_accounts_are_refused() {
     let stack = Stack::load();
     let ucloud = unique_account("DaveRefused#");
-    let dave = Person::new(&stack, &ucloud);
+    let dave = ScratchAccount::new(&stack, "ctest-", &ucloud);
     let ticket = mint(&stack, &ucloud);
 
     let last = ticket.chars().last().unwrap();
@@ -653,8 +588,8 @@ fn old_mappings_expire() {
 
     let by_cli = unique_account("FrankExpire#");
     let by_sweep = unique_account("GraceExpire#");
-    let frank = Person::new(&stack, &by_cli);
-    let grace = Person::new(&stack, &by_sweep);
+    let frank = ScratchAccount::new(&stack, "ctest-", &by_cli);
+    let grace = ScratchAccount::new(&stack, "ctest-", &by_sweep);
     // Whoever expires it first (this test's trigger, or another registry connection
     // running at the same moment), it must be gone, audited, and UCloud told.
     let expired = |name: &str| {
@@ -724,9 +659,12 @@ fn backdate(stack: &Stack, ucloud: &str, age_ms: u64) {
 fn concurrent_redemptions_never_corrupt_the_store() {
     let stack = Stack::load();
     let shared = unique_account("HeidiRace#");
-    let (first, second) = (Person::new(&stack, &shared), Person::new(&stack, &shared));
-    let own: Vec<Person> = (0..2)
-        .map(|i| Person::new(&stack, &unique_account(&format!("IvanRace{i}#"))))
+    let (first, second) = (
+        ScratchAccount::new(&stack, "ctest-", &shared),
+        ScratchAccount::new(&stack, "ctest-", &shared),
+    );
+    let own: Vec<ScratchAccount> = (0..2)
+        .map(|i| ScratchAccount::new(&stack, "ctest-", &unique_account(&format!("IvanRace{i}#"))))
         .collect();
     let ticket = mint(&stack, &shared);
     let own_tickets: Vec<String> = own.iter().map(|p| mint(&stack, &p.ucloud)).collect();

@@ -17,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
-use ucloud_im_tests::Stack;
+use ucloud_im_tests::{home_of, Stack};
 
 static INSTALL: RwLock<()> = RwLock::new(());
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -379,19 +379,6 @@ fn id_of(flag: &str, user: &str) -> Vec<u32> {
         .split_whitespace()
         .map(|n| n.parse().unwrap())
         .collect()
-}
-
-fn home_of(user: &str) -> String {
-    let out = Command::new("getent")
-        .args(["passwd", user])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .split(':')
-        .nth(5)
-        .unwrap()
-        .to_string()
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, sim_log, unique_account, Stack};
+use ucloud_im_tests::{run_as, sim_log, unique_account, ScratchAccount, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -95,66 +95,6 @@ fn audit_has(stack: &Stack, action: &str, ucloud: &str, decision: &str) -> bool 
                 && v["decision"] == decision
         })
     })
-}
-
-/// A local account made for one test and deleted (with its home and any mapping)
-/// when the test ends, whatever happens.
-struct Scratch<'s> {
-    stack: &'s Stack,
-    name: String,
-    ucloud: String,
-}
-
-impl<'s> Scratch<'s> {
-    fn new(stack: &'s Stack, ucloud: &str) -> Scratch<'s> {
-        let name = unique_account("rtest-");
-        let out = Command::new("useradd")
-            .args([
-                "--create-home",
-                "--user-group",
-                "--shell",
-                "/bin/bash",
-                &name,
-            ])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "useradd {name}: {}", text(&out));
-        Scratch {
-            stack,
-            name,
-            ucloud: ucloud.to_string(),
-        }
-    }
-
-    fn home(&self) -> String {
-        let out = Command::new("getent")
-            .args(["passwd", &self.name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .split(':')
-            .nth(5)
-            .unwrap()
-            .to_string()
-    }
-
-    fn uid(&self) -> String {
-        let out = Command::new("id")
-            .args(["-u", &self.name])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Scratch<'_> {
-    fn drop(&mut self) {
-        let _ = registry(self.stack, &["remove", &self.ucloud]);
-        let _ = Command::new("userdel")
-            .args(["--remove", &self.name])
-            .output();
-    }
 }
 
 fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
@@ -317,7 +257,7 @@ fn add_browse_remove_round_trip() {
     let _serial = serial();
     let stack = Stack::load();
     let ucloud = unique_account("RTest#");
-    let user = Scratch::new(&stack, &ucloud);
+    let user = ScratchAccount::new(&stack, "rtest-", &ucloud);
 
     let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
     assert!(out.status.success(), "add: {}", text(&out));
@@ -339,7 +279,7 @@ fn add_browse_remove_round_trip() {
     };
     assert_eq!(
         list(&stack)[&ucloud],
-        (user.name.clone(), user.uid(), drive.clone())
+        (user.name.clone(), user.uid().to_string(), drive.clone())
     );
     assert!(
         audit_has(&stack, "add", &ucloud, "allowed"),
@@ -357,7 +297,7 @@ fn add_browse_remove_round_trip() {
     let m: Value = serde_json::from_str(&std::fs::read_to_string(&mapping).unwrap()).unwrap();
     assert_eq!(m["ucloud"], ucloud.as_str());
     assert_eq!(m["local"], user.name.as_str());
-    assert_eq!(m["uid"].to_string(), user.uid());
+    assert_eq!(m["uid"], user.uid());
     assert!(m["created"].as_u64().unwrap() > 1_600_000_000_000, "{m}");
 
     let drive_file = state(&stack).join("drives").join(&drive);
@@ -425,7 +365,7 @@ fn path_like_ucloud_names_stay_in_the_store() {
     let _serial = serial();
     let stack = Stack::load();
     let ucloud = format!("../{}", unique_account("rtest-escape"));
-    let user = Scratch::new(&stack, &ucloud);
+    let user = ScratchAccount::new(&stack, "rtest-", &ucloud);
     let outside = |p: &Path| -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(p)
             .unwrap()
@@ -466,8 +406,8 @@ fn concurrent_adds_of_one_name_map_it_once() {
     let _serial = serial();
     let stack = Stack::load();
     let ucloud = unique_account("RTestRace#");
-    let first = Scratch::new(&stack, &ucloud);
-    let second = Scratch::new(&stack, &ucloud);
+    let first = ScratchAccount::new(&stack, "rtest-", &ucloud);
+    let second = ScratchAccount::new(&stack, "rtest-", &ucloud);
     let spawn = |local: &str| {
         Command::new(stack.bin("ucloud-registry"))
             .args(["add", &ucloud, local, "--wait", "0"])
