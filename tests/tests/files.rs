@@ -204,6 +204,27 @@ fn folders_copies_moves_and_conflict_policies() {
     assert_eq!(std::fs::read(s.local("src/a(1).txt")).unwrap(), b"mine");
     assert_eq!(std::fs::read(s.local("src/deep/c")).unwrap(), b"c");
     assert!(!exists(&s.local("m")), "the merged source is gone");
+    // The same by copy: folders merge all the way down, the source stays.
+    as_user(
+        &alice,
+        &format!(
+            "cd {} && mkdir -p cm/deep && printf copy > cm/a.txt && printf d > cm/deep/d",
+            s.dir
+        ),
+    );
+    let (st, body) = api(
+        &stack,
+        ALICE,
+        "POST",
+        "files/copy",
+        items(vec![json!({
+        "oldId": format!("{base}/cm"), "newId": format!("{base}/src"), "conflictPolicy": "MERGE_RENAME"})]),
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(std::fs::read(s.local("src/a(2).txt")).unwrap(), b"copy");
+    assert_eq!(std::fs::read(s.local("src/deep/d")).unwrap(), b"d");
+    assert_eq!(std::fs::read(s.local("src/deep/c")).unwrap(), b"c");
+    assert_eq!(std::fs::read(s.local("cm/a.txt")).unwrap(), b"copy");
     // Moving a folder into itself is refused.
     let (st, body) = api(
         &stack,

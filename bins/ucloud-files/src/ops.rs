@@ -141,7 +141,7 @@ pub fn move_files(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
         let st = fsops::lstat(&src_dir, src, &from.shown())?;
         let is_dir = Kind::of(&st) == Kind::Directory;
         if policy == Policy::MergeRename && is_dir && is_existing_dir(&dst_dir, want) {
-            merge_move(journal, &src_dir, src, &dst_dir, want, &shown)?;
+            merge(journal, &src_dir, src, &dst_dir, want, &shown, Merge::Move)?;
             return Ok(done(&to, want));
         }
         match fsops::place(journal, &src_dir, src, &dst_dir, want, policy, &shown) {
@@ -174,16 +174,24 @@ fn is_existing_dir(dir: &OwnedFd, name: &str) -> bool {
     fsops::lstat(dir, name, name).is_ok_and(|st| Kind::of(&st) == Kind::Directory)
 }
 
-/// MERGE_RENAME of a folder onto a folder by moves: each entry goes in, clashing
-/// files get a free name, clashing folders merge. The emptied source folder is
-/// removed at commit.
-fn merge_move(
+/// How a merge brings entries in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Merge {
+    Move,
+    Copy,
+}
+
+/// MERGE_RENAME of a folder onto a folder: each entry goes in (moved or copied),
+/// clashing files get a free name, clashing folders merge. A source folder moved
+/// from, emptied, is removed at commit.
+fn merge(
     journal: &mut Journal,
     src_dir: &OwnedFd,
     src: &str,
     dst_dir: &OwnedFd,
     dst: &str,
     shown: &str,
+    how: Merge,
 ) -> Result<(), Error> {
     let from = fsops::open_subdir(src_dir, src, shown)?;
     let to = fsops::open_subdir(dst_dir, dst, shown)?;
@@ -191,36 +199,45 @@ fn merge_move(
     for name in names {
         let child_shown = format!("{shown}/{name}");
         if is_existing_dir(&from, &name) && is_existing_dir(&to, &name) {
-            merge_move(journal, &from, &name, &to, &name, &child_shown)?;
-            continue;
-        }
-        match fsops::place(
-            journal,
-            &from,
-            &name,
-            &to,
-            &name,
-            Policy::Rename,
-            &child_shown,
-        ) {
-            Ok(got) => journal.moved(&from, &name, &to, &got)?,
-            Err(PlaceError::CrossDevice) => {
-                copy_in(
-                    journal,
-                    &from,
-                    &name,
-                    &to,
-                    &name,
-                    Policy::Rename,
-                    &child_shown,
-                    &child_shown,
-                )?;
-                journal.remove_at_commit(&from, &name)?;
-            }
-            Err(PlaceError::Other(e)) => return Err(e),
+            merge(journal, &from, &name, &to, &name, &child_shown, how)?;
+        } else if how == Merge::Move {
+            move_in(journal, &from, &name, &to, &child_shown)?;
+        } else {
+            copy_in(
+                journal,
+                &from,
+                &name,
+                &to,
+                &name,
+                Policy::Rename,
+                &child_shown,
+                &child_shown,
+            )?;
         }
     }
-    journal.remove_at_commit(src_dir, src)
+    match how {
+        Merge::Move => journal.remove_at_commit(src_dir, src),
+        Merge::Copy => Ok(()),
+    }
+}
+
+/// Moves one entry into a folder being merged into, under a free name; across
+/// devices it is copied, and the original removed at commit.
+fn move_in(
+    journal: &mut Journal,
+    from: &OwnedFd,
+    name: &str,
+    to: &OwnedFd,
+    shown: &str,
+) -> Result<(), Error> {
+    match fsops::place(journal, from, name, to, name, Policy::Rename, shown) {
+        Ok(got) => journal.moved(from, name, to, &got),
+        Err(PlaceError::CrossDevice) => {
+            copy_in(journal, from, name, to, name, Policy::Rename, shown, shown)?;
+            journal.remove_at_commit(from, name)
+        }
+        Err(PlaceError::Other(e)) => Err(e),
+    }
 }
 
 /// Copies into a hidden staging name next to the target, then renames it into
@@ -267,7 +284,15 @@ pub fn copy_files(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
             && Kind::of(&st) == Kind::Directory
             && is_existing_dir(&dst_dir, want)
         {
-            merge_copy(journal, &src_dir, src, &dst_dir, want, &to.shown())?;
+            merge(
+                journal,
+                &src_dir,
+                src,
+                &dst_dir,
+                want,
+                &to.shown(),
+                Merge::Copy,
+            )?;
             return Ok(done(&to, want));
         }
         let name = copy_in(
@@ -282,37 +307,6 @@ pub fn copy_files(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
         )?;
         Ok(done(&to, &name))
     })
-}
-
-fn merge_copy(
-    journal: &mut Journal,
-    src_dir: &OwnedFd,
-    src: &str,
-    dst_dir: &OwnedFd,
-    dst: &str,
-    shown: &str,
-) -> Result<(), Error> {
-    let from = fsops::open_subdir(src_dir, src, shown)?;
-    let to = fsops::open_subdir(dst_dir, dst, shown)?;
-    let names = crate::tree::list(fsops::dup(&from)?, shown)?.names;
-    for name in names {
-        let child_shown = format!("{shown}/{name}");
-        if is_existing_dir(&from, &name) && is_existing_dir(&to, &name) {
-            merge_copy(journal, &from, &name, &to, &name, &child_shown)?;
-        } else {
-            copy_in(
-                journal,
-                &from,
-                &name,
-                &to,
-                &name,
-                Policy::Rename,
-                &child_shown,
-                &child_shown,
-            )?;
-        }
-    }
-    Ok(())
 }
 
 /// The drive's trash folder, made on first use.
