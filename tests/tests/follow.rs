@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{uid_of, Stack};
+use ucloud_im_tests::{uid_of, ws_client_frame, ws_connect, ws_server_frame, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -425,83 +425,26 @@ fn base64url(data: &[u8]) -> String {
     out
 }
 
-/// One client frame (masked, as RFC 6455 requires of a client).
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0x17, 0xc3, 0x81];
-    let mut frame = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => frame.push(0x80 | n as u8),
-        n => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
-/// The next server frame: (opcode, payload).
-fn server_frame(stream: &mut impl std::io::Read) -> std::io::Result<(u8, Vec<u8>)> {
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head)?;
-    let len = match head[1] & 0x7f {
-        126 => {
-            let mut n = [0u8; 2];
-            stream.read_exact(&mut n)?;
-            u64::from(u16::from_be_bytes(n))
-        }
-        127 => {
-            let mut n = [0u8; 8];
-            stream.read_exact(&mut n)?;
-            u64::from_be_bytes(n)
-        }
-        n => u64::from(n),
-    };
-    assert_eq!(head[1] & 0x80, 0, "a server frame is never masked");
-    assert!(len < 1 << 20, "a {len}-byte frame");
-    let mut payload = vec![0u8; len as usize];
-    stream.read_exact(&mut payload)?;
-    Ok((head[0] & 0x0f, payload))
-}
-
 /// The gateway pings every 30 s (ucloud-gateway(8)), so a job that prints nothing
 /// for long keeps its stream: a client that answers the ping still gets the job's
 /// output afterwards.
 #[test]
 fn a_quiet_job_keeps_its_stream_by_pings_every_30_s() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let stack = stack();
     let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
-    let url = stack.get("UCLOUD_IM_GATEWAY_URL");
-    let authority = url
-        .strip_prefix("http://")
-        .unwrap_or_else(|| panic!("UCLOUD_IM_GATEWAY_URL {url} is not plain HTTP"))
-        .trim_end_matches('/');
     let id = job_id("follow-ping");
     // Quiet past the first ping, then one line.
     let (job, slurm_id) = start(&stack, &id, "sleep 34; echo after-the-ping; sleep 120");
-    let mut stream = std::net::TcpStream::connect(authority).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(45)))
-        .unwrap();
     let provider = stack.get("UCLOUD_IM_PROVIDER");
-    let upgrade = format!(
-        "GET /ucloud/jobs.provider.{provider}/websocket?usernameHint={} HTTP/1.1\r\n\
-         Host: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-         Authorization: Bearer {}\r\n\r\n",
-        base64url(ALICE.as_bytes()),
-        stack.token(&[])
+    let (head, mut stream) = ws_connect(
+        &stack,
+        &format!(
+            "/ucloud/jobs.provider.{provider}/websocket?usernameHint={}",
+            base64url(ALICE.as_bytes())
+        ),
+        &format!("Authorization: Bearer {}\r\n", stack.token(&[])),
     );
-    stream.write_all(upgrade.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let upgraded = Instant::now();
     let init = json!({
@@ -510,20 +453,20 @@ fn a_quiet_job_keeps_its_stream_by_pings_every_30_s() {
         "payload": {"type": "init", "job": job},
     });
     stream
-        .write_all(&client_frame(0x1, init.to_string().as_bytes()))
+        .write_all(&ws_client_frame(0x1, init.to_string().as_bytes()))
         .unwrap();
 
     let mut pinged = None;
     let mut text = Vec::new();
     let outcome = loop {
-        let (opcode, payload) = match server_frame(&mut stream) {
+        let (opcode, payload) = match ws_server_frame(&mut stream) {
             Ok(frame) => frame,
             Err(e) => break format!("read: {e}"),
         };
         match opcode {
             0x9 => {
                 pinged.get_or_insert(upgraded.elapsed());
-                stream.write_all(&client_frame(0xA, &payload)).unwrap();
+                stream.write_all(&ws_client_frame(0xA, &payload)).unwrap();
             }
             0x1 => {
                 let message: Value = serde_json::from_slice(&payload).unwrap();
@@ -539,7 +482,7 @@ fn a_quiet_job_keeps_its_stream_by_pings_every_30_s() {
             other => break format!("opcode {other}"),
         }
     };
-    let _ = stream.write_all(&client_frame(0x8, &1000u16.to_be_bytes()));
+    let _ = stream.write_all(&ws_client_frame(0x8, &1000u16.to_be_bytes()));
     scancel(&slurm_id);
     assert_eq!(outcome, "the line", "{text:#?}");
     let pinged = pinged.expect("no ping before the job's line");

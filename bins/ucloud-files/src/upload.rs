@@ -1,4 +1,5 @@
-//! `files.createUpload` and the data channel's `files.upload` (protocol CHUNKED).
+//! `files.createUpload` and the data channel's `files.upload` (protocols CHUNKED
+//! and WEBSOCKET_V1).
 //!
 //! Chunks are written into a hidden partial file next to the target,
 //! `.ucloud-im-upload-<jti>-<item>`, at the offset the client names (`-1`: at the
@@ -49,14 +50,7 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
                 )))
             }
         }
-        if let Some(list) = item.get("supportedProtocols").and_then(Value::as_array) {
-            if !list.iter().any(|p| p == "CHUNKED") {
-                return Err(Error::BadRequest(format!(
-                    "{what}: this provider speaks the CHUNKED upload protocol only, the client offers {}",
-                    Value::Array(list.clone())
-                )));
-            }
-        }
+        let protocol = protocol_for(item, &what)?;
         let loc = ctx.resolve(id)?;
         let (dir, name) = loc.open_parent()?;
         if policy == Policy::Reject && crate::conflict::exists(&dir, name) {
@@ -79,9 +73,17 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
             ))
         })?;
         items.push(json!({"path": loc.shown(), "conflictPolicy": policy.name()}));
+        let endpoint = match protocol {
+            "CHUNKED" => endpoint("upload", &format!("item={i}"))?,
+            // A browser cannot set headers on a WebSocket: the token goes in the URL.
+            _ => websocket_url(&endpoint(
+                "upload",
+                &format!("item={i}&token={}", token.raw),
+            )?),
+        };
         responses.push(json!({
-            "endpoint": endpoint("upload", &format!("item={i}"))?,
-            "protocol": "CHUNKED",
+            "endpoint": endpoint,
+            "protocol": protocol,
             "token": token.raw,
         }));
     }
@@ -91,6 +93,31 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
         &json!({"call": "files.upload", "exp": token.exp, "items": items}),
     )?;
     Ok(json!({ "responses": responses }))
+}
+
+/// CHUNKED when the client offers it (or names none), else WEBSOCKET_V1.
+fn protocol_for(item: &Value, what: &str) -> Result<&'static str, Error> {
+    let Some(list) = item.get("supportedProtocols").and_then(Value::as_array) else {
+        return Ok("CHUNKED");
+    };
+    for protocol in ["CHUNKED", "WEBSOCKET_V1"] {
+        if list.iter().any(|p| p == protocol) {
+            return Ok(protocol);
+        }
+    }
+    Err(Error::BadRequest(format!(
+        "{what}: this provider speaks the CHUNKED and WEBSOCKET_V1 upload protocols, the client offers {}",
+        Value::Array(list.clone())
+    )))
+}
+
+/// The same place as a WebSocket URL (`https` becomes `wss`, `http` becomes `ws`).
+fn websocket_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some(("https", rest)) => format!("wss://{rest}"),
+        Some(("http", rest)) => format!("ws://{rest}"),
+        _ => url.to_string(),
+    }
 }
 
 fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
@@ -157,16 +184,30 @@ fn answer(status: u16, body: &Value) -> Result<(), Error> {
         .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))
 }
 
-pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
+/// An upload's partial file, locked for this chunk (or stream), and where it stands.
+struct Partial {
+    loc: resolve::Loc,
+    shown: String,
+    dir: std::os::fd::OwnedFd,
+    name: String,
+    partial: String,
+    policy: Policy,
+    lock: Flock<std::fs::File>,
+    /// Bytes on disk already: where the next byte goes.
+    have: u64,
+}
+
+/// The session's item for this request, and its partial file, opened and locked.
+fn open_partial(ctx: &Ctx, request: &Value) -> Result<Partial, Error> {
     let token = session::token(Some(request), "files.upload", &ctx.user)?;
     let session = session::read(&token)?;
     let (n, item) = session::item(&session, request)?;
     let id = resolve::text(item, "path", "the transfer session")?;
     let policy = Policy::of(item)?;
-    let c = chunk(request)?;
     let loc = ctx.resolve(id)?;
     let shown = loc.shown();
     let (dir, name) = loc.open_parent()?;
+    let name = name.to_string();
     let partial = format!(
         "{}upload-{}-{n}",
         fsops::TRANSIENT,
@@ -183,70 +224,207 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
     // the offset moved and is refused.
     let lock = Flock::lock(std::fs::File::from(fd), FlockArg::LockExclusive)
         .map_err(|(_, e)| Error::from_errno(e, &shown))?;
-    let file: &std::fs::File = &lock;
-    let st = fstat(file).map_err(|e| Error::from_errno(e, &shown))?;
+    let st = fstat(&*lock).map_err(|e| Error::from_errno(e, &shown))?;
     if st.st_nlink == 0 {
         // The chunk we waited for failed on an empty partial file and removed it.
         return Err(Error::BadOffset(format!(
             "{shown}: another chunk of this upload failed meanwhile; send the chunk that starts at 0"
         )));
     }
-    let have = st.st_size as u64;
-    let at = c.offset.unwrap_or(have);
-    if at != have {
-        return Err(Error::BadOffset(format!(
-            "{shown}: this chunk starts at byte {at}, but {have} bytes are on disk; \
-             send the chunk that starts at {have} (or offset -1)"
-        )));
+    Ok(Partial {
+        loc,
+        shown,
+        dir,
+        name,
+        partial,
+        policy,
+        lock,
+        have: st.st_size as u64,
+    })
+}
+
+impl Partial {
+    /// Refuses a start other than the resume point, and a size the data overruns.
+    fn check(&self, at: u64, length: u64, total: u64) -> Result<(), Error> {
+        let (have, shown) = (self.have, &self.shown);
+        if at != have {
+            return Err(Error::BadOffset(format!(
+                "{shown}: this chunk starts at byte {at}, but {have} bytes are on disk; \
+                 send the chunk that starts at {have} (or offset -1)"
+            )));
+        }
+        if have > total || at + length > total {
+            return Err(Error::BadRequest(format!(
+                "{shown}: a chunk of {length} bytes at {at} goes past the declared total size of {total} bytes"
+            )));
+        }
+        Ok(())
     }
-    if have > c.total || at + c.length > c.total {
-        return Err(Error::BadRequest(format!(
-            "{shown}: a chunk of {} bytes at {at} goes past the declared total size of {} bytes",
-            c.length, c.total
-        )));
-    }
-    // Cut back to `have` on any failure, so that nothing half-written stays (the
-    // truncation also frees the space reserved past it); a partial file left empty
-    // goes, so that a first chunk that failed leaves no trace.
-    let undo = |e: Error| -> Error {
-        let _ = ftruncate(file, have as i64);
-        if have == 0 {
-            let _ = unlinkat(&dir, partial.as_str(), UnlinkatFlags::NoRemoveDir);
+
+    /// Cuts the file back to `keep` bytes after a failure, so that nothing
+    /// half-written stays (which also frees the space reserved past it); a partial
+    /// file left empty goes, so that a first chunk that failed leaves no trace.
+    fn cut_back(&self, keep: u64, e: Error) -> Error {
+        let _ = ftruncate(&*self.lock, keep as i64);
+        if keep == 0 {
+            let _ = unlinkat(&self.dir, self.partial.as_str(), UnlinkatFlags::NoRemoveDir);
         }
         e
-    };
-    reserve(file, have, c.total, &shown).map_err(undo)?;
-    receive(file, at, c.length, &shown).map_err(undo)?;
+    }
+
+    /// The complete file: data and metadata on disk, then the name appears, under
+    /// the conflict policy. Returns the UCloud id it got.
+    fn finish(self) -> Result<String, Error> {
+        let shown = &self.shown;
+        fsync(&*self.lock).map_err(|e| self.cut_back(self.have, Error::from_errno(e, shown)))?;
+        let mut journal = Journal::default();
+        let policy = if self.policy == Policy::MergeRename {
+            Policy::Rename
+        } else {
+            self.policy
+        };
+        let got = match fsops::place(
+            &mut journal,
+            &self.dir,
+            &self.partial,
+            &self.dir,
+            &self.name,
+            policy,
+            shown,
+        ) {
+            Ok(got) => got,
+            Err(PlaceError::Other(e)) => return Err(e),
+            Err(PlaceError::CrossDevice) => {
+                return Err(Error::Internal("rename crossed a device".into()))
+            }
+        };
+        journal.commit()?;
+        fsync(&self.dir).map_err(|e| Error::from_errno(e, shown))?;
+        Ok(self
+            .loc
+            .parent()
+            .map(|p| p.child(&got).shown())
+            .unwrap_or_else(|| shown.clone()))
+    }
+}
+
+pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
+    if request.get("protocol").and_then(Value::as_str) == Some("WEBSOCKET_V1") {
+        return serve_stream(ctx, request);
+    }
+    let c = chunk(request)?;
+    let mut up = open_partial(ctx, request)?;
+    let at = c.offset.unwrap_or(up.have);
+    up.check(at, c.length, c.total)?;
+    let (have, shown) = (up.have, up.shown.clone());
+    reserve(&up.lock, have, c.total, &shown).map_err(|e| up.cut_back(have, e))?;
+    receive(&up.lock, at, c.length, &shown).map_err(|e| up.cut_back(have, e))?;
     let pos = at + c.length;
     if pos < c.total {
-        fdatasync(file).map_err(|e| undo(Error::from_errno(e, &shown)))?;
+        fdatasync(&*up.lock).map_err(|e| up.cut_back(have, Error::from_errno(e, &shown)))?;
         return answer(
             200,
             &json!({"offset": pos, "totalSize": c.total, "complete": false}),
         );
     }
-    // The last chunk: data and metadata on disk before the name appears.
-    fsync(file).map_err(|e| undo(Error::from_errno(e, &shown)))?;
-    let mut journal = Journal::default();
-    let policy = if policy == Policy::MergeRename {
-        Policy::Rename
-    } else {
-        policy
-    };
-    let got = match fsops::place(&mut journal, &dir, &partial, &dir, name, policy, &shown) {
-        Ok(got) => got,
-        Err(PlaceError::Other(e)) => return Err(e),
-        Err(PlaceError::CrossDevice) => {
-            return Err(Error::Internal("rename crossed a device".into()))
-        }
-    };
-    journal.commit()?;
-    fsync(&dir).map_err(|e| Error::from_errno(e, &shown))?;
-    let id = loc.parent().map(|p| p.child(&got).shown()).unwrap_or(shown);
+    up.have = pos;
+    let id = up.finish()?;
     answer(
         200,
         &json!({"offset": pos, "totalSize": c.total, "complete": true, "id": id}),
     )
+}
+
+/// Bytes between two progress reports of a WEBSOCKET_V1 upload: each report says
+/// that many more bytes are on disk.
+const PROGRESS_STEP: u64 = 16 << 20;
+
+/// WEBSOCKET_V1 (ucloud-files(8)): the gateway passes the client's first message,
+/// `<offset> <totalSize>`, as one line on stdin, then the binary messages' bytes.
+/// Every PROGRESS_STEP bytes (and at the end) they are made durable and the count
+/// on disk is printed as a line, which the gateway sends as a text message. A
+/// stream that ends early keeps what is on disk: the client reconnects with that
+/// offset, or with any smaller one (the last count it was told).
+fn serve_stream(ctx: &Ctx, request: &Value) -> Result<(), Error> {
+    let (offset, total) = stream_start()?;
+    let mut up = open_partial(ctx, request)?;
+    // A client may resume from the last count it was told, which can be short of
+    // what reached the disk before the connection broke: the rest is sent again.
+    if offset < up.have {
+        ftruncate(&*up.lock, offset as i64).map_err(|e| Error::from_errno(e, &up.shown))?;
+        up.have = offset;
+    }
+    up.check(offset, 0, total)?;
+    let shown = up.shown.clone();
+    reserve(&up.lock, up.have, total, &shown).map_err(|e| up.cut_back(up.have, e))?;
+    let mut out = std::io::stdout().lock();
+    while up.have < total {
+        let want = (total - up.have).min(PROGRESS_STEP);
+        let got =
+            receive_upto(&up.lock, up.have, want, &shown).map_err(|e| up.cut_back(up.have, e))?;
+        fdatasync(&*up.lock).map_err(|e| up.cut_back(up.have, Error::from_errno(e, &shown)))?;
+        up.have += got;
+        if got < want {
+            // What came is on disk; the space reserved past it is not needed now.
+            let _ = ftruncate(&*up.lock, up.have as i64);
+            return Err(Error::BadRequest(format!(
+                "{shown}: the upload stopped after {} of {total} bytes; they are kept, \
+                 reconnect with offset {}",
+                up.have, up.have
+            )));
+        }
+        if up.have < total {
+            writeln!(out, "{}", up.have)
+                .and_then(|()| out.flush())
+                .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))?;
+        }
+    }
+    up.finish()?;
+    writeln!(out, "{total}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))
+}
+
+/// The stream's first line, `<offset> <totalSize>`, read byte by byte from the
+/// raw descriptor: the bytes after it are the file's and go to `splice`.
+fn stream_start() -> Result<(u64, u64), Error> {
+    let stdin = std::io::stdin();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(stdin.as_fd(), &mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() < 64 => line.push(byte[0]),
+            Ok(_) => break,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(Error::Internal(format!("reading the upload's start: {e}"))),
+        }
+    }
+    parse_start(&String::from_utf8_lossy(&line))
+}
+
+/// `<offset> <totalSize>`, two whole numbers, the offset at most the size.
+fn parse_start(text: &str) -> Result<(u64, u64), Error> {
+    let bad = || {
+        Error::BadRequest(format!(
+            "the first message must be \"<offset> <totalSize>\" (two whole numbers), got {text:?}"
+        ))
+    };
+    let mut words = text.split(' ');
+    let (Some(offset), Some(total), None) = (words.next(), words.next(), words.next()) else {
+        return Err(bad());
+    };
+    let number = |w: &str| {
+        (!w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| w.parse::<u64>().ok())
+            .flatten()
+            .filter(|n| *n <= MAX_TOTAL)
+    };
+    match (number(offset), number(total)) {
+        (Some(o), Some(t)) if o <= t => Ok((o, t)),
+        _ => Err(bad()),
+    }
 }
 
 /// Reserves the space the rest of the upload needs, so that an upload that cannot
@@ -292,6 +470,18 @@ const STEP: usize = 1 << 20;
 /// the chunk arrives and the `fdatasync` before the answer waits only for the
 /// tail. It also keeps uploads from filling the login node's page cache.
 fn receive(file: &std::fs::File, at: u64, length: u64, shown: &str) -> Result<(), Error> {
+    let got = receive_upto(file, at, length, shown)?;
+    if got < length {
+        return Err(Error::BadRequest(format!(
+            "{shown}: the chunk was cut short after {got} of {length} bytes; nothing of it was \
+             kept, resend it from offset {at}"
+        )));
+    }
+    Ok(())
+}
+
+/// Like [`receive`], but an early end of stdin is no error: the bytes moved.
+fn receive_upto(file: &std::fs::File, at: u64, length: u64, shown: &str) -> Result<u64, Error> {
     let stdin = std::io::stdin();
     let end = at + length;
     let mut pos = at;
@@ -330,11 +520,7 @@ fn receive(file: &std::fs::File, at: u64, length: u64, shown: &str) -> Result<()
             n
         };
         if got == 0 {
-            return Err(Error::BadRequest(format!(
-                "{shown}: the chunk was cut short after {} of {length} bytes; nothing of it was \
-                 kept, resend it from offset {at}",
-                pos - at
-            )));
+            break;
         }
         pos += got as u64;
         if pos - started >= WRITEBACK_STEP || pos == end {
@@ -347,7 +533,7 @@ fn receive(file: &std::fs::File, at: u64, length: u64, shown: &str) -> Result<()
             started = pos;
         }
     }
-    Ok(())
+    Ok(pos - at)
 }
 
 #[cfg(test)]
@@ -356,6 +542,46 @@ mod tests {
 
     fn req(h: Value) -> Value {
         json!({"headers": h})
+    }
+
+    #[test]
+    fn stream_starts_are_two_numbers_in_order() {
+        assert_eq!(parse_start("0 10").unwrap(), (0, 10));
+        assert_eq!(parse_start("10 10").unwrap(), (10, 10));
+        for bad in [
+            "",
+            "0",
+            "0 10 3",
+            "11 10",
+            "-1 10",
+            "0  10",
+            " 0 10",
+            "0x1 10",
+            "1 1e3",
+            "0 99999999999999999999",
+        ] {
+            assert!(parse_start(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn protocols_and_their_urls() {
+        let offer = |p: Value| json!({"supportedProtocols": p});
+        assert_eq!(protocol_for(&json!({}), "item").unwrap(), "CHUNKED");
+        assert_eq!(
+            protocol_for(&offer(json!(["WEBSOCKET_V1", "CHUNKED"])), "i").unwrap(),
+            "CHUNKED"
+        );
+        assert_eq!(
+            protocol_for(&offer(json!(["WEBSOCKET_V1"])), "i").unwrap(),
+            "WEBSOCKET_V1"
+        );
+        assert!(protocol_for(&offer(json!(["CARRIER_PIGEON"])), "i").is_err());
+        assert_eq!(
+            websocket_url("https://h/ucloud/p/upload?x"),
+            "wss://h/ucloud/p/upload?x"
+        );
+        assert_eq!(websocket_url("http://h:1/u"), "ws://h:1/u");
     }
 
     #[test]

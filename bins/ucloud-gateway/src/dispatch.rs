@@ -270,7 +270,7 @@ fn write_side(mut w: impl Write + Send + 'static, data: Vec<u8>) {
     }
 }
 
-fn collect_stderr(mut err: ChildStderr) -> JoinHandle<Vec<u8>> {
+pub fn collect_stderr(mut err: ChildStderr) -> JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut kept = Vec::new();
         let mut buf = [0u8; 8192];
@@ -340,7 +340,7 @@ fn finish_failed(mut child: Child, stderr: JoinHandle<Vec<u8>>, reject: Reject) 
 /// user the kill is refused (EPERM); closing its stdout then makes it fail on the
 /// next write, and the caller closes the connection, which ends this process and
 /// with it the plugin (PR_SET_PDEATHSIG, set by the dispatcher).
-fn stop(child: &mut Child) {
+pub fn stop(child: &mut Child) {
     let killed = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).is_ok();
     drop(child.stdout.take());
     if killed {

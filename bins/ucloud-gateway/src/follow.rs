@@ -132,26 +132,7 @@ fn check_upgrade(site: &Site, req: &Request) -> Result<(Caller, String), Reject>
         .config
         .as_ref()
         .map_err(|why| Reject::Misconfigured(why.clone()))?;
-    let has_token = |name: &str, token: &str| {
-        req.header(name)
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Err(Reject::BadRequest(
-            "this is a WebSocket endpoint: the request needs Upgrade: websocket and Connection: Upgrade".into(),
-        ));
-    }
-    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(Reject::BadRequest(
-            "only WebSocket version 13 (RFC 6455) is spoken: send Sec-WebSocket-Version: 13".into(),
-        ));
-    }
-    let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
-    if !ws::valid_key(key) {
-        return Err(Reject::BadRequest(
-            "Sec-WebSocket-Key is missing or not base64 of 16 bytes".into(),
-        ));
-    }
+    let accept = upgrade_accept(req)?;
     // The token first: an unauthenticated caller learns nothing else.
     let (bearer, verified) = verify_bearer(site, config, req)?;
     let user = match req.query_param("usernameHint") {
@@ -174,8 +155,33 @@ fn check_upgrade(site: &Site, req: &Request) -> Result<(Caller, String), Reject>
             user,
             provider: config.provider.clone(),
         },
-        ws::accept_key(key),
+        accept,
     ))
+}
+
+/// The checks of an RFC 6455 upgrade request; the Sec-WebSocket-Accept value.
+pub fn upgrade_accept(req: &Request) -> Result<String, Reject> {
+    let has_token = |name: &str, token: &str| {
+        req.header(name)
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(Reject::BadRequest(
+            "this is a WebSocket endpoint: the request needs Upgrade: websocket and Connection: Upgrade".into(),
+        ));
+    }
+    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(Reject::BadRequest(
+            "only WebSocket version 13 (RFC 6455) is spoken: send Sec-WebSocket-Version: 13".into(),
+        ));
+    }
+    let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
+    if !ws::valid_key(key) {
+        return Err(Reject::BadRequest(
+            "Sec-WebSocket-Key is missing or not base64 of 16 bytes".into(),
+        ));
+    }
+    Ok(ws::accept_key(key))
 }
 
 /// Reads the client's frames until it leaves, breaks the protocol, or `stop` is set.

@@ -393,7 +393,7 @@ fn bearer_token(req: &Request) -> Result<&str, Reject> {
     Ok(token)
 }
 
-fn transfer_token(req: &Request) -> Result<Option<String>, Reject> {
+pub(crate) fn transfer_token(req: &Request) -> Result<Option<String>, Reject> {
     let token = req
         .query_param("token")
         .or_else(|| req.header("chunked-upload-token").map(str::to_string));
@@ -427,7 +427,7 @@ fn query_object(req: &Request, skip: Option<&str>) -> Value {
 
 /// The data channel's request (provisional until the transfer calls are served):
 /// the method, the query without the token, and the headers a transfer needs.
-fn transfer_request(req: &Request) -> Value {
+pub(crate) fn transfer_request(req: &Request) -> Value {
     let mut headers = Map::new();
     for name in [
         "chunked-upload-offset",

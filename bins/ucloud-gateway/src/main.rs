@@ -16,6 +16,7 @@ mod respond;
 mod route;
 #[allow(unsafe_code)]
 mod sys;
+mod upload_ws;
 mod websocket;
 
 use error::Reject;
@@ -189,6 +190,22 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
             Err(e) => return refuse(out, e, "-", "-", started),
         };
         reader.get_mut().deadline = Some(Instant::now() + BODY_TIMEOUT);
+        if upload_ws::is_upload_websocket(site, &req) {
+            // The rest of the connection is the upload's, bytes already read included.
+            site.release_spare();
+            let leftover = reader.buffered().to_vec();
+            let outcome = upload_ws::serve(site, &req, leftover, reader.get_mut(), out);
+            let path = req.path().to_string();
+            log(
+                &req.method,
+                &path,
+                upload_ws::CALL,
+                outcome.status,
+                started,
+                Some(&outcome.note),
+            );
+            return;
+        }
         if follow::is_websocket(site, &req) {
             // The WebSocket starts its own dispatcher; a spare would only wait.
             site.release_spare();

@@ -1,0 +1,305 @@
+//! The WEBSOCKET_V1 upload (ucloud-gateway(8), UPLOADS OVER A WEBSOCKET): a
+//! WebSocket on the upload endpoint, its transfer token in the URL (a browser
+//! cannot set headers on a WebSocket). The client's first message, the text
+//! `<offset> <totalSize>`, goes to the plugin as one line; the bytes of its binary
+//! messages follow raw, with backpressure (a reader thread writes them into the
+//! plugin's stdin, so a slow disk slows the client, never fills this process).
+//! Each line the plugin prints, the byte count on disk, goes back as a text
+//! message. The plugin's exit ends the WebSocket: 1000 once the file is complete,
+//! otherwise 1008 (a refusal) or 1011 with the plugin's why.
+
+use crate::conn::ClientIn;
+use crate::dispatch;
+use crate::error::Reject;
+use crate::follow::upgrade_accept;
+use crate::handle::{transfer_request, transfer_token, Site};
+use crate::respond;
+use crate::websocket::{self as ws, Decoder, Message, Role};
+use serde_json::Value;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::process::ChildStdin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::time::{Duration, Instant};
+use ucloud_http::server::{write_head, Request};
+use ucloud_wire::envelope::{Credential, Envelope};
+use ucloud_wire::error::Failure;
+
+pub const CALL: &str = "files.upload";
+/// The largest binary message (a browser sends a slice of the file as one message).
+const MAX_MESSAGE: usize = 64 << 20;
+/// How often the client reader looks up from a quiet socket to see if it should stop.
+const READER_TICK: Duration = Duration::from_millis(250);
+/// A client that sends nothing for this long is gone.
+const CLIENT_IDLE: Duration = Duration::from_secs(120);
+
+pub struct Outcome {
+    pub status: u16,
+    pub note: String,
+}
+
+/// Whether `req` asks for a WebSocket on the upload endpoint.
+pub fn is_upload_websocket(site: &Site, req: &Request) -> bool {
+    req.method == "GET"
+        && req
+            .header("upgrade")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+        && site.config.as_ref().is_ok_and(|c| {
+            crate::route::route("POST", req.path(), &c.provider)
+                == crate::route::Route::Transfer(CALL)
+        })
+}
+
+enum Event {
+    /// A line the plugin printed.
+    Line(Vec<u8>),
+    PluginEof,
+    /// A ping to answer.
+    Ping(Vec<u8>),
+    /// The client side ended: how, for the log, and the close code to answer a
+    /// broken stream with (`None`: it ended in order, or went away).
+    ClientDone(String, Option<u16>),
+}
+
+/// Serves one upgrade request to its end. The connection is over afterwards.
+pub fn serve(
+    site: &Site,
+    req: &Request,
+    leftover: Vec<u8>,
+    input: &mut ClientIn,
+    out: &mut impl Write,
+) -> Outcome {
+    let (accept, envelope) = match check(req) {
+        Ok(ok) => ok,
+        Err(reject) => {
+            let failure = reject.failure();
+            let _ = respond::send_reject(out, &reject, false, false);
+            return Outcome {
+                status: failure.status,
+                note: failure.why,
+            };
+        }
+    };
+    let (mut child, mut fd3) = match dispatch::start(&site.dispatcher) {
+        Ok(started) => started,
+        Err(why) => {
+            let reject = Reject::DispatchFailed(why);
+            let failure = reject.failure();
+            let _ = respond::send_reject(out, &reject, false, false);
+            return Outcome {
+                status: failure.status,
+                note: failure.why,
+            };
+        }
+    };
+    // The envelope is small (no body): it fits the pipe.
+    let _ = fd3.write_all(&envelope.encode());
+    drop(fd3);
+    let headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept.as_str()),
+    ];
+    if let Err(e) = write_head(out, 101, &headers).and_then(|()| out.flush()) {
+        dispatch::stop(&mut child);
+        return Outcome {
+            status: 101,
+            note: format!("client gone: {e}"),
+        };
+    }
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = dispatch::collect_stderr(child.stderr.take().expect("stderr is piped"));
+    let (tx, rx) = mpsc::channel();
+    let stop = AtomicBool::new(false);
+    let mut client_end = None;
+    let note = std::thread::scope(|scope| {
+        let (client_tx, stop_ref) = (tx.clone(), &stop);
+        scope.spawn(move || read_client(input, leftover, stdin, client_tx, stop_ref));
+        scope.spawn(move || read_plugin(stdout, tx));
+        let mut sent = 0usize;
+        let note = loop {
+            match rx.recv() {
+                Ok(Event::Line(line)) => {
+                    let text = String::from_utf8_lossy(&line);
+                    if out.write_all(&ws::text(&text, None)).is_err() {
+                        break "client gone while told the progress".to_string();
+                    }
+                    sent += 1;
+                }
+                Ok(Event::Ping(payload)) => {
+                    let _ = out.write_all(&ws::encode(0xA, &payload, None));
+                }
+                Ok(Event::ClientDone(how, code)) => client_end = Some((how, code)),
+                Ok(Event::PluginEof) | Err(_) => {
+                    let status = child.wait();
+                    let text = stderr.join().unwrap_or_default();
+                    let (code, why) = match (status, client_end.take()) {
+                        (_, Some((how, Some(code)))) => (code, how),
+                        (Ok(s), _) if s.success() => (ws::CLOSE_NORMAL, "complete".into()),
+                        (_, _) => {
+                            let failure = Failure::from_stderr(&text, 4096);
+                            let code = if failure.status < 500 {
+                                ws::CLOSE_POLICY
+                            } else {
+                                ws::CLOSE_INTERNAL
+                            };
+                            (code, failure.why)
+                        }
+                    };
+                    let _ = out.write_all(&ws::close(code, &reason(&why), None));
+                    break format!("closed {code} after {sent} progress messages: {why}");
+                }
+            }
+        };
+        stop.store(true, Ordering::Relaxed);
+        note
+    });
+    Outcome { status: 101, note }
+}
+
+/// The upgrade's own checks, then the transfer token (shape only: the dispatcher
+/// verifies it). Returns the accept key and the envelope.
+fn check(req: &Request) -> Result<(String, Envelope), Reject> {
+    let accept = upgrade_accept(req)?;
+    let Some(token) = transfer_token(req)? else {
+        return Err(Reject::Unauthorized(format!(
+            "{CALL} needs a transfer token (query parameter token)"
+        )));
+    };
+    let mut request = transfer_request(req);
+    request["protocol"] = Value::String("WEBSOCKET_V1".into());
+    Ok((
+        accept,
+        Envelope {
+            call: CALL.to_string(),
+            credential: Credential::Transfer(token),
+            user: None,
+            request,
+        },
+    ))
+}
+
+/// A close reason fits a control frame (125 bytes with the code), cut at a
+/// character boundary.
+fn reason(why: &str) -> String {
+    let mut end = why.len().min(120);
+    while !why.is_char_boundary(end) {
+        end -= 1;
+    }
+    why[..end].to_string()
+}
+
+/// Client messages into the plugin's stdin until the client closes, breaks the
+/// protocol, goes quiet for CLIENT_IDLE, or `stop` is set. Dropping `stdin` at the
+/// end gives the plugin EOF: what arrived is kept, the rest can be resent.
+fn read_client(
+    input: &mut ClientIn,
+    leftover: Vec<u8>,
+    mut stdin: ChildStdin,
+    tx: Sender<Event>,
+    stop: &AtomicBool,
+) {
+    let mut decoder = Decoder::new(Role::Server, MAX_MESSAGE);
+    decoder.push(&leftover);
+    let mut buf = vec![0u8; 256 << 10];
+    let mut started = false;
+    let mut heard = Instant::now();
+    let done = |how: String, code: Option<u16>| {
+        let _ = tx.send(Event::ClientDone(how, code));
+    };
+    loop {
+        loop {
+            let message = match decoder.next() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => return done(e.why, Some(e.code)),
+            };
+            let data =
+                match message {
+                    Message::Text(t) if !started => format!("{t}\n").into_bytes(),
+                    Message::Binary(b) if started => b,
+                    Message::Text(_) => return done(
+                        "a text message after the first: send the file's bytes as binary messages"
+                            .into(),
+                        Some(ws::CLOSE_UNSUPPORTED),
+                    ),
+                    Message::Binary(_) => {
+                        return done(
+                            "the first message must be the text \"<offset> <totalSize>\"".into(),
+                            Some(ws::CLOSE_UNSUPPORTED),
+                        )
+                    }
+                    Message::Ping(p) => {
+                        let _ = tx.send(Event::Ping(p));
+                        continue;
+                    }
+                    Message::Pong(_) => continue,
+                    Message::Close(..) => return done("the client closed".into(), None),
+                };
+            started = true;
+            if stdin.write_all(&data).is_err() {
+                // The plugin stopped reading: its exit says why.
+                return done("the plugin stopped reading".into(), None);
+            }
+        }
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            if heard.elapsed() > CLIENT_IDLE {
+                return done(
+                    format!("the client sent nothing for {} s", CLIENT_IDLE.as_secs()),
+                    None,
+                );
+            }
+            input.deadline = Some(Instant::now() + READER_TICK);
+            match input.read(&mut buf) {
+                Ok(0) => return done("the client closed the connection".into(), None),
+                Ok(n) => {
+                    heard = Instant::now();
+                    decoder.push(&buf[..n]);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return done(format!("client gone: {e}"), None),
+            }
+        }
+    }
+}
+
+/// The plugin's progress lines, until its stdout ends.
+fn read_plugin(stdout: impl Read, tx: Sender<Event>) {
+    let mut reader = BufReader::new(stdout);
+    loop {
+        let mut line = Vec::new();
+        match (&mut reader).take(4096).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(Event::PluginEof);
+                return;
+            }
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                if tx.send(Event::Line(line)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_fit_a_control_frame() {
+        assert_eq!(reason("short"), "short");
+        let long = "é".repeat(100);
+        let cut = reason(&long);
+        assert!(cut.len() <= 120 && long.starts_with(&cut));
+    }
+}
