@@ -315,7 +315,8 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
     let c = chunk(request)?;
     let mut up = open_partial(ctx, request)?;
     let at = c.offset.unwrap_or(up.have);
-    up.check(at, c.length, c.total)?;
+    up.check(at, c.length, c.total)
+        .map_err(|e| up.cut_back(up.have, e))?;
     let (have, shown) = (up.have, up.shown.clone());
     reserve(&up.lock, have, c.total, &shown).map_err(|e| up.cut_back(have, e))?;
     receive(&up.lock, at, c.length, &shown).map_err(|e| up.cut_back(have, e))?;
@@ -354,7 +355,8 @@ fn serve_stream(ctx: &Ctx, request: &Value) -> Result<(), Error> {
         ftruncate(&*up.lock, offset as i64).map_err(|e| Error::from_errno(e, &up.shown))?;
         up.have = offset;
     }
-    up.check(offset, 0, total)?;
+    up.check(offset, 0, total)
+        .map_err(|e| up.cut_back(up.have, e))?;
     let shown = up.shown.clone();
     reserve(&up.lock, up.have, total, &shown).map_err(|e| up.cut_back(up.have, e))?;
     let mut out = std::io::stdout().lock();
@@ -365,13 +367,14 @@ fn serve_stream(ctx: &Ctx, request: &Value) -> Result<(), Error> {
         fdatasync(&*up.lock).map_err(|e| up.cut_back(up.have, Error::from_errno(e, &shown)))?;
         up.have += got;
         if got < want {
-            // What came is on disk; the space reserved past it is not needed now.
-            let _ = ftruncate(&*up.lock, up.have as i64);
-            return Err(Error::BadRequest(format!(
+            // What came is on disk and stays (an empty partial file goes); the space
+            // reserved past it is not needed now.
+            let stopped = Error::BadRequest(format!(
                 "{shown}: the upload stopped after {} of {total} bytes; they are kept, \
                  reconnect with offset {}",
                 up.have, up.have
-            )));
+            ));
+            return Err(up.cut_back(up.have, stopped));
         }
         if up.have < total {
             writeln!(out, "{}", up.have)
