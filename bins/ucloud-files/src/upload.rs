@@ -273,10 +273,11 @@ impl Partial {
     }
 
     /// The complete file: data and metadata on disk, then the name appears, under
-    /// the conflict policy. Returns the UCloud id it got.
-    fn finish(self) -> Result<String, Error> {
+    /// the conflict policy. Returns the UCloud id it got. When the data cannot be
+    /// made durable the file is cut back to `keep`, the bytes known to be on disk.
+    fn finish(self, keep: u64) -> Result<String, Error> {
         let shown = &self.shown;
-        fsync(&*self.lock).map_err(|e| self.cut_back(self.have, Error::from_errno(e, shown)))?;
+        fsync(&*self.lock).map_err(|e| self.cut_back(keep, Error::from_errno(e, shown)))?;
         let mut journal = Journal::default();
         let policy = if self.policy == Policy::MergeRename {
             Policy::Rename
@@ -312,8 +313,8 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
     if request.get("protocol").and_then(Value::as_str) == Some("WEBSOCKET_V1") {
         return serve_stream(ctx, request);
     }
-    let c = chunk(request)?;
-    let mut up = open_partial(ctx, request)?;
+    let up = open_partial(ctx, request)?;
+    let c = chunk(request).map_err(|e| up.cut_back(up.have, e))?;
     let at = c.offset.unwrap_or(up.have);
     up.check(at, c.length, c.total)
         .map_err(|e| up.cut_back(up.have, e))?;
@@ -328,8 +329,8 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
             &json!({"offset": pos, "totalSize": c.total, "complete": false}),
         );
     }
-    up.have = pos;
-    let id = up.finish()?;
+    // Not synced yet: a failure cuts this chunk off again.
+    let id = up.finish(have)?;
     answer(
         200,
         &json!({"offset": pos, "totalSize": c.total, "complete": true, "id": id}),
@@ -340,26 +341,43 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
 /// that many more bytes are on disk.
 const PROGRESS_STEP: u64 = 16 << 20;
 
-/// WEBSOCKET_V1 (ucloud-files(8)): the gateway passes the client's first message,
-/// `<offset> <totalSize>`, as one line on stdin, then the binary messages' bytes.
+/// WEBSOCKET_V1 (ucloud-files(8)): once the session is found the plugin says
+/// `ready <bytes on disk>`; the gateway then accepts the WebSocket and passes the
+/// client's first message, `<offset> <totalSize>`, as one line on stdin, then the
+/// binary messages' bytes.
 /// Every PROGRESS_STEP bytes (and at the end) they are made durable and the count
 /// on disk is printed as a line, which the gateway sends as a text message. A
 /// stream that ends early keeps what is on disk: the client reconnects with that
 /// offset, or with any smaller one (the last count it was told).
 fn serve_stream(ctx: &Ctx, request: &Value) -> Result<(), Error> {
-    let (offset, total) = stream_start()?;
     let mut up = open_partial(ctx, request)?;
+    let mut out = std::io::stdout().lock();
+    let mut say = |line: String| {
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))
+    };
+    // The token is verified and the session found: the gateway may now accept the
+    // WebSocket (it answers 101 only after this line).
+    say(format!("ready {}", up.have)).map_err(|e| up.cut_back(up.have, e))?;
+    let (offset, total) = stream_start().map_err(|e| up.cut_back(up.have, e))?;
+    let shown = up.shown.clone();
+    if offset > up.have {
+        let e = Error::BadOffset(format!(
+            "offset {offset} is past the {} bytes on disk: reconnect with an offset of at most {} ({shown})",
+            up.have, up.have
+        ));
+        return Err(up.cut_back(up.have, e));
+    }
     // A client may resume from the last count it was told, which can be short of
     // what reached the disk before the connection broke: the rest is sent again.
     if offset < up.have {
-        ftruncate(&*up.lock, offset as i64).map_err(|e| Error::from_errno(e, &up.shown))?;
+        ftruncate(&*up.lock, offset as i64).map_err(|e| Error::from_errno(e, &shown))?;
         up.have = offset;
     }
     up.check(offset, 0, total)
         .map_err(|e| up.cut_back(up.have, e))?;
-    let shown = up.shown.clone();
     reserve(&up.lock, up.have, total, &shown).map_err(|e| up.cut_back(up.have, e))?;
-    let mut out = std::io::stdout().lock();
     while up.have < total {
         let want = (total - up.have).min(PROGRESS_STEP);
         let got =
@@ -368,24 +386,21 @@ fn serve_stream(ctx: &Ctx, request: &Value) -> Result<(), Error> {
         up.have += got;
         if got < want {
             // What came is on disk and stays (an empty partial file goes); the space
-            // reserved past it is not needed now.
+            // reserved past it is not needed now. The numbers first: a close reason
+            // is short.
             let stopped = Error::BadRequest(format!(
-                "{shown}: the upload stopped after {} of {total} bytes; they are kept, \
-                 reconnect with offset {}",
+                "stopped after {} of {total} bytes, which are kept: reconnect with offset {} ({shown})",
                 up.have, up.have
             ));
             return Err(up.cut_back(up.have, stopped));
         }
         if up.have < total {
-            writeln!(out, "{}", up.have)
-                .and_then(|()| out.flush())
-                .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))?;
+            say(up.have.to_string())?;
         }
     }
-    up.finish()?;
-    writeln!(out, "{total}")
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))
+    let keep = up.have;
+    up.finish(keep)?;
+    say(total.to_string())
 }
 
 /// The stream's first line, `<offset> <totalSize>`, read byte by byte from the

@@ -252,7 +252,7 @@ fn spawn(job: &mut Job<'_>) -> Result<Child, String> {
 
 /// Best effort: past the account's pipe quota (`pipe-user-pages-soft`) the kernel
 /// refuses, and the default size still works, only slower.
-fn grow_pipe(pipe: Option<&impl AsFd>) {
+pub fn grow_pipe(pipe: Option<&impl AsFd>) {
     if let Some(pipe) = pipe {
         let _ = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(BULK_PIPE));
     }
@@ -303,7 +303,7 @@ fn read_start(stdout: &mut impl Read) -> io::Result<Vec<u8>> {
 }
 
 /// Why the child ended, as a rejection; `None` for exit status 0.
-fn judge(
+pub fn judge(
     call: &str,
     status: io::Result<ExitStatus>,
     stderr: JoinHandle<Vec<u8>>,

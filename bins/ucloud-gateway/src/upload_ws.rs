@@ -19,7 +19,7 @@ use serde_json::Value;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 use ucloud_http::server::{write_head, Request};
 use ucloud_wire::envelope::{Credential, Envelope};
@@ -30,7 +30,7 @@ pub const CALL: &str = "files.upload";
 const MAX_MESSAGE: usize = 64 << 20;
 /// How often the client reader looks up from a quiet socket to see if it should stop.
 const READER_TICK: Duration = Duration::from_millis(250);
-/// A client that sends nothing for this long is gone.
+/// A client that sends no data for this long is gone.
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
 
 pub struct Outcome {
@@ -71,91 +71,115 @@ pub fn serve(
 ) -> Outcome {
     let (accept, envelope) = match check(req) {
         Ok(ok) => ok,
-        Err(reject) => {
-            let failure = reject.failure();
-            let _ = respond::send_reject(out, &reject, false, false);
-            return Outcome {
-                status: failure.status,
-                note: failure.why,
-            };
-        }
+        Err(reject) => return refuse(out, reject),
     };
     let (mut child, mut fd3) = match dispatch::start(&site.dispatcher) {
         Ok(started) => started,
-        Err(why) => {
-            let reject = Reject::DispatchFailed(why);
-            let failure = reject.failure();
-            let _ = respond::send_reject(out, &reject, false, false);
-            return Outcome {
-                status: failure.status,
-                note: failure.why,
-            };
-        }
+        Err(why) => return refuse(out, Reject::DispatchFailed(why)),
     };
     // The envelope is small (no body): it fits the pipe.
     let _ = fd3.write_all(&envelope.encode());
     drop(fd3);
+    dispatch::grow_pipe(child.stdin.as_ref());
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let stderr = dispatch::collect_stderr(child.stderr.take().expect("stderr is piped"));
+    // The plugin says `ready` once the dispatcher has verified the token and the
+    // session is found: only then is the WebSocket accepted, so a client that is not
+    // who the token says gets an HTTP refusal and never a byte buffered.
+    let mut first = Vec::new();
+    let ready = (&mut stdout).take(64).read_until(b'\n', &mut first).is_ok()
+        && first.starts_with(b"ready ");
+    if !ready {
+        drop(child.stdin.take());
+        let reject = dispatch::judge(CALL, child.wait(), stderr).unwrap_or_else(|| {
+            Reject::DispatchFailed("the plugin ended before it was ready".into())
+        });
+        return refuse(out, reject);
+    }
     let headers = [
         ("Upgrade", "websocket"),
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Accept", accept.as_str()),
     ];
     if let Err(e) = write_head(out, 101, &headers).and_then(|()| out.flush()) {
-        dispatch::stop(&mut child);
         return Outcome {
             status: 101,
             note: format!("client gone: {e}"),
         };
     }
     let stdin = child.stdin.take().expect("stdin is piped");
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = dispatch::collect_stderr(child.stderr.take().expect("stderr is piped"));
-    let (tx, rx) = mpsc::channel();
+    // Bounded: a client that floods pings while not reading loses some pongs
+    // instead of growing this process.
+    let (tx, rx) = mpsc::sync_channel(16);
     let stop = AtomicBool::new(false);
-    let mut client_end = None;
     let note = std::thread::scope(|scope| {
         let (client_tx, stop_ref) = (tx.clone(), &stop);
         scope.spawn(move || read_client(input, leftover, stdin, client_tx, stop_ref));
         scope.spawn(move || read_plugin(stdout, tx));
-        let mut sent = 0usize;
-        let note = loop {
-            match rx.recv() {
-                Ok(Event::Line(line)) => {
-                    let text = String::from_utf8_lossy(&line);
-                    if out.write_all(&ws::text(&text, None)).is_err() {
-                        break "client gone while told the progress".to_string();
-                    }
-                    sent += 1;
-                }
-                Ok(Event::Ping(payload)) => {
-                    let _ = out.write_all(&ws::encode(0xA, &payload, None));
-                }
-                Ok(Event::ClientDone(how, code)) => client_end = Some((how, code)),
-                Ok(Event::PluginEof) | Err(_) => {
-                    let status = child.wait();
-                    let text = stderr.join().unwrap_or_default();
-                    let (code, why) = match (status, client_end.take()) {
-                        (_, Some((how, Some(code)))) => (code, how),
-                        (Ok(s), _) if s.success() => (ws::CLOSE_NORMAL, "complete".into()),
-                        (_, _) => {
-                            let failure = Failure::from_stderr(&text, 4096);
-                            let code = if failure.status < 500 {
-                                ws::CLOSE_POLICY
-                            } else {
-                                ws::CLOSE_INTERNAL
-                            };
-                            (code, failure.why)
-                        }
-                    };
-                    let _ = out.write_all(&ws::close(code, &reason(&why), None));
-                    break format!("closed {code} after {sent} progress messages: {why}");
-                }
-            }
-        };
+        let note = relay(out, &rx, &mut child, stderr);
         stop.store(true, Ordering::Relaxed);
+        // Unblocks a thread still sending.
+        drop(rx);
         note
     });
     Outcome { status: 101, note }
+}
+
+/// Progress lines out, pongs out, until the plugin ends; then the close frame.
+fn relay(
+    out: &mut impl Write,
+    rx: &Receiver<Event>,
+    child: &mut std::process::Child,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+) -> String {
+    let mut sent = 0usize;
+    let mut client_end = None;
+    loop {
+        match rx.recv() {
+            Ok(Event::Line(line)) => {
+                let text = String::from_utf8_lossy(&line);
+                if out.write_all(&ws::text(&text, None)).is_err() {
+                    return "client gone while told the progress".into();
+                }
+                sent += 1;
+            }
+            Ok(Event::Ping(payload)) => {
+                if out.write_all(&ws::encode(0xA, &payload, None)).is_err() {
+                    return "client gone while answering a ping".into();
+                }
+            }
+            Ok(Event::ClientDone(how, code)) => client_end = Some((how, code)),
+            Ok(Event::PluginEof) | Err(_) => {
+                let status = child.wait();
+                let text = stderr.join().unwrap_or_default();
+                let (code, why) = match (status, client_end) {
+                    // A complete file is complete, whatever the client did after.
+                    (Ok(s), _) if s.success() => (ws::CLOSE_NORMAL, "complete".to_string()),
+                    (_, Some((how, Some(code)))) => (code, how),
+                    _ => {
+                        let failure = Failure::from_stderr(&text, 4096);
+                        let code = if failure.status < 500 || failure.status == 507 {
+                            ws::CLOSE_POLICY
+                        } else {
+                            ws::CLOSE_INTERNAL
+                        };
+                        (code, failure.why)
+                    }
+                };
+                let _ = out.write_all(&ws::close(code, &reason(&why), None));
+                return format!("closed {code} after {sent} progress messages: {why}");
+            }
+        }
+    }
+}
+
+fn refuse(out: &mut impl Write, reject: Reject) -> Outcome {
+    let failure = reject.failure();
+    let _ = respond::send_reject(out, &reject, false, false);
+    Outcome {
+        status: failure.status,
+        note: failure.why,
+    }
 }
 
 /// The upgrade's own checks, then the transfer token (shape only: the dispatcher
@@ -191,13 +215,13 @@ fn reason(why: &str) -> String {
 }
 
 /// Client messages into the plugin's stdin until the client closes, breaks the
-/// protocol, goes quiet for CLIENT_IDLE, or `stop` is set. Dropping `stdin` at the
+/// protocol, sends no data for CLIENT_IDLE, or `stop` is set. Dropping `stdin` at the
 /// end gives the plugin EOF: what arrived is kept, the rest can be resent.
 fn read_client(
     input: &mut ClientIn,
     leftover: Vec<u8>,
     mut stdin: ChildStdin,
-    tx: Sender<Event>,
+    tx: SyncSender<Event>,
     stop: &AtomicBool,
 ) {
     let mut decoder = Decoder::new(Role::Server, MAX_MESSAGE);
@@ -238,6 +262,8 @@ fn read_client(
                     Message::Close(..) => return done("the client closed".into(), None),
                 };
             started = true;
+            // Only data counts as being heard from: pings alone do not hold an upload.
+            heard = Instant::now();
             if stdin.write_all(&data).is_err() {
                 // The plugin stopped reading: its exit says why.
                 return done("the plugin stopped reading".into(), None);
@@ -257,7 +283,6 @@ fn read_client(
             match input.read(&mut buf) {
                 Ok(0) => return done("the client closed the connection".into(), None),
                 Ok(n) => {
-                    heard = Instant::now();
                     decoder.push(&buf[..n]);
                     break;
                 }
@@ -270,8 +295,7 @@ fn read_client(
 }
 
 /// The plugin's progress lines, until its stdout ends.
-fn read_plugin(stdout: impl Read, tx: Sender<Event>) {
-    let mut reader = BufReader::new(stdout);
+fn read_plugin(mut reader: impl BufRead, tx: SyncSender<Event>) {
     loop {
         let mut line = Vec::new();
         match (&mut reader).take(4096).read_until(b'\n', &mut line) {
