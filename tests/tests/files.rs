@@ -1487,3 +1487,20 @@ fn hostile_websocket_uploads_are_closed_with_a_reason_and_write_nothing() {
     let leftovers = as_user(&alice, &format!("find {} -name '.ucloud-im-*'", s.dir));
     assert_eq!(leftovers.trim(), "", "partial files left");
 }
+
+#[test]
+fn an_empty_file_uploads_over_a_websocket_too() {
+    let stack = Stack::load();
+    let alice = stack.local_of(ALICE);
+    let d = stack.drive_of(ALICE);
+    let s = Scratch::new(&alice);
+    let link = websocket_upload(&stack, &format!("/{d}/{}/empty.bin", s.dir), "REJECT");
+    let (head, mut ws) = ws_connect(&stack, &link, "");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws.write_all(&ws_client_frame(0x1, b"0 0")).unwrap();
+    let (texts, code, why) = until_close(&mut ws);
+    assert_eq!((code, why.as_str()), (1000, "complete"), "{texts:?}");
+    assert_eq!(texts, ["0"]);
+    assert_eq!(std::fs::metadata(s.local("empty.bin")).unwrap().len(), 0);
+    assert_eq!(owner(&s.local("empty.bin")), uid_of(&alice));
+}
