@@ -80,25 +80,10 @@ pub fn serve(
 ) -> Outcome {
     let (envelope_parts, accept) = match check_upgrade(site, req) {
         Ok(ok) => ok,
-        Err(reject) => {
-            let failure = reject.failure();
-            let _ = respond::send_reject(out, &reject, false, false);
-            return Outcome {
-                status: failure.status,
-                note: failure.why,
-            };
-        }
+        Err(reject) => return refuse(out, reject),
     };
-    let headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", accept.as_str()),
-    ];
-    if let Err(e) = write_head(out, 101, &headers).and_then(|()| out.flush()) {
-        return Outcome {
-            status: 101,
-            note: format!("client gone: {e}"),
-        };
+    if let Err(outcome) = switch_protocols(out, &accept) {
+        return outcome;
     }
     let (tx, rx) = mpsc::channel();
     let stop = AtomicBool::new(false);
@@ -118,6 +103,31 @@ pub fn serve(
         note
     });
     Outcome { status: 101, note }
+}
+
+/// An upgrade refused: an ordinary HTTP answer, and the connection is over.
+pub fn refuse(out: &mut impl Write, reject: Reject) -> Outcome {
+    let failure = reject.failure();
+    let _ = respond::send_reject(out, &reject, false, false);
+    Outcome {
+        status: failure.status,
+        note: failure.why,
+    }
+}
+
+/// The 101 that turns the connection into a WebSocket; `Err` when the client is gone.
+pub fn switch_protocols(out: &mut impl Write, accept: &str) -> Result<(), Outcome> {
+    let headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept),
+    ];
+    write_head(out, 101, &headers)
+        .and_then(|()| out.flush())
+        .map_err(|e| Outcome {
+            status: 101,
+            note: format!("client gone: {e}"),
+        })
 }
 
 /// What the upgrade request contributes to the envelope.

@@ -11,9 +11,8 @@
 use crate::conn::ClientIn;
 use crate::dispatch;
 use crate::error::Reject;
-use crate::follow::upgrade_accept;
+use crate::follow::{refuse, switch_protocols, upgrade_accept, Outcome};
 use crate::handle::{transfer_request, transfer_token, Site};
-use crate::respond;
 use crate::websocket::{self as ws, Decoder, Message, Role};
 use serde_json::Value;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -21,7 +20,7 @@ use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
-use ucloud_http::server::{write_head, Request};
+use ucloud_http::server::Request;
 use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::error::Failure;
 
@@ -32,11 +31,6 @@ const MAX_MESSAGE: usize = 64 << 20;
 const READER_TICK: Duration = Duration::from_millis(250);
 /// A client that sends no data for this long is gone.
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
-
-pub struct Outcome {
-    pub status: u16,
-    pub note: String,
-}
 
 /// Whether `req` asks for a WebSocket on the upload endpoint.
 pub fn is_upload_websocket(site: &Site, req: &Request) -> bool {
@@ -96,16 +90,8 @@ pub fn serve(
         });
         return refuse(out, reject);
     }
-    let headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", accept.as_str()),
-    ];
-    if let Err(e) = write_head(out, 101, &headers).and_then(|()| out.flush()) {
-        return Outcome {
-            status: 101,
-            note: format!("client gone: {e}"),
-        };
+    if let Err(outcome) = switch_protocols(out, &accept) {
+        return outcome;
     }
     let stdin = child.stdin.take().expect("stdin is piped");
     // Bounded: a client that floods pings while not reading loses some pongs
@@ -170,15 +156,6 @@ fn relay(
                 return format!("closed {code} after {sent} progress messages: {why}");
             }
         }
-    }
-}
-
-fn refuse(out: &mut impl Write, reject: Reject) -> Outcome {
-    let failure = reject.failure();
-    let _ = respond::send_reject(out, &reject, false, false);
-    Outcome {
-        status: failure.status,
-        note: failure.why,
     }
 }
 
