@@ -184,6 +184,27 @@ impl Stack {
             .unwrap_or_else(|why| panic!("ucloud-sim call {method} {path}: {why}"))
     }
 
+    /// A whole file sent as one CHUNKED chunk to an upload link, followed as given
+    /// ([`Stack::follow_link`]); `data` is curl's `--data-binary` argument
+    /// (`@FILE` for a file).
+    pub fn upload_in_one_chunk(&self, url: &str, token: &str, size: usize, data: &str) -> Fetched {
+        self.follow_link(
+            url,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &format!("Chunked-Upload-Token: {token}"),
+                "-H",
+                "Chunked-Upload-Offset: 0",
+                "-H",
+                &format!("Chunked-Upload-Total-Size: {size}"),
+                "--data-binary",
+                data,
+            ],
+        )
+    }
+
     /// Follows a link the way a browser follows one UCloud handed it: the URL as
     /// given (under the stack's public URL: https through the balancer), the server
     /// verified against the stack CA. `args` are curl options placed before the URL
@@ -613,13 +634,19 @@ pub fn ws_server_frame(stream: &mut impl std::io::Read) -> std::io::Result<(u8, 
 /// query) with `extra` header lines (each ending in CRLF); the response head, and
 /// the stream when it is a 101.
 pub fn ws_connect(stack: &Stack, target: &str, extra: &str) -> (String, std::net::TcpStream) {
-    use std::io::{Read, Write};
     let url = stack.get("UCLOUD_IM_GATEWAY_URL");
     let authority = url
         .strip_prefix("http://")
         .unwrap_or_else(|| panic!("UCLOUD_IM_GATEWAY_URL {url} is not plain HTTP"))
         .trim_end_matches('/');
-    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    ws_upgrade(authority, target, extra)
+}
+
+/// The upgrade itself, to `authority` (host:port).
+pub fn ws_upgrade(authority: &str, target: &str, extra: &str) -> (String, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(authority)
+        .unwrap_or_else(|e| panic!("cannot connect to {authority}: {e}"));
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();

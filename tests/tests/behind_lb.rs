@@ -257,21 +257,7 @@ fn a_ucloud_session_runs_through_the_balancer() {
         endpoint.starts_with(&format!("{}/", stack.get("UCLOUD_IM_LB_URL"))),
         "the upload link is not under the balancer: {body}"
     );
-    let up = stack.follow_link(
-        endpoint,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &format!("Chunked-Upload-Token: {token}"),
-            "-H",
-            "Chunked-Upload-Offset: 0",
-            "-H",
-            &format!("Chunked-Upload-Total-Size: {}", content.len()),
-            "--data-binary",
-            &content,
-        ],
-    );
+    let up = stack.upload_in_one_chunk(endpoint, token, content.len(), &content);
     connections += 1;
     assert_eq!(up.status, 200, "{}\n{}", up.head, up.text());
     let written = scratch.path("up.txt");

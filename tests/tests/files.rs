@@ -694,20 +694,11 @@ fn links_work_through_the_balancer() {
     assert!(url.starts_with("https://"), "upload link {url}");
     let body_file = std::env::temp_dir().join(unique("files-tls-body"));
     std::fs::write(&body_file, &data).unwrap();
-    let up = stack.follow_link(
+    let up = stack.upload_in_one_chunk(
         &url,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &format!("Chunked-Upload-Token: {token}"),
-            "-H",
-            "Chunked-Upload-Offset: 0",
-            "-H",
-            &format!("Chunked-Upload-Total-Size: {}", data.len()),
-            "--data-binary",
-            &format!("@{}", body_file.display()),
-        ],
+        &token,
+        data.len(),
+        &format!("@{}", body_file.display()),
     );
     let answer: Value = serde_json::from_slice(&up.body).unwrap_or(Value::Null);
     assert_eq!(

@@ -738,18 +738,45 @@ fn a_kept_alive_connection_gets_a_spare_dispatcher_and_lets_it_go_unrecorded() {
     );
 }
 
-#[test]
-fn a_spare_too_old_to_use_is_let_go_unrecorded() {
-    let stack = Stack::load();
-    let request = init_request(&stack, &stack.token(&[]));
+/// A connection that has carried two requests, and so has its spare.
+struct Spared {
+    request: Vec<u8>,
+    /// Audit lines before the connection's first request.
+    since: usize,
+    conn: Conn,
+    gateway: u32,
+    spare: u32,
+}
+
+fn spared(stack: &Stack) -> Spared {
+    let request = init_request(stack, &stack.token(&[]));
     let since = stack.audit_lines().len();
-    let mut conn = Conn::open(&stack);
+    let mut conn = Conn::open(stack);
     for _ in 0..2 {
         conn.send(&request);
         assert_eq!(conn.response().status, 200);
     }
     let gateway = gateway_of(&conn);
     let spare = spare_of(gateway);
+    Spared {
+        request,
+        since,
+        conn,
+        gateway,
+        spare,
+    }
+}
+
+#[test]
+fn a_spare_too_old_to_use_is_let_go_unrecorded() {
+    let stack = Stack::load();
+    let Spared {
+        request,
+        since,
+        mut conn,
+        gateway,
+        spare,
+    } = spared(&stack);
     // The gateway lets a spare go at 30 s, well before it would stop waiting itself.
     wait_gone(spare, Duration::from_secs(40));
     assert!(
@@ -766,15 +793,13 @@ fn a_spare_too_old_to_use_is_let_go_unrecorded() {
 #[test]
 fn a_spare_that_got_old_during_a_slow_request_is_not_used() {
     let stack = Stack::load();
-    let request = init_request(&stack, &stack.token(&[]));
-    let since = stack.audit_lines().len();
-    let mut conn = Conn::open(&stack);
-    for _ in 0..2 {
-        conn.send(&request);
-        assert_eq!(conn.response().status, 200);
-    }
-    let gateway = gateway_of(&conn);
-    let spare = spare_of(gateway);
+    let Spared {
+        request,
+        since,
+        mut conn,
+        gateway: _,
+        spare,
+    } = spared(&stack);
     // The next request's body takes longer than a spare may wait to be used.
     let (head_and_first, last) = request.split_at(request.len() - 1);
     conn.send(head_and_first);

@@ -7,9 +7,8 @@
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Instant;
-use ucloud_im_tests::{ws_client_frame, ws_server_frame};
+use ucloud_im_tests::{ws_client_frame, ws_server_frame, ws_upgrade};
 
 const MESSAGE: usize = 16_000_000;
 
@@ -22,21 +21,12 @@ fn main() {
     let mut input = std::fs::File::open(file).unwrap_or_else(|e| fail(&format!("{file}: {e}")));
     let total = input.metadata().unwrap().len();
     let start = Instant::now();
-    let mut ws = TcpStream::connect(addr).unwrap_or_else(|e| fail(&format!("{addr}: {e}")));
-    let upgrade = format!(
-        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    ws.write_all(upgrade.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        ws.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
+    let (head, mut ws) = ws_upgrade(addr, target, "");
+    if !head.starts_with("HTTP/1.1 101") {
+        fail(&format!("no WebSocket: {head}"));
     }
-    if !head.starts_with(b"HTTP/1.1 101") {
-        fail(&format!("no WebSocket: {}", String::from_utf8_lossy(&head)));
-    }
+    // The bytes take as long as they take.
+    ws.set_read_timeout(None).unwrap();
     // The progress counts and the close, read while the bytes go out.
     let mut reader = ws.try_clone().unwrap();
     let answers = std::thread::spawn(move || {
