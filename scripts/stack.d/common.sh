@@ -7,8 +7,10 @@ STACK_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 # Runtime files of the running stack: certificates, the simulator's state, logs, PIDs.
 STACK_RUN="$STACK_REPO/target/stack"
 STACK_ENV="$STACK_RUN/stack.env"
-# The throwaway root-owned install prefix; the release build bakes it in.
-PREFIX=/opt/ucloud-im-stack
+# The throwaway root-owned install prefix; the release build bakes it in. One per
+# machine unless UCLOUD_IM_PREFIX names another (CI takes a new one for every run, so a
+# missing install step cannot hide behind files an earlier run left).
+PREFIX=${UCLOUD_IM_PREFIX:-/opt/ucloud-im-stack}
 PROVIDER=hpc
 
 GATEWAY_USER=ucloud-gw
@@ -28,6 +30,14 @@ die() {
     printf '%s: error: %s\n' "${0##*/}" "$*" >&2
     exit 1
 }
+
+# An absolute path of plain names: it is pasted into site.conf and unit-like command
+# lines, and the dispatcher's path checks walk it.
+check_prefix_name() {
+    [[ $PREFIX =~ ^(/[A-Za-z0-9_][A-Za-z0-9._-]*)+$ ]] ||
+        die "UCLOUD_IM_PREFIX='$PREFIX' is not an absolute path of plain names (letters, digits, . _ -)"
+}
+check_prefix_name
 
 need_root() {
     [[ $(id -u) == 0 ]] || die "run me as root: the stack creates accounts and installs a setuid binary"

@@ -350,7 +350,21 @@ fn stack_installs_a_root_owned_prefix_with_a_setuid_dispatcher() {
         );
     };
     let outbox = group_of("ucloud-outbox");
-    expect(stack.get("UCLOUD_IM_DISPATCH").into(), 0o4755, 0);
+    // Setuid root, executable by the gateway's group only.
+    expect(
+        stack.get("UCLOUD_IM_DISPATCH").into(),
+        0o4750,
+        group_of(&stack.get("UCLOUD_IM_GATEWAY_USER")),
+    );
+    // The installer makes the transfer-token key; nothing else may.
+    expect(prefix.join("var/lib/ucloud-im/transfer.key"), 0o600, 0);
+    assert!(
+        std::fs::metadata(prefix.join("var/lib/ucloud-im/transfer.key"))
+            .unwrap()
+            .len()
+            >= 32,
+        "the transfer key is shorter than 32 bytes"
+    );
     expect(stack.get("UCLOUD_IM_PLUGIN_DIR").into(), 0o755, 0);
     expect(stack.get("UCLOUD_IM_AUDIT_LOG").into(), 0o600, 0);
     expect(prefix.join("etc/ucloud-im/site.conf"), 0o644, 0);

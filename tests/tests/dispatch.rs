@@ -1,5 +1,5 @@
 //! End-to-end tests of ucloud-dispatch: the real binary the stack installed root-owned
-//! `4755`, run as the real gateway account with an envelope on fd 3, executing the
+//! `4750` (group: the gateway's), run as the real gateway account with an envelope on fd 3, executing the
 //! real `test.probe` plugin. Every hostile case checks the refusal line, the exit
 //! code, that no plugin ran (the probe prints to stdout) and that the audit log got
 //! exactly the one line for that run (found by pid: bash and setpriv exec, so the
@@ -507,9 +507,29 @@ fn only_the_gateway_account_may_call() {
     let env = Env::new();
     let bob = env.stack.local_of(BOB);
     let mut how = Invocation::new(&env, &env.envelope(PROBE, Some(ALICE), json!({})));
-    how.user = Some(bob);
+    // Any other account cannot even start it (4750 root:<gateway group>): the
+    // kernel refuses the exec, so nothing runs and nothing is audited.
+    how.user = Some(bob.clone());
+    let run = env.run_with(&how);
+    assert_eq!(run.output.status.code(), Some(126), "{}", run.stderr());
+    assert!(
+        run.stderr().contains("Permission denied"),
+        "{}",
+        run.stderr()
+    );
+    assert!(run.output.stdout.is_empty() && run.audit.is_empty());
+    // An account given the gateway's group but not its uid gets past the kernel and
+    // is refused by the dispatcher itself.
+    how.user = None;
+    how.setpriv = vec![
+        "setpriv".into(),
+        format!("--reuid={bob}"),
+        format!("--regid={}", env.gateway()),
+        "--clear-groups".into(),
+    ];
     env.run_with(&how)
         .refused(77, 403, "WRONG_CALLER", "only the gateway account", true);
+    how.setpriv.clear();
     // Root is no gateway either.
     how.user = None;
     env.run_with(&how)
@@ -1035,23 +1055,16 @@ fn transfer_tokens_only_on_the_data_channel() {
     );
 }
 
-/// The transfer key the dispatcher signs with; made (and left) when the
-/// installation has none yet.
+/// The transfer key the dispatcher signs with. The installer (scripts/stack up) makes
+/// it; a test never does, or a missing install step would hide behind it.
 fn transfer_key(env: &Env) -> Vec<u8> {
     let path = env.stack.prefix().join("var/lib/ucloud-im/transfer.key");
-    if !path.exists() {
-        let mut bytes = vec![0u8; 32];
-        use std::io::Read;
-        std::fs::File::open("/dev/urandom")
-            .unwrap()
-            .read_exact(&mut bytes)
-            .unwrap();
-        let tmp = path.with_extension("key.new");
-        std::fs::write(&tmp, &bytes).unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-    }
-    std::fs::read(&path).unwrap()
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: the installation must make the transfer key",
+            path.display()
+        )
+    })
 }
 
 /// The probe installed under another call's name for one test; whatever was there

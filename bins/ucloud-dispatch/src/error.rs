@@ -140,7 +140,7 @@ impl fmt::Display for Error {
             NotRoot { euid, .. } => write!(
                 f,
                 "ucloud-dispatch is not running as root (euid {euid}): install it owned by \
-                 root with mode 4755, on a file system not mounted nosuid"
+                 root with mode 4750 and the gateway's group, on a file system not mounted nosuid"
             ),
             MissingCapability(cap) => write!(
                 f,

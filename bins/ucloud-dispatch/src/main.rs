@@ -28,7 +28,7 @@ const USAGE: &str = "\
 usage: ucloud-dispatch
        ucloud-dispatch --help
 
-Run by ucloud-gateway (setuid root, mode 4755) once per request, with one request
+Run by ucloud-gateway (setuid root, mode 4750, group: the gateway's) once per request, with one request
 envelope on fd 3. It verifies the UCloud token, maps the UCloud user to a local
 account, writes an audit record, becomes that account and executes the plugin for
 the call. On refusal it exits non-zero with one JSON line on stderr:

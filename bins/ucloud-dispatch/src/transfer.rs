@@ -31,7 +31,16 @@ pub fn key_path() -> String {
 
 pub fn load_key() -> Result<TransferKey, Error> {
     let path = key_path();
-    let fd = open_secure(&path, Kind::File)?;
+    let fd = open_secure(&path, Kind::File).map_err(|e| match e {
+        // The installation makes the key; say how, since a missing one stops every
+        // upload and download.
+        Error::Config(why) if why.ends_with("does not exist") => Error::Config(format!(
+            "{why}: the installation makes the transfer key (the package on install, \
+             scripts/stack up for the local stack); by hand, as root: \
+             (umask 077; head -c 64 /dev/urandom > {path})"
+        )),
+        e => e,
+    })?;
     let stat = nix::sys::stat::fstat(&fd).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
     check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
     if stat.st_mode & 0o077 != 0 {
