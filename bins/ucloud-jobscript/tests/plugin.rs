@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A scratch directory with the binary copied in as `jobs.create`, a site (one
+/// A scratch directory with the binary linked in as `jobs.create`, a site (one
 /// product, one application) and a drive table with one home drive.
 struct Scratch(PathBuf);
 
@@ -16,7 +16,10 @@ impl Scratch {
         for sub in ["etc/products", "etc/jobs", "drives", "home"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        std::fs::copy(
+        // A symlink, not a copy: a copy is written through a file descriptor that a
+        // child forked meanwhile by another test thread may still hold, and then its
+        // exec fails with ETXTBSY. The program goes by argv[0]'s name, as installed.
+        std::os::unix::fs::symlink(
             env!("CARGO_BIN_EXE_ucloud-jobscript"),
             dir.join("jobs.create"),
         )
