@@ -500,3 +500,77 @@ fn shell_plugins_answer_a_broken_site_config_with_a_clear_error() {
 
     let _ = std::fs::remove_dir_all(&etc);
 }
+
+/// A second checkout on the same machine must not start a second simulator and
+/// sender on this prefix's outbox: its `scripts/stack up` refuses, naming the
+/// checkout whose stack runs there, before it builds or changes anything.
+#[test]
+fn a_second_checkout_cannot_bring_up_a_stack_on_a_running_prefix() {
+    let stack = Stack::load();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .canonicalize()
+        .unwrap();
+    let prefix = stack.prefix();
+    let owner_file = prefix.join("stack-checkout");
+    let owner = std::fs::read_to_string(&owner_file).unwrap();
+    assert_eq!(owner.trim(), repo.to_str().unwrap(), "{}", owner_file.display());
+
+    // The other checkout: the stack scripts alone, which is all `up` reads before
+    // it refuses.
+    let other = std::env::temp_dir().join(unique("ucloud-im-other-checkout"));
+    std::fs::create_dir_all(other.join("scripts/stack.d")).unwrap();
+    for file in ["scripts/stack", "scripts/stack.d/common.sh"] {
+        std::fs::copy(repo.join(file), other.join(file)).unwrap();
+    }
+    let before = std::fs::read_dir(prefix.join("usr/bin")).unwrap().count();
+    let out = Command::new("bash")
+        .arg(other.join("scripts/stack"))
+        .arg("up")
+        .env("UCLOUD_IM_PREFIX", &prefix)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&other);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("runs from another checkout")
+            && err.contains(repo.to_str().unwrap())
+            && err.contains("--take-over"),
+        "{err}"
+    );
+    // Nothing changed hands and nothing was stopped.
+    assert_eq!(
+        std::fs::read_to_string(&owner_file).unwrap().trim(),
+        repo.to_str().unwrap()
+    );
+    assert_eq!(
+        std::fs::read_dir(prefix.join("usr/bin")).unwrap().count(),
+        before
+    );
+    let health = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("{}/ucloud-im/health", stack.get("UCLOUD_IM_GATEWAY_URL")))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "200");
+}
+
+/// A bad UCLOUD_IM_PREFIX is refused before anything is made.
+#[test]
+fn a_prefix_that_is_not_a_plain_absolute_path_is_refused() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for prefix in ["relative/path", "/opt/with space", "/opt/../etc", "/", "/opt/$(id)"] {
+        let out = Command::new("bash")
+            .arg(repo.join("scripts/stack"))
+            .arg("status")
+            .env("UCLOUD_IM_PREFIX", prefix)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{prefix}: {err}");
+        assert!(err.contains("is not an absolute path of plain names"), "{prefix}: {err}");
+        assert!(!std::path::Path::new(prefix).join("stack-checkout").exists());
+    }
+}
