@@ -515,7 +515,12 @@ fn a_second_checkout_cannot_bring_up_a_stack_on_a_running_prefix() {
     let prefix = stack.prefix();
     let owner_file = prefix.join("stack-checkout");
     let owner = std::fs::read_to_string(&owner_file).unwrap();
-    assert_eq!(owner.trim(), repo.to_str().unwrap(), "{}", owner_file.display());
+    assert_eq!(
+        owner.trim(),
+        repo.to_str().unwrap(),
+        "{}",
+        owner_file.display()
+    );
 
     // The other checkout: the stack scripts alone, which is all `up` reads before
     // it refuses.
@@ -551,7 +556,10 @@ fn a_second_checkout_cannot_bring_up_a_stack_on_a_running_prefix() {
     );
     let health = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg(format!("{}/ucloud-im/health", stack.get("UCLOUD_IM_GATEWAY_URL")))
+        .arg(format!(
+            "{}/ucloud-im/health",
+            stack.get("UCLOUD_IM_GATEWAY_URL")
+        ))
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&health.stdout), "200");
@@ -561,7 +569,13 @@ fn a_second_checkout_cannot_bring_up_a_stack_on_a_running_prefix() {
 #[test]
 fn a_prefix_that_is_not_a_plain_absolute_path_is_refused() {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for prefix in ["relative/path", "/opt/with space", "/opt/../etc", "/", "/opt/$(id)"] {
+    for prefix in [
+        "relative/path",
+        "/opt/with space",
+        "/opt/../etc",
+        "/",
+        "/opt/$(id)",
+    ] {
         let out = Command::new("bash")
             .arg(repo.join("scripts/stack"))
             .arg("status")
@@ -570,7 +584,10 @@ fn a_prefix_that_is_not_a_plain_absolute_path_is_refused() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{prefix}: {err}");
-        assert!(err.contains("is not an absolute path of plain names"), "{prefix}: {err}");
+        assert!(
+            err.contains("is not an absolute path of plain names"),
+            "{prefix}: {err}"
+        );
         assert!(!std::path::Path::new(prefix).join("stack-checkout").exists());
     }
 }

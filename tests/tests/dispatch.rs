@@ -208,7 +208,8 @@ impl Env {
         let secret = Scratch::new(b"the caller's secret");
         let mut script = String::from("exec ");
         match &how.fd3_source {
-            _ if !how.envelope_fd => {}
+            // Closed, not merely left alone: the test may have inherited an fd 3.
+            _ if !how.envelope_fd => script.push_str("3<&- "),
             None => script.push_str("3<\"$1\" "),
             // A pipe fed by a command (which may wait, as a spare's does).
             Some(source) => script.push_str(&format!("3< <({source}) ")),
@@ -508,8 +509,12 @@ fn only_the_gateway_account_may_call() {
     let bob = env.stack.local_of(BOB);
     let mut how = Invocation::new(&env, &env.envelope(PROBE, Some(ALICE), json!({})));
     // Any other account cannot even start it (4750 root:<gateway group>): the
-    // kernel refuses the exec, so nothing runs and nothing is audited.
+    // kernel refuses the exec, so nothing runs and nothing is audited. The exec comes
+    // from a shell running as that account: setpriv itself still holds root's
+    // capabilities when it execs, and CAP_DAC_OVERRIDE would let it through.
+    let as_shell = ["/bin/sh".to_string(), "-c".into(), "exec \"$0\"".into()];
     how.user = Some(bob.clone());
+    how.setpriv = as_shell.to_vec();
     let run = env.run_with(&how);
     assert_eq!(run.output.status.code(), Some(126), "{}", run.stderr());
     assert!(
@@ -527,6 +532,7 @@ fn only_the_gateway_account_may_call() {
         format!("--regid={}", env.gateway()),
         "--clear-groups".into(),
     ];
+    how.setpriv.extend(as_shell);
     env.run_with(&how)
         .refused(77, 403, "WRONG_CALLER", "only the gateway account", true);
     how.setpriv.clear();
