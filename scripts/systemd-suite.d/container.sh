@@ -148,7 +148,9 @@ ct_boot() {
 # sandbox, no journal) with a clean environment, and returns its exit status.
 ct_exec() {
     [[ -n $CT_PID ]] || die "ct_exec: no container"
-    nsenter --target "$CT_PID" --all --wd=/ \
+    # --root and --wd without a path: the container's own (a path would be opened on
+    # the host's side, before nsenter enters the namespaces).
+    nsenter --target "$CT_PID" --all --root --wd \
         env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"
 }
 
@@ -178,7 +180,7 @@ ct_shutdown() {
         kill -KILL "$CT_NSPAWN_PID" 2>/dev/null || true
     fi
     wait "$CT_NSPAWN_PID" 2>/dev/null || true
-    CT_NSPAWN_PID= CT_PID=
+    CT_NSPAWN_PID='' CT_PID=''
 }
 
 # Everything the container left on the host, whatever happened: the nspawn process, its
