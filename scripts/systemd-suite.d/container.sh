@@ -133,15 +133,16 @@ ct_boot() {
         sleep 0.05
     done
     [[ -n $CT_PID ]] || die "the container's systemd did not start within 10 s: $(tail -n 5 "$CT_LOG")"
-    # systemctl cannot reach the manager for the first milliseconds.
+    # For the first moments systemctl cannot reach the manager (it prints nothing) or
+    # finds no /run/systemd/system yet (it says offline); then --wait waits for the boot.
     local state=
-    for ((i = 0; i < 100; i++)); do
+    for ((i = 0; i < 300; i++)); do
         state=$(ct_exec systemctl is-system-running --wait 2>/dev/null) || true
-        [[ -n $state ]] && break
+        [[ -n $state && $state != offline ]] && break
         sleep 0.1
     done
     [[ $state == running ]] ||
-        die "the container's systemd is '${state:-unreachable}', not running; failed units: $(ct_exec systemctl --failed --no-legend --plain 2>&1 | tr '\n' ';')"
+        die "the container's systemd is '${state:-unreachable}' after 30 s, not running; failed units: $(ct_exec systemctl --failed --no-legend --plain 2>&1 | tr '\n' ';')"
 }
 
 # ct_exec COMMAND...: runs a command in the container's namespaces (not as a unit: no
