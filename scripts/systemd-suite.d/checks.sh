@@ -95,7 +95,7 @@ build_package() {
     # scripts/package's (nothing to do after it), whose paths are the site's.
     (cd "$STACK_REPO" && env -u UCLOUD_IM_ROOT cargo build --release --locked --workspace --bins) ||
         die "building ucloud-sim failed"
-    SIM=$STACK_REPO/target/release/ucloud-sim
+    SIM=${CARGO_TARGET_DIR:-$STACK_REPO/target}/release/ucloud-sim
 }
 
 # The package's Depends (the first of each set of alternatives), for the cached root.
