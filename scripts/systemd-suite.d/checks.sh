@@ -625,6 +625,7 @@ run_suite() {
     LB_PORT=$(pick_port "$SIM_PORT" "$GATEWAY_PORT" "$GATEWAY_LB_PORT")
     start_sim
     t=$SECONDS
+    ct_sweep ucloud-im-test-
     ct_boot "ucloud-im-test-$$" "$SUITE_RUN/nspawn.log"
     say "container up in $((SECONDS - t)) s (PID 1 is $CT_PID on the host); simulator on 127.0.0.1:$SIM_PORT," \
         "balancer on 127.0.0.1:$LB_PORT, gateway sockets on 127.0.0.1:$GATEWAY_PORT (direct), $GATEWAY_LB_PORT (balancer's)"

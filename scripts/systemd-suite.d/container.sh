@@ -94,6 +94,25 @@ ct_remove_cgroup() {
     done < <(find "$top" -depth -type d)
 }
 
+# ct_sweep PREFIX: removes what a run killed outright (SIGKILL, a crash of the machine
+# is different: /run and the cgroups are gone then) left behind: the cgroups and the
+# propagation directory of machines named PREFIX<pid> whose pid no longer runs.
+ct_sweep() {
+    local prefix=$1 dir pid
+    for dir in /sys/fs/cgroup/"$prefix"* /sys/fs/cgroup/{systemd,unified}/"$prefix"* \
+        /run/systemd/nspawn/propagate/"$prefix"*; do
+        [[ -d $dir ]] || continue
+        pid=${dir##*/"$prefix"}
+        [[ $pid =~ ^[0-9]+$ ]] || continue
+        kill -0 "$pid" 2>/dev/null && continue
+        if [[ $dir == /sys/* ]]; then
+            ct_remove_cgroup "$dir" || say "left $dir as it is"
+        else
+            rm -rf "$dir"
+        fi
+    done
+}
+
 # ct_boot NAME LOG [NSPAWN ARGUMENT...]: boots CT_ROOT as machine NAME and waits until
 # systemd reports `running`. Sets CT_NSPAWN_PID and CT_PID (the container's PID 1).
 ct_boot() {
