@@ -94,7 +94,7 @@ build_package() {
     say "testing $deb"
     # The simulator is a test program, not in the package. The same build as
     # scripts/package's (nothing to do after it), whose paths are the site's.
-    (cd "$STACK_REPO" && env -u UCLOUD_IM_ROOT cargo build --release --locked --workspace --bins) ||
+    (cd "$STACK_REPO" && env -u UCLOUD_IM_ROOT -u SOURCE_DATE_EPOCH cargo build --release --locked --workspace --bins) ||
         die "building ucloud-sim failed"
     SIM=${CARGO_TARGET_DIR:-$STACK_REPO/target}/release/ucloud-sim
 }
@@ -502,8 +502,9 @@ check_none_failed() {
     printf '%s units, none failed; no instance failed\n' "${#units[@]}"
 }
 
-# stop_tcp_socket UNIT PORT: after `systemctl stop UNIT` nothing listens on the port and
-# a new connection is refused.
+# stop_tcp_socket UNIT PORT [SERVICE]: after `systemctl stop UNIT` nothing listens on
+# the port, a new connection is refused, and SERVICE (which Requires= the socket) is
+# stopped too.
 stop_tcp_socket() {
     ct_exec systemctl stop "$1" || return 1
     local code
@@ -512,7 +513,11 @@ stop_tcp_socket() {
         return 1
     fi
     grep -q 'Connection refused\|Couldn.t connect' <<<"$code" || fail "not refused: $code" || return 1
-    port_free "$2" || fail "127.0.0.1:$2 still listens"
+    port_free "$2" || fail "127.0.0.1:$2 still listens" || return 1
+    if [[ -n ${3:-} ]] && ct_exec systemctl is-active --quiet "$3"; then
+        fail "$3 still runs without its socket"
+        return 1
+    fi
 }
 
 check_stop_registry_socket() {
@@ -652,7 +657,7 @@ run_suite() {
     check "systemctl stop ucloud-gateway.socket refuses new connections" \
         stop_tcp_socket ucloud-gateway.socket "$GATEWAY_PORT"
     check "systemctl stop ucloud-lb.socket stops the balancer and refuses new connections" \
-        stop_tcp_socket ucloud-lb.socket "$LB_PORT"
+        stop_tcp_socket ucloud-lb.socket "$LB_PORT" ucloud-lb.service
     check "systemctl stop ucloud-gateway-lb.socket refuses new connections" \
         stop_tcp_socket ucloud-gateway-lb.socket "$GATEWAY_LB_PORT"
     check "systemctl stop ucloud-registry.socket refuses new connections" check_stop_registry_socket
