@@ -439,6 +439,30 @@ check_monitor() {
         fail "ucloud-monitor.service stopped: $(ct_exec journalctl --no-pager -q -u ucloud-monitor.service -o cat | tail -n 5)"
 }
 
+# Installing the package again (as an upgrade does) keeps the transfer key and the
+# admin's site.conf, and restarts the daemons that ran, which come back up.
+check_reinstall() {
+    local key conf pid unit after
+    key=$(ct_exec sha256sum /var/lib/ucloud-im/transfer.key) || return 1
+    conf=$(ct_exec sha256sum /etc/ucloud-im/site.conf) || return 1
+    pid=$(ct_exec systemctl show -P MainPID ucloud-sender.service) || return 1
+    ((pid > 0)) || fail "ucloud-sender.service does not run" || return 1
+    # No terminal: a conffile question would fail the install instead of waiting.
+    ct_exec dpkg -i /root/ucloud-im.deb </dev/null >/dev/null || return 1
+    [[ $(ct_exec sha256sum /var/lib/ucloud-im/transfer.key) == "$key" ]] ||
+        fail "the transfer key changed" || return 1
+    [[ $(ct_exec sha256sum /etc/ucloud-im/site.conf) == "$conf" ]] || fail "site.conf changed" || return 1
+    after=$(ct_exec systemctl show -P MainPID ucloud-sender.service)
+    ((after > 0 && after != pid)) || fail "ucloud-sender.service was not restarted (pid $pid, now $after)" || return 1
+    for unit in ucloud-sender.service ucloud-monitor.service ucloud-lb.service; do
+        ct_exec systemctl is-active --quiet "$unit" || fail "$unit is not active after the reinstall" || return 1
+    done
+    [[ $(ct_exec stat -c '%a %U:%G' /usr/libexec/ucloud-im/ucloud-dispatch) == "4750 root:ucloud-gw" ]] ||
+        fail "the dispatcher lost its mode: $(ct_exec stat -c '%a %U:%G' /usr/libexec/ucloud-im/ucloud-dispatch)" || return 1
+    # And the chain still answers.
+    sim_expect 200 GET "/ucloud/$SUITE_PROVIDER/integration/retrieveManifest" >/dev/null
+}
+
 # journal_lines UNIT: what the unit's processes wrote (stdout and stderr), one JSON
 # object a line: {p: PRIORITY, m: MESSAGE}.
 journal_lines() {
@@ -653,6 +677,7 @@ run_suite() {
     check "ucloud-registry-expire.service runs (what its timer starts)" \
         ct_exec systemctl start ucloud-registry-expire.service
     check "the journal holds each service's lines with their priority" check_journal
+    check "dpkg -i again (an upgrade) keeps the key and site.conf and restarts the daemons" check_reinstall
     check "no ucloud-* unit failed" check_none_failed
     check "systemctl stop ucloud-gateway.socket refuses new connections" \
         stop_tcp_socket ucloud-gateway.socket "$GATEWAY_PORT"
