@@ -198,3 +198,87 @@ fn exposure_stays_within_the_published_bounds() {
         "sender exposure {sender} > {SENDER_MAX_EXPOSURE}"
     );
 }
+
+/// Every unit in units/, by file name.
+fn all_units() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(source_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_unit_that_runs_for_good_starts_at_boot_once_enabled() {
+    // Sockets and timers start their services; these services run on their own.
+    for name in all_units() {
+        let long_running = matches!(
+            name.as_str(),
+            "ucloud-sender.service" | "ucloud-monitor.service" | "ucloud-lb.service"
+        );
+        if name.ends_with(".socket") || name.ends_with(".timer") || long_running {
+            let unit = read_unit(&name);
+            assert!(
+                !value_of(&unit, "WantedBy").is_empty(),
+                "{name} has no [Install] WantedBy=: `systemctl enable` would do nothing"
+            );
+        }
+    }
+}
+
+#[test]
+fn direct_gateway_socket_listens_on_loopback_only() {
+    // It takes plain HTTP without a PROXY header; a site moves it with a drop-in.
+    for name in ["ucloud-gateway.socket", "ucloud-gateway-lb.socket"] {
+        let listen = value_of(&read_unit(name), "ListenStream");
+        assert!(
+            !listen.is_empty() && listen.iter().all(|l| l.starts_with("127.0.0.1:")),
+            "{name} listens on {listen:?}"
+        );
+    }
+}
+
+#[test]
+fn every_writable_path_of_the_units_is_made_by_the_package() {
+    let tmpfiles_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/tmpfiles.conf");
+    let tmpfiles = std::fs::read_to_string(&tmpfiles_path).unwrap();
+    let made: Vec<&str> = tmpfiles
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            (fields.next() == Some("d")).then(|| fields.next()).flatten()
+        })
+        .collect();
+    for name in all_units() {
+        for paths in value_of(&read_unit(&name), "ReadWritePaths") {
+            for path in paths.split_whitespace().map(|p| p.trim_start_matches('-')) {
+                // Users' homes are the site's.
+                if path == "/home" {
+                    continue;
+                }
+                assert!(
+                    made.contains(&path),
+                    "{name}: ReadWritePaths={path} is made by no `d` line of packaging/tmpfiles.conf"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gateway_manual_lists_every_directive_a_setuid_dispatcher_cannot_live_with() {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../man/ucloud-gateway.8");
+    let text = std::fs::read_to_string(page).unwrap();
+    let hardening = text
+        .split(".SH HARDENING")
+        .nth(1)
+        .and_then(|rest| rest.split("\n.SH ").next())
+        .expect("ucloud-gateway(8) has a HARDENING section");
+    for directive in IMPLY_NO_NEW_PRIVS {
+        assert!(
+            hardening.contains(&format!("{directive}=")),
+            "ucloud-gateway(8), HARDENING, does not name {directive}="
+        );
+    }
+}
