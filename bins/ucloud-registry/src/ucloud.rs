@@ -72,21 +72,20 @@ pub fn find_home_drive(provider: &str, name: &UcloudName) -> Message {
     }
 }
 
-/// `BulkRequest<ProviderRegisteredResource<FileCollection.Spec>>`. UCloud's Go core
-/// names the specification `spec`; `specification` and the top-level `product` are
-/// what this project's simulator reads. Go ignores keys it does not know, so one body
-/// serves both.
+/// Go's `DrivesControlRegister` (`orchestrators/drives.go`):
+/// `BulkRequest[ProviderRegisteredResource[DriveSpecification]]`
+/// (`orchestrators/resource.go`): `spec` (`{title, product}`), `providerGeneratedId`,
+/// `createdBy`, `project`, `projectAllRead`, `projectAllWrite`, and nothing else.
 pub fn register_home_drive(provider: &str, name: &UcloudName) -> Message {
-    let product = json!({"id": "home", "category": "home", "provider": provider});
-    let spec = json!({"title": "Home", "product": product});
     Message {
         method: Method::Post,
         path: REGISTER_DRIVE.into(),
         body: json!({"items": [{
-            "product": product,
+            "spec": {
+                "title": "Home",
+                "product": {"id": "home", "category": "home", "provider": provider},
+            },
             "providerGeneratedId": home_drive_provider_id(provider, name),
-            "spec": spec,
-            "specification": spec,
             "createdBy": name.as_str(),
             "project": null,
             "projectAllRead": false,
@@ -255,8 +254,31 @@ mod tests {
             item["providerGeneratedId"],
             "hpc-home-446f6e6e614a656e73656e2334353132"
         );
-        assert_eq!(item["specification"]["product"]["provider"], "hpc");
+        assert_eq!(item["spec"]["product"]["provider"], "hpc");
         assert_eq!(item["spec"]["title"], "Home");
+        // Only the keys of Go's ProviderRegisteredResource[DriveSpecification].
+        let mut keys: Vec<&str> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "createdBy",
+                "project",
+                "projectAllRead",
+                "projectAllWrite",
+                "providerGeneratedId",
+                "spec"
+            ]
+        );
+        assert_eq!(m.body.as_object().unwrap().len(), 1, "only items");
+        for m in [approve_connection(&name), clear_connection(&name)] {
+            assert_eq!(m.body, json!({"username": "DonnaJensen#4512"}));
+        }
     }
 
     #[test]
