@@ -70,12 +70,11 @@ fn with_item(e: Error, i: usize, n: usize, problems: &[String]) -> Error {
     }
 }
 
-fn done(loc: &Loc, name: &str) -> Value {
-    let id = match loc.parent() {
-        Some(p) => p.child(name).shown(),
-        None => loc.shown(),
-    };
-    json!({"type": "complete", "id": id})
+/// One item of the answer: Go's `BulkResponse[util.Empty]` (orchestrators/files.go,
+/// FilesProviderCreateFolder, Move, Copy, Trash, EmptyTrash, Delete) takes an empty
+/// object; where the item landed (a RENAME's new name) is UCloud's to browse.
+fn done() -> Value {
+    json!({})
 }
 
 fn what(i: usize) -> String {
@@ -98,7 +97,7 @@ pub fn create_folder(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
                     )))
                 }
                 // The folder the caller wants is there already.
-                Policy::Replace | Policy::MergeRename if is_dir => return Ok(done(&loc, want)),
+                Policy::Replace | Policy::MergeRename if is_dir => return Ok(done()),
                 Policy::Replace => journal.set_aside(&dir, want, &shown)?,
                 Policy::Rename | Policy::MergeRename => {}
             }
@@ -108,7 +107,7 @@ pub fn create_folder(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
             match mkdirat(&dir, name.as_str(), Mode::S_IRWXU) {
                 Ok(()) => {
                     journal.created(&dir, &name)?;
-                    return Ok(done(&loc, &name));
+                    return Ok(done());
                 }
                 Err(Errno::EEXIST) if policy != Policy::Reject => continue,
                 Err(e) => return Err(Error::from_errno(e, &shown)),
@@ -142,17 +141,17 @@ pub fn move_files(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
         let is_dir = Kind::of(&st) == Kind::Directory;
         if policy == Policy::MergeRename && is_dir && is_existing_dir(&dst_dir, want) {
             merge(journal, &src_dir, src, &dst_dir, want, &shown, Merge::Move)?;
-            return Ok(done(&to, want));
+            return Ok(done());
         }
         match fsops::place(journal, &src_dir, src, &dst_dir, want, policy, &shown) {
             Ok(name) => {
                 journal.moved(&src_dir, src, &dst_dir, &name)?;
-                Ok(done(&to, &name))
+                Ok(done())
             }
             // Another file system (another drive): copy, and remove the source only
             // once every item succeeded.
             Err(PlaceError::CrossDevice) => {
-                let name = copy_in(
+                copy_in(
                     journal,
                     &src_dir,
                     src,
@@ -163,7 +162,7 @@ pub fn move_files(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
                     &shown,
                 )?;
                 journal.remove_at_commit(&src_dir, src)?;
-                Ok(done(&to, &name))
+                Ok(done())
             }
             Err(PlaceError::Other(e)) => Err(e),
         }
@@ -293,9 +292,9 @@ pub fn copy_files(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
                 &to.shown(),
                 Merge::Copy,
             )?;
-            return Ok(done(&to, want));
+            return Ok(done());
         }
-        let name = copy_in(
+        copy_in(
             journal,
             &src_dir,
             src,
@@ -305,7 +304,7 @@ pub fn copy_files(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
             &from.shown(),
             &to.shown(),
         )?;
-        Ok(done(&to, &name))
+        Ok(done())
     })
 }
 
@@ -357,7 +356,7 @@ pub fn trash(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
         let note = json!({"path": loc.shown(), "trashedAt": ucloud_wire::now_ms()});
         write_info(&info, &format!("{got}.json"), &note)?;
         journal.created(&info, &format!("{got}.json"))?;
-        Ok(json!({"type": "complete", "id": format!("/{}/{TRASH}/{got}", loc.drive.id)}))
+        Ok(done())
     })
 }
 
@@ -394,7 +393,7 @@ pub fn empty_trash(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
         let trash = match fsops::open_subdir(&root, TRASH, &loc.shown()) {
             Ok(fd) => fd,
             Err(Error::NotFound(_)) => {
-                responses.push(json!({"type": "complete", "id": loc.shown()}));
+                responses.push(done());
                 continue;
             }
             Err(e) => return Err(e),
@@ -402,7 +401,7 @@ pub fn empty_trash(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
         for name in crate::tree::list(fsops::dup(&trash)?, &loc.shown())?.names {
             fsops::remove_tree(&trash, &name, &format!("{}/{name}", loc.shown()))?;
         }
-        responses.push(json!({"type": "complete", "id": loc.shown()}));
+        responses.push(done());
     }
     Ok(json!({ "responses": responses }))
 }
