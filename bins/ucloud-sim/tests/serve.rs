@@ -907,6 +907,31 @@ fn products_are_registered_by_their_provider_only() {
         .0,
         400
     );
+    // The call log keeps its documented fields for the new endpoints too.
+    let log = f.log();
+    let line = log
+        .iter()
+        .find(|l| l["path"] == "/api/products/v2/browse" && l["query"] == "filterName=c1")
+        .expect("the browse is logged");
+    assert_eq!(
+        (&line["method"], &line["status"]),
+        (&json!("GET"), &json!(200))
+    );
+    assert_eq!(line["headers"]["accept-encoding"], "gzip");
+    assert_eq!(line["body"], Value::Null);
+    let refused = log.last().unwrap();
+    assert_eq!(refused["query"], "itemsPerPage=1.5");
+    assert_eq!(refused["status"], 400);
+    assert!(refused["error"].as_str().unwrap().contains("itemsPerPage"));
+    let created = log
+        .iter()
+        .rfind(|l| l["path"] == "/api/products/v2" && l["status"] == 200)
+        .unwrap();
+    assert_eq!(created["body"]["items"][0]["description"], "new");
+    assert!(created["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .starts_with("Bearer "));
 }
 
 #[test]
