@@ -542,26 +542,37 @@ fn call_sends_what_ucloud_sends_and_remembers_jobs() {
     let f = Fixture::new("call");
     let token = f.access_token();
     // `call` aimed at the simulator itself: it logs exactly what arrived. The id
-    // is no UCloud job id, so this is no job creation UCloud would make: sent as
-    // it is, remembered not.
+    // is no UCloud job id, so this is no job creation UCloud would make: refused
+    // here, unless --unchecked sends it as it is (and remembers nothing).
     let job = json!({"items": [{"id": "job-321", "specification": {"name": "x"}}]}).to_string();
-    let out: Output = Command::new(SIM)
-        .args(["call", "--url", &f.url(), "--ca", &f.path("ca.pem")])
-        .args([
-            "--signing-key",
-            &f.path("signing.pem"),
-            "--state",
-            &f.path("state"),
-        ])
-        .args([
-            "--user",
-            "DonnaJensen#4512",
-            "POST",
-            "/ucloud/hpc/jobs",
-            &job,
-        ])
-        .output()
-        .unwrap();
+    let send = |extra: &[&str]| -> Output {
+        Command::new(SIM)
+            .args(["call", "--url", &f.url(), "--ca", &f.path("ca.pem")])
+            .args([
+                "--signing-key",
+                &f.path("signing.pem"),
+                "--state",
+                &f.path("state"),
+            ])
+            .args(extra)
+            .args([
+                "--user",
+                "DonnaJensen#4512",
+                "POST",
+                "/ucloud/hpc/jobs",
+                &job,
+            ])
+            .output()
+            .unwrap()
+    };
+    let before = f.log().len();
+    let out = send(&[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("400\n"), "{text}");
+    assert!(text.contains("not a positive decimal number"), "{text}");
+    assert_eq!(f.log().len(), before, "nothing was sent");
+    let out = send(&["--unchecked"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("404\n"));
     let line = f.log().pop().unwrap();
