@@ -200,4 +200,26 @@ mod tests {
         assert!(!is_job_create("POST", "/ucloud/hpc/jobs/terminate"));
         assert!(!is_job_create("POST", "/api/hpc/jobs"));
     }
+
+    #[test]
+    fn only_job_creations_ucloud_makes_pass() {
+        let good = r#"{"items":[{"id":"42","owner":{"createdBy":"A#1"},"specification":{"product":{"id":"c1"}},"extra":1}]}"#;
+        let jobs = jobs_of(good).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].0["specification"]["product"]["id"], "c1");
+        assert_eq!(jobs[0].1["extra"], 1, "the job is remembered as sent");
+        for bad in [
+            r#"{"items":[{"id":"j-42"}]}"#,
+            r#"{"items":[{"id":"042"}]}"#,
+            r#"{"items":[{"id":42}]}"#,
+            r#"{"items":[{"id":"42","specification":{"replicas":"1"}}]}"#,
+            r#"{"items":[]}"#,
+            r#"{}"#,
+            "",
+            "[]",
+        ] {
+            let refused = jobs_of(bad).unwrap_err();
+            assert_eq!(refused.status, 400, "{bad}");
+        }
+    }
 }
