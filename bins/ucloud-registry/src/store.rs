@@ -120,7 +120,7 @@ impl Store {
             Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
             Err((_, e)) => return Err(Error::errno(format!("cannot lock {}", path.display()))(e)),
         };
-        eprintln!("ucloud-registry: waiting for another ucloud-registry to finish");
+        ucloud_wire::log_info!("ucloud-registry: waiting for another ucloud-registry to finish");
         Flock::lock(file, FlockArg::LockExclusive)
             .map(Lock)
             .map_err(|(_, e)| Error::errno(format!("cannot lock {}", path.display()))(e))

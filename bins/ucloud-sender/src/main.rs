@@ -18,6 +18,7 @@ usage: ucloud-sender [--once]
 
   --once   deliver what is queued, then exit: 0 when the queue is empty at the
            end, 1 when a message could not be delivered (it stays queued)
+  --version  print the version
 
 Without --once it runs until stopped, delivering new messages as they arrive.
 Reads site.conf (ucloud_url, ucloud_ca, sender_user) and the refresh token; runs
@@ -52,6 +53,10 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
+    if args.contains("--version") {
+        println!("ucloud-sender {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let once = args.contains("--once");
     let rest = args.finish();
     let result = if rest.is_empty() {
@@ -63,7 +68,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("ucloud-sender: {e}");
+            ucloud_wire::log_err!("ucloud-sender: {e}");
             ExitCode::from(match e {
                 SendError::Usage(_) => 64,
                 SendError::Setup(_) => 78,
@@ -81,7 +86,7 @@ fn run(once: bool) -> Result<bool, SendError> {
     if once {
         return sender.drain(true);
     }
-    eprintln!("ucloud-sender: delivering to {}", setup.ucloud_url);
+    ucloud_wire::log_info!("ucloud-sender: delivering to {}", setup.ucloud_url);
     loop {
         sender.drain(false)?;
         std::thread::sleep(POLL);
