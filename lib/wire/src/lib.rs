@@ -4,7 +4,8 @@
 //! installation follows, and the services' log lines.
 //!
 //! The dispatcher links this crate, so it stays small and free of I/O beyond
-//! reading a file the caller names.
+//! reading a file the caller names (and the services' log lines, which the
+//! dispatcher does not write: its stderr is its answer to the gateway).
 #![forbid(unsafe_code)]
 
 pub mod calls;
