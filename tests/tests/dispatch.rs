@@ -208,7 +208,8 @@ impl Env {
         let secret = Scratch::new(b"the caller's secret");
         let mut script = String::from("exec ");
         match &how.fd3_source {
-            // Closed, not merely left alone: the test may have inherited an fd 3.
+            // Closed, not merely not given: the test runner may have inherited an
+            // fd 3 (flock(1) hands the command its lock there).
             _ if !how.envelope_fd => script.push_str("3<&- "),
             None => script.push_str("3<\"$1\" "),
             // A pipe fed by a command (which may wait, as a spare's does).

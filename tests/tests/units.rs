@@ -247,7 +247,9 @@ fn every_writable_path_of_the_units_is_made_by_the_package() {
         .lines()
         .filter_map(|l| {
             let mut fields = l.split_whitespace();
-            (fields.next() == Some("d")).then(|| fields.next()).flatten()
+            (fields.next() == Some("d"))
+                .then(|| fields.next())
+                .flatten()
         })
         .collect();
     for name in all_units() {

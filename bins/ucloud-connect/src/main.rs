@@ -16,7 +16,7 @@ const USAGE: &str = "\
 usage: ucloud-connect <ticket>
        ucloud-connect --mint-ticket <ucloudName>
        ucloud-connect --unlinked <ucloudName>
-       ucloud-connect --help
+       ucloud-connect --help | --version
 
 Connects your UCloud account to your account on this site. Press Connect for this
 site in UCloud; the page it opens shows the command to paste here, with a one-time
@@ -63,6 +63,10 @@ fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
     if args.contains(["-h", "--help"]) {
         print!("{}", USAGE.replace("@SOCKET@", &default_socket()));
+        return ExitCode::SUCCESS;
+    }
+    if args.contains("--version") {
+        println!("ucloud-connect {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     match run(args) {

@@ -7,7 +7,7 @@
 use crate::error::Error;
 use caps::{CapSet, Capability};
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
+use nix::sys::stat::{fstat, FileStat, Mode};
 use nix::unistd::geteuid;
 use std::fs::File;
 use std::io::Read;
@@ -16,8 +16,7 @@ use ucloud_wire::config::SiteConfig;
 use ucloud_wire::paths;
 use ucloud_wire::token::UcloudKey;
 
-/// Files larger than this are not config (site.conf, key, a mapping).
-const MAX_SMALL_FILE: u64 = 64 << 10;
+use ucloud_wire::install::{self, FileKind, MAX_SMALL_FILE};
 
 pub fn privileges() -> Result<(), Error> {
     if !geteuid().is_root() {
@@ -103,9 +102,7 @@ pub fn open_secure(path: &str, kind: Kind) -> Result<OwnedFd, Error> {
             format!("{path}: {why}")
         })
     };
-    if !path.starts_with('/') {
-        return Err(unsafe_path("not an absolute path".into()));
-    }
+    let parts = install::components(path).map_err(unsafe_path)?;
     let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut current = nix::fcntl::open("/", dir_flags, Mode::empty())
         .map_err(|e| unsafe_path(format!("cannot open /: {e}")))?;
@@ -114,12 +111,8 @@ pub fn open_secure(path: &str, kind: Kind) -> Result<OwnedFd, Error> {
         &fstat(&current).map_err(|e| unsafe_path(e.to_string()))?,
     )
     .map_err(unsafe_path)?;
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
     let mut walked = String::new();
     for (index, part) in parts.iter().enumerate() {
-        if *part == "." || *part == ".." {
-            return Err(unsafe_path("contains . or ..".into()));
-        }
         walked.push('/');
         walked.push_str(part);
         let last = index + 1 == parts.len();
@@ -136,43 +129,22 @@ pub fn open_secure(path: &str, kind: Kind) -> Result<OwnedFd, Error> {
         })?;
         let stat = fstat(&next).map_err(|e| unsafe_path(e.to_string()))?;
         let want = if last && kind == Kind::File {
-            SFlag::S_IFREG
+            FileKind::File
         } else {
-            SFlag::S_IFDIR
+            FileKind::Dir
         };
-        let is = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
-        if is == SFlag::S_IFLNK {
-            return Err(unsafe_path(format!("{walked} is a symlink")));
-        }
-        if is != want {
-            let what = if want == SFlag::S_IFREG {
-                "a regular file"
-            } else {
-                "a directory"
-            };
-            return Err(unsafe_path(format!("{walked} is not {what}")));
-        }
+        install::check_kind(&walked, FileKind::from_mode(stat.st_mode), want)
+            .map_err(unsafe_path)?;
         check_owner(&walked, &stat).map_err(unsafe_path)?;
         current = next;
     }
     Ok(current)
 }
 
-/// Root-owned and writable by root alone.
+/// Root-owned and writable by root alone (the rule is ucloud-wire's, shared with
+/// ucloud-check(8)).
 pub fn check_owner(name: &str, stat: &FileStat) -> Result<(), String> {
-    if stat.st_uid != 0 {
-        return Err(format!(
-            "{name} is owned by uid {}, not root: chown root {name}",
-            stat.st_uid
-        ));
-    }
-    if stat.st_mode & 0o022 != 0 {
-        return Err(format!(
-            "{name} is writable by group or others (mode {:04o}): chmod go-w {name}",
-            stat.st_mode & 0o7777
-        ));
-    }
-    Ok(())
+    install::check_owner(name, stat.st_uid, stat.st_mode)
 }
 
 #[cfg(test)]

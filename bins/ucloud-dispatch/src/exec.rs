@@ -17,6 +17,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use ucloud_wire::config::SiteConfig;
+use ucloud_wire::install;
 use ucloud_wire::paths;
 
 /// The plugin's fd 3 (the request) and, for a `#!` script, fd 4 (the script itself,
@@ -51,17 +52,7 @@ pub fn open_plugin(plugins: &OwnedFd, call: &str) -> Result<Plugin, Error> {
         )));
     }
     check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
-    if stat.st_mode & 0o001 == 0 {
-        return Err(Error::UnsafeInstallation(format!(
-            "{path} is not executable by others (mode {:04o}): chmod 0755 {path}",
-            stat.st_mode & 0o7777
-        )));
-    }
-    if stat.st_mode & 0o6000 != 0 {
-        return Err(Error::UnsafeInstallation(format!(
-            "{path} is setuid or setgid: plugins run as the user, remove the bit"
-        )));
-    }
+    install::check_plugin_mode(&path, stat.st_mode).map_err(Error::UnsafeInstallation)?;
     let fd = File::from(fd);
     let mut magic = [0u8; 2];
     let script = fd.read_at(&mut magic, 0).ok() == Some(2) && magic == *b"#!";

@@ -26,13 +26,15 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: ucloud-dispatch
-       ucloud-dispatch --help
+       ucloud-dispatch --help | --version
 
 Run by ucloud-gateway (setuid root, mode 4750, group: the gateway's) once per request, with one request
 envelope on fd 3. It verifies the UCloud token, maps the UCloud user to a local
 account, writes an audit record, becomes that account and executes the plugin for
 the call. On refusal it exits non-zero with one JSON line on stderr:
   {\"status\":401,\"errorCode\":\"BAD_TOKEN\",\"why\":\"...\"}
+--version prints the version and the prefix the paths were built under
+(UCLOUD_IM_ROOT; / for a site's build).
 Exit codes: 64 bad envelope or usage, 77 refused, 78 unsafe or misconfigured
 installation, 70 internal error. See ucloud-dispatch(8).
 ";
@@ -42,6 +44,10 @@ fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
     if args.contains(["-h", "--help"]) {
         print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.contains("--version") {
+        print!("{}", version());
         return ExitCode::SUCCESS;
     }
     if !args.finish().is_empty() {
@@ -74,6 +80,19 @@ fn main() -> ExitCode {
         (Ok(allowed), Ok(())) => allowed,
     };
     fail(&launch(allowed, parent))
+}
+
+/// The version and the prefix every path was fixed under at build time
+/// (`UCLOUD_IM_ROOT`): `/` for a site's build, which uses the system's own paths.
+fn version() -> String {
+    let prefix = match ucloud_wire::paths::ROOT {
+        "" => "/ (UCLOUD_IM_ROOT unset: the system's own paths)",
+        root => root,
+    };
+    format!(
+        "ucloud-dispatch {}\nprefix: {prefix}\n",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// A request that passed every check, ready to run.

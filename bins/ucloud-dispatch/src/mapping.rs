@@ -8,13 +8,13 @@ use crate::error::Error;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 use nix::unistd::{getgrouplist, Gid, Uid, User};
-use serde_json::Value;
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use ucloud_wire::calls;
 use ucloud_wire::config::SiteConfig;
-use ucloud_wire::names::{LocalName, UcloudName};
+use ucloud_wire::install::MappingRecord;
+use ucloud_wire::names::UcloudName;
 
 /// The account a plugin runs as, fully resolved.
 #[derive(Debug, Clone)]
@@ -40,16 +40,12 @@ pub fn resolve(
     }
     let user = user.ok_or_else(|| Error::UserRequired(format!("{call} needs a UCloud user")))?;
     let mapping = read_mapping(user, mappings)?;
-    if expired(
-        &mapping,
-        site.mapping_expire_after_ms,
-        ucloud_wire::now_ms(),
-    ) {
+    if mapping.expired(site.mapping_expire_after_ms, ucloud_wire::now_ms()) {
         return Err(Error::NotMapped(format!(
             "the connection of UCloud user {user} to this provider has expired: connect again in UCloud"
         )));
     }
-    let Mapping {
+    let MappingRecord {
         local,
         uid: recorded_uid,
         ..
@@ -144,28 +140,9 @@ fn target(account: User, ucloud: Option<UcloudName>) -> Result<Target, Error> {
     })
 }
 
-/// `mappings/<hex>`: `{"ucloud":"...","local":"...","uid":N,...}`, root-owned, not
-/// writable by group or others, and naming the same UCloud user as its file name.
-/// What a mapping file says.
-#[derive(Debug, PartialEq, Eq)]
-struct Mapping {
-    local: String,
-    uid: u32,
-    /// When it was made (ms); absent in files written by hand.
-    created: Option<u64>,
-}
-
-/// A mapping older than the site's `mapping_expire_after_ms` no longer works, even
-/// before the registry has swept it away. One without a creation time never expires
-/// on its own (it was written by an admin).
-fn expired(mapping: &Mapping, expire_after_ms: Option<u64>, now_ms: u64) -> bool {
-    match (mapping.created, expire_after_ms) {
-        (Some(created), Some(after)) => created.saturating_add(after) <= now_ms,
-        _ => false,
-    }
-}
-
-fn read_mapping(user: &UcloudName, mappings: &OwnedFd) -> Result<Mapping, Error> {
+/// `mappings/<hex>`: root-owned, not writable by group or others, and naming the
+/// same UCloud user as its file name (ucloud-wire's [`MappingRecord`]).
+fn read_mapping(user: &UcloudName, mappings: &OwnedFd) -> Result<MappingRecord, Error> {
     let file = user.file_name();
     let path = format!("{}/{file}", ucloud_wire::paths::mappings_dir());
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
@@ -190,73 +167,5 @@ fn read_mapping(user: &UcloudName, mappings: &OwnedFd) -> Result<Mapping, Error>
     }
     check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
     let text = read_small(fd, &path)?;
-    parse_mapping(user, &text).map_err(|why| Error::Config(format!("{path}: {why}")))
-}
-
-fn parse_mapping(user: &UcloudName, text: &str) -> Result<Mapping, String> {
-    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    if value.get("ucloud").and_then(Value::as_str) != Some(user.as_str()) {
-        return Err(format!("does not name UCloud user {user}"));
-    }
-    let local = value
-        .get("local")
-        .and_then(Value::as_str)
-        .ok_or("has no local account")?;
-    let local = LocalName::new(local).map_err(|e| e.to_string())?;
-    let uid = value
-        .get("uid")
-        .and_then(Value::as_u64)
-        .and_then(|u| u32::try_from(u).ok())
-        .ok_or("has no uid")?;
-    let created = match value.get("created") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().ok_or("created must be a time in milliseconds")?),
-    };
-    Ok(Mapping {
-        local: local.as_str().to_string(),
-        uid,
-        created,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mapping_files_must_name_their_user() {
-        let alice = UcloudName::new("AliceHansen#1001").unwrap();
-        let ok = r#"{"ucloud":"AliceHansen#1001","local":"alice","uid":1001,"created":1}"#;
-        let expected = Mapping {
-            local: "alice".into(),
-            uid: 1001,
-            created: Some(1),
-        };
-        assert_eq!(parse_mapping(&alice, ok).unwrap(), expected);
-        for bad in [
-            r#"{"ucloud":"BobNielsen#2002","local":"alice","uid":1001}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"../root","uid":1001}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"alice"}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"alice","uid":-1}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"alice","uid":4294967296}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"alice","uid":1001,"created":"x"}"#,
-            "not json",
-        ] {
-            assert!(parse_mapping(&alice, bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn mappings_expire_after_the_site_limit() {
-        let m = |created| Mapping {
-            local: "alice".into(),
-            uid: 1001,
-            created,
-        };
-        assert!(!expired(&m(Some(1_000)), None, u64::MAX));
-        assert!(!expired(&m(None), Some(10), u64::MAX));
-        assert!(!expired(&m(Some(1_000)), Some(10), 1_009));
-        assert!(expired(&m(Some(1_000)), Some(10), 1_010));
-        assert!(expired(&m(Some(u64::MAX)), Some(u64::MAX), u64::MAX));
-    }
+    MappingRecord::parse(user, &text).map_err(|why| Error::Config(format!("{path}: {why}")))
 }

@@ -15,13 +15,13 @@ use crate::mapping::Target;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Value};
 use std::io::Read;
+use ucloud_wire::install;
 use ucloud_wire::names::UcloudName;
 
 /// How long a minted token is good for: UCloud keeps download and upload sessions
 /// for up to 48 hours.
 pub const LIFETIME_SECS: u64 = 48 * 3600;
 const TYPE: &str = "ucloud-im-transfer";
-const MIN_KEY: usize = 32;
 
 pub struct TransferKey(Vec<u8>);
 
@@ -43,23 +43,13 @@ pub fn load_key() -> Result<TransferKey, Error> {
     })?;
     let stat = nix::sys::stat::fstat(&fd).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
     check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
-    if stat.st_mode & 0o077 != 0 {
-        return Err(Error::UnsafeInstallation(format!(
-            "{path} is readable by group or others (mode {:04o}): chmod 0600 {path}",
-            stat.st_mode & 0o7777
-        )));
-    }
+    install::check_secret_mode(&path, stat.st_mode).map_err(Error::UnsafeInstallation)?;
     let mut key = Vec::new();
     std::fs::File::from(fd)
         .take(4096)
         .read_to_end(&mut key)
         .map_err(|e| Error::Config(format!("cannot read {path}: {e}")))?;
-    if key.len() < MIN_KEY {
-        return Err(Error::Config(format!(
-            "{path} holds {} bytes; it needs at least {MIN_KEY} random bytes",
-            key.len()
-        )));
-    }
+    install::check_transfer_key_length(&path, key.len()).map_err(Error::Config)?;
     Ok(TransferKey(key))
 }
 

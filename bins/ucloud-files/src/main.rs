@@ -27,7 +27,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: ucloud-files REQUEST_FILE      (with UCLOUD_CALL set, as the dispatcher runs it)
-       ucloud-files --help
+       ucloud-files --help | --version
 
 The native file plugins of ucloud-im, one binary dispatching on UCLOUD_CALL:
   files.browse             one page of a directory of one of the caller's drives
@@ -56,6 +56,10 @@ fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
     if args.contains(["-h", "--help"]) {
         print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.contains("--version") {
+        println!("ucloud-files {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     let result = args

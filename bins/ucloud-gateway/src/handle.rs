@@ -51,7 +51,7 @@ impl Site {
         match Spare::start(&self.dispatcher) {
             Ok(spare) => *self.spare.borrow_mut() = Some(spare),
             // The request that comes next starts its own and reports the fault.
-            Err(e) => eprintln!("ucloud-gateway: no spare dispatcher: {e}"),
+            Err(e) => ucloud_wire::log_warn!("ucloud-gateway: no spare dispatcher: {e}"),
         }
     }
 
@@ -62,7 +62,7 @@ impl Site {
             Fitness::Ready => return Some(spare),
             Fitness::TooOld => {}
             Fitness::Ended(why) => {
-                eprintln!(
+                ucloud_wire::log_warn!(
                     "ucloud-gateway: a spare dispatcher ended before its request ({why}); \
                      no more spares on this connection"
                 );

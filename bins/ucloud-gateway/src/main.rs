@@ -53,6 +53,7 @@ Options:
                     PROXY protocol v2 header (sent by ucloud-lb), else it is
                     closed; the client it names is logged with each request
   -h, --help        print this help
+  --version         print the version
 
 See ucloud-gateway(8).";
 
@@ -65,10 +66,14 @@ fn main() -> ExitCode {
         println!("{HELP}");
         return ExitCode::SUCCESS;
     }
+    if args.contains("--version") {
+        println!("ucloud-gateway {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let behind_balancer = args.contains("--proxy-protocol");
     let rest = args.finish();
     if !rest.is_empty() {
-        eprintln!(
+        ucloud_wire::log_err!(
             "ucloud-gateway: takes no arguments but --proxy-protocol, got {rest:?} (see --help)"
         );
         return ExitCode::from(64);
@@ -76,14 +81,14 @@ fn main() -> ExitCode {
     let listen = match listen_fds() {
         Ok(listen) => listen,
         Err(why) => {
-            eprintln!("ucloud-gateway: {why}");
+            ucloud_wire::log_err!("ucloud-gateway: {why}");
             return ExitCode::from(64);
         }
     };
     let inherited = match sys::take_connection(listen) {
         Ok(fds) => fds,
         Err(e) => {
-            eprintln!("ucloud-gateway: cannot take the connection's descriptor: {e}");
+            ucloud_wire::log_err!("ucloud-gateway: cannot take the connection's descriptor: {e}");
             return ExitCode::from(71);
         }
     };
@@ -94,7 +99,7 @@ fn main() -> ExitCode {
     let (mut client_in, mut out) = match conn::split(read, write, SEND_TIMEOUT) {
         Ok(halves) => halves,
         Err(e) => {
-            eprintln!("ucloud-gateway: cannot set up the connection: {e}");
+            ucloud_wire::log_err!("ucloud-gateway: cannot set up the connection: {e}");
             return ExitCode::from(71);
         }
     };
@@ -105,7 +110,7 @@ fn main() -> ExitCode {
             // health checks (LOCAL) get no line of their own.
             Ok(_) => {}
             Err(why) => {
-                eprintln!("ucloud-gateway: closing the connection unanswered: {why}");
+                ucloud_wire::log_warn!("ucloud-gateway: closing the connection unanswered: {why}");
                 return ExitCode::SUCCESS;
             }
         }
@@ -148,12 +153,12 @@ fn listen_fds() -> Result<bool, String> {
 /// site.conf and the no_new_privs check; `Err` is answered as `MISCONFIGURED`.
 fn startup_config() -> Result<SiteConfig, String> {
     if no_new_privs() {
-        eprintln!("ucloud-gateway: {NO_NEW_PRIVS}");
+        ucloud_wire::log_err!("ucloud-gateway: {NO_NEW_PRIVS}");
         return Err(NO_NEW_PRIVS.to_string());
     }
     SiteConfig::load(&paths::site_config()).map_err(|e| {
         let why = e.to_string();
-        eprintln!("ucloud-gateway: {why}");
+        ucloud_wire::log_err!("ucloud-gateway: {why}");
         why
     })
 }
@@ -324,8 +329,10 @@ fn log(method: &str, path: &str, call: &str, status: u16, started: Instant, note
         line.push(' ');
         line.push_str(&note);
     }
-    line.push('\n');
-    // One write: eprintln! writes piece by piece, and a line in pieces costs a
-    // system call each and can interleave with another writer's.
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    // A refusal (4xx) is the gateway doing its job; a 5xx is a fault to look at.
+    if status >= 500 {
+        ucloud_wire::log_err!("{line}");
+    } else {
+        ucloud_wire::log_info!("{line}");
+    }
 }

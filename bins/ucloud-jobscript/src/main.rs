@@ -25,7 +25,7 @@ use std::process::ExitCode;
 const HELP: &str = "\
 usage: ucloud-jobscript --etc DIR --drives DIR --user UCLOUD_NAME --tag TAG [--print|--submit] REQUEST_FILE
        jobs.create REQUEST_FILE   (installed as the plugin; the rest from the environment)
-       ucloud-jobscript -h|--help
+       ucloud-jobscript -h|--help|--version
 
 Run by the jobs.create plugin as the calling user. Checks the jobs of REQUEST_FILE
 ({\"items\":[Job,...]}) against DIR/products/jobs.json, DIR/jobs/applications.json
@@ -69,6 +69,10 @@ enum Mode {
 const TAG: &str = "ucloud-im";
 
 fn main() -> ExitCode {
+    if !plugin_name() && std::env::args_os().skip(1).any(|a| a == "--version") {
+        println!("ucloud-jobscript {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let args = match parse_args() {
         Ok(Some(args)) => args,
         Ok(None) => {

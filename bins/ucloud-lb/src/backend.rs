@@ -76,7 +76,7 @@ impl Backend {
         let up = self.up.load(Relaxed);
         if !up && streak.0 >= rise {
             self.up.store(true, Relaxed);
-            eprintln!("ucloud-lb: backend {} ({}) is up", self.name, self.address);
+            ucloud_wire::log_info!("ucloud-lb: backend {} ({}) is up", self.name, self.address);
         } else if up && streak.1 >= fall {
             *streak = (0, 0);
             drop(streak);
@@ -93,9 +93,10 @@ impl Backend {
 
     fn set_down(&self, why: &str) {
         if self.up.swap(false, Relaxed) {
-            eprintln!(
+            ucloud_wire::log_err!(
                 "ucloud-lb: backend {} ({}) is down: {why}",
-                self.name, self.address
+                self.name,
+                self.address
             );
         }
     }

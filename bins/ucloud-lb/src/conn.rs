@@ -22,11 +22,11 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
     let _ = client.set_write_timeout(Some(c.idle_timeout));
     let mut tls = match ServerConnection::new(generation.tls.clone()) {
         Ok(tls) => tls,
-        Err(e) => return eprintln!("ucloud-lb: {peer}: cannot start TLS: {e}"),
+        Err(e) => return ucloud_wire::log_err!("ucloud-lb: {peer}: cannot start TLS: {e}"),
     };
     if let Err(why) = handshake(&mut tls, &mut client, c.handshake_timeout) {
         shared.counters.handshake_errors.fetch_add(1, Relaxed);
-        return eprintln!("ucloud-lb: {peer}: TLS handshake failed: {why}");
+        return ucloud_wire::log_warn!("ucloud-lb: {peer}: TLS handshake failed: {why}");
     }
     let _ = client.set_read_timeout(None);
     // What the client sent, kept until the backend answers its first byte: a backend
@@ -75,7 +75,7 @@ fn attach(mut p: Pending) {
             connect(&shared, &generation, p.peer, p.local, &mut p.tried)
         else {
             shared.counters.no_backend.fetch_add(1, Relaxed);
-            eprintln!(
+            ucloud_wire::log_err!(
                 "ucloud-lb: {}: no backend is available: answered 502",
                 p.peer
             );
@@ -189,7 +189,7 @@ fn connect(
                 } else {
                     b.mark_down(&format!("connect: {e}"));
                 }
-                eprintln!(
+                ucloud_wire::log_warn!(
                     "ucloud-lb: {peer}: backend {} refused ({e}); trying another",
                     b.name
                 );

@@ -46,6 +46,7 @@ Options:
   --config FILE  configuration (default: lb.conf in the configuration directory)
   --check        load the configuration and certificates, report, and exit
   -h, --help     print this help
+  --version      print the version
 
 See ucloud-lb(8) and ucloud-lb.conf(5).";
 
@@ -55,6 +56,10 @@ fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
     if args.contains(["-h", "--help"]) {
         println!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    if args.contains("--version") {
+        println!("ucloud-lb {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     let check = args.contains("--check");
@@ -136,7 +141,7 @@ fn main() -> ExitCode {
         }
     };
     let local = shared.generation();
-    eprintln!(
+    ucloud_wire::log_info!(
         "ucloud-lb: serving with {} backend(s)",
         local.backends.len()
     );
@@ -149,11 +154,11 @@ fn main() -> ExitCode {
                 match reload(&shared, &path, &resumption) {
                     Ok(()) => {
                         shared.counters.reloads.fetch_add(1, Relaxed);
-                        eprintln!("ucloud-lb: reloaded {}", path.display());
+                        ucloud_wire::log_info!("ucloud-lb: reloaded {}", path.display());
                     }
                     Err(e) => {
                         shared.counters.reload_failures.fetch_add(1, Relaxed);
-                        eprintln!(
+                        ucloud_wire::log_err!(
                             "ucloud-lb: reload refused, the running configuration stays: {e}"
                         );
                     }
@@ -161,14 +166,14 @@ fn main() -> ExitCode {
                 let _ = notify(false, &[NotifyState::Ready]);
             }
             Ok(_) => break,
-            Err(e) => eprintln!("ucloud-lb: waiting for signals: {e}"),
+            Err(e) => ucloud_wire::log_err!("ucloud-lb: waiting for signals: {e}"),
         }
     }
     let _ = notify(false, &[NotifyState::Stopping]);
     shared.stopping.store(true, Relaxed);
     let _ = acceptor.join();
     let bound = shared.generation().config.drain_timeout;
-    eprintln!(
+    ucloud_wire::log_info!(
         "ucloud-lb: stopping: {} connection(s) open, waiting up to {} s",
         shared.active.load(Relaxed),
         bound.as_secs_f64()
@@ -179,20 +184,22 @@ fn main() -> ExitCode {
     }
     let left = shared.active.load(Relaxed);
     if left > 0 {
-        eprintln!("ucloud-lb: stopped with {left} connection(s) cut at the drain bound");
+        ucloud_wire::log_warn!(
+            "ucloud-lb: stopped with {left} connection(s) cut at the drain bound"
+        );
     } else {
-        eprintln!("ucloud-lb: stopped");
+        ucloud_wire::log_info!("ucloud-lb: stopped");
     }
     ExitCode::SUCCESS
 }
 
 fn usage(why: &str) -> ExitCode {
-    eprintln!("ucloud-lb: {why} (see --help)");
+    ucloud_wire::log_err!("ucloud-lb: {why} (see --help)");
     ExitCode::from(64)
 }
 
 fn fail(e: &Error, code: u8) -> ExitCode {
-    eprintln!("ucloud-lb: {e}");
+    ucloud_wire::log_err!("ucloud-lb: {e}");
     ExitCode::from(code)
 }
 
@@ -234,7 +241,7 @@ fn reload(shared: &Arc<Shared>, path: &Path, resumption: &tls::Resumption) -> Re
     let old = shared.generation();
     let new = load(path, resumption, Some(&old))?;
     if new.config.listen != old.config.listen || new.config.metrics != old.config.metrics {
-        eprintln!("ucloud-lb: listen and metrics addresses change only on restart");
+        ucloud_wire::log_warn!("ucloud-lb: listen and metrics addresses change only on restart");
     }
     for b in &old.backends {
         if !new.backends.iter().any(|n| Arc::ptr_eq(n, b)) {
@@ -285,7 +292,7 @@ fn raise_fd_limit() {
 
 fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
     if let Err(e) = listener.set_nonblocking(true) {
-        eprintln!("ucloud-lb: listener: {e}");
+        ucloud_wire::log_err!("ucloud-lb: listener: {e}");
     }
     while !shared.stopping.load(Relaxed) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
@@ -294,7 +301,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => {
-                eprintln!("ucloud-lb: poll on the listener: {e}");
+                ucloud_wire::log_err!("ucloud-lb: poll on the listener: {e}");
                 std::thread::sleep(Duration::from_millis(100));
                 continue;
             }
@@ -305,7 +312,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    eprintln!("ucloud-lb: accept: {e}");
+                    ucloud_wire::log_err!("ucloud-lb: accept: {e}");
                     std::thread::sleep(Duration::from_millis(50));
                     break;
                 }
@@ -319,7 +326,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener) {
                 .stack_size(256 * 1024)
                 .spawn(move || conn::serve(slot, generation, client, peer));
             if let Err(e) = spawned {
-                eprintln!("ucloud-lb: {peer}: cannot start a thread: {e}");
+                ucloud_wire::log_err!("ucloud-lb: {peer}: cannot start a thread: {e}");
             }
         }
     }

@@ -147,7 +147,7 @@ impl Loop {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => 0,
                 Err(e) => {
-                    eprintln!("ucloud-lb: relay: epoll_wait: {e}");
+                    ucloud_wire::log_err!("ucloud-lb: relay: epoll_wait: {e}");
                     std::thread::sleep(Duration::from_millis(50));
                     0
                 }
@@ -201,7 +201,7 @@ impl Loop {
                         .map_err(|e| e.to_string())
                 });
             if let Err(e) = added {
-                eprintln!("ucloud-lb: {}: cannot relay: {e}", h.conn.peer);
+                ucloud_wire::log_err!("ucloud-lb: {}: cannot relay: {e}", h.conn.peer);
                 continue;
             }
             self.conns.insert(
@@ -306,7 +306,7 @@ impl Loop {
             Ended::Reset => {
                 b.connect_errors.fetch_add(1, Relaxed);
                 b.mark_down("it reset a connection before answering");
-                eprintln!(
+                ucloud_wire::log_warn!(
                     "ucloud-lb: {peer}: backend {} reset the connection before answering; \
                      sending the request to another",
                     b.name
@@ -319,7 +319,7 @@ impl Loop {
                     .stack_size(256 * 1024)
                     .spawn(move || retry(h));
                 if let Err(e) = spawned {
-                    eprintln!("ucloud-lb: {peer}: cannot start a thread: {e}");
+                    ucloud_wire::log_err!("ucloud-lb: {peer}: cannot start a thread: {e}");
                 }
                 return;
             }
@@ -329,7 +329,7 @@ impl Loop {
             // Clients that hang up mid-way are ordinary, not worth a line.
             Ended::ClientGone => {}
             Ended::Broken(why) => {
-                eprintln!("ucloud-lb: {peer} via {}: connection ended: {why}", b.name);
+                ucloud_wire::log_warn!("ucloud-lb: {peer} via {}: connection ended: {why}", b.name);
             }
         }
         if notify {

@@ -60,7 +60,7 @@ pub fn serve(listener: UnixListener, slurm_uid: u32, events: Sender<Event>) {
                 "ok\n".to_string()
             }
             Err(why) => {
-                eprintln!("ucloud-monitor: event refused: {why}");
+                ucloud_wire::log_warn!("ucloud-monitor: event refused: {why}");
                 format!("refused: {why}\n")
             }
         };

@@ -31,6 +31,7 @@ usage: ucloud-monitor [--interval SECONDS] [--no-events] [--slurm-user NAME]
   --interval SECONDS   poll Slurm this often (default 5; one squeue per cycle)
   --no-events          do not listen for ucloud-notify's events (polling only)
   --slurm-user NAME    the only account whose events are accepted (default slurm)
+  --version            print the version
 
 Writes job updates to the outbox; ucloud-sender delivers them. Keeps what it
 sent per job in var/lib/ucloud-im/monitor/. Listens on run/ucloud-im/monitor.sock
@@ -56,6 +57,10 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
+    if args.contains("--version") {
+        println!("ucloud-monitor {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     match options(&mut args).and_then(|o| {
         let rest = args.finish();
         if rest.is_empty() {
@@ -66,7 +71,7 @@ fn main() -> ExitCode {
     }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ucloud-monitor: {e}");
+            ucloud_wire::log_err!("ucloud-monitor: {e}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -161,7 +166,7 @@ fn run(o: Options) -> Result<(), Error> {
         // Keeps the channel open: the loop then only ever times out.
         std::mem::forget(tx);
     }
-    eprintln!(
+    ucloud_wire::log_info!(
         "ucloud-monitor: polling every {:?}{}",
         o.interval,
         if o.events {

@@ -71,7 +71,7 @@ impl Monitor {
         let looks = match slurm::squeue_all() {
             Ok(l) => l,
             Err(why) => {
-                eprintln!("ucloud-monitor: poll skipped: {why}");
+                ucloud_wire::log_warn!("ucloud-monitor: poll skipped: {why}");
                 return Ok(());
             }
         };
@@ -93,7 +93,9 @@ impl Monitor {
                         self.observe(look, None)?;
                     }
                 }
-                Err(why) => eprintln!("ucloud-monitor: sacct for forgotten jobs: {why}"),
+                Err(why) => {
+                    ucloud_wire::log_warn!("ucloud-monitor: sacct for forgotten jobs: {why}")
+                }
             }
         }
         self.flush()
@@ -123,7 +125,7 @@ impl Monitor {
                 }
                 self.store.write_mark(SWEEP_MARK, now)?;
             }
-            Err(why) => eprintln!("ucloud-monitor: accounting sweep skipped: {why}"),
+            Err(why) => ucloud_wire::log_warn!("ucloud-monitor: accounting sweep skipped: {why}"),
         }
         self.flush()
     }
@@ -133,7 +135,7 @@ impl Monitor {
         match slurm::squeue_one(event.slurm_id) {
             Ok(Some(look)) => self.observe(look, Some(event.kind))?,
             Ok(None) => {}
-            Err(why) => eprintln!("ucloud-monitor: job {}: {why}", event.slurm_id),
+            Err(why) => ucloud_wire::log_err!("ucloud-monitor: job {}: {why}", event.slurm_id),
         }
         Ok(())
     }
@@ -196,9 +198,10 @@ impl Monitor {
             }
             Lookup::Unknown(why) => {
                 if self.told.insert(id) {
-                    eprintln!(
+                    ucloud_wire::log_warn!(
                         "ucloud-monitor: Slurm job {id} ({}) is not reported: UCloud job {}: {why}",
-                        look.user, look.name
+                        look.user,
+                        look.name
                     );
                 }
                 return Ok(());
@@ -213,7 +216,7 @@ impl Monitor {
                 "runs as {}, but UCloud job {} belongs to {} ({})",
                 look.user, look.name, owner.ucloud, owner.local
             );
-            eprintln!("ucloud-monitor: Slurm job {id} refused: {why}");
+            ucloud_wire::log_warn!("ucloud-monitor: Slurm job {id} refused: {why}");
             record.standing = Standing::Refused(why);
             record.touched_ms = ucloud_wire::now_ms();
             self.store.save(record)?;
@@ -221,7 +224,7 @@ impl Monitor {
         }
         let Some(mut verdict) = jobstate::verdict(&look.state, id, look.exit) else {
             if self.told.insert(id) {
-                eprintln!(
+                ucloud_wire::log_warn!(
                     "ucloud-monitor: Slurm job {id}: state {:?} is not in the table; left as it was",
                     look.state
                 );
@@ -339,7 +342,7 @@ impl Monitor {
         for id in ids {
             let record = self.records.get_mut(&id).expect("dirty ids have records");
             for update in &record.updates[record.queued..] {
-                eprintln!(
+                ucloud_wire::log_info!(
                     "ucloud-monitor: job {} (Slurm {id}): {}",
                     record.ucloud_id,
                     update["state"].as_str().unwrap_or("update")

@@ -15,6 +15,7 @@ const HELP: &str = "\
 ucloud-notify: hand a Slurm job event to ucloud-monitor
 
 usage: ucloud-notify [--socket PATH]
+       ucloud-notify --help | --version
 
 Run by slurmctld as PrologSlurmctld and EpilogSlurmctld; reads SLURM_JOB_ID,
 SLURM_JOB_NAME, SLURM_JOB_USER, SLURM_JOB_EXIT_CODE2 and SLURM_SCRIPT_CONTEXT
@@ -34,6 +35,10 @@ fn main() {
     let mut args = pico_args::Arguments::from_env();
     if args.contains(["-h", "--help"]) {
         print!("{HELP}");
+        return;
+    }
+    if args.contains("--version") {
+        println!("ucloud-notify {}", env!("CARGO_PKG_VERSION"));
         return;
     }
     let socket: PathBuf = match args.opt_value_from_str("--socket") {

@@ -67,7 +67,7 @@ impl Audit {
     /// A refusal is recorded best effort: the refusal stands either way.
     pub fn refused(&self, record: &Record, reason: &Error) {
         if let Err(e) = self.write(&record.line(Some(&reason.to_string())), false) {
-            eprintln!("ucloud-registry: {e}");
+            ucloud_wire::log_err!("ucloud-registry: {e}");
         }
     }
 

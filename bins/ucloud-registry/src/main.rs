@@ -34,7 +34,7 @@ usage: ucloud-registry add <ucloudName> <localUser> [--wait SECONDS]
        ucloud-registry sync
        ucloud-registry expire
        ucloud-registry serve
-       ucloud-registry --help
+       ucloud-registry --help | --version
 
 Keeps the root-owned map from UCloud users to local accounts and the drive table
 (UCloud drive id -> local user and base directory). Root only.
@@ -80,6 +80,10 @@ fn main() -> ExitCode {
         print!("{USAGE}");
         return ExitCode::SUCCESS;
     }
+    if args.contains("--version") {
+        println!("ucloud-registry {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let result = parse(args).and_then(|command| {
         let euid = nix::unistd::geteuid();
         if !euid.is_root() {
@@ -94,7 +98,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ucloud-registry: {e}");
+            ucloud_wire::log_err!("ucloud-registry: {e}");
             ExitCode::from(e.exit_code())
         }
     }
@@ -196,7 +200,7 @@ fn run(command: Command) -> Result<(), Error> {
                 );
             }
             for p in problems {
-                eprintln!("ucloud-registry: warning: {p}");
+                ucloud_wire::log_warn!("ucloud-registry: warning: {p}");
             }
         }
         Command::Sync => {

@@ -173,16 +173,17 @@ fn housekeeping(registry: &Registry, site: &SiteConfig) {
     match registry.expire(site, ucloud_wire::now_ms()) {
         Ok(expired) => {
             for m in expired {
-                eprintln!(
+                ucloud_wire::log_info!(
                     "ucloud-registry: the mapping of {} to {} expired; UCloud will be told",
-                    m.ucloud, m.local
+                    m.ucloud,
+                    m.local
                 );
             }
         }
-        Err(e) => eprintln!("ucloud-registry: expiring old mappings: {e}"),
+        Err(e) => ucloud_wire::log_err!("ucloud-registry: expiring old mappings: {e}"),
     }
     if let Err(e) = registry.sync(site) {
-        eprintln!("ucloud-registry: recording answered drives: {e}");
+        ucloud_wire::log_err!("ucloud-registry: recording answered drives: {e}");
     }
 }
 

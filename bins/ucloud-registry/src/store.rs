@@ -15,6 +15,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+/// A drive table entry: the format is ucloud-wire's, shared with ucloud-check(8).
+pub use ucloud_wire::install::Drive;
 use ucloud_wire::names::{DriveId, LocalName, UcloudName};
 
 /// Larger files are not ours: a mapping or drive is a few hundred bytes.
@@ -26,15 +28,6 @@ pub struct Mapping {
     pub local: LocalName,
     pub uid: u32,
     pub created: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Drive {
-    pub id: DriveId,
-    pub ucloud: UcloudName,
-    pub local: LocalName,
-    /// The local directory the drive's paths are below (the user's home).
-    pub base: String,
 }
 
 /// Proof that the caller holds the store's lock; released on drop.
@@ -70,32 +63,6 @@ impl Mapping {
             local,
             uid,
             created,
-        })
-    }
-}
-
-impl Drive {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id.as_str(), "ucloud": self.ucloud.as_str(), "local": self.local.as_str(),
-            "base": self.base, "kind": "home", "title": "Home",
-        })
-    }
-
-    pub fn from_json(expected: &DriveId, v: &Value) -> Result<Drive, String> {
-        let id = str_field(v, "id")?;
-        if id != expected.as_str() {
-            return Err(format!("names drive {id:?}, not {expected}"));
-        }
-        let base = str_field(v, "base")?;
-        if !base.starts_with('/') {
-            return Err(format!("base {base:?} is not an absolute path"));
-        }
-        Ok(Drive {
-            id: expected.clone(),
-            ucloud: UcloudName::new(str_field(v, "ucloud")?).map_err(|e| e.to_string())?,
-            local: LocalName::new(str_field(v, "local")?).map_err(|e| e.to_string())?,
-            base: base.to_string(),
         })
     }
 }
@@ -153,7 +120,7 @@ impl Store {
             Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
             Err((_, e)) => return Err(Error::errno(format!("cannot lock {}", path.display()))(e)),
         };
-        eprintln!("ucloud-registry: waiting for another ucloud-registry to finish");
+        ucloud_wire::log_info!("ucloud-registry: waiting for another ucloud-registry to finish");
         Flock::lock(file, FlockArg::LockExclusive)
             .map(Lock)
             .map_err(|(_, e)| Error::errno(format!("cannot lock {}", path.display()))(e))

@@ -245,7 +245,9 @@ impl Sender {
         let message = match Message::from_json(&bytes) {
             Ok(m) => m,
             Err(e) => {
-                eprintln!("ucloud-sender: {name}: not a valid message ({e}); moved to failed/");
+                ucloud_wire::log_err!(
+                    "ucloud-sender: {name}: not a valid message ({e}); moved to failed/"
+                );
                 self.fail(&name, json!({"status": null, "error": e.to_string()}))?;
                 return Ok(true);
             }
@@ -275,7 +277,7 @@ impl Sender {
                             path.display()
                         ))),
                     })?;
-                    eprintln!(
+                    ucloud_wire::log_info!(
                         "ucloud-sender: delivered {name} {} {} -> {status} ({} ms){}",
                         message.method.name(),
                         message.path,
@@ -289,7 +291,7 @@ impl Sender {
                     return Ok(true);
                 }
                 Outcome::Refused(status, body) => {
-                    eprintln!(
+                    ucloud_wire::log_err!(
                         "ucloud-sender: UCloud refused {name} {} {} -> {status}: {}; moved to failed/",
                         message.method.name(),
                         message.path,
@@ -302,7 +304,7 @@ impl Sender {
                     return Ok(true);
                 }
                 Outcome::Retry(why) => {
-                    eprintln!(
+                    ucloud_wire::log_warn!(
                         "ucloud-sender: {name} {} {} not delivered (try {attempts}): {why}",
                         message.method.name(),
                         message.path

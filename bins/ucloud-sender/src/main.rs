@@ -20,6 +20,7 @@ usage: ucloud-sender [--once]
   --once   register the products, deliver what is queued, then exit: 0 when the
            products are registered and the queue is empty at the end, 1 when they
            are not or a message could not be delivered (it stays queued)
+  --version  print the version
 
 First it registers the site's products (products/jobs.json and products/files.json
 of the configuration directory) with UCloud, unless UCloud holds them already or the
@@ -58,6 +59,10 @@ fn main() -> ExitCode {
         print!("{HELP}");
         return ExitCode::SUCCESS;
     }
+    if args.contains("--version") {
+        println!("ucloud-sender {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let once = args.contains("--once");
     let rest = args.finish();
     let result = if rest.is_empty() {
@@ -69,7 +74,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("ucloud-sender: {e}");
+            ucloud_wire::log_err!("ucloud-sender: {e}");
             ExitCode::from(match e {
                 SendError::Usage(_) => 64,
                 SendError::Setup(_) => 78,
@@ -96,7 +101,7 @@ fn run(once: bool) -> Result<bool, SendError> {
         );
         return Ok(sender.drain(true)? && registered);
     }
-    eprintln!("ucloud-sender: delivering to {}", setup.ucloud_url);
+    ucloud_wire::log_info!("ucloud-sender: delivering to {}", setup.ucloud_url);
     registrar.settle(&mut sender, None);
     loop {
         registrar.tick(&mut sender);

@@ -241,15 +241,18 @@ impl Registrar {
         }
         let outcome = self.register(sender);
         match &outcome {
-            Outcome::Registered(0) => eprintln!(
+            Outcome::Registered(0) => ucloud_wire::log_info!(
                 "ucloud-sender: products: UCloud already holds the product table ({} and {})",
-                COMPUTE_FILE, STORAGE_FILE
+                COMPUTE_FILE,
+                STORAGE_FILE
             ),
             Outcome::Registered(n) => {
-                eprintln!("ucloud-sender: products: registered {n} products with UCloud")
+                ucloud_wire::log_info!(
+                    "ucloud-sender: products: registered {n} products with UCloud"
+                )
             }
-            Outcome::Refused(why) => eprintln!("ucloud-sender: products: {why}"),
-            Outcome::Retry(why) => eprintln!(
+            Outcome::Refused(why) => ucloud_wire::log_err!("ucloud-sender: products: {why}"),
+            Outcome::Retry(why) => ucloud_wire::log_warn!(
                 "ucloud-sender: products: not registered yet, again in {} s: {why}",
                 self.backoff.as_secs()
             ),
@@ -330,7 +333,7 @@ impl Registrar {
         ) {
             // UCloud has the products; only the safeguard against a later silent
             // change is missing, and UCloud's catalogue still holds the terms.
-            eprintln!(
+            ucloud_wire::log_warn!(
                 "ucloud-sender: products: cannot write {}: {e}",
                 self.record_path().display()
             );

@@ -39,6 +39,7 @@ usage:
   ucloud-sim follow [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
                    --user NAME [--cancel-after N] [--raw HEX] JOB_JSON
   ucloud-sim usage --state DIR
+  ucloud-sim --help | --version
 
   init   create the state when missing; print the provider's refresh token
   serve  HTTPS server for the endpoints a provider calls (and /sim/...); with
@@ -143,6 +144,10 @@ fn main() -> ExitCode {
     let mut args = Arguments::from_env();
     if args.contains(["-h", "--help"]) {
         print!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    if args.contains("--version") {
+        println!("ucloud-sim {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     match run(args) {

@@ -1,15 +1,19 @@
 //! Contracts shared by the programs of ucloud-im: where files live, the site
 //! configuration, the envelope the gateway hands the dispatcher, validated names,
-//! the UCloud token checks and UCloud's error body.
+//! the UCloud token checks and UCloud's error body, the rules a trusted file of the
+//! installation follows, and the services' log lines.
 //!
 //! The dispatcher links this crate, so it stays small and free of I/O beyond
-//! reading a file the caller names.
+//! reading a file the caller names (and the services' log lines, which the
+//! dispatcher does not write: its stderr is its answer to the gateway).
 #![forbid(unsafe_code)]
 
 pub mod calls;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod install;
+pub mod log;
 pub mod names;
 pub mod outbox;
 pub mod paths;
