@@ -79,12 +79,12 @@ impl Monitor {
         for look in looks {
             self.observe(look, None)?;
         }
-        let missing: Vec<u64> = self
+        let missing: HashMap<u64, String> = self
             .records
             .values()
             .filter(|r| !r.is_final() && r.standing == Standing::Reported)
-            .map(|r| r.slurm_id)
-            .filter(|id| !seen.contains(id))
+            .filter(|r| !seen.contains(&r.slurm_id))
+            .map(|r| (r.slurm_id, r.ucloud_id.clone()))
             .collect();
         if !missing.is_empty() {
             match slurm::sacct(&missing, "") {
@@ -110,7 +110,7 @@ impl Monitor {
         let since = format!("{}", since_ms / 1000);
         // sacct takes local times; an epoch value is not accepted, so format one.
         let since = slurm_time(&since);
-        match slurm::sacct(&[], &since) {
+        match slurm::sacct(&HashMap::new(), &since) {
             Ok(looks) => {
                 for look in looks {
                     if !self
