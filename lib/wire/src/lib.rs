@@ -14,6 +14,7 @@ pub mod names;
 pub mod outbox;
 pub mod paths;
 pub mod token;
+pub mod usage;
 
 /// Milliseconds since the epoch, UCloud's timestamp unit.
 pub fn now_ms() -> u64 {
