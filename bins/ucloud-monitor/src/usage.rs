@@ -1,10 +1,10 @@
 //! What a job costs, in the unit its product category declares: the CPUs (or
 //! GPUs) Slurm allocated times the seconds it ran, counted in whole periods of the
-//! category's frequency (core-minutes for `PERIODIC_MINUTE`), rounded down, as
-//! UCloud's own modules count. The rates come from the site's product table
-//! (`products/jobs.json`): a product's optional
-//! `"usage": {"per": "cpu"|"gpu", "frequency": "PERIODIC_MINUTE"|"PERIODIC_HOUR"|"PERIODIC_DAY"}`,
-//! by default per CPU and minute.
+//! category's `accountingFrequency` (core-minutes for `PERIODIC_MINUTE`), rounded
+//! down, as UCloud's own modules count. The rates come from the site's product
+//! table (`products/jobs.json`, lib/wire's products table): a category whose
+//! products have GPUs is counted in GPUs, any other in CPUs. A table without
+//! categories (older sites) counts every category per CPU and minute.
 
 use crate::slurm::Observation;
 use serde_json::Value;
@@ -34,41 +34,38 @@ impl Rates {
     pub fn parse(bytes: &[u8]) -> Result<Rates, String> {
         let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
         let products = v["products"].as_array().ok_or("no \"products\" list")?;
+        let mut periods: HashMap<&str, Option<u64>> = HashMap::new();
+        for c in v["categories"].as_array().into_iter().flatten() {
+            let name = c["name"].as_str().ok_or("a category has no name")?;
+            let period = match c["accountingFrequency"].as_str() {
+                Some("PERIODIC_MINUTE") => Some(60),
+                Some("PERIODIC_HOUR") => Some(3600),
+                Some("PERIODIC_DAY") => Some(86400),
+                // Charged once, not by time: nothing a job's run time decides.
+                Some("ONCE") => None,
+                other => return Err(format!("category {name}: accountingFrequency {other:?}")),
+            };
+            periods.insert(name, period);
+        }
         let mut rates: HashMap<String, Rate> = HashMap::new();
         for p in products {
             let category = p["category"]
                 .as_str()
                 .ok_or_else(|| format!("product {} has no category", p["id"]))?;
-            let per_gpu = match p["usage"]["per"].as_str() {
-                None | Some("cpu") => false,
-                Some("gpu") => true,
-                Some(other) => {
-                    return Err(format!(
-                        "product {}: usage.per {other:?} is neither \"cpu\" nor \"gpu\"",
-                        p["id"]
-                    ))
+            let period = if v["categories"].is_array() {
+                match periods.get(category) {
+                    Some(Some(period)) => *period,
+                    Some(None) => continue,
+                    None => return Err(format!("product {}: no category {category}", p["id"])),
                 }
+            } else {
+                60
             };
-            let period = match p["usage"]["frequency"].as_str() {
-                None | Some("PERIODIC_MINUTE") => 60,
-                Some("PERIODIC_HOUR") => 3600,
-                Some("PERIODIC_DAY") => 86400,
-                Some(other) => {
-                    return Err(format!(
-                        "product {}: usage.frequency {other:?} is not PERIODIC_MINUTE, PERIODIC_HOUR or PERIODIC_DAY",
-                        p["id"]
-                    ))
-                }
-            };
-            let rate = Rate { per_gpu, period };
-            // UCloud counts per category: every product of one must count alike.
-            if let Some(old) = rates.insert(category.to_string(), rate) {
-                if old != rate {
-                    return Err(format!(
-                        "the products of category {category} count usage differently; a category has one unit and frequency"
-                    ));
-                }
-            }
+            let per_gpu = p["gpu"].as_u64().unwrap_or(0) > 0;
+            let rate = rates
+                .entry(category.to_string())
+                .or_insert(Rate { per_gpu, period });
+            rate.per_gpu |= per_gpu;
         }
         Ok(Rates(rates))
     }
@@ -119,10 +116,15 @@ mod tests {
     #[test]
     fn units_follow_the_category() {
         let rates = Rates::parse(
-            br#"{"products":[
-                {"id":"a","category":"cpu"},
-                {"id":"b","category":"cpu","usage":{"per":"cpu","frequency":"PERIODIC_MINUTE"}},
-                {"id":"g","category":"gpu","usage":{"per":"gpu","frequency":"PERIODIC_HOUR"}}]}"#,
+            br#"{"categories":[
+                {"name":"cpu","accountingFrequency":"PERIODIC_MINUTE"},
+                {"name":"gpu","accountingFrequency":"PERIODIC_HOUR"},
+                {"name":"setup","accountingFrequency":"ONCE"}],
+               "products":[
+                {"id":"a","category":"cpu","cpu":1,"gpu":0},
+                {"id":"b","category":"cpu","cpu":2,"gpu":0},
+                {"id":"g","category":"gpu","cpu":8,"gpu":2},
+                {"id":"s","category":"setup","cpu":1,"gpu":0}]}"#,
         )
         .unwrap();
         let cpu = rates.get("cpu").unwrap();
@@ -130,15 +132,18 @@ mod tests {
         assert_eq!(cpu.units(&look(1, 0, 59)), 0);
         let gpu = rates.get("gpu").unwrap();
         assert_eq!(gpu.units(&look(8, 2, 5400)), 3);
+        assert!(rates.get("setup").is_none());
         assert!(rates.get("other").is_none());
+        // The older table: categories only named by products, per CPU and minute.
+        let old = Rates::parse(br#"{"products":[{"id":"a","category":"cpu"}]}"#).unwrap();
+        assert_eq!(old.get("cpu").unwrap().units(&look(2, 0, 120)), 4);
     }
 
     #[test]
     fn bad_tables_are_refused() {
         for bad in [
-            &br#"{"products":[{"id":"a","category":"c","usage":{"per":"ram"}}]}"#[..],
-            br#"{"products":[{"id":"a","category":"c","usage":{"frequency":"ONCE"}}]}"#,
-            br#"{"products":[{"id":"a","category":"c"},{"id":"b","category":"c","usage":{"per":"gpu"}}]}"#,
+            &br#"{"categories":[{"name":"c","accountingFrequency":"HOURLY"}],"products":[]}"#[..],
+            br#"{"categories":[{"name":"c","accountingFrequency":"PERIODIC_HOUR"}],"products":[{"id":"a","category":"d"}]}"#,
             br#"{"products":[{"id":"a"}]}"#,
             b"{}",
         ] {
