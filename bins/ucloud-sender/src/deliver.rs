@@ -28,9 +28,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// With `--once`, a message gets this many tries before the run gives up.
 const ONCE_ATTEMPTS: u32 = 4;
-/// UCloud's bulk calls take this many items at most (as UCloud's own modules send).
-const USAGE_BATCH: usize = 500;
-const REPORT_USAGE: &str = "/api/accounting/v2/reportUsage";
 
 pub struct Sender {
     client: Client,
@@ -52,6 +49,10 @@ enum Outcome {
     /// Try again later; why not now.
     Retry(String),
 }
+
+/// UCloud's bulk calls take this many items at most (as UCloud's own modules send).
+const USAGE_BATCH: usize = 500;
+const REPORT_USAGE: &str = "/api/accounting/v2/reportUsage";
 
 fn now() -> u64 {
     ucloud_wire::now_ms() / 1000
