@@ -1,11 +1,19 @@
 //! UCloud's side of the provider API: the endpoints a provider calls, answered from
-//! the state directory. No network here: [`Sim::handle`] maps one request to one
-//! answer, so the rules can be tested directly.
+//! the state directory the way UCloud's core answers them. No network here
+//! (except asking the provider for its support when a job is created):
+//! [`Sim::handle`] maps one request to one answer, so the rules can be tested
+//! directly. Every body is decoded as the core decodes it ([`crate::gojson`],
+//! against the Go types of [`crate::gotypes`]); every refusal changes nothing,
+//! except where the core too keeps the items of a bulk call before a refused one.
 
+use crate::gojson;
+use crate::gotypes;
+use crate::query;
 use crate::store::Store;
 use crate::tokens::Keys;
-use crate::SimError;
-use serde_json::{json, Value};
+use crate::{catalogue, support, usage, SimError};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// The first drive id handed out, and the first job id of `jobs/control/register`:
@@ -17,19 +25,24 @@ pub struct Sim {
     pub provider: String,
     refresh_token: String,
     keys: Keys,
+    /// Where the provider listens, to ask it for its support as the core does
+    /// when a job is created (`serve --provider-url`).
+    provider_url: Option<(String, Option<PathBuf>)>,
     /// Every state change goes through this lock: one request at a time touches the
-    /// state files (the `call` command only ever writes `jobs/` and `tokens/`).
+    /// state files (the `call` command only ever writes `jobs/`, `owners.json` and
+    /// `tokens/`).
     store: Mutex<Store>,
 }
 
 /// One answer: status, JSON body, and a note for the log when the call was refused.
+#[derive(Debug)]
 pub struct Answer {
     pub status: u16,
     pub body: Value,
     pub refused: Option<String>,
 }
 
-fn ok(body: Value) -> Answer {
+pub fn ok(body: Value) -> Answer {
     Answer {
         status: 200,
         body,
@@ -37,7 +50,7 @@ fn ok(body: Value) -> Answer {
     }
 }
 
-fn fail(status: u16, code: &str, why: impl Into<String>) -> Answer {
+pub fn fail(status: u16, code: &str, why: impl Into<String>) -> Answer {
     let why = why.into();
     Answer {
         status,
@@ -46,198 +59,544 @@ fn fail(status: u16, code: &str, why: impl Into<String>) -> Answer {
     }
 }
 
-fn internal(e: SimError) -> Answer {
+pub fn internal(e: SimError) -> Answer {
     fail(500, "INTERNAL_ERROR", e.to_string())
 }
 
-/// `{"items":[...]}` of a bulk request.
-fn items(body: &[u8]) -> Result<Vec<Value>, Answer> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| fail(400, "BAD_REQUEST", format!("body is not JSON: {e}")))?;
-    match v.get("items") {
-        Some(Value::Array(items)) if !items.is_empty() => Ok(items.clone()),
-        _ => Err(fail(
-            400,
-            "BAD_REQUEST",
-            "expected {\"items\":[...]} with at least one item",
-        )),
-    }
+/// The body decoded into its Go type, or the core's 400.
+fn decode(body: &[u8], ty: &gojson::Ty) -> Result<Value, Answer> {
+    gojson::decode(body, ty)
+        .map_err(|e| fail(400, "BAD_REQUEST", format!("Invalid request supplied: {e}")))
+}
+
+fn items(request: &Value) -> Vec<Value> {
+    request["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// `ResourceParseId`: Go's `strconv.ParseInt(id, 10, 64)`, 0 when it fails; the
+/// core never hands out 0, so only a positive result can name a resource.
+pub fn resource_id(id: &str) -> Option<String> {
+    query::parse_int(id)
+        .filter(|n| *n > 0)
+        .map(|n| n.to_string())
+}
+
+/// A job id as UCloud makes them: a positive decimal number, written plainly.
+fn is_canonical_id(id: &str) -> bool {
+    resource_id(id).as_deref() == Some(id)
 }
 
 impl Sim {
-    pub fn new(store: Store, keys: Keys) -> Result<Sim, SimError> {
+    pub fn new(
+        store: Store,
+        keys: Keys,
+        provider_url: Option<(String, Option<PathBuf>)>,
+    ) -> Result<Sim, SimError> {
         let (provider, refresh_token) = store.provider()?;
         Ok(Sim {
             provider,
             refresh_token,
             keys,
+            provider_url,
             store: Mutex::new(store),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn handle(
         &self,
         method: &str,
         path: &str,
-        query_id: Option<String>,
+        query: Option<&str>,
         authorization: Option<&str>,
         body: &[u8],
     ) -> Answer {
         let path = path.trim_end_matches('/');
-        match (method, path) {
-            ("POST", "/auth/providers/refresh") => return self.refresh(body),
-            ("POST", "/sim/jobs") => return self.sim_job(body),
-            _ => {}
-        }
-        if path == "/api" || path.starts_with("/api/") {
-            let token = authorization
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .map(str::trim);
-            let Some(token) = token else {
-                return fail(401, "UNAUTHORIZED", "missing Authorization: Bearer token");
-            };
-            if let Err(why) = self.keys.verify_provider(token, &self.provider) {
-                return fail(401, "UNAUTHORIZED", why);
-            }
-            let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-            let answer = match (method, path) {
-                ("POST", "/api/files/collections/control/register") => {
-                    register_drives(&store, body)
-                }
-                ("POST", "/api/jobs/control/update") => update_jobs(&store, body),
-                ("GET", "/api/jobs/control/retrieve") => retrieve_job(&store, query_id),
-                ("POST", "/api/jobs/control/register") => register_jobs(&store, body),
-                ("POST", "/api/providers/integration/control/approveConnection") => {
-                    connection(&store, body, true)
-                }
-                ("POST", "/api/providers/integration/control/clearConnection") => {
-                    connection(&store, body, false)
-                }
-                _ => Err(fail(
-                    404,
-                    "NOT_FOUND",
-                    format!("no endpoint {method} {path}"),
-                )),
-            };
+        let answer = match (method, path) {
+            ("POST", "/auth/providers/refresh") => Some(self.refresh(body)),
+            ("POST", "/sim/jobs") => Some(self.sim_job(body)),
+            ("GET", "/sim/usage") => Some(usage::view(&self.lock()).map(ok)),
+            ("POST", "/sim/quota") => Some(usage::set_quota(&self.lock(), body)),
+            // Public in the core (`rpc.RolesPublic`): no token needed.
+            ("GET", "/api/products/v2/browse") => Some(catalogue::browse(&self.lock(), query)),
+            _ => None,
+        };
+        if let Some(answer) = answer {
             return answer.unwrap_or_else(|a| a);
         }
-        fail(404, "NOT_FOUND", format!("no endpoint {method} {path}"))
+        if path != "/api" && !path.starts_with("/api/") {
+            return fail(404, "NOT_FOUND", format!("no endpoint {method} {path}"));
+        }
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(token) = token else {
+            return fail(401, "UNAUTHORIZED", "missing Authorization: Bearer token");
+        };
+        if let Err(why) = self.keys.verify_provider(token, &self.provider) {
+            return fail(401, "UNAUTHORIZED", why);
+        }
+        let store = self.lock();
+        let provider = self.provider.as_str();
+        let answer = match (method, path) {
+            ("POST", "/api/products/v2") => catalogue::create(&store, provider, body),
+            ("POST", "/api/files/collections/control/register") => {
+                register_drives(&store, provider, body)
+            }
+            ("GET", "/api/files/collections/control/browse") => {
+                browse_drives(&store, provider, query)
+            }
+            ("POST", "/api/jobs/control/update") => update_jobs(&store, body),
+            ("GET", "/api/jobs/control/retrieve") => retrieve_job(&store, query),
+            ("POST", "/api/jobs/control/register") => register_jobs(&store, provider, body),
+            ("POST", "/api/providers/integration/control/approveConnection") => {
+                connection(&store, body, true)
+            }
+            ("POST", "/api/providers/integration/control/clearConnection") => {
+                connection(&store, body, false)
+            }
+            ("POST", "/api/accounting/v2/reportUsage") => usage::report(&store, provider, body),
+            _ => Err(fail(
+                404,
+                "NOT_FOUND",
+                format!("no endpoint {method} {path}"),
+            )),
+        };
+        answer.unwrap_or_else(|a| a)
     }
 
-    fn refresh(&self, body: &[u8]) -> Answer {
-        let items = match items(body) {
-            Ok(items) => items,
-            Err(a) => return a,
-        };
+    fn refresh(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let request = decode(body, &gotypes::PROVIDERS_REFRESH)?;
         let mut responses = Vec::new();
-        for item in items {
+        for item in items(&request) {
             if item["refreshToken"].as_str() != Some(self.refresh_token.as_str()) {
-                return fail(
+                return Err(fail(
                     401,
                     "INVALID_REFRESH_TOKEN",
                     "the refresh token is not valid",
-                );
+                ));
             }
-            match self.keys.provider_token(&self.provider) {
-                Ok(token) => responses.push(json!({"accessToken": token})),
-                Err(e) => return internal(e),
-            }
+            let token = self.keys.provider_token(&self.provider).map_err(internal)?;
+            responses.push(json!({"accessToken": token}));
         }
-        ok(json!({"responses": responses}))
+        if responses.is_empty() {
+            return Ok(ok(json!({})));
+        }
+        Ok(ok(json!({"responses": responses})))
     }
 
-    fn sim_job(&self, body: &[u8]) -> Answer {
-        let job: Value = match serde_json::from_slice(body) {
-            Ok(v @ Value::Object(_)) => v,
-            _ => return fail(400, "BAD_REQUEST", "expected one Job JSON object"),
-        };
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        match store.put_job(&job) {
-            Ok(id) => ok(json!({"id": id})),
-            Err(SimError::Usage(why)) => fail(400, "BAD_REQUEST", why),
-            Err(e) => internal(e),
+    /// `POST /sim/jobs`: one `orc.Job` UCloud has created (its `jobs.create`
+    /// accepted it): a decimal id, a product UCloud would run.
+    fn sim_job(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let job = decode(body, &gotypes::JOB)?;
+        let id = job["id"].as_str().unwrap_or_default();
+        if !is_canonical_id(id) {
+            return Err(fail(
+                400,
+                "BAD_REQUEST",
+                format!(
+                    "a job's id is a positive decimal number, as UCloud makes them, not {id:?}"
+                ),
+            ));
         }
+        let supported = match &self.provider_url {
+            Some((url, ca)) => {
+                let token = {
+                    let store = self.lock();
+                    crate::tokens::ucloud_token(&self.keys, &store, &Default::default())
+                        .map_err(internal)?
+                };
+                Some(
+                    support::fetch(url, ca.as_deref(), &token, &self.provider).map_err(|why| {
+                        fail(
+                            400,
+                            "BAD_REQUEST",
+                            format!(
+                                "bad machine type requested: no support from the provider: {why}"
+                            ),
+                        )
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let store = self.lock();
+        support::check_job(&store, &job, supported.as_deref())?;
+        let original: Value = serde_json::from_slice(body)
+            .map_err(|e| fail(400, "BAD_REQUEST", format!("body is not JSON: {e}")))?;
+        store.put_job(&original).map_err(internal)?;
+        usage::know(
+            &store,
+            job["owner"]["createdBy"].as_str(),
+            job["owner"]["project"].as_str(),
+        )?;
+        Ok(ok(json!({"id": id})))
     }
 }
 
-fn register_drives(store: &Store, body: &[u8]) -> Result<Answer, Answer> {
-    let items = items(body)?;
+/// The provider ids reserved so far, each with the resource it names: every
+/// drive's and registered job's, and those a refused registration left reserved.
+fn reserved(store: &Store) -> Result<Map<String, Value>, Answer> {
+    let mut all = Map::new();
+    let drives = store
+        .read("drives.json")
+        .map_err(internal)?
+        .unwrap_or(json!({}));
+    for (id, drive) in drives["drives"].as_object().into_iter().flatten() {
+        if let Some(g) = drive["providerGeneratedId"]
+            .as_str()
+            .filter(|g| !g.is_empty())
+        {
+            all.insert(g.to_string(), json!(id));
+        }
+    }
+    let jobs = store
+        .read("jobs.json")
+        .map_err(internal)?
+        .unwrap_or(json!({}));
+    for source in [&jobs["registered"], &drives["leaked"], &jobs["leaked"]] {
+        for (g, id) in source.as_object().into_iter().flatten() {
+            all.insert(g.clone(), id.clone());
+        }
+    }
+    Ok(all)
+}
+
+/// `ResourceValidateLabels` (core2/pkg/orchestrator/resources.go): keys in lower
+/// case, distinct, trimmed, 1 to 256 bytes, one line.
+fn validate_labels(labels: &Value) -> Result<Value, Answer> {
+    let mut out = Map::new();
+    for (key, value) in labels.as_object().into_iter().flatten() {
+        let lower = key.to_lowercase();
+        if out.contains_key(&lower) {
+            return Err(fail(
+                400,
+                "BAD_REQUEST",
+                format!("duplicate key in labels: {key}"),
+            ));
+        }
+        let trimmed = lower.trim();
+        if trimmed.is_empty() || trimmed.len() > 256 || trimmed.contains('\n') {
+            return Err(fail(
+                400,
+                "BAD_REQUEST",
+                format!("labels[{lower}] must be 1 to 256 bytes on one line"),
+            ));
+        }
+        out.insert(trimmed.to_string(), value.clone());
+    }
+    Ok(Value::Object(out))
+}
+
+/// Every item's `spec.product.provider` must be the caller (403 "forbidden").
+fn check_provider(items: &[Value], provider: &str) -> Result<(), Answer> {
+    if items
+        .iter()
+        .any(|i| i["spec"]["product"]["provider"].as_str() != Some(provider))
+    {
+        return Err(fail(
+            403,
+            "FORBIDDEN",
+            format!("forbidden: spec.product.provider must be {provider:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `ResourceCreateEx`'s reservation: a provider id already reserved is 409.
+/// Returns the new id (taken from the counter even when refused, as the core's is).
+fn reserve(
+    state: &mut Value,
+    taken: &Map<String, Value>,
+    generated: Option<&str>,
+    first: u64,
+) -> Result<String, Answer> {
+    let n = state["next"].as_u64().unwrap_or(first);
+    state["next"] = json!(n + 1);
+    if let Some(g) = generated {
+        if taken.contains_key(g) {
+            return Err(fail(
+                409,
+                "CONFLICT",
+                format!("already exists: providerGeneratedId {g:?} is registered"),
+            ));
+        }
+    }
+    Ok(n.to_string())
+}
+
+/// `files/collections/control/register` (core2/pkg/orchestrator/drive.go).
+fn register_drives(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answer> {
+    let items = items(&decode(body, &gotypes::DRIVES_REGISTER)?);
+    check_provider(&items, provider)?;
+    let mut taken = reserved(store)?;
     let mut state = store
         .read("drives.json")
         .map_err(internal)?
         .unwrap_or_else(|| json!({"next": FIRST_DRIVE, "drives": {}}));
     let mut responses = Vec::new();
+    let mut refusal = None;
     for item in &items {
-        if !item.is_object() {
-            return Err(fail(400, "BAD_REQUEST", "each item must be an object"));
-        }
-        let generated = item.get("providerGeneratedId").and_then(Value::as_str);
-        let known = generated.and_then(|g| {
-            state["drives"].as_object().and_then(|drives| {
-                drives
-                    .iter()
-                    .find(|(_, d)| d["providerGeneratedId"].as_str() == Some(g))
-                    .map(|(id, _)| id.clone())
-            })
-        });
-        let id = match known {
-            Some(id) => id,
-            None => {
-                let n = state["next"].as_u64().unwrap_or(FIRST_DRIVE);
-                state["next"] = json!(n + 1);
-                let id = n.to_string();
-                let mut drive = item.clone();
-                drive["id"] = json!(id);
-                drive["createdAt"] = json!(ucloud_wire::now_ms());
-                state["drives"][&id] = drive;
-                id
+        let generated = item["providerGeneratedId"].as_str();
+        let id = match reserve(&mut state, &taken, generated, FIRST_DRIVE) {
+            Ok(id) => id,
+            Err(a) => {
+                refusal = Some(a);
+                break;
             }
         };
+        let labels = match validate_labels(&item["spec"]["labels"]) {
+            Ok(l) => l,
+            Err(a) => {
+                // The core reserved the id before it looked at the labels.
+                if let Some(g) = generated {
+                    state["leaked"][g] = json!(id);
+                }
+                refusal = Some(a);
+                break;
+            }
+        };
+        if let Some(g) = generated {
+            taken.insert(g.to_string(), json!(id));
+        }
+        state["drives"][&id] = json!({
+            "id": id,
+            "createdAt": ucloud_wire::now_ms(),
+            "owner": owner(item),
+            "permissions": null,
+            "providerGeneratedId": generated.unwrap_or_default(),
+            "specification": {
+                "title": item["spec"]["title"],
+                "product": item["spec"]["product"],
+                "labels": labels,
+            },
+            "updates": [],
+            "status": {"preferredDrive": false, "resolvedSupport": null, "resolvedProduct": null},
+        });
         responses.push(json!({"id": id}));
     }
     store.write("drives.json", &state).map_err(internal)?;
-    Ok(ok(json!({"responses": responses})))
+    if let Some(a) = refusal {
+        return Err(a);
+    }
+    Ok(bulk_response(responses))
 }
 
+/// The owner of a registered resource: `createdBy` or `_ucloud`, a project only
+/// when not empty.
+fn owner(item: &Value) -> Value {
+    let project = item["project"].as_str().filter(|p| !p.is_empty());
+    json!({
+        "createdBy": item["createdBy"].as_str().unwrap_or("_ucloud"),
+        "project": project,
+    })
+}
+
+/// `fnd.BulkResponse`: `responses` omitted when empty.
+fn bulk_response(responses: Vec<Value>) -> Answer {
+    if responses.is_empty() {
+        ok(json!({}))
+    } else {
+        ok(json!({"responses": responses}))
+    }
+}
+
+/// The resource flags (`orc.ResourceFlags`, resource.go) as a query carries them.
+macro_rules! resource_flags {
+    () => {
+        [
+            ("includeOthers", &gojson::Ty::Bool),
+            ("includeUpdates", &gojson::Ty::Bool),
+            ("includeSupport", &gojson::Ty::Bool),
+            ("includeProduct", &gojson::Ty::Bool),
+            ("filterLabels", &gojson::Ty::Map(&gojson::Ty::Str)),
+            ("filterCreatedBy", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("filterCreatedAfter", &gojson::Ty::Opt(&gojson::Ty::Uint)),
+            ("filterCreatedBefore", &gojson::Ty::Opt(&gojson::Ty::Uint)),
+            ("filterProvider", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("filterProductId", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("filterProductCategory", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("hideProductId", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("hideProductCategory", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("hideProvider", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("filterProviderIds", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("filterIds", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("sortBy", &gojson::Ty::Opt(&gojson::Ty::Str)),
+            ("sortDirection", &gojson::Ty::Opt(&gojson::Ty::Str)),
+        ]
+    };
+}
+
+const RESOURCE_FLAGS: [(&str, &gojson::Ty); 18] = resource_flags!();
+
+/// `orc.DrivesControlBrowseRequest` (drives.go) as `ParametersToStruct` reads it.
+static DRIVES_BROWSE: gojson::Ty = gojson::Ty::Struct(&{
+    let mut all: [(&str, &gojson::Ty); 21] = [("", &gojson::Ty::Str); 21];
+    all[0] = ("itemsPerPage", &gojson::Ty::Int);
+    all[1] = ("next", &gojson::Ty::Opt(&gojson::Ty::Str));
+    all[2] = ("filterMemberFiles", &gojson::Ty::Opt(&gojson::Ty::Str));
+    let mut i = 0;
+    while i < RESOURCE_FLAGS.len() {
+        all[i + 3] = RESOURCE_FLAGS[i];
+        i += 1;
+    }
+    all
+});
+
+/// `orc.JobsControlRetrieveRequest` (jobs.go): `id` and the job flags.
+static JOBS_RETRIEVE: gojson::Ty = gojson::Ty::Struct(&{
+    let mut all: [(&str, &gojson::Ty); 24] = [("", &gojson::Ty::Str); 24];
+    all[0] = ("id", &gojson::Ty::Str);
+    all[1] = ("filterApplication", &gojson::Ty::Opt(&gojson::Ty::Str));
+    all[2] = ("filterState", &gojson::Ty::Opt(&gojson::Ty::Str));
+    all[3] = ("filterType", &gojson::Ty::Opt(&gojson::Ty::Str));
+    all[4] = ("includeParameters", &gojson::Ty::Bool);
+    all[5] = ("includeApplication", &gojson::Ty::Bool);
+    let mut i = 0;
+    while i < RESOURCE_FLAGS.len() {
+        all[i + 6] = RESOURCE_FLAGS[i];
+        i += 1;
+    }
+    all
+});
+
+/// A drive as the core returns it, the product resolved when asked for.
+fn drive_view(store: &Store, drive: &Value, include_product: bool) -> Result<Value, Answer> {
+    let mut drive = drive.clone();
+    if include_product {
+        drive["status"]["resolvedProduct"] =
+            catalogue::find(store, &drive["specification"]["product"])?.unwrap_or(Value::Null);
+    }
+    Ok(drive)
+}
+
+/// `files/collections/control/browse` (drive.go → resources.go `ResourceBrowse`).
+/// With `filterProviderIds` (comma-separated, at most 1000) the drives registered
+/// under those provider ids, in that order, one page of 1000; else all the
+/// provider's drives by id, paged, the cursor the last id.
+fn browse_drives(store: &Store, provider: &str, query: Option<&str>) -> Result<Answer, Answer> {
+    let request = query::decode(query, &DRIVES_BROWSE)
+        .map_err(|e| fail(400, "BAD_REQUEST", format!("Invalid request supplied: {e}")))?;
+    let include_product = request["includeProduct"] == json!(true);
+    let state = store
+        .read("drives.json")
+        .map_err(internal)?
+        .unwrap_or(json!({}));
+    let mut drives: Vec<&Value> = state["drives"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter(|d| d["specification"]["product"]["provider"] == provider)
+        .collect();
+    drives.sort_by_key(|d| d["id"].as_str().and_then(|i| i.parse::<u64>().ok()));
+    if let Some(ids) = request["filterProviderIds"].as_str() {
+        let ids: Vec<&str> = ids.split(',').collect();
+        let mut items = Vec::new();
+        if ids.len() <= 1000 {
+            for id in ids {
+                if let Some(d) = drives.iter().find(|d| d["providerGeneratedId"] == id) {
+                    items.push(drive_view(store, d, include_product)?);
+                }
+            }
+        }
+        return Ok(ok(
+            json!({"items": items, "next": null, "itemsPerPage": 1000}),
+        ));
+    }
+    let per_page = catalogue::items_per_page(request["itemsPerPage"].as_i64().unwrap_or(0));
+    let after = request["next"]
+        .as_str()
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let mut items = Vec::new();
+    for d in drives {
+        let id = d["id"]
+            .as_str()
+            .and_then(|i| i.parse::<u64>().ok())
+            .unwrap_or(0);
+        if id <= after {
+            continue;
+        }
+        if let Some(by) = request["filterCreatedBy"].as_str() {
+            if d["owner"]["createdBy"] != by {
+                continue;
+            }
+        }
+        if items.len() == per_page {
+            break;
+        }
+        items.push(drive_view(store, d, include_product)?);
+    }
+    let next = if items.len() == per_page {
+        items.last().map(|d| d["id"].clone()).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    Ok(ok(
+        json!({"items": items, "next": next, "itemsPerPage": per_page}),
+    ))
+}
+
+/// `jobs/control/update` (core2/pkg/orchestrator/job.go `JobsControlAddUpdate`):
+/// every job named must be one the core knows, else 404 and nothing is recorded;
+/// the answer is `util.Empty`, `{}`.
 fn update_jobs(store: &Store, body: &[u8]) -> Result<Answer, Answer> {
-    let items = items(body)?;
+    let items = items(&decode(body, &gotypes::JOBS_UPDATE)?);
+    let mut ids = Vec::new();
     for item in &items {
-        let valid =
-            item["id"].as_str().is_some_and(|id| !id.is_empty()) && item["update"].is_object();
-        if !valid {
+        let id = item["id"].as_str().unwrap_or_default();
+        let known = match resource_id(id) {
+            Some(n) => store
+                .read(&Store::job_file(&n))
+                .map_err(internal)?
+                .is_some(),
+            None => false,
+        };
+        if !known {
             return Err(fail(
-                400,
-                "BAD_REQUEST",
-                "each item needs an \"id\" string and an \"update\" object",
+                404,
+                "NOT_FOUND",
+                format!("not found or permission denied ({id})"),
             ));
         }
+        ids.push(resource_id(id).expect("checked above"));
     }
-    let mut responses = Vec::new();
-    for item in &items {
-        let id = item["id"].as_str().expect("checked above");
-        let file = Store::updates_file(id);
+    for (item, id) in items.iter().zip(ids) {
+        let file = Store::updates_file(&id);
         let mut updates = store.read(&file).map_err(internal)?.unwrap_or(json!([]));
-        let mut update = item["update"].clone();
-        if update.get("timestamp").is_none() {
-            update["timestamp"] = json!(ucloud_wire::now_ms());
+        let mut update = Map::new();
+        for (k, v) in item["update"].as_object().into_iter().flatten() {
+            // Fields the provider did not send stay out, as the core's record has
+            // only what was set.
+            if !v.is_null() {
+                update.insert(k.clone(), v.clone());
+            }
         }
+        update
+            .entry("timestamp")
+            .or_insert_with(|| json!(ucloud_wire::now_ms()));
         if let Value::Array(list) = &mut updates {
-            list.push(update);
+            list.push(Value::Object(update));
         }
         store.write(&file, &updates).map_err(internal)?;
-        responses.push(json!({}));
     }
-    Ok(ok(json!({"responses": responses})))
+    Ok(ok(json!({})))
 }
 
 /// The job as UCloud returns it: what UCloud sent the provider, plus every update
-/// the provider reported, with `status.state` the last state among them.
-fn retrieve_job(store: &Store, id: Option<String>) -> Result<Answer, Answer> {
-    let id = id
-        .filter(|id| !id.is_empty())
-        .ok_or_else(|| fail(400, "BAD_REQUEST", "the id query parameter is missing"))?;
+/// the provider reported, with `status.state` the last state among them. The id is
+/// read as the core reads it (`ResourceParseId`: decimal, else no job).
+fn retrieve_job(store: &Store, query_string: Option<&str>) -> Result<Answer, Answer> {
+    let request = query::decode(query_string, &JOBS_RETRIEVE)
+        .map_err(|e| fail(400, "BAD_REQUEST", format!("Invalid request supplied: {e}")))?;
+    let given = request["id"].as_str().unwrap_or_default();
+    let not_found = || fail(404, "NOT_FOUND", format!("no job {given:?}"));
+    let id = resource_id(given).ok_or_else(not_found)?;
     let Some(mut job) = store.read(&Store::job_file(&id)).map_err(internal)? else {
-        return Err(fail(404, "NOT_FOUND", format!("no job {id:?}")));
+        return Err(not_found());
     };
     let received = store
         .read(&Store::updates_file(&id))
@@ -265,43 +624,49 @@ fn retrieve_job(store: &Store, id: Option<String>) -> Result<Answer, Answer> {
     Ok(ok(job))
 }
 
-fn register_jobs(store: &Store, body: &[u8]) -> Result<Answer, Answer> {
-    let items = items(body)?;
+/// `jobs/control/register` (job.go `JobsControlRegister`): jobs started outside
+/// UCloud, each under a new id; a reserved provider id is 409.
+fn register_jobs(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answer> {
+    let items = items(&decode(body, &gotypes::JOBS_REGISTER)?);
+    check_provider(&items, provider)?;
+    let mut taken = reserved(store)?;
     let mut state = store
         .read("jobs.json")
         .map_err(internal)?
         .unwrap_or_else(|| json!({"next": FIRST_JOB, "registered": {}}));
     let mut responses = Vec::new();
+    let mut refusal = None;
     for item in &items {
-        if !item.is_object() {
-            return Err(fail(400, "BAD_REQUEST", "each item must be an object"));
+        let generated = item["providerGeneratedId"].as_str();
+        let id = match reserve(&mut state, &taken, generated, FIRST_JOB) {
+            Ok(id) => id,
+            Err(a) => {
+                refusal = Some(a);
+                break;
+            }
+        };
+        let mut spec = item["spec"].clone();
+        match validate_labels(&spec["labels"]) {
+            Ok(labels) => spec["labels"] = labels,
+            Err(a) => {
+                if let Some(g) = generated {
+                    state["leaked"][g] = json!(id);
+                }
+                refusal = Some(a);
+                break;
+            }
         }
-        let generated = item["providerGeneratedId"].as_str().map(String::from);
-        if let Some(id) = generated
-            .as_deref()
-            .and_then(|g| state["registered"][g].as_str())
-        {
-            responses.push(json!({"id": id}));
-            continue;
-        }
-        let n = state["next"].as_u64().unwrap_or(FIRST_JOB);
-        state["next"] = json!(n + 1);
-        let id = n.to_string();
-        if let Some(g) = &generated {
+        if let Some(g) = generated {
             state["registered"][g] = json!(id);
+            taken.insert(g.to_string(), json!(id));
         }
-        let specification = item
-            .get("specification")
-            .or_else(|| item.get("spec"))
-            .cloned()
-            .unwrap_or(json!({}));
         let job = json!({
             "id": id,
             "createdAt": ucloud_wire::now_ms(),
-            "owner": {"createdBy": item["createdBy"], "project": item["project"]},
+            "owner": owner(item),
             "permissions": null,
-            "providerGeneratedId": generated,
-            "specification": specification,
+            "providerGeneratedId": generated.unwrap_or_default(),
+            "specification": spec,
             "status": {"state": "IN_QUEUE"},
             "updates": [],
         });
@@ -309,25 +674,19 @@ fn register_jobs(store: &Store, body: &[u8]) -> Result<Answer, Answer> {
         responses.push(json!({"id": id}));
     }
     store.write("jobs.json", &state).map_err(internal)?;
-    Ok(ok(json!({"responses": responses})))
+    if let Some(a) = refusal {
+        return Err(a);
+    }
+    Ok(bulk_response(responses))
 }
 
-/// `{"username":"U"}`, or the bulk form `{"items":[{"username":"U"}]}`.
+/// `approveConnection`/`clearConnection` (core2/pkg/orchestrator/provider_integration.go):
+/// `orc.ProviderIntegrationCtrlFindByUser`, `{"username":"U"}`. Go ignores other
+/// keys, so `{"items":[...]}` is a request for the user `""`: accepted, and it
+/// connects nobody real.
 fn connection(store: &Store, body: &[u8], connect: bool) -> Result<Answer, Answer> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| fail(400, "BAD_REQUEST", format!("body is not JSON: {e}")))?;
-    let users: Vec<String> = match (&v["username"], &v["items"]) {
-        (Value::String(u), _) => vec![u.clone()],
-        (_, Value::Array(items)) => items
-            .iter()
-            .map(|i| i["username"].as_str().map(String::from))
-            .collect::<Option<Vec<_>>>()
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    if users.is_empty() || users.iter().any(String::is_empty) {
-        return Err(fail(400, "BAD_REQUEST", "expected {\"username\":\"...\"}"));
-    }
+    let request = decode(body, &gotypes::FIND_BY_USER)?;
+    let user = request["username"].as_str().unwrap_or_default().to_string();
     let mut state = store
         .read("connections.json")
         .map_err(internal)?
@@ -340,93 +699,17 @@ fn connection(store: &Store, body: &[u8], connect: bool) -> Result<Answer, Answe
                 .collect()
         })
         .unwrap_or_default();
-    for user in users {
-        connected.retain(|u| *u != user);
-        if connect {
-            connected.push(user);
-        }
+    connected.retain(|u| *u != user);
+    if connect {
+        connected.push(user.clone());
     }
     state["connected"] = json!(connected);
     store.write("connections.json", &state).map_err(internal)?;
+    if connect {
+        usage::know(store, Some(&user), None)?;
+    }
     Ok(ok(json!({})))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::PathBuf;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("sim-api-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
-    #[test]
-    fn drive_ids_are_stable_per_provider_generated_id() {
-        let dir = scratch("drives");
-        let (store, _) = Store::init(&dir, "hpc").unwrap();
-        let body = br#"{"items":[{"providerGeneratedId":"h-a","specification":{"title":"Home"}},{"providerGeneratedId":"h-b"}]}"#;
-        let first = register_drives(&store, body).unwrap_or_else(|a| a);
-        assert_eq!(first.status, 200);
-        let again = register_drives(&store, body).unwrap_or_else(|a| a);
-        assert_eq!(first.body, again.body);
-        assert_ne!(first.body["responses"][0], first.body["responses"][1]);
-        let anon = register_drives(&store, br#"{"items":[{}]}"#).unwrap_or_else(|a| a);
-        assert_eq!(anon.body["responses"][0]["id"], "102");
-        for bad in [&b"nope"[..], b"{}", br#"{"items":[]}"#, br#"{"items":[7]}"#] {
-            assert_eq!(
-                register_drives(&store, bad).unwrap_or_else(|a| a).status,
-                400
-            );
-        }
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn updates_show_in_the_retrieved_job() {
-        let dir = scratch("jobs");
-        let (store, _) = Store::init(&dir, "hpc").unwrap();
-        store
-            .put_job(&json!({"id": "77", "owner": {"createdBy": "A#1"}, "status": {"state": "IN_QUEUE"}}))
-            .unwrap();
-        let body = br#"{"items":[{"id":"77","update":{"state":"RUNNING","status":"started"}}]}"#;
-        let a = update_jobs(&store, body).unwrap_or_else(|a| a);
-        assert_eq!(
-            (a.status, a.body.clone()),
-            (200, json!({"responses": [{}]}))
-        );
-        let job = retrieve_job(&store, Some("77".into())).unwrap_or_else(|a| a);
-        assert_eq!(job.body["status"]["state"], "RUNNING");
-        assert_eq!(job.body["updates"][0]["status"], "started");
-        assert_eq!(job.body["owner"]["createdBy"], "A#1");
-        assert_eq!(
-            retrieve_job(&store, Some("78".into()))
-                .unwrap_or_else(|a| a)
-                .status,
-            404
-        );
-        assert_eq!(retrieve_job(&store, None).unwrap_or_else(|a| a).status, 400);
-        let bad = br#"{"items":[{"id":"77"}]}"#;
-        assert_eq!(update_jobs(&store, bad).unwrap_or_else(|a| a).status, 400);
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn connections_accept_both_forms() {
-        let dir = scratch("conn");
-        let (store, _) = Store::init(&dir, "hpc").unwrap();
-        connection(&store, br#"{"username":"A#1"}"#, true).unwrap_or_else(|a| a);
-        connection(&store, br#"{"items":[{"username":"B#2"}]}"#, true).unwrap_or_else(|a| a);
-        connection(&store, br#"{"username":"A#1"}"#, false).unwrap_or_else(|a| a);
-        assert_eq!(
-            store.read("connections.json").unwrap().unwrap()["connected"],
-            json!(["B#2"])
-        );
-        assert_eq!(
-            connection(&store, b"{}", true).unwrap_or_else(|a| a).status,
-            400
-        );
-        std::fs::remove_dir_all(dir).unwrap();
-    }
-}
+mod tests;

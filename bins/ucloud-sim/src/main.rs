@@ -6,10 +6,16 @@
 mod api;
 mod call;
 mod calllog;
+mod catalogue;
 mod follow;
+mod gojson;
+mod gotypes;
+mod query;
 mod serve;
 mod store;
+mod support;
 mod tokens;
+mod usage;
 
 use pico_args::Arguments;
 use std::ffi::OsString;
@@ -24,7 +30,7 @@ ucloud-sim: a UCloud simulator for ucloud-im's local stack and tests
 usage:
   ucloud-sim init  --state DIR --provider ID
   ucloud-sim serve --listen ADDR:PORT --cert PEM --key PEM --signing-key PEM
-                   --state DIR --log FILE
+                   --state DIR --log FILE [--provider-url URL [--provider-ca PEM]]
   ucloud-sim token --signing-key PEM --state DIR [--user NAME [--user-claim CLAIM]]
                    [--lifetime SECONDS] [--iat-offset SECONDS] [--issuer ISS]
                    [--subject SUB] [--role ROLE] [--fresh]
@@ -32,16 +38,22 @@ usage:
                    [--user NAME] [--user-claim CLAIM] METHOD PATH [JSON_BODY]
   ucloud-sim follow [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
                    --user NAME [--cancel-after N] [--raw HEX] JOB_JSON
+  ucloud-sim usage --state DIR
 
   init   create the state when missing; print the provider's refresh token
-  serve  HTTPS server for the endpoints a provider calls (and POST /sim/jobs)
+  serve  HTTPS server for the endpoints a provider calls (and /sim/...); with
+         --provider-url it asks the provider for its support before a
+         POST /sim/jobs, as UCloud does before it creates a job
   token  print a UCloud bearer token (cached, reused until < 3 min remain)
   call   call the provider like UCloud; print the status, then the body
          (--url defaults to $UCLOUD_IM_LB_URL, else $UCLOUD_IM_GATEWAY_URL;
-         an https URL needs --ca, which defaults to $UCLOUD_IM_CA)
+         an https URL needs --ca, which defaults to $UCLOUD_IM_CA); a job
+         creation UCloud would refuse (product not in the catalogue or not
+         supported by the provider) is answered 400 here and not sent
   follow follow a job's output over the WebSocket like UCloud; one JSON line per
          message, then a close line (or the HTTP status when the upgrade is refused);
          --url and --ca default as for call
+  usage  print each owner's usage per category and per scope, as JSON
 
 See ucloud-sim(1).
 ";
@@ -149,6 +161,7 @@ fn run(mut args: Arguments) -> Result<(), SimError> {
         Some("token") => token(args),
         Some("call") => call(args),
         Some("follow") => follow(args),
+        Some("usage") => usage_command(args),
         Some(other) => Err(SimError::Usage(format!("unknown command {other:?}"))),
         None => Err(SimError::Usage("a command is required".into())),
     }
@@ -176,11 +189,26 @@ fn serve(mut args: Arguments) -> Result<(), SimError> {
     let signing_key = required(&mut args, "--signing-key")?;
     let state = required(&mut args, "--state")?;
     let log = required(&mut args, "--log")?;
+    let provider_url: Option<String> = args.opt_value_from_str("--provider-url").map_err(usage)?;
+    let provider_ca: Option<PathBuf> = args.opt_value_from_str("--provider-ca").map_err(usage)?;
     no_more(args)?;
+    let provider_url = match (provider_url, provider_ca) {
+        (Some(url), Some(ca)) => Some((url, Some(ca))),
+        (Some(url), None) if !url.starts_with("https://") => Some((url, None)),
+        (Some(url), None) => {
+            return Err(SimError::Usage(format!(
+                "--provider-url {url} is https: name the CA to trust with --provider-ca"
+            )))
+        }
+        (None, Some(_)) => {
+            return Err(SimError::Usage("--provider-ca needs --provider-url".into()))
+        }
+        (None, None) => None,
+    };
     let tls =
         ucloud_http::tls::server_config(&cert, &key).map_err(|e| SimError::Setup(e.to_string()))?;
     let keys = tokens::Keys::load(&signing_key)?;
-    let sim = api::Sim::new(store::Store::open(&state)?, keys)?;
+    let sim = api::Sim::new(store::Store::open(&state)?, keys, provider_url)?;
     let log = calllog::CallLog::open(&log)?;
     serve::serve(&listen, sim, log, tls)
 }
@@ -273,6 +301,13 @@ fn call(mut args: Arguments) -> Result<(), SimError> {
             tokens::ucloud_token(&tokens::Keys::load(key)?, store, &options)?
         }
     };
+    // UCloud's own service token, for asking the provider what it supports.
+    let support_token = match (&signing_key, &store) {
+        (Some(key), Some(store)) => {
+            tokens::ucloud_token(&tokens::Keys::load(key)?, store, &Default::default())?
+        }
+        _ => token.clone(),
+    };
     let (status, body) = call::call(
         &call::CallArgs {
             url: &url,
@@ -282,6 +317,7 @@ fn call(mut args: Arguments) -> Result<(), SimError> {
             method,
             path,
             body,
+            support_token: &support_token,
         },
         store.as_ref(),
     )?;
@@ -297,6 +333,15 @@ fn call(mut args: Arguments) -> Result<(), SimError> {
         })
         .and_then(|_| out.flush());
     written.map_err(|e| SimError::Call(format!("cannot write the answer: {e}")))
+}
+
+fn usage_command(mut args: Arguments) -> Result<(), SimError> {
+    let state = required(&mut args, "--state")?;
+    no_more(args)?;
+    let store = store::Store::open(&state)?;
+    let view = usage::view(&store).map_err(|a| SimError::Setup(a.refused.unwrap_or_default()))?;
+    println!("{view}");
+    Ok(())
 }
 
 fn follow(mut args: Arguments) -> Result<(), SimError> {

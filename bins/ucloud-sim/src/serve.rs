@@ -112,7 +112,7 @@ fn connection(shared: &Shared, tcp: TcpStream) -> Result<(), String> {
         let answer = shared.sim.handle(
             &request.method,
             request.path(),
-            request.query_param("id"),
+            request.query(),
             request.header("authorization"),
             &request.body,
         );

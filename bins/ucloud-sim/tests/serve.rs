@@ -14,6 +14,8 @@ struct Fixture {
     dir: PathBuf,
     port: u16,
     child: Option<Child>,
+    /// More `serve` options (`--provider-url`).
+    serve_args: Vec<String>,
 }
 
 fn openssl(args: &[&str]) {
@@ -115,6 +117,7 @@ impl Fixture {
             dir,
             port: free_port(),
             child: None,
+            serve_args: Vec::new(),
         };
         f.init();
         f.start();
@@ -158,6 +161,7 @@ impl Fixture {
                 &self.path("state"),
             ])
             .args(["--log", &self.path("calls.log")])
+            .args(&self.serve_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -229,6 +233,56 @@ impl Fixture {
             .to_string()
     }
 
+    fn register_drive(&self, token: &str, pg: &str) -> (u16, Value) {
+        let body = json!({"items": [{"providerGeneratedId": pg, "createdBy": "A#1",
+            "spec": {"title": "Home", "product": {"id": "home", "category": "home", "provider": "hpc"}}}]});
+        self.call(
+            token,
+            "POST",
+            "/api/files/collections/control/register",
+            Some(&body.to_string()),
+        )
+    }
+
+    /// Compute products c1, c2 (category cpu, core-minutes) and the storage product
+    /// home.
+    fn register_products(&self, token: &str) {
+        let body = json!({"items": [product("c1", "cpu", "COMPUTE"), product("c2", "cpu", "COMPUTE"),
+                                    product("home", "home", "STORAGE")]});
+        let (status, answer) =
+            self.call(token, "POST", "/api/products/v2", Some(&body.to_string()));
+        assert_eq!((status, answer), (200, json!({})));
+    }
+
+    /// `POST /sim/jobs`: a job of A#1 for `product` (category cpu).
+    fn sim_job(&self, id: &str, product: &str) -> (u16, Value) {
+        let job = json!({"id": id, "owner": {"createdBy": "A#1", "project": null},
+            "specification": {"name": "j", "product": {"id": product, "category": "cpu", "provider": "hpc"}},
+            "status": {"state": "IN_QUEUE"}, "updates": []});
+        self.call("unused", "POST", "/sim/jobs", Some(&job.to_string()))
+    }
+
+    /// The owner's usage in a category, from `ucloud-sim usage` (null: none).
+    fn usage(&self, owner: &str, category: &str) -> Value {
+        let out = Command::new(SIM)
+            .args(["usage", "--state", &self.path("state")])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+        view["wallets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["owner"] == owner && w["category"] == category)
+            .map(|w| w["usage"].clone())
+            .unwrap_or(Value::Null)
+    }
+
     fn log(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.path("calls.log")).unwrap_or_default();
         text.lines()
@@ -242,6 +296,21 @@ impl Drop for Fixture {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn product(name: &str, category: &str, product_type: &str) -> Value {
+    json!({"name": name, "productType": product_type, "price": 1, "cpu": 2, "memoryInGigs": 4,
+           "category": {"name": category, "provider": "hpc", "productType": product_type,
+                        "accountingUnit": {"name": "Core", "namePlural": "Cores", "floatingPoint": false, "displayFrequencySuffix": true},
+                        "accountingFrequency": "PERIODIC_MINUTE", "freeToUse": false}})
+}
+
+/// One reportUsage body: a total (`isDeltaCharge: false`) for a user.
+fn report(user: &str, category: &str, usage: i64, scope: Option<&str>) -> String {
+    json!({"items": [{"isDeltaCharge": false, "owner": {"type": "user", "username": user},
+        "categoryIdV2": {"name": category, "provider": "hpc"}, "usage": usage,
+        "description": {"scope": scope}}]})
+    .to_string()
 }
 
 fn claims(token: &str) -> Value {
@@ -266,9 +335,12 @@ fn refresh_gives_a_provider_token_that_opens_the_api() {
     );
     assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 600);
 
+    // The token opens the API: an update for a job UCloud does not know is the
+    // core's 404, not a 401.
     let update = json!({"items": [{"id": "4711", "update": {"state": "RUNNING"}}]}).to_string();
     let (status, body) = f.call(&token, "POST", "/api/jobs/control/update", Some(&update));
-    assert_eq!((status, body), (200, json!({"responses": [{}]})));
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["errorCode"], "NOT_FOUND");
 
     let (status, body) = f.call(
         "x",
@@ -323,7 +395,7 @@ fn api_calls_without_a_valid_token_are_refused_and_logged() {
     let forged = String::from_utf8(out.stdout).unwrap().trim().to_string();
     let mut tampered = good.clone();
     tampered.push('A');
-    let body = r#"{"items":[{"providerGeneratedId":"x"}]}"#;
+    let body = r#"{"items":[{"providerGeneratedId":"x","spec":{"title":"Home","product":{"id":"home","category":"home","provider":"hpc"}}}]}"#;
     let before = f.log().len();
     for token in [
         ucloud.as_str(),
@@ -362,49 +434,52 @@ fn api_calls_without_a_valid_token_are_refused_and_logged() {
 }
 
 #[test]
-fn drive_ids_and_jobs_survive_a_restart() {
+fn drives_jobs_products_and_usage_survive_a_restart() {
     let mut f = Fixture::new("restart");
     let token = f.access_token();
-    let register = |pg: &str| {
-        json!({"items": [{"providerGeneratedId": pg, "specification": {"title": "Home"}, "createdBy": "A#1"}]}).to_string()
-    };
-    let (_, a) = f.call(
-        &token,
-        "POST",
-        "/api/files/collections/control/register",
-        Some(&register("home-a")),
-    );
-    let (_, b) = f.call(
-        &token,
-        "POST",
-        "/api/files/collections/control/register",
-        Some(&register("home-b")),
-    );
+    let (_, a) = f.register_drive(&token, "home-a");
+    let (_, b) = f.register_drive(&token, "home-b");
     assert_ne!(a, b);
-    let job = json!({"id": "900", "owner": {"createdBy": "A#1", "project": null}, "specification": {"name": "j"}, "status": {"state": "IN_QUEUE"}, "updates": []});
-    let (status, _) = f.call("unused", "POST", "/sim/jobs", Some(&job.to_string()));
-    assert_eq!(status, 200);
+    f.register_products(&token);
+    assert_eq!(f.sim_job("900", "c1").0, 200);
     let update = json!({"items": [{"id": "900", "update": {"state": "RUNNING", "status": "go"}}]})
         .to_string();
-    f.call(&token, "POST", "/api/jobs/control/update", Some(&update));
+    let (status, answer) = f.call(&token, "POST", "/api/jobs/control/update", Some(&update));
+    assert_eq!((status, answer), (200, json!({})));
+    let report = report("A#1", "cpu", 60, Some("job-900"));
+    assert_eq!(
+        f.call(
+            &token,
+            "POST",
+            "/api/accounting/v2/reportUsage",
+            Some(&report)
+        )
+        .0,
+        200
+    );
 
     f.stop();
     f.start();
-    let (_, a2) = f.call(
+    // The id stays reserved: registering it again is the core's 409, and the
+    // drive is found by its provider id instead.
+    let (status, answer) = f.register_drive(&token, "home-a");
+    assert_eq!(status, 409, "{answer}");
+    let (status, page) = f.call(
         &token,
-        "POST",
-        "/api/files/collections/control/register",
-        Some(&register("home-a")),
+        "GET",
+        "/api/files/collections/control/browse?filterProviderIds=home-a",
+        None,
     );
-    assert_eq!(
-        a, a2,
-        "same providerGeneratedId, same drive id after a restart"
-    );
+    assert_eq!(status, 200);
+    assert_eq!(page["items"][0]["id"], a["responses"][0]["id"]);
     let (status, got) = f.call(&token, "GET", "/api/jobs/control/retrieve?id=900", None);
     assert_eq!(status, 200);
     assert_eq!(got["owner"]["createdBy"], "A#1");
     assert_eq!(got["status"]["state"], "RUNNING");
     assert_eq!(got["updates"][0]["status"], "go");
+    let (_, products) = f.call("none", "GET", "/api/products/v2/browse", None);
+    assert_eq!(products["items"].as_array().unwrap().len(), 3);
+    assert_eq!(f.usage("A#1", "cpu"), json!(60));
     let (status, _) = f.call(&token, "GET", "/api/jobs/control/retrieve?id=901", None);
     assert_eq!(status, 404);
     let (status, _) = f.call(&token, "GET", "/api/nothing/here", None);
@@ -466,8 +541,10 @@ fn bearer_tokens_are_cached_like_uclouds() {
 fn call_sends_what_ucloud_sends_and_remembers_jobs() {
     let f = Fixture::new("call");
     let token = f.access_token();
-    // `call` aimed at the simulator itself: it logs exactly what arrived.
-    let job = json!({"items": [{"id": "321", "specification": {"name": "x"}}]}).to_string();
+    // `call` aimed at the simulator itself: it logs exactly what arrived. The id
+    // is no UCloud job id, so this is no job creation UCloud would make: sent as
+    // it is, remembered not.
+    let job = json!({"items": [{"id": "job-321", "specification": {"name": "x"}}]}).to_string();
     let out: Output = Command::new(SIM)
         .args(["call", "--url", &f.url(), "--ca", &f.path("ca.pem")])
         .args([
@@ -500,9 +577,9 @@ fn call_sends_what_ucloud_sends_and_remembers_jobs() {
         .unwrap()
         .to_string();
     assert_eq!(claims(&bearer)["sub"], "_UCloud");
-    let (status, got) = f.call(&token, "GET", "/api/jobs/control/retrieve?id=321", None);
-    assert_eq!(status, 200);
-    assert_eq!(got["owner"]["createdBy"], "DonnaJensen#4512");
+    assert_eq!(line["path"], "/ucloud/hpc/jobs");
+    let (status, _) = f.call(&token, "GET", "/api/jobs/control/retrieve?id=job-321", None);
+    assert_eq!(status, 404);
 
     // No HTTP answer at all (nothing listens): exit 1 and a message.
     let out = Command::new(SIM)
@@ -548,13 +625,17 @@ fn call_sends_what_ucloud_sends_and_remembers_jobs() {
 fn log_lines_are_whole_under_concurrency() {
     let f = Fixture::new("concurrent");
     let token = f.access_token();
+    f.register_products(&token);
+    for i in 0..8 {
+        assert_eq!(f.sim_job(&format!("{}", 1000 + i), "c1").0, 200);
+    }
     let before = f.log().len();
     std::thread::scope(|s| {
         for i in 0..8 {
             let f = &f;
             let token = &token;
             s.spawn(move || {
-                let update = json!({"items": [{"id": format!("c{i}"), "update": {"status": "x".repeat(5000)}}]}).to_string();
+                let update = json!({"items": [{"id": format!("{}", 1000 + i), "update": {"status": "x".repeat(5000)}}]}).to_string();
                 assert_eq!(f.call(token, "POST", "/api/jobs/control/update", Some(&update)).0, 200);
             });
         }
@@ -567,4 +648,349 @@ fn log_lines_are_whole_under_concurrency() {
             .unwrap()
             .len()
             == 5000));
+}
+
+/// A provider that supports one compute product (c1 of cpu) and accepts every
+/// job: plain HTTP, one request per connection, each request line recorded.
+struct FakeProvider {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeProvider {
+    fn start() -> FakeProvider {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let mut length = 0;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    if header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = header.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap();
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                record.lock().unwrap().push(line.trim().to_string());
+                let answer = if line.contains("/jobs/retrieveProducts") {
+                    r#"{"responses":[{"product":{"id":"c1","category":"cpu","provider":"hpc"}}]}"#
+                } else {
+                    r#"{"responses":[{}]}"#
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        FakeProvider { url, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// `ucloud-sim call` creating jobs at `url`, as `user`.
+fn create_job(f: &Fixture, url: &str, body: &str) -> (u16, Value) {
+    let out = Command::new(SIM)
+        .args(["call", "--url", url])
+        .args([
+            "--signing-key",
+            &f.path("signing.pem"),
+            "--state",
+            &f.path("state"),
+        ])
+        .args(["--user", "B#2", "POST", "/ucloud/hpc/jobs", body])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, body) = text.split_once('\n').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(body.trim()).unwrap(),
+    )
+}
+
+fn job(id: &str, product: &str) -> String {
+    json!({"items": [{"id": id, "owner": {"createdBy": "B#2", "project": null},
+        "specification": {"name": "j", "product": {"id": product, "category": "cpu", "provider": "hpc"}}}]})
+    .to_string()
+}
+
+#[test]
+fn a_job_is_created_only_for_a_registered_supported_product() {
+    let provider = FakeProvider::start();
+    let mut f = Fixture::new("jobs");
+    let token = f.access_token();
+    // Nothing registered: refused here, never sent.
+    let (status, answer) = create_job(&f, &provider.url, &job("5", "c1"));
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["why"]
+        .as_str()
+        .unwrap()
+        .starts_with("bad machine type requested"));
+    assert!(!provider.seen().iter().any(|l| l.starts_with("POST")));
+    f.register_products(&token);
+    // c2 is in the catalogue, but the provider does not list it; home is storage.
+    for product in ["c2", "home", "c9"] {
+        let (status, answer) = create_job(&f, &provider.url, &job("6", product));
+        assert_eq!(status, 400, "{product}: {answer}");
+    }
+    assert!(!provider.seen().iter().any(|l| l.starts_with("POST")));
+    let (status, answer) = create_job(&f, &provider.url, &job("7", "c1"));
+    assert_eq!((status, answer), (200, json!({"responses": [{}]})));
+    let seen = provider.seen();
+    assert!(
+        seen.contains(&"GET /ucloud/hpc/jobs/retrieveProducts HTTP/1.1".to_string()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&"POST /ucloud/hpc/jobs HTTP/1.1".to_string()),
+        "{seen:?}"
+    );
+    let (status, got) = f.call(&token, "GET", "/api/jobs/control/retrieve?id=7", None);
+    assert_eq!((status, &got["owner"]["createdBy"]), (200, &json!("B#2")));
+    for id in ["5", "6"] {
+        let (status, _) = f.call(
+            &token,
+            "GET",
+            &format!("/api/jobs/control/retrieve?id={id}"),
+            None,
+        );
+        assert_eq!(status, 404, "a refused job is unknown");
+    }
+
+    // /sim/jobs: the catalogue decides; with --provider-url, the provider's support too.
+    assert_eq!(f.sim_job("20", "c9").0, 400);
+    assert_eq!(f.sim_job("21", "c2").0, 200);
+    for bad in [
+        json!({"id": "x22", "specification": {"product": {"id": "c1", "category": "cpu", "provider": "hpc"}}}),
+        json!({"id": "022", "specification": {"product": {"id": "c1", "category": "cpu", "provider": "hpc"}}}),
+        json!({"id": 22}),
+        json!({"id": "22", "specification": {"replicas": "1"}}),
+        json!([]),
+    ] {
+        let (status, answer) = f.call("unused", "POST", "/sim/jobs", Some(&bad.to_string()));
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+    f.stop();
+    f.serve_args = vec!["--provider-url".into(), provider.url.clone()];
+    f.start();
+    assert_eq!(
+        f.sim_job("23", "c2").0,
+        400,
+        "not supported by the provider"
+    );
+    assert_eq!(f.sim_job("24", "c1").0, 200);
+    for (id, want) in [
+        ("20", 404),
+        ("22", 404),
+        ("23", 404),
+        ("21", 200),
+        ("24", 200),
+    ] {
+        let (status, _) = f.call(
+            &token,
+            "GET",
+            &format!("/api/jobs/control/retrieve?id={id}"),
+            None,
+        );
+        assert_eq!(status, want, "job {id}");
+    }
+}
+
+#[test]
+fn products_are_registered_by_their_provider_only() {
+    let f = Fixture::new("products");
+    let token = f.access_token();
+    let browse = || {
+        f.call(
+            "none",
+            "GET",
+            "/api/products/v2/browse?itemsPerPage=10",
+            None,
+        )
+        .1
+    };
+    assert_eq!(browse()["items"], json!([]));
+    let mut other = product("x", "xcat", "COMPUTE");
+    other["category"]["provider"] = json!("elsewhere");
+    let mut fractional = product("y", "ycat", "COMPUTE");
+    fractional["price"] = json!(1.5);
+    let body = |items: Value| json!({"items": items}).to_string();
+    for (token, body, want) in [
+        (
+            "garbage",
+            body(json!([product("c1", "cpu", "COMPUTE")])),
+            401,
+        ),
+        (
+            token.as_str(),
+            body(json!([product("c1", "cpu", "COMPUTE"), other])),
+            403,
+        ),
+        (token.as_str(), body(json!([])), 400),
+        (token.as_str(), "{}".to_string(), 400),
+        (token.as_str(), body(json!([fractional])), 400),
+        (
+            token.as_str(),
+            r#"{"items":[{"name":["c1"]}]}"#.to_string(),
+            400,
+        ),
+        (token.as_str(), "not json".to_string(), 400),
+    ] {
+        let (status, answer) = f.call(token, "POST", "/api/products/v2", Some(&body));
+        assert_eq!(status, want, "{body}: {answer}");
+        assert_eq!(browse()["items"], json!([]), "{body}");
+    }
+    f.register_products(&token);
+    let listed = browse();
+    let names: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["c1", "c2", "home"]);
+    assert_eq!(listed["items"][0]["type"], "compute");
+    assert_eq!(
+        listed["items"][0]["category"]["accountingUnit"]["name"],
+        "Core"
+    );
+    // The unit, frequency and free-to-use of a category are kept: 200, and dropped.
+    let mut changed = product("c1", "cpu", "COMPUTE");
+    changed["category"]["accountingUnit"]["name"] = json!("Hour");
+    changed["category"]["accountingFrequency"] = json!("PERIODIC_HOUR");
+    changed["category"]["freeToUse"] = json!(true);
+    changed["description"] = json!("new");
+    let (status, _) = f.call(
+        &token,
+        "POST",
+        "/api/products/v2",
+        Some(&body(json!([changed]))),
+    );
+    assert_eq!(status, 200);
+    let (_, page) = f.call("none", "GET", "/api/products/v2/browse?filterName=c1", None);
+    let c1 = &page["items"][0];
+    assert_eq!(c1["description"], "new");
+    assert_eq!(c1["category"]["accountingUnit"]["name"], "Core");
+    assert_eq!(c1["category"]["accountingFrequency"], "PERIODIC_MINUTE");
+    assert!(c1["category"].get("freeToUse").is_none());
+    assert_eq!(
+        f.call(
+            "none",
+            "GET",
+            "/api/products/v2/browse?itemsPerPage=1.5",
+            None
+        )
+        .0,
+        400
+    );
+}
+
+#[test]
+fn usage_is_charged_by_the_cores_rule() {
+    let f = Fixture::new("usage");
+    let token = f.access_token();
+    f.register_products(&token);
+    f.sim_job("31", "c1");
+    let post = |body: &str| f.call(&token, "POST", "/api/accounting/v2/reportUsage", Some(body));
+    let (status, answer) = post(&report("A#1", "cpu", 40, Some("job-31")));
+    assert_eq!((status, answer), (200, json!({"responses": [true]})));
+    // Sent again (a retry, a restarted reporter): nothing more is charged.
+    post(&report("A#1", "cpu", 40, Some("job-31")));
+    post(&report("A#1", "cpu", 55, Some("job-31")));
+    assert_eq!(f.usage("A#1", "cpu"), json!(55));
+    let (status, view) = f.call("none", "GET", "/sim/usage", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        view["scopes"],
+        json!([{"owner": "A#1", "scope": "job-31", "usage": 55}])
+    );
+    let before = view;
+    let mut other = report("A#1", "cpu", 1, None);
+    other = other.replace(r#""provider":"hpc""#, r#""provider":"elsewhere""#);
+    for (body, want) in [
+        (report("A#1", "nope", 1, None), 403),
+        (report("Nobody#9", "cpu", 1, None), 403),
+        (other, 403),
+        (report("A#1", "cpu", -1, Some("job-31")), 403),
+        (
+            report("A#1", "cpu", 1, None).replace(r#""usage":1"#, r#""usage":1.5"#),
+            400,
+        ),
+        (
+            report("A#1", "cpu", 1, None).replace(r#""usage":1"#, r#""usage":"1""#),
+            400,
+        ),
+        (r#"{"items":[{"owner":"A#1"}]}"#.to_string(), 400),
+        ("{".to_string(), 400),
+    ] {
+        let (status, answer) = post(&body);
+        assert_eq!(status, want, "{body}: {answer}");
+        assert_eq!(
+            f.call("none", "GET", "/sim/usage", None).1,
+            before,
+            "{body}"
+        );
+    }
+    // A locked wallet answers false: no error, the usage is recorded.
+    let quota = r#"{"owner":"A#1","category":"cpu","quota":60}"#;
+    assert_eq!(f.call("none", "POST", "/sim/quota", Some(quota)).0, 200);
+    let (status, answer) = post(&report("A#1", "cpu", 61, Some("job-31")));
+    assert_eq!((status, answer), (200, json!({"responses": [false]})));
+    assert_eq!(f.usage("A#1", "cpu"), json!(61));
+}
+
+#[test]
+fn connections_and_drives_refuse_what_go_cannot_decode() {
+    let f = Fixture::new("hostile");
+    let token = f.access_token();
+    let approve = "/api/providers/integration/control/approveConnection";
+    let (status, answer) = f.call(&token, "POST", approve, Some(r#"{"username":"A#1"}"#));
+    assert_eq!((status, answer), (200, json!({})));
+    let connections = || std::fs::read_to_string(f.dir.join("state/connections.json")).unwrap();
+    let before = connections();
+    for body in [r#"{"username":7}"#, r#"{"username":[],"x":1}"#, "[1]", ""] {
+        let (status, _) = f.call(&token, "POST", approve, Some(body));
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(connections(), before);
+    }
+    let register = "/api/files/collections/control/register";
+    let drives = || std::fs::read_to_string(f.dir.join("state/drives.json")).unwrap_or_default();
+    let before = drives();
+    for (body, want) in [
+        (
+            r#"{"items":[{"specification":{"title":"Home","product":{"id":"home","category":"home","provider":"hpc"}}}]}"#,
+            403,
+        ),
+        (r#"{"items":[{"spec":{"title":1}}]}"#, 400),
+        (r#"{"items":[{"providerGeneratedId":["a"]}]}"#, 400),
+        (r#"{"items":"x"}"#, 400),
+    ] {
+        let (status, answer) = f.call(&token, "POST", register, Some(body));
+        assert_eq!(status, want, "{body}: {answer}");
+        assert_eq!(drives(), before, "{body}");
+    }
 }
