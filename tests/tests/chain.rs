@@ -101,8 +101,57 @@ fn file_collection_products_are_ucloud_fs_support() {
         for section in ["stats", "collection", "files"] {
             assert!(support[section].is_object(), "no {section} in {support}");
         }
-        assert!(support["stats"]["unixOwner"].is_boolean(), "{support}");
-        assert!(support["files"]["isReadOnly"].is_boolean(), "{support}");
+        // Every field of Go's FSSupport (orchestrators/drives.go), none left to a
+        // default the core would have to guess.
+        for (section, fields) in [
+            (
+                "stats",
+                &[
+                    "sizeInBytes",
+                    "sizeIncludingChildrenInBytes",
+                    "visualization",
+                    "modifiedAt",
+                    "createdAt",
+                    "accessedAt",
+                    "unixPermissions",
+                    "unixOwner",
+                    "unixGroup",
+                ][..],
+            ),
+            (
+                "collection",
+                &[
+                    "aclModifiable",
+                    "usersCanCreate",
+                    "usersCanDelete",
+                    "usersCanRename",
+                ][..],
+            ),
+            (
+                "files",
+                &[
+                    "aclModifiable",
+                    "trashSupported",
+                    "isReadOnly",
+                    "searchSupported",
+                    "streamingSearchSupported",
+                    "sharesSupported",
+                    "openInTerminal",
+                ][..],
+            ),
+        ] {
+            for field in fields {
+                assert!(
+                    support[section][field].is_boolean(),
+                    "{section}.{field} missing in {support}"
+                );
+            }
+            assert_eq!(
+                support[section].as_object().unwrap().len(),
+                fields.len(),
+                "{section} has fields Go's FSSupport does not: {support}"
+            );
+        }
     }
 }
 
@@ -446,10 +495,22 @@ fn shell_plugins_answer_a_broken_site_config_with_a_clear_error() {
     assert!(!output.status.success() && output.stdout.is_empty());
     assert_eq!(failure_line(&output)["errorCode"], json!("SITE_CONFIG"));
 
+    // A product of a category the table does not declare: refused (ucloud-sender
+    // would not register it, so UCloud could never use it).
+    std::fs::write(
+        etc.join("products/jobs.json"),
+        r#"{"categories": [], "products": [{"id": "gpu", "category": "gpu"}]}"#,
+    )
+    .unwrap();
+    let output = run_plugin("jobs.retrieveProducts", &etc);
+    assert!(!output.status.success() && output.stdout.is_empty());
+    assert_eq!(failure_line(&output)["errorCode"], json!("SITE_CONFIG"));
+
     // A good table: one JobSupport per product, overrides applied.
     std::fs::write(
         etc.join("products/jobs.json"),
-        r#"{"products": [{"id": "gpu", "category": "gpu", "native": {"terminal": true}}]}"#,
+        r#"{"categories": [{"name": "gpu"}],
+            "products": [{"id": "gpu", "category": "gpu", "native": {"terminal": true}}]}"#,
     )
     .unwrap();
     let output = run_plugin("jobs.retrieveProducts", &etc);

@@ -440,3 +440,86 @@ fn concurrent_adds_of_one_name_map_it_once() {
     let m: Value = serde_json::from_str(&std::fs::read_to_string(mapping).unwrap()).unwrap();
     assert_eq!(m["local"], local.as_str());
 }
+
+/// The drive id `list` shows for `ucloud` once UCloud has answered.
+fn drive_after_add(stack: &Stack, ucloud: &str) -> String {
+    let mut drive = String::new();
+    let recorded = wait_until(20, || {
+        let _ = registry(stack, &["sync"]);
+        drive = list(stack)
+            .get(ucloud)
+            .map(|r| r.2.clone())
+            .unwrap_or_default();
+        !drive.is_empty() && drive != "pending"
+    });
+    assert!(recorded, "the drive of {ucloud} is still {drive:?}");
+    drive
+}
+
+/// UCloud keeps a user's home drive, and its provider id, when the user disconnects:
+/// connected again, the user gets the same drive back, found by its provider id, and
+/// the provider id is registered once only (the core answers a second one 409).
+#[test]
+fn a_user_who_connects_again_keeps_the_home_drive() {
+    let _serial = serial();
+    let stack = Stack::load();
+    let ucloud = unique_account("RTestAgain#");
+    let user = ScratchAccount::new(&stack, "rtest-", &ucloud);
+    let provider_id = format!("{}-home-{}", stack.get("UCLOUD_IM_PROVIDER"), hex(&ucloud));
+    let browse = format!("/ucloud/{}/files/browse", stack.get("UCLOUD_IM_PROVIDER"));
+    let list_drive = |drive: &str| {
+        let body = serde_json::json!({
+            "resolvedCollection": {"id": drive},
+            "browse": {"flags": {"path": format!("/{drive}")}, "itemsPerPage": 50}
+        })
+        .to_string();
+        stack.call(Some(&ucloud), "POST", &browse, Some(&body))
+    };
+    let name = format!("kept-{}", std::process::id());
+    let made = run_as(
+        &user.name,
+        &["sh", "-c", &format!("cd && echo kept > {name}")],
+    );
+    assert!(made.status.success());
+
+    let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
+    assert!(out.status.success(), "add: {}", text(&out));
+    let drive = drive_after_add(&stack, &ucloud);
+    let (status, answer) = list_drive(&drive);
+    assert_eq!(status, 200, "{answer}");
+
+    for round in 0..2 {
+        let out = registry(&stack, &["remove", &ucloud]);
+        assert!(out.status.success(), "remove: {}", text(&out));
+        let (status, answer) = list_drive(&drive);
+        assert!(
+            (400..500).contains(&status),
+            "while disconnected: {status} {answer}"
+        );
+
+        let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
+        assert!(out.status.success(), "add again: {}", text(&out));
+        assert_eq!(drive_after_add(&stack, &ucloud), drive, "round {round}");
+        let (status, answer) = list_drive(&drive);
+        assert_eq!(status, 200, "after connecting again: {answer}");
+        assert!(answer.to_string().contains(&name), "{answer}");
+    }
+
+    let log = sim_log(&stack);
+    let registered = log
+        .iter()
+        .filter(|l| l["path"] == "/api/files/collections/control/register")
+        .filter(|l| l["body"].to_string().contains(&provider_id))
+        .count();
+    assert_eq!(registered, 1, "{provider_id} registered {registered} times");
+    let looked_up = log
+        .iter()
+        .filter(|l| {
+            l["method"] == "GET"
+                && l["path"] == "/api/files/collections/control/browse"
+                && l["query"].to_string().contains(&provider_id)
+        })
+        .count();
+    assert_eq!(looked_up, 3, "one look-up per connection");
+    let _ = registry(&stack, &["remove", &ucloud]);
+}

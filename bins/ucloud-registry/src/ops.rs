@@ -107,11 +107,13 @@ impl Registry {
         };
         self.write_mapping(&lock, site, &mapping.0, &record)?;
         drop(lock);
-        self.wait_for_drive(&mapping.0, &mapping.1, wait)
+        self.wait_for_drive(site, &mapping.0, &mapping.1, wait)
     }
 
     /// The common end of `add` and a redeemed ticket: audit, write the mapping and
-    /// queue UCloud's approveConnection and the home drive registration.
+    /// queue UCloud's approveConnection and the look-up of the home drive by its
+    /// provider id. The drive is registered only when UCloud has none (see
+    /// `record_drive`): a user who connects again gets the drive UCloud kept.
     fn write_mapping(
         &self,
         lock: &Lock,
@@ -125,10 +127,8 @@ impl Registry {
             .outbox
             .send(&ucloud::approve_connection(&mapping.ucloud))
             .and_then(|()| {
-                self.outbox.send(&ucloud::register_home_drive(
-                    &site.provider,
-                    &mapping.ucloud,
-                ))
+                self.outbox
+                    .send(&ucloud::find_home_drive(&site.provider, &mapping.ucloud))
             });
         if let Err(e) = queued {
             // Without the registration the drive could never appear: undo the mapping
@@ -142,13 +142,14 @@ impl Registry {
 
     fn wait_for_drive(
         &self,
+        site: &SiteConfig,
         mapping: &Mapping,
         home: &str,
         wait: Duration,
     ) -> Result<Added, Error> {
         let deadline = Instant::now() + wait;
         loop {
-            if let Some(drive) = self.record_drive(mapping, home)? {
+            if let Some(drive) = self.record_drive(site, mapping, home)? {
                 return Ok(Added::Drive(drive));
             }
             if Instant::now() >= deadline {
@@ -216,7 +217,7 @@ impl Registry {
         };
         self.write_mapping(&lock, site, &mapping, &record)?;
         drop(lock);
-        let added = self.wait_for_drive(&mapping, &home, wait)?;
+        let added = self.wait_for_drive(site, &mapping, &home, wait)?;
         Ok(Connected::New(mapping, added))
     }
 
@@ -312,9 +313,19 @@ impl Registry {
 
     /// Records the home drive of `mapping` when UCloud's answer is there. Takes the
     /// lock itself: `add` waits for the answer without holding it.
-    fn record_drive(&self, mapping: &Mapping, home: &str) -> Result<Option<Drive>, Error> {
-        let Some(id) = self.outbox.drive_reply(&mapping.ucloud)? else {
-            return Ok(None);
+    fn record_drive(
+        &self,
+        site: &SiteConfig,
+        mapping: &Mapping,
+        home: &str,
+    ) -> Result<Option<Drive>, Error> {
+        let id = match self.outbox.drive_reply(&mapping.ucloud)? {
+            Some(id) => id,
+            None => match self.outbox.find_reply(&mapping.ucloud)? {
+                None => return Ok(None),
+                Some(Some(id)) => id,
+                Some(None) => return self.register_drive(site, mapping),
+            },
         };
         let lock = self.store.lock()?;
         // Removed or remapped while we waited: the answer is for a mapping that is gone.
@@ -333,6 +344,28 @@ impl Registry {
         self.put_drive(&lock, &drive)?;
         self.outbox.discard_drive_reply(&mapping.ucloud);
         Ok(Some(drive))
+    }
+
+    /// UCloud has no home drive for `mapping`: register it, once. Under the lock and
+    /// only while the look-up's answer is still there, so that two waiters (an `add`
+    /// and a `sync`) cannot both register it: the core would answer the second 409.
+    fn register_drive(&self, site: &SiteConfig, mapping: &Mapping) -> Result<Option<Drive>, Error> {
+        let _lock = self.store.lock()?;
+        if self.store.mapping(&mapping.ucloud)?.as_ref() != Some(mapping) {
+            return Err(Error::Refused(format!(
+                "the mapping of {} changed while waiting for UCloud; run `ucloud-registry sync`",
+                mapping.ucloud
+            )));
+        }
+        if self.outbox.find_reply(&mapping.ucloud)? != Some(None) {
+            return Ok(None);
+        }
+        self.outbox.send(&ucloud::register_home_drive(
+            &site.provider,
+            &mapping.ucloud,
+        ))?;
+        self.outbox.discard_find_reply(&mapping.ucloud);
+        Ok(None)
     }
 
     fn put_drive(&self, lock: &Lock, drive: &Drive) -> Result<(), Error> {
@@ -484,7 +517,7 @@ impl Registry {
                     continue;
                 }
             };
-            match self.record_drive(&row.mapping, &home) {
+            match self.record_drive(site, &row.mapping, &home) {
                 Ok(Some(drive)) => synced.recorded.push(drive),
                 Ok(None) => {
                     let why = match self.outbox.failed_registration(&name) {
@@ -607,6 +640,76 @@ mod tests {
         );
         let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
         assert_eq!(audit.matches("\"action\":\"expire\"").count(), 2, "{audit}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_home_drive_is_registered_only_when_ucloud_has_none() {
+        use serde_json::json;
+        let dir = scratch("find");
+        let r = registry(&dir);
+        let site =
+            SiteConfig::parse("provider = hpc\ngateway_user = gw\nservice_user = svc\n").unwrap();
+        let m = Mapping {
+            ucloud: UcloudName::new("Donna#1").unwrap(),
+            local: LocalName::new("donna").unwrap(),
+            uid: 2000,
+            created: 1,
+        };
+        let lock = r.store.lock().unwrap();
+        r.store.put_mapping(&lock, &m).unwrap();
+        drop(lock);
+        let reply = |tag: String, v: serde_json::Value| {
+            let path = dir.join("outbox/replies").join(format!("{tag}.json"));
+            std::fs::write(path, v.to_string()).unwrap()
+        };
+        let replies = || {
+            std::fs::read_dir(dir.join("outbox/replies"))
+                .unwrap()
+                .count()
+        };
+        let record = || r.record_drive(&site, &m, "/home/donna").unwrap();
+        assert_eq!(record(), None, "no answer yet");
+        assert!(queued(&dir).is_empty());
+
+        // UCloud has none: registered once, however often the registry looks.
+        reply(
+            ucloud::find_tag(&m.ucloud),
+            json!({"items": [], "itemsPerPage": 1000}),
+        );
+        assert_eq!(record(), None);
+        assert_eq!(record(), None);
+        let q = queued(&dir);
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert!(
+            q[0].contains("/api/files/collections/control/register"),
+            "{q:?}"
+        );
+        assert_eq!(replies(), 0);
+        reply(
+            ucloud::drive_tag(&m.ucloud),
+            json!({"responses": [{"id": "41"}]}),
+        );
+        assert_eq!(record().unwrap().id.as_str(), "41");
+
+        // Disconnected and connected again: UCloud's drive comes back, unregistered.
+        let lock = r.store.lock().unwrap();
+        r.store
+            .remove_drive(&lock, &DriveId::new("41").unwrap())
+            .unwrap();
+        drop(lock);
+        reply(
+            ucloud::find_tag(&m.ucloud),
+            json!({"items": [{"id": "41", "owner": {"createdBy": "Donna#1", "project": null},
+                "providerGeneratedId": ucloud::home_drive_provider_id("hpc", &m.ucloud)}]}),
+        );
+        let again = record().unwrap();
+        assert_eq!(
+            (again.id.as_str(), again.base.as_str()),
+            ("41", "/home/donna")
+        );
+        assert_eq!(queued(&dir).len(), 1, "registered twice");
+        assert_eq!(replies(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -10,17 +10,25 @@ use ucloud_wire::names::{DriveId, UcloudName};
 use ucloud_wire::outbox::{self, Message, Method};
 
 pub const REGISTER_DRIVE: &str = "/api/files/collections/control/register";
+pub const BROWSE_DRIVES: &str = "/api/files/collections/control/browse";
 pub const APPROVE_CONNECTION: &str = "/api/providers/integration/control/approveConnection";
 pub const CLEAR_CONNECTION: &str = "/api/providers/integration/control/clearConnection";
 
-/// Outbox reply tags are `drive-` and the hex of the name: the longest name the tag
-/// can carry, which is more than the longest UCloud name `lib/wire` accepts.
+/// Outbox reply tags are `drive-` (UCloud's answer to a registration) or `find-`
+/// (its answer to a look-up by provider id) and the hex of the name: the longest name
+/// the tags can carry, which is more than the longest UCloud name `lib/wire` accepts.
 pub const MAX_NAME_BYTES: usize = (outbox::MAX_TAG - "drive-".len()) / 2;
 const _: () = assert!(MAX_NAME_BYTES >= ucloud_wire::names::UCLOUD_NAME_MAX);
+const TAG_PREFIXES: [&str; 2] = ["drive-", "find-"];
 
 /// The tag under which the sender stores UCloud's answer to a home drive registration.
 pub fn drive_tag(name: &UcloudName) -> String {
     format!("drive-{}", name.file_name())
+}
+
+/// The tag under which the sender stores UCloud's answer to the look-up of a home drive.
+pub fn find_tag(name: &UcloudName) -> String {
+    format!("find-{}", name.file_name())
 }
 
 /// The provider's own id for a user's home drive: stable, so registering it twice
@@ -44,6 +52,23 @@ pub fn clear_connection(name: &UcloudName) -> Message {
         path: CLEAR_CONNECTION.into(),
         body: json!({"username": name.as_str()}),
         reply: None,
+    }
+}
+
+/// The home drive UCloud may already have for `name`, by its provider id: Go's
+/// `DrivesControlBrowse` (`orchestrators/drives.go`), `DrivesControlBrowseRequest`
+/// read from the query (`ResourceFlags.FilterProviderIds`, comma-separated) →
+/// `PageV2[Drive]`. The core reserves a provider id until the drive is deleted, so a
+/// user who connects again must get the drive back, never a second registration.
+pub fn find_home_drive(provider: &str, name: &UcloudName) -> Message {
+    Message {
+        method: Method::Get,
+        path: format!(
+            "{BROWSE_DRIVES}?filterProviderIds={}&itemsPerPage=250",
+            home_drive_provider_id(provider, name)
+        ),
+        body: Value::Null,
+        reply: Some(find_tag(name)),
     }
 }
 
@@ -116,8 +141,25 @@ impl Outbox {
             .map_err(|why| Error::Io(format!("{}: {why}", path.display())))
     }
 
+    /// UCloud's answer to the look-up of the home drive of `name`, once there:
+    /// the drive id when UCloud has the drive, None inside when it has not.
+    pub fn find_reply(&self, name: &UcloudName) -> Result<Option<Option<DriveId>>, Error> {
+        let path = self.reply_path(&find_tag(name));
+        let Some(reply) = read_json(&path)? else {
+            return Ok(None);
+        };
+        parse_find_reply(&reply, name)
+            .map(Some)
+            .map_err(|why| Error::Io(format!("{}: {why}", path.display())))
+    }
+
     pub fn discard_drive_reply(&self, name: &UcloudName) {
         let _ = std::fs::remove_file(self.reply_path(&drive_tag(name)));
+        self.discard_find_reply(name);
+    }
+
+    pub fn discard_find_reply(&self, name: &UcloudName) {
+        let _ = std::fs::remove_file(self.reply_path(&find_tag(name)));
     }
 
     /// Names with an answer in `replies/`: for finding answers that outlived their
@@ -130,23 +172,57 @@ impl Outbox {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let file = e.file_name().into_string().ok()?;
-                let hex = file.strip_prefix("drive-")?.strip_suffix(".json")?;
-                UcloudName::from_file_name(hex).ok()
+                let tagged = TAG_PREFIXES.iter().find_map(|p| file.strip_prefix(p))?;
+                UcloudName::from_file_name(tagged.strip_suffix(".json")?).ok()
             })
             .collect()
     }
 
-    /// A registration UCloud refused: the sender moved it to `failed/`.
+    /// A registration or look-up UCloud refused: the sender moved it to `failed/`.
     pub fn failed_registration(&self, name: &UcloudName) -> Option<PathBuf> {
-        let tag = drive_tag(name);
+        let tags = [drive_tag(name), find_tag(name)];
         let entries = std::fs::read_dir(self.dir.join(outbox::FAILED)).ok()?;
         entries.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-            read_json(p)
-                .ok()
-                .flatten()
-                .is_some_and(|v| v.get("reply").and_then(Value::as_str) == Some(tag.as_str()))
+            read_json(p).ok().flatten().is_some_and(|v| {
+                v.get("reply")
+                    .and_then(Value::as_str)
+                    .is_some_and(|t| tags.iter().any(|tag| tag == t))
+            })
         })
     }
+}
+
+/// A `PageV2[Drive]`: the id of the drive with the provider id of `name`'s home
+/// drive, created by `name`; None when UCloud has none. A drive with that provider id
+/// but another owner is an error: it is not this user's to take.
+pub fn parse_find_reply(reply: &Value, name: &UcloudName) -> Result<Option<DriveId>, String> {
+    let items = reply
+        .get("items")
+        .and_then(Value::as_array)
+        .ok_or("UCloud's answer has no items list")?;
+    let want = name.file_name();
+    for drive in items {
+        let pid = drive.get("providerGeneratedId").and_then(Value::as_str);
+        if !pid.is_some_and(|p| p.ends_with(&format!("-home-{want}"))) {
+            continue;
+        }
+        let owner = drive
+            .get("owner")
+            .and_then(|o| o.get("createdBy"))
+            .and_then(Value::as_str);
+        if owner != Some(name.as_str()) {
+            return Err(format!(
+                "UCloud's drive with provider id {} belongs to {owner:?}, not {name}",
+                pid.unwrap_or_default()
+            ));
+        }
+        let id = drive
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("UCloud's drive has no id")?;
+        return DriveId::new(id).map(Some).map_err(|e| e.to_string());
+    }
+    Ok(None)
 }
 
 /// `{"responses":[{"id":"<driveId>"}]}`.
@@ -203,6 +279,49 @@ mod tests {
     }
 
     #[test]
+    fn a_home_drive_is_looked_up_by_its_provider_id() {
+        let name = UcloudName::new("DonnaJensen#4512").unwrap();
+        let m = find_home_drive("hpc", &name);
+        assert_eq!(m.method, Method::Get);
+        assert_eq!(
+            m.path,
+            "/api/files/collections/control/browse?filterProviderIds=hpc-home-446f6e6e614a656e73656e2334353132&itemsPerPage=250"
+        );
+        assert_eq!(
+            m.reply.as_deref(),
+            Some("find-446f6e6e614a656e73656e2334353132")
+        );
+        let pid = home_drive_provider_id("hpc", &name);
+        let drive = |id: Value, owner: &str| {
+            json!({"id": id, "providerGeneratedId": pid, "owner": {"createdBy": owner, "project": null},
+                   "specification": {"title": "Home"}})
+        };
+        assert_eq!(
+            parse_find_reply(
+                &json!({"items": [drive(json!("17"), name.as_str())], "next": null}),
+                &name
+            )
+            .unwrap()
+            .unwrap()
+            .as_str(),
+            "17"
+        );
+        assert_eq!(
+            parse_find_reply(&json!({"items": [], "itemsPerPage": 1000}), &name).unwrap(),
+            None
+        );
+        for bad in [
+            json!({"items": [drive(json!("17"), "MalloryX#1")]}),
+            json!({"items": [drive(json!("../x"), name.as_str())]}),
+            json!({"items": [drive(json!(17), name.as_str())]}),
+            json!({"items": {}}),
+            json!({"responses": [{"id": "17"}]}),
+        ] {
+            assert!(parse_find_reply(&bad, &name).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn the_longest_name_still_makes_a_valid_tag() {
         let name = UcloudName::new(&"x".repeat(ucloud_wire::names::UCLOUD_NAME_MAX)).unwrap();
         let dir = std::env::temp_dir().join(format!("registry-outbox-{}", std::process::id()));
@@ -211,6 +330,9 @@ mod tests {
         }
         Outbox::at(&dir)
             .send(&register_home_drive("hpc", &name))
+            .unwrap();
+        Outbox::at(&dir)
+            .send(&find_home_drive("hpc", &name))
             .unwrap();
         std::fs::remove_dir_all(dir).unwrap();
     }

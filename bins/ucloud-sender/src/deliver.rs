@@ -27,7 +27,7 @@ const RENEW_BELOW: u64 = 180;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// With `--once`, a message gets this many tries before the run gives up.
-const ONCE_ATTEMPTS: u32 = 4;
+pub const ONCE_ATTEMPTS: u32 = 4;
 
 pub struct Sender {
     client: Client,
@@ -92,7 +92,12 @@ fn excerpt(body: &[u8]) -> String {
 
 /// Writes `bytes` to `dir/name` through `tmp/` and a rename, so that readers never
 /// see half a file.
-fn write_atomically(outbox: &Path, dir: &str, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(
+    outbox: &Path,
+    dir: &str,
+    name: &str,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     let tmp = outbox
         .join(outbox::TMP)
         .join(format!("sender-{}-{name}", std::process::id()));
@@ -156,6 +161,27 @@ impl Sender {
         let exp = expiry_of(&token).unwrap_or(now() + 600);
         self.access = Some((token.clone(), exp));
         Ok(token)
+    }
+
+    /// One exchange with UCloud under the provider's access token, for the sender's
+    /// own business (products.rs); `Err` when UCloud could not be reached or gave no
+    /// token. No retry here: the caller decides.
+    pub fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<(u16, Vec<u8>), String> {
+        let message = Message {
+            method,
+            path: path.to_string(),
+            body: body.clone(),
+            reply: None,
+        };
+        match self.attempt(&message) {
+            Outcome::Delivered(status, body) | Outcome::Refused(status, body) => Ok((status, body)),
+            Outcome::Retry(why) => Err(why),
+        }
     }
 
     fn attempt(&mut self, message: &Message) -> Outcome {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod deliver;
+mod products;
 mod setup;
 
 use std::fmt;
@@ -16,12 +17,17 @@ ucloud-sender: deliver ucloud-im's outbox to UCloud
 
 usage: ucloud-sender [--once]
 
-  --once   deliver what is queued, then exit: 0 when the queue is empty at the
-           end, 1 when a message could not be delivered (it stays queued)
+  --once   register the products, deliver what is queued, then exit: 0 when the
+           products are registered and the queue is empty at the end, 1 when they
+           are not or a message could not be delivered (it stays queued)
 
-Without --once it runs until stopped, delivering new messages as they arrive.
-Reads site.conf (ucloud_url, ucloud_ca, sender_user) and the refresh token; runs
-as sender_user only. See ucloud-sender(8).
+First it registers the site's products (products/jobs.json and products/files.json
+of the configuration directory) with UCloud, unless UCloud holds them already or the
+table would change a category's accounting terms; then it delivers the outbox.
+Without --once it runs until stopped, delivering new messages as they arrive and
+registering the products again whenever the table changes. Reads site.conf
+(provider, ucloud_url, ucloud_ca, sender_user) and the refresh token; runs as
+sender_user only. See ucloud-sender(8).
 ";
 
 /// How often an idle sender looks for new messages.
@@ -77,12 +83,23 @@ fn run(once: bool) -> Result<bool, SendError> {
     let setup = setup::load()?;
     let endpoint = Endpoint::new(&setup.ucloud_url, Some(&setup.ucloud_ca), TIMEOUT)
         .map_err(|e| SendError::Setup(format!("ucloud_url {}: {e}", setup.ucloud_url)))?;
+    let mut registrar = products::Registrar::new(
+        ucloud_wire::paths::etc_dir().into(),
+        setup.provider,
+        setup.outbox.clone(),
+    );
     let mut sender = deliver::Sender::new(Client::new(endpoint), setup.refresh_token, setup.outbox);
     if once {
-        return sender.drain(true);
+        let registered = matches!(
+            registrar.settle(&mut sender, Some(deliver::ONCE_ATTEMPTS)),
+            products::Outcome::Registered(_)
+        );
+        return Ok(sender.drain(true)? && registered);
     }
     eprintln!("ucloud-sender: delivering to {}", setup.ucloud_url);
+    registrar.settle(&mut sender, None);
     loop {
+        registrar.tick(&mut sender);
         sender.drain(false)?;
         std::thread::sleep(POLL);
     }

@@ -13,6 +13,7 @@ pub struct Setup {
     pub ucloud_ca: PathBuf,
     pub refresh_token: String,
     pub outbox: PathBuf,
+    pub provider: String,
 }
 
 pub fn load() -> Result<Setup, SendError> {
@@ -45,6 +46,7 @@ pub fn load() -> Result<Setup, SendError> {
         ucloud_ca: PathBuf::from(config.ucloud_ca),
         refresh_token,
         outbox: PathBuf::from(paths::outbox_dir()),
+        provider: config.provider,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod names;
 pub mod outbox;
 pub mod paths;
+pub mod products;
 pub mod token;
 pub mod usage;
 
