@@ -280,7 +280,11 @@ fn registered_jobs_get_ids_and_their_spec() {
     let (dir, store) = scratch("register");
     let job = json!({"providerGeneratedId": "slurm-1", "createdBy": "A#1",
                      "spec": {"name": "j", "product": {"id": "c1", "category": "cpu", "provider": "hpc"}}});
-    let (status, body) = answer(register_jobs(&store, "hpc", &bulk(std::slice::from_ref(&job))));
+    let (status, body) = answer(register_jobs(
+        &store,
+        "hpc",
+        &bulk(std::slice::from_ref(&job)),
+    ));
     assert_eq!(
         (status, &body),
         (200, &json!({"responses": [{"id": "50000"}]}))
