@@ -433,11 +433,16 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     let slurm_id = submit(
         &stack.local_of(BOB),
         &id,
-        "sleep 40",
+        "sleep 70",
         &["--cpus-per-task=8"],
     );
+    let scope = format!("job-{id}");
+    // A first running total reaches UCloud (the monitor knows the job's owner).
+    wait_until("a first running total at UCloud", 40, || {
+        charged(&stack, &project, &category, &scope).0.is_some()
+    });
 
-    // The sender dies: the monitor's running totals wait in outbox/usage/.
+    // The sender dies: the monitor's next running totals wait in outbox/usage/.
     kill_and_wait(pid_of(&stack, "sender"));
     wait_until("a running total in outbox/usage/", 30, || {
         !reports_of(&stack, &project).is_empty()
@@ -471,8 +476,8 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     );
 
     let total = sacct_minutes_after(slurm_id);
-    assert!(total >= 5, "{total}");
-    let wallet = wait_charged(&stack, &project, &category, &format!("job-{id}"), total);
+    assert!(total >= 9, "{total}");
+    let wallet = wait_charged(&stack, &project, &category, &scope, total);
     assert_eq!(
         wallet, total,
         "the project was charged {wallet} for a job of {total}"
@@ -483,7 +488,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     });
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
-        charged(&stack, &project, &category, &format!("job-{id}")),
+        charged(&stack, &project, &category, &scope),
         (Some(total), total)
     );
 }

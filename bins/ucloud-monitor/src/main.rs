@@ -197,10 +197,6 @@ fn run(o: Options) -> Result<(), Error> {
     let mut polls = 0u32;
     loop {
         let now = Instant::now();
-        if now >= next_usage {
-            monitor.report_usage()?;
-            next_usage = Instant::now() + o.usage_interval;
-        }
         if now >= next_poll {
             monitor.poll()?;
             polls += 1;
@@ -208,6 +204,11 @@ fn run(o: Options) -> Result<(), Error> {
                 monitor.sweep()?;
             }
             next_poll = Instant::now() + o.interval;
+        }
+        // After the poll, so that a report charges what Slurm just said.
+        if now >= next_usage {
+            monitor.report_usage()?;
+            next_usage = Instant::now() + o.usage_interval;
         }
         let wait = next_poll
             .min(next_usage)

@@ -492,6 +492,92 @@ fn minutes_text(minutes: u64) -> String {
 mod tests {
     use super::*;
 
+    fn look(state: &str, elapsed: u64) -> Observation {
+        Observation {
+            slurm_id: 41,
+            name: "4711".into(),
+            user: "alice".into(),
+            state: state.into(),
+            exit: crate::jobstate::Exit::default(),
+            time_limit: Some(60),
+            started: true,
+            cpus: 8,
+            gpus: 0,
+            elapsed,
+        }
+    }
+
+    /// Running totals at each report when they change, the final one at the end,
+    /// each replacing the last in outbox/usage/; a restart changes nothing.
+    #[test]
+    fn usage_totals_follow_the_job() {
+        let dir = std::env::temp_dir().join(format!("monitor-usage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in [
+            "outbox/tmp",
+            "outbox/queue",
+            "outbox/usage",
+            "drives",
+            "state",
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let new_monitor = || {
+            let store = Store::open(&dir.join("state")).unwrap();
+            std::fs::write(
+                store.owners_dir().join(format!(
+                    "{}.json",
+                    "4711".bytes().map(|b| format!("{b:02x}")).collect::<String>()
+                )),
+                r#"{"ucloud":"Alice#1","local":"alice","drive":"9","project":"P1","category":"cpu","provider":"hpc"}"#,
+            )
+            .unwrap();
+            let rates = Rates::parse(br#"{"products":[{"id":"a","category":"cpu"}]}"#).unwrap();
+            Monitor::new(store, dir.join("outbox"), dir.join("drives"), rates).unwrap()
+        };
+        let totals = || -> Vec<u64> {
+            std::fs::read_dir(dir.join("outbox/usage"))
+                .unwrap()
+                .map(|e| {
+                    let r = usage::Report::from_json(&std::fs::read(e.unwrap().path()).unwrap())
+                        .unwrap();
+                    assert_eq!(r.owner, WalletOwner::Project("P1".into()));
+                    assert_eq!((r.category.as_str(), r.scope.as_str()), ("cpu", "job-4711"));
+                    r.usage
+                })
+                .collect()
+        };
+        let mut m = new_monitor();
+        m.observe(look("RUNNING", 5), None).unwrap();
+        m.report_usage().unwrap();
+        assert!(totals().is_empty(), "nothing to charge yet");
+        m.observe(look("RUNNING", 30), None).unwrap();
+        m.report_usage().unwrap();
+        assert_eq!(totals(), [4]);
+        m.observe(look("RUNNING", 40), None).unwrap();
+        m.report_usage().unwrap();
+        assert_eq!(totals(), [5], "one file per key, the latest total");
+        m.observe(look("COMPLETED", 61), None).unwrap();
+        assert_eq!(totals(), [8], "the final total at once");
+        let record = &m.records[&41];
+        assert!(record.usage_done && record.is_final());
+        // A restart and another look at the ended job put nothing new.
+        std::fs::remove_file(
+            std::fs::read_dir(dir.join("outbox/usage"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path(),
+        )
+        .unwrap();
+        let mut again = new_monitor();
+        again.observe(look("COMPLETED", 61), None).unwrap();
+        again.report_usage().unwrap();
+        assert!(totals().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn texts_for_limits_and_times() {
         assert_eq!(minutes_text(90), "1 h 30 min");
