@@ -29,8 +29,8 @@ pub struct Sim {
     /// when a job is created (`serve --provider-url`).
     provider_url: Option<(String, Option<PathBuf>)>,
     /// Every state change goes through this lock: one request at a time touches the
-    /// state files (the `call` command only ever writes `jobs/`, `owners.json` and
-    /// `tokens/`).
+    /// state files (the `call` command only ever writes files of `jobs/`, `owners/`
+    /// and `tokens/`, one per job, owner or token).
     store: Mutex<Store>,
 }
 

@@ -3,6 +3,7 @@
 //! lower-case as the Go core sends it), `Accept-Encoding: gzip`. Prints the status on
 //! the first line and the (decompressed) body after it.
 
+use crate::api::Answer;
 use crate::store::Store;
 use crate::{api, gojson, gotypes, support, usage, SimError};
 use serde_json::{json, Value};
@@ -23,6 +24,9 @@ pub struct CallArgs<'a> {
     /// The token to ask the provider for its support with, as UCloud does before
     /// it creates a job: UCloud's own, whatever `token` is being tested.
     pub support_token: &'a str,
+    /// Send a job creation as it is, without UCloud's checks (hostile tests of
+    /// the provider with bodies UCloud never sends).
+    pub unchecked: bool,
 }
 
 /// UCloud gives a provider call 5 s; a test waiting on a slow plugin gets more.
@@ -43,24 +47,34 @@ fn is_job_create(method: &str, path: &str) -> bool {
         && parts[3] == "jobs"
 }
 
-/// The jobs of a job creation as UCloud would send it: the body decodes as
-/// `fnd.BulkRequest[orc.Job]` and every id is a decimal number. `None` for any
-/// other body: one the core never sends, passed on as it is (hostile tests of the
-/// provider) and remembered not.
-fn jobs_of(body: &str) -> Option<Vec<(Value, Value)>> {
-    let decoded = gojson::decode(body.as_bytes(), &gotypes::JOBS_CREATE).ok()?;
-    let original: Value = serde_json::from_str(body).ok()?;
-    let decoded = decoded["items"].as_array()?.clone();
-    let originals = original["items"].as_array()?.clone();
-    if decoded.is_empty()
-        || decoded.len() != originals.len()
-        || decoded.iter().any(|j| {
-            api::resource_id(j["id"].as_str().unwrap_or_default()).as_deref() != j["id"].as_str()
-        })
-    {
-        return None;
+/// The jobs of a job creation as UCloud sends one: the body decodes as
+/// `fnd.BulkRequest[orc.Job]`, holds jobs, and every id is a decimal number as the
+/// core makes them. Anything else is no job creation UCloud would make.
+fn jobs_of(body: &str) -> Result<Vec<(Value, Value)>, Answer> {
+    let refuse = |why: String| {
+        api::fail(
+            400,
+            "BAD_REQUEST",
+            format!("UCloud would send no such job creation: {why} (--unchecked sends it anyway)"),
+        )
+    };
+    let decoded = gojson::decode(body.as_bytes(), &gotypes::JOBS_CREATE)
+        .map_err(|e| refuse(format!("not a Go fnd.BulkRequest[orc.Job]: {e}")))?;
+    let original: Value = serde_json::from_str(body).map_err(|e| refuse(e.to_string()))?;
+    let decoded = decoded["items"].as_array().cloned().unwrap_or_default();
+    let originals = original["items"].as_array().cloned().unwrap_or_default();
+    if decoded.is_empty() || decoded.len() != originals.len() {
+        return Err(refuse("no jobs in \"items\"".into()));
     }
-    Some(decoded.into_iter().zip(originals).collect())
+    for job in &decoded {
+        let id = job["id"].as_str().unwrap_or_default();
+        if api::resource_id(id).as_deref() != Some(id) {
+            return Err(refuse(format!(
+                "job id {id:?} is not a positive decimal number, as UCloud's ids are"
+            )));
+        }
+    }
+    Ok(decoded.into_iter().zip(originals).collect())
 }
 
 /// Jobs UCloud hands a provider are jobs UCloud knows: remember them, so that
@@ -90,6 +104,16 @@ fn remember_jobs(
     Ok(())
 }
 
+/// A job creation UCloud would not make: the core's answer, printed as `call`
+/// prints any, and nothing sent.
+fn refused(answer: Answer) -> (u16, Vec<u8>) {
+    eprintln!(
+        "ucloud-sim: UCloud would not create this job: {}",
+        answer.refused.as_deref().unwrap_or_default()
+    );
+    (answer.status, answer.body.to_string().into_bytes())
+}
+
 /// The provider from `/ucloud/{P}/jobs`.
 fn path_provider(path: &str) -> &str {
     path.split('/').nth(2).unwrap_or_default()
@@ -106,11 +130,12 @@ pub fn call(args: &CallArgs<'_>, store: Option<&Store>) -> Result<(u16, Vec<u8>)
     };
     let endpoint =
         Endpoint::new(args.url, args.ca, TIMEOUT).map_err(|e| SimError::Call(e.to_string()))?;
-    let jobs = match args.body {
-        Some(body) if is_job_create(args.method, args.path) => jobs_of(body),
-        _ => None,
-    };
-    if let Some(jobs) = jobs {
+    let creation = is_job_create(args.method, args.path) && !args.unchecked;
+    if creation {
+        let jobs = match jobs_of(args.body.unwrap_or_default()) {
+            Ok(jobs) => jobs,
+            Err(answer) => return Ok(refused(answer)),
+        };
         // UCloud creates a job only for a product in its catalogue that the
         // provider supports; it asks the provider, as the core does.
         let Some(store) = store else {
@@ -131,11 +156,7 @@ pub fn call(args: &CallArgs<'_>, store: Option<&Store>) -> Result<(u16, Vec<u8>)
             )),
         };
         if let Some(answer) = refusal {
-            eprintln!(
-                "ucloud-sim: UCloud would not create this job: {}",
-                answer.refused.as_deref().unwrap_or_default()
-            );
-            return Ok((answer.status, answer.body.to_string().into_bytes()));
+            return Ok(refused(answer));
         }
         remember_jobs(store, &jobs, args.user)?;
     }
@@ -178,5 +199,27 @@ mod tests {
         assert!(!is_job_create("GET", "/ucloud/hpc/jobs"));
         assert!(!is_job_create("POST", "/ucloud/hpc/jobs/terminate"));
         assert!(!is_job_create("POST", "/api/hpc/jobs"));
+    }
+
+    #[test]
+    fn only_job_creations_ucloud_makes_pass() {
+        let good = r#"{"items":[{"id":"42","owner":{"createdBy":"A#1"},"specification":{"product":{"id":"c1"}},"extra":1}]}"#;
+        let jobs = jobs_of(good).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].0["specification"]["product"]["id"], "c1");
+        assert_eq!(jobs[0].1["extra"], 1, "the job is remembered as sent");
+        for bad in [
+            r#"{"items":[{"id":"j-42"}]}"#,
+            r#"{"items":[{"id":"042"}]}"#,
+            r#"{"items":[{"id":42}]}"#,
+            r#"{"items":[{"id":"42","specification":{"replicas":"1"}}]}"#,
+            r#"{"items":[]}"#,
+            r#"{}"#,
+            "",
+            "[]",
+        ] {
+            let refused = jobs_of(bad).unwrap_err();
+            assert_eq!(refused.status, 400, "{bad}");
+        }
     }
 }

@@ -35,7 +35,7 @@ usage:
                    [--lifetime SECONDS] [--iat-offset SECONDS] [--issuer ISS]
                    [--subject SUB] [--role ROLE] [--fresh]
   ucloud-sim call  [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
-                   [--user NAME] [--user-claim CLAIM] METHOD PATH [JSON_BODY]
+                   [--user NAME] [--user-claim CLAIM] [--unchecked] METHOD PATH [JSON_BODY]
   ucloud-sim follow [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
                    --user NAME [--cancel-after N] [--raw HEX] JOB_JSON
   ucloud-sim usage --state DIR
@@ -48,8 +48,9 @@ usage:
   call   call the provider like UCloud; print the status, then the body
          (--url defaults to $UCLOUD_IM_LB_URL, else $UCLOUD_IM_GATEWAY_URL;
          an https URL needs --ca, which defaults to $UCLOUD_IM_CA); a job
-         creation UCloud would refuse (product not in the catalogue or not
-         supported by the provider) is answered 400 here and not sent
+         creation UCloud would not make (not a Go BulkRequest[Job], an id that
+         is no decimal number, a product not in the catalogue or not supported
+         by the provider) is answered 400 here and not sent, unless --unchecked
   follow follow a job's output over the WebSocket like UCloud; one JSON line per
          message, then a close line (or the HTTP status when the upgrade is refused);
          --url and --ca default as for call
@@ -256,6 +257,7 @@ fn call(mut args: Arguments) -> Result<(), SimError> {
     // --user-claim, for sites in strict mode.
     let user: Option<String> = args.opt_value_from_str("--user").map_err(usage)?;
     let claim: Option<String> = args.opt_value_from_str("--user-claim").map_err(usage)?;
+    let unchecked = args.contains("--unchecked");
     let rest: Vec<OsString> = args.finish();
     let rest: Vec<String> = rest
         .into_iter()
@@ -318,6 +320,7 @@ fn call(mut args: Arguments) -> Result<(), SimError> {
             path,
             body,
             support_token: &support_token,
+            unchecked,
         },
         store.as_ref(),
     )?;

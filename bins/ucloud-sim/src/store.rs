@@ -10,6 +10,8 @@
 //! jobs/<hex id>.json       a Job as UCloud would return it (written by serve and call)
 //! updates/<hex id>.json    [JobUpdate, ...] received for that job (serve only)
 //! tokens/<key>.json        {"token":"<JWT>","exp":<s>} cached bearer tokens (token, call)
+//! owners/<kind>-<hex>.json "<name>": a user or project UCloud knows (serve and call)
+//! products.json, usage.json the catalogue, the usage charged (see catalogue.rs, usage.rs)
 //! ```
 
 use crate::SimError;
@@ -60,7 +62,7 @@ impl Store {
                 "provider id {provider:?} may hold only letters, digits, - and _"
             )));
         }
-        for sub in ["", "jobs", "updates", "tokens"] {
+        for sub in ["", "jobs", "updates", "tokens", "owners"] {
             fs::create_dir_all(dir.join(sub)).map_err(|e| {
                 SimError::Setup(format!("cannot create {}: {e}", dir.join(sub).display()))
             })?;
@@ -150,6 +152,20 @@ impl Store {
 
     pub fn token_file(key: &str) -> String {
         format!("tokens/{}.json", hex(key))
+    }
+
+    /// The file that says UCloud knows a user (`kind` "user") or a project: one
+    /// file each, so that `serve` and `call` never rewrite each other's.
+    pub fn owner_file(kind: &str, name: &str) -> String {
+        format!("owners/{kind}-{}.json", hex(name))
+    }
+
+    /// A subdirectory of the state, made when missing (states made by an older
+    /// `init` lack the newer ones).
+    pub fn ensure_dir(&self, sub: &str) -> Result<(), SimError> {
+        let path = self.dir.join(sub);
+        fs::create_dir_all(&path)
+            .map_err(|e| SimError::Setup(format!("cannot create {}: {e}", path.display())))
     }
 
     /// Remembers a job UCloud knows (from `call` or `POST /sim/jobs`).

@@ -19,7 +19,8 @@
 //! order; a refused item stops the call, the ones before it stay applied.
 //!
 //! `usage.json`: `{"wallets":{"<category>\n<owner>":N},"scopes":{"<owner>\n<scope>":N},
-//! "quotas":{"<category>\n<owner>":N}}`; `owners.json`: `{"users":[..],"projects":[..]}`.
+//! "quotas":{"<category>\n<owner>":N}}`; the owners UCloud knows are files of
+//! `owners/` (see [`Store::owner_file`]).
 
 use crate::api::{fail, internal, ok, Answer};
 use crate::catalogue;
@@ -29,7 +30,6 @@ use crate::store::Store;
 use serde_json::{json, Map, Value};
 
 const USAGE: &str = "usage.json";
-const OWNERS: &str = "owners.json";
 
 fn load(store: &Store, file: &str) -> Result<Value, Answer> {
     Ok(store
@@ -40,38 +40,34 @@ fn load(store: &Store, file: &str) -> Result<Value, Answer> {
 
 /// Records users and projects UCloud knows (a job's owner, a connected user).
 pub fn know(store: &Store, user: Option<&str>, project: Option<&str>) -> Result<(), Answer> {
-    let mut owners = load(store, OWNERS)?;
-    let mut changed = false;
-    for (key, name) in [("users", user), ("projects", project)] {
+    for (kind, name) in [("user", user), ("project", project)] {
         let Some(name) = name.filter(|n| !n.is_empty()) else {
             continue;
         };
-        let list = owners[key].as_array().cloned().unwrap_or_default();
-        if !list.iter().any(|n| n == name) {
-            let mut list = list;
-            list.push(json!(name));
-            owners[key] = Value::Array(list);
-            changed = true;
+        let file = Store::owner_file(kind, name);
+        if store.read(&file).map_err(internal)?.is_none() {
+            store.ensure_dir("owners").map_err(internal)?;
+            store.write(&file, &json!(name)).map_err(internal)?;
         }
-    }
-    if changed {
-        store.write(OWNERS, &owners).map_err(internal)?;
     }
     Ok(())
 }
 
 /// `validateOwner`: by the owner's type, a user or a project UCloud knows.
-fn known(owners: &Value, owner: &Value) -> bool {
-    let has = |key: &str, name: &Value| {
-        owners[key]
-            .as_array()
-            .is_some_and(|l| !name.as_str().unwrap_or_default().is_empty() && l.contains(name))
+fn known(store: &Store, owner: &Value) -> Result<bool, Answer> {
+    let (kind, name) = match owner["type"].as_str() {
+        Some("user") => ("user", &owner["username"]),
+        Some("project") => ("project", &owner["projectId"]),
+        _ => return Ok(false),
     };
-    match owner["type"].as_str() {
-        Some("user") => has("users", &owner["username"]),
-        Some("project") => has("projects", &owner["projectId"]),
-        _ => false,
+    let name = name.as_str().unwrap_or_default();
+    if name.is_empty() {
+        return Ok(false);
     }
+    Ok(store
+        .read(&Store::owner_file(kind, name))
+        .map_err(internal)?
+        .is_some())
 }
 
 /// `WalletOwner.Reference()`.
@@ -91,12 +87,11 @@ pub fn report(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answ
     let request = gojson::decode(body, &gotypes::REPORT_USAGE)
         .map_err(|e| fail(400, "BAD_REQUEST", format!("Invalid request supplied: {e}")))?;
     let items = request["items"].as_array().cloned().unwrap_or_default();
-    let owners = load(store, OWNERS)?;
     let mut state = load(store, USAGE)?;
     let mut responses = Vec::new();
     let mut refusal = None;
     for item in &items {
-        match apply(store, provider, &owners, &mut state, item) {
+        match apply(store, provider, &mut state, item) {
             Ok(unlocked) => responses.push(json!(unlocked)),
             Err(a) => {
                 refusal = Some(a);
@@ -115,13 +110,7 @@ pub fn report(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answ
     Ok(ok(json!({"responses": responses})))
 }
 
-fn apply(
-    store: &Store,
-    provider: &str,
-    owners: &Value,
-    state: &mut Value,
-    item: &Value,
-) -> Result<bool, Answer> {
+fn apply(store: &Store, provider: &str, state: &mut Value, item: &Value) -> Result<bool, Answer> {
     let category_name = item["categoryIdV2"]["name"].as_str().unwrap_or_default();
     if item["categoryIdV2"]["provider"].as_str() != Some(provider) {
         return Err(fail(
@@ -133,7 +122,7 @@ fn apply(
     let Some(category) = catalogue::category(store, provider, category_name)? else {
         return Err(fail(403, "FORBIDDEN", "This category does not exist"));
     };
-    if !known(owners, &item["owner"]) {
+    if !known(store, &item["owner"])? {
         return Err(fail(403, "FORBIDDEN", "This user/project does not exist"));
     }
     let usage = number(item, "usage");

@@ -542,26 +542,37 @@ fn call_sends_what_ucloud_sends_and_remembers_jobs() {
     let f = Fixture::new("call");
     let token = f.access_token();
     // `call` aimed at the simulator itself: it logs exactly what arrived. The id
-    // is no UCloud job id, so this is no job creation UCloud would make: sent as
-    // it is, remembered not.
+    // is no UCloud job id, so this is no job creation UCloud would make: refused
+    // here, unless --unchecked sends it as it is (and remembers nothing).
     let job = json!({"items": [{"id": "job-321", "specification": {"name": "x"}}]}).to_string();
-    let out: Output = Command::new(SIM)
-        .args(["call", "--url", &f.url(), "--ca", &f.path("ca.pem")])
-        .args([
-            "--signing-key",
-            &f.path("signing.pem"),
-            "--state",
-            &f.path("state"),
-        ])
-        .args([
-            "--user",
-            "DonnaJensen#4512",
-            "POST",
-            "/ucloud/hpc/jobs",
-            &job,
-        ])
-        .output()
-        .unwrap();
+    let send = |extra: &[&str]| -> Output {
+        Command::new(SIM)
+            .args(["call", "--url", &f.url(), "--ca", &f.path("ca.pem")])
+            .args([
+                "--signing-key",
+                &f.path("signing.pem"),
+                "--state",
+                &f.path("state"),
+            ])
+            .args(extra)
+            .args([
+                "--user",
+                "DonnaJensen#4512",
+                "POST",
+                "/ucloud/hpc/jobs",
+                &job,
+            ])
+            .output()
+            .unwrap()
+    };
+    let before = f.log().len();
+    let out = send(&[]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("400\n"), "{text}");
+    assert!(text.contains("not a positive decimal number"), "{text}");
+    assert_eq!(f.log().len(), before, "nothing was sent");
+    let out = send(&["--unchecked"]);
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("404\n"));
     let line = f.log().pop().unwrap();
@@ -907,6 +918,31 @@ fn products_are_registered_by_their_provider_only() {
         .0,
         400
     );
+    // The call log keeps its documented fields for the new endpoints too.
+    let log = f.log();
+    let line = log
+        .iter()
+        .find(|l| l["path"] == "/api/products/v2/browse" && l["query"] == "filterName=c1")
+        .expect("the browse is logged");
+    assert_eq!(
+        (&line["method"], &line["status"]),
+        (&json!("GET"), &json!(200))
+    );
+    assert_eq!(line["headers"]["accept-encoding"], "gzip");
+    assert_eq!(line["body"], Value::Null);
+    let refused = log.last().unwrap();
+    assert_eq!(refused["query"], "itemsPerPage=1.5");
+    assert_eq!(refused["status"], 400);
+    assert!(refused["error"].as_str().unwrap().contains("itemsPerPage"));
+    let created = log
+        .iter()
+        .rfind(|l| l["path"] == "/api/products/v2" && l["status"] == 200)
+        .unwrap();
+    assert_eq!(created["body"]["items"][0]["description"], "new");
+    assert!(created["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .starts_with("Bearer "));
 }
 
 #[test]
