@@ -425,7 +425,7 @@ fn stack_installs_a_root_owned_prefix_with_a_setuid_dispatcher() {
     );
     expect(prefix.join("var/lib/ucloud-im/mappings"), 0o700, 0);
     expect(prefix.join("var/lib/ucloud-im/drives"), 0o755, 0);
-    for dir in ["tmp", "queue", "replies", "failed"] {
+    for dir in ["tmp", "queue", "replies", "failed", "usage"] {
         expect(
             prefix.join("var/lib/ucloud-im/outbox").join(dir),
             0o2770,

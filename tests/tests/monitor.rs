@@ -29,16 +29,31 @@ fn stack() -> Stack {
     stack
 }
 
-fn job_id(tag: &str) -> String {
+/// A new UCloud job id, decimal as UCloud makes them (`tag` names it in failures
+/// only through the test's name).
+fn job_id(_tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    format!(
-        "mon-{tag}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
+    (9_000_000_000_000u128 + nanos % 1_000_000_000_000).to_string()
+}
+
+/// The stack's compute product, as UCloud names it in a job.
+fn product(stack: &Stack) -> Value {
+    let id = stack.get("UCLOUD_IM_JOB_PRODUCT");
+    let table: Value = serde_json::from_slice(
+        &fs::read(stack.prefix().join("etc/ucloud-im/products/jobs.json")).unwrap(),
     )
+    .unwrap();
+    let category = table["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .map(|p| p["category"].clone())
+        .unwrap();
+    json!({"id": id, "category": category, "provider": stack.get("UCLOUD_IM_PROVIDER")})
 }
 
 fn hex(s: &str) -> String {
@@ -67,7 +82,10 @@ fn ucloud_knows(stack: &Stack, id: &str, owner: &str) {
         .args(["-o", "/dev/null", "-w", "%{http_code}"])
         .args([
             "--data",
-            &json!({"id": id, "owner": {"createdBy": owner, "project": null}}).to_string(),
+            &json!({"id": id, "owner": {"createdBy": owner, "project": null},
+                "specification": {"name": "monitor", "product": product(stack)},
+                "status": {"state": "IN_QUEUE"}, "updates": []})
+            .to_string(),
         ])
         .arg(format!("{}/sim/jobs", stack.get("UCLOUD_SIM_URL")))
         .output()

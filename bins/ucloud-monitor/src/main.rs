@@ -14,6 +14,7 @@ mod slurm;
 mod store;
 #[allow(unsafe_code)]
 mod sys;
+mod usage;
 
 use error::Error;
 use std::os::unix::fs::PermissionsExt;
@@ -26,14 +27,19 @@ use std::time::{Duration, Instant};
 const HELP: &str = "\
 ucloud-monitor: report Slurm job state changes to UCloud
 
-usage: ucloud-monitor [--interval SECONDS] [--no-events] [--slurm-user NAME]
+usage: ucloud-monitor [--interval SECONDS] [--usage-interval SECONDS] [--no-events]
+                      [--slurm-user NAME]
 
   --interval SECONDS   poll Slurm this often (default 5; one squeue per cycle)
+  --usage-interval SECONDS
+                       report the usage of running jobs this often (default 30);
+                       a job that ends is charged its final total at once
   --no-events          do not listen for ucloud-notify's events (polling only)
   --slurm-user NAME    the only account whose events are accepted (default slurm)
   --version            print the version
 
-Writes job updates to the outbox; ucloud-sender delivers them. Keeps what it
+Writes job updates and usage reports to the outbox; ucloud-sender delivers
+them. Keeps what it
 sent per job in var/lib/ucloud-im/monitor/. Listens on run/ucloud-im/monitor.sock
 (or the socket the service manager passes). Never runs as root. See
 ucloud-monitor(8).
@@ -47,6 +53,7 @@ const BUSY_TICK: Duration = Duration::from_millis(50);
 
 struct Options {
     interval: Duration,
+    usage_interval: Duration,
     events: bool,
     slurm_user: String,
 }
@@ -87,8 +94,18 @@ fn options(args: &mut pico_args::Arguments) -> Result<Options, Error> {
             "--interval must be between 0.1 and 3600 seconds".into(),
         ));
     }
+    let usage_interval: f64 = args
+        .opt_value_from_str("--usage-interval")
+        .map_err(|e| Error::Usage(format!("--usage-interval: {e}")))?
+        .unwrap_or(30.0);
+    if !(0.1..=3600.0).contains(&usage_interval) {
+        return Err(Error::Usage(
+            "--usage-interval must be between 0.1 and 3600 seconds".into(),
+        ));
+    }
     Ok(Options {
         interval: Duration::from_secs_f64(interval),
+        usage_interval: Duration::from_secs_f64(usage_interval),
         events: !args.contains("--no-events"),
         slurm_user: args
             .opt_value_from_str("--slurm-user")
@@ -158,7 +175,10 @@ fn run(o: Options) -> Result<(), Error> {
     let store = store::Store::open(&state_dir())?;
     let outbox = PathBuf::from(ucloud_wire::paths::outbox_dir());
     let drives = PathBuf::from(ucloud_wire::paths::drives_dir());
-    let mut monitor = monitor::Monitor::new(store, outbox, drives)?;
+    let rates = usage::Rates::load(
+        &PathBuf::from(ucloud_wire::paths::etc_dir()).join("products/jobs.json"),
+    );
+    let mut monitor = monitor::Monitor::new(store, outbox, drives, rates)?;
     let (tx, rx) = mpsc::channel();
     if let Some(listener) = listener {
         std::thread::spawn(move || events::serve(listener, slurm_uid, tx));
@@ -178,6 +198,7 @@ fn run(o: Options) -> Result<(), Error> {
     monitor.flush()?;
     monitor.sweep()?;
     let mut next_poll = Instant::now();
+    let mut next_usage = Instant::now() + o.usage_interval;
     let mut polls = 0u32;
     loop {
         let now = Instant::now();
@@ -189,7 +210,14 @@ fn run(o: Options) -> Result<(), Error> {
             }
             next_poll = Instant::now() + o.interval;
         }
-        let wait = next_poll.saturating_duration_since(Instant::now());
+        // After the poll, so that a report charges what Slurm just said.
+        if now >= next_usage {
+            monitor.report_usage()?;
+            next_usage = Instant::now() + o.usage_interval;
+        }
+        let wait = next_poll
+            .min(next_usage)
+            .saturating_duration_since(Instant::now());
         let wait = if monitor.busy() {
             wait.min(BUSY_TICK)
         } else {

@@ -12,11 +12,13 @@ use crate::jobstate::{self, UState};
 use crate::owner::{self, Lookup, Owners};
 use crate::slurm::{self, Observation};
 use crate::store::{Record, Standing, Store};
+use crate::usage::Rates;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use ucloud_wire::outbox::{self, Message, Method};
+use ucloud_wire::usage::{self, Report, WalletOwner};
 
 /// After an end event slurmctld shows the job COMPLETING until its epilog is done:
 /// look again this often, this many times, then leave it to the poll.
@@ -41,10 +43,20 @@ pub struct Monitor {
     rechecks: HashMap<u64, (Instant, u32)>,
     /// Jobs whose refusal was logged (logged once per run).
     told: HashSet<u64>,
+    /// What each product category costs.
+    rates: Rates,
+    /// The last look at every tracked job that has not ended: what the next usage
+    /// report charges.
+    running: HashMap<u64, Observation>,
 }
 
 impl Monitor {
-    pub fn new(store: Store, outbox: PathBuf, drives: PathBuf) -> Result<Monitor, Error> {
+    pub fn new(
+        store: Store,
+        outbox: PathBuf,
+        drives: PathBuf,
+        rates: Rates,
+    ) -> Result<Monitor, Error> {
         let records = store.load()?;
         let owners = Owners::new(outbox.clone(), drives, store.owners_dir());
         // Committed but not queued when the last run stopped: queued now, unchanged.
@@ -62,6 +74,8 @@ impl Monitor {
             waiting: HashMap::new(),
             rechecks: HashMap::new(),
             told: HashSet::new(),
+            rates,
+            running: HashMap::new(),
         })
     }
 
@@ -79,12 +93,13 @@ impl Monitor {
         for look in looks {
             self.observe(look, None)?;
         }
-        let missing: Vec<u64> = self
+        // Jobs whose final state or final usage is still to be told.
+        let missing: HashMap<u64, String> = self
             .records
             .values()
-            .filter(|r| !r.is_final() && r.standing == Standing::Reported)
-            .map(|r| r.slurm_id)
-            .filter(|id| !seen.contains(id))
+            .filter(|r| r.standing == Standing::Reported && (!r.is_final() || !r.usage_done))
+            .filter(|r| !seen.contains(&r.slurm_id))
+            .map(|r| (r.slurm_id, r.ucloud_id.clone()))
             .collect();
         if !missing.is_empty() {
             match slurm::sacct(&missing, "") {
@@ -112,7 +127,7 @@ impl Monitor {
         let since = format!("{}", since_ms / 1000);
         // sacct takes local times; an epoch value is not accepted, so format one.
         let since = slurm_time(&since);
-        match slurm::sacct(&[], &since) {
+        match slurm::sacct(&HashMap::new(), &since) {
             Ok(looks) => {
                 for look in looks {
                     if !self
@@ -179,13 +194,15 @@ impl Monitor {
             return Ok(());
         }
         let id = look.slurm_id;
-        if self
-            .records
-            .get(&id)
-            .is_some_and(|r| r.is_final() || r.standing != Standing::Reported)
-        {
-            self.rechecks.remove(&id);
-            return Ok(());
+        if let Some(r) = self.records.get(&id) {
+            if r.standing != Standing::Reported {
+                self.rechecks.remove(&id);
+                return Ok(());
+            }
+            if r.is_final() {
+                self.rechecks.remove(&id);
+                return self.account(&look);
+            }
         }
         let owner = match self.owners.lookup(&look.name)? {
             Lookup::Known(owner) => owner,
@@ -304,6 +321,107 @@ impl Monitor {
             self.store.save(record)?;
             self.dirty.insert(id);
         }
+        self.account(&look)
+    }
+
+    /// Usage of a tracked job: a job that has not ended waits for the next report
+    /// ([`Monitor::report_usage`]); one that ended is charged its final total now.
+    fn account(&mut self, look: &Observation) -> Result<(), Error> {
+        let id = look.slurm_id;
+        let Some(record) = self.records.get(&id) else {
+            return Ok(());
+        };
+        if record.usage_done {
+            self.running.remove(&id);
+            return Ok(());
+        }
+        if record.is_final() {
+            self.running.remove(&id);
+            self.charge(look, true)
+        } else {
+            self.running.insert(id, look.clone());
+            Ok(())
+        }
+    }
+
+    /// Every job that runs, charged its total so far where it changed: the
+    /// report every `--usage-interval`.
+    pub fn report_usage(&mut self) -> Result<(), Error> {
+        let looks: Vec<Observation> = self.running.values().cloned().collect();
+        for look in looks {
+            self.charge(&look, false)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the job's total into the outbox (`usage/`, replacing its older total
+    /// there), then records it; the final total marks the job's usage done. A
+    /// crash in between puts the same total again: a total, never a delta, so
+    /// nothing is charged twice.
+    fn charge(&mut self, look: &Observation, last: bool) -> Result<(), Error> {
+        let id = look.slurm_id;
+        let Some(record) = self.records.get(&id) else {
+            return Ok(());
+        };
+        let owner = match self.owners.lookup(&record.ucloud_id)? {
+            Lookup::Known(owner) => owner,
+            _ => return Ok(()),
+        };
+        let rate = owner
+            .category
+            .as_ref()
+            .ok_or("UCloud's job names no product category".to_string())
+            .and_then(|(c, _)| {
+                self.rates
+                    .get(c)
+                    .ok_or(format!("category {c} is not in the site's product table"))
+            });
+        let record = self.records.get_mut(&id).expect("looked up above");
+        let rate = match rate {
+            Ok(rate) => rate,
+            Err(why) => {
+                if last {
+                    eprintln!(
+                        "ucloud-monitor: job {} (Slurm {id}): no usage reported: {why}",
+                        record.ucloud_id
+                    );
+                    record.usage_done = true;
+                    self.store.save(record)?;
+                }
+                return Ok(());
+            }
+        };
+        let total = rate.units(look);
+        let changed = record.usage != Some(total) && (total > 0 || record.usage.is_some());
+        if changed {
+            let (category, provider) = owner.category.clone().expect("rate found");
+            let report = Report {
+                owner: WalletOwner::of(&owner.ucloud, owner.project.as_deref()),
+                category,
+                provider,
+                scope: format!("job-{}", record.ucloud_id),
+                usage: total,
+            };
+            usage::put(&self.outbox, &report).map_err(|e| {
+                Error::Setup(format!(
+                    "cannot put a usage report in {}: {e} (does {} exist, writable by the outbox group?)",
+                    self.outbox.display(),
+                    self.outbox.join(usage::USAGE).display()
+                ))
+            })?;
+            eprintln!(
+                "ucloud-monitor: job {} (Slurm {id}): usage {total}{}",
+                record.ucloud_id,
+                if last { " (final)" } else { "" }
+            );
+        }
+        if changed || last {
+            if changed {
+                record.usage = Some(total);
+            }
+            record.usage_done = last;
+            self.store.save(record)?;
+        }
         Ok(())
     }
 
@@ -376,6 +494,92 @@ fn minutes_text(minutes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn look(state: &str, elapsed: u64) -> Observation {
+        Observation {
+            slurm_id: 41,
+            name: "4711".into(),
+            user: "alice".into(),
+            state: state.into(),
+            exit: crate::jobstate::Exit::default(),
+            time_limit: Some(60),
+            started: true,
+            cpus: 8,
+            gpus: 0,
+            elapsed,
+        }
+    }
+
+    /// Running totals at each report when they change, the final one at the end,
+    /// each replacing the last in outbox/usage/; a restart changes nothing.
+    #[test]
+    fn usage_totals_follow_the_job() {
+        let dir = std::env::temp_dir().join(format!("monitor-usage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in [
+            "outbox/tmp",
+            "outbox/queue",
+            "outbox/usage",
+            "drives",
+            "state",
+        ] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let new_monitor = || {
+            let store = Store::open(&dir.join("state")).unwrap();
+            std::fs::write(
+                store.owners_dir().join(format!(
+                    "{}.json",
+                    "4711".bytes().map(|b| format!("{b:02x}")).collect::<String>()
+                )),
+                r#"{"ucloud":"Alice#1","local":"alice","drive":"9","project":"P1","category":"cpu","provider":"hpc"}"#,
+            )
+            .unwrap();
+            let rates = Rates::parse(br#"{"products":[{"id":"a","category":"cpu"}]}"#).unwrap();
+            Monitor::new(store, dir.join("outbox"), dir.join("drives"), rates).unwrap()
+        };
+        let totals = || -> Vec<u64> {
+            std::fs::read_dir(dir.join("outbox/usage"))
+                .unwrap()
+                .map(|e| {
+                    let r = usage::Report::from_json(&std::fs::read(e.unwrap().path()).unwrap())
+                        .unwrap();
+                    assert_eq!(r.owner, WalletOwner::Project("P1".into()));
+                    assert_eq!((r.category.as_str(), r.scope.as_str()), ("cpu", "job-4711"));
+                    r.usage
+                })
+                .collect()
+        };
+        let mut m = new_monitor();
+        m.observe(look("RUNNING", 5), None).unwrap();
+        m.report_usage().unwrap();
+        assert!(totals().is_empty(), "nothing to charge yet");
+        m.observe(look("RUNNING", 30), None).unwrap();
+        m.report_usage().unwrap();
+        assert_eq!(totals(), [4]);
+        m.observe(look("RUNNING", 40), None).unwrap();
+        m.report_usage().unwrap();
+        assert_eq!(totals(), [5], "one file per key, the latest total");
+        m.observe(look("COMPLETED", 61), None).unwrap();
+        assert_eq!(totals(), [8], "the final total at once");
+        let record = &m.records[&41];
+        assert!(record.usage_done && record.is_final());
+        // A restart and another look at the ended job put nothing new.
+        std::fs::remove_file(
+            std::fs::read_dir(dir.join("outbox/usage"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path(),
+        )
+        .unwrap();
+        let mut again = new_monitor();
+        again.observe(look("COMPLETED", 61), None).unwrap();
+        again.report_usage().unwrap();
+        assert!(totals().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn texts_for_limits_and_times() {

@@ -39,6 +39,10 @@ pub struct Owner {
     /// Their local account and home drive (from the drive table).
     pub local: String,
     pub drive: String,
+    /// The project the job runs in, if any: it pays instead of the user.
+    pub project: Option<String>,
+    /// The job's product category and its provider, as UCloud sent them.
+    pub category: Option<(String, String)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -146,12 +150,28 @@ impl Owners {
                 let job: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 match job["owner"]["createdBy"].as_str() {
                     Some(user) => match home_drive(&self.drives, user) {
-                        Some(owner) => {
+                        Some(mut owner) => {
+                            owner.project = job["owner"]["project"]
+                                .as_str()
+                                .filter(|p| !p.is_empty())
+                                .map(String::from);
+                            let product = &job["specification"]["product"];
+                            owner.category = product["category"]
+                                .as_str()
+                                .zip(product["provider"].as_str())
+                                .map(|(c, p)| (c.to_string(), p.to_string()));
                             write_durably(
                                 &self.cache_file(&id),
-                                json!({"ucloud": owner.ucloud, "local": owner.local, "drive": owner.drive})
-                                    .to_string()
-                                    .as_bytes(),
+                                json!({
+                                    "ucloud": owner.ucloud,
+                                    "local": owner.local,
+                                    "drive": owner.drive,
+                                    "project": owner.project,
+                                    "category": owner.category.as_ref().map(|c| &c.0),
+                                    "provider": owner.category.as_ref().map(|c| &c.1),
+                                })
+                                .to_string()
+                                .as_bytes(),
                             )?;
                             self.known.insert(id.clone(), owner);
                         }
@@ -210,6 +230,11 @@ fn parse_cached(bytes: &[u8]) -> Option<Owner> {
         ucloud: v["ucloud"].as_str()?.to_string(),
         local: v["local"].as_str()?.to_string(),
         drive: v["drive"].as_str()?.to_string(),
+        project: v["project"].as_str().map(String::from),
+        category: v["category"]
+            .as_str()
+            .zip(v["provider"].as_str())
+            .map(|(c, p)| (c.to_string(), p.to_string())),
     })
 }
 
@@ -228,6 +253,8 @@ fn home_drive(drives: &Path, ucloud_user: &str) -> Option<Owner> {
                 ucloud: ucloud_user.to_string(),
                 local: d["local"].as_str()?.to_string(),
                 drive: d["id"].as_str()?.to_string(),
+                project: None,
+                category: None,
             });
         }
     }
@@ -277,7 +304,8 @@ mod tests {
         fs::write(
             dir.join("outbox/replies")
                 .join(format!("monitor-job-{}.json", hex("J1"))),
-            r#"{"id":"J1","owner":{"createdBy":"Bob#1"}}"#,
+            r#"{"id":"J1","owner":{"createdBy":"Bob#1","project":"P1"},
+               "specification":{"product":{"id":"cpu-small","category":"cpu","provider":"hpc"}}}"#,
         )
         .unwrap();
         assert_eq!(owners.collect().unwrap(), vec!["J1".to_string()]);
@@ -285,6 +313,8 @@ mod tests {
             ucloud: "Bob#1".into(),
             local: "bob".into(),
             drive: "17".into(),
+            project: Some("P1".into()),
+            category: Some(("cpu".into(), "hpc".into())),
         };
         assert_eq!(owners.lookup("J1").unwrap(), Lookup::Known(owner.clone()));
         // The answer survives a restart.

@@ -37,6 +37,10 @@ pub struct Record {
     /// The time limit (minutes) UCloud last heard of.
     pub limit: Option<u64>,
     pub touched_ms: u64,
+    /// The job's usage total last put in the outbox.
+    pub usage: Option<u64>,
+    /// The final total is in the outbox (or there is none to report).
+    pub usage_done: bool,
 }
 
 impl Record {
@@ -50,6 +54,8 @@ impl Record {
             queued: 0,
             limit: None,
             touched_ms: ucloud_wire::now_ms(),
+            usage: None,
+            usage_done: false,
         }
     }
 
@@ -71,10 +77,10 @@ impl Record {
         self.states().any(UState::is_final)
     }
 
-    /// Nothing left to say: refused, or final and queued.
+    /// Nothing left to say: refused, or final and queued, its final usage too.
     pub fn is_done(&self) -> bool {
         matches!(self.standing, Standing::Refused(_))
-            || (self.is_final() && self.queued == self.updates.len())
+            || (self.is_final() && self.queued == self.updates.len() && self.usage_done)
     }
 
     fn to_json(&self) -> Value {
@@ -86,6 +92,8 @@ impl Record {
             "queued": self.queued,
             "limit": self.limit,
             "touched": self.touched_ms,
+            "usage": self.usage,
+            "usageDone": self.usage_done,
         });
         if let Standing::Refused(why) = &self.standing {
             v["refused"] = json!(why);
@@ -111,6 +119,9 @@ impl Record {
             queued,
             limit: v["limit"].as_u64(),
             touched_ms: v["touched"].as_u64().unwrap_or(0),
+            usage: v["usage"].as_u64(),
+            // Jobs that ended before usage was reported are not charged afterwards.
+            usage_done: v["usageDone"].as_bool().unwrap_or(true),
         })
     }
 }
@@ -238,6 +249,7 @@ mod tests {
         r.updates.push(json!({"state": "IN_QUEUE"}));
         r.updates.push(json!({"state": "SUCCESS"}));
         r.queued = 1;
+        r.usage = Some(12);
         store.save(&r).unwrap();
         let mut refused = Record::new(8, "J1", "mallory");
         refused.standing = Standing::Refused("not the owner".into());
@@ -247,6 +259,7 @@ mod tests {
         assert_eq!(back.updates.len(), 2);
         assert_eq!(back.queued, 1);
         assert!(back.is_final() && !back.is_done());
+        assert_eq!((back.usage, back.usage_done), (Some(12), false));
         assert_eq!(back.last_state(), Some(UState::Success));
         assert!(all[&8].is_done());
         fs::write(dir.join("jobs/9.json"), b"{broken").unwrap();

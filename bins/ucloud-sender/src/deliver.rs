@@ -3,6 +3,13 @@
 //! message leaves `queue/` only after one of those answers, so UCloud being down,
 //! slow or restarting loses nothing and reorders nothing. A crash between UCloud's
 //! answer and the removal delivers that message once more (at least once).
+//!
+//! Usage reports (`usage/`, ucloud_wire::usage) are not in that line: each is the
+//! latest absolute total of its key, so order among them does not matter and a
+//! newer one replaces an older one not yet sent. They go out in bulk calls between
+//! queued messages and between the retries of a stuck one, one attempt each time,
+//! with their own backoff: a report UCloud does not take holds up nothing, and a
+//! stuck message holds up no report.
 
 use crate::SendError;
 use base64::Engine;
@@ -13,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use ucloud_http::client::{Client, ClientError, Response};
 use ucloud_wire::outbox::{self, Message, Method};
+use ucloud_wire::usage::{self, Report};
 
 /// UCloud renews its tokens when less than this many seconds remain; so do we.
 const RENEW_BELOW: u64 = 180;
@@ -27,6 +35,9 @@ pub struct Sender {
     outbox: PathBuf,
     /// The access token and when it expires (seconds since the epoch).
     access: Option<(String, u64)>,
+    /// Usage reports wait until then after UCloud did not take them.
+    usage_due: Instant,
+    usage_backoff: Duration,
 }
 
 /// What became of one attempt.
@@ -38,6 +49,10 @@ enum Outcome {
     /// Try again later; why not now.
     Retry(String),
 }
+
+/// UCloud's bulk calls take this many items at most (as UCloud's own modules send).
+const USAGE_BATCH: usize = 500;
+const REPORT_USAGE: &str = "/api/accounting/v2/reportUsage";
 
 fn now() -> u64 {
     ucloud_wire::now_ms() / 1000
@@ -101,6 +116,8 @@ impl Sender {
             refresh_token,
             outbox,
             access: None,
+            usage_due: Instant::now(),
+            usage_backoff: FIRST_BACKOFF,
         }
     }
 
@@ -202,11 +219,13 @@ impl Sender {
         classify(result)
     }
 
-    /// Delivers everything queued, oldest first. Returns when the queue is empty
-    /// (`Ok(true)`), or with `once` when a message could not be delivered in
-    /// [`ONCE_ATTEMPTS`] tries (`Ok(false)`). Without `once` it retries forever.
+    /// Delivers everything queued, oldest first, and the usage reports beside it.
+    /// Returns when the queue is empty (`Ok(true)`), or with `once` when a message
+    /// or the usage reports could not be delivered in [`ONCE_ATTEMPTS`] tries
+    /// (`Ok(false)`). Without `once` it retries forever.
     pub fn drain(&mut self, once: bool) -> Result<bool, SendError> {
         loop {
+            self.usage_pass()?;
             let queue = outbox::queued(&self.outbox).map_err(|e| {
                 SendError::Setup(format!(
                     "cannot list {}: {e}",
@@ -214,14 +233,157 @@ impl Sender {
                 ))
             })?;
             if queue.is_empty() {
-                return Ok(true);
+                if !once {
+                    return Ok(true);
+                }
+                for _ in 0..ONCE_ATTEMPTS {
+                    self.usage_due = Instant::now();
+                    if self.usage_pass()? {
+                        return Ok(true);
+                    }
+                    std::thread::sleep(self.usage_backoff);
+                }
+                return Ok(false);
             }
             for path in queue {
                 if !self.deliver(&path, once)? {
                     return Ok(false);
                 }
+                self.usage_pass()?;
             }
         }
+    }
+
+    /// One attempt at every usage report waiting, unless the last one failed too
+    /// recently. `Ok(true)`: none is left.
+    fn usage_pass(&mut self) -> Result<bool, SendError> {
+        if Instant::now() < self.usage_due {
+            return Ok(false);
+        }
+        let claimed = match usage::claim(&self.outbox) {
+            Ok(c) => c,
+            // An outbox made before usage reports existed: nothing to report.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+            Err(e) => {
+                return Err(SendError::Setup(format!(
+                    "cannot claim usage reports in {}: {e}",
+                    self.outbox.join(usage::USAGE).display()
+                )))
+            }
+        };
+        let mut reports = Vec::new();
+        for path in claimed {
+            match fs::read(&path).map(|b| Report::from_json(&b)) {
+                Ok(Ok(report)) => reports.push((path, report)),
+                Ok(Err(e)) => {
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("x");
+                    eprintln!("ucloud-sender: usage report {name}: {e}; moved to failed/");
+                    self.fail_usage(&path, json!({"status": null, "error": e.to_string()}))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SendError::Setup(format!(
+                        "cannot read {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        for batch in reports.chunks(USAGE_BATCH) {
+            if !self.report(batch)? {
+                self.usage_due = Instant::now() + self.usage_backoff;
+                self.usage_backoff = (self.usage_backoff * 2).min(MAX_BACKOFF);
+                return Ok(false);
+            }
+        }
+        self.usage_backoff = FIRST_BACKOFF;
+        Ok(true)
+    }
+
+    /// One bulk `reportUsage`. UCloud refuses a whole batch for one bad item, so a
+    /// refused batch is sent again item by item, and only the refused items move to
+    /// `failed/`. `Ok(false)`: UCloud did not answer; try later.
+    fn report(&mut self, batch: &[(PathBuf, Report)]) -> Result<bool, SendError> {
+        let started = Instant::now();
+        let message = Message {
+            method: Method::Post,
+            path: REPORT_USAGE.into(),
+            body: json!({"items": batch.iter().map(|(_, r)| r.item()).collect::<Vec<_>>()}),
+            reply: None,
+        };
+        match self.attempt(&message) {
+            Outcome::Delivered(status, _) => {
+                for (path, _) in batch {
+                    fs::remove_file(path).or_else(|e| match e.kind() {
+                        std::io::ErrorKind::NotFound => Ok(()),
+                        _ => Err(SendError::Setup(format!(
+                            "cannot remove {}: {e}",
+                            path.display()
+                        ))),
+                    })?;
+                }
+                eprintln!(
+                    "ucloud-sender: delivered {} usage report(s) POST {REPORT_USAGE} -> {status} ({} ms)",
+                    batch.len(),
+                    started.elapsed().as_millis()
+                );
+                Ok(true)
+            }
+            Outcome::Refused(status, body) if batch.len() == 1 => {
+                eprintln!(
+                    "ucloud-sender: UCloud refused usage report {} -> {status}: {}; moved to failed/",
+                    batch[0].0.display(),
+                    excerpt(&body)
+                );
+                let body = serde_json::from_slice::<Value>(&body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+                self.fail_usage(&batch[0].0, json!({"status": status, "body": body}))?;
+                Ok(true)
+            }
+            Outcome::Refused(..) => {
+                for one in batch {
+                    if !self.report(std::slice::from_ref(one))? {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            }
+            Outcome::Retry(why) => {
+                eprintln!(
+                    "ucloud-sender: {} usage report(s) not delivered: {why}",
+                    batch.len()
+                );
+                Ok(false)
+            }
+        }
+    }
+
+    /// Moves a claimed usage report to `failed/usage-<name>.json`, with UCloud's
+    /// answer beside it.
+    fn fail_usage(&self, path: &Path, response: Value) -> Result<(), SendError> {
+        let stem = path
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .unwrap_or("x")
+            .to_string();
+        let name = format!("usage-{stem}");
+        let mut response = response;
+        response["time"] = json!(ucloud_wire::now_ms());
+        write_atomically(
+            &self.outbox,
+            outbox::FAILED,
+            &format!("{name}.response"),
+            response.to_string().as_bytes(),
+        )
+        .and_then(|_| {
+            fs::rename(
+                path,
+                self.outbox
+                    .join(outbox::FAILED)
+                    .join(format!("{name}.json")),
+            )
+        })
+        .map_err(|e| SendError::Setup(format!("cannot move {} to failed/: {e}", path.display())))
     }
 
     /// One message, retried with backoff. `Ok(false)`: gave up (only with `once`).
@@ -312,6 +474,8 @@ impl Sender {
                     if once && attempts >= ONCE_ATTEMPTS {
                         return Ok(false);
                     }
+                    // A stuck message holds up no usage report.
+                    self.usage_pass()?;
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -382,6 +546,145 @@ mod tests {
         assert_eq!(expiry_of(&token), Some(1234));
         assert_eq!(expiry_of("garbage"), None);
         assert_eq!(excerpt(b"a\nb"), "ab");
+    }
+
+    /// A UCloud that takes job updates but answers 503 to reportUsage until told
+    /// otherwise; records the paths it was called with.
+    fn fake_ucloud(
+        usage_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> (String, std::sync::mpsc::Receiver<(String, String)>) {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    let mut length = 0;
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body).unwrap();
+                    let (status, answer) = if path == "/auth/providers/refresh" {
+                        (
+                            200,
+                            r#"{"responses":[{"accessToken":"a.b.c"}]}"#.to_string(),
+                        )
+                    } else if path == REPORT_USAGE
+                        && !usage_ok.load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        (503, "{}".to_string())
+                    } else {
+                        (200, "{}".to_string())
+                    };
+                    let _ = tx.send((path, String::from_utf8_lossy(&body).into_owned()));
+                    let _ = write!(
+                        writer,
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                }
+            }
+        });
+        (url, rx)
+    }
+
+    #[test]
+    fn a_usage_report_ucloud_does_not_take_holds_up_nothing() {
+        let dir = std::env::temp_dir().join(format!("sender-usage-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in [
+            outbox::TMP,
+            outbox::QUEUE,
+            outbox::REPLIES,
+            outbox::FAILED,
+            usage::USAGE,
+        ] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        let report = |scope: &str, total: u64| Report {
+            owner: usage::WalletOwner::User("Alice#1".into()),
+            category: "cpu".into(),
+            provider: "hpc".into(),
+            scope: scope.into(),
+            usage: total,
+        };
+        usage::put(&dir, &report("job-1", 5)).unwrap();
+        usage::put(&dir, &report("job-2", 7)).unwrap();
+        let update = |n: u64| Message {
+            method: Method::Post,
+            path: "/api/jobs/control/update".into(),
+            body: json!({"items": [n]}),
+            reply: None,
+        };
+        outbox::enqueue(&dir, &update(1)).unwrap();
+        outbox::enqueue(&dir, &update(2)).unwrap();
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (url, calls) = fake_ucloud(ok.clone());
+        let endpoint =
+            ucloud_http::client::Endpoint::new(&url, None, Duration::from_secs(5)).unwrap();
+        let mut sender = Sender::new(Client::new(endpoint), "t".into(), dir.clone());
+        let started = Instant::now();
+        assert!(sender.drain(false).unwrap());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "usage held up the queue"
+        );
+        assert!(outbox::queued(&dir).unwrap().is_empty());
+        let seen: Vec<(String, String)> = calls.try_iter().collect();
+        let updates: Vec<&String> = seen
+            .iter()
+            .filter(|(p, _)| p == "/api/jobs/control/update")
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(updates.len(), 2, "{seen:?}");
+        assert!(updates[0].contains("[1]") && updates[1].contains("[2]"));
+        assert_eq!(
+            usage::claim(&dir).unwrap().len(),
+            2,
+            "the refused reports stay"
+        );
+        // A newer total of job-1 merges with the one waiting; then UCloud takes them.
+        usage::put(&dir, &report("job-1", 9)).unwrap();
+        ok.store(true, std::sync::atomic::Ordering::SeqCst);
+        sender.usage_due = Instant::now();
+        assert!(sender.usage_pass().unwrap());
+        let (_, body) = calls
+            .try_iter()
+            .find(|(p, _)| p == REPORT_USAGE)
+            .expect("a usage call");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let mut totals: Vec<(String, u64)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["description"]["scope"].as_str().unwrap().to_string(),
+                    i["usage"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        totals.sort();
+        assert_eq!(totals, [("job-1".to_string(), 9), ("job-2".to_string(), 7)]);
+        assert!(usage::claim(&dir).unwrap().is_empty());
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod outbox;
 pub mod paths;
 pub mod products;
 pub mod token;
+pub mod usage;
 
 /// Milliseconds since the epoch, UCloud's timestamp unit.
 pub fn now_ms() -> u64 {

@@ -1,0 +1,526 @@
+//! Usage reports through the stack, with real Slurm and the simulator applying
+//! them by UCloud's core's rule: a job's final total arrives for the right owner
+//! (user or project) and category and equals what `sacct` says it used; killing
+//! the monitor and the sender in the middle of a report charges neither twice nor
+//! not at all. Also the attack on the parser they share with the monitor: a job
+//! name with a newline and a forged row. The tests here stop services, so they
+//! hold one lock and never overlap.
+#![forbid(unsafe_code)]
+
+use serde_json::{json, Value};
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use ucloud_im_tests::{run_as, Stack};
+
+const ALICE: &str = "AliceHansen#1001";
+const BOB: &str = "BobNielsen#2002";
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn stack() -> Stack {
+    let stack = Stack::load();
+    assert_eq!(
+        stack.get("UCLOUD_IM_SLURM"),
+        "1",
+        "the stack runs no Slurm; rerun scripts/stack up"
+    );
+    stack
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A UCloud job id as UCloud makes them: decimal, and new.
+fn job_id() -> String {
+    (8_000_000_000_000u128 + nanos() % 1_000_000_000_000).to_string()
+}
+
+/// A project id UCloud would make (a UUID), new for each test.
+fn project_id() -> String {
+    let n = nanos();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        (n >> 32) as u32,
+        (n >> 16) as u16,
+        (n & 0xfff) as u16,
+        std::process::id() & 0xfff,
+        n % 0xffff_ffff_ffff
+    )
+}
+
+/// The stack's compute product and its category, from the installed table.
+fn product(stack: &Stack) -> (String, String) {
+    let id = stack.get("UCLOUD_IM_JOB_PRODUCT");
+    let table: Value = serde_json::from_slice(
+        &fs::read(stack.prefix().join("etc/ucloud-im/products/jobs.json")).unwrap(),
+    )
+    .unwrap();
+    let category = table["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == id.as_str())
+        .and_then(|p| p["category"].as_str())
+        .unwrap()
+        .to_string();
+    let frequency = table["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == category.as_str())
+        .and_then(|c| c["accountingFrequency"].as_str())
+        .unwrap();
+    assert_eq!(
+        frequency, "PERIODIC_MINUTE",
+        "these tests count core-minutes"
+    );
+    (id, category)
+}
+
+fn curl(stack: &Stack, args: &[&str]) -> (String, Vec<u8>) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            &stack.get("UCLOUD_IM_CA"),
+        ])
+        .args(["-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let mut body = out.stdout;
+    let split = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&body[split..]).trim().to_string();
+    body.truncate(split);
+    (status, body)
+}
+
+/// Tells the simulator (UCloud) that job `id` exists: created by `owner`, in
+/// `project` if any, for the stack's product.
+fn ucloud_knows(stack: &Stack, id: &str, owner: &str, project: Option<&str>) {
+    let (product, category) = product(stack);
+    let job = json!({"id": id, "owner": {"createdBy": owner, "project": project},
+        "specification": {"name": "usage", "product": {"id": product, "category": category,
+            "provider": stack.get("UCLOUD_IM_PROVIDER")}},
+        "status": {"state": "IN_QUEUE"}, "updates": []});
+    let url = format!("{}/sim/jobs", stack.get("UCLOUD_SIM_URL"));
+    let (status, body) = curl(stack, &["-X", "POST", "--data", &job.to_string(), &url]);
+    assert_eq!(
+        status,
+        "200",
+        "POST /sim/jobs: {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// Submits like jobs.create does; returns the Slurm job id.
+fn submit(user: &str, name: &str, script: &str, extra: &[&str]) -> u64 {
+    let name = format!("--job-name={name}");
+    let wrap = format!("--wrap={script}");
+    let mut args = vec![
+        "sbatch",
+        "--parsable",
+        &name,
+        "--comment=ucloud-im",
+        "--chdir=/tmp",
+        "--output=/dev/null",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&wrap);
+    let out = run_as(user, &args);
+    assert!(
+        out.status.success(),
+        "sbatch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// The simulator's usage view (`GET /sim/usage`).
+fn usage_view(stack: &Stack) -> Value {
+    let url = format!("{}/sim/usage", stack.get("UCLOUD_SIM_URL"));
+    let (status, body) = curl(stack, &[&url]);
+    assert_eq!(status, "200", "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// What UCloud charged `owner` under `scope`, and in all in `category`.
+fn charged(stack: &Stack, owner: &str, category: &str, scope: &str) -> (Option<u64>, u64) {
+    let view = usage_view(stack);
+    let find = |list: &str, key: &str, value: &str| {
+        view[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["owner"] == owner && e[key] == value)
+            .and_then(|e| e["usage"].as_u64())
+    };
+    (
+        find("scopes", "scope", scope),
+        find("wallets", "category", category).unwrap_or(0),
+    )
+}
+
+/// Core-minutes of a finished job by `sacct`: allocated CPUs times elapsed seconds,
+/// once the accounting database has the job's end.
+fn sacct_minutes(slurm_id: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("sacct")
+            .args(["-X", "-n", "-P", "-a", "-j", &slurm_id.to_string()])
+            .args(["-o", "AllocCPUS,ElapsedRaw,State"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let fields: Vec<&str> = text.trim().split('|').collect();
+        if let [cpus, elapsed, state] = fields[..] {
+            if state == "COMPLETED" {
+                return cpus.parse::<u64>().unwrap() * elapsed.parse::<u64>().unwrap() / 60;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sacct shows no end of job {slurm_id}: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Waits until UCloud's usage of `owner` under `scope` is `total`.
+fn wait_charged(stack: &Stack, owner: &str, category: &str, scope: &str, total: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (now, wallet) = charged(stack, owner, category, scope);
+        if now == Some(total) {
+            return wallet;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{owner} {scope}: charged {now:?}, sacct says {total}; see the monitor's and sender's logs in {}",
+            stack.get("UCLOUD_IM_STACK_LOGS")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn outbox_usage(stack: &Stack) -> PathBuf {
+    stack.prefix().join("var/lib/ucloud-im/outbox/usage")
+}
+
+#[test]
+fn a_finished_jobs_usage_arrives_for_its_owner_and_matches_sacct() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let stack = stack();
+    let (_, category) = product(&stack);
+    let alice = stack.local_of(ALICE);
+    // One job in a project (the project pays), one of Alice's own (she pays).
+    let project = project_id();
+    let in_project = job_id();
+    ucloud_knows(&stack, &in_project, ALICE, Some(&project));
+    let own = job_id();
+    ucloud_knows(&stack, &own, ALICE, None);
+    let (_, alice_before) = charged(&stack, ALICE, &category, "");
+    let a = submit(&alice, &in_project, "sleep 16", &["--cpus-per-task=8"]);
+    let b = submit(&alice, &own, "sleep 8", &["--cpus-per-task=8"]);
+    let (total_a, total_b) = (sacct_minutes_after(a), sacct_minutes_after(b));
+    assert!(total_a >= 2 && total_b >= 1, "{total_a} {total_b}");
+    let wallet = wait_charged(
+        &stack,
+        &project,
+        &category,
+        &format!("job-{in_project}"),
+        total_a,
+    );
+    assert_eq!(wallet, total_a, "the project's wallet holds this job alone");
+    wait_charged(&stack, ALICE, &category, &format!("job-{own}"), total_b);
+    let (none, _) = charged(&stack, ALICE, &category, &format!("job-{in_project}"));
+    assert_eq!(none, None, "a project's job is charged to Alice");
+    let (_, alice_after) = charged(&stack, ALICE, &category, "");
+    assert!(alice_after >= alice_before + total_b);
+}
+
+/// Waits for the job to end in Slurm, then asks sacct.
+fn sacct_minutes_after(slurm_id: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Command::new("squeue")
+        .args([
+            "-h",
+            "-j",
+            &slurm_id.to_string(),
+            "-t",
+            "PD,R,CG",
+            "-o",
+            "%i",
+        ])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false)
+    {
+        assert!(Instant::now() < deadline, "job {slurm_id} does not end");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    sacct_minutes(slurm_id)
+}
+
+fn run_dir(stack: &Stack) -> PathBuf {
+    PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn pid_of(stack: &Stack, service: &str) -> i32 {
+    fs::read_to_string(run_dir(stack).join("pids").join(format!("{service}.pid")))
+        .unwrap_or_else(|e| panic!("no pid file for {service}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn signal(pid: i32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+fn kill_and_wait(pid: i32) {
+    signal(pid, "-KILL");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Command::new("sh")
+        .arg("-c")
+        .arg(format!("ps -o stat= -p {pid} | grep -qv Z"))
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < deadline, "pid {pid} does not die");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts a service the way scripts/stack does (detached, clean environment,
+/// appending to its log) and records its pid for scripts/stack to stop.
+#[allow(clippy::zombie_processes)]
+fn start_like_the_stack(stack: &Stack, service: &str, argv: &[&str]) {
+    let log = fs::OpenOptions::new()
+        .append(true)
+        .open(PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS")).join(format!("{service}.log")))
+        .unwrap();
+    let child = Command::new("setsid")
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C.UTF-8")
+        .args(argv)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    fs::write(
+        run_dir(stack).join("pids").join(format!("{service}.pid")),
+        child.id().to_string(),
+    )
+    .unwrap();
+}
+
+fn start_sender(stack: &Stack) {
+    let user = stack.get("UCLOUD_IM_SENDER_USER");
+    let sender = stack.bin("ucloud-sender");
+    start_like_the_stack(
+        stack,
+        "sender",
+        &[
+            "setpriv",
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+            sender.to_str().unwrap(),
+        ],
+    );
+}
+
+fn start_monitor(stack: &Stack) {
+    let socket = stack.get("UCLOUD_IM_MONITOR_SOCKET");
+    let _ = fs::remove_file(&socket);
+    let user = stack.get("UCLOUD_IM_MONITOR_USER");
+    let monitor = stack.bin("ucloud-monitor");
+    start_like_the_stack(
+        stack,
+        "monitor",
+        &[
+            "systemd-socket-activate",
+            "-l",
+            &socket,
+            "setpriv",
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+            "--bounding-set=-all",
+            "--no-new-privs",
+            monitor.to_str().unwrap(),
+            "--usage-interval",
+            "5",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&socket).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the monitor's socket did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("chmod").args(["0666", &socket]).status();
+    // Like the stack: one event starts the socket-activated monitor.
+    let notify = stack.prefix().join("usr/libexec/ucloud-im/ucloud-notify");
+    let _ = Command::new("runuser")
+        .current_dir("/")
+        .args([
+            "-u",
+            "slurm",
+            "--",
+            "env",
+            "SLURM_SCRIPT_CONTEXT=prolog_slurmctld",
+            "SLURM_JOB_ID=0",
+        ])
+        .arg(notify)
+        .args(["--socket", &socket])
+        .status();
+}
+
+/// The report files of one project in `outbox/usage/`.
+fn reports_of(stack: &Stack, project: &str) -> Vec<PathBuf> {
+    fs::read_dir(outbox_usage(stack))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            fs::read(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v["owner"]["projectId"] == project)
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {seconds} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let stack = stack();
+    let (_, category) = product(&stack);
+    let project = project_id();
+    let id = job_id();
+    ucloud_knows(&stack, &id, BOB, Some(&project));
+    let slurm_id = submit(
+        &stack.local_of(BOB),
+        &id,
+        "sleep 70",
+        &["--cpus-per-task=8"],
+    );
+    let scope = format!("job-{id}");
+    // A first running total reaches UCloud (the monitor knows the job's owner).
+    wait_until("a first running total at UCloud", 40, || {
+        charged(&stack, &project, &category, &scope).0.is_some()
+    });
+
+    // The sender dies: the monitor's next running totals wait in outbox/usage/.
+    kill_and_wait(pid_of(&stack, "sender"));
+    wait_until("a running total in outbox/usage/", 30, || {
+        !reports_of(&stack, &project).is_empty()
+    });
+    // The monitor dies too, and comes back while the job still runs.
+    kill_and_wait(pid_of(&stack, "monitor"));
+    start_monitor(&stack);
+    start_sender(&stack);
+    wait_until("the waiting total delivered", 30, || {
+        reports_of(&stack, &project).is_empty()
+    });
+
+    // UCloud stops answering: the sender claims the next total and sends it, and is
+    // killed while it waits for the answer, which UCloud may give after all.
+    let sim = pid_of(&stack, "sim");
+    signal(sim, "-STOP");
+    let claimed = std::panic::catch_unwind(|| {
+        wait_until("the sender's claim on the next total", 30, || {
+            reports_of(&stack, &project)
+                .iter()
+                .any(|p| p.extension().is_some_and(|x| x == "sending"))
+        })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    kill_and_wait(pid_of(&stack, "sender"));
+    signal(sim, "-CONT");
+    start_sender(&stack);
+    assert!(
+        claimed.is_ok(),
+        "the sender claimed no report while UCloud was stopped"
+    );
+
+    let total = sacct_minutes_after(slurm_id);
+    assert!(total >= 9, "{total}");
+    let wallet = wait_charged(&stack, &project, &category, &scope, total);
+    assert_eq!(
+        wallet, total,
+        "the project was charged {wallet} for a job of {total}"
+    );
+    // Still so once everything left has gone out.
+    wait_until("an empty outbox/usage/ for the project", 30, || {
+        reports_of(&stack, &project).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        charged(&stack, &project, &category, &scope),
+        (Some(total), total)
+    );
+}
+
+/// The attack on the parser (the hardening issue's first item): Alice holds a job
+/// whose name carries a newline and a second row in Slurm's old output format,
+/// naming Bob's account and Bob's UCloud job. A monitor that reads Slurm line by
+/// line reports IN_QUEUE, RUNNING and SUCCESS for Bob's job, which never ran.
+#[test]
+fn a_newline_in_a_job_name_forges_no_row() {
+    let stack = stack();
+    let id = job_id();
+    ucloud_knows(&stack, &id, BOB, None);
+    let bob = stack.local_of(BOB);
+    let forged = format!("x\n999999|{bob}|COMPLETED|1:00|vm|0|{id}");
+    let slurm_id = submit(&stack.local_of(ALICE), &forged, "true", &["--hold"]);
+    // More than one poll (every 5 s in the stack).
+    std::thread::sleep(Duration::from_secs(7));
+    let _ = run_as(&stack.local_of(ALICE), &["scancel", &slurm_id.to_string()]);
+    std::thread::sleep(Duration::from_secs(2));
+    let log = ucloud_im_tests::sim_log(&stack);
+    let reached: Vec<&Value> = log
+        .iter()
+        .filter(|l| l["path"] == "/api/jobs/control/update")
+        .filter(|l| {
+            l["body"]["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|i| i["id"] == id.as_str()))
+        })
+        .collect();
+    assert!(
+        reached.is_empty(),
+        "a forged row in Alice's job name reached Bob's UCloud job: {reached:?}"
+    );
+}
