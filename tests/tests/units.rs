@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use ucloud_im_tests::Stack;
 
-const UNITS: [&str; 7] = [
+const UNITS: [&str; 9] = [
     "ucloud-gateway.socket",
     "ucloud-gateway@.service",
     "ucloud-sender.service",
@@ -18,6 +18,8 @@ const UNITS: [&str; 7] = [
     "ucloud-registry@.service",
     "ucloud-registry-expire.service",
     "ucloud-registry-expire.timer",
+    "ucloud-du.service",
+    "ucloud-du.timer",
 ];
 
 /// The exposure bounds we publish (0 best, 10 worst). The gateway cannot go lower than
