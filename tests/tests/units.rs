@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use ucloud_im_tests::Stack;
 
-const UNITS: [&str; 7] = [
+const UNITS: [&str; 9] = [
     "ucloud-gateway.socket",
     "ucloud-gateway@.service",
     "ucloud-sender.service",
@@ -18,12 +18,16 @@ const UNITS: [&str; 7] = [
     "ucloud-registry@.service",
     "ucloud-registry-expire.service",
     "ucloud-registry-expire.timer",
+    "ucloud-du.service",
+    "ucloud-du.timer",
 ];
 
 /// The exposure bounds we publish (0 best, 10 worst). The gateway cannot go lower than
 /// about 6 without no_new_privs, which would break the setuid dispatcher.
 const GATEWAY_MAX_EXPOSURE: f64 = 6.5;
 const SENDER_MAX_EXPOSURE: f64 = 2.0;
+/// ucloud-du: 1.2 on systemd 252 with its one capability.
+const DU_MAX_EXPOSURE: f64 = 2.0;
 
 /// Directives that turn no_new_privs on for a service with User= (or defeat setuid).
 const IMPLY_NO_NEW_PRIVS: [&str; 18] = [
@@ -283,4 +287,37 @@ fn gateway_manual_lists_every_directive_a_setuid_dispatcher_cannot_live_with() {
             "ucloud-gateway(8), HARDENING, does not name {directive}="
         );
     }
+}
+
+/// ucloud-du's one privilege is reading metadata everywhere: exactly
+/// CAP_DAC_READ_SEARCH, ambient, nothing it could gain, nowhere to write but the
+/// outbox (and its own state), and its audit record appended by systemd.
+#[test]
+fn du_unit_holds_one_capability_and_writes_nothing_else() {
+    let unit = read_unit("ucloud-du.service");
+    assert_eq!(value_of(&unit, "User"), ["ucloud-du"]);
+    assert_eq!(value_of(&unit, "NoNewPrivileges"), ["yes"]);
+    assert_eq!(
+        value_of(&unit, "CapabilityBoundingSet"),
+        ["CAP_DAC_READ_SEARCH"]
+    );
+    assert_eq!(
+        value_of(&unit, "AmbientCapabilities"),
+        ["CAP_DAC_READ_SEARCH"]
+    );
+    assert_eq!(value_of(&unit, "ProtectSystem"), ["strict"]);
+    assert_eq!(value_of(&unit, "ProtectHome"), ["read-only"]);
+    assert_eq!(
+        value_of(&unit, "ReadWritePaths"),
+        ["/var/lib/ucloud-im/outbox"]
+    );
+    assert_eq!(
+        value_of(&unit, "StandardOutput"),
+        ["append:/var/log/ucloud-im/audit.log"]
+    );
+    let du = exposure("ucloud-du.service");
+    assert!(
+        du <= DU_MAX_EXPOSURE,
+        "ucloud-du exposure {du} > {DU_MAX_EXPOSURE}"
+    );
 }
