@@ -14,13 +14,13 @@ SUITE_BOB='BobNielsen#2002' SUITE_BOB_LOCAL=bob
 # Every unit the package ships, as `systemd-analyze security` and is-failed see them.
 SUITE_SERVICES=(ucloud-gateway@.service ucloud-gateway-lb@.service ucloud-lb.service
     ucloud-monitor.service ucloud-registry@.service ucloud-registry-expire.service
-    ucloud-sender.service)
+    ucloud-sender.service ucloud-du.service)
 
 # What the site enables (README, "Enabling the units"), and the direct gateway socket,
 # which the README leaves to a site that needs it.
 ENABLED="ucloud-lb.socket ucloud-lb.service ucloud-gateway-lb.socket ucloud-registry.socket
     ucloud-registry-expire.timer ucloud-sender.service ucloud-monitor.socket ucloud-monitor.service
-    ucloud-gateway.socket"
+    ucloud-gateway.socket ucloud-du.timer"
 
 SIM_PID=
 failures=0
@@ -307,6 +307,42 @@ check_sender_delivered() {
     done
     fail "the simulator did not receive a refresh, Alice's drive registration and her approveConnection:" \
         "$(jq -c '{method, path, status, error}' "$SIM_LOG")"
+}
+
+# The sender registered the site's product table with UCloud at start-up.
+check_products_registered() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        jq -e -s '[.[] | select(.method == "POST" and .path == "/api/products/v2" and .status == 200)]
+            | length > 0' "$SIM_LOG" >/dev/null && return 0
+        sleep 0.1
+    done
+    fail "the simulator received no product registration (POST /api/products/v2):" \
+        "$(jq -c '{method, path, status}' "$SIM_LOG" | tail -n 20)"
+}
+
+# ucloud-du.service (what its timer starts) measures Alice's drive under its unit's
+# one capability, appends its audit record, and the sender delivers the total.
+check_storage_usage() {
+    local drive i
+    drive=$(drive_of "$SUITE_ALICE")
+    ct_exec systemctl start ucloud-du.service ||
+        fail "ucloud-du.service failed: $(ct_exec journalctl --no-pager -q -o cat -u ucloud-du.service | tail -n 5)" ||
+        return 1
+    ct_exec tail -n 1 /var/log/ucloud-im/audit.log |
+        jq -e --arg d "$drive" '.program == "ucloud-du" and .capability == true
+            and ([.drives[] | select(.drive == $d and .reported != false)] | length == 1)' >/dev/null ||
+        fail "the audit log's last record is not ucloud-du's measure of drive $drive:" \
+            "$(ct_exec tail -n 1 /var/log/ucloud-im/audit.log)" || return 1
+    for ((i = 0; i < 100; i++)); do
+        jq -e -s --arg a "$SUITE_ALICE" --arg scope "drive-$SUITE_PROVIDER-$drive" '
+            [.[] | select(.path == "/api/accounting/v2/reportUsage" and .status == 200)
+                | .body.items[]? | select(.owner.username == $a and .description.scope == $scope)]
+            | length > 0' "$SIM_LOG" >/dev/null && return 0
+        sleep 0.1
+    done
+    fail "the simulator received no storage usage of Alice's drive $drive:" \
+        "$(jq -c '{method, path, status}' "$SIM_LOG" | tail -n 20)"
 }
 
 browse_body() {
@@ -667,9 +703,12 @@ run_suite() {
     check "the manifest through the balancer and through the direct gateway socket" check_manifest
     check "ucloud-registry add maps Alice and records her drive" check_map_alice
     check "the sender delivered to the simulator" check_sender_delivered
+    check "the sender registered the site's products" check_products_registered
     check "a browse as Alice runs as alice" check_browse
     check "an upload lands in alice's home, owned by her" check_upload
     check "a download gives the file back" check_download
+    check "ucloud-du.service measures Alice's drive, audits it, and her storage usage reaches UCloud" \
+        check_storage_usage
     check "Bob connects through the registry socket (ucloud-connect)" check_connect
     check "Bob may not browse Alice's drive" check_refused
     check "the monitor hears Slurm's account alone, stays up without Slurm, and is started by its socket" \
