@@ -262,3 +262,61 @@ fn a_broken_table_is_refused_and_nothing_is_sent() {
     );
     assert_eq!(registrations(&stack).len(), sent);
 }
+
+/// UCloud's core creates a job only for a product the provider registered and
+/// supports ("bad machine type requested"): the simulator refuses one for a product
+/// the site never registered, before the site hears of it.
+#[test]
+fn a_job_for_a_product_the_site_never_registered_is_refused_by_ucloud() {
+    let stack = Stack::load();
+    let alice = "AliceHansen#1001";
+    let id = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros())
+    .to_string();
+    let mut job = stack.shell_job(alice, &id, "true", 1);
+    job["specification"]["product"]["id"] = json!("no-such-product");
+    job["status"]["resolvedProduct"]["name"] = json!("no-such-product");
+    let creates = |stack: &Stack| {
+        stack
+            .audit_lines()
+            .iter()
+            .filter(|l| l.contains("\"jobs.create\""))
+            .count()
+    };
+    let before = creates(&stack);
+    let (status, body) = stack.call(
+        Some(alice),
+        "POST",
+        &format!("/ucloud/{}/jobs", stack.get("UCLOUD_IM_PROVIDER")),
+        Some(&json!({"items": [job.clone()]}).to_string()),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["why"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bad machine type requested"),
+        "{body}"
+    );
+    assert_eq!(creates(&stack), before, "the site was asked to create it");
+    // Nor does UCloud learn of it as a job of its own (POST /sim/jobs).
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(stack.get("UCLOUD_IM_CA"))
+        .args([
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "--data",
+        ])
+        .arg(job.to_string())
+        .arg(format!("{}/sim/jobs", stack.get("UCLOUD_SIM_URL")))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
+}
