@@ -162,7 +162,8 @@ fn sender_delivers_in_order_and_stores_replies() {
     );
     let reply = outbox(&stack).join("replies").join(format!("{tag}.json"));
     let answer: Value = serde_json::from_slice(&fs::read(&reply).unwrap()).unwrap();
-    assert_eq!(answer, json!({"responses": [{}]}));
+    // jobs/control/update answers util.Empty.
+    assert_eq!(answer, json!({}));
     fs::remove_file(reply).unwrap();
     // The sender authenticated with a provider token, never with the refresh token.
     let line = sim_log(&stack)
@@ -318,13 +319,17 @@ fn nothing_is_lost_while_the_simulator_is_down() {
         &fs::read(Path::new(&stack.get("UCLOUD_IM_STATE")).join("drives.json")).unwrap(),
     )
     .unwrap();
-    let (drive_id, drive) = state["drives"]
+    let drive = state["drives"]
         .as_object()
         .unwrap()
-        .iter()
-        .next()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .unwrap();
+        .values()
+        .find(|d| {
+            d["providerGeneratedId"]
+                .as_str()
+                .is_some_and(|g| !g.is_empty())
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("the stack registered no drive with a provider id: {state}"));
 
     let job = job_id();
     stack.ucloud_knows(&job, ALICE, None);
@@ -352,22 +357,27 @@ fn nothing_is_lost_while_the_simulator_is_down() {
     let expected: Vec<String> = (0..4).map(|s| format!("step {s}")).collect();
     assert_eq!(received_steps(&stack, &job), expected);
 
-    // The restarted simulator kept its state: same refresh token, same drive.
+    // The restarted simulator kept its state: same refresh token, and the drive's
+    // provider id still reserved, so registering it again is UCloud's 409.
     assert_eq!(access_token(&stack).split('.').count(), 3);
-    let body = json!({"items": [{"providerGeneratedId": drive["providerGeneratedId"], "specification": drive["specification"]}]});
-    if drive["providerGeneratedId"].is_string() {
-        let (status, answer) = sim_call(
-            &stack,
-            &token,
-            "POST",
-            "/api/files/collections/control/register",
-            Some(&body.to_string()),
-        );
-        assert_eq!(
-            (status, answer["responses"][0]["id"].as_str()),
-            (200, Some(drive_id.as_str()))
-        );
-    }
+    let body = json!({"items": [{
+        "spec": {"title": drive["specification"]["title"], "product": drive["specification"]["product"]},
+        "providerGeneratedId": drive["providerGeneratedId"],
+        "createdBy": drive["owner"]["createdBy"],
+        "project": drive["owner"]["project"],
+    }]});
+    let (status, answer) = sim_call(
+        &stack,
+        &token,
+        "POST",
+        "/api/files/collections/control/register",
+        Some(&body.to_string()),
+    );
+    assert_eq!(
+        (status, &answer["errorCode"]),
+        (409, &json!("CONFLICT")),
+        "{answer}"
+    );
 }
 
 #[test]
@@ -394,7 +404,7 @@ fn simulator_speaks_uclouds_provider_api() {
         "/api/jobs/control/update",
         Some(&update_body(&job, 0).to_string()),
     );
-    assert_eq!((status, answer), (200, json!({"responses": [{}]})));
+    assert_eq!((status, answer), (200, json!({})));
 
     let (status, answer) = sim_call(
         &stack,
