@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The running local stack, as described by its env file.
 pub struct Stack {
@@ -134,6 +134,26 @@ impl Stack {
             command.args(["--ca", &self.get("UCLOUD_IM_CA")]);
         }
         self.sim_call(command, user, token, method, path, body)
+    }
+
+    /// Like [`Stack::call`], but a job creation goes as it is (`ucloud-sim call
+    /// --unchecked`): for hostile tests of the provider with jobs UCloud never sends
+    /// (an id that is no number, say), which the simulator would otherwise refuse
+    /// itself, so that the provider's own refusal would go untested.
+    pub fn call_unchecked(
+        &self,
+        user: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let url = self.get("UCLOUD_IM_GATEWAY_URL");
+        let mut command = self.sim();
+        command.args(["call", "--unchecked", "--url", &url]);
+        if url.starts_with("https:") {
+            command.args(["--ca", &self.get("UCLOUD_IM_CA")]);
+        }
+        self.sim_call(command, user, None, method, path, body)
     }
 
     /// One call the way UCloud makes it, to where `ucloud-sim call` goes when given
@@ -273,7 +293,76 @@ impl Stack {
             .unwrap_or_else(|| panic!("no metric {name} at {url}:\n{text}"))
     }
 
+    /// The stack's compute product (`UCLOUD_IM_JOB_PRODUCT`) as UCloud names it in
+    /// a job's specification: id, its category in the installed catalogue (the one
+    /// the module registered with UCloud), and the provider.
+    pub fn job_product(&self) -> serde_json::Value {
+        let id = self.get("UCLOUD_IM_JOB_PRODUCT");
+        let path = self.prefix().join("etc/ucloud-im/products/jobs.json");
+        let table: serde_json::Value = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_else(|| panic!("{} is missing or not JSON", path.display()));
+        let category = table["products"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == id.as_str())
+            .map(|p| p["category"].clone())
+            .unwrap_or_else(|| panic!("{} has no product {id}", path.display()));
+        serde_json::json!({"id": id, "category": category, "provider": self.get("UCLOUD_IM_PROVIDER")})
+    }
+
+    /// Makes job `id` one UCloud created, owned by `owner` (in `project`, if any),
+    /// for the stack's product (`POST /sim/jobs`), as it is before UCloud ever sends
+    /// the job to the provider: only then does UCloud take updates for it.
+    pub fn ucloud_knows(&self, id: &str, owner: &str, project: Option<&str>) {
+        let job = serde_json::json!({
+            "id": id,
+            "owner": {"createdBy": owner, "project": project},
+            "specification": {"name": "test", "product": self.job_product()},
+            "status": {"state": "IN_QUEUE"},
+            "updates": []
+        });
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "30",
+                "--cacert",
+                &self.get("UCLOUD_IM_CA"),
+            ])
+            .args([
+                "-X",
+                "POST",
+                "-w",
+                "\n%{http_code}",
+                "--data",
+                &job.to_string(),
+            ])
+            .arg(format!("{}/sim/jobs", self.get("UCLOUD_SIM_URL")))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        assert_eq!(
+            status.trim(),
+            "200",
+            "POST /sim/jobs for job {id}: {body}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// The audit log's lines (read as root, which the tests run as).
+    pub fn audit_lines(&self) -> Vec<String> {
+        let path = self.get("UCLOUD_IM_AUDIT_LOG");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => text.lines().map(String::from).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => panic!("cannot read the audit log {path}: {e}"),
+        }
+    }
+
     /// A Job as UCloud's core sends it to `jobs.create`: `owner`'s job `id` running
     /// `sh -c SCRIPT` with the stack's application and product, for `minutes`.
     pub fn shell_job(
@@ -287,7 +376,7 @@ impl Stack {
         let (name, version) = app
             .rsplit_once(':')
             .expect("UCLOUD_IM_JOB_APP is name:version");
-        let product = self.get("UCLOUD_IM_JOB_PRODUCT");
+        let product = self.job_product();
         let words: Vec<serde_json::Value> = ["sh", "-c", script]
             .iter()
             .map(|w| serde_json::json!({"type": "word", "word": w}))
@@ -297,7 +386,7 @@ impl Stack {
             "createdAt": 1_764_000_000_000u64,
             "owner": {"createdBy": owner, "project": null},
             "specification": {
-                "product": {"id": product, "category": "cpu", "provider": self.get("UCLOUD_IM_PROVIDER")},
+                "product": product,
                 "application": {"name": name, "version": version},
                 "replicas": 1,
                 "parameters": {},
@@ -310,18 +399,9 @@ impl Stack {
                     "metadata": {"name": name, "version": version},
                     "invocation": {"invocation": words, "parameters": []}
                 },
-                "resolvedProduct": {"name": product, "category": "cpu", "cpu": 1, "memoryInGigs": 1, "gpu": 0}
+                "resolvedProduct": {"name": product["id"], "category": product["category"], "cpu": 1, "memoryInGigs": 1, "gpu": 0}
             }
         })
-    }
-
-    pub fn audit_lines(&self) -> Vec<String> {
-        let path = self.get("UCLOUD_IM_AUDIT_LOG");
-        match std::fs::read_to_string(&path) {
-            Ok(text) => text.lines().map(String::from).collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => panic!("cannot read the audit log {path}: {e}"),
-        }
     }
 }
 
@@ -481,6 +561,25 @@ pub fn unique(prefix: &str) -> String {
         .as_nanos();
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{nanos}-{seq}", std::process::id())
+}
+
+/// A new UCloud job id, as UCloud's core makes them: a positive decimal number
+/// that fits an int64 (the core reads ids with `strconv.ParseInt`). Microseconds
+/// since the epoch, bumped past the last one handed out, so that no two calls (from
+/// any thread) get the same id and a later run starts above an earlier one. The id
+/// also names the job's folder and its Slurm job.
+pub fn job_id() -> String {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let previous = LAST
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            Some(now.max(last + 1))
+        })
+        .expect("the closure always gives a value");
+    now.max(previous + 1).to_string()
 }
 
 /// Like [`unique`], short enough for a local account name (useradd takes 32 bytes)
@@ -712,6 +811,17 @@ mod tests {
         assert_eq!(f.header("content-length"), None);
         assert_eq!(f.text(), "hi");
         assert!(Fetched::new("", Vec::new()).is_err());
+    }
+
+    #[test]
+    fn job_ids_are_plain_decimal_and_never_repeat() {
+        let ids: Vec<String> = (0..1000).map(|_| job_id()).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for id in &ids {
+            let n: i64 = id.parse().unwrap();
+            assert!(n > 0 && n.to_string() == *id, "{id}");
+            assert!(seen.insert(n), "{id} handed out twice");
+        }
     }
 
     #[test]

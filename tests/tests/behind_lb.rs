@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, unique, Stack};
+use ucloud_im_tests::{job_id, run_as, unique, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -307,7 +307,7 @@ fn a_ucloud_session_runs_through_the_balancer() {
 
     // A real Slurm job for Alice, and its output over the WebSocket, both through the
     // balancer.
-    let marker = unique("lb-job");
+    let marker = job_id();
     let mut job = job(&stack, &marker, &format!("echo {marker}"));
     let (status, body) = stack.call_public(
         Some(ALICE),

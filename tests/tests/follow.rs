@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{uid_of, ws_client_frame, ws_connect, ws_server_frame, Stack};
+use ucloud_im_tests::{job_id, uid_of, ws_client_frame, ws_connect, ws_server_frame, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -28,14 +28,6 @@ fn stack() -> Stack {
         "the stack runs no Slurm cluster; rerun scripts/stack up"
     );
     stack
-}
-
-fn job_id(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
 }
 
 /// A Job as UCloud's core sends it, running `sh -c SCRIPT` for Alice.
@@ -135,7 +127,7 @@ fn follow_plugins_of(uid: u32) -> Vec<u32> {
 fn alice_follows_her_running_job_line_by_line_to_its_end() {
     let stack = stack();
     let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
-    let id = job_id("follow");
+    let id = job_id();
     let script = "for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.4; done; echo oops >&2";
     let (job, slurm_id) = start(&stack, &id, script);
     let started = Instant::now();
@@ -173,7 +165,7 @@ fn alice_follows_her_running_job_line_by_line_to_its_end() {
 #[test]
 fn bob_cannot_follow_alices_job() {
     let stack = stack();
-    let id = job_id("follow-bob");
+    let id = job_id();
     let (job, slurm_id) = start(&stack, &id, "echo secret-of-alice; sleep 60");
     let lines = follow(&stack, BOB, &job, &[]);
     scancel(&slurm_id);
@@ -235,7 +227,7 @@ fn cancel_stops_the_plugin() {
     let stack = stack();
     let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
     let alice = uid_of(&stack.local_of(ALICE));
-    let id = job_id("follow-cancel");
+    let id = job_id();
     let (job, slurm_id) = start(&stack, &id, "echo one; sleep 2; echo two; sleep 300");
     let mut child = follow_command(&stack, ALICE, &job, &["--cancel-after", "2"])
         .stdout(Stdio::piped())
@@ -342,7 +334,7 @@ fn failure(output: &std::process::Output) -> Value {
 fn a_job_slurm_has_forgotten_is_followed_from_accounting() {
     let stack = stack();
     let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
-    let id = job_id("follow-acct");
+    let id = job_id();
     let (job, slurm_id) = start(&stack, &id, "echo acct-1; echo acct-2; echo warn >&2");
     // Accounting has the job once it ended (right after, a row may still be partial).
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -433,7 +425,7 @@ fn a_quiet_job_keeps_its_stream_by_pings_every_30_s() {
     use std::io::Write;
     let stack = stack();
     let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
-    let id = job_id("follow-ping");
+    let id = job_id();
     // Quiet past the first ping, then one line.
     let (job, slurm_id) = start(&stack, &id, "sleep 34; echo after-the-ping; sleep 120");
     let provider = stack.get("UCLOUD_IM_PROVIDER");

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, uid_of, Stack};
+use ucloud_im_tests::{job_id, run_as, uid_of, unique, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -26,15 +26,6 @@ fn stack() -> Stack {
 
 fn provider_path(stack: &Stack, rest: &str) -> String {
     format!("/ucloud/{}/{rest}", stack.get("UCLOUD_IM_PROVIDER"))
-}
-
-/// A job id no other test (or earlier run) uses: it becomes a Slurm job name and a folder.
-fn job_id(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{}-{}", std::process::id(), nanos % 1_000_000_000_000)
 }
 
 fn home_of(user: &str) -> PathBuf {
@@ -62,7 +53,7 @@ fn job(stack: &Stack, id: &str, invocation: Value, parameters: Value, cpu: u64) 
     let (name, version) = app
         .rsplit_once(':')
         .expect("UCLOUD_IM_JOB_APP is name:version");
-    let product = stack.get("UCLOUD_IM_JOB_PRODUCT");
+    let product = stack.job_product();
     let definitions: Vec<Value> = parameters
         .as_object()
         .unwrap()
@@ -76,7 +67,7 @@ fn job(stack: &Stack, id: &str, invocation: Value, parameters: Value, cpu: u64) 
         "permissions": null,
         "updates": [],
         "specification": {
-            "product": {"id": product, "category": "cpu", "provider": stack.get("UCLOUD_IM_PROVIDER")},
+            "product": product,
             "application": {"name": name, "version": version},
             "name": "test job",
             "replicas": 1,
@@ -90,7 +81,7 @@ fn job(stack: &Stack, id: &str, invocation: Value, parameters: Value, cpu: u64) 
                 "metadata": {"name": name, "version": version},
                 "invocation": {"invocation": invocation, "parameters": definitions}
             },
-            "resolvedProduct": {"name": product, "category": "cpu", "cpu": cpu, "memoryInGigs": 1, "gpu": 0}
+            "resolvedProduct": {"name": product["id"], "category": product["category"], "cpu": cpu, "memoryInGigs": 1, "gpu": 0}
         }
     })
 }
@@ -178,7 +169,7 @@ fn read(path: &Path) -> String {
 #[test]
 fn alice_runs_a_real_slurm_job_that_bob_cannot_stop_and_she_can() {
     let stack = stack();
-    let id = job_id("run");
+    let id = job_id();
     let invocation = json!(words(&["sh", "-c", "echo job-started; sleep 300"]));
     let (status, body) = create(&stack, ALICE, &[job(&stack, &id, invocation, json!({}), 2)]);
     assert_eq!(status, 200, "jobs.create: {body}");
@@ -313,7 +304,7 @@ fn alice_runs_a_real_slurm_job_that_bob_cannot_stop_and_she_can() {
 #[test]
 fn hostile_parameter_values_stay_literal_text() {
     let stack = stack();
-    let id = job_id("hostile");
+    let id = job_id();
     let canary = std::env::temp_dir().join(format!("ucim-canary-{id}"));
     let c = canary.display().to_string();
     let values = [
@@ -382,7 +373,7 @@ fn slurm_refusals_are_400s_with_slurms_reason_and_leave_nothing_behind() {
     let alice = stack.local_of(ALICE);
 
     // More CPUs than any partition has: sbatch refuses at submit time.
-    let id = job_id("toobig");
+    let id = job_id();
     let (status, body) = create(
         &stack,
         ALICE,
@@ -401,8 +392,8 @@ fn slurm_refusals_are_400s_with_slurms_reason_and_leave_nothing_behind() {
     assert!(slurm_jobs_named(&id).is_empty());
 
     // One bad job in a bulk request: the good one before it is cancelled and removed.
-    let good = job_id("bulk-good");
-    let bad = job_id("bulk-bad");
+    let good = job_id();
+    let bad = job_id();
     let (status, body) = create(
         &stack,
         ALICE,
@@ -425,7 +416,7 @@ fn slurm_refusals_are_400s_with_slurms_reason_and_leave_nothing_behind() {
     }
 
     // An application the site did not enable is refused before anything is made.
-    let id = job_id("noapp");
+    let id = job_id();
     let mut unknown = job(&stack, &id, json!(words(&["true"])), json!({}), 1);
     unknown["specification"]["application"] = json!({"name": "not-enabled", "version": "1"});
     let (status, body) = create(&stack, ALICE, &[unknown]);
@@ -436,19 +427,25 @@ fn slurm_refusals_are_400s_with_slurms_reason_and_leave_nothing_behind() {
     );
     assert!(!job_folder(&alice, &id).exists());
 
-    // A job id that could leave the jobs directory is refused.
-    let (status, body) = create(
-        &stack,
-        ALICE,
-        &[job(
-            &stack,
-            "../../etc",
-            json!(words(&["true"])),
-            json!({}),
-            1,
-        )],
+    // A job id that could leave the jobs directory is refused by the provider
+    // (UCloud never sends one: it goes unchecked, past the simulator's own refusal).
+    let escape =
+        json!({"items": [job(&stack, "../../etc", json!(words(&["true"])), json!({}), 1)]});
+    let (status, body) = stack.call_unchecked(
+        Some(ALICE),
+        "POST",
+        &provider_path(&stack, "jobs"),
+        Some(&escape.to_string()),
     );
     assert_eq!(status, 400, "{body}");
+    assert!(
+        !body["why"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("UCloud would send no such"),
+        "the simulator refused it, not the provider: {body}"
+    );
+    assert!(slurm_jobs_named("../../etc").is_empty());
 }
 
 /// The product table names a partition Slurm does not have: the plugin, run as Alice
@@ -458,7 +455,7 @@ fn slurm_refusals_are_400s_with_slurms_reason_and_leave_nothing_behind() {
 fn an_unknown_partition_is_slurms_400() {
     let stack = stack();
     let alice = stack.local_of(ALICE);
-    let etc = std::env::temp_dir().join(job_id("ucim-etc"));
+    let etc = std::env::temp_dir().join(unique("ucim-etc"));
     std::fs::create_dir_all(etc.join("products")).unwrap();
     std::fs::create_dir_all(etc.join("jobs")).unwrap();
     let real_etc = PathBuf::from(stack.get("UCLOUD_IM_ETC"));
@@ -473,7 +470,7 @@ fn an_unknown_partition_is_slurms_400() {
         json!({"products": [{"id": product, "category": "cpu", "slurm": {"partition": "nosuchpartition"}}]}).to_string(),
     )
     .unwrap();
-    let id = job_id("nopart");
+    let id = job_id();
     let request = etc.join("request.json");
     let body = json!({"items": [job(&stack, &id, json!(words(&["true"])), json!({}), 1)]});
     std::fs::write(&request, body.to_string()).unwrap();
@@ -601,7 +598,7 @@ fn file_parameters_become_paths_in_the_callers_own_drives() {
     ]);
     let file = |path: String| json!({"input": {"type": "file", "path": path, "readOnly": true}});
 
-    let id = job_id("file");
+    let id = job_id();
     let params = file(format!("/{alice_drive}/data/in put.txt"));
     let (status, body) = create(
         &stack,
@@ -628,7 +625,7 @@ fn file_parameters_become_paths_in_the_callers_own_drives() {
         (format!("/{alice_drive}/../../etc/shadow"), "components"),
         ("relative/path".to_string(), "is not /<driveId>/"),
     ] {
-        let id = job_id("badfile");
+        let id = job_id();
         let (status, body) = create(
             &stack,
             ALICE,

@@ -5,13 +5,13 @@
 //! simulator hold a lock, so they never overlap.
 #![forbid(unsafe_code)]
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, Stack};
+use ucloud_im_tests::{job_id, run_as, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -29,33 +29,6 @@ fn stack() -> Stack {
     stack
 }
 
-/// A new UCloud job id, decimal as UCloud makes them (`tag` names it in failures
-/// only through the test's name).
-fn job_id(_tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    (9_000_000_000_000u128 + nanos % 1_000_000_000_000).to_string()
-}
-
-/// The stack's compute product, as UCloud names it in a job.
-fn product(stack: &Stack) -> Value {
-    let id = stack.get("UCLOUD_IM_JOB_PRODUCT");
-    let table: Value = serde_json::from_slice(
-        &fs::read(stack.prefix().join("etc/ucloud-im/products/jobs.json")).unwrap(),
-    )
-    .unwrap();
-    let category = table["products"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == id.as_str())
-        .map(|p| p["category"].clone())
-        .unwrap();
-    json!({"id": id, "category": category, "provider": stack.get("UCLOUD_IM_PROVIDER")})
-}
-
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
@@ -65,37 +38,6 @@ fn run_dir(stack: &Stack) -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-/// Tells the simulator (UCloud) that job `id` exists and belongs to `owner`.
-fn ucloud_knows(stack: &Stack, id: &str, owner: &str) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            "--cacert",
-            &stack.get("UCLOUD_IM_CA"),
-            "-X",
-            "POST",
-        ])
-        .args(["-o", "/dev/null", "-w", "%{http_code}"])
-        .args([
-            "--data",
-            &json!({"id": id, "owner": {"createdBy": owner, "project": null},
-                "specification": {"name": "monitor", "product": product(stack)},
-                "status": {"state": "IN_QUEUE"}, "updates": []})
-            .to_string(),
-        ])
-        .arg(format!("{}/sim/jobs", stack.get("UCLOUD_SIM_URL")))
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "200",
-        "POST /sim/jobs: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Submits like jobs.create does; returns the Slurm job id.
@@ -194,8 +136,8 @@ fn assert_history(id: &str, u: &[Value], last: &str) {
 #[test]
 fn a_job_goes_in_queue_running_success() {
     let stack = stack();
-    let id = job_id("ok");
-    ucloud_knows(&stack, &id, BOB);
+    let id = job_id();
+    stack.ucloud_knows(&id, BOB, None);
     submit(&stack.local_of(BOB), &id, "sleep 1", &[]);
     let u = wait_final(&stack, &id, 30);
     assert_history(&id, &u, "SUCCESS");
@@ -207,8 +149,8 @@ fn a_job_goes_in_queue_running_success() {
 #[test]
 fn exit_3_ends_failure_with_the_code_in_the_text() {
     let stack = stack();
-    let id = job_id("fail");
-    ucloud_knows(&stack, &id, ALICE);
+    let id = job_id();
+    stack.ucloud_knows(&id, ALICE, None);
     submit(&stack.local_of(ALICE), &id, "exit 3", &[]);
     let u = wait_final(&stack, &id, 30);
     assert_history(&id, &u, "FAILURE");
@@ -224,8 +166,8 @@ fn exit_3_ends_failure_with_the_code_in_the_text() {
 #[test]
 fn a_job_over_its_time_limit_ends_expired() {
     let stack = stack();
-    let id = job_id("late");
-    ucloud_knows(&stack, &id, ALICE);
+    let id = job_id();
+    stack.ucloud_knows(&id, ALICE, None);
     submit(&stack.local_of(ALICE), &id, "sleep 600", &["--time=1"]);
     let u = wait_final(&stack, &id, 180);
     assert_history(&id, &u, "EXPIRED");
@@ -235,10 +177,10 @@ fn a_job_over_its_time_limit_ends_expired() {
 fn a_cancelled_job_ends_success_as_documented() {
     let stack = stack();
     let alice = stack.local_of(ALICE);
-    let running = job_id("term");
-    let pending = job_id("termq");
-    ucloud_knows(&stack, &running, ALICE);
-    ucloud_knows(&stack, &pending, ALICE);
+    let running = job_id();
+    let pending = job_id();
+    stack.ucloud_knows(&running, ALICE, None);
+    stack.ucloud_knows(&pending, ALICE, None);
     let a = submit(&alice, &running, "sleep 60", &[]);
     let b = submit(&alice, &pending, "true", &["--begin=now+1hour"]);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -267,8 +209,8 @@ fn a_cancelled_job_ends_success_as_documented() {
 #[test]
 fn an_extension_is_reported_as_new_time_allocation() {
     let stack = stack();
-    let id = job_id("ext");
-    ucloud_knows(&stack, &id, BOB);
+    let id = job_id();
+    stack.ucloud_knows(&id, BOB, None);
     let slurm = submit(&stack.local_of(BOB), &id, "sleep 20", &["--time=2"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !states(&updates(&stack, &id)).contains(&"RUNNING".to_string()) {
@@ -305,8 +247,8 @@ fn an_extension_is_reported_as_new_time_allocation() {
 #[test]
 fn alices_job_named_after_bobs_changes_nothing_for_bob() {
     let stack = stack();
-    let id = job_id("spoof");
-    ucloud_knows(&stack, &id, BOB);
+    let id = job_id();
+    stack.ucloud_knows(&id, BOB, None);
     // Alice's own sbatch, named and tagged like Bob's UCloud job, and quicker than his.
     submit(&stack.local_of(ALICE), &id, "exit 7", &[]);
     std::thread::sleep(Duration::from_secs(3));
@@ -495,9 +437,9 @@ fn a_killed_monitor_catches_up_with_one_final_state_each() {
     let _outage = OUTAGE.lock().unwrap_or_else(|p| p.into_inner());
     let stack = stack();
     let bob = stack.local_of(BOB);
-    let ids: Vec<String> = (0..4).map(|i| job_id(&format!("crash{i}"))).collect();
+    let ids: Vec<String> = (0..4).map(|_| job_id()).collect();
     for id in &ids {
-        ucloud_knows(&stack, id, BOB);
+        stack.ucloud_knows(id, BOB, None);
     }
     // Two end while the monitor runs, two while it is dead.
     submit(&bob, &ids[0], "true", &[]);
@@ -526,8 +468,8 @@ fn a_killed_monitor_catches_up_with_one_final_state_each() {
 fn updates_wait_for_ucloud_to_come_back() {
     let _outage = OUTAGE.lock().unwrap_or_else(|p| p.into_inner());
     let stack = stack();
-    let id = job_id("down");
-    ucloud_knows(&stack, &id, ALICE);
+    let id = job_id();
+    stack.ucloud_knows(&id, ALICE, None);
     let sim = pid_of(&stack, "sim");
     let argv_line = fs::read_to_string(format!("/proc/{sim}/cmdline")).unwrap();
     let argv: Vec<String> = argv_line

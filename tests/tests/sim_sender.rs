@@ -4,8 +4,9 @@
 //! (The simulator alone, on its own port and state, is tested in bins/ucloud-sim.)
 //!
 //! These tests share the stack's outbox and simulator: they hold one lock so they
-//! never run at the same time, and pick unique job ids so other tests' traffic
-//! cannot confuse them.
+//! never run at the same time, and pick new job ids so other tests' traffic cannot
+//! confuse them. UCloud takes updates only for jobs it created, so each job is made
+//! known to the simulator first, as UCloud's jobs.create would have made it.
 
 use serde_json::{json, Value};
 use std::fs;
@@ -15,7 +16,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, sim_log, unique, Stack};
+use ucloud_im_tests::{job_id, run_as, sim_log, unique, Stack};
+
+const ALICE: &str = "AliceHansen#1001";
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -134,7 +137,8 @@ fn access_token(stack: &Stack) -> String {
 fn sender_delivers_in_order_and_stores_replies() {
     let _serial = serial();
     let stack = Stack::load();
-    let job = unique("order");
+    let job = job_id();
+    stack.ucloud_knows(&job, ALICE, None);
     let tag = unique("reply");
     let count = 6;
     let mut queued = Vec::new();
@@ -158,7 +162,8 @@ fn sender_delivers_in_order_and_stores_replies() {
     );
     let reply = outbox(&stack).join("replies").join(format!("{tag}.json"));
     let answer: Value = serde_json::from_slice(&fs::read(&reply).unwrap()).unwrap();
-    assert_eq!(answer, json!({"responses": [{}]}));
+    // jobs/control/update answers util.Empty.
+    assert_eq!(answer, json!({}));
     fs::remove_file(reply).unwrap();
     // The sender authenticated with a provider token, never with the refresh token.
     let line = sim_log(&stack)
@@ -174,12 +179,14 @@ fn sender_delivers_in_order_and_stores_replies() {
 fn refused_messages_go_to_failed_and_do_not_block_the_queue() {
     let _serial = serial();
     let stack = Stack::load();
-    let job = unique("refused");
-    // The simulator answers 400 to an update without an `update` object.
+    let job = job_id();
+    stack.ucloud_knows(&job, ALICE, None);
+    // UCloud's core cannot decode a status that is no string (JobUpdate.status is
+    // an Option[string]): 400, for a job it knows.
     let bad = enqueue(
         &stack,
         "/api/jobs/control/update",
-        &json!({"items": [{"id": job}]}),
+        &json!({"items": [{"id": job, "update": {"status": 7}}]}),
         None,
     );
     let good = enqueue(
@@ -312,15 +319,20 @@ fn nothing_is_lost_while_the_simulator_is_down() {
         &fs::read(Path::new(&stack.get("UCLOUD_IM_STATE")).join("drives.json")).unwrap(),
     )
     .unwrap();
-    let (drive_id, drive) = state["drives"]
+    let drive = state["drives"]
         .as_object()
         .unwrap()
-        .iter()
-        .next()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .unwrap();
+        .values()
+        .find(|d| {
+            d["providerGeneratedId"]
+                .as_str()
+                .is_some_and(|g| !g.is_empty())
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("the stack registered no drive with a provider id: {state}"));
 
-    let job = unique("outage");
+    let job = job_id();
+    stack.ucloud_knows(&job, ALICE, None);
     let mut outage = SimOutage::begin(&stack);
     let queued: Vec<PathBuf> = (0..4)
         .map(|seq| {
@@ -345,22 +357,27 @@ fn nothing_is_lost_while_the_simulator_is_down() {
     let expected: Vec<String> = (0..4).map(|s| format!("step {s}")).collect();
     assert_eq!(received_steps(&stack, &job), expected);
 
-    // The restarted simulator kept its state: same refresh token, same drive.
+    // The restarted simulator kept its state: same refresh token, and the drive's
+    // provider id still reserved, so registering it again is UCloud's 409.
     assert_eq!(access_token(&stack).split('.').count(), 3);
-    let body = json!({"items": [{"providerGeneratedId": drive["providerGeneratedId"], "specification": drive["specification"]}]});
-    if drive["providerGeneratedId"].is_string() {
-        let (status, answer) = sim_call(
-            &stack,
-            &token,
-            "POST",
-            "/api/files/collections/control/register",
-            Some(&body.to_string()),
-        );
-        assert_eq!(
-            (status, answer["responses"][0]["id"].as_str()),
-            (200, Some(drive_id.as_str()))
-        );
-    }
+    let body = json!({"items": [{
+        "spec": {"title": drive["specification"]["title"], "product": drive["specification"]["product"]},
+        "providerGeneratedId": drive["providerGeneratedId"],
+        "createdBy": drive["owner"]["createdBy"],
+        "project": drive["owner"]["project"],
+    }]});
+    let (status, answer) = sim_call(
+        &stack,
+        &token,
+        "POST",
+        "/api/files/collections/control/register",
+        Some(&body.to_string()),
+    );
+    assert_eq!(
+        (status, &answer["errorCode"]),
+        (409, &json!("CONFLICT")),
+        "{answer}"
+    );
 }
 
 #[test]
@@ -368,7 +385,8 @@ fn simulator_speaks_uclouds_provider_api() {
     let _serial = serial();
     let stack = Stack::load();
     let token = access_token(&stack);
-    let job = unique("api");
+    let job = job_id();
+    // An update for a job UCloud never created is refused, and recorded nowhere.
     let (status, answer) = sim_call(
         &stack,
         &token,
@@ -376,7 +394,17 @@ fn simulator_speaks_uclouds_provider_api() {
         "/api/jobs/control/update",
         Some(&update_body(&job, 0).to_string()),
     );
-    assert_eq!((status, answer), (200, json!({"responses": [{}]})));
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["errorCode"], "NOT_FOUND", "{answer}");
+    stack.ucloud_knows(&job, ALICE, None);
+    let (status, answer) = sim_call(
+        &stack,
+        &token,
+        "POST",
+        "/api/jobs/control/update",
+        Some(&update_body(&job, 0).to_string()),
+    );
+    assert_eq!((status, answer), (200, json!({})));
 
     let (status, answer) = sim_call(
         &stack,
@@ -421,10 +449,6 @@ fn simulator_speaks_uclouds_provider_api() {
         .iter()
         .all(|l| l["status"] == 401 && l["method"] == "GET"));
 
-    let record = json!({"id": job, "owner": {"createdBy": "AliceHansen#1001", "project": null},
-        "specification": {"name": "t"}, "status": {"state": "IN_QUEUE"}, "updates": []});
-    let (status, _) = sim_call(&stack, "-", "POST", "/sim/jobs", Some(&record.to_string()));
-    assert_eq!(status, 200);
     let (status, got) = sim_call(
         &stack,
         &token,
@@ -433,10 +457,17 @@ fn simulator_speaks_uclouds_provider_api() {
         None,
     );
     assert_eq!(status, 200);
-    assert_eq!(got["owner"]["createdBy"], "AliceHansen#1001");
+    assert_eq!(got["owner"]["createdBy"], ALICE);
+    let steps: Vec<&Value> = got["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| &u["status"])
+        .collect();
     assert_eq!(
-        got["updates"][0]["status"], "step 0",
-        "the update sent before is part of the job"
+        steps,
+        [&json!("step 0")],
+        "the update accepted before is part of the job, the refused one is not: {got}"
     );
 
     for line in sim_log(&stack) {

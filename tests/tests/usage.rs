@@ -7,13 +7,13 @@
 //! hold one lock and never overlap.
 #![forbid(unsafe_code)]
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, Stack};
+use ucloud_im_tests::{job_id, run_as, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -34,11 +34,6 @@ fn nanos() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos()
-}
-
-/// A UCloud job id as UCloud makes them: decimal, and new.
-fn job_id() -> String {
-    (8_000_000_000_000u128 + nanos() % 1_000_000_000_000).to_string()
 }
 
 /// A project id UCloud would make (a UUID), new for each test.
@@ -101,24 +96,6 @@ fn curl(stack: &Stack, args: &[&str]) -> (String, Vec<u8>) {
     let status = String::from_utf8_lossy(&body[split..]).trim().to_string();
     body.truncate(split);
     (status, body)
-}
-
-/// Tells the simulator (UCloud) that job `id` exists: created by `owner`, in
-/// `project` if any, for the stack's product.
-fn ucloud_knows(stack: &Stack, id: &str, owner: &str, project: Option<&str>) {
-    let (product, category) = product(stack);
-    let job = json!({"id": id, "owner": {"createdBy": owner, "project": project},
-        "specification": {"name": "usage", "product": {"id": product, "category": category,
-            "provider": stack.get("UCLOUD_IM_PROVIDER")}},
-        "status": {"state": "IN_QUEUE"}, "updates": []});
-    let url = format!("{}/sim/jobs", stack.get("UCLOUD_SIM_URL"));
-    let (status, body) = curl(stack, &["-X", "POST", "--data", &job.to_string(), &url]);
-    assert_eq!(
-        status,
-        "200",
-        "POST /sim/jobs: {}",
-        String::from_utf8_lossy(&body)
-    );
 }
 
 /// Submits like jobs.create does; returns the Slurm job id.
@@ -224,9 +201,9 @@ fn a_finished_jobs_usage_arrives_for_its_owner_and_matches_sacct() {
     // One job in a project (the project pays), one of Alice's own (she pays).
     let project = project_id();
     let in_project = job_id();
-    ucloud_knows(&stack, &in_project, ALICE, Some(&project));
+    stack.ucloud_knows(&in_project, ALICE, Some(&project));
     let own = job_id();
-    ucloud_knows(&stack, &own, ALICE, None);
+    stack.ucloud_knows(&own, ALICE, None);
     let (_, alice_before) = charged(&stack, ALICE, &category, "");
     let a = submit(&alice, &in_project, "sleep 16", &["--cpus-per-task=8"]);
     let b = submit(&alice, &own, "sleep 8", &["--cpus-per-task=8"]);
@@ -429,7 +406,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     let (_, category) = product(&stack);
     let project = project_id();
     let id = job_id();
-    ucloud_knows(&stack, &id, BOB, Some(&project));
+    stack.ucloud_knows(&id, BOB, Some(&project));
     let slurm_id = submit(
         &stack.local_of(BOB),
         &id,
@@ -501,7 +478,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
 fn a_newline_in_a_job_name_forges_no_row() {
     let stack = stack();
     let id = job_id();
-    ucloud_knows(&stack, &id, BOB, None);
+    stack.ucloud_knows(&id, BOB, None);
     let bob = stack.local_of(BOB);
     let forged = format!("x\n999999|{bob}|COMPLETED|1:00|vm|0|{id}");
     let slurm_id = submit(&stack.local_of(ALICE), &forged, "true", &["--hold"]);
