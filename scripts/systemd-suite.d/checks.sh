@@ -226,7 +226,9 @@ configure_site() {
     install -m 0644 "$SUITE_RUN/sim/signing-key.pub.b64" "$(ct_path "$etc/ucloud_key.pub")" || return 1
     install -m 0440 "$SUITE_RUN/sim/refresh-token" "$(ct_path "$etc/refresh-token")" || return 1
     ct_exec chown root:ucloud-send "$etc/refresh-token" || return 1
+    # Both halves of the product table: the sender registers nothing while one is missing.
     ct_exec cp /usr/share/doc/ucloud-im/examples/products/files.json "$etc/products/files.json" || return 1
+    ct_exec cp /usr/share/doc/ucloud-im/examples/products/jobs.json "$etc/products/jobs.json" || return 1
     # The gateway's socket on a free port (the container shares the host's network), the
     # way ucloud-gateway(8) says to move it: a drop-in.
     listen_on ucloud-gateway.socket "$GATEWAY_PORT" || return 1
