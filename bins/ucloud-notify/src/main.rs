@@ -94,12 +94,15 @@ fn send(socket: &PathBuf, line: &[u8]) -> Result<(), String> {
         .set_write_timeout(Some(STEP))
         .and_then(|_| stream.set_read_timeout(Some(STEP)))
         .map_err(|e| e.to_string())?;
-    stream.write_all(line).map_err(|e| e.to_string())?;
+    // The monitor refuses a caller before reading a byte and closes: the write can
+    // then fail (EPIPE) with the refusal already waiting to be read.
+    let written = stream.write_all(line);
     let mut answer = String::new();
     let _ = (&mut stream).take(512).read_to_string(&mut answer);
-    match answer.trim_end() {
-        "ok" => Ok(()),
-        "" => Err("no answer".into()),
-        other => Err(other.to_string()),
+    match (answer.trim_end(), written) {
+        ("ok", _) => Ok(()),
+        ("", Err(e)) => Err(e.to_string()),
+        ("", Ok(())) => Err("no answer".into()),
+        (other, _) => Err(other.to_string()),
     }
 }
