@@ -107,7 +107,7 @@ impl Record {
         if queued > updates.len() {
             return None;
         }
-        Some(Record {
+        let mut record = Record {
             slurm_id: v["slurm"].as_u64()?,
             ucloud_id: v["ucloud"].as_str()?.to_string(),
             user: v["user"].as_str()?.to_string(),
@@ -120,9 +120,14 @@ impl Record {
             limit: v["limit"].as_u64(),
             touched_ms: v["touched"].as_u64().unwrap_or(0),
             usage: v["usage"].as_u64(),
-            // Jobs that ended before usage was reported are not charged afterwards.
-            usage_done: v["usageDone"].as_bool().unwrap_or(true),
-        })
+            usage_done: false,
+        };
+        // A record from before usage reports: a job that had ended is not charged
+        // afterwards; one still running is, from now on.
+        record.usage_done = v["usageDone"]
+            .as_bool()
+            .unwrap_or_else(|| record.is_final());
+        Some(record)
     }
 }
 
@@ -262,6 +267,18 @@ mod tests {
         assert_eq!((back.usage, back.usage_done), (Some(12), false));
         assert_eq!(back.last_state(), Some(UState::Success));
         assert!(all[&8].is_done());
+        // Records written before usage reports: only the running job is still charged.
+        for (id, state) in [(10, "SUCCESS"), (11, "RUNNING")] {
+            fs::write(
+                dir.join(format!("jobs/{id}.json")),
+                json!({"slurm": id, "ucloud": "J", "user": "u", "queued": 1, "touched": ucloud_wire::now_ms(),
+                       "updates": [{"state": state}]})
+                .to_string(),
+            )
+            .unwrap();
+        }
+        let old = store.load().unwrap();
+        assert!(old[&10].usage_done && !old[&11].usage_done);
         fs::write(dir.join("jobs/9.json"), b"{broken").unwrap();
         assert!(matches!(store.load(), Err(Error::State(_))));
         fs::remove_dir_all(dir).unwrap();
