@@ -381,7 +381,7 @@ impl Monitor {
             Ok(rate) => rate,
             Err(why) => {
                 if last {
-                    eprintln!(
+                    ucloud_wire::log_warn!(
                         "ucloud-monitor: job {} (Slurm {id}): no usage reported: {why}",
                         record.ucloud_id
                     );
@@ -409,7 +409,7 @@ impl Monitor {
                     self.outbox.join(usage::USAGE).display()
                 ))
             })?;
-            eprintln!(
+            ucloud_wire::log_info!(
                 "ucloud-monitor: job {} (Slurm {id}): usage {total}{}",
                 record.ucloud_id,
                 if last { " (final)" } else { "" }

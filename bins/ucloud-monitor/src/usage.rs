@@ -79,7 +79,7 @@ impl Rates {
         {
             Ok(rates) => rates,
             Err(why) => {
-                eprintln!(
+                ucloud_wire::log_err!(
                     "ucloud-monitor: no usage is reported: the product table {}: {why}",
                     path.display()
                 );

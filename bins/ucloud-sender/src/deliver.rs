@@ -277,7 +277,9 @@ impl Sender {
                 Ok(Ok(report)) => reports.push((path, report)),
                 Ok(Err(e)) => {
                     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("x");
-                    eprintln!("ucloud-sender: usage report {name}: {e}; moved to failed/");
+                    ucloud_wire::log_err!(
+                        "ucloud-sender: usage report {name}: {e}; moved to failed/"
+                    );
                     self.fail_usage(&path, json!({"status": null, "error": e.to_string()}))?;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -322,7 +324,7 @@ impl Sender {
                         ))),
                     })?;
                 }
-                eprintln!(
+                ucloud_wire::log_info!(
                     "ucloud-sender: delivered {} usage report(s) POST {REPORT_USAGE} -> {status} ({} ms)",
                     batch.len(),
                     started.elapsed().as_millis()
@@ -330,7 +332,7 @@ impl Sender {
                 Ok(true)
             }
             Outcome::Refused(status, body) if batch.len() == 1 => {
-                eprintln!(
+                ucloud_wire::log_err!(
                     "ucloud-sender: UCloud refused usage report {} -> {status}: {}; moved to failed/",
                     batch[0].0.display(),
                     excerpt(&body)
@@ -349,7 +351,7 @@ impl Sender {
                 Ok(true)
             }
             Outcome::Retry(why) => {
-                eprintln!(
+                ucloud_wire::log_warn!(
                     "ucloud-sender: {} usage report(s) not delivered: {why}",
                     batch.len()
                 );
