@@ -8,10 +8,10 @@
 use serde_json::Value;
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, run_as, Stack};
+use ucloud_im_tests::{job_id, kill_and_wait, run_as, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -31,13 +31,6 @@ fn stack() -> Stack {
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn run_dir(stack: &Stack) -> PathBuf {
-    PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
 }
 
 /// Submits like jobs.create does; returns the Slurm job id.
@@ -334,104 +327,6 @@ fn notify_exits_0_quickly_when_no_monitor_listens() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not delivered"));
 }
 
-fn pid_of(stack: &Stack, service: &str) -> i32 {
-    fs::read_to_string(run_dir(stack).join("pids").join(format!("{service}.pid")))
-        .unwrap_or_else(|e| panic!("no pid file for {service}: {e}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn kill_and_wait(pid: i32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Command::new("sh")
-        .arg("-c")
-        .arg(format!("ps -o stat= -p {pid} | grep -qv Z"))
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(Instant::now() < deadline, "pid {pid} does not die");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Starts a service the way scripts/stack does (detached, clean environment,
-/// appending to its log) and records its pid. It outlives the test on purpose:
-/// scripts/stack stops it by that pid, so it is never waited for here.
-#[allow(clippy::zombie_processes)]
-fn start_like_the_stack(stack: &Stack, service: &str, argv: &[&str]) {
-    let log = fs::OpenOptions::new()
-        .append(true)
-        .open(PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS")).join(format!("{service}.log")))
-        .unwrap();
-    let child = Command::new("setsid")
-        .current_dir("/")
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("LANG", "C.UTF-8")
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    fs::write(
-        run_dir(stack).join("pids").join(format!("{service}.pid")),
-        child.id().to_string(),
-    )
-    .unwrap();
-}
-
-fn start_monitor(stack: &Stack) {
-    let socket = stack.get("UCLOUD_IM_MONITOR_SOCKET");
-    let _ = fs::remove_file(&socket);
-    let user = stack.get("UCLOUD_IM_MONITOR_USER");
-    let monitor = stack.bin("ucloud-monitor");
-    start_like_the_stack(
-        stack,
-        "monitor",
-        &[
-            "systemd-socket-activate",
-            "-l",
-            &socket,
-            "setpriv",
-            &format!("--reuid={user}"),
-            &format!("--regid={user}"),
-            "--init-groups",
-            "--bounding-set=-all",
-            "--no-new-privs",
-            monitor.to_str().unwrap(),
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::path::Path::new(&socket).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the monitor's socket did not come back"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = Command::new("chmod").args(["0666", &socket]).status();
-    let notify = stack.prefix().join("usr/libexec/ucloud-im/ucloud-notify");
-    let _ = Command::new("runuser")
-        .current_dir("/")
-        .args([
-            "-u",
-            "slurm",
-            "--",
-            "env",
-            "SLURM_SCRIPT_CONTEXT=prolog_slurmctld",
-            "SLURM_JOB_ID=0",
-        ])
-        .arg(notify)
-        .args(["--socket", &socket])
-        .status();
-}
-
 #[test]
 fn a_killed_monitor_catches_up_with_one_final_state_each() {
     let _outage = OUTAGE.lock().unwrap_or_else(|p| p.into_inner());
@@ -453,11 +348,11 @@ fn a_killed_monitor_catches_up_with_one_final_state_each() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    kill_and_wait(pid_of(&stack, "monitor"));
+    kill_and_wait(stack.service_pid("monitor"));
     submit(&bob, &ids[2], "true", &[]);
     submit(&bob, &ids[3], "exit 5", &[]);
     std::thread::sleep(Duration::from_secs(3));
-    start_monitor(&stack);
+    stack.start_monitor();
     for (id, last) in ids.iter().zip(["SUCCESS", "FAILURE", "SUCCESS", "FAILURE"]) {
         let u = wait_final(&stack, id, 40);
         assert_history(id, &u, last);
@@ -470,7 +365,7 @@ fn updates_wait_for_ucloud_to_come_back() {
     let stack = stack();
     let id = job_id();
     stack.ucloud_knows(&id, ALICE, None);
-    let sim = pid_of(&stack, "sim");
+    let sim = stack.service_pid("sim");
     let argv_line = fs::read_to_string(format!("/proc/{sim}/cmdline")).unwrap();
     let argv: Vec<String> = argv_line
         .split('\0')
@@ -482,7 +377,7 @@ fn updates_wait_for_ucloud_to_come_back() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(updates(&stack, &id).is_empty());
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    start_like_the_stack(&stack, "sim", &argv);
+    stack.start_like_the_stack("sim", &argv);
     let u = wait_final(&stack, &id, 60);
     assert_history(&id, &u, "SUCCESS");
 }

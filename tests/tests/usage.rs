@@ -10,10 +10,10 @@
 use serde_json::Value;
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, run_as, Stack};
+use ucloud_im_tests::{job_id, kill_and_wait, run_as, signal, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -247,136 +247,6 @@ fn sacct_minutes_after(slurm_id: u64) -> u64 {
     sacct_minutes(slurm_id)
 }
 
-fn run_dir(stack: &Stack) -> PathBuf {
-    PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn pid_of(stack: &Stack, service: &str) -> i32 {
-    fs::read_to_string(run_dir(stack).join("pids").join(format!("{service}.pid")))
-        .unwrap_or_else(|e| panic!("no pid file for {service}: {e}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn signal(pid: i32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
-}
-
-fn kill_and_wait(pid: i32) {
-    signal(pid, "-KILL");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Command::new("sh")
-        .arg("-c")
-        .arg(format!("ps -o stat= -p {pid} | grep -qv Z"))
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(Instant::now() < deadline, "pid {pid} does not die");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Starts a service the way scripts/stack does (detached, clean environment,
-/// appending to its log) and records its pid for scripts/stack to stop.
-#[allow(clippy::zombie_processes)]
-fn start_like_the_stack(stack: &Stack, service: &str, argv: &[&str]) {
-    let log = fs::OpenOptions::new()
-        .append(true)
-        .open(PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS")).join(format!("{service}.log")))
-        .unwrap();
-    let child = Command::new("setsid")
-        .current_dir("/")
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("LANG", "C.UTF-8")
-        .args(argv)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    fs::write(
-        run_dir(stack).join("pids").join(format!("{service}.pid")),
-        child.id().to_string(),
-    )
-    .unwrap();
-}
-
-fn start_sender(stack: &Stack) {
-    let user = stack.get("UCLOUD_IM_SENDER_USER");
-    let sender = stack.bin("ucloud-sender");
-    start_like_the_stack(
-        stack,
-        "sender",
-        &[
-            "setpriv",
-            &format!("--reuid={user}"),
-            &format!("--regid={user}"),
-            "--init-groups",
-            sender.to_str().unwrap(),
-        ],
-    );
-}
-
-fn start_monitor(stack: &Stack) {
-    let socket = stack.get("UCLOUD_IM_MONITOR_SOCKET");
-    let _ = fs::remove_file(&socket);
-    let user = stack.get("UCLOUD_IM_MONITOR_USER");
-    let monitor = stack.bin("ucloud-monitor");
-    start_like_the_stack(
-        stack,
-        "monitor",
-        &[
-            "systemd-socket-activate",
-            "-l",
-            &socket,
-            "setpriv",
-            &format!("--reuid={user}"),
-            &format!("--regid={user}"),
-            "--init-groups",
-            "--bounding-set=-all",
-            "--no-new-privs",
-            monitor.to_str().unwrap(),
-            "--usage-interval",
-            "5",
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::path::Path::new(&socket).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the monitor's socket did not come back"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = Command::new("chmod").args(["0666", &socket]).status();
-    // Like the stack: one event starts the socket-activated monitor.
-    let notify = stack.prefix().join("usr/libexec/ucloud-im/ucloud-notify");
-    let _ = Command::new("runuser")
-        .current_dir("/")
-        .args([
-            "-u",
-            "slurm",
-            "--",
-            "env",
-            "SLURM_SCRIPT_CONTEXT=prolog_slurmctld",
-            "SLURM_JOB_ID=0",
-        ])
-        .arg(notify)
-        .args(["--socket", &socket])
-        .status();
-}
-
 /// The report files of one project in `outbox/usage/`.
 fn reports_of(stack: &Stack, project: &str) -> Vec<PathBuf> {
     fs::read_dir(outbox_usage(stack))
@@ -420,21 +290,21 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     });
 
     // The sender dies: the monitor's next running totals wait in outbox/usage/.
-    kill_and_wait(pid_of(&stack, "sender"));
+    kill_and_wait(stack.service_pid("sender"));
     wait_until("a running total in outbox/usage/", 30, || {
         !reports_of(&stack, &project).is_empty()
     });
     // The monitor dies too, and comes back while the job still runs.
-    kill_and_wait(pid_of(&stack, "monitor"));
-    start_monitor(&stack);
-    start_sender(&stack);
+    kill_and_wait(stack.service_pid("monitor"));
+    stack.start_monitor();
+    stack.start_sender();
     wait_until("the waiting total delivered", 30, || {
         reports_of(&stack, &project).is_empty()
     });
 
     // UCloud stops answering: the sender claims the next total and sends it, and is
     // killed while it waits for the answer, which UCloud may give after all.
-    let sim = pid_of(&stack, "sim");
+    let sim = stack.service_pid("sim");
     signal(sim, "-STOP");
     let claimed = std::panic::catch_unwind(|| {
         wait_until("the sender's claim on the next total", 30, || {
@@ -444,9 +314,9 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
         })
     });
     std::thread::sleep(Duration::from_millis(300));
-    kill_and_wait(pid_of(&stack, "sender"));
+    kill_and_wait(stack.service_pid("sender"));
     signal(sim, "-CONT");
-    start_sender(&stack);
+    stack.start_sender();
     assert!(
         claimed.is_ok(),
         "the sender claimed no report while UCloud was stopped"
