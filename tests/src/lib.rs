@@ -764,78 +764,6 @@ pub fn ws_upgrade(authority: &str, target: &str, extra: &str) -> (String, std::n
     (String::from_utf8_lossy(&head).into_owned(), stream)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_values_unquote_like_the_shell() {
-        let vars =
-            parse_env("# stack\nA=plain\nB='two words'\nC='it'\\''s'\nexport D='x#1:y'\n\nE=\n")
-                .unwrap();
-        assert_eq!(vars["A"], "plain");
-        assert_eq!(vars["B"], "two words");
-        assert_eq!(vars["C"], "it's");
-        assert_eq!(vars["D"], "x#1:y");
-        assert_eq!(vars["E"], "");
-        assert!(parse_env("A='open\n").is_err());
-        assert!(parse_env("no equals\n").is_err());
-    }
-
-    #[test]
-    fn call_output_is_status_then_body() {
-        assert_eq!(
-            parse_call_output("200\n{\"a\":1}\n").unwrap(),
-            (200, serde_json::json!({"a": 1}))
-        );
-        assert_eq!(
-            parse_call_output("404\nnot here\n").unwrap(),
-            (404, serde_json::json!("not here"))
-        );
-        assert_eq!(
-            parse_call_output("204\n").unwrap(),
-            (204, serde_json::Value::Null)
-        );
-        assert!(parse_call_output("oops\n{}").is_err());
-    }
-
-    #[test]
-    fn fetched_is_the_final_response() {
-        let f = Fetched::new(
-            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n",
-            b"hi".to_vec(),
-        )
-        .unwrap();
-        assert_eq!(f.status, 200);
-        assert_eq!(f.header("content-type"), Some("text/html"));
-        assert_eq!(f.header("content-length"), None);
-        assert_eq!(f.text(), "hi");
-        assert!(Fetched::new("", Vec::new()).is_err());
-    }
-
-    #[test]
-    fn job_ids_are_plain_decimal_and_never_repeat() {
-        let ids: Vec<String> = (0..1000).map(|_| job_id()).collect();
-        let mut seen = std::collections::BTreeSet::new();
-        for id in &ids {
-            let n: i64 = id.parse().unwrap();
-            assert!(n > 0 && n.to_string() == *id, "{id}");
-            assert!(seen.insert(n), "{id} handed out twice");
-        }
-    }
-
-    #[test]
-    fn pairs_split_at_the_last_colon() {
-        assert_eq!(
-            pairs("AliceHansen#1001:ucim-alice BobNielsen#2002:17"),
-            vec![
-                ("AliceHansen#1001".to_string(), "ucim-alice".to_string()),
-                ("BobNielsen#2002".to_string(), "17".to_string())
-            ]
-        );
-    }
-}
-
 // --- the stack's services, stopped and started again by the tests that kill them ---
 
 impl Stack {
@@ -976,5 +904,77 @@ pub fn kill_and_wait(pid: i32) {
             "pid {pid} does not die"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_values_unquote_like_the_shell() {
+        let vars =
+            parse_env("# stack\nA=plain\nB='two words'\nC='it'\\''s'\nexport D='x#1:y'\n\nE=\n")
+                .unwrap();
+        assert_eq!(vars["A"], "plain");
+        assert_eq!(vars["B"], "two words");
+        assert_eq!(vars["C"], "it's");
+        assert_eq!(vars["D"], "x#1:y");
+        assert_eq!(vars["E"], "");
+        assert!(parse_env("A='open\n").is_err());
+        assert!(parse_env("no equals\n").is_err());
+    }
+
+    #[test]
+    fn call_output_is_status_then_body() {
+        assert_eq!(
+            parse_call_output("200\n{\"a\":1}\n").unwrap(),
+            (200, serde_json::json!({"a": 1}))
+        );
+        assert_eq!(
+            parse_call_output("404\nnot here\n").unwrap(),
+            (404, serde_json::json!("not here"))
+        );
+        assert_eq!(
+            parse_call_output("204\n").unwrap(),
+            (204, serde_json::Value::Null)
+        );
+        assert!(parse_call_output("oops\n{}").is_err());
+    }
+
+    #[test]
+    fn fetched_is_the_final_response() {
+        let f = Fetched::new(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n",
+            b"hi".to_vec(),
+        )
+        .unwrap();
+        assert_eq!(f.status, 200);
+        assert_eq!(f.header("content-type"), Some("text/html"));
+        assert_eq!(f.header("content-length"), None);
+        assert_eq!(f.text(), "hi");
+        assert!(Fetched::new("", Vec::new()).is_err());
+    }
+
+    #[test]
+    fn job_ids_are_plain_decimal_and_never_repeat() {
+        let ids: Vec<String> = (0..1000).map(|_| job_id()).collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for id in &ids {
+            let n: i64 = id.parse().unwrap();
+            assert!(n > 0 && n.to_string() == *id, "{id}");
+            assert!(seen.insert(n), "{id} handed out twice");
+        }
+    }
+
+    #[test]
+    fn pairs_split_at_the_last_colon() {
+        assert_eq!(
+            pairs("AliceHansen#1001:ucim-alice BobNielsen#2002:17"),
+            vec![
+                ("AliceHansen#1001".to_string(), "ucim-alice".to_string()),
+                ("BobNielsen#2002".to_string(), "17".to_string())
+            ]
+        );
     }
 }
