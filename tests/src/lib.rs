@@ -127,13 +127,7 @@ impl Stack {
         path: &str,
         body: Option<&str>,
     ) -> (u16, serde_json::Value) {
-        let url = self.get("UCLOUD_IM_GATEWAY_URL");
-        let mut command = self.sim();
-        command.arg("call").args(["--url", &url]);
-        if url.starts_with("https:") {
-            command.args(["--ca", &self.get("UCLOUD_IM_CA")]);
-        }
-        self.sim_call(command, user, token, method, path, body)
+        self.call_direct(&["call"], user, token, method, path, body)
     }
 
     /// Like [`Stack::call`], but a job creation goes as it is (`ucloud-sim call
@@ -147,13 +141,26 @@ impl Stack {
         path: &str,
         body: Option<&str>,
     ) -> (u16, serde_json::Value) {
+        self.call_direct(&["call", "--unchecked"], user, None, method, path, body)
+    }
+
+    /// `ucloud-sim` with `words`, to the direct gateway.
+    fn call_direct(
+        &self,
+        words: &[&str],
+        user: Option<&str>,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let url = self.get("UCLOUD_IM_GATEWAY_URL");
         let mut command = self.sim();
-        command.args(["call", "--unchecked", "--url", &url]);
+        command.args(words).args(["--url", &url]);
         if url.starts_with("https:") {
             command.args(["--ca", &self.get("UCLOUD_IM_CA")]);
         }
-        self.sim_call(command, user, None, method, path, body)
+        self.sim_call(command, user, token, method, path, body)
     }
 
     /// One call the way UCloud makes it, to where `ucloud-sim call` goes when given
@@ -767,6 +774,43 @@ pub fn ws_upgrade(authority: &str, target: &str, extra: &str) -> (String, std::n
 // --- the stack's services, stopped and started again by the tests that kill them ---
 
 impl Stack {
+    /// The stack, for suites that need its real Slurm cluster.
+    pub fn with_slurm() -> Stack {
+        let stack = Stack::load();
+        assert_eq!(
+            stack.get("UCLOUD_IM_SLURM"),
+            "1",
+            "the stack runs no Slurm cluster; rerun scripts/stack up"
+        );
+        stack
+    }
+
+    /// What the simulator (UCloud) charged `owner` under `scope`, and in all in
+    /// `category`, from its usage view (`GET /sim/usage`).
+    pub fn charged(&self, owner: &str, category: &str, scope: &str) -> (Option<u64>, u64) {
+        let url = format!("{}/sim/usage", self.get("UCLOUD_SIM_URL"));
+        let out = Command::new("curl")
+            .args(["-sSf", "--max-time", "10", "--cacert"])
+            .arg(self.get("UCLOUD_IM_CA"))
+            .arg(&url)
+            .output()
+            .unwrap();
+        let view: serde_json::Value = serde_json::from_str(&checked(&format!("GET {url}"), &out))
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"));
+        let find = |list: &str, key: &str, value: &str| {
+            view[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["owner"] == owner && e[key] == value)
+                .and_then(|e| e["usage"].as_u64())
+        };
+        (
+            find("scopes", "scope", scope),
+            find("wallets", "category", category).unwrap_or(0),
+        )
+    }
+
     /// The stack's runtime directory (`target/stack`): pids, logs.
     pub fn run_dir(&self) -> PathBuf {
         PathBuf::from(self.get("UCLOUD_IM_STACK_LOGS"))

@@ -20,16 +20,6 @@ const BOB: &str = "BobNielsen#2002";
 /// process" names exactly one.
 static ALICE_FOLLOWS: Mutex<()> = Mutex::new(());
 
-fn stack() -> Stack {
-    let stack = Stack::load();
-    assert_eq!(
-        stack.get("UCLOUD_IM_SLURM"),
-        "1",
-        "the stack runs no Slurm cluster; rerun scripts/stack up"
-    );
-    stack
-}
-
 /// A Job as UCloud's core sends it, running `sh -c SCRIPT` for Alice.
 fn job(stack: &Stack, id: &str, script: &str) -> Value {
     stack.shell_job(ALICE, id, script, 10)
@@ -125,7 +115,7 @@ fn follow_plugins_of(uid: u32) -> Vec<u32> {
 
 #[test]
 fn alice_follows_her_running_job_line_by_line_to_its_end() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
     let id = job_id();
     let script = "for i in 1 2 3 4 5 6; do echo line-$i; sleep 0.4; done; echo oops >&2";
@@ -164,7 +154,7 @@ fn alice_follows_her_running_job_line_by_line_to_its_end() {
 
 #[test]
 fn bob_cannot_follow_alices_job() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let id = job_id();
     let (job, slurm_id) = start(&stack, &id, "echo secret-of-alice; sleep 60");
     let lines = follow(&stack, BOB, &job, &[]);
@@ -180,7 +170,7 @@ fn bob_cannot_follow_alices_job() {
 
 #[test]
 fn a_bad_token_is_refused_before_any_upgrade() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let job = job(&stack, "never-runs", "true");
     for token in ["garbage", "a.b.c"] {
         let lines = follow(&stack, ALICE, &job, &["--token", token]);
@@ -194,7 +184,7 @@ fn a_bad_token_is_refused_before_any_upgrade() {
 
 #[test]
 fn hostile_frames_close_the_socket_with_the_right_code() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let job = job(&stack, "never-runs", "true");
     let masked = |first: u8, payload: &[u8]| -> String {
         let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
@@ -224,7 +214,7 @@ fn hostile_frames_close_the_socket_with_the_right_code() {
 
 #[test]
 fn cancel_stops_the_plugin() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
     let alice = uid_of(&stack.local_of(ALICE));
     let id = job_id();
@@ -332,7 +322,7 @@ fn failure(output: &std::process::Output) -> Value {
 
 #[test]
 fn a_job_slurm_has_forgotten_is_followed_from_accounting() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
     let id = job_id();
     let (job, slurm_id) = start(&stack, &id, "echo acct-1; echo acct-2; echo warn >&2");
@@ -423,7 +413,7 @@ fn base64url(data: &[u8]) -> String {
 #[test]
 fn a_quiet_job_keeps_its_stream_by_pings_every_30_s() {
     use std::io::Write;
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let _turn = ALICE_FOLLOWS.lock().unwrap_or_else(|e| e.into_inner());
     let id = job_id();
     // Quiet past the first ping, then one line.

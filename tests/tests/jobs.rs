@@ -14,16 +14,6 @@ use ucloud_im_tests::{job_id, run_as, uid_of, unique, Stack};
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
 
-fn stack() -> Stack {
-    let stack = Stack::load();
-    assert_eq!(
-        stack.get("UCLOUD_IM_SLURM"),
-        "1",
-        "the stack runs no Slurm cluster; rerun scripts/stack up"
-    );
-    stack
-}
-
 fn provider_path(stack: &Stack, rest: &str) -> String {
     format!("/ucloud/{}/{rest}", stack.get("UCLOUD_IM_PROVIDER"))
 }
@@ -168,7 +158,7 @@ fn read(path: &Path) -> String {
 
 #[test]
 fn alice_runs_a_real_slurm_job_that_bob_cannot_stop_and_she_can() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let id = job_id();
     let invocation = json!(words(&["sh", "-c", "echo job-started; sleep 300"]));
     let (status, body) = create(&stack, ALICE, &[job(&stack, &id, invocation, json!({}), 2)]);
@@ -303,7 +293,7 @@ fn alice_runs_a_real_slurm_job_that_bob_cannot_stop_and_she_can() {
 
 #[test]
 fn hostile_parameter_values_stay_literal_text() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let id = job_id();
     let canary = std::env::temp_dir().join(format!("ucim-canary-{id}"));
     let c = canary.display().to_string();
@@ -369,7 +359,7 @@ fn hostile_parameter_values_stay_literal_text() {
 
 #[test]
 fn slurm_refusals_are_400s_with_slurms_reason_and_leave_nothing_behind() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let alice = stack.local_of(ALICE);
 
     // More CPUs than any partition has: sbatch refuses at submit time.
@@ -453,7 +443,7 @@ fn slurm_refusals_are_400s_with_slurms_reason_and_leave_nothing_behind() {
 /// Slurm's "invalid partition" as a 400 and removes the folder it made.
 #[test]
 fn an_unknown_partition_is_slurms_400() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let alice = stack.local_of(ALICE);
     let etc = std::env::temp_dir().join(unique("ucim-etc"));
     std::fs::create_dir_all(etc.join("products")).unwrap();
@@ -534,7 +524,7 @@ fn an_unknown_partition_is_slurms_400() {
 
 #[test]
 fn acl_verify_and_products_answer_as_ucloud_expects() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let items = json!({"items": [{"id": "1"}, {"id": "2"}]}).to_string();
     let (status, body) = stack.call(
         Some(ALICE),
@@ -588,7 +578,7 @@ fn acl_verify_and_products_answer_as_ucloud_expects() {
 /// drive. A path in someone else's drive, or one that climbs out, is refused.
 #[test]
 fn file_parameters_become_paths_in_the_callers_own_drives() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let alice = stack.local_of(ALICE);
     let alice_drive = stack.drive_of(ALICE);
     let bob_drive = stack.drive_of(BOB);

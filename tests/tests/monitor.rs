@@ -19,12 +19,7 @@ const BOB: &str = "BobNielsen#2002";
 static OUTAGE: Mutex<()> = Mutex::new(());
 
 fn stack() -> Stack {
-    let stack = Stack::load();
-    assert_eq!(
-        stack.get("UCLOUD_IM_SLURM"),
-        "1",
-        "the stack runs no Slurm; rerun scripts/stack up"
-    );
+    let stack = Stack::with_slurm();
     stack.get("UCLOUD_IM_MONITOR_SOCKET");
     stack
 }

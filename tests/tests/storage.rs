@@ -16,43 +16,11 @@ use ucloud_im_tests::{home_of, run_as, unique, Stack};
 const ALICE: &str = "AliceHansen#1001";
 const GB: u64 = 1_000_000_000;
 
-fn curl(stack: &Stack, url: &str) -> Value {
-    let out = Command::new("curl")
-        .args(["-sSf", "--max-time", "10", "--cacert"])
-        .arg(stack.get("UCLOUD_IM_CA"))
-        .arg(url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "GET {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// What the simulator charged `owner` for `scope`, and in all in `category`.
-fn charged(stack: &Stack, owner: &str, category: &str, scope: &str) -> (Option<u64>, u64) {
-    let view = curl(stack, &format!("{}/sim/usage", stack.get("UCLOUD_SIM_URL")));
-    let find = |list: &str, key: &str, value: &str| {
-        view[list]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["owner"] == owner && e[key] == value)
-            .and_then(|e| e["usage"].as_u64())
-    };
-    (
-        find("scopes", "scope", scope),
-        find("wallets", "category", category).unwrap_or(0),
-    )
-}
-
 /// Waits until UCloud holds `total` for the scope; returns the category's total.
 fn wait_charged(stack: &Stack, scope: &str, total: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (now, wallet) = charged(stack, ALICE, "home", scope);
+        let (now, wallet) = stack.charged(ALICE, "home", scope);
         if now == Some(total) {
             return wallet;
         }

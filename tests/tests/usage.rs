@@ -19,16 +19,6 @@ const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn stack() -> Stack {
-    let stack = Stack::load();
-    assert_eq!(
-        stack.get("UCLOUD_IM_SLURM"),
-        "1",
-        "the stack runs no Slurm; rerun scripts/stack up"
-    );
-    stack
-}
-
 fn nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -78,26 +68,6 @@ fn product(stack: &Stack) -> (String, String) {
     (id, category)
 }
 
-fn curl(stack: &Stack, args: &[&str]) -> (String, Vec<u8>) {
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "10",
-            "--cacert",
-            &stack.get("UCLOUD_IM_CA"),
-        ])
-        .args(["-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let mut body = out.stdout;
-    let split = body.iter().rposition(|&b| b == b'\n').unwrap_or(0);
-    let status = String::from_utf8_lossy(&body[split..]).trim().to_string();
-    body.truncate(split);
-    (status, body)
-}
-
 /// Submits like jobs.create does; returns the Slurm job id.
 fn submit(user: &str, name: &str, script: &str, extra: &[&str]) -> u64 {
     let name = format!("--job-name={name}");
@@ -119,31 +89,6 @@ fn submit(user: &str, name: &str, script: &str, extra: &[&str]) -> u64 {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-/// The simulator's usage view (`GET /sim/usage`).
-fn usage_view(stack: &Stack) -> Value {
-    let url = format!("{}/sim/usage", stack.get("UCLOUD_SIM_URL"));
-    let (status, body) = curl(stack, &[&url]);
-    assert_eq!(status, "200", "{}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap()
-}
-
-/// What UCloud charged `owner` under `scope`, and in all in `category`.
-fn charged(stack: &Stack, owner: &str, category: &str, scope: &str) -> (Option<u64>, u64) {
-    let view = usage_view(stack);
-    let find = |list: &str, key: &str, value: &str| {
-        view[list]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["owner"] == owner && e[key] == value)
-            .and_then(|e| e["usage"].as_u64())
-    };
-    (
-        find("scopes", "scope", scope),
-        find("wallets", "category", category).unwrap_or(0),
-    )
 }
 
 /// Core-minutes of a finished job by `sacct`: allocated CPUs times elapsed seconds,
@@ -175,7 +120,7 @@ fn sacct_minutes(slurm_id: u64) -> u64 {
 fn wait_charged(stack: &Stack, owner: &str, category: &str, scope: &str, total: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (now, wallet) = charged(stack, owner, category, scope);
+        let (now, wallet) = stack.charged(owner, category, scope);
         if now == Some(total) {
             return wallet;
         }
@@ -195,7 +140,7 @@ fn outbox_usage(stack: &Stack) -> PathBuf {
 #[test]
 fn a_finished_jobs_usage_arrives_for_its_owner_and_matches_sacct() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let (_, category) = product(&stack);
     let alice = stack.local_of(ALICE);
     // One job in a project (the project pays), one of Alice's own (she pays).
@@ -204,7 +149,7 @@ fn a_finished_jobs_usage_arrives_for_its_owner_and_matches_sacct() {
     stack.ucloud_knows(&in_project, ALICE, Some(&project));
     let own = job_id();
     stack.ucloud_knows(&own, ALICE, None);
-    let (_, alice_before) = charged(&stack, ALICE, &category, "");
+    let (_, alice_before) = stack.charged(ALICE, &category, "");
     let a = submit(&alice, &in_project, "sleep 16", &["--cpus-per-task=8"]);
     let b = submit(&alice, &own, "sleep 8", &["--cpus-per-task=8"]);
     let (total_a, total_b) = (sacct_minutes_after(a), sacct_minutes_after(b));
@@ -218,9 +163,9 @@ fn a_finished_jobs_usage_arrives_for_its_owner_and_matches_sacct() {
     );
     assert_eq!(wallet, total_a, "the project's wallet holds this job alone");
     wait_charged(&stack, ALICE, &category, &format!("job-{own}"), total_b);
-    let (none, _) = charged(&stack, ALICE, &category, &format!("job-{in_project}"));
+    let (none, _) = stack.charged(ALICE, &category, &format!("job-{in_project}"));
     assert_eq!(none, None, "a project's job is charged to Alice");
-    let (_, alice_after) = charged(&stack, ALICE, &category, "");
+    let (_, alice_after) = stack.charged(ALICE, &category, "");
     assert!(alice_after >= alice_before + total_b);
 }
 
@@ -272,7 +217,7 @@ fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
 #[test]
 fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let (_, category) = product(&stack);
     let project = project_id();
     let id = job_id();
@@ -286,7 +231,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     let scope = format!("job-{id}");
     // A first running total reaches UCloud (the monitor knows the job's owner).
     wait_until("a first running total at UCloud", 40, || {
-        charged(&stack, &project, &category, &scope).0.is_some()
+        stack.charged(&project, &category, &scope).0.is_some()
     });
 
     // The sender dies: the monitor's next running totals wait in outbox/usage/.
@@ -335,7 +280,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     });
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(
-        charged(&stack, &project, &category, &scope),
+        stack.charged(&project, &category, &scope),
         (Some(total), total)
     );
 }
@@ -346,7 +291,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
 /// line reports IN_QUEUE, RUNNING and SUCCESS for Bob's job, which never ran.
 #[test]
 fn a_newline_in_a_job_name_forges_no_row() {
-    let stack = stack();
+    let stack = Stack::with_slurm();
     let id = job_id();
     stack.ucloud_knows(&id, BOB, None);
     let bob = stack.local_of(BOB);
