@@ -219,6 +219,11 @@ pub fn read_response<R: Read>(stream: &mut R, head_only: bool) -> Result<Respons
             match parsed.parse(input.available()) {
                 Ok(httparse::Status::Complete(len)) => {
                     let status = parsed.code.ok_or_else(|| bad("no status code"))?;
+                    // httparse takes any three digits; a caller reading `status < 300`
+                    // as success must never see 000 to 099 (RFC 9110 15: 100 to 599).
+                    if !(100..=599).contains(&status) {
+                        return Err(bad(format!("status code {status} is not 100 to 599")));
+                    }
                     let headers: Vec<(String, String)> = parsed
                         .headers
                         .iter()
@@ -702,6 +707,16 @@ mod tests {
         let r = request(&mut d, "GET", "h", "/", &[], b"").unwrap();
         assert_eq!((r.status, r.body.as_slice()), (404, &b"abcde"[..]));
         assert!(r.reusable);
+    }
+
+    #[test]
+    fn status_codes_outside_100_to_599_are_refused() {
+        // Found by the http_response fuzz target: "050" parsed as status 50.
+        for line in ["HTTP/1.1 050 Odd", "HTTP/1.1 000 X", "HTTP/1.1 600 X", "HTTP/1.1 999 X"] {
+            let mut d = duplex(format!("{line}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+            let e = request(&mut d, "GET", "h", "/", &[], b"").unwrap_err();
+            assert!(e.to_string().contains("is not 100 to 599"), "{line}: {e}");
+        }
     }
 
     #[test]
