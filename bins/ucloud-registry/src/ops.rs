@@ -832,6 +832,42 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// Issue 14: a ticket presented first by the wrong account (root, a system
+    /// account, a uid without an account) is refused and stays valid; the preview
+    /// spends nothing either.
+    #[test]
+    fn refusals_leave_the_ticket_valid() {
+        let dir = scratch("unspent");
+        let r = registry(&dir);
+        let site =
+            SiteConfig::parse("provider = hpc\ngateway_user = gw\nservice_user = svc\n").unwrap();
+        let name = UcloudName::new("Donna#1").unwrap();
+        let lock = r.store.lock().unwrap();
+        let ticket = r.tickets.mint(&lock, &name, ucloud_wire::now_ms()).unwrap();
+        drop(lock);
+        let wait = Duration::ZERO;
+        for (uid, why) in [(0, "root"), (1, "min_uid"), (3_999_999_999, "no account")] {
+            let e = r.preview(&site, ticket.as_str(), uid).unwrap_err();
+            assert!(e.to_string().contains(why), "preview as {uid}: {e}");
+            let e = r
+                .redeem(&site, ticket.as_str(), "Donna#1", uid, wait)
+                .unwrap_err();
+            assert!(e.to_string().contains(why), "connect as {uid}: {e}");
+        }
+        let lock = r.store.lock().unwrap();
+        let left = r.tickets.peek(&lock, &ticket).unwrap();
+        assert_eq!(left.map(|t| t.ucloud), Some(name), "the ticket was spent");
+        drop(lock);
+        assert!(queued(&dir).is_empty(), "something was sent to UCloud");
+        let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+        assert_eq!(
+            audit.matches("\"decision\":\"refused\"").count(),
+            6,
+            "{audit}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[test]
     fn hostile_ucloud_names_are_refused() {
         for bad in ["", "a\0b", "a\nb", "Donna Jensen#1", "tab\there"] {
