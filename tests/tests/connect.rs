@@ -120,6 +120,32 @@ fn raw_request(stack: &Stack, line: &[u8]) -> Value {
     serde_json::from_str(answer.trim()).unwrap_or_else(|e| panic!("{answer:?}: {e}"))
 }
 
+/// One raw request on the registry socket as `user` (a client that is not
+/// ucloud-connect: perl, which every Debian has), the request on standard input.
+fn raw_request_as(stack: &Stack, user: &str, line: &str) -> Value {
+    let mut child = Command::new("runuser")
+        .args(["-u", user, "--", "perl", "-MIO::Socket::UNIX", "-e"])
+        .arg(
+            "my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"connect: $!\\n\"; \
+             print $s scalar <STDIN>; shutdown($s, 1); print <$s>;",
+        )
+        .arg(stack.get("UCLOUD_IM_REGISTRY_SOCKET"))
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run perl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(line.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
 /// The ticket, the UCloud user and the page of an integration/connect redirect.
 fn ticket_of(stack: &Stack, redirect: &str) -> (String, String) {
     let prefix = format!(
@@ -500,10 +526,6 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
             json!({"op": "connect", "ticket": ticket, "ucloud": null}),
             64,
         ),
-        (
-            json!({"op": "connect", "ticket": ticket, "ucloud": ALICE}),
-            77,
-        ),
     ] {
         let v = raw_request(&stack, format!("{request}\n").as_bytes());
         assert_eq!(
@@ -512,6 +534,41 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
             "{request}: {v}"
         );
     }
+    // The same as Dave, whose account could connect: a connect that does not name
+    // the UCloud user, or names another than the ticket's, connects nothing.
+    for (request, status) in [
+        (json!({"op": "connect", "ticket": ticket}), 64),
+        (
+            json!({"op": "connect", "ticket": ticket, "ucloud": ALICE}),
+            77,
+        ),
+        (
+            json!({"op": "connect", "ticket": ticket, "ucloud": ucloud.to_lowercase()}),
+            77,
+        ),
+    ] {
+        let v = raw_request_as(&stack, &dave.name, &format!("{request}\n"));
+        assert_eq!(
+            (v["ok"].clone(), v["status"].clone()),
+            (json!(false), json!(status)),
+            "{request}: {v}"
+        );
+    }
+    assert!(
+        mapping_of(&stack, &ucloud).is_none(),
+        "connected unconfirmed"
+    );
+    // Dave's preview says what the ticket is for, and spends nothing.
+    let v = raw_request_as(
+        &stack,
+        &dave.name,
+        &format!("{}\n", json!({"op": "preview", "ticket": ticket})),
+    );
+    assert_eq!(
+        (&v["ucloud"], &v["local"], &v["again"]),
+        (&json!(ucloud), &json!(dave.name), &json!(false)),
+        "{v}"
+    );
 
     // Expired: a ticket whose time is up (planted by root in the ticket store in the
     // registry's format; waiting 10 minutes would be a waste of CI time).
