@@ -413,13 +413,14 @@ check_download() {
 # Bob presses Connect in UCloud, opens the page, and runs ucloud-connect as bob: the
 # registry socket starts ucloud-registry@.service, which learns from the kernel who asks.
 check_connect() {
-    local redirect command out i BOB_DRIVE=
+    local redirect ticket out i BOB_DRIVE=
     redirect=$(sim_expect 200 POST "/ucloud/$SUITE_PROVIDER/integration/connect" \
         "$(jq -cn --arg u "$SUITE_BOB" '{username: $u}')" | jq -r '.redirectTo // empty') || return 1
     [[ -n $redirect ]] || fail "integration.connect gave no redirectTo" || return 1
-    command=$(curl -sS --cacert "$SUITE_RUN/ca/ca.pem" "$redirect" | sed -n 's|.*<pre id="command">\(ucloud-connect [A-Za-z0-9_-]*\)</pre>.*|\1|p')
-    [[ -n $command ]] || fail "the connect page $redirect shows no ucloud-connect command" || return 1
-    out=$(ct_exec runuser -u "$SUITE_BOB_LOCAL" -- ucloud-connect "${command#ucloud-connect }" 2>&1) ||
+    ticket=$(curl -sS --cacert "$SUITE_RUN/ca/ca.pem" "$redirect" | sed -n 's|.*<pre id="ticket">\([A-Za-z0-9_-]*\)</pre>.*|\1|p')
+    [[ -n $ticket ]] || fail "the connect page $redirect shows no ticket" || return 1
+    # The ticket on standard input, never on a command line; --yes: no terminal here.
+    out=$(printf '%s\n' "$ticket" | ct_exec runuser -u "$SUITE_BOB_LOCAL" -- ucloud-connect --yes 2>&1) ||
         fail "ucloud-connect as bob failed: $out" || return 1
     for ((i = 0; i < 100; i++)); do
         ct_exec ucloud-registry sync >/dev/null 2>&1 || true
@@ -585,7 +586,7 @@ stop_tcp_socket() {
 check_stop_registry_socket() {
     ct_exec systemctl stop ucloud-registry.socket || return 1
     local out
-    if out=$(ct_exec runuser -u "$SUITE_BOB_LOCAL" -- ucloud-connect AAAAAAAAAAAAAAAAAAAAAAAA 2>&1); then
+    if out=$(ct_exec runuser -u "$SUITE_BOB_LOCAL" -- ucloud-connect --yes <<<AAAAAAAAAAAAAAAAAAAAAAAA 2>&1); then
         fail "ucloud-connect succeeded with the socket stopped: $out"
         return 1
     fi

@@ -4,7 +4,9 @@
 //! ucloud-connect, the registry (socket-activated, as root) checks the kernel's word
 //! for who that is, and UCloud hears approveConnection. Then the hostile cases:
 //! altered, reused, expired tickets, root and system accounts, Bob and Alice, the
-//! roles of the socket, expiry, and two redemptions at once.
+//! roles of the socket, expiry, and two redemptions at once; and the attacks of
+//! issue 14: a local user watching /proc for tickets, a ticket presented first by
+//! the wrong account, and a person sent someone else's ticket (the confirmation).
 #![forbid(unsafe_code)]
 
 use serde_json::{json, Value};
@@ -57,6 +59,107 @@ fn connect_as(stack: &Stack, user: &str, args: &[&str]) -> Output {
     let mut all = vec![bin.as_str()];
     all.extend_from_slice(args);
     run_as(user, &all)
+}
+
+/// `ucloud-connect ARGS` as `user` (root: None), with `input` on standard input (a
+/// pipe, not a terminal): how a ticket is given now.
+fn redeem_as(stack: &Stack, user: Option<&str>, input: &str, args: &[&str]) -> Output {
+    let bin = connect_bin(stack);
+    let mut command = match user {
+        Some(user) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", user, "--", &bin]);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let mut child = command
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run ucloud-connect");
+    // A client that refuses before reading may close its end first: not an error.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
+/// `ucloud-connect ARGS` as `user` on a terminal (a pty from script(1)), with
+/// `typed` as what the person types; the output is the terminal's, echo included.
+fn redeem_on_terminal(stack: &Stack, user: &str, typed: &str, args: &[&str]) -> Output {
+    let command = std::iter::once(connect_bin(stack))
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new("runuser")
+        .args(["-u", user, "--", "script", "-qec", &command, "/dev/null"])
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run script(1)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(typed.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// One raw request on the registry socket, as root; the answer as JSON.
+fn raw_request(stack: &Stack, line: &[u8]) -> Value {
+    let socket = stack.get("UCLOUD_IM_REGISTRY_SOCKET");
+    let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    s.write_all(line).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    serde_json::from_str(answer.trim()).unwrap_or_else(|e| panic!("{answer:?}: {e}"))
+}
+
+/// One raw request on the registry socket as `user` (a client that is not
+/// ucloud-connect: perl, which every Debian has), the request on standard input.
+fn raw_request_as(stack: &Stack, user: &str, line: &str) -> Value {
+    let mut child = Command::new("runuser")
+        .args(["-u", user, "--", "perl", "-MIO::Socket::UNIX", "-e"])
+        .arg(
+            "my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or die \"connect: $!\\n\"; \
+             print $s scalar <STDIN>; shutdown($s, 1); print <$s>;",
+        )
+        .arg(stack.get("UCLOUD_IM_REGISTRY_SOCKET"))
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run perl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(line.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
+
+/// The ticket, the UCloud user and the page of an integration/connect redirect.
+fn ticket_of(stack: &Stack, redirect: &str) -> (String, String) {
+    let prefix = format!(
+        "{}/ucloud/{}/connect?ticket=",
+        stack.get("UCLOUD_IM_LB_URL"),
+        stack.get("UCLOUD_IM_PROVIDER")
+    );
+    let rest = redirect
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("redirectTo {redirect} is not below the public URL {prefix}"));
+    let (ticket, user) = rest
+        .split_once("&user=")
+        .unwrap_or_else(|| panic!("redirectTo {redirect} names no user"));
+    (ticket.to_string(), user.to_string())
 }
 
 /// A ticket for `ucloud`, asked for as the service account (what the plugin does).
@@ -202,21 +305,17 @@ fn connect_page_redeem_use_and_unlink() {
     let redirect = answer["redirectTo"]
         .as_str()
         .unwrap_or_else(|| panic!("{answer}"));
-    let prefix = format!(
-        "{}/ucloud/{}/connect?ticket=",
-        stack.get("UCLOUD_IM_LB_URL"),
-        stack.get("UCLOUD_IM_PROVIDER")
-    );
-    let ticket = redirect
-        .strip_prefix(&prefix)
-        .unwrap_or_else(|| panic!("redirectTo {redirect} is not below the public URL {prefix}"));
+    let (ticket, user) = ticket_of(&stack, redirect);
+    let ticket = ticket.as_str();
+    assert_eq!(user, ucloud.replace('#', "%23"), "{redirect}");
     assert!(
         mapping_of(&stack, &ucloud).is_none(),
         "mapped before the ticket was redeemed"
     );
 
     // The browser follows the redirect as given, over TLS through the balancer: a
-    // page with the exact command, no token needed.
+    // page that names the UCloud user and shows the ticket apart from the command,
+    // no token needed.
     let shown = stack.follow_link(redirect, &[]);
     let page = shown.text();
     assert_eq!(shown.status, 200, "{}\n{page}", shown.head);
@@ -224,10 +323,20 @@ fn connect_page_redeem_use_and_unlink() {
     assert!(head.contains("content-type: text/html"), "{head}");
     assert!(head.contains("cache-control: no-store"), "{head}");
     assert!(head.contains("referrer-policy: no-referrer"), "{head}");
-    let command = format!("ucloud-connect {ticket}");
+    for shows in [
+        "<pre id=\"command\">ucloud-connect</pre>".to_string(),
+        format!("<pre id=\"ticket\">{ticket}</pre>"),
+        format!("<strong id=\"user\">{ucloud}</strong>"),
+        "ucloud-connect --yes &lt; FILE".to_string(),
+    ] {
+        assert!(
+            page.contains(&shows),
+            "the page does not show {shows:?}:\n{page}"
+        );
+    }
     assert!(
-        page.contains(&format!(">{command}<")),
-        "the page does not show {command:?}:\n{page}"
+        !page.contains(&format!("ucloud-connect {ticket}")),
+        "the page shows the ticket on a command line:\n{page}"
     );
     // The same link on the direct gateway (plain HTTP, no balancer) shows the same
     // page: showing it does not use the ticket up.
@@ -236,8 +345,28 @@ fn connect_page_redeem_use_and_unlink() {
     assert_eq!(status, 200, "{head}\n{direct_page}");
     assert_eq!(direct_page, page, "the direct gateway shows another page");
 
+    // Without a terminal and without --yes nobody confirmed: nothing is connected,
+    // the refusal names both, and the ticket stays valid.
+    let out = redeem_as(&stack, Some(&carol.name), &format!("{ticket}\n"), &[]);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains(&ucloud) && why.contains(&carol.name) && why.contains("--yes"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        mapping_of(&stack, &ucloud).is_none(),
+        "connected unconfirmed"
+    );
+
     // Before: UCloud's requests for this user are refused.
-    let out = connect_as(&stack, &carol.name, &[ticket]);
+    let out = redeem_as(
+        &stack,
+        Some(&carol.name),
+        &format!("{ticket}\n"),
+        &["--yes"],
+    );
     assert!(
         out.status.success(),
         "ucloud-connect as {}: {}",
@@ -293,7 +422,7 @@ fn connect_page_redeem_use_and_unlink() {
     assert_eq!(item["status"]["unixOwner"], carol.uid(), "{item}");
 
     // The same ticket again: spent.
-    let again = connect_as(&stack, &carol.name, &[ticket]);
+    let again = redeem_as(&stack, Some(&carol.name), ticket, &["--yes"]);
     assert_eq!(again.status.code(), Some(77), "{}", text(&again));
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("used already"),
@@ -326,63 +455,119 @@ fn connect_page_redeem_use_and_unlink() {
     assert_eq!(integration(&stack, "unlinked", &ucloud), (200, json!({})));
 }
 
-/// Altered, truncated, expired, reused tickets, and tickets presented by root or by
-/// system accounts, are refused, and none of them maps anything.
+/// Altered, truncated, expired tickets, and hostile requests, are refused and map
+/// nothing. Issue 14: the real ticket presented first by a system account, an
+/// account with a disabled shell and root is refused and stays valid for the right
+/// account, which connects with it afterwards.
 #[test]
 fn bad_tickets_and_unsuitable_accounts_are_refused() {
     let stack = Stack::load();
     let ucloud = unique_account("DaveRefused#");
     let dave = ScratchAccount::new(&stack, "ctest-", &ucloud);
     let ticket = mint(&stack, &ucloud);
+    let line = format!("{ticket}\n");
 
     let last = ticket.chars().last().unwrap();
-    let altered = format!("{}{}", &ticket[..42], if last == 'A' { 'B' } else { 'A' });
-    let out = connect_as(&stack, &dave.name, &[&altered]);
+    let altered = format!("{}{}\n", &ticket[..42], if last == 'A' { 'B' } else { 'A' });
+    let out = redeem_as(&stack, Some(&dave.name), &altered, &["--yes"]);
     assert_eq!(out.status.code(), Some(77), "altered: {}", text(&out));
-    let out = connect_as(&stack, &dave.name, &[&ticket[..40]]);
+    let out = redeem_as(&stack, Some(&dave.name), &ticket[..40], &["--yes"]);
     assert_eq!(out.status.code(), Some(77), "truncated: {}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not a connection ticket"),
         "{}",
         text(&out)
     );
-    let out = connect_as(&stack, &dave.name, &["../../etc/passwd"]);
+    let out = redeem_as(&stack, Some(&dave.name), "../../etc/passwd\n", &["--yes"]);
     assert_eq!(out.status.code(), Some(77), "path: {}", text(&out));
+    // Endless standard input: refused after a bounded read, nothing sent.
+    let out = redeem_as(&stack, Some(&dave.name), &"A".repeat(1 << 20), &["--yes"]);
+    assert_eq!(out.status.code(), Some(64), "endless: {}", text(&out));
 
-    // A system account (uid below min_uid) presents the real ticket: refused, and the
-    // ticket is spent, so Dave needs a new one.
-    let out = connect_as(&stack, "daemon", &[&ticket]);
-    assert_eq!(out.status.code(), Some(77), "daemon: {}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("min_uid"),
-        "{}",
-        text(&out)
+    // The real ticket, presented first by the wrong accounts: each is refused with
+    // the reason, and the ticket is not spent.
+    let wrong: [(Option<String>, &str); 3] = [
+        (Some("daemon".into()), "min_uid"),
+        (Some(stack.get("UCLOUD_IM_NOLOGIN_USER")), "disabled shell"),
+        (None, "root"),
+    ];
+    for (user, why) in &wrong {
+        let out = redeem_as(&stack, user.as_deref(), &line, &["--yes"]);
+        assert_eq!(out.status.code(), Some(77), "{user:?}: {}", text(&out));
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(why), "{user:?}: {}", text(&out));
+    }
+    // A client that skips the preview and asks root's connect outright: the same.
+    let asked = json!({"op": "connect", "ticket": ticket, "ucloud": ucloud});
+    let v = raw_request(&stack, format!("{asked}\n").as_bytes());
+    assert_eq!(
+        (v["ok"].clone(), v["status"].clone()),
+        (json!(false), json!(77)),
+        "{v}"
     );
-    let out = connect_as(&stack, &dave.name, &[&ticket]);
-    assert_eq!(out.status.code(), Some(77), "spent ticket: {}", text(&out));
-
-    // An account with a disabled shell.
-    let ticket = mint(&stack, &ucloud);
-    let out = connect_as(&stack, &stack.get("UCLOUD_IM_NOLOGIN_USER"), &[&ticket]);
-    assert_eq!(out.status.code(), Some(77), "nologin: {}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("disabled shell"),
-        "{}",
-        text(&out)
+        mapping_of(&stack, &ucloud).is_none(),
+        "mapped to a wrong account"
     );
 
-    // Root (someone ran it with sudo).
-    let ticket = mint(&stack, &ucloud);
-    let out = Command::new(connect_bin(&stack))
-        .arg(&ticket)
-        .current_dir("/")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(77), "root: {}", text(&out));
+    // Hostile preview and connect requests: bad requests, and a connect that names
+    // another UCloud user than the ticket's (what the person did not confirm).
+    for (request, status) in [
+        (json!({"op": "preview"}), 64),
+        (json!({"op": "preview", "ticket": 7}), 64),
+        (json!({"op": "preview", "ticket": ["x"]}), 64),
+        (
+            json!({"op": "preview", "ticket": "../../registry.lock"}),
+            77,
+        ),
+        (json!({"op": "preview", "ticket": "A".repeat(43)}), 77),
+        (json!({"op": "connect", "ticket": ticket}), 64),
+        (
+            json!({"op": "connect", "ticket": ticket, "ucloud": null}),
+            64,
+        ),
+    ] {
+        let v = raw_request(&stack, format!("{request}\n").as_bytes());
+        assert_eq!(
+            (v["ok"].clone(), v["status"].clone()),
+            (json!(false), json!(status)),
+            "{request}: {v}"
+        );
+    }
+    // The same as Dave, whose account could connect: a connect that does not name
+    // the UCloud user, or names another than the ticket's, connects nothing.
+    for (request, status) in [
+        (json!({"op": "connect", "ticket": ticket}), 64),
+        (
+            json!({"op": "connect", "ticket": ticket, "ucloud": ALICE}),
+            77,
+        ),
+        (
+            json!({"op": "connect", "ticket": ticket, "ucloud": ucloud.to_lowercase()}),
+            77,
+        ),
+    ] {
+        let v = raw_request_as(&stack, &dave.name, &format!("{request}\n"));
+        assert_eq!(
+            (v["ok"].clone(), v["status"].clone()),
+            (json!(false), json!(status)),
+            "{request}: {v}"
+        );
+    }
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("root"),
-        "{}",
-        text(&out)
+        mapping_of(&stack, &ucloud).is_none(),
+        "connected unconfirmed"
+    );
+    // Dave's preview says what the ticket is for, and spends nothing.
+    let v = raw_request_as(
+        &stack,
+        &dave.name,
+        &format!("{}\n", json!({"op": "preview", "ticket": ticket})),
+    );
+    assert_eq!(
+        (&v["ucloud"], &v["local"], &v["again"]),
+        (&json!(ucloud), &json!(dave.name), &json!(false)),
+        "{v}"
     );
 
     // Expired: a ticket whose time is up (planted by root in the ticket store in the
@@ -403,7 +588,7 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .unwrap();
-    let out = connect_as(&stack, &dave.name, &[&expired_ticket]);
+    let out = redeem_as(&stack, Some(&dave.name), &expired_ticket, &["--yes"]);
     assert_eq!(out.status.code(), Some(77), "expired: {}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("expired"),
@@ -421,15 +606,27 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
         .iter()
         .filter(|l| {
             serde_json::from_str::<Value>(l).is_ok_and(|v| {
-                v["action"] == "connect"
+                (v["action"] == "preview" || v["action"] == "connect")
                     && v["ucloudUser"] == ucloud.as_str()
                     && v["decision"] == "refused"
             })
         })
         .count();
     assert!(
-        refused >= 4,
-        "only {refused} refused connect lines in the audit log"
+        refused >= 5,
+        "only {refused} refused preview and connect lines in the audit log"
+    );
+
+    // After all that, the right account connects with the same ticket.
+    let out = redeem_as(&stack, Some(&dave.name), &line, &["--yes"]);
+    assert!(
+        out.status.success(),
+        "Dave after the others: {}",
+        text(&out)
+    );
+    assert_eq!(
+        mapping_of(&stack, &ucloud).map(|m| m["local"].clone()),
+        Some(json!(dave.name))
     );
 }
 
@@ -444,7 +641,7 @@ fn bob_cannot_take_over_alice_and_alice_may_reconnect() {
     let before = mapping_of(&stack, ALICE).expect("the stack maps Alice");
 
     let ticket = mint(&stack, ALICE);
-    let out = connect_as(&stack, &bob_local, &[&ticket]);
+    let out = redeem_as(&stack, Some(&bob_local), &ticket, &["--yes"]);
     assert_eq!(
         out.status.code(),
         Some(77),
@@ -465,7 +662,7 @@ fn bob_cannot_take_over_alice_and_alice_may_reconnect() {
     // Bob's account already serves BobNielsen: it takes no second UCloud user.
     let stranger = unique_account("EveStranger#");
     let ticket = mint(&stack, &stranger);
-    let out = connect_as(&stack, &bob_local, &[&ticket]);
+    let out = redeem_as(&stack, Some(&bob_local), &ticket, &["--yes"]);
     assert_eq!(out.status.code(), Some(77), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("already the target"),
@@ -477,7 +674,7 @@ fn bob_cannot_take_over_alice_and_alice_may_reconnect() {
     // Alice connects again to her own account: yes, and UCloud hears it again.
     let heard = sim_heard_count(&stack, "approveConnection", ALICE);
     let ticket = mint(&stack, ALICE);
-    let out = connect_as(&stack, &alice_local, &[&ticket]);
+    let out = redeem_as(&stack, Some(&alice_local), &ticket, &["--yes"]);
     assert!(out.status.success(), "Alice reconnecting: {}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("already connected"),
@@ -530,6 +727,23 @@ fn only_the_service_account_mints_tickets_and_unlinks() {
     );
     let out = connect_as(&stack, &alice_local, &[]);
     assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    // The old form, the ticket as an argument: refused before anything is sent,
+    // saying why and what to run instead. The ticket is still good.
+    let ticket = mint(&stack, ALICE);
+    let out = connect_as(&stack, &alice_local, &[&ticket]);
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("command line") && why.contains("ucloud-connect --yes < FILE"),
+        "{}",
+        text(&out)
+    );
+    let out = redeem_as(&stack, Some(&alice_local), &ticket, &[]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already connected to your account"),
+        "{}",
+        text(&out)
+    );
     // A raw client that is not ucloud-connect gets a JSON answer, not a crash.
     let socket = stack.get("UCLOUD_IM_REGISTRY_SOCKET");
     let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
@@ -542,6 +756,194 @@ fn only_the_service_account_mints_tickets_and_unlinks() {
         (v["ok"].clone(), v["status"].clone()),
         (json!(false), json!(64)),
         "{v}"
+    );
+}
+
+/// Issue 14, the stolen ticket: while ucloud-connect holds the ticket (the registry
+/// is kept busy, so the client waits with it), another local user reads every
+/// /proc/PID/cmdline and environ it can, as a watcher would: the ticket is in none.
+/// The watcher does see the client's command line, so a ticket in it would be found.
+#[test]
+fn a_local_user_watching_proc_never_sees_the_ticket() {
+    let stack = Stack::load();
+    let ucloud = unique_account("KimWatched#");
+    let victim = ScratchAccount::new(&stack, "ctest-", &ucloud);
+    let watcher = ScratchAccount::new(&stack, "ctest-", &unique_account("MalloryWatch#"));
+    let ticket = mint(&stack, &ucloud);
+    let bin = connect_bin(&stack);
+
+    // Hold the registry's lock: the registry answering the client waits for it.
+    let lock = state(&stack).join("registry.lock");
+    let mut holder = Command::new("flock")
+        .arg(&lock)
+        .arg("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let held = || {
+        !Command::new("flock")
+            .args(["-n", "-E", "75"])
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(wait_until(10, held), "cannot take the registry lock");
+
+    let mut client = Command::new("runuser")
+        .args(["-u", &victim.name, "--", &bin, "--yes"])
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{ticket}\n").as_bytes())
+        .unwrap();
+    // The client has read the ticket once it holds a socket: it reads, then asks.
+    let victim_uid = victim.uid();
+    let mut pid = None;
+    let asking = wait_until(20, || {
+        pid = client_pid(&bin, victim_uid);
+        pid.is_some_and(|p| {
+            std::fs::read_dir(format!("/proc/{p}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+        })
+    });
+    assert!(asking, "ucloud-connect never connected to the registry");
+    let pid = pid.unwrap();
+
+    let seen = run_as(
+        &watcher.name,
+        &[
+            "sh",
+            "-c",
+            "for d in /proc/[0-9]*; do cat $d/cmdline $d/environ; echo; done 2>/dev/null",
+        ],
+    );
+    let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+    // Root reads what the watcher may not (the client's environment): not there either.
+    let own = [
+        std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default(),
+    ]
+    .concat();
+    let still_waiting = Path::new(&format!("/proc/{pid}")).exists();
+
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let out = client.wait_with_output().unwrap();
+
+    assert!(
+        still_waiting,
+        "the client was gone before the watcher looked"
+    );
+    assert!(
+        seen.contains(&format!("{bin}\0--yes")),
+        "the watcher did not see the client's command line, so the test proves nothing"
+    );
+    assert!(!seen.contains(&ticket), "the watcher saw the ticket");
+    assert!(
+        !String::from_utf8_lossy(&own).contains(&ticket),
+        "the ticket is in the client's command line or environment"
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        mapping_of(&stack, &ucloud).map(|m| m["local"].clone()),
+        Some(json!(victim.name))
+    );
+}
+
+/// The process running `bin` as `uid`, if there is one.
+fn client_pid(bin: &str, uid: u32) -> Option<u32> {
+    let bin = std::fs::canonicalize(bin).ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+        let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+        let real_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))?
+            .split_whitespace()
+            .next()?
+            .parse::<u32>()
+            .ok()?;
+        (exe == bin && real_uid == uid).then_some(pid)
+    })
+}
+
+/// Issue 14, linking by trickery: Mallory sends Victor the connect page of her own
+/// ticket. The page names her UCloud user; ucloud-connect names it and Victor's
+/// account and asks on the terminal, `--yes` or not; only yes connects, and without
+/// a terminal only `--yes` does.
+#[test]
+fn a_person_sent_another_ones_ticket_is_asked_first() {
+    let stack = Stack::load();
+    let mallory = unique_account("MalloryTricks#");
+    let victor = ScratchAccount::new(&stack, "ctest-", &mallory);
+
+    let (status, answer) = integration(&stack, "connect", &mallory);
+    assert_eq!(status, 200, "integration/connect: {answer}");
+    let redirect = answer["redirectTo"].as_str().unwrap_or_default();
+    let (ticket, _) = ticket_of(&stack, redirect);
+    let page = stack.follow_link(redirect, &[]).text();
+    assert!(
+        page.contains(&format!("<strong id=\"user\">{mallory}</strong>")),
+        "the page does not name {mallory}:\n{page}"
+    );
+
+    // No terminal, no --yes: refused, naming both, nothing linked.
+    let out = redeem_as(&stack, Some(&victor.name), &format!("{ticket}\n"), &[]);
+    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains(&mallory) && why.contains(&victor.name),
+        "{why}"
+    );
+    assert!(
+        mapping_of(&stack, &mallory).is_none(),
+        "linked without a yes"
+    );
+
+    // On a terminal, with --yes even: the question names both, and "n" (or
+    // anything but yes) links nothing.
+    for answer in ["n", "", "yes please"] {
+        let out = redeem_on_terminal(
+            &stack,
+            &victor.name,
+            &format!("{ticket}\n{answer}\n"),
+            &["--yes"],
+        );
+        let screen = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(77), "{answer:?}: {}", text(&out));
+        assert!(screen.contains("Paste the ticket"), "{screen}");
+        assert!(
+            screen.contains(&format!("Connect {mallory} to {}? [y/N]", victor.name)),
+            "{screen}"
+        );
+        assert!(
+            mapping_of(&stack, &mallory).is_none(),
+            "linked on {answer:?}"
+        );
+    }
+    // Victor, had it been his own UCloud user, answers y: connected.
+    let out = redeem_on_terminal(&stack, &victor.name, &format!("{ticket}\ny\n"), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        mapping_of(&stack, &mallory).map(|m| m["local"].clone()),
+        Some(json!(victor.name))
     );
 }
 
@@ -613,13 +1015,13 @@ fn old_mappings_expire() {
     // A fresh mapping is not touched; once old, any registry connection expires it.
     let out = registry(&stack, &["add", &by_sweep, &grace.name, "--wait", "0"]);
     assert!(out.status.success(), "{}", text(&out));
-    let _ = connect_as(&stack, &grace.name, &["not-a-ticket"]);
+    let _ = redeem_as(&stack, Some(&grace.name), "not-a-ticket", &["--yes"]);
     assert!(
         mapping_of(&stack, &by_sweep).is_some(),
         "a fresh mapping expired"
     );
     backdate(&stack, &by_sweep, max_age + 1000);
-    let _ = connect_as(&stack, &grace.name, &["not-a-ticket"]);
+    let _ = redeem_as(&stack, Some(&grace.name), "not-a-ticket", &["--yes"]);
     assert!(
         mapping_of(&stack, &by_sweep).is_none(),
         "the socket's sweep left {by_sweep}"
@@ -670,13 +1072,17 @@ fn concurrent_redemptions_never_corrupt_the_store() {
     let own_tickets: Vec<String> = own.iter().map(|p| mint(&stack, &p.ucloud)).collect();
     let bin = connect_bin(&stack);
     let spawn = |user: &str, ticket: &str| {
-        Command::new("runuser")
+        let mut child = Command::new("runuser")
             .current_dir("/")
-            .args(["-u", user, "--", &bin, ticket])
+            .args(["-u", user, "--", &bin, "--yes"])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{ticket}\n").as_bytes()).unwrap();
+        child
     };
     let children = vec![
         spawn(&first.name, &ticket),

@@ -1,28 +1,38 @@
 //! ucloud-connect: the client of the registry socket. An ordinary program, not
 //! setuid: who runs it is what the registry learns from the kernel (SO_PEERCRED),
-//! so it has nothing to prove and nothing to protect. People run
-//! `ucloud-connect <ticket>`; the integration.connect and integration.unlinked
+//! so it has nothing to prove and nothing to protect. People run `ucloud-connect`
+//! and paste the ticket: it is read from standard input, never from the command
+//! line or the environment, which other local users can read in /proc. The
+//! registry then says which UCloud user the ticket is for, and the person confirms
+//! before anything is connected. The integration.connect and integration.unlinked
 //! plugins, running as the service account, use `--mint-ticket` and `--unlinked`.
 //! See ucloud-connect(1).
 #![forbid(unsafe_code)]
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
 const USAGE: &str = "\
-usage: ucloud-connect <ticket>
+usage: ucloud-connect [--yes]
        ucloud-connect --mint-ticket <ucloudName>
        ucloud-connect --unlinked <ucloudName>
        ucloud-connect --help | --version
 
 Connects your UCloud account to your account on this site. Press Connect for this
-site in UCloud; the page it opens shows the command to paste here, with a one-time
-ticket that is valid for 10 minutes. Run it as yourself (not with sudo): the
-account that runs it is the account UCloud will use.
+site in UCloud; the page it opens shows a one-time ticket, valid for 10 minutes.
+Run ucloud-connect as yourself (not with sudo) and paste the ticket when it asks:
+the account that runs it is the account UCloud will use. It shows the UCloud user
+the ticket is for and your account, and asks you to confirm.
 
+The ticket is read from standard input, never from the command line (other users
+can see command lines). In a script, without a terminal to ask on:
+  ucloud-connect --yes < FILE     (FILE holds the ticket, readable only by you)
+
+  --yes               confirm without a question when standard input is not a
+                      terminal (on a terminal the question is always asked)
   --mint-ticket NAME  (service account only) make a ticket for UCloud user NAME
                       and print it
   --unlinked NAME     (service account only) UCloud says NAME disconnected:
@@ -30,13 +40,20 @@ account that runs it is the account UCloud will use.
   --socket PATH       the registry socket (default: @SOCKET@)
 
 Exit codes: 0 done, 64 usage, 69 the registry cannot be reached, 77 refused (the
-message says why), 78 the registry's installation is misconfigured, 70 internal
-error. See ucloud-connect(1).
+message says why; also when you answer no), 78 the registry's installation is
+misconfigured, 70 internal error. See ucloud-connect(1).
 ";
 
 const EXIT_USAGE: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 const EXIT_INTERNAL: u8 = 70;
+const EXIT_REFUSED: u8 = 77;
+
+/// A ticket is 43 characters; a pasted line is allowed some room for spaces around
+/// it, and no more: standard input may be anything.
+const MAX_TICKET_LINE: u64 = 1024;
+/// An answer to the question is a word.
+const MAX_ANSWER_LINE: u64 = 256;
 
 /// An answer is one short JSON line.
 const MAX_ANSWER: u64 = 64 * 1024;
@@ -48,6 +65,7 @@ fn default_socket() -> String {
     format!("{}/run/ucloud-im/registry.sock", ucloud_wire::paths::ROOT)
 }
 
+#[derive(Debug)]
 enum Failure {
     Usage(String),
     Unavailable(String),
@@ -92,57 +110,134 @@ fn run(mut args: pico_args::Arguments) -> Result<(), Failure> {
         .unwrap_or_else(default_socket);
     let mint: Option<String> = args.opt_value_from_str("--mint-ticket").map_err(usage)?;
     let unlinked: Option<String> = args.opt_value_from_str("--unlinked").map_err(usage)?;
-    let free: Vec<String> = args
-        .finish()
-        .into_iter()
-        .map(|a| {
-            a.into_string()
-                .map_err(|a| Failure::Usage(format!("{a:?} is not UTF-8")))
-        })
-        .collect::<Result<_, _>>()?;
-    let request = match (mint, unlinked, free.as_slice()) {
-        (Some(name), None, []) => json!({"op": "ticket", "ucloud": name}),
-        (None, Some(name), []) => json!({"op": "unlinked", "ucloud": name}),
-        (None, None, [ticket]) if !ticket.starts_with('-') => {
-            json!({"op": "connect", "ticket": ticket.trim()})
-        }
-        (None, None, []) => {
+    let yes = args.contains(["-y", "--yes"]);
+    let free = args.finish();
+    if let Some(option) = free.iter().find(|a| a.to_string_lossy().starts_with('-')) {
+        return Err(Failure::Usage(format!("unknown option {option:?}")));
+    }
+    let request = match (mint, unlinked, free.is_empty()) {
+        (Some(name), None, true) => json!({"op": "ticket", "ucloud": name}),
+        (None, Some(name), true) => json!({"op": "unlinked", "ucloud": name}),
+        (None, None, true) => return connect(&socket, yes),
+        (None, None, false) => {
+            // The old form, `ucloud-connect TICKET`: the ticket would be in /proc
+            // for every local user to read and redeem first. Not sent.
             return Err(Failure::Usage(
-                "the ticket is missing: paste the whole command from the page UCloud opened".into(),
-            ))
+                "the ticket does not go on the command line, where other users on this machine \
+                 can see it; nothing was sent. Run `ucloud-connect` alone and paste the ticket \
+                 when it asks (in a script: `ucloud-connect --yes < FILE`). If others may have \
+                 seen the ticket, press Connect in UCloud again for a new one"
+                    .into(),
+            ));
         }
         _ => {
             return Err(Failure::Usage(
-                "expected one ticket, or one of --mint-ticket and --unlinked".into(),
+                "expected no argument, or one of --mint-ticket and --unlinked".into(),
             ))
         }
     };
     let answer = ask(&socket, &request)?;
-    if answer.get("ok").and_then(Value::as_bool) != Some(true) {
-        let why = answer
-            .get("why")
-            .and_then(Value::as_str)
-            .unwrap_or("the registry refused without saying why")
-            .to_string();
-        let status = answer
-            .get("status")
-            .and_then(Value::as_u64)
-            .and_then(|s| u8::try_from(s).ok())
-            .filter(|s| *s != 0)
-            .unwrap_or(EXIT_INTERNAL);
-        return Err(Failure::Refused { status, why });
-    }
     match answer.get("ticket").and_then(Value::as_str) {
         Some(ticket) => println!("{ticket}"),
-        None => println!(
-            "{}",
-            answer
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("done")
-        ),
+        None => println!("{}", message(&answer)),
     }
     Ok(())
+}
+
+/// Reads the ticket from standard input, shows what it would connect, asks, and
+/// connects. The question is asked where the ticket came from: on a terminal, always
+/// (a person pasted it, `--yes` or not); otherwise `--yes` is the answer, and
+/// without it nothing is connected. Standard input that is not a terminal is a
+/// script's, and a script must not hang on a terminal it did not expect.
+fn connect(socket: &str, yes: bool) -> Result<(), Failure> {
+    let stdin = std::io::stdin();
+    let terminal = stdin.is_terminal();
+    if terminal {
+        eprint!("Paste the ticket from the connect page and press Enter: ");
+    }
+    let ticket = read_line(&mut stdin.lock(), MAX_TICKET_LINE, "the ticket")?;
+    let ticket = ticket.trim();
+    if ticket.is_empty() {
+        return Err(Failure::Usage(
+            "no ticket on standard input: run `ucloud-connect` and paste the ticket the connect \
+             page shows"
+                .into(),
+        ));
+    }
+    let preview = ask(socket, &json!({"op": "preview", "ticket": ticket}))?;
+    let field = |key: &str| {
+        preview.get(key).and_then(Value::as_str).ok_or_else(|| {
+            Failure::Internal(format!("the registry's preview has no {key:?}: {preview}"))
+        })
+    };
+    let (ucloud, local) = (field("ucloud")?, field("local")?);
+    let uid = preview.get("uid").and_then(Value::as_u64).unwrap_or(0);
+    let what = if preview.get("again").and_then(Value::as_bool) == Some(true) {
+        format!(
+            "UCloud user {ucloud} is already connected to your account {local} (uid {uid}); \
+             this tells UCloud again."
+        )
+    } else {
+        format!(
+            "This ticket connects UCloud user {ucloud} to your account {local} (uid {uid}) on \
+             this site: whoever is {ucloud} in UCloud can then use this account and its files."
+        )
+    };
+    if terminal {
+        eprint!(
+            "{what}\nIf {ucloud} is not your own UCloud user, answer no: someone may have sent \
+             you their ticket.\nConnect {ucloud} to {local}? [y/N] "
+        );
+        let answer = read_line(&mut stdin.lock(), MAX_ANSWER_LINE, "the answer")?;
+        if !matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+            return Err(Failure::Refused {
+                status: EXIT_REFUSED,
+                why: format!(
+                    "not connected: you did not answer yes. {ucloud} stays unconnected to {local}."
+                ),
+            });
+        }
+    } else if !yes {
+        return Err(Failure::Refused {
+            status: EXIT_REFUSED,
+            why: format!(
+                "{what} Standard input is not a terminal, so there is nobody to ask: nothing \
+                 was connected. If {ucloud} is your own UCloud user, run it again with --yes \
+                 (the ticket is still valid)."
+            ),
+        });
+    }
+    let answer = ask(
+        socket,
+        &json!({"op": "connect", "ticket": ticket, "ucloud": ucloud}),
+    )?;
+    println!("{}", message(&answer));
+    Ok(())
+}
+
+/// One line of `input`, at most `max` bytes; end of input is an empty line. What
+/// follows the line stays in `input`'s buffer (the answer after the ticket).
+fn read_line(input: &mut impl BufRead, max: u64, what: &str) -> Result<String, Failure> {
+    let mut raw = Vec::new();
+    input
+        .take(max + 1)
+        .read_until(b'\n', &mut raw)
+        .map_err(|e| Failure::Usage(format!("cannot read {what} from standard input: {e}")))?;
+    if raw.len() as u64 > max {
+        return Err(Failure::Usage(format!(
+            "{what} on standard input is longer than {max} bytes: it is not what the connect \
+             page shows"
+        )));
+    }
+    String::from_utf8(raw)
+        .map_err(|_| Failure::Usage(format!("{what} on standard input is not UTF-8 text")))
+}
+
+fn message(answer: &Value) -> &str {
+    answer
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("done")
 }
 
 fn ask(socket: &str, request: &Value) -> Result<Value, Failure> {
@@ -168,6 +263,57 @@ fn ask(socket: &str, request: &Value) -> Result<Value, Failure> {
             "the registry at {socket} closed the connection without an answer (its log says why)"
         )));
     }
-    serde_json::from_str(&line)
-        .map_err(|e| Failure::Internal(format!("the registry's answer is not JSON: {e}")))
+    let answer: Value = serde_json::from_str(&line)
+        .map_err(|e| Failure::Internal(format!("the registry's answer is not JSON: {e}")))?;
+    if answer.get("ok").and_then(Value::as_bool) != Some(true) {
+        let why = answer
+            .get("why")
+            .and_then(Value::as_str)
+            .unwrap_or("the registry refused without saying why")
+            .to_string();
+        let status = answer
+            .get("status")
+            .and_then(Value::as_u64)
+            .and_then(|s| u8::try_from(s).ok())
+            .filter(|s| *s != 0)
+            .unwrap_or(EXIT_INTERNAL);
+        return Err(Failure::Refused { status, why });
+    }
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_read_and_what_follows_is_kept() {
+        let mut input = &b"  Ab-_09xyz \ny\n"[..];
+        let ticket = read_line(&mut input, MAX_TICKET_LINE, "the ticket").unwrap();
+        assert_eq!(ticket.trim(), "Ab-_09xyz");
+        assert_eq!(
+            read_line(&mut input, MAX_ANSWER_LINE, "the answer").unwrap(),
+            "y\n"
+        );
+        assert_eq!(
+            read_line(&mut input, MAX_ANSWER_LINE, "the answer").unwrap(),
+            ""
+        );
+    }
+
+    #[test]
+    fn hostile_input_is_refused() {
+        let long = vec![b'A'; MAX_TICKET_LINE as usize + 1];
+        for bad in [&long[..], b"\xff\xfe\n"] {
+            let mut input = bad;
+            assert!(matches!(
+                read_line(&mut input, MAX_TICKET_LINE, "the ticket"),
+                Err(Failure::Usage(_))
+            ));
+        }
+        // A line of exactly the limit is read; one byte more is not.
+        let mut edge = vec![b'A'; MAX_TICKET_LINE as usize - 1];
+        edge.push(b'\n');
+        assert!(read_line(&mut &edge[..], MAX_TICKET_LINE, "the ticket").is_ok());
+    }
 }

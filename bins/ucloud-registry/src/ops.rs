@@ -26,6 +26,16 @@ enum Redeem {
     Again(Mapping),
 }
 
+/// What redeeming a ticket would do, shown to the person before anything is done.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Preview {
+    pub ucloud: UcloudName,
+    pub local: LocalName,
+    pub uid: u32,
+    /// The UCloud user is connected to this very account already.
+    pub again: bool,
+}
+
 /// How a redeemed ticket ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Connected {
@@ -180,15 +190,53 @@ impl Registry {
         self.tickets.mint(&lock, &name, ucloud_wire::now_ms())
     }
 
+    /// What redeeming `raw_ticket` as uid `uid` would do, with every check of
+    /// [`Registry::redeem`] and no change: the ticket stays valid. `ucloud-connect`
+    /// asks this first, to show the person whose UCloud user they are about to
+    /// connect to their account.
+    pub fn preview(&self, site: &SiteConfig, raw_ticket: &str, uid: u32) -> Result<Preview, Error> {
+        let mut record = Record {
+            action: "preview",
+            uid: Some(uid),
+            caller: Some(uid),
+            ..Default::default()
+        };
+        let lock = self.store.lock()?;
+        let checked = self.check_redeem(site, raw_ticket, uid, &lock, &mut record);
+        let preview = match checked {
+            Ok((_, Redeem::Map(m, _))) => Preview {
+                ucloud: m.ucloud,
+                local: m.local,
+                uid: m.uid,
+                again: false,
+            },
+            Ok((_, Redeem::Again(m))) => Preview {
+                ucloud: m.ucloud,
+                local: m.local,
+                uid: m.uid,
+                again: true,
+            },
+            Err(e) => {
+                self.audit.refused(&record, &e);
+                return Err(e);
+            }
+        };
+        self.audit.allowed(&record)?;
+        Ok(preview)
+    }
+
     /// Redeems `raw_ticket` for the local account with uid `uid` (the kernel's word
-    /// for who is asking). The ticket is spent whatever the outcome. Policy: a UCloud
-    /// user already mapped to another account is never remapped, and an account that
-    /// serves one UCloud user serves no other; otherwise whoever holds the ticket
-    /// connects its UCloud user to their own account (see ucloud-registry(8)).
+    /// for who is asking), after the person confirmed that it is for the UCloud user
+    /// `confirmed`. Policy: a UCloud user already mapped to another account is never
+    /// remapped, and an account that serves one UCloud user serves no other;
+    /// otherwise whoever holds the ticket connects its UCloud user to their own
+    /// account (see ucloud-registry(8)). The ticket is spent only when it connects: a
+    /// refusal leaves it for the right account.
     pub fn redeem(
         &self,
         site: &SiteConfig,
         raw_ticket: &str,
+        confirmed: &str,
         uid: u32,
         wait: Duration,
     ) -> Result<Connected, Error> {
@@ -199,28 +247,48 @@ impl Registry {
             ..Default::default()
         };
         let lock = self.store.lock()?;
-        let checked = self.check_redeem(site, raw_ticket, uid, &lock, &mut record);
-        let (mapping, home) = match checked {
-            Ok(Redeem::Map(mapping, home)) => (mapping, home),
-            Ok(Redeem::Again(existing)) => {
-                // Mapped to this very account already: say yes again, UCloud may
-                // have lost the first approval.
-                self.audit.allowed(&record)?;
-                self.outbox
-                    .send(&ucloud::approve_connection(&existing.ucloud))?;
-                return Ok(Connected::Again(existing));
-            }
+        let checked = self
+            .check_redeem(site, raw_ticket, uid, &lock, &mut record)
+            .and_then(|(ticket, redeem)| {
+                let wanted = match &redeem {
+                    Redeem::Map(m, _) | Redeem::Again(m) => &m.ucloud,
+                };
+                if wanted.as_str() != confirmed {
+                    return Err(Error::Refused(format!(
+                        "the ticket is for UCloud user {wanted}, not {confirmed:?} as confirmed; nothing was connected"
+                    )));
+                }
+                Ok((ticket, redeem))
+            });
+        let (ticket, redeem) = match checked {
+            Ok(c) => c,
             Err(e) => {
                 self.audit.refused(&record, &e);
                 return Err(e);
             }
         };
+        let (mapping, home) = match redeem {
+            Redeem::Map(mapping, home) => (mapping, home),
+            Redeem::Again(existing) => {
+                // Mapped to this very account already: say yes again, UCloud may
+                // have lost the first approval.
+                self.audit.allowed(&record)?;
+                self.tickets.spend(&lock, &ticket)?;
+                self.outbox
+                    .send(&ucloud::approve_connection(&existing.ucloud))?;
+                return Ok(Connected::Again(existing));
+            }
+        };
+        // Spent before the mapping is written: a failure after this point costs the
+        // person a new ticket, never a second use of this one.
+        self.tickets.spend(&lock, &ticket)?;
         self.write_mapping(&lock, site, &mapping, &record)?;
         drop(lock);
         let added = self.wait_for_drive(site, &mapping, &home, wait)?;
         Ok(Connected::New(mapping, added))
     }
 
+    /// Every check of a redemption, changing nothing but deleting an expired ticket.
     fn check_redeem(
         &self,
         site: &SiteConfig,
@@ -228,7 +296,7 @@ impl Registry {
         uid: u32,
         lock: &Lock,
         record: &mut Record,
-    ) -> Result<Redeem, Error> {
+    ) -> Result<(Ticket, Redeem), Error> {
         let ticket = Ticket::parse(raw_ticket)?;
         let local = match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
             Ok(Some(user)) => user.name,
@@ -240,9 +308,10 @@ impl Registry {
             Err(e) => return Err(Error::Io(format!("cannot look up uid {uid}: {}", e.desc()))),
         };
         record.local_user = Some(local.clone());
-        let taken = self.tickets.take(lock, &ticket)?.ok_or_else(|| {
+        let taken = self.tickets.peek(lock, &ticket)?.ok_or_else(|| {
             Error::Refused(
-                "unknown ticket: it was used already, has expired, or was mistyped;                  press Connect in UCloud again for a new one"
+                "unknown ticket: it was used already, has expired, or was mistyped; \
+                 press Connect in UCloud again for a new one"
                     .into(),
             )
         })?;
@@ -255,16 +324,18 @@ impl Registry {
         }
         if uid == 0 {
             return Err(Error::Refused(
-                "root is never connected to a UCloud user: run ucloud-connect as yourself, not with sudo"
+                "root is never connected to a UCloud user: run ucloud-connect as yourself, \
+                 not with sudo (the ticket is still valid)"
                     .into(),
             ));
         }
         if let Some(existing) = self.store.mapping(&taken.ucloud)? {
             if existing.uid == uid && existing.local.as_str() == local {
-                return Ok(Redeem::Again(existing));
+                return Ok((ticket, Redeem::Again(existing)));
             }
             return Err(Error::Refused(format!(
-                "UCloud user {} is already connected to another local account;                  it must be disconnected in UCloud (or by the site admin) first",
+                "UCloud user {} is already connected to another local account; \
+                 it must be disconnected in UCloud (or by the site admin) first",
                 taken.ucloud
             )));
         }
@@ -275,7 +346,7 @@ impl Registry {
                 mapping.uid
             )));
         }
-        Ok(Redeem::Map(mapping, home))
+        Ok((ticket, Redeem::Map(mapping, home)))
     }
 
     fn check_add(
@@ -728,20 +799,72 @@ mod tests {
                 ucloud_wire::now_ms() - crate::ticket::TTL_MS - 1,
             )
             .unwrap();
-        let taken = r.tickets.take(&lock, &fresh).unwrap().unwrap();
-        assert_eq!(taken.ucloud, name);
-        assert!(taken.expires > ucloud_wire::now_ms());
+        // Looking does not spend it; spending does.
+        for _ in 0..2 {
+            let seen = r.tickets.peek(&lock, &fresh).unwrap().unwrap();
+            assert_eq!(seen.ucloud, name);
+            assert!(seen.expires > ucloud_wire::now_ms());
+        }
+        r.tickets.spend(&lock, &fresh).unwrap();
         assert!(
-            r.tickets.take(&lock, &fresh).unwrap().is_none(),
+            r.tickets.peek(&lock, &fresh).unwrap().is_none(),
             "used twice"
         );
         // Minting sweeps expired tickets away.
         let _ = r.tickets.mint(&lock, &name, ucloud_wire::now_ms()).unwrap();
         assert!(
-            r.tickets.take(&lock, &stale).unwrap().is_none(),
+            r.tickets.peek(&lock, &stale).unwrap().is_none(),
             "stale ticket kept"
         );
+        // An expired ticket is shown as such once, and deleted.
+        let late = r
+            .tickets
+            .mint(
+                &lock,
+                &name,
+                ucloud_wire::now_ms() - crate::ticket::TTL_MS - 1,
+            )
+            .unwrap();
+        let seen = r.tickets.peek(&lock, &late).unwrap().unwrap();
+        assert!(seen.expires <= ucloud_wire::now_ms());
+        assert!(r.tickets.peek(&lock, &late).unwrap().is_none());
         drop(lock);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Issue 14: a ticket presented first by the wrong account (root, a system
+    /// account, a uid without an account) is refused and stays valid; the preview
+    /// spends nothing either.
+    #[test]
+    fn refusals_leave_the_ticket_valid() {
+        let dir = scratch("unspent");
+        let r = registry(&dir);
+        let site =
+            SiteConfig::parse("provider = hpc\ngateway_user = gw\nservice_user = svc\n").unwrap();
+        let name = UcloudName::new("Donna#1").unwrap();
+        let lock = r.store.lock().unwrap();
+        let ticket = r.tickets.mint(&lock, &name, ucloud_wire::now_ms()).unwrap();
+        drop(lock);
+        let wait = Duration::ZERO;
+        for (uid, why) in [(0, "root"), (1, "min_uid"), (3_999_999_999, "no account")] {
+            let e = r.preview(&site, ticket.as_str(), uid).unwrap_err();
+            assert!(e.to_string().contains(why), "preview as {uid}: {e}");
+            let e = r
+                .redeem(&site, ticket.as_str(), "Donna#1", uid, wait)
+                .unwrap_err();
+            assert!(e.to_string().contains(why), "connect as {uid}: {e}");
+        }
+        let lock = r.store.lock().unwrap();
+        let left = r.tickets.peek(&lock, &ticket).unwrap();
+        assert_eq!(left.map(|t| t.ucloud), Some(name), "the ticket was spent");
+        drop(lock);
+        assert!(queued(&dir).is_empty(), "something was sent to UCloud");
+        let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
+        assert_eq!(
+            audit.matches("\"decision\":\"refused\"").count(),
+            6,
+            "{audit}"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 

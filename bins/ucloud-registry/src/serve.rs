@@ -4,16 +4,19 @@
 //! | caller | may ask |
 //! |---|---|
 //! | the service account (`service_user`) | `ticket`, `unlinked` |
-//! | any local account | `connect` (redeem a ticket for itself) |
+//! | any local account | `preview`, `connect` (a ticket, for itself) |
 //! | root | `add`, `remove` |
 //!
 //! One request line, one answer line, both JSON (see ucloud-registry(8)):
-//! `{"op":"connect","ticket":"..."}` → `{"ok":true,"message":"..."}` or
-//! `{"ok":false,"status":77,"why":"..."}`.
+//! `{"op":"preview","ticket":"..."}` → `{"ok":true,"ucloud":"...","local":"...",...}`,
+//! then `{"op":"connect","ticket":"...","ucloud":"..."}` → `{"ok":true,"message":"..."}`;
+//! a refusal is `{"ok":false,"status":77,"why":"..."}`. The person sees the first
+//! answer and confirms before the second request, which names the UCloud user
+//! confirmed: a client cannot connect a ticket without having asked what it is for.
 
 use crate::audit::Record;
 use crate::error::Error;
-use crate::ops::{Added, Connected, Registry};
+use crate::ops::{Added, Connected, Preview, Registry};
 use nix::sys::socket::{getsockopt, sockopt};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -82,6 +85,9 @@ fn answer(line: &str, uid: u32) -> Result<Value, Error> {
     let role = role_of(uid, &site)?;
     let op = field("op")?;
     let (action, allowed): (&'static str, &[Role]) = match op {
+        // Root and the service account are let through to be refused with the
+        // reason (ops.rs), which also leaves the ticket valid.
+        "preview" => ("preview", &[Role::Root, Role::Service, Role::Person]),
         "connect" => ("connect", &[Role::Root, Role::Service, Role::Person]),
         "ticket" => ("ticket", &[Role::Service]),
         "unlinked" => ("unlinked", &[Role::Service]),
@@ -111,7 +117,11 @@ fn answer(line: &str, uid: u32) -> Result<Value, Error> {
         return Err(e);
     }
     let message = match op {
-        "connect" => connected(registry.redeem(&site, field("ticket")?, uid, DRIVE_WAIT)?),
+        "preview" => return Ok(previewed(registry.preview(&site, field("ticket")?, uid)?)),
+        "connect" => {
+            let (ticket, confirmed) = (field("ticket")?, field("ucloud")?);
+            connected(registry.redeem(&site, ticket, confirmed, uid, DRIVE_WAIT)?)
+        }
         "ticket" => {
             let ticket = registry.mint_ticket(field("ucloud")?, Some(uid))?;
             return Ok(json!({"ok": true, "ticket": ticket.as_str()}));
@@ -145,6 +155,16 @@ fn answer(line: &str, uid: u32) -> Result<Value, Error> {
         }
     };
     Ok(json!({"ok": true, "message": message}))
+}
+
+fn previewed(p: Preview) -> Value {
+    json!({
+        "ok": true,
+        "ucloud": p.ucloud.as_str(),
+        "local": p.local.as_str(),
+        "uid": p.uid,
+        "again": p.again,
+    })
 }
 
 fn connected(c: Connected) -> String {
@@ -206,7 +226,17 @@ mod tests {
 
     #[test]
     fn malformed_requests_are_usage_errors() {
-        for bad in ["", "{\"op\":\"connect\"}", "not json\n", "[1]\n"] {
+        for bad in [
+            "",
+            "{\"op\":\"connect\"}",
+            "not json\n",
+            "[1]\n",
+            "{\"op\":\"preview\"}\n",
+            "{\"op\":\"preview\",\"ticket\":7}\n",
+            "{\"op\":\"preview\",\"ticket\":null}\n",
+            "{\"op\":\"connect\",\"ticket\":\"x\"}\n",
+            "{\"op\":\"connect\",\"ticket\":\"x\",\"ucloud\":[]}\n",
+        ] {
             let e = answer(bad, 1000).unwrap_err();
             assert!(
                 matches!(e, Error::Usage(_) | Error::Config(_)),

@@ -5,9 +5,10 @@
 //!
 //! A ticket is 32 bytes from the kernel's random source, base64url without padding
 //! (43 characters). It lives in `tickets/<ticket>` (root 0600 in a root 0700
-//! directory) for [`TTL_MS`], and is deleted the first time anyone presents it,
-//! whether the redemption then succeeds or not: a ticket somebody else has seen is
-//! spent.
+//! directory) for [`TTL_MS`]. Looking at it ([`Tickets::peek`]) changes nothing: the
+//! person is shown which UCloud user it is for before anything is connected, and a
+//! refusal because of the account that presented it (root, a system account) leaves
+//! it for the right account. It is spent ([`Tickets::spend`]) when it connects.
 
 use crate::error::Error;
 use crate::store::{read_json, Lock};
@@ -135,16 +136,26 @@ impl Tickets {
         Ok(ticket)
     }
 
-    /// Takes `ticket` out of the store: whatever happens next, it cannot be used again.
-    pub fn take(&self, _: &Lock, ticket: &Ticket) -> Result<Option<Taken>, Error> {
+    /// What `ticket` is for, leaving it in the store. An expired ticket is deleted
+    /// and returned, so that the caller can say why it is refused.
+    pub fn peek(&self, _: &Lock, ticket: &Ticket) -> Result<Option<Taken>, Error> {
         let path = self.dir.join(ticket.as_str());
         let Some(value) = read_json(&path)? else {
             return Ok(None);
         };
-        fs::remove_file(&path).map_err(Error::io(format!("cannot remove {}", path.display())))?;
-        parse(&value)
-            .map(Some)
-            .map_err(|why| Error::Config(format!("{}: {why}", path.display())))
+        let taken =
+            parse(&value).map_err(|why| Error::Config(format!("{}: {why}", path.display())))?;
+        if taken.expires <= ucloud_wire::now_ms() {
+            fs::remove_file(&path)
+                .map_err(Error::io(format!("cannot remove {}", path.display())))?;
+        }
+        Ok(Some(taken))
+    }
+
+    /// Removes `ticket` from the store: it cannot be used again.
+    pub fn spend(&self, _: &Lock, ticket: &Ticket) -> Result<(), Error> {
+        let path = self.dir.join(ticket.as_str());
+        fs::remove_file(&path).map_err(Error::io(format!("cannot remove {}", path.display())))
     }
 
     /// Deletes expired tickets and returns how many valid ones remain.
