@@ -1197,6 +1197,11 @@ struct SmallDrive {
 
 impl SmallDrive {
     fn new(stack: &Stack, ucloud: &str, user: &str, id: &str) -> SmallDrive {
+        SmallDrive::with_mode(stack, ucloud, user, id, "0700")
+    }
+
+    /// The same with its top directory's mode (`0777`: others may write there).
+    fn with_mode(stack: &Stack, ucloud: &str, user: &str, id: &str, mode: &str) -> SmallDrive {
         let mount = format!("/tmp/{id}");
         std::fs::create_dir(&mount).unwrap();
         let gid = String::from_utf8(
@@ -1207,7 +1212,11 @@ impl SmallDrive {
                 .stdout,
         )
         .unwrap();
-        let options = format!("size=8m,mode=0700,uid={},gid={}", uid_of(user), gid.trim());
+        let options = format!(
+            "size=8m,mode={mode},uid={},gid={}",
+            uid_of(user),
+            gid.trim()
+        );
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &options, "ucim-test-full", &mount])
             .status()
@@ -1301,8 +1310,8 @@ fn a_full_disk_refuses_clearly_and_keeps_nothing_half_written() {
         "both copies undone"
     );
 
-    // A 6 MB upload into the 5 MiB left is refused at its first chunk (the space
-    // for the whole file is reserved then), and goes through once space is freed.
+    // A 6 MB upload into the 5 MiB left is refused at its first chunk (its rest is
+    // checked against the free space then), and goes through once space is freed.
     let (url, token) = create_upload(&stack, ALICE, &format!("/{id}/six.bin"), "REJECT");
     let six = vec![6u8; 6_000_000];
     let a = chunk(&url, &token, 0, six.len(), &six[..2_000_000]);
@@ -1317,6 +1326,151 @@ fn a_full_disk_refuses_clearly_and_keeps_nothing_half_written() {
         std::fs::read(format!("{}/six.bin", small.mount)).unwrap(),
         six
     );
+}
+
+/// `user`'s upload session whose item is `target` (its file in the user's state
+/// directory) and the session's jti, which names the upload's partial files.
+fn session_of(user: &str, target: &str) -> (String, String) {
+    let dir = format!("{}/.local/state/ucloud-im/transfers", home_of(user));
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(jti) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if std::fs::read_to_string(entry.path()).is_ok_and(|t| t.contains(target)) {
+            return (entry.path().to_string_lossy().into_owned(), jti.to_string());
+        }
+    }
+    panic!("no upload session for {target} in {dir}");
+}
+
+/// One byte of an upload that declares 6 MB holds one byte of the disk, not 6 MB,
+/// so a client cannot take the space by declaring a size and going away; and once
+/// its session has expired the next transfer call removes what it left.
+#[test]
+fn an_unfinished_upload_holds_only_what_came_and_goes_when_it_expires() {
+    let stack = Stack::load();
+    let alice = stack.local_of(ALICE);
+    let id = unique("ucim-hold");
+    let small = SmallDrive::new(&stack, ALICE, &alice, &id);
+
+    let target = format!("/{id}/declared.bin");
+    let (url, token) = create_upload(&stack, ALICE, &target, "REJECT");
+    let a = chunk(&url, &token, 0, 6_000_000, b"x");
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let partials = || -> Vec<String> {
+        small
+            .names()
+            .into_iter()
+            .filter(|n| n.starts_with(".ucloud-im-upload-"))
+            .collect()
+    };
+    assert_eq!(partials().len(), 1, "{:?}", small.names());
+    // The 8 MiB drive still takes another 6 MB file whole.
+    let (url2, token2) = create_upload(&stack, ALICE, &format!("/{id}/six.bin"), "REJECT");
+    let six = vec![6u8; 6_000_000];
+    let a = chunk(&url2, &token2, 0, six.len(), &six);
+    assert_eq!(
+        a.status,
+        200,
+        "an upload of one byte held the space it declared: {}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert_eq!(a.json()["complete"], true);
+    // The declared size must still fit the space left: refused at once.
+    let a = chunk(&url, &token, 1, 6_000_000, b"y");
+    assert_eq!(a.status, 507, "{}", String::from_utf8_lossy(&a.body));
+    assert!(
+        a.json()["why"].as_str().unwrap().contains("do not fit"),
+        "{}",
+        a.json()
+    );
+
+    // 48 hours pass: the session's expiry moves into the past (as the token's
+    // would), and the next transfer call of Alice's removes the partial file.
+    let (file, _) = session_of(&alice, &target);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut session: Value = serde_json::from_str(&text).unwrap();
+    session["exp"] = json!(1);
+    as_user(
+        &alice,
+        &format!("printf '%s' '{session}' > {file}.new && mv {file}.new {file}"),
+    );
+    assert_eq!(partials().len(), 1, "kept while its session lasts");
+    create_upload(&stack, ALICE, &format!("/{id}/later.bin"), "REJECT");
+    assert_eq!(
+        partials(),
+        Vec::<String>::new(),
+        "the expired upload's partial file is gone"
+    );
+    assert!(!exists(&file), "and its session");
+}
+
+/// In a folder others may write, another user can put a file under the name of an
+/// upload's partial file, before the upload starts or in place of it half-way.
+/// The upload must never write into a file that is not its own: that user would
+/// read the bytes, and own the finished file.
+#[test]
+fn an_upload_never_writes_into_a_partial_file_another_user_put_there() {
+    let stack = Stack::load();
+    let alice = stack.local_of(ALICE);
+    let bob = stack.local_of(BOB);
+    let id = unique("ucim-shared");
+    let shared = SmallDrive::with_mode(&stack, ALICE, &alice, &id, "0777");
+    let as_bob = |script: &str| {
+        let out = run_as(&bob, &["sh", "-c", script]);
+        assert!(
+            out.status.success(),
+            "as {bob}: {script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let secret = b"alice's secret!!";
+
+    // Before the first chunk (the name leaked with the link).
+    let target = format!("/{id}/first.bin");
+    let (url, token) = create_upload(&stack, ALICE, &target, "REJECT");
+    let (_, jti) = session_of(&alice, &target);
+    let planted = format!("{}/.ucloud-im-upload-{}-0", shared.mount, &jti[..32]);
+    as_bob(&format!("umask 0; : > {planted}"));
+    let a = chunk(&url, &token, 0, secret.len(), secret);
+    assert_eq!(a.status, 409, "{}", String::from_utf8_lossy(&a.body));
+    assert!(
+        a.json()["why"]
+            .as_str()
+            .unwrap()
+            .contains("not this upload's own"),
+        "{}",
+        a.json()
+    );
+    assert_eq!(
+        std::fs::read(&planted).unwrap(),
+        b"",
+        "nothing written into it"
+    );
+    assert!(!exists(&format!("{}/first.bin", shared.mount)));
+    assert_eq!(owner(&planted), uid_of(&bob));
+
+    // Half-way: Bob sees the partial file, removes it, and puts his own of the
+    // same length in its place.
+    let target = format!("/{id}/second.bin");
+    let (url, token) = create_upload(&stack, ALICE, &target, "REJECT");
+    let a = chunk(&url, &token, 0, secret.len(), &secret[..8]);
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let (_, jti) = session_of(&alice, &target);
+    let partial = format!("{}/.ucloud-im-upload-{}-0", shared.mount, &jti[..32]);
+    assert_eq!(owner(&partial), uid_of(&alice));
+    as_bob(&format!(
+        "rm -f {partial} && umask 0 && head -c 8 /dev/zero > {partial}"
+    ));
+    let a = chunk(&url, &token, 8, secret.len(), &secret[8..]);
+    assert_eq!(a.status, 409, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(
+        std::fs::read(&partial).unwrap(),
+        vec![0u8; 8],
+        "nothing written into Bob's file"
+    );
+    assert!(!exists(&format!("{}/second.bin", shared.mount)));
 }
 
 // --- WEBSOCKET_V1 uploads ----------------------------------------------------

@@ -473,3 +473,61 @@ fn a_quiet_job_keeps_its_stream_by_pings_every_30_s() {
         "the first ping came {pinged:?} after the upgrade"
     );
 }
+
+/// A client that sends pings and never reads the pongs would make the gateway
+/// queue its frames without end while it waits to write the answers. With the
+/// backlog full (ucloud-gateway(8)) the gateway stops reading it, and after 5 s of
+/// that closes it with 1008 and the reason, which the client finds once it reads.
+#[test]
+fn a_client_that_sends_without_reading_is_closed_with_1008() {
+    use std::io::Write;
+    let stack = Stack::with_slurm();
+    let provider = stack.get("UCLOUD_IM_PROVIDER");
+    let (head, mut stream) = ws_connect(
+        &stack,
+        &format!(
+            "/ucloud/jobs.provider.{provider}/websocket?usernameHint={}",
+            base64url(ALICE.as_bytes())
+        ),
+        &format!("Authorization: Bearer {}\r\n", stack.token(&[])),
+    );
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Pings of the largest size, in batches, until the gateway takes no more (the
+    // write times out) or 64 MiB went; well within the 30 s the init may take.
+    stream
+        .set_write_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let batch = ws_client_frame(0x9, &[0x55; 125]).repeat(512);
+    let started = Instant::now();
+    let mut sent = 0usize;
+    while sent < 64 << 20 && started.elapsed() < Duration::from_secs(15) {
+        match stream.write_all(&batch) {
+            Ok(()) => sent += batch.len(),
+            Err(_) => break,
+        }
+    }
+    // The gateway gives up on a backlog that stood still for 5 s.
+    std::thread::sleep(Duration::from_secs(7));
+    let mut pongs = 0usize;
+    let close = loop {
+        match ws_server_frame(&mut stream) {
+            Ok((0xA, _)) => pongs += 1,
+            Ok((0x8, payload)) => break payload,
+            Ok((opcode, _)) => panic!("opcode {opcode} after {pongs} pongs"),
+            Err(e) => panic!("no close after {pongs} pongs ({sent} bytes sent): {e}"),
+        }
+    };
+    assert!(close.len() >= 2, "a close without a code");
+    let code = u16::from_be_bytes([close[0], close[1]]);
+    let reason = String::from_utf8_lossy(&close[2..]);
+    assert_eq!(code, 1008, "{reason} ({pongs} pongs, {sent} bytes sent)");
+    assert!(
+        reason.contains("without reading"),
+        "{reason} ({pongs} pongs, {sent} bytes sent)"
+    );
+    // Fewer pongs than pings: the gateway stopped taking them.
+    assert!(
+        pongs * 131 < sent,
+        "{pongs} pongs for {sent} bytes of pings"
+    );
+}

@@ -74,7 +74,7 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
             json!({"endpoint": endpoint("download", &format!("token={}&item={i}", token.raw))?}),
         );
     }
-    session::sweep();
+    session::sweep(&|jti, session| crate::upload::release(ctx, jti, session));
     session::write(
         &token,
         &json!({"call": "files.download", "exp": token.exp, "items": items}),

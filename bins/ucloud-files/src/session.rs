@@ -12,7 +12,8 @@
 //! dispatcher verified the token, read it back. Only that user (and root) can read
 //! or write it; a token of another user leads to another user's directory, where
 //! this jti has no file. Sessions end when their token expires; expired files are
-//! removed whenever a new session is made.
+//! removed whenever a new session is made, with the partial files of an upload
+//! that was never finished.
 
 use crate::error::Error;
 use base64::Engine;
@@ -169,8 +170,9 @@ pub fn read(token: &Token) -> Result<Value, Error> {
         .map_err(|e| Error::Internal(format!("the transfer session is damaged: {e}")))
 }
 
-/// Removes sessions whose token has expired. Best effort.
-pub fn sweep() {
+/// Removes sessions whose token has expired, each after `release(jti, session)`
+/// gave back what it left behind (an unfinished upload's partial files). Best effort.
+pub fn sweep(release: &dyn Fn(&str, &Value)) {
     let Ok(d) = dir(false) else { return };
     let now = ucloud_wire::now_ms() / 1000;
     let Ok(listing) = crate::tree::list(d, "sessions") else {
@@ -180,7 +182,7 @@ pub fn sweep() {
         let Some(stem) = name.strip_suffix(".json") else {
             continue;
         };
-        let expired = openat(
+        let session = openat(
             &listing.dir,
             name.as_str(),
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
@@ -194,10 +196,14 @@ pub fn sweep() {
                 .read_to_end(&mut text)
                 .ok()?;
             serde_json::from_slice::<Value>(&text).ok()
-        })
-        .and_then(|v| v.get("exp").and_then(Value::as_u64))
-        .is_some_and(|exp| exp <= now);
+        });
+        let Some(session) = session else { continue };
+        let expired = session
+            .get("exp")
+            .and_then(Value::as_u64)
+            .is_some_and(|exp| exp <= now);
         if expired && stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+            release(stem, &session);
             let _ = unlinkat(&listing.dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
         }
     }

@@ -3,13 +3,20 @@
 //!
 //! Chunks are written into a hidden partial file next to the target,
 //! `.ucloud-im-upload-<jti>-<item>`, at the offset the client names (`-1`: at the
-//! end), each fdatasync'ed before it is acknowledged. The space for the whole
-//! declared size is reserved at the first chunk (`fallocate`), so a disk that is
-//! too small refuses the upload at once (507) instead of half-way. The partial file's length is the
-//! resume point: a chunk cut short (the client went away) is cut off again, so a
-//! retry of that chunk, or `-1`, continues. When the partial file reaches the
-//! declared total size it is fsync'ed and renamed to the target under the
-//! conflict policy: the target never exists half-written.
+//! end), each fdatasync'ed before it is acknowledged. The partial file is only
+//! reused when it is this user's own regular file with one link, checked on the
+//! opened descriptor: in a directory others may write, someone else's file under
+//! that name would otherwise receive the upload. Each chunk first checks that the
+//! rest of the declared size fits the space the file system leaves this user, so a
+//! disk that is too small refuses the upload at once (507) instead of half-way;
+//! then the chunk's own space is reserved (`fallocate`), never more, so that a
+//! client that declares a huge size and sends one byte holds one byte. The partial
+//! file's length is the resume point: a chunk cut short (the client went away) is
+//! cut off again, so a retry of that chunk, or `-1`, continues. When the partial
+//! file reaches the declared total size it is fsync'ed and renamed to the target
+//! under the conflict policy: the target never exists half-written. An upload
+//! never finished is removed with its session once the session's token has
+//! expired (`release`).
 
 use crate::conflict::Policy;
 use crate::download::endpoint;
@@ -19,11 +26,12 @@ use crate::resolve::{self, Ctx};
 use crate::session;
 use nix::errno::Errno;
 use nix::fcntl::{
-    fallocate, openat, posix_fadvise, splice, FallocateFlags, Flock, FlockArg, OFlag,
+    fallocate, openat, posix_fadvise, splice, AtFlags, FallocateFlags, Flock, FlockArg, OFlag,
     PosixFadviseAdvice, SpliceFFlags,
 };
-use nix::sys::stat::{fstat, Mode};
-use nix::unistd::{fdatasync, fsync, ftruncate, unlinkat, UnlinkatFlags};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
+use nix::sys::statvfs::fstatvfs;
+use nix::unistd::{fdatasync, fsync, ftruncate, geteuid, unlinkat, UnlinkatFlags};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -87,7 +95,7 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
             "token": token.raw,
         }));
     }
-    session::sweep();
+    session::sweep(&|jti, session| release(ctx, jti, session));
     session::write(
         &token,
         &json!({"call": "files.upload", "exp": token.exp, "items": items}),
@@ -197,6 +205,69 @@ struct Partial {
     have: u64,
 }
 
+/// The name of item `n`'s partial file in an upload session.
+fn partial_name(jti: &str, n: usize) -> String {
+    format!(
+        "{}upload-{}-{n}",
+        fsops::TRANSIENT,
+        &jti[..jti.len().min(32)]
+    )
+}
+
+/// Whether an opened partial file is one this upload may write into: a regular
+/// file of this user with no other name. Anything else was put there by someone
+/// else (a directory others may write is enough), and writing into it would hand
+/// them the upload's bytes, or the finished file itself.
+fn ours(st: &FileStat) -> bool {
+    st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits()
+        && st.st_uid == geteuid().as_raw()
+        && st.st_nlink <= 1
+}
+
+fn not_ours(shown: &str) -> Error {
+    Error::Conflict(format!(
+        "{shown}: the upload's partial file in that folder is not this upload's own (another \
+         user made or replaced it); nothing was written to it: start a new upload"
+    ))
+}
+
+/// The partial file, reopened when it exists and is ours, else made afresh
+/// (`O_EXCL`: never someone else's file that appeared meanwhile).
+fn open_or_make(
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    shown: &str,
+) -> Result<std::os::fd::OwnedFd, Error> {
+    let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    for _ in 0..4 {
+        let fd = match openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => match openat(
+                dir,
+                name,
+                flags | OFlag::O_CREAT | OFlag::O_EXCL,
+                Mode::S_IRUSR | Mode::S_IWUSR,
+            ) {
+                Ok(fd) => fd,
+                // Another chunk of ours (or someone else) made it first: look again.
+                Err(Errno::EEXIST) => continue,
+                Err(e) => return Err(Error::from_errno(e, shown)),
+            },
+            // A symbolic link (ELOOP), or a file we may not open: not ours.
+            Err(Errno::ELOOP | Errno::EACCES | Errno::EPERM | Errno::ENXIO) => {
+                return Err(not_ours(shown))
+            }
+            Err(e) => return Err(Error::from_errno(e, shown)),
+        };
+        let st = fstat(&fd).map_err(|e| Error::from_errno(e, shown))?;
+        if !ours(&st) {
+            return Err(not_ours(shown));
+        }
+        return Ok(fd);
+    }
+    Err(not_ours(shown))
+}
+
 /// The session's item for this request, and its partial file, opened and locked.
 fn open_partial(ctx: &Ctx, request: &Value) -> Result<Partial, Error> {
     let token = session::token(Some(request), "files.upload", &ctx.user)?;
@@ -208,18 +279,9 @@ fn open_partial(ctx: &Ctx, request: &Value) -> Result<Partial, Error> {
     let shown = loc.shown();
     let (dir, name) = loc.open_parent()?;
     let name = name.to_string();
-    let partial = format!(
-        "{}upload-{}-{n}",
-        fsops::TRANSIENT,
-        &token.jti[..token.jti.len().min(32)]
-    );
-    let fd = openat(
-        &dir,
-        partial.as_str(),
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::S_IRUSR | Mode::S_IWUSR,
-    )
-    .map_err(|e| Error::from_errno(e, &shown))?;
+    let partial = partial_name(&token.jti, n);
+    // Checked before the lock: someone else's file could be held locked forever.
+    let fd = open_or_make(&dir, &partial, &shown)?;
     // One chunk at a time per upload: a second, concurrent one waits, then finds
     // the offset moved and is refused.
     let lock = Flock::lock(std::fs::File::from(fd), FlockArg::LockExclusive)
@@ -231,6 +293,9 @@ fn open_partial(ctx: &Ctx, request: &Value) -> Result<Partial, Error> {
             "{shown}: another chunk of this upload failed meanwhile; send the chunk that starts at 0"
         )));
     }
+    if !ours(&st) {
+        return Err(not_ours(&shown));
+    }
     Ok(Partial {
         loc,
         shown,
@@ -241,6 +306,34 @@ fn open_partial(ctx: &Ctx, request: &Value) -> Result<Partial, Error> {
         lock,
         have: st.st_size as u64,
     })
+}
+
+/// Removes the partial files of an expired upload session (`session::sweep`), so
+/// that an upload never finished gives its space back. Only files that are still
+/// this user's own partial files go; best effort.
+pub fn release(ctx: &Ctx, jti: &str, session: &Value) {
+    if session.get("call").and_then(Value::as_str) != Some("files.upload") {
+        return;
+    }
+    let Some(items) = session.get("items").and_then(Value::as_array) else {
+        return;
+    };
+    for (n, item) in items.iter().enumerate() {
+        let Some(loc) = item
+            .get("path")
+            .and_then(Value::as_str)
+            .and_then(|id| ctx.resolve(id).ok())
+        else {
+            continue;
+        };
+        let Ok((dir, _)) = loc.open_parent() else {
+            continue;
+        };
+        let name = partial_name(jti, n);
+        if fstatat(&dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| ours(&st)) {
+            let _ = unlinkat(&dir, name.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
 }
 
 impl Partial {
@@ -278,6 +371,17 @@ impl Partial {
     fn finish(self, keep: u64) -> Result<String, Error> {
         let shown = &self.shown;
         fsync(&*self.lock).map_err(|e| self.cut_back(keep, Error::from_errno(e, shown)))?;
+        // The name must still be the file written: in a folder others may write,
+        // someone could have put their own file there, which would become the target.
+        let written = fstat(&*self.lock).map_err(|e| Error::from_errno(e, shown))?;
+        match fstatat(
+            &self.dir,
+            self.partial.as_str(),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(st) if (st.st_dev, st.st_ino) == (written.st_dev, written.st_ino) => {}
+            _ => return Err(not_ours(shown)),
+        }
         let mut journal = Journal::default();
         let policy = if self.policy == Policy::MergeRename {
             Policy::Rename
@@ -319,7 +423,8 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
     up.check(at, c.length, c.total)
         .map_err(|e| up.cut_back(up.have, e))?;
     let (have, shown) = (up.have, up.shown.clone());
-    reserve(&up.lock, have, c.total, &shown).map_err(|e| up.cut_back(have, e))?;
+    fits(&up.lock, have, c.total, &shown).map_err(|e| up.cut_back(have, e))?;
+    reserve(&up.lock, at, c.length, c.total, &shown).map_err(|e| up.cut_back(have, e))?;
     receive(&up.lock, at, c.length, &shown).map_err(|e| up.cut_back(have, e))?;
     let pos = at + c.length;
     if pos < c.total {
@@ -377,9 +482,10 @@ fn serve_stream(ctx: &Ctx, request: &Value) -> Result<(), Error> {
     }
     up.check(offset, 0, total)
         .map_err(|e| up.cut_back(up.have, e))?;
-    reserve(&up.lock, up.have, total, &shown).map_err(|e| up.cut_back(up.have, e))?;
+    fits(&up.lock, up.have, total, &shown).map_err(|e| up.cut_back(up.have, e))?;
     while up.have < total {
         let want = (total - up.have).min(PROGRESS_STEP);
+        reserve(&up.lock, up.have, want, total, &shown).map_err(|e| up.cut_back(up.have, e))?;
         let got =
             receive_upto(&up.lock, up.have, want, &shown).map_err(|e| up.cut_back(up.have, e))?;
         fdatasync(&*up.lock).map_err(|e| up.cut_back(up.have, Error::from_errno(e, &shown)))?;
@@ -445,20 +551,48 @@ fn parse_start(text: &str) -> Result<(u64, u64), Error> {
     }
 }
 
-/// Reserves the space the rest of the upload needs, so that an upload that cannot
-/// fit is refused at its first chunk, before any byte of it is taken, and the
-/// chunks after it cannot run out of space half-way. The file's size (the resume
-/// point) does not change. A filesystem without `fallocate` just goes on (a full
-/// disk then shows at the write, which is undone as well).
-fn reserve(file: &std::fs::File, have: u64, total: u64, shown: &str) -> Result<(), Error> {
-    if total <= have {
+/// Refuses an upload whose rest (`total - have` bytes) is more than the file
+/// system leaves this user (`f_bavail`: what an unprivileged writer may still take),
+/// so that one that cannot fit is refused at once, before its bytes are sent. A
+/// quota is the kernel's to enforce: it shows at `reserve` or the write (EDQUOT).
+fn fits(file: &std::fs::File, have: u64, total: u64, shown: &str) -> Result<(), Error> {
+    let Ok(vfs) = fstatvfs(file) else {
+        return Ok(());
+    };
+    let free = vfs.blocks_available().saturating_mul(vfs.fragment_size());
+    let rest = total.saturating_sub(have);
+    if rest > free {
+        return Err(Error::DiskFull(format!(
+            "{shown}: {total} bytes do not fit (the file system has {free} bytes free for you, \
+             the upload needs {rest} more); nothing of the upload was kept past byte {have}, \
+             free space and resend from there"
+        )));
+    }
+    Ok(())
+}
+
+/// Reserves the space of the `length` bytes about to be written at `at`, so that
+/// a chunk cannot run out of space half-way. Never more than that: a reservation
+/// for the whole declared size would let one byte of an upload hold all of it
+/// (and, abandoned, hold it for good). The file's size (the resume point) does not
+/// change; a chunk that fails is cut back, which frees what it reserved. A file
+/// system without `fallocate` just goes on (a full disk then shows at the write,
+/// which is undone as well).
+fn reserve(
+    file: &std::fs::File,
+    at: u64,
+    length: u64,
+    total: u64,
+    shown: &str,
+) -> Result<(), Error> {
+    if length == 0 {
         return Ok(());
     }
     match fallocate(
         file,
         FallocateFlags::FALLOC_FL_KEEP_SIZE,
-        have as i64,
-        (total - have) as i64,
+        at as i64,
+        length as i64,
     ) {
         Ok(()) => Ok(()),
         Err(e @ (Errno::ENOSPC | Errno::EDQUOT | Errno::EFBIG)) => Err(match e {
@@ -467,7 +601,7 @@ fn reserve(file: &std::fs::File, have: u64, total: u64, shown: &str) -> Result<(
             )),
             _ => Error::DiskFull(format!(
                 "{shown}: {total} bytes do not fit (disk or quota full); nothing of the upload \
-                 was kept past byte {have}, free space and resend from there"
+                 was kept past byte {at}, free space and resend from there"
             )),
         }),
         Err(_) => Ok(()),
@@ -560,6 +694,22 @@ mod tests {
 
     fn req(h: Value) -> Value {
         json!({"headers": h})
+    }
+
+    #[test]
+    fn only_a_lone_regular_file_of_ours_is_our_partial_file() {
+        let dir = std::env::temp_dir().join(format!("ucloud-files-ours-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("partial");
+        std::fs::write(&file, b"x").unwrap();
+        let stat = |p: &std::path::Path| nix::sys::stat::lstat(p).unwrap();
+        assert!(ours(&stat(&file)));
+        assert!(!ours(&stat(&dir)), "a directory");
+        std::os::unix::fs::symlink(&file, dir.join("link")).unwrap();
+        assert!(!ours(&stat(&dir.join("link"))), "a symbolic link");
+        std::fs::hard_link(&file, dir.join("second")).unwrap();
+        assert!(!ours(&stat(&file)), "a file with another name");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -6,7 +6,14 @@
 //! ends the stream, so a plugin can neither forge nor skip them.
 //!
 //! Three threads meet on one channel: the client's frames, the plugin's lines, and
-//! this one, the only writer to the client, which also pings every 30 s.
+//! this one, the only writer to the client, which also pings every 30 s. The
+//! channel is bounded, so neither side can grow the gateway's memory by sending
+//! faster than the other takes: the plugin's reader waits (the plugin then waits
+//! on its pipe), and so does the client's past `BACKLOG_FRAMES` messages or
+//! `BACKLOG_BYTES` bytes not yet taken. A backlog that does not move for
+//! `BACKLOG_WAIT` means a client that sends without reading (each ping wants a
+//! pong, which cannot be written while it does not read): it is closed with 1008,
+//! and what it still sends is read and dropped, so that it can read the close.
 
 use crate::conn::ClientIn;
 use crate::error::Reject;
@@ -20,8 +27,8 @@ use serde_json::{json, Value};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStdin};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 use ucloud_http::server::{write_head, Request};
 use ucloud_wire::envelope::{Credential, Envelope};
@@ -42,6 +49,15 @@ const INIT_WITHIN: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often the reader thread looks up from a quiet socket to see if it must stop.
 const READER_TICK: Duration = Duration::from_millis(250);
+/// Events the channel holds; the plugin's reader waits when it is full.
+const CHANNEL: usize = 64;
+/// The most client messages, and bytes of them, queued and not yet taken; past
+/// either the client's reader waits. Below `CHANNEL`, so that the bound, not a
+/// full channel, is what a flooding client meets.
+const BACKLOG_FRAMES: usize = 32;
+const BACKLOG_BYTES: usize = 4 << 20;
+/// How long a full backlog may stand still before the client is closed (1008).
+const BACKLOG_WAIT: Duration = Duration::from_secs(5);
 /// The plugin's first two lines (ucloud-im-protocol(7)).
 const MAGIC: &str = "UCLOUD-IM/1";
 const HEAD: &str = r#"{"websocket":true}"#;
@@ -56,10 +72,71 @@ enum Event {
     Client(Message),
     /// The client broke the protocol: close with this code.
     ClientBad(ws::WsError),
+    /// The client's backlog stood full for `BACKLOG_WAIT`: close with this (1008).
+    /// Its reader goes on, dropping what comes, to see the client's close.
+    ClientFlood(ws::WsError),
     ClientGone(String),
     Line(Vec<u8>),
     /// The plugin's stdout ended (`Err`: it could not be read or a line was too long).
     PluginEof(Result<(), String>),
+}
+
+/// The client's messages in the channel, not yet taken by the session.
+#[derive(Default)]
+struct Backlog {
+    frames: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Backlog {
+    /// Whether a message of `size` fits (one always does into an empty backlog).
+    fn has_room(&self, size: usize) -> bool {
+        let frames = self.frames.load(Ordering::Relaxed);
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        frames == 0 || (frames < BACKLOG_FRAMES && bytes + size <= BACKLOG_BYTES)
+    }
+
+    fn add(&self, size: usize) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// Waits until a message of `size` fits and counts it in. `Ok(false)`: `stop`
+    /// was set; `Err`: the backlog did not move for `BACKLOG_WAIT`.
+    fn wait_and_add(&self, size: usize, stop: &AtomicBool) -> Result<bool, ws::WsError> {
+        let since = Instant::now();
+        while !self.has_room(size) {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            if since.elapsed() >= BACKLOG_WAIT {
+                return Err(ws::WsError {
+                    code: ws::CLOSE_POLICY,
+                    why: format!(
+                        "{BACKLOG_FRAMES} messages or {BACKLOG_BYTES} bytes sent without \
+                         reading the answers"
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.add(size);
+        Ok(true)
+    }
+
+    fn take(&self, size: usize) {
+        self.frames.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+}
+
+/// What a message counts in the backlog: its payload, and a frame's head.
+fn size(m: &Message) -> usize {
+    14 + match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(_, why) => why.len(),
+    }
 }
 
 /// Whether `req` goes to the WebSocket endpoint (upgrade or not: serve() answers).
@@ -85,21 +162,28 @@ pub fn serve(
     if let Err(outcome) = switch_protocols(out, &accept) {
         return outcome;
     }
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(CHANNEL);
     let stop = AtomicBool::new(false);
+    let backlog = Backlog::default();
     let note = std::thread::scope(|scope| {
         let client_tx = tx.clone();
-        let stop_ref = &stop;
-        scope.spawn(move || read_client(input, leftover, client_tx, stop_ref));
+        let (stop_ref, backlog_ref) = (&stop, &backlog);
+        let reader =
+            scope.spawn(move || read_client(input, leftover, client_tx, stop_ref, backlog_ref));
         let mut session = Session {
             out,
             rx: &rx,
+            backlog: &backlog,
             last_heard: Instant::now(),
             next_ping: Instant::now() + PING_EVERY,
             reader_done: false,
         };
         let note = session.run(site, envelope_parts, tx);
         stop.store(true, Ordering::Relaxed);
+        // The reader may wait on a full channel: empty it until the reader sees `stop`.
+        while !reader.is_finished() {
+            let _ = rx.recv_timeout(READER_TICK);
+        }
         note
     });
     Outcome { status: 101, note }
@@ -194,16 +278,42 @@ pub fn upgrade_accept(req: &Request) -> Result<String, Reject> {
     Ok(ws::accept_key(key))
 }
 
-/// Reads the client's frames until it leaves, breaks the protocol, or `stop` is set.
-fn read_client(input: &mut ClientIn, leftover: Vec<u8>, tx: Sender<Event>, stop: &AtomicBool) {
+/// Reads the client's frames until it leaves, breaks the protocol, sends more than
+/// the backlog holds, or `stop` is set.
+fn read_client(
+    input: &mut ClientIn,
+    leftover: Vec<u8>,
+    tx: SyncSender<Event>,
+    stop: &AtomicBool,
+    backlog: &Backlog,
+) {
     let mut decoder = Decoder::new(Role::Server, MAX_CLIENT_MESSAGE);
     decoder.push(&leftover);
     let mut buf = vec![0u8; 16 << 10];
+    let mut flooded = false;
     loop {
         loop {
             match decoder.next() {
                 Ok(Some(m)) => {
                     let closing = matches!(m, Message::Close(..));
+                    if flooded && !closing {
+                        continue;
+                    }
+                    if flooded {
+                        backlog.add(size(&m));
+                    } else {
+                        match backlog.wait_and_add(size(&m), stop) {
+                            Ok(true) => {}
+                            Ok(false) => return,
+                            Err(e) => {
+                                flooded = true;
+                                if tx.send(Event::ClientFlood(e)).is_err() {
+                                    return;
+                                }
+                                continue;
+                            }
+                        }
+                    }
                     if tx.send(Event::Client(m)).is_err() || closing {
                         return;
                     }
@@ -241,7 +351,7 @@ fn read_client(input: &mut ClientIn, leftover: Vec<u8>, tx: Sender<Event>, stop:
 }
 
 /// Reads the plugin's lines (each at most `MAX_PLUGIN_LINE`) until EOF.
-fn read_plugin(stdout: impl Read, tx: Sender<Event>) {
+fn read_plugin(stdout: impl Read, tx: SyncSender<Event>) {
     let mut reader = BufReader::with_capacity(64 << 10, stdout);
     loop {
         let mut line = Vec::new();
@@ -274,6 +384,7 @@ fn read_plugin(stdout: impl Read, tx: Sender<Event>) {
 struct Session<'a, W: Write> {
     out: &'a mut W,
     rx: &'a Receiver<Event>,
+    backlog: &'a Backlog,
     last_heard: Instant,
     next_ping: Instant,
     /// The client's reader has stopped: no close reply can come.
@@ -328,7 +439,8 @@ impl<W: Write> Session<'_, W> {
             let wake = deadline.map_or(self.next_ping, |d| d.min(self.next_ping));
             match self.rx.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(event) => {
-                    if matches!(event, Event::Client(_)) {
+                    if let Event::Client(m) = &event {
+                        self.backlog.take(size(m));
                         self.last_heard = Instant::now();
                     }
                     if matches!(
@@ -366,7 +478,7 @@ impl<W: Write> Session<'_, W> {
         }
     }
 
-    fn run(&mut self, site: &Site, caller: Caller, tx: Sender<Event>) -> String {
+    fn run(&mut self, site: &Site, caller: Caller, tx: SyncSender<Event>) -> String {
         let init_by = Instant::now() + INIT_WITHIN;
         let (stream_id, request) = loop {
             let event = match self.next(Some(init_by)) {
@@ -379,7 +491,9 @@ impl<W: Write> Session<'_, W> {
                     Ok(None) => continue,
                     Err(end) => return self.finish(None, None, end),
                 },
-                Event::ClientBad(e) => return self.finish(None, None, End::Close(e.code, e.why)),
+                Event::ClientBad(e) | Event::ClientFlood(e) => {
+                    return self.finish(None, None, End::Close(e.code, e.why))
+                }
                 Event::ClientGone(why) => return self.finish(None, None, End::Gone(why)),
                 Event::Line(_) | Event::PluginEof(_) => unreachable!("no plugin yet"),
             };
@@ -422,7 +536,7 @@ impl<W: Write> Session<'_, W> {
                     Ok(_) => {}
                     Err(end) => return end,
                 },
-                Event::ClientBad(e) => return End::Close(e.code, e.why),
+                Event::ClientBad(e) | Event::ClientFlood(e) => return End::Close(e.code, e.why),
                 Event::ClientGone(why) => return End::Gone(why),
                 Event::Line(line) => {
                     lines_seen += 1;
@@ -486,7 +600,7 @@ impl<W: Write> Session<'_, W> {
     /// Stops the plugin, tells the client how the stream ended; returns the log note.
     fn finish(&mut self, plugin: Option<Plugin>, stream_id: Option<&str>, end: End) -> String {
         if let Some(plugin) = plugin {
-            stop(plugin);
+            self.stop(plugin);
         }
         match end {
             End::Respond(status, payload) => {
@@ -509,6 +623,34 @@ impl<W: Write> Session<'_, W> {
                 format!("closed {code}: {why}")
             }
             End::Gone(why) => why,
+        }
+    }
+
+    /// Closing its stdin asks the plugin to stop; it gets `STOP_GRACE` to do so,
+    /// while its lines are taken and dropped (a plugin waiting on a full pipe could
+    /// not see its stdin close). The kill after that is refused once the dispatcher
+    /// became the user (EPERM); then the gateway's own exit, right after the
+    /// session, ends it (PR_SET_PDEATHSIG).
+    fn stop(&mut self, mut plugin: Plugin) {
+        drop(plugin.stdin.take());
+        let until = Instant::now() + STOP_GRACE;
+        while Instant::now() < until {
+            match plugin.child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => match self.rx.recv_timeout(Duration::from_millis(20)) {
+                    Ok(Event::Client(m)) => {
+                        self.backlog.take(size(&m));
+                        if matches!(m, Message::Close(..)) {
+                            self.reader_done = true;
+                        }
+                    }
+                    Ok(Event::ClientBad(_) | Event::ClientGone(_)) => self.reader_done = true,
+                    _ => {}
+                },
+            }
+        }
+        if kill(Pid::from_raw(plugin.child.id() as i32), Signal::SIGKILL).is_ok() {
+            let _ = plugin.child.wait();
         }
     }
 
@@ -567,7 +709,7 @@ fn is_cancel(text: &str) -> bool {
 
 /// Starts the dispatcher with the envelope on fd 3; its stdin stays open (the
 /// plugin ends when it closes), its stdout feeds `read_plugin`.
-fn spawn(dispatcher: &str, envelope: Vec<u8>, tx: Sender<Event>) -> Result<Plugin, String> {
+fn spawn(dispatcher: &str, envelope: Vec<u8>, tx: SyncSender<Event>) -> Result<Plugin, String> {
     let (mut child, mut env_write) = crate::dispatch::start(dispatcher)?;
     // An envelope with one Job fits the pipe; a bigger one gets a thread.
     std::thread::spawn(move || {
@@ -592,23 +734,6 @@ fn spawn(dispatcher: &str, envelope: Vec<u8>, tx: Sender<Event>) -> Result<Plugi
         child,
         stderr,
     })
-}
-
-/// Closing its stdin asks the plugin to stop; it gets `STOP_GRACE` to do so. The
-/// kill after that is refused once the dispatcher became the user (EPERM); then the
-/// gateway's own exit, right after the session, ends it (PR_SET_PDEATHSIG).
-fn stop(mut plugin: Plugin) {
-    drop(plugin.stdin.take());
-    let until = Instant::now() + STOP_GRACE;
-    while Instant::now() < until {
-        match plugin.child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    if kill(Pid::from_raw(plugin.child.id() as i32), Signal::SIGKILL).is_ok() {
-        let _ = plugin.child.wait();
-    }
 }
 
 #[cfg(test)]
@@ -652,15 +777,46 @@ mod tests {
     }
 
     #[test]
+    fn the_backlog_waits_and_then_gives_up() {
+        let backlog = Backlog::default();
+        let stop = AtomicBool::new(false);
+        let ping = size(&Message::Ping(vec![1; 125]));
+        for _ in 0..BACKLOG_FRAMES {
+            assert_eq!(backlog.wait_and_add(ping, &stop), Ok(true));
+        }
+        assert!(!backlog.has_room(ping));
+        // Taken meanwhile: room again.
+        backlog.take(ping);
+        assert_eq!(backlog.wait_and_add(ping, &stop), Ok(true));
+        // Never taken: given up after BACKLOG_WAIT, with 1008.
+        let started = Instant::now();
+        let e = backlog.wait_and_add(ping, &stop).unwrap_err();
+        assert_eq!(e.code, ws::CLOSE_POLICY);
+        assert!(started.elapsed() >= BACKLOG_WAIT);
+        // The session's end stops the wait.
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(backlog.wait_and_add(ping, &stop), Ok(false));
+        // Bytes count too: four messages of the largest size fit, a fifth waits;
+        // one always fits into an empty backlog.
+        let backlog = Backlog::default();
+        let big = size(&Message::Text("y".repeat(MAX_CLIENT_MESSAGE - 14)));
+        for _ in 0..4 {
+            backlog.add(big);
+        }
+        assert!(!backlog.has_room(big));
+        assert!(Backlog::default().has_room(BACKLOG_BYTES * 2));
+    }
+
+    #[test]
     fn plugin_lines_are_split_and_bounded() {
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(8);
         read_plugin(&b"UCLOUD-IM/1\n{\"a\":1}\nlast"[..], tx);
         let got: Vec<_> = rx.iter().collect();
         assert!(matches!(&got[0], Event::Line(l) if l == b"UCLOUD-IM/1"));
         assert!(matches!(&got[1], Event::Line(l) if l == b"{\"a\":1}"));
         assert!(matches!(&got[2], Event::Line(l) if l == b"last"));
         assert!(matches!(&got[3], Event::PluginEof(Ok(()))));
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(8);
         let long = vec![b'x'; MAX_PLUGIN_LINE + 10];
         read_plugin(&long[..], tx);
         assert!(matches!(rx.recv().unwrap(), Event::PluginEof(Err(_))));
