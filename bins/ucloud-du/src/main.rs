@@ -41,7 +41,8 @@ usage: ucloud-du [--drive ID]... [--walk-only] [--max-files N] [--max-seconds S]
   --max-files N     count at most N entries per drive (default 10000000)
   --max-seconds S   spend at most S seconds of wall-clock time per drive (default 1800)
   --max-depth D     enter at most D levels below a drive's base (default 4096)
-  --measure DIR     measure DIR only and print the result as JSON: nothing is
+  --measure DIR     measure DIR only, as a drive (its quota with CAP_SYS_ADMIN,
+                    else its walk), and print the result as JSON: nothing is
                     reported, no state or audit record is written
   -h, --help        this text
   -V, --version     the version
@@ -125,9 +126,7 @@ fn main() -> ExitCode {
     };
     options.limits.depth = options.limits.depth.min(descriptors().saturating_sub(32));
     let result = match &options.measure {
-        Some(dir) => privilege::drop_admin()
-            .map_err(|why| (71, format!("refusing to walk: {why}")))
-            .and_then(|_| measure(dir, options.limits)),
+        Some(dir) => measure(dir, &options),
         None => report(&options),
     };
     match result {
@@ -166,9 +165,30 @@ fn walk_json(w: &walk::Walk) -> Value {
     })
 }
 
-fn measure(dir: &Path, limits: Limits) -> Result<u8, (u8, String)> {
-    let w = walk::walk(dir, limits).map_err(|e| (66, e.0))?;
-    println!("{}", walk_json(&w));
+/// One directory as a drive would be measured: its quota (with CAP_SYS_ADMIN),
+/// else its walk, after the same drop.
+fn measure(dir: &Path, options: &Options) -> Result<u8, (u8, String)> {
+    let started = std::time::Instant::now();
+    let quota = if options.walk_only {
+        Err("--walk-only".to_string())
+    } else if privilege::quota_capable() {
+        quota::read(dir)
+    } else {
+        Err("no CAP_SYS_ADMIN: quotas are not read".to_string())
+    };
+    privilege::drop_admin().map_err(|why| (71, format!("refusing to walk: {why}")))?;
+    let out = match quota {
+        Ok(q) => json!({"source": q.source.name(), "bytes": q.bytes, "truncated": null,
+                        "seconds": started.elapsed().as_secs_f64()}),
+        Err(why) => {
+            let w = walk::walk(dir, options.limits).map_err(|e| (66, e.0))?;
+            let mut out = walk_json(&w);
+            out["source"] = json!("walk");
+            out["walkReason"] = json!(why);
+            out
+        }
+    };
+    println!("{out}");
     Ok(0)
 }
 
