@@ -397,3 +397,38 @@ fn unshared(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quota::{Quota, Source};
+
+    #[test]
+    fn a_quota_two_drives_share_is_neither_drives_and_both_are_walked() {
+        let entries: Vec<drives::Entry> = ["1", "2", "3", "4"]
+            .iter()
+            .map(|id| (id.to_string(), Err("unused".to_string())))
+            .collect();
+        let q = |dev, source| {
+            Ok(Quota {
+                bytes: 10,
+                source,
+                dev,
+            })
+        };
+        let got = unshared(
+            &entries,
+            vec![
+                q(1, Source::Project(7)),
+                q(1, Source::Project(7)),
+                // The same id on another filesystem is another quota.
+                q(2, Source::Project(7)),
+                Err("walked anyway".into()),
+            ],
+        );
+        assert_eq!(got[0], Err("its project 7 also covers drive 2".to_string()));
+        assert_eq!(got[1], Err("its project 7 also covers drive 1".to_string()));
+        assert_eq!(got[2], q(2, Source::Project(7)));
+        assert_eq!(got[3], Err("walked anyway".to_string()));
+    }
+}
