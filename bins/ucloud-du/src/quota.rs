@@ -230,7 +230,27 @@ fn project(dir: BorrowedFd) -> Result<(u64, Source), String> {
         }
         Err(e) => return Err(format!("FS_IOC_FSGETXATTR: {}", e.desc())),
     };
-    project_quota(id, flags, |id| sys::project_quota_bytes(dir, id))
+    project_quota(id, flags, |id| {
+        let mut q = sys::FsDiskQuota([0; sys::FS_DISK_QUOTA_SIZE]);
+        sys::project_quota(dir, id, &mut q)?;
+        disk_quota_bytes(&q.0, id).ok_or(Errno::EPROTO)
+    })
+}
+
+/// `FS_DQUOT_VERSION` and `FS_PROJ_QUOTA` of linux/dqblk_xfs.h.
+const FS_DQUOT_VERSION: i8 = 1;
+const FS_PROJ_QUOTA: u8 = 2;
+
+/// The bytes of a project's `struct fs_disk_quota` (native byte order, the
+/// kernel's): `d_bcount`, in 512-byte basic blocks, at offset 40. None unless
+/// the record is version 1, a project's, and this project's.
+fn disk_quota_bytes(q: &[u8], project: u32) -> Option<u64> {
+    let version = *q.first()? as i8;
+    let flags = *q.get(1)?;
+    let id = u32::from_ne_bytes(q.get(4..8)?.try_into().ok()?);
+    let blocks = u64::from_ne_bytes(q.get(40..48)?.try_into().ok()?);
+    (version == FS_DQUOT_VERSION && flags & FS_PROJ_QUOTA != 0 && id == project)
+        .then(|| blocks.saturating_mul(512))
 }
 
 /// The project tree rule, and what quotactl_fd's errors mean for a site.
@@ -258,6 +278,12 @@ fn project_quota(
         Err(Errno::ENOENT) => Err(format!("project id {id} has no quota record")),
         Err(Errno::EPERM) => Err(format!(
             "project id {id}, but reading its quota needs CAP_SYS_ADMIN"
+        )),
+        Err(Errno::EROFS) => Err(format!(
+            "project id {id}: quotactl_fd: the kernel wants the mount writable"
+        )),
+        Err(Errno::EPROTO) => Err(format!(
+            "project id {id}: quotactl_fd answered a record that is not this project's"
         )),
         Err(e) => Err(format!("project id {id}: quotactl_fd: {}", e.desc())),
     }
@@ -378,10 +404,39 @@ mod tests {
             (Errno::ESRCH, "project quotas are off"),
             (Errno::ENOENT, "no quota record"),
             (Errno::EPERM, "CAP_SYS_ADMIN"),
+            (Errno::EROFS, "writable"),
+            (Errno::EPROTO, "not this project's"),
             (Errno::EIO, "quotactl_fd"),
         ] {
             let err = project_quota(42, FS_XFLAG_PROJINHERIT, |_| Err(errno)).unwrap_err();
             assert!(err.contains(why) && err.contains("42"), "{errno}: {err}");
+        }
+    }
+
+    fn disk_quota(version: i8, flags: u8, id: u32, blocks: u64) -> Vec<u8> {
+        let mut q = vec![0u8; sys::FS_DISK_QUOTA_SIZE];
+        q[0] = version as u8;
+        q[1] = flags;
+        q[4..8].copy_from_slice(&id.to_ne_bytes());
+        q[40..48].copy_from_slice(&blocks.to_ne_bytes());
+        q
+    }
+
+    #[test]
+    fn project_records_are_read_only_when_they_are_this_projects() {
+        assert_eq!(disk_quota_bytes(&disk_quota(1, 2, 42, 10), 42), Some(5120));
+        assert_eq!(
+            disk_quota_bytes(&disk_quota(1, 2, 42, u64::MAX), 42),
+            Some(u64::MAX)
+        );
+        for (q, why) in [
+            (disk_quota(2, 2, 42, 10), "another version"),
+            (disk_quota(1, 1, 42, 10), "a user's record"),
+            (disk_quota(1, 2, 43, 10), "another project"),
+            (disk_quota(1, 2, 42, 10)[..47].to_vec(), "short"),
+            (Vec::new(), "empty"),
+        ] {
+            assert_eq!(disk_quota_bytes(&q, 42), None, "{why}");
         }
     }
 
@@ -571,7 +626,8 @@ mod tests {
             Mode::empty(),
         )
         .unwrap();
-        let got = sys::project_quota_bytes(root.as_fd(), 4242);
+        let mut q = sys::FsDiskQuota([0; sys::FS_DISK_QUOTA_SIZE]);
+        let got = sys::project_quota(root.as_fd(), 4242, &mut q);
         assert!(
             matches!(
                 got,

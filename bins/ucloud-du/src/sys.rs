@@ -88,42 +88,37 @@ pub fn fsgetxattr(dir: BorrowedFd) -> Result<(u32, u32), Errno> {
 
 /// The quota type of project quotas (linux/quota.h), not in libc.
 const PRJQUOTA: libc::c_int = 2;
+/// `Q_XGETQUOTA` (linux/dqblk_xfs.h): `XQM_CMD(3)`. Not Q_GETQUOTA: the kernel
+/// takes that one as a write (it wants the mount writable, EROFS otherwise), and
+/// the unit sees every drive read-only.
+const Q_XGETQUOTA: libc::c_int = (b'X' as libc::c_int) << 8 | 3;
+/// `sizeof(struct fs_disk_quota)`.
+pub const FS_DISK_QUOTA_SIZE: usize = 112;
 
-/// `quotactl_fd(fd, QCMD(Q_GETQUOTA, PRJQUOTA), id, &dqblk)`: the project's usage
-/// in bytes (`dqb_curspace`) on the filesystem of `dir`. Linux 5.14 and later,
-/// on a kernel built with quota support (else ENOSYS). Needs CAP_SYS_ADMIN for a
-/// project id.
-pub fn project_quota_bytes(dir: BorrowedFd, project: u32) -> Result<u64, Errno> {
-    let mut q: libc::dqblk = dqblk_zero();
-    // SAFETY: quotactl_fd's fourth argument for Q_GETQUOTA points to a
-    // `struct if_dqblk`, which libc::dqblk is (repr(C), the uapi layout); `q` is
-    // writable for the whole call and the kernel keeps no pointer to it. The other
-    // arguments are plain integers; `dir` is an open descriptor.
+/// `struct fs_disk_quota` as bytes, aligned for its u64 fields.
+#[repr(C, align(8))]
+pub struct FsDiskQuota(pub [u8; FS_DISK_QUOTA_SIZE]);
+
+/// `quotactl_fd(fd, QCMD(Q_XGETQUOTA, PRJQUOTA), id, &fs_disk_quota)` on the
+/// filesystem of `dir`: the project's quota record, for quota.rs to read. Linux
+/// 5.14 and later, on a kernel built with quota support for that filesystem
+/// (else ENOSYS). Needs CAP_SYS_ADMIN for a project id.
+pub fn project_quota(dir: BorrowedFd, project: u32, out: &mut FsDiskQuota) -> Result<(), Errno> {
+    // SAFETY: quotactl_fd's fourth argument for Q_XGETQUOTA points to a
+    // `struct fs_disk_quota` (112 bytes in the uapi header), which `out` is in
+    // size and alignment; it is writable for the whole call and the kernel keeps
+    // no pointer to it. The other arguments are plain integers; `dir` is an open
+    // descriptor.
     let r = unsafe {
         libc::syscall(
             libc::SYS_quotactl_fd,
             dir.as_raw_fd(),
-            libc::QCMD(libc::Q_GETQUOTA, PRJQUOTA) as libc::c_uint,
+            libc::QCMD(Q_XGETQUOTA, PRJQUOTA) as libc::c_uint,
             project as libc::c_uint,
-            std::ptr::from_mut(&mut q).cast::<libc::c_void>(),
+            out.0.as_mut_ptr().cast::<libc::c_void>(),
         )
     };
-    Errno::result(r)?;
-    Ok(q.dqb_curspace)
-}
-
-fn dqblk_zero() -> libc::dqblk {
-    libc::dqblk {
-        dqb_bhardlimit: 0,
-        dqb_bsoftlimit: 0,
-        dqb_curspace: 0,
-        dqb_ihardlimit: 0,
-        dqb_isoftlimit: 0,
-        dqb_curinodes: 0,
-        dqb_btime: 0,
-        dqb_itime: 0,
-        dqb_valid: 0,
-    }
+    Errno::result(r).map(drop)
 }
 
 #[cfg(test)]
@@ -136,6 +131,7 @@ mod tests {
         assert_eq!(BTRFS_IOC_TREE_SEARCH, 0xd000_9411);
         assert_eq!(BTRFS_IOC_INO_LOOKUP, 0xd000_9412);
         assert_eq!(FS_IOC_FSGETXATTR, 0x801c_581f);
-        assert_eq!(std::mem::size_of::<libc::dqblk>(), 72);
+        assert_eq!(Q_XGETQUOTA, 0x5803);
+        assert_eq!(libc::QCMD(Q_XGETQUOTA, PRJQUOTA), 0x0058_0302);
     }
 }
