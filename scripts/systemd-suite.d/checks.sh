@@ -347,6 +347,50 @@ check_storage_usage() {
         "$(jq -c '{method, path, status}' "$SIM_LOG" | tail -n 20)"
 }
 
+# The quota drop-in exactly as ucloud-du(8) prints it: the unit then holds CAP_SYS_ADMIN
+# for the quota phase, may drop it past its system call filter (capset is in
+# ~@privileged), checks the drop and walks Alice's drive. Without the drop-in's filter
+# line the drop is refused and nothing is walked: shown on a copy of the unit under a
+# name outside ucloud-*, so that its deliberate failure is not one of the module's.
+check_storage_quota_dropin() {
+    local drive dropin unit status=0 probe=du-quota-probe.service
+    drive=$(drive_of "$SUITE_ALICE")
+    dropin=$(sed -n '/^\[Service\]$/,/^\.fi$/p' "$STACK_REPO/man/ucloud-du.8" | sed '$d')
+    grep -qx 'SystemCallFilter=capset quotactl_fd' <<<"$dropin" ||
+        fail "ucloud-du(8) prints no drop-in with its SystemCallFilter= line: $dropin" || return 1
+    unit=$(ct_exec systemctl show -P FragmentPath ucloud-du.service) || return 1
+    cp "$(ct_path "$unit")" "$(ct_path "/etc/systemd/system/$probe")" || return 1
+    mkdir -p "$(ct_path "/etc/systemd/system/$probe.d")" "$(ct_path /etc/systemd/system/ucloud-du.service.d)"
+    grep -v '^SystemCallFilter=' <<<"$dropin" >"$(ct_path "/etc/systemd/system/$probe.d/quota.conf")"
+    printf '%s\n' "$dropin" >"$(ct_path /etc/systemd/system/ucloud-du.service.d/quota.conf)"
+    ct_exec systemctl daemon-reload || return 1
+    if ct_exec systemctl start "$probe"; then
+        fail "$probe ran with CAP_SYS_ADMIN it could not have dropped" || status=1
+    elif ! ct_exec journalctl --no-pager -q -o cat -u "$probe" | grep -q 'refusing to walk the drives'; then
+        fail "$probe failed, but not at the drop: $(ct_exec journalctl --no-pager -q -o cat -u "$probe" | tail -n 5)" ||
+            status=1
+    fi
+    ct_exec systemctl reset-failed "$probe" || true
+    if ((status == 0)); then
+        ct_exec systemctl start ucloud-du.service ||
+            fail "ucloud-du.service with the man page's drop-in failed: $(ct_exec journalctl --no-pager -q -o cat -u ucloud-du.service | tail -n 5)" ||
+            status=1
+    fi
+    if ((status == 0)); then
+        ct_exec tail -n 1 /var/log/ucloud-im/audit.log |
+            jq -e --arg d "$drive" '.program == "ucloud-du" and .capability == true
+                and .sysAdmin.heldAtStart == true and .sysAdmin.droppedBeforeWalk == true
+                and ([.drives[] | select(.drive == $d and .reported == true and .source == "walk"
+                    and (.walkReason | type == "string"))] | length == 1)' >/dev/null ||
+            fail "the audit log's last record is not a quota-capable run that walked drive $drive:" \
+                "$(ct_exec tail -n 1 /var/log/ucloud-im/audit.log)" || status=1
+    fi
+    rm -rf "$(ct_path "/etc/systemd/system/$probe")" "$(ct_path "/etc/systemd/system/$probe.d")" \
+        "$(ct_path /etc/systemd/system/ucloud-du.service.d)"
+    ct_exec systemctl daemon-reload || return 1
+    return "$status"
+}
+
 browse_body() {
     jq -cn --arg drive "$1" --arg provider "$SUITE_PROVIDER" '{
         resolvedCollection: {id: $drive, specification: {title: "Home",
@@ -712,6 +756,8 @@ run_suite() {
     check "a download gives the file back" check_download
     check "ucloud-du.service measures Alice's drive, audits it, and her storage usage reaches UCloud" \
         check_storage_usage
+    check "ucloud-du.service with the quota drop-in of ucloud-du(8) holds CAP_SYS_ADMIN, drops it past its filter and walks" \
+        check_storage_quota_dropin
     check "Bob connects through the registry socket (ucloud-connect)" check_connect
     check "Bob may not browse Alice's drive" check_refused
     check "the monitor hears Slurm's account alone, stays up without Slurm, and is started by its socket" \

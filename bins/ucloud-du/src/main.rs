@@ -1,14 +1,21 @@
 //! ucloud-du: the storage usage of every registered drive, reported to UCloud.
-//! Walks each drive of the drive table with CAP_DAC_READ_SEARCH as its only
-//! privilege (lstat only, never following a symlink or crossing a mount point,
-//! within a file, time and depth limit), turns the allocated bytes into the drive
-//! category's unit, and writes one absolute total per drive into the outbox's
-//! `usage/` (ucloud-sender delivers it). One audit record per run, on stdout, which
-//! the service unit appends to the audit log. Holds no UCloud credential.
-#![forbid(unsafe_code)]
+//! Where a site grants it CAP_SYS_ADMIN, first reads the quota of every drive that
+//! is a quota root (a btrfs subvolume with qgroups, an XFS or ext4 project tree),
+//! then drops that capability for good and proves it. Walks every other drive with
+//! CAP_DAC_READ_SEARCH as its only privilege (lstat only, never following a
+//! symlink or crossing a mount point, within a file, time and depth limit), turns
+//! the bytes into the drive category's unit, and writes one absolute total per
+//! drive into the outbox's `usage/` (ucloud-sender delivers it). One audit record
+//! per run, on stdout, which the service unit appends to the audit log. Holds no
+//! UCloud credential.
+#![deny(unsafe_code)]
 
 mod charge;
 mod drives;
+mod privilege;
+mod quota;
+#[allow(unsafe_code)]
+mod sys;
 mod walk;
 
 use charge::{Rule, State};
@@ -24,24 +31,33 @@ use walk::Limits;
 const HELP: &str = "\
 ucloud-du: report the storage usage of every registered drive to UCloud
 
-usage: ucloud-du [--drive ID]... [--max-files N] [--max-seconds S] [--max-depth D]
+usage: ucloud-du [--drive ID]... [--walk-only] [--max-files N] [--max-seconds S]
+                 [--max-depth D]
        ucloud-du --measure DIR [--max-files N] [--max-seconds S] [--max-depth D]
 
   --drive ID        measure only this drive of the drive table (repeatable)
+  --walk-only       walk every drive, read no quota (CAP_SYS_ADMIN, if held, is
+                    dropped before anything else)
   --max-files N     count at most N entries per drive (default 10000000)
   --max-seconds S   spend at most S seconds of wall-clock time per drive (default 1800)
   --max-depth D     enter at most D levels below a drive's base (default 4096)
-  --measure DIR     measure DIR only and print the result as JSON: nothing is
+  --measure DIR     measure DIR only, as a drive (its quota with CAP_SYS_ADMIN,
+                    else its walk), and print the result as JSON: nothing is
                     reported, no state or audit record is written
   -h, --help        this text
   -V, --version     the version
 
-Counts the allocated bytes (as du) below each drive's base, on its filesystem
-only, without following symlinks. A drive that hits a limit is reported at no less
-than its last total and the audit record says which limit. Writes one total per
-drive to var/lib/ucloud-im/outbox/usage/ (ucloud-sender delivers it), keeps each
-drive's state in var/lib/ucloud-im/du/, and prints one audit record (a JSON line)
-on stdout. Runs as its own account with CAP_DAC_READ_SEARCH only, never as root.
+With CAP_SYS_ADMIN (a site's unit drop-in grants it), first reads the quota of
+each drive that is a quota root (btrfs subvolume with qgroups: its level-0
+qgroup's referenced bytes; XFS/ext4 project tree: its project's space), then drops
+CAP_SYS_ADMIN from every set and checks that it is gone before walking the rest.
+The walk counts the allocated bytes (as du) below a drive's base, on its
+filesystem only, without following symlinks. A drive that hits a limit is reported
+at no less than its last total and the audit record says which limit. Writes one
+total per drive to var/lib/ucloud-im/outbox/usage/ (ucloud-sender delivers it),
+keeps each drive's state in var/lib/ucloud-im/du/, and prints one audit record (a
+JSON line) on stdout, naming each drive's source. Runs as its own account with
+CAP_DAC_READ_SEARCH (and, for quotas only, CAP_SYS_ADMIN), never as root.
 See ucloud-du(8).
 ";
 
@@ -49,10 +65,12 @@ struct Options {
     limits: Limits,
     drives: Vec<String>,
     measure: Option<PathBuf>,
+    walk_only: bool,
 }
 
 fn options() -> Result<Options, String> {
     let mut args = pico_args::Arguments::from_env();
+    let walk_only = args.contains("--walk-only");
     let num = |args: &mut pico_args::Arguments, key: &'static str, default: u64| {
         args.opt_value_from_str::<_, u64>(key)
             .map(|v| v.unwrap_or(default))
@@ -85,6 +103,7 @@ fn options() -> Result<Options, String> {
         },
         drives,
         measure,
+        walk_only,
     })
 }
 
@@ -107,7 +126,7 @@ fn main() -> ExitCode {
     };
     options.limits.depth = options.limits.depth.min(descriptors().saturating_sub(32));
     let result = match &options.measure {
-        Some(dir) => measure(dir, options.limits),
+        Some(dir) => measure(dir, &options),
         None => report(&options),
     };
     match result {
@@ -146,9 +165,30 @@ fn walk_json(w: &walk::Walk) -> Value {
     })
 }
 
-fn measure(dir: &Path, limits: Limits) -> Result<u8, (u8, String)> {
-    let w = walk::walk(dir, limits).map_err(|e| (66, e.0))?;
-    println!("{}", walk_json(&w));
+/// One directory as a drive would be measured: its quota (with CAP_SYS_ADMIN),
+/// else its walk, after the same drop.
+fn measure(dir: &Path, options: &Options) -> Result<u8, (u8, String)> {
+    let started = std::time::Instant::now();
+    let quota = if options.walk_only {
+        Err("--walk-only".to_string())
+    } else if privilege::quota_capable() {
+        quota::read(dir)
+    } else {
+        Err("no CAP_SYS_ADMIN: quotas are not read".to_string())
+    };
+    privilege::drop_admin().map_err(|why| (71, format!("refusing to walk: {why}")))?;
+    let out = match quota {
+        Ok(q) => json!({"source": q.source.name(), "bytes": q.bytes, "truncated": null,
+                        "seconds": started.elapsed().as_secs_f64()}),
+        Err(why) => {
+            let w = walk::walk(dir, options.limits).map_err(|e| (66, e.0))?;
+            let mut out = walk_json(&w);
+            out["source"] = json!("walk");
+            out["walkReason"] = json!(why);
+            out
+        }
+    };
+    println!("{out}");
     Ok(0)
 }
 
@@ -180,6 +220,24 @@ fn report(options: &Options) -> Result<u8, (u8, String)> {
     let outbox = PathBuf::from(ucloud_wire::paths::outbox_dir());
     let table_dir = PathBuf::from(ucloud_wire::paths::drives_dir());
     let mut entries = drives::table(&table_dir).map_err(setup)?;
+    // The quota phase: the only part that may use CAP_SYS_ADMIN.
+    // Every drive of the table, even with --drive: a quota that two drives share
+    // is neither's alone, and the other one may not be measured in this run.
+    let quota_capable = !options.walk_only && privilege::quota_capable();
+    let quotas: Vec<Result<quota::Quota, String>> = entries
+        .iter()
+        .map(|(_, drive)| match drive {
+            Ok(_) if options.walk_only => Err("--walk-only".into()),
+            Ok(_) if !quota_capable => Err("no CAP_SYS_ADMIN: quotas are not read".into()),
+            Ok(d) => quota::read(&d.base),
+            Err(_) => Err("not a drive".into()),
+        })
+        .collect();
+    let mut quotas = unshared(&entries, quotas);
+    // Nothing below runs with CAP_SYS_ADMIN, and the walk does not start unless
+    // that is proven.
+    let dropped = privilege::drop_admin()
+        .map_err(|why| (71, format!("refusing to walk the drives: {why}")))?;
     if !options.drives.is_empty() {
         if let Some(missing) = options
             .drives
@@ -188,7 +246,14 @@ fn report(options: &Options) -> Result<u8, (u8, String)> {
         {
             return Err((66, format!("no drive {missing} in {}", table_dir.display())));
         }
-        entries.retain(|(name, _)| options.drives.contains(name));
+        let keep: Vec<bool> = entries
+            .iter()
+            .map(|(name, _)| options.drives.contains(name))
+            .collect();
+        let mut keep_quota = keep.iter();
+        quotas.retain(|_| *keep_quota.next().expect("one per entry"));
+        let mut keep_entry = keep.iter();
+        entries.retain(|_| *keep_entry.next().expect("one per entry"));
     }
     let capable = can_read_everything();
     if !capable {
@@ -198,10 +263,21 @@ fn report(options: &Options) -> Result<u8, (u8, String)> {
     }
     let mut records = Vec::new();
     let mut failed = 0;
-    for (name, drive) in entries {
-        let record = match drive
-            .and_then(|d| one(&d, options, &config.provider, &table, &state_dir, &outbox))
-        {
+    for ((name, drive), quota) in entries.into_iter().zip(quotas) {
+        if let (true, Ok(_), Err(why)) = (quota_capable, &drive, &quota) {
+            eprintln!("ucloud-du: drive {name}: no quota to read, walked: {why}");
+        }
+        let record = match drive.and_then(|d| {
+            one(
+                &d,
+                quota,
+                options,
+                &config.provider,
+                &table,
+                &state_dir,
+                &outbox,
+            )
+        }) {
             Ok(record) => record,
             Err(why) => {
                 failed += 1;
@@ -219,6 +295,7 @@ fn report(options: &Options) -> Result<u8, (u8, String)> {
         "action": "measure",
         "decision": "allowed",
         "capability": capable,
+        "sysAdmin": dropped.to_json(),
         "limits": {"files": options.limits.files, "seconds": options.limits.time.as_secs(),
                    "depth": options.limits.depth},
         "drives": records,
@@ -234,6 +311,7 @@ fn report(options: &Options) -> Result<u8, (u8, String)> {
 /// Measures and reports one drive; its audit entry, or why nothing was reported.
 fn one(
     drive: &drives::Drive,
+    quota: Result<quota::Quota, String>,
     options: &Options,
     provider: &str,
     table: &Table,
@@ -251,15 +329,22 @@ fn one(
         })?;
     let rule =
         Rule::of(&category.terms).map_err(|why| format!("category {:?}: {why}", drive.category))?;
-    let walked = walk::walk(&drive.base, options.limits).map_err(|e| e.0)?;
+    let mut record = match quota {
+        Ok(q) => {
+            json!({"source": q.source.name(), "bytes": q.bytes, "truncated": null})
+        }
+        Err(why) => {
+            let walked = walk::walk(&drive.base, options.limits).map_err(|e| e.0)?;
+            let mut r = walk_json(&walked);
+            r["source"] = json!("walk");
+            r["walkReason"] = json!(why);
+            r
+        }
+    };
+    let bytes = record["bytes"].as_u64().expect("bytes are set above");
+    let truncated = !record["truncated"].is_null();
     let old = State::load(state_dir, &drive.id)?;
-    let (total, state) = charge::charge(
-        rule,
-        &old,
-        walked.bytes,
-        walked.truncated.is_some(),
-        ucloud_wire::now_ms(),
-    );
+    let (total, state) = charge::charge(rule, &old, bytes, truncated, ucloud_wire::now_ms());
     // The state first: a crash before the report leaves a total the next run
     // reports again; never a total that was reported and then forgotten.
     state.save(state_dir, &drive.id)?;
@@ -272,7 +357,6 @@ fn one(
     };
     usage::put(outbox, &report)
         .map_err(|e| format!("cannot write its report to {}: {e}", outbox.display()))?;
-    let mut record = walk_json(&walked);
     record["drive"] = json!(drive.id);
     record["ucloudUser"] = json!(drive.ucloud);
     record["localUser"] = json!(drive.local);
@@ -284,4 +368,67 @@ fn one(
     record["usage"] = json!(total);
     record["reported"] = json!(true);
     Ok(record)
+}
+
+/// A quota that two drives of this run share (one project id, one subvolume) is
+/// neither drive's alone: both are walked instead, and say why.
+fn unshared(
+    entries: &[drives::Entry],
+    quotas: Vec<Result<quota::Quota, String>>,
+) -> Vec<Result<quota::Quota, String>> {
+    let key = |q: &Result<quota::Quota, String>| q.as_ref().ok().map(|q| (q.dev, q.source));
+    let keys: Vec<_> = quotas.iter().map(key).collect();
+    quotas
+        .into_iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let shared = keys[i].and_then(|k| {
+                keys.iter()
+                    .enumerate()
+                    .find(|&(j, other)| j != i && *other == Some(k))
+                    .map(|(j, _)| &entries[j].0)
+            });
+            match (q, shared) {
+                (Ok(q), Some(other)) => {
+                    Err(format!("its {} also covers drive {other}", q.source.name()))
+                }
+                (q, _) => q,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quota::{Quota, Source};
+
+    #[test]
+    fn a_quota_two_drives_share_is_neither_drives_and_both_are_walked() {
+        let entries: Vec<drives::Entry> = ["1", "2", "3", "4"]
+            .iter()
+            .map(|id| (id.to_string(), Err("unused".to_string())))
+            .collect();
+        let q = |dev, source| {
+            Ok(Quota {
+                bytes: 10,
+                source,
+                dev,
+            })
+        };
+        let got = unshared(
+            &entries,
+            vec![
+                q(1, Source::Project(7)),
+                q(1, Source::Project(7)),
+                // The same id on another filesystem is another quota.
+                q(2, Source::Project(7)),
+                Err("walked anyway".into()),
+            ],
+        );
+        assert_eq!(got[0], Err("its project 7 also covers drive 2".to_string()));
+        assert_eq!(got[1], Err("its project 7 also covers drive 1".to_string()));
+        assert_eq!(got[2], q(2, Source::Project(7)));
+        assert_eq!(got[3], Err("walked anyway".to_string()));
+    }
 }
