@@ -54,6 +54,7 @@ pub fn everything(root: &Root, report: &mut Report) {
     plugins(&root.at(paths::plugin_dir()), report);
     dispatcher(&root.at(paths::dispatcher()), report);
     audit_log(&root.at(paths::audit_log()), report);
+    audit_limit(&root.at(paths::audit_limit_dir()), report);
 }
 
 /// Why a path cannot be trusted, at the component to blame.
@@ -475,6 +476,17 @@ fn audit_log(path: &str, report: &mut Report) {
     match rule {
         Ok(()) => report.fine("audit log"),
         Err(why) => report.problem(path, 0, strip(path, &why)),
+    }
+}
+
+/// Where the dispatcher counts the records of refused callers: without it (or with
+/// one it cannot trust) they are not limited.
+fn audit_limit(dir: &str, report: &mut Report) {
+    let missing = format!(
+        "the records of refused callers are not limited without it: install -d -m 0700 {dir}"
+    );
+    if trusted(dir, FileKind::Dir, &missing, report).is_some() {
+        report.fine("audit limit");
     }
 }
 

@@ -65,6 +65,7 @@ impl Install {
             install.dir(dir, 0o755);
         }
         install.dir("var/lib/ucloud-im/mappings", 0o700);
+        install.dir("var/lib/ucloud-im/audit-limit", 0o700);
         install.file("etc/ucloud-im/site.conf", SITE, 0o644);
         install.file(
             "etc/ucloud-im/ucloud_key.pub",
@@ -196,7 +197,7 @@ fn a_correct_installation_passes() {
     assert_eq!(
         out,
         "ok: site.conf, accounts, UCloud key, transfer key, 1 mapping(s), 1 drive(s), \
-         1 plugin(s), dispatcher, audit log\nucloud-check: no problems found\n"
+         1 plugin(s), dispatcher, audit log, audit limit\nucloud-check: no problems found\n"
     );
 }
 
@@ -417,6 +418,7 @@ fn a_tree_nobody_installed_says_what_to_do() {
     let install = Install::new();
     fs::remove_dir_all(install.path("etc")).unwrap();
     fs::remove_dir_all(install.path("var/lib/ucloud-im/mappings")).unwrap();
+    fs::remove_dir_all(install.path("var/lib/ucloud-im/audit-limit")).unwrap();
     let (status, out) = install.check();
     assert_eq!(status, 1, "{out}");
     let etc = install.shown("etc");
@@ -432,6 +434,13 @@ fn a_tree_nobody_installed_says_what_to_do() {
     assert!(
         out.contains(&format!(
             "{mappings}: does not exist: ucloud-registry makes it on its first add"
+        )),
+        "{out}"
+    );
+    let limit = install.shown("var/lib/ucloud-im/audit-limit");
+    assert!(
+        out.contains(&format!(
+            "{limit}: does not exist: the records of refused callers are not limited without it"
         )),
         "{out}"
     );

@@ -2,15 +2,35 @@
 //! log, and the same line to syslog when `/dev/log` exists. The file write is the
 //! record: if it fails, the request is refused. Syslog is best effort (machines
 //! without a syslog daemon have no `/dev/log`).
+//!
+//! A record is written whole or not at all, whatever the caller set up:
+//! - sanitize.rs lifts the file-size limit before anything can be refused, and
+//!   SIGXFSZ is ignored while writing, so a limit that still holds fails the write
+//!   (EFBIG) instead of ending the process;
+//! - the record is one write(2) under an exclusive flock(2) on the log (the registry
+//!   and ucloud-du take it too); if the write comes back short (disk full, a limit), the log is
+//!   cut back to its length before the write;
+//! - while the lock is held the real uid is 0 and every signal is blocked: the
+//!   caller, otherwise the real uid, cannot send the fatal signal the kernel would
+//!   end the write at, between two pages, nor stop the process holding the lock;
+//! - a record cut short anyway (a writer killed by root or by the kernel) is cut off
+//!   by the next writer, which finds the log not ending in a newline.
+//!
+//! Refusals of callers that were not accepted are limited per uid (limit.rs).
 
 use crate::checks::{open_secure, Kind};
 use crate::error::Error;
-use nix::fcntl::{openat, OFlag};
+use crate::{limit, sys};
+use nix::fcntl::{openat, Flock, FlockArg, OFlag};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::unistd::{setresuid, Uid};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixDatagram;
+use ucloud_wire::envelope::MAX_ENVELOPE;
 use ucloud_wire::paths;
 
 /// What is known about a request so far; filled in as the pipeline learns it.
@@ -21,6 +41,8 @@ pub struct Record {
     pub ucloud_user: Option<String>,
     pub local_user: Option<String>,
     pub uid: Option<u32>,
+    /// The caller passed the caller check: its refusals are never limited.
+    pub caller_accepted: bool,
 }
 
 impl Record {
@@ -50,48 +72,195 @@ impl Record {
 
 pub fn write(record: &Record, outcome: Result<(), &Error>) -> Result<(), Error> {
     let line = record.line(outcome);
-    append(&line)?;
-    syslog(&line, outcome.is_ok());
+    let limited = outcome.is_err() && !record.caller_accepted;
+    let path = paths::audit_log();
+    let written = append(&path, record.caller_uid, &line, outcome.is_ok(), limited)
+        .map_err(|why| Error::Audit(format!("cannot write the audit log {path}: {why}")))?;
+    for (line, allowed) in written {
+        syslog(&line, allowed);
+    }
     Ok(())
 }
 
-fn append(line: &str) -> Result<(), Error> {
-    let path = paths::audit_log();
+/// The summary of a refused caller's records that were not written.
+fn summary_line(caller_uid: u32, summary: limit::Summary) -> String {
+    json!({
+        "time": ucloud_wire::now_ms(),
+        "program": "ucloud-dispatch",
+        "pid": std::process::id(),
+        "callerUid": caller_uid,
+        "decision": "suppressed",
+        "suppressed": summary.count,
+        "since": summary.since,
+    })
+    .to_string()
+}
+
+/// Appends what the limit lets through (the record, maybe after a summary) and
+/// returns those lines, each with whether it records an allowed request.
+fn append(
+    path: &str,
+    caller_uid: u32,
+    line: &str,
+    allowed: bool,
+    limited: bool,
+) -> Result<Vec<(String, bool)>, String> {
+    let file = open_log(path)?;
+    let _unsignalled =
+        RootRealUid::enter(caller_uid).map_err(|e| format!("cannot set the real uid to 0: {e}"))?;
+    let file = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("cannot lock it: {e}"))?;
+    let _quiet = Quiet::enter().map_err(|e| format!("cannot block signals: {e}"))?;
+    cut_partial_record(&file)?;
+    let charge = limit::charge(caller_uid, ucloud_wire::now_ms(), limited);
+    let mut lines = Vec::new();
+    if let Some(summary) = charge.verdict.summary {
+        lines.push((summary_line(caller_uid, summary), false));
+    }
+    if charge.verdict.write {
+        lines.push((line.to_string(), allowed));
+    }
+    let bytes: String = lines.iter().map(|(line, _)| format!("{line}\n")).collect();
+    if !bytes.is_empty() {
+        write_whole(&file, bytes.as_bytes())?;
+    }
+    charge.commit();
+    Ok(lines)
+}
+
+fn open_log(path: &str) -> Result<File, String> {
     let (dir, name) = path
         .rsplit_once('/')
         .expect("audit_log() is an absolute path");
-    let fail = |why: String| Error::Audit(format!("cannot write the audit log {path}: {why}"));
-    let dir = open_secure(dir, Kind::Dir).map_err(|e| fail(e.to_string()))?;
-    let flags = OFlag::O_WRONLY
+    let dir = open_secure(dir, Kind::Dir).map_err(|e| e.to_string())?;
+    // Read as well as append: a partial record at the end is looked for and cut.
+    let flags = OFlag::O_RDWR
         | OFlag::O_APPEND
         | OFlag::O_CREAT
         | OFlag::O_NOFOLLOW
         | OFlag::O_CLOEXEC
         | OFlag::O_NONBLOCK;
-    let fd = openat(&dir, name, flags, Mode::from_bits_truncate(0o600))
-        .map_err(|e| fail(e.to_string()))?;
-    let stat = fstat(&fd).map_err(|e| fail(e.to_string()))?;
+    let fd =
+        openat(&dir, name, flags, Mode::from_bits_truncate(0o600)).map_err(|e| e.to_string())?;
+    let stat = fstat(&fd).map_err(|e| e.to_string())?;
     if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-        return Err(fail("not a regular file".into()));
+        return Err("not a regular file".into());
     }
     if stat.st_uid != 0 || stat.st_mode & 0o077 != 0 {
-        return Err(fail(format!(
+        return Err(format!(
             "must be owned by root with mode 0600 (it is uid {}, mode {:04o})",
             stat.st_uid,
             stat.st_mode & 0o7777
-        )));
+        ));
     }
-    // One write with O_APPEND: a line is never interleaved with another dispatcher's,
-    // and a short write (disk full) is a failed record, not half a line.
-    let mut file = File::from(fd);
-    let bytes = format!("{line}\n");
-    match file.write(bytes.as_bytes()) {
-        Ok(n) if n == bytes.len() => Ok(()),
-        Ok(n) => Err(fail(format!(
-            "only {n} of {} bytes were written",
-            bytes.len()
-        ))),
-        Err(e) => Err(fail(e.to_string())),
+    Ok(File::from(fd))
+}
+
+/// One write(2); if it comes back short, the log is cut back to where it began (the
+/// lock keeps every other writer out, and O_APPEND put the bytes at the end).
+fn write_whole(file: &File, bytes: &[u8]) -> Result<(), String> {
+    let before = file.metadata().map_err(|e| e.to_string())?.len();
+    let why = match (&*file).write(bytes) {
+        Ok(n) if n == bytes.len() => return Ok(()),
+        Ok(n) => format!("only {n} of {} bytes were written", bytes.len()),
+        Err(e) => e.to_string(),
+    };
+    match file.set_len(before) {
+        Ok(()) => Err(format!("{why} (the log is back at {before} bytes)")),
+        Err(e) => Err(format!(
+            "{why}, and cutting the log back to {before} bytes failed: {e}"
+        )),
+    }
+}
+
+/// How far back a partial record is looked for: longer than any record.
+const MAX_PARTIAL: u64 = 2 * MAX_ENVELOPE as u64;
+
+/// A log that does not end in a newline ends in a record its writer did not finish
+/// (killed between two pages of its write): it is cut off at the last newline, so
+/// that the next record is not glued to it.
+fn cut_partial_record(file: &File) -> Result<(), String> {
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; 4096];
+    while end > 0 && len - end < MAX_PARTIAL {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)
+            .map_err(|e| format!("cannot read its end: {e}"))?;
+        if end == len && chunk.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if let Some(at) = chunk.iter().rposition(|&b| b == b'\n') {
+            return cut(file, start + at as u64 + 1);
+        }
+        end = start;
+    }
+    match end {
+        0 => cut(file, 0),
+        _ => Err(format!(
+            "it ends in more than {MAX_PARTIAL} bytes without a newline, which no record of ours is: repair it by hand"
+        )),
+    }
+}
+
+fn cut(file: &File, at: u64) -> Result<(), String> {
+    file.set_len(at)
+        .map_err(|e| format!("cannot cut off a partial record at byte {at}: {e}"))
+}
+
+/// The real uid is 0 while the lock is held. The kernel lets a process signal
+/// another whose real or saved uid is its own: a setuid process's real uid is its
+/// caller's, so the caller could kill it between two pages of the write (cutting
+/// it short) or stop it holding the lock. The caller's uid comes back on drop.
+struct RootRealUid(u32);
+
+impl RootRealUid {
+    fn enter(caller_uid: u32) -> nix::Result<RootRealUid> {
+        // The effective uid is 0: making the real one 0 needs no capability.
+        setresuid(
+            Uid::from_raw(0),
+            Uid::from_raw(u32::MAX),
+            Uid::from_raw(u32::MAX),
+        )?;
+        Ok(RootRealUid(caller_uid))
+    }
+}
+
+impl Drop for RootRealUid {
+    fn drop(&mut self) {
+        // If this fails the process keeps real uid 0 (it is refusing, or about to
+        // drop every uid anyway): it only stays out of the caller's reach.
+        let _ = setresuid(
+            Uid::from_raw(self.0),
+            Uid::from_raw(u32::MAX),
+            Uid::from_raw(u32::MAX),
+        );
+    }
+}
+
+/// Every signal blocked (the dispatcher's own alarm too: it is delivered after the
+/// write) and SIGXFSZ ignored, for the length of the write. SIGXFSZ is ignored
+/// rather than blocked: a blocked signal stays pending, and would end the process
+/// after the write instead of during it.
+struct Quiet(SigSet);
+
+impl Quiet {
+    fn enter() -> nix::Result<Quiet> {
+        let mut all = SigSet::all();
+        all.remove(Signal::SIGXFSZ);
+        let mut old = SigSet::empty();
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old))?;
+        let quiet = Quiet(old);
+        sys::ignore_file_size_signal(true)?;
+        Ok(quiet)
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        let _ = sys::ignore_file_size_signal(false);
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
     }
 }
 
@@ -104,5 +273,73 @@ fn syslog(line: &str, allowed: bool) {
     );
     if let Ok(socket) = UnixDatagram::unbound() {
         let _ = socket.send_to(message.as_bytes(), "/dev/log");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str, contents: &[u8]) -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!(
+            "ucloud-dispatch-audit-{}-{name}",
+            std::process::id()
+        ));
+        std::fs::write(&path, contents).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        (path, file)
+    }
+
+    /// A record its writer did not finish is cut off at the last newline; whole
+    /// records are left alone.
+    #[test]
+    fn a_partial_record_is_cut_off_and_whole_ones_stay() {
+        let long = format!("{{\"a\":1}}\n{}", "x".repeat(10_000));
+        for (name, contents, kept) in [
+            ("empty", "", ""),
+            ("whole", "{\"a\":1}\n{\"b\":2}\n", "{\"a\":1}\n{\"b\":2}\n"),
+            ("partial", "{\"a\":1}\n{\"b\":", "{\"a\":1}\n"),
+            ("only-partial", "{\"b\":", ""),
+            ("long-partial", long.as_str(), "{\"a\":1}\n"),
+        ] {
+            let (path, file) = scratch(name, contents.as_bytes());
+            cut_partial_record(&file).unwrap();
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), kept, "{name}");
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn lines_are_one_json_object_each() {
+        let record = Record {
+            caller_uid: 7,
+            call: Some("files.browse".into()),
+            ..Default::default()
+        };
+        let refused = Error::WrongCaller {
+            uid: 7,
+            expected: "gw\n".into(),
+        };
+        for line in [record.line(Ok(())), record.line(Err(&refused))] {
+            assert!(!line.contains('\n'), "{line}");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["callerUid"], 7);
+        }
+        let summary = summary_line(
+            7,
+            limit::Summary {
+                count: 290,
+                since: 1,
+            },
+        );
+        let v: Value = serde_json::from_str(&summary).unwrap();
+        assert_eq!(
+            (v["decision"].as_str(), v["suppressed"].as_u64()),
+            (Some("suppressed"), Some(290))
+        );
     }
 }

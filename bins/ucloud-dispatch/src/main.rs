@@ -12,6 +12,7 @@ mod drop;
 mod envelope;
 mod error;
 mod exec;
+mod limit;
 mod mapping;
 mod nss;
 mod sanitize;
@@ -118,6 +119,7 @@ fn decide(record: &mut audit::Record) -> Result<Option<Allowed>, Error> {
     // Before the first account lookup (the caller check).
     nss::leave_out(&site.nss_skip)?;
     caller::check(&site)?;
+    record.caller_accepted = true;
     let install = checks::installation(site)?;
     // Everything that does not depend on the request is done before it arrives: a
     // spare dispatcher (ucloud-gateway(8)) has it done when the request comes.

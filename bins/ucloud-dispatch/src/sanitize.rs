@@ -4,7 +4,7 @@
 
 use crate::error::Error;
 use crate::sys;
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{alarm, chdir, getpid, getsid, setsid};
 
@@ -13,6 +13,9 @@ use nix::unistd::{alarm, chdir, getpid, getsid, setsid};
 pub const DECIDE_TIMEOUT_SECS: u32 = 30;
 
 pub fn process() -> Result<(), Error> {
+    // First: every refusal from here on is audited, and the caller's file-size limit
+    // must not be the one that record is written under.
+    limits()?;
     environment()?;
     descriptors()?;
     sys::reset_signals().map_err(|e| Error::Internal(format!("cannot reset signals: {e}")))?;
@@ -25,8 +28,7 @@ pub fn process() -> Result<(), Error> {
     alarm::set(DECIDE_TIMEOUT_SECS);
     umask(Mode::from_bits_truncate(0o077));
     chdir("/").map_err(|e| Error::Internal(format!("cannot chdir to /: {e}")))?;
-    session()?;
-    limits()
+    session()
 }
 
 /// Nothing of the caller's environment is used or passed on: the plugin's is built
@@ -76,24 +78,21 @@ fn session() -> Result<(), Error> {
     }
 }
 
-/// No core dumps of a root process; soft limits raised to the hard ones so that a
-/// caller cannot make the audit write or the exec fail half-way with a tiny limit
-/// (the plugin inherits these soft limits). Hard limits cannot be raised (the
-/// bounding set may lack CAP_SYS_RESOURCE), so a caller whose hard file-size limit
-/// is finite is refused: it could cut an audit line short.
+/// No core dumps of a root process. The file-size limit is lifted altogether when
+/// the kernel lets it (as sudo does for its own work: CAP_SYS_RESOURCE, which a
+/// bounding set may lack), so that no limit of the caller's can cut or stop an audit
+/// record; every other soft limit is raised to its hard one (the plugin inherits
+/// them). A hard file-size limit that stays finite is refused: it would cut the
+/// plugin's writes short. Its refusal is still recorded whole or not at all
+/// (audit.rs), under soft = hard.
 fn limits() -> Result<(), Error> {
     let set = |resource, soft, hard| {
         setrlimit(resource, soft, hard)
             .map_err(|e| Error::Internal(format!("cannot set {resource:?}: {e}")))
     };
     set(Resource::RLIMIT_CORE, 0, 0)?;
-    let (_, fsize) = getrlimit(Resource::RLIMIT_FSIZE)
-        .map_err(|e| Error::Internal(format!("cannot read RLIMIT_FSIZE: {e}")))?;
-    if fsize != nix::sys::resource::RLIM_INFINITY {
-        return Err(Error::Usage(format!(
-            "the hard file-size limit is {fsize} bytes: ucloud-dispatch needs it unlimited (ulimit -H -f unlimited)"
-        )));
-    }
+    // EPERM without CAP_SYS_RESOURCE: the loop below then raises the soft one.
+    let _ = setrlimit(Resource::RLIMIT_FSIZE, RLIM_INFINITY, RLIM_INFINITY);
     for resource in [
         Resource::RLIMIT_FSIZE,
         Resource::RLIMIT_NOFILE,
@@ -108,6 +107,13 @@ fn limits() -> Result<(), Error> {
         let (_, hard) = getrlimit(resource)
             .map_err(|e| Error::Internal(format!("cannot read {resource:?}: {e}")))?;
         set(resource, hard, hard)?;
+    }
+    let (_, fsize) = getrlimit(Resource::RLIMIT_FSIZE)
+        .map_err(|e| Error::Internal(format!("cannot read RLIMIT_FSIZE: {e}")))?;
+    if fsize != RLIM_INFINITY {
+        return Err(Error::Usage(format!(
+            "the hard file-size limit is {fsize} bytes and cannot be raised (no CAP_SYS_RESOURCE): ucloud-dispatch needs it unlimited (ulimit -H -f unlimited)"
+        )));
     }
     Ok(())
 }

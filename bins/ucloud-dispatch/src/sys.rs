@@ -145,3 +145,18 @@ pub fn nss_configure_lookup(database: &CStr, services: &CStr) -> std::io::Result
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// SIGXFSZ ignored (`true`) or back to its default action (`false`). While it is
+/// ignored, a write past the file-size limit fails with EFBIG instead of ending the
+/// process before it can say why.
+pub fn ignore_file_size_signal(ignore: bool) -> nix::Result<()> {
+    let handler = if ignore {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
+    let action = SigAction::new(handler, SaFlags::empty(), SigSet::empty());
+    // SAFETY: SIG_IGN and SIG_DFL install no handler of ours, so no code runs in
+    // signal context; the process is single-threaded here.
+    unsafe { sigaction(Signal::SIGXFSZ, &action) }.map(|_| ())
+}

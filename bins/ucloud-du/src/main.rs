@@ -300,6 +300,13 @@ fn report(options: &Options) -> Result<u8, (u8, String)> {
                    "depth": options.limits.depth},
         "drives": records,
     });
+    // The lock every writer of the audit log takes: the dispatcher cuts off a record
+    // whose writer died half-way, which is safe only while nobody else is writing.
+    // Not a file (a pipe, a terminal): nobody to wait for.
+    let _locked = std::os::fd::AsFd::as_fd(&std::io::stdout())
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| nix::fcntl::Flock::lock(fd, nix::fcntl::FlockArg::LockExclusive).ok());
     // One write: appended whole to the audit log the unit opened for us.
     let mut out = std::io::stdout().lock();
     out.write_all(format!("{line}\n").as_bytes())

@@ -74,7 +74,7 @@ impl Audit {
     fn write(&self, line: &str, allowed: bool) -> Result<(), Error> {
         let fail =
             |why: String| Error::Audit(format!("cannot write the audit log {}: {why}", self.path));
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .append(true)
             .create(true)
             .mode(0o600)
@@ -91,6 +91,10 @@ impl Audit {
                 meta.mode() & 0o7777
             )));
         }
+        // The dispatcher's lock: it cuts back a record it could not finish, which is
+        // safe only while nobody else appends.
+        let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| fail(format!("cannot lock it: {e}")))?;
         // One write with O_APPEND: never interleaved with a dispatcher's line.
         file.write_all(format!("{line}\n").as_bytes())
             .map_err(|e| fail(e.to_string()))?;

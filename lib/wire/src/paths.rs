@@ -50,6 +50,11 @@ pub fn outbox_dir() -> String {
 pub fn audit_log() -> String {
     under("/var/log/ucloud-im/audit.log")
 }
+/// The dispatcher's count of audit records per refused caller (root, 0700): one
+/// small file per real uid that was refused as a caller.
+pub fn audit_limit_dir() -> String {
+    under("/var/lib/ucloud-im/audit-limit")
+}
 /// Programs that are not on anyone's PATH: the dispatcher and the plugins.
 pub fn libexec_dir() -> String {
     under("/usr/libexec/ucloud-im")
