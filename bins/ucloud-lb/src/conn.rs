@@ -158,14 +158,16 @@ fn attach(mut p: Pending) {
                 Err(Reserved::Busy) => {
                     shared.counters.busy.fetch_add(1, Relaxed);
                     ucloud_wire::log_warn!(
-                        "ucloud-lb: {}: no place on a gateway within {} s: answered 503",
+                        "ucloud-lb: {}: no place on a gateway within {} s: answered 502",
                         p.peer,
                         generation.config.queue_timeout.as_secs_f64()
                     );
+                    // 502 like an outage, not 503: UCloud answers a 503 with
+                    // integration/init.
                     return answer(
                         &mut p.tls,
                         &mut p.client,
-                        503,
+                        502,
                         "BUSY",
                         "every gateway place open to this client is taken; try again",
                     );
@@ -323,18 +325,13 @@ fn answer(tls: &mut ServerConnection, client: &mut TcpStream, status: u16, code:
         while matches!(tls.reader().read(&mut sink), Ok(n) if n > 0) {}
     }
     let body = format!(r#"{{"why":"{why}","errorCode":"{code}"}}"#);
-    let reason = match status {
-        408 => "Request Timeout",
-        502 => "Bad Gateway",
-        _ => "Service Unavailable",
-    };
-    let retry = if status == 503 {
-        "Retry-After: 1\r\n"
+    let reason = if status == 408 {
+        "Request Timeout"
     } else {
-        ""
+        "Bad Gateway"
     };
     let answer = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tls.writer().write_all(answer.as_bytes());

@@ -98,7 +98,7 @@ pub fn render(shared: &Shared) -> String {
     metric(
         "busy_total",
         "counter",
-        "Requests answered 503: no place on a gateway within queue_timeout.",
+        "Requests answered 502 BUSY: no place on a gateway within queue_timeout.",
         c.busy.load(Relaxed),
     );
     metric(
