@@ -1162,7 +1162,7 @@ fn one_client_cannot_hold_every_gateway() {
     let _ = drip.join();
     assert!(lb.metric("ucloud_lb_request_timeouts_total") >= 10);
     // Five keep-alive requests from one address: three get a gateway (its share),
-    // the others wait queue_timeout and are answered 503.
+    // the others wait queue_timeout and are answered 502 BUSY.
     let mut kept: Vec<Child> = (0..5)
         .map(|_| {
             let mut c = tls_client(&stack, lb.port);
@@ -1195,7 +1195,7 @@ fn one_client_cannot_hold_every_gateway() {
         .count();
     let busy = answers
         .iter()
-        .filter(|a| a.contains("HTTP/1.1 503"))
+        .filter(|a| a.contains("HTTP/1.1 502") && a.contains("\"BUSY\""))
         .count();
     assert_eq!((ok, busy), (3, 2), "{answers:?}");
     assert_eq!(lb.metric(active), 0);
