@@ -470,6 +470,12 @@ fn ecdsa_and_rsa_certificates_each_go_to_the_clients_that_take_them() {
             ext.to_str().unwrap(),
         ]));
     assert!(signed.status.success(), "{}", text(&signed.stderr));
+    // Readable by the balancer's group only, as the stack's own key.
+    let owned =
+        run(Command::new("chown").args([&format!("root:{LB_USER}"), key.to_str().unwrap()]));
+    assert!(owned.status.success(), "chown: {}", text(&owned.stderr));
+    let moded = run(Command::new("chmod").args(["0640", key.to_str().unwrap()]));
+    assert!(moded.status.success(), "chmod: {}", text(&moded.stderr));
     let gw = Gateway::start(&stack, &dir, "gw");
     let rsa = format!("certificate = {} {}", pem.display(), key.display());
     let lb = Lb::start(&stack, &dir, |p, m| {

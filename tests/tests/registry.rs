@@ -562,6 +562,8 @@ fn answer_of(child: std::process::Child) -> String {
 /// per-read timeout. The registry cuts the whole request at its deadline (5 s).
 #[test]
 fn a_request_dripped_byte_by_byte_is_cut_at_the_deadline() {
+    // Alone: it takes one of alice's places, which the next test counts.
+    let _serial = serial();
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let mut client = socket_client(&stack, &alice);
@@ -594,6 +596,7 @@ fn a_request_dripped_byte_by_byte_is_cut_at_the_deadline() {
 /// its share are answered "busy" at once; another account is served meanwhile.
 #[test]
 fn one_account_cannot_take_every_place_on_the_socket() {
+    let _serial = serial();
     let stack = Stack::load();
     let (alice, bob) = (stack.local_of(ALICE), stack.local_of(BOB));
     let started = Instant::now();
