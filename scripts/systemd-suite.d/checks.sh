@@ -584,12 +584,15 @@ stop_tcp_socket() {
     fi
 }
 
+# Any client of a unix socket will do to see it refused: ucloud-connect is installed.
 stop_gateway_lb_socket() {
     ct_exec systemctl stop ucloud-gateway-lb.socket || return 1
-    if ct_exec test -e /run/ucloud-im/gateway-lb.sock; then
-        fail "/run/ucloud-im/gateway-lb.sock is still there after the stop"
+    local out
+    if out=$(ct_exec ucloud-connect --socket /run/ucloud-im/gateway-lb.sock AAAAAAAAAAAAAAAAAAAAAAAA 2>&1); then
+        fail "a connection to the stopped balancer-facing socket succeeded: $out"
         return 1
     fi
+    grep -qiE 'refused|no such file' <<<"$out" || fail "not refused: $out"
 }
 
 check_stop_registry_socket() {
@@ -733,7 +736,7 @@ run_suite() {
         stop_tcp_socket ucloud-gateway.socket "$GATEWAY_PORT"
     check "systemctl stop ucloud-lb.socket stops the balancer and refuses new connections" \
         stop_tcp_socket ucloud-lb.socket "$LB_PORT" ucloud-lb.service
-    check "systemctl stop ucloud-gateway-lb.socket removes its unix socket" stop_gateway_lb_socket
+    check "systemctl stop ucloud-gateway-lb.socket refuses new connections" stop_gateway_lb_socket
     check "systemctl stop ucloud-registry.socket refuses new connections" check_stop_registry_socket
     check "systemctl stop ucloud-monitor.socket stops the monitor and refuses events" check_stop_monitor_socket
     check "no ucloud-* unit failed after the stops" check_none_failed
