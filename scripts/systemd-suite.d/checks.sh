@@ -232,17 +232,15 @@ configure_site() {
     # The gateway's socket on a free port (the container shares the host's network), the
     # way ucloud-gateway(8) says to move it: a drop-in.
     listen_on ucloud-gateway.socket "$GATEWAY_PORT" || return 1
-    listen_on ucloud-gateway-lb.socket "$GATEWAY_LB_PORT" || return 1
     listen_on ucloud-lb.socket "$LB_PORT" || return 1
     # The balancer: its certificate and key (readable by its group), and lb.conf.
     install -m 0644 "$SUITE_RUN/lb/tls.pem" "$(ct_path "$etc/lb/tls.pem")" || return 1
     install -m 0640 "$SUITE_RUN/lb/tls.key" "$(ct_path "$etc/lb/tls.key")" || return 1
     ct_exec chown root:ucloud-lb "$etc/lb/tls.key" || return 1
-    ct_exec sed -e "s|^address = 127.0.0.1:8890\$|address = 127.0.0.1:$GATEWAY_LB_PORT|" \
-        -e '/^\[backend /i health_interval = 1' /usr/share/doc/ucloud-im/examples/lb.conf >"$(ct_path "$etc/lb.conf")" ||
-        return 1
-    grep -qx "address = 127.0.0.1:$GATEWAY_LB_PORT" "$(ct_path "$etc/lb.conf")" ||
-        fail "the example lb.conf has no 'address = 127.0.0.1:8890' to change" || return 1
+    ct_exec sed -e '/^\[backend /i health_interval = 1' /usr/share/doc/ucloud-im/examples/lb.conf \
+        >"$(ct_path "$etc/lb.conf")" || return 1
+    grep -qx "address = unix:/run/ucloud-im/gateway-lb.sock" "$(ct_path "$etc/lb.conf")" ||
+        fail "the example lb.conf does not name the balancer-facing unix socket" || return 1
     # Slurm's account (the monitor hears events from it alone); Slurm itself is not here.
     ct_exec useradd --system --user-group --no-create-home --shell /usr/sbin/nologin slurm || return 1
     # The people: accounts from the normal uid range, with homes.
@@ -266,11 +264,15 @@ check_enabled() {
     done
     # Listening where the drop-ins say, on loopback only.
     local pair
-    for pair in "ucloud-gateway.socket $GATEWAY_PORT" "ucloud-gateway-lb.socket $GATEWAY_LB_PORT" \
-        "ucloud-lb.socket $LB_PORT"; do
+    for pair in "ucloud-gateway.socket $GATEWAY_PORT" "ucloud-lb.socket $LB_PORT"; do
         ct_exec systemctl show -P Listen "${pair% *}" | grep -qx "127.0.0.1:${pair#* } (Stream)" ||
             fail "${pair% *} listens on $(ct_exec systemctl show -P Listen "${pair% *}")" || return 1
     done
+    # The balancer-facing socket: a unix socket only the balancer's group may open.
+    local mode
+    mode=$(ct_exec stat -c '%F %U:%G %a' /run/ucloud-im/gateway-lb.sock) || return 1
+    [[ $mode == "socket root:ucloud-lb 660" ]] ||
+        fail "ucloud-gateway-lb.socket made /run/ucloud-im/gateway-lb.sock $mode" || return 1
 }
 
 # --- the checks ----------------------------------------------------------------------
@@ -627,6 +629,17 @@ stop_tcp_socket() {
     fi
 }
 
+# Any client of a unix socket will do to see it refused: ucloud-connect is installed.
+stop_gateway_lb_socket() {
+    ct_exec systemctl stop ucloud-gateway-lb.socket || return 1
+    local out
+    if out=$(ct_exec ucloud-connect --socket /run/ucloud-im/gateway-lb.sock AAAAAAAAAAAAAAAAAAAAAAAA 2>&1); then
+        fail "a connection to the stopped balancer-facing socket succeeded: $out"
+        return 1
+    fi
+    grep -qiE 'refused|no such file' <<<"$out" || fail "not refused: $out"
+}
+
 check_stop_registry_socket() {
     ct_exec systemctl stop ucloud-registry.socket || return 1
     local out
@@ -733,14 +746,13 @@ run_suite() {
     make_keys
     SIM_PORT=$(pick_port)
     GATEWAY_PORT=$(pick_port "$SIM_PORT")
-    GATEWAY_LB_PORT=$(pick_port "$SIM_PORT" "$GATEWAY_PORT")
-    LB_PORT=$(pick_port "$SIM_PORT" "$GATEWAY_PORT" "$GATEWAY_LB_PORT")
+    LB_PORT=$(pick_port "$SIM_PORT" "$GATEWAY_PORT")
     start_sim
     t=$SECONDS
     ct_sweep ucloud-im-test-
     ct_boot "ucloud-im-test-$$" "$SUITE_RUN/nspawn.log"
     say "container up in $((SECONDS - t)) s (PID 1 is $CT_PID on the host); simulator on 127.0.0.1:$SIM_PORT," \
-        "balancer on 127.0.0.1:$LB_PORT, gateway sockets on 127.0.0.1:$GATEWAY_PORT (direct), $GATEWAY_LB_PORT (balancer's)"
+        "balancer on 127.0.0.1:$LB_PORT, gateway sockets on 127.0.0.1:$GATEWAY_PORT (direct), /run/ucloud-im/gateway-lb.sock (balancer's)"
 
     check "dpkg -i installs the package" install_package
     check "the package made the accounts, the transfer key and the 4750 root:ucloud-gw dispatcher" check_installed
@@ -771,8 +783,7 @@ run_suite() {
         stop_tcp_socket ucloud-gateway.socket "$GATEWAY_PORT"
     check "systemctl stop ucloud-lb.socket stops the balancer and refuses new connections" \
         stop_tcp_socket ucloud-lb.socket "$LB_PORT" ucloud-lb.service
-    check "systemctl stop ucloud-gateway-lb.socket refuses new connections" \
-        stop_tcp_socket ucloud-gateway-lb.socket "$GATEWAY_LB_PORT"
+    check "systemctl stop ucloud-gateway-lb.socket refuses new connections" stop_gateway_lb_socket
     check "systemctl stop ucloud-registry.socket refuses new connections" check_stop_registry_socket
     check "systemctl stop ucloud-monitor.socket stops the monitor and refuses events" check_stop_monitor_socket
     check "no ucloud-* unit failed after the stops" check_none_failed

@@ -59,6 +59,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// root:ucloud-lb 0660, what the socket unit's SocketGroup= and SocketMode= make.
+fn open_to_the_balancer(sock: &Path) {
+    let sock = sock.to_str().unwrap();
+    let owned = run(Command::new("chown").args([&format!("root:{LB_USER}"), sock]));
+    assert!(owned.status.success(), "chown: {}", text(&owned.stderr));
+    let moded = run(Command::new("chmod").args(["0660", sock]));
+    assert!(moded.status.success(), "chmod: {}", text(&moded.stderr));
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ucloud-lb-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -66,33 +75,51 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A balancer-facing gateway socket (PROXY v2 required), like the stack's.
+/// The balancer's account (the stack's): the only peer whose PROXY header a
+/// gateway believes, so the tests' balancers run as it too.
+const LB_USER: &str = "ucloud-lb";
+
+/// `setpriv` arguments that run a program as the balancer's account.
+fn as_balancer() -> [String; 5] {
+    [
+        "setpriv".into(),
+        format!("--reuid={LB_USER}"),
+        format!("--regid={LB_USER}"),
+        "--init-groups".into(),
+        "--".into(),
+    ]
+}
+
+/// A balancer-facing gateway socket (PROXY v2 required), like the stack's and
+/// units/ucloud-gateway-lb.socket: a unix socket made by root and opened to the
+/// balancer's group alone, one gateway as its account per connection.
 struct Gateway {
-    port: u16,
+    sock: PathBuf,
     child: Option<Child>,
 }
 
 impl Gateway {
     fn start(stack: &Stack, dir: &Path, name: &str) -> Gateway {
-        let port = free_port();
+        Gateway::start_with(stack, dir, name, &[])
+    }
+
+    /// With more options of ucloud-gateway, as a unit's ExecStart= would give them.
+    fn start_with(stack: &Stack, dir: &Path, name: &str, options: &[&str]) -> Gateway {
+        let sock = dir.join(format!("{name}.sock"));
+        let _ = std::fs::remove_file(&sock);
         let log = dir.join(format!("{name}.log"));
         let user = stack.get("UCLOUD_IM_GATEWAY_USER");
-        let child = Command::new("setpriv")
+        let child = Command::new("systemd-socket-activate")
+            .args(["-l", sock.to_str().unwrap(), "--inetd", "-a", "setpriv"])
             .args([
                 &format!("--reuid={user}"),
                 &format!("--regid={user}"),
                 "--init-groups",
             ])
             .arg("--bounding-set=-all,+setuid,+setgid,+setpcap")
-            .args([
-                "systemd-socket-activate",
-                "-l",
-                &format!("127.0.0.1:{port}"),
-                "--inetd",
-                "-a",
-            ])
             .arg(stack.bin("ucloud-gateway"))
             .arg("--proxy-protocol")
+            .args(options)
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -100,17 +127,24 @@ impl Gateway {
             .spawn()
             .expect("start systemd-socket-activate for a gateway");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !sock.exists() {
             assert!(
                 Instant::now() < deadline,
-                "gateway {name} does not listen on {port}"
+                "gateway {name} does not listen on {}",
+                sock.display()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        // SocketUser=root, SocketGroup=ucloud-lb, SocketMode=0660.
+        open_to_the_balancer(&sock);
         Gateway {
-            port,
+            sock,
             child: Some(child),
         }
+    }
+
+    fn address(&self) -> String {
+        format!("unix:{}", self.sock.display())
     }
 
     fn kill(&mut self) {
@@ -163,7 +197,10 @@ impl Lb {
         let conf = dir.join("lb.conf");
         std::fs::write(&conf, config(port, metrics)).unwrap();
         let log = dir.join("lb.log");
-        let child = Command::new(stack.bin("ucloud-lb"))
+        // As the balancer's account, as the stack and ucloud-lb.service run it.
+        let child = Command::new("setpriv")
+            .args(&as_balancer()[1..])
+            .arg(stack.bin("ucloud-lb"))
             .args(["--config", conf.to_str().unwrap()])
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -433,16 +470,16 @@ fn ecdsa_and_rsa_certificates_each_go_to_the_clients_that_take_them() {
             ext.to_str().unwrap(),
         ]));
     assert!(signed.status.success(), "{}", text(&signed.stderr));
+    // Readable by the balancer's group only, as the stack's own key.
+    let owned =
+        run(Command::new("chown").args([&format!("root:{LB_USER}"), key.to_str().unwrap()]));
+    assert!(owned.status.success(), "chown: {}", text(&owned.stderr));
+    let moded = run(Command::new("chmod").args(["0640", key.to_str().unwrap()]));
+    assert!(moded.status.success(), "chmod: {}", text(&moded.stderr));
     let gw = Gateway::start(&stack, &dir, "gw");
     let rsa = format!("certificate = {} {}", pem.display(), key.display());
     let lb = Lb::start(&stack, &dir, |p, m| {
-        lb_config(
-            &stack,
-            p,
-            m,
-            &rsa,
-            &[("gw", format!("127.0.0.1:{}", gw.port), "")],
-        )
+        lb_config(&stack, p, m, &rsa, &[("gw", gw.address(), "")])
     });
     let host = format!("127.0.0.1:{}", lb.port);
     let ecdsa = text(&s_client(&stack, &host, &[], "").stdout);
@@ -472,13 +509,7 @@ fn a_gateway_killed_under_load_fails_no_request_and_leaves_the_rotation() {
         let backends: Vec<_> = gws
             .iter()
             .enumerate()
-            .map(|(i, g)| {
-                (
-                    ["gw0", "gw1", "gw2"][i],
-                    format!("127.0.0.1:{}", g.port),
-                    "",
-                )
-            })
+            .map(|(i, g)| (["gw0", "gw1", "gw2"][i], g.address(), ""))
             .collect();
         lb_config(&stack, p, m, "", &backends)
     });
@@ -539,8 +570,8 @@ fn reloads_under_load_lose_nothing_and_a_bad_file_changes_nothing() {
     let gws: Vec<Gateway> = (0..2)
         .map(|i| Gateway::start(&stack, &dir, &format!("gw{i}")))
         .collect();
-    let a = format!("127.0.0.1:{}", gws[0].port);
-    let b = format!("127.0.0.1:{}", gws[1].port);
+    let a = gws[0].address();
+    let b = gws[1].address();
     let lb = Lb::start(&stack, &dir, |p, m| {
         lb_config(&stack, p, m, "", &[("a", a.clone(), "")])
     });
@@ -623,8 +654,8 @@ fn a_drained_backend_takes_no_new_connections() {
             m,
             "",
             &[
-                ("a", format!("127.0.0.1:{}", gws[0].port), "drain = yes"),
-                ("b", format!("127.0.0.1:{}", gws[1].port), ""),
+                ("a", gws[0].address(), "drain = yes"),
+                ("b", gws[1].address(), ""),
             ],
         )
     });
@@ -680,7 +711,7 @@ fn hostile_clients_do_not_affect_others() {
             p,
             m,
             "handshake_timeout = 1\nmax_per_client = 30",
-            &[("gw", format!("127.0.0.1:{}", gw.port), "")],
+            &[("gw", gw.address(), "")],
         )
     });
     let addr = ("127.0.0.1", lb.port);
@@ -762,13 +793,7 @@ fn a_burst_of_three_hundred_connections_from_one_address_is_admitted() {
     let gw = Gateway::start(&stack, &dir, "gw");
     // Defaults for the limits: what a site gets without setting them.
     let lb = Lb::start(&stack, &dir, |p, m| {
-        lb_config(
-            &stack,
-            p,
-            m,
-            "",
-            &[("gw", format!("127.0.0.1:{}", gw.port), "")],
-        )
+        lb_config(&stack, p, m, "", &[("gw", gw.address(), "")])
     });
     let held: Vec<_> = (0..300)
         .map(|_| TcpStream::connect(("127.0.0.1", lb.port)).unwrap())
@@ -792,7 +817,7 @@ fn sigterm_stops_accepting_and_waits_for_open_connections() {
             p,
             m,
             "drain_timeout = 5",
-            &[("gw", format!("127.0.0.1:{}", gw.port), "")],
+            &[("gw", gw.address(), "")],
         )
     });
     // An open keep-alive connection through the balancer.
@@ -856,72 +881,100 @@ fn sigterm_stops_accepting_and_waits_for_open_connections() {
 fn a_socket_from_the_service_manager_and_a_unix_socket_backend() {
     let stack = Stack::load();
     let dir = scratch("activation");
-    let user = stack.get("UCLOUD_IM_GATEWAY_USER");
-    let sockdir = dir.join("gw");
-    std::fs::create_dir_all(&sockdir).unwrap();
-    assert!(
-        run(Command::new("chown").args([&user, sockdir.to_str().unwrap()]))
-            .status
-            .success()
-    );
-    let sock = sockdir.join("gateway.sock");
-    let mut gw = Command::new("setpriv")
-        .args([
-            &format!("--reuid={user}"),
-            &format!("--regid={user}"),
-            "--init-groups",
-        ])
-        .arg("--bounding-set=-all,+setuid,+setgid,+setpcap")
-        .args([
-            "systemd-socket-activate",
-            "-l",
-            sock.to_str().unwrap(),
-            "--inetd",
-            "-a",
-        ])
-        .arg(stack.bin("ucloud-gateway"))
-        .arg("--proxy-protocol")
-        .current_dir("/")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let gw = Gateway::start(&stack, &dir, "gw");
     let port = free_port();
     let conf = dir.join("lb.conf");
     let etc = stack.get("UCLOUD_IM_ETC");
-    std::fs::write(&conf, format!(
-        "certificate = {etc}/lb/tls.pem {etc}/lb/tls.key\n[backend unix]\naddress = unix:{}\nproxy_protocol = yes\n",
-        sock.display()
-    )).unwrap();
-    // No `listen =`: the socket comes from LISTEN_FDS, like a .socket unit gives it.
+    std::fs::write(
+        &conf,
+        format!(
+            "certificate = {etc}/lb/tls.pem {etc}/lb/tls.key\n[backend unix]\naddress = {}\n\
+             proxy_protocol = yes\n",
+            gw.address()
+        ),
+    )
+    .unwrap();
+    // No `listen =`: the socket comes from LISTEN_FDS, like a .socket unit gives it
+    // (setpriv execs, so LISTEN_PID names the balancer).
     let mut lb = Command::new("systemd-socket-activate")
         .args(["-l", &format!("127.0.0.1:{port}")])
+        .args(as_balancer())
         .arg(stack.bin("ucloud-lb"))
         .args(["--config", conf.to_str().unwrap()])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "the gateway made no unix socket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let (code, body) = curl(&stack, &format!("https://127.0.0.1:{port}{HEALTH}"), &[]);
     let _ = lb.kill();
-    let _ = gw.kill();
-    let _ = (lb.wait(), gw.wait());
+    let _ = lb.wait();
     assert_eq!(code, 200, "{body}");
 }
 
+/// A PROXY v2 header naming `client` (TCP over IPv4), as a forger would write it.
+fn forged_header(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    h.extend_from_slice(&client);
+    h.extend_from_slice(&[127, 0, 0, 1]);
+    h.extend_from_slice(&port.to_be_bytes());
+    h.extend_from_slice(&443u16.to_be_bytes());
+    h
+}
+
+/// Sends `bytes` to the unix socket `sock` through socat run by `runner` (a
+/// command prefix that switches account); what came back, and socat's errors.
+fn socat_as(runner: &[String], sock: &str, bytes: &[u8]) -> (Output, String) {
+    let mut child = Command::new(&runner[0])
+        .args(&runner[1..])
+        .args(["socat", "-t", "3", "-"])
+        .arg(format!("UNIX-CONNECT:{sock}"))
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("socat");
+    let _ = child.stdin.take().unwrap().write_all(bytes);
+    let out = child.wait_with_output().unwrap();
+    let errors = text(&out.stderr);
+    (out, errors)
+}
+
+/// The attack: a local account that is not the balancer connects to the gateway's
+/// balancer-facing socket and sends a PROXY header naming a client of its choosing,
+/// to put a false address into the gateway's log. The kernel refuses it the socket
+/// (mode 0660, group ucloud-lb); an account that gets past the mode (root, here)
+/// is refused by the gateway's peer check before it reads a byte; and the log holds
+/// no forged address. The balancer's own account without a header is closed too.
 #[test]
-fn the_balancer_facing_gateway_closes_connections_without_a_proxy_header() {
+fn only_the_balancer_may_send_the_gateway_a_proxy_header() {
     let stack = Stack::load();
     let addr = stack.get("UCLOUD_IM_GATEWAY_LB_ADDR");
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(
+    let sock = addr
+        .strip_prefix("unix:")
+        .unwrap_or_else(|| panic!("the balancer-facing socket {addr} is not a unix socket"));
+    let log = Path::new(&stack.get("UCLOUD_IM_STACK_LOGS")).join("gateway-lb.log");
+    let before = std::fs::read_to_string(&log).unwrap_or_default().len();
+    let mut forged = forged_header([203, 0, 113, 66], 4444);
+    forged.extend_from_slice(
         format!("GET {HEALTH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .unwrap();
+    );
+    // A local person: the kernel says no.
+    let alice = stack.local_of("AliceHansen#1001");
+    let runner: Vec<String> = ["runuser", "-u", &alice, "--"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (out, errors) = socat_as(&runner, sock, &forged);
+    assert!(
+        !out.status.success() && errors.contains("Permission denied"),
+        "{alice} reached the balancer-facing socket: {errors} {}",
+        text(&out.stdout)
+    );
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    // Past the file mode: the gateway checks who the peer is and closes unread.
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(&forged);
     let mut answer = Vec::new();
     // Closing with the request unread may reset the connection: closed all the same.
     if let Err(e) = s.read_to_end(&mut answer) {
@@ -933,21 +986,265 @@ fn the_balancer_facing_gateway_closes_connections_without_a_proxy_header() {
     }
     assert!(
         answer.is_empty(),
-        "answered without a PROXY header: {}",
+        "answered a forged header: {}",
         text(&answer)
     );
-    let log = Path::new(&stack.get("UCLOUD_IM_STACK_LOGS")).join("gateway-lb.log");
+    // The balancer's account without a header: closed unanswered.
+    let health = format!("GET {HEALTH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let (out, errors) = socat_as(&as_balancer(), sock, health.as_bytes());
+    assert!(
+        out.stdout.is_empty(),
+        "answered without a header: {}",
+        text(&out.stdout)
+    );
+    assert!(!errors.contains("Permission denied"), "{errors}");
     let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("does not start with a PROXY v2 header") {
-            break;
+    let logged = loop {
+        let all = std::fs::read_to_string(&log).unwrap_or_default();
+        let logged = all.get(before..).unwrap_or_default().to_string();
+        if logged.contains("the peer is uid 0")
+            && logged.contains("does not start with a PROXY v2 header")
+        {
+            break logged;
         }
         assert!(
             Instant::now() < deadline,
-            "no log line for the refused connection in {}",
+            "no log line for the refused connections in {}:\n{logged}",
             log.display()
         );
         std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        !logged.contains("203.0.113.66"),
+        "the forged address reached the log:\n{logged}"
+    );
+}
+
+/// A gateway run for a TCP socket with --proxy-protocol believes no header at all:
+/// a TCP peer proves nothing about who it is.
+#[test]
+fn a_gateway_behind_tcp_believes_no_proxy_header() {
+    let stack = Stack::load();
+    let dir = scratch("tcp-proxy");
+    let port = free_port();
+    let log = dir.join("gw.log");
+    let user = stack.get("UCLOUD_IM_GATEWAY_USER");
+    let mut gw = Command::new("systemd-socket-activate")
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "--inetd",
+            "-a",
+            "setpriv",
+        ])
+        .args([
+            &format!("--reuid={user}"),
+            &format!("--regid={user}"),
+            "--init-groups",
+        ])
+        .arg("--bounding-set=-all,+setuid,+setgid,+setpcap")
+        .arg(stack.bin("ucloud-gateway"))
+        .arg("--proxy-protocol")
+        .current_dir("/")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no gateway on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut forged = forged_header([203, 0, 113, 66], 4444);
+    forged.extend_from_slice(
+        format!("GET {HEALTH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let _ = s.write_all(&forged);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let logged = loop {
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        if logged.contains("only over a unix socket") || Instant::now() > deadline {
+            break logged;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = gw.kill();
+    let _ = gw.wait();
+    assert!(answer.is_empty(), "answered over TCP: {}", text(&answer));
+    assert!(logged.contains("only over a unix socket"), "{logged}");
+    assert!(!logged.contains("203.0.113.66"), "{logged}");
+}
+
+/// An `openssl s_client -quiet` to `port` that sends what the test writes to its
+/// stdin and prints what comes back; it exits when the balancer closes.
+fn tls_client(stack: &Stack, port: u16) -> Child {
+    Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-CAfile", &stack.get("UCLOUD_IM_CA")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client")
+}
+
+fn exited_within(child: &mut Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    child.try_wait().unwrap().is_some()
+}
+
+fn output_of(child: Child) -> String {
+    text(&child.wait_with_output().unwrap().stdout)
+}
+
+/// The attack of one client on every gateway: connections that hold a gateway
+/// without a request (idle after the handshake, or dripping a head), and requests
+/// beyond any fair share. None of them holds a gateway for long or leaves another
+/// client without one; the limits come from lb.conf.
+#[test]
+fn one_client_cannot_hold_every_gateway() {
+    let _serial = serial();
+    let stack = Stack::load();
+    let dir = scratch("share");
+    let gw = Gateway::start(&stack, &dir, "gw");
+    let lb = Lb::start(&stack, &dir, |p, m| {
+        lb_config(
+            &stack,
+            p,
+            m,
+            "request_timeout = 1.5\nidle_timeout = 3\nmax_backend_per_client = 3\nqueue_timeout = 0.5",
+            &[("gw", gw.address(), "max_connections = 6")],
+        )
+    });
+    let active = "ucloud_lb_backend_connections_active{backend=\"gw\"}";
+    // Ten connections from one address: five idle after the handshake, five
+    // dripping a request head one byte at a time.
+    let mut idle: Vec<Child> = (0..10).map(|_| tls_client(&stack, lb.port)).collect();
+    let drippers: Vec<_> = idle
+        .iter_mut()
+        .skip(5)
+        .map(|c| c.stdin.take().unwrap())
+        .collect();
+    let drip = std::thread::spawn(move || {
+        let mut drippers = drippers;
+        let head = b"GET /ucloud-im/health HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        for b in head.iter().chain(b"a".repeat(40).iter()) {
+            for d in drippers.iter_mut() {
+                let _ = d.write_all(&[*b]);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        lb.metric(active),
+        0,
+        "connections without a complete request hold a gateway\n{}",
+        lb.log_text()
+    );
+    let (code, body) = curl(&stack, &lb.url(HEALTH), &["--interface", "127.0.0.2"]);
+    assert_eq!(code, 200, "{body}\n{}", lb.log_text());
+    // All ten are answered 408 and closed at the request deadline, dripping or not.
+    for (k, mut c) in idle.into_iter().enumerate() {
+        assert!(
+            exited_within(&mut c, Duration::from_secs(4)),
+            "connection {k} still open past request_timeout"
+        );
+        let out = output_of(c);
+        assert!(out.contains("HTTP/1.1 408"), "connection {k}: {out:?}");
+    }
+    let _ = drip.join();
+    assert!(lb.metric("ucloud_lb_request_timeouts_total") >= 10);
+    // Five keep-alive requests from one address: three get a gateway (its share),
+    // the others wait queue_timeout and are answered 502 BUSY.
+    let mut kept: Vec<Child> = (0..5)
+        .map(|_| {
+            let mut c = tls_client(&stack, lb.port);
+            c.stdin
+                .as_mut()
+                .unwrap()
+                .write_all(format!("GET {HEALTH} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(lb.metric(active), 3, "{}", lb.log_text());
+    assert_eq!(lb.metric("ucloud_lb_busy_total"), 2, "{}", lb.log_text());
+    // Another client is served meanwhile: the gateway kept places for others.
+    let (code, body) = curl(&stack, &lb.url(HEALTH), &["--interface", "127.0.0.2"]);
+    assert_eq!(code, 200, "{body}\n{}", lb.log_text());
+    // The held ones go at the idle deadline, and their places with them.
+    let mut answers = Vec::new();
+    for (k, mut c) in kept.drain(..).enumerate() {
+        assert!(
+            exited_within(&mut c, Duration::from_secs(6)),
+            "kept-alive connection {k} still open past idle_timeout"
+        );
+        answers.push(output_of(c));
+    }
+    let ok = answers
+        .iter()
+        .filter(|a| a.contains("HTTP/1.1 200"))
+        .count();
+    let busy = answers
+        .iter()
+        .filter(|a| a.contains("HTTP/1.1 502") && a.contains("\"BUSY\""))
+        .count();
+    assert_eq!((ok, busy), (3, 2), "{answers:?}");
+    assert_eq!(lb.metric(active), 0);
+    assert!(lb.metric("ucloud_lb_idle_timeouts_total") >= 3);
+}
+
+/// The attack on a gateway: a keep-alive connection asking for the token-free
+/// health check again and again, through the balancer. Only requests with a
+/// credential extend a gateway connection's life, so the gateway closes it at its
+/// --idle-timeout (the unit's ExecStart=) all the same, and the balancer with it.
+#[test]
+fn token_free_requests_do_not_keep_a_gateway_connection_open() {
+    let _serial = serial();
+    let stack = Stack::load();
+    let dir = scratch("tokenfree");
+    let gw = Gateway::start_with(&stack, &dir, "gw", &["--idle-timeout", "2"]);
+    let lb = Lb::start(&stack, &dir, |p, m| {
+        lb_config(&stack, p, m, "", &[("gw", gw.address(), "")])
+    });
+    let mut client = tls_client(&stack, lb.port);
+    let mut input = client.stdin.take().unwrap();
+    let mut output = client.stdout.take().unwrap();
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = output.read_to_end(&mut all);
+        (started.elapsed(), text(&all))
+    });
+    let request = format!("GET {HEALTH} HTTP/1.1\r\nHost: x\r\n\r\n");
+    while started.elapsed() < Duration::from_secs(8) && !reader.is_finished() {
+        if input.write_all(request.as_bytes()).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(input);
+    let _ = client.kill();
+    let _ = client.wait();
+    let (closed, answers) = reader.join().unwrap();
+    let ok = answers.matches("HTTP/1.1 200").count();
+    assert!(ok >= 3, "{ok} answers: {answers}");
+    assert!(
+        closed >= Duration::from_millis(1800) && closed < Duration::from_secs(6),
+        "health checks every 0.3 s kept the connection open for {closed:?}: {ok} answers"
+    );
 }

@@ -115,6 +115,18 @@ fn the_balancer_facing_gateway_is_the_direct_one_plus_the_proxy_flag() {
     assert_eq!(exec(&behind), format!("{} --proxy-protocol", exec(&direct)));
     let socket = settings(&read_unit("ucloud-gateway-lb.socket"));
     assert!(socket.contains(&("Accept".into(), "yes".into())));
+    // Only the balancer's group may open it: the PROXY header names the client.
+    for (key, value) in [
+        ("ListenStream", "/run/ucloud-im/gateway-lb.sock"),
+        ("SocketUser", "root"),
+        ("SocketGroup", "ucloud-lb"),
+        ("SocketMode", "0660"),
+    ] {
+        assert!(
+            socket.contains(&(key.into(), value.into())),
+            "ucloud-gateway-lb.socket: {key}={value} expected in {socket:?}"
+        );
+    }
     assert!(socket.contains(&("TriggerLimitBurst".into(), "0".into())));
     let lb = settings(&read_unit("ucloud-lb.service"));
     assert!(

@@ -523,3 +523,129 @@ fn a_user_who_connects_again_keeps_the_home_drive() {
     assert_eq!(looked_up, 3, "one look-up per connection");
     let _ = registry(&stack, &["remove", &ucloud]);
 }
+
+/// A raw client of the registry socket as `user` (socat, so the kernel records that
+/// user's uid for SO_PEERCRED): what the test writes to it goes to the socket, what
+/// the registry answers comes back on its stdout, and it exits soon after the
+/// registry closes the connection.
+fn socket_client(stack: &Stack, user: &str) -> std::process::Child {
+    let socket = stack.get("UCLOUD_IM_REGISTRY_SOCKET");
+    Command::new("runuser")
+        .current_dir("/")
+        .args(["-u", user, "--", "socat", "-t", "0.2", "-"])
+        .arg(format!("UNIX-CONNECT:{socket}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("cannot run socat as a local user")
+}
+
+/// Waits up to `limit` for `child` to exit; whether it did.
+fn exits_within(child: &mut std::process::Child, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.try_wait().unwrap().is_some()
+}
+
+fn answer_of(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The attack: a request dripped one byte at a time, each byte well inside any
+/// per-read timeout. The registry cuts the whole request at its deadline (5 s).
+#[test]
+fn a_request_dripped_byte_by_byte_is_cut_at_the_deadline() {
+    // Alone: it takes one of alice's places, which the next test counts.
+    let _serial = serial();
+    let stack = Stack::load();
+    let alice = stack.local_of(ALICE);
+    let mut client = socket_client(&stack, &alice);
+    let mut input = client.stdin.take().unwrap();
+    let started = Instant::now();
+    let cut = std::thread::spawn(move || {
+        for b in b"{\"op\":\"connect\",\"ticket\":\"".iter().cycle() {
+            if started.elapsed() > Duration::from_secs(20)
+                || std::io::Write::write_all(&mut input, &[*b]).is_err()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    });
+    assert!(
+        exits_within(&mut client, Duration::from_secs(9)),
+        "a dripping client still holds the registry after {:?}",
+        started.elapsed()
+    );
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(4), "cut too early: {took:?}");
+    let _ = client.kill();
+    let _ = cut.join();
+}
+
+/// The attack: one account opens many connections and sends nothing useful, to fill
+/// the socket (systemd's MaxConnections= counts everyone together, and
+/// MaxConnectionsPerSource= means nothing on a unix socket). Its connections beyond
+/// its share are answered "busy" at once; another account is served meanwhile.
+#[test]
+fn one_account_cannot_take_every_place_on_the_socket() {
+    let _serial = serial();
+    let stack = Stack::load();
+    let (alice, bob) = (stack.local_of(ALICE), stack.local_of(BOB));
+    let started = Instant::now();
+    let mut held: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = socket_client(&stack, &alice);
+            // Half a request, never finished.
+            let _ = std::io::Write::write_all(c.stdin.as_mut().unwrap(), b"{");
+            std::thread::sleep(Duration::from_millis(100));
+            c
+        })
+        .collect();
+    // Those beyond alice's share were answered and closed at once.
+    let mut busy = 0;
+    let mut waiting = Vec::new();
+    for mut c in held.drain(..) {
+        if exits_within(&mut c, Duration::from_millis(1500)) {
+            let answer = answer_of(c);
+            assert!(answer.contains("\"status\":75"), "{answer:?}");
+            busy += 1;
+        } else {
+            waiting.push(c);
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "too slow to tell"
+    );
+    assert_eq!(
+        (busy, waiting.len()),
+        (6, 2),
+        "one account held more than its 2 places"
+    );
+    // Bob is served while alice holds her two.
+    let mut b = socket_client(&stack, &bob);
+    std::io::Write::write_all(b.stdin.as_mut().unwrap(), b"{\"op\":\"format-disk\"}\n").unwrap();
+    assert!(
+        exits_within(&mut b, Duration::from_secs(3)),
+        "bob was not answered"
+    );
+    let answer = answer_of(b);
+    assert!(answer.contains("\"status\":64"), "{answer:?}");
+    // Alice's two are cut at the deadline, and her places come back.
+    for mut c in waiting {
+        assert!(exits_within(&mut c, Duration::from_secs(8)), "not cut");
+    }
+    let mut again = socket_client(&stack, &alice);
+    std::io::Write::write_all(again.stdin.as_mut().unwrap(), b"{\"op\":\"format-disk\"}\n")
+        .unwrap();
+    assert!(exits_within(&mut again, Duration::from_secs(3)));
+    assert!(answer_of(again).contains("\"status\":64"));
+}

@@ -27,9 +27,12 @@ use ucloud_http::server::{HttpError, Limits, Reader};
 use ucloud_wire::config::SiteConfig;
 use ucloud_wire::paths;
 
-/// How long a keep-alive connection may sit idle between requests.
+/// How long a keep-alive connection may stay open after its last request that
+/// carried a credential (--idle-timeout). Requests without one (the health check,
+/// the ticket page, refusals) do not extend it: else any client could hold this
+/// process, and its place on the socket, for ever by asking for nothing.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a client may take to send a request head once it has started.
+/// How long a client may take to send a whole request head (--head-timeout).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send a request body (up to `Limits::max_body`).
 const BODY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -41,7 +44,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 const HELP: &str = "\
 ucloud-gateway: serve one connection of UCloud's provider API
 
-Usage: ucloud-gateway [--proxy-protocol]
+Usage: ucloud-gateway [--proxy-protocol [--balancer-user NAME]] [--idle-timeout S]
+                      [--head-timeout S]
 
 Started once per connection by a socket unit (Accept=yes) or inetd: the connection
 is on stdin/stdout, or on fd 3 when LISTEN_FDS=1 and LISTEN_PID is this process.
@@ -49,9 +53,17 @@ Reads site.conf and UCloud's public key from the configuration directory, starts
 the dispatcher once per request, logs one line per request to stderr.
 
 Options:
-  --proxy-protocol  balancer-facing socket: the connection must start with a
+  --proxy-protocol  balancer-facing socket: the connection must come over a
+                    unix socket from the balancer's account and start with a
                     PROXY protocol v2 header (sent by ucloud-lb), else it is
-                    closed; the client it names is logged with each request
+                    closed unread; the client it names is logged with each request
+  --balancer-user NAME
+                    the balancer's account (default ucloud-lb): the only peer
+                    whose PROXY header is believed
+  --idle-timeout S  close a connection S seconds after its last request that
+                    carried a token, or after it opened (default 60)
+  --head-timeout S  a request head (and the PROXY header) must arrive whole
+                    within S seconds, however it is cut up (default 10)
   -h, --help        print this help
   --version         print the version
 
@@ -71,10 +83,27 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let behind_balancer = args.contains("--proxy-protocol");
+    let balancer_user: String = match args.opt_value_from_str("--balancer-user") {
+        Ok(name) => name.unwrap_or_else(|| "ucloud-lb".to_string()),
+        Err(e) => {
+            ucloud_wire::log_err!("ucloud-gateway: --balancer-user: {e} (see --help)");
+            return ExitCode::from(64);
+        }
+    };
+    let timeouts = match (
+        seconds(&mut args, "--idle-timeout", IDLE_TIMEOUT),
+        seconds(&mut args, "--head-timeout", HEAD_TIMEOUT),
+    ) {
+        (Ok(idle), Ok(head)) => Timeouts { idle, head },
+        (Err(why), _) | (_, Err(why)) => {
+            ucloud_wire::log_err!("ucloud-gateway: {why} (see --help)");
+            return ExitCode::from(64);
+        }
+    };
     let rest = args.finish();
     if !rest.is_empty() {
         ucloud_wire::log_err!(
-            "ucloud-gateway: takes no arguments but --proxy-protocol, got {rest:?} (see --help)"
+            "ucloud-gateway: takes no arguments but the options, got {rest:?} (see --help)"
         );
         return ExitCode::from(64);
     }
@@ -96,6 +125,14 @@ fn main() -> ExitCode {
         sys::Inherited::Inetd(r, w) => (r, Some(w)),
         sys::Inherited::Listen(fd) => (fd, None),
     };
+    if behind_balancer {
+        // Before a byte is read: whoever else reached this socket gets nothing from
+        // it, and nothing it claims lands in the log.
+        if let Err(why) = proxy::check_peer(&read, &balancer_user) {
+            ucloud_wire::log_warn!("ucloud-gateway: refusing the connection unread: {why}");
+            return ExitCode::SUCCESS;
+        }
+    }
     let (mut client_in, mut out) = match conn::split(read, write, SEND_TIMEOUT) {
         Ok(halves) => halves,
         Err(e) => {
@@ -104,7 +141,7 @@ fn main() -> ExitCode {
         }
     };
     if behind_balancer {
-        client_in.deadline = Some(Instant::now() + HEAD_TIMEOUT);
+        client_in.deadline = Some(Instant::now() + timeouts.head);
         match proxy::read_header(&mut client_in) {
             // A client is logged with each of its requests; the balancer's own
             // health checks (LOCAL) get no line of their own.
@@ -126,10 +163,49 @@ fn main() -> ExitCode {
         dispatched: Cell::new(0),
         spares_off: Cell::new(false),
     };
-    serve(&site, client_in, &mut out);
+    serve(&site, client_in, &mut out, timeouts);
     // Before exiting, so that no spare outlives the gateway.
     site.release_spare();
     ExitCode::SUCCESS
+}
+
+#[derive(Clone, Copy)]
+struct Timeouts {
+    idle: Duration,
+    head: Duration,
+}
+
+/// `--NAME S`: seconds, fractions allowed, 0.1 to 86400.
+fn seconds(
+    args: &mut pico_args::Arguments,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, String> {
+    let value: Option<String> = args
+        .opt_value_from_str(name)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match value.parse::<f64>() {
+        Ok(s) if (0.1..=86400.0).contains(&s) => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "{name} {value:?}: a number of seconds from 0.1 to 86400"
+        )),
+    }
+}
+
+/// Whether a request shows a credential (a bearer token or a transfer token):
+/// only such requests keep the connection open past its idle deadline.
+fn shows_credential(req: &ucloud_http::server::Request) -> bool {
+    req.header("authorization").is_some()
+        || req.header("chunked-upload-token").is_some()
+        || req.query_param("token").is_some()
+}
+
+/// Whether the gateway took the credential: the call was not refused for it.
+fn accepted(status: u16) -> bool {
+    status != 401 && status != 403
 }
 
 /// Whether the service manager passed the connection as fd 3.
@@ -171,7 +247,12 @@ fn no_new_privs() -> bool {
     })
 }
 
-fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientOut) {
+fn serve(
+    site: &handle::Site,
+    client_in: conn::ClientIn,
+    out: &mut conn::ClientOut,
+    timeouts: Timeouts,
+) {
     let limits = Limits::default();
     // Heads may announce an upload chunk (streamed, never held); every other body
     // is held and stays under `limits.max_body`, checked once the route is known.
@@ -180,15 +261,20 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
         ..Limits::default()
     };
     let mut reader = Reader::new(client_in);
+    // Moved on only by a request with an accepted credential (see IDLE_TIMEOUT).
+    let mut idle_until = Instant::now() + timeouts.idle;
     loop {
         // Also when requests come back to back (pipelined, or not for a dispatcher).
         site.release_old_spare();
-        if reader.buffered().is_empty() && !next_request_comes(site, reader.get_ref()) {
+        if Instant::now() >= idle_until
+            || reader.buffered().is_empty()
+                && !next_request_comes(site, reader.get_ref(), idle_until)
+        {
             // Idle too long, or a broken descriptor: close without a word.
             return;
         }
         let started = Instant::now();
-        reader.get_mut().deadline = Some(started + HEAD_TIMEOUT);
+        reader.get_mut().deadline = Some(started + timeouts.head);
         let (mut req, body) = match reader.read_head(&head_limits, out) {
             Ok(Some(head)) => head,
             Ok(None) => return,
@@ -228,6 +314,7 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
             );
             return;
         }
+        let credential = shows_credential(&req);
         if let Some(n) = body.length().filter(|_| handle::streams_body(site, &req)) {
             let (method, path) = (req.method.clone(), req.path().to_string());
             let mut copy = |sink: &mut dyn std::io::Write| match reader.copy_body(n, sink) {
@@ -245,6 +332,9 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
             );
             if outcome.close {
                 return;
+            }
+            if credential && accepted(outcome.status) {
+                idle_until = Instant::now() + timeouts.idle;
             }
             reader.get_mut().deadline = None;
             continue;
@@ -279,13 +369,15 @@ fn serve(site: &handle::Site, client_in: conn::ClientIn, out: &mut conn::ClientO
         if outcome.close || !keep_alive {
             return;
         }
+        if credential && accepted(outcome.status) {
+            idle_until = Instant::now() + timeouts.idle;
+        }
     }
 }
 
-/// Waits up to IDLE_TIMEOUT for the next request, letting the spare dispatcher go
+/// Waits until `idle_until` for the next request, letting the spare dispatcher go
 /// once it is too old to be used.
-fn next_request_comes(site: &handle::Site, client: &conn::ClientIn) -> bool {
-    let idle_until = Instant::now() + IDLE_TIMEOUT;
+fn next_request_comes(site: &handle::Site, client: &conn::ClientIn, idle_until: Instant) -> bool {
     loop {
         let until = site
             .spare_expires()

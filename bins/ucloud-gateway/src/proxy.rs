@@ -2,9 +2,19 @@
 //! header (haproxy.org proxy-protocol.txt, section 2.2) naming the real client,
 //! which the gateway then logs. Anything else ends the connection unanswered: on
 //! that socket only the balancer may speak, and it always sends the header.
+//!
+//! Whoever sends the header decides what the log says, so it is believed only from
+//! the balancer itself: over a unix socket (which the socket unit opens to the
+//! balancer's group alone) from a peer the kernel names as the balancer's account
+//! (SO_PEERCRED). A TCP peer proves nothing of the kind, so it is refused; a
+//! balancer on another host needs mutual TLS between the two, not yet available.
 
+use nix::sys::socket::{
+    getsockname, getsockopt, sockopt, AddressFamily, SockaddrLike, SockaddrStorage,
+};
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
 
 const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -26,6 +36,35 @@ static CLIENT: OnceLock<String> = OnceLock::new();
 /// The client of this connection, for the request log (set once, balancer mode only).
 pub fn client() -> Option<&'static str> {
     CLIENT.get().map(String::as_str)
+}
+
+/// Whether the peer on `fd` is the balancer: a unix socket whose peer runs as
+/// `balancer_user`. The error says who it was instead.
+pub fn check_peer(fd: &impl AsFd, balancer_user: &str) -> Result<(), String> {
+    let local = getsockname::<SockaddrStorage>(std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()))
+        .map_err(|e| format!("cannot tell the socket's kind: {e}"))?;
+    if local.family() != Some(AddressFamily::Unix) {
+        return Err(format!(
+            "a PROXY header is believed only over a unix socket from {balancer_user}; this \
+             connection is {:?} (a balancer on another host needs mutual TLS, not yet \
+             available: see ucloud-gateway(8))",
+            local.family()
+        ));
+    }
+    let peer = getsockopt(fd, sockopt::PeerCredentials)
+        .map_err(|e| format!("cannot read the peer's credentials: {e}"))?;
+    let balancer = nix::unistd::User::from_name(balancer_user)
+        .map_err(|e| format!("cannot look up the balancer's account {balancer_user}: {e}"))?
+        .ok_or_else(|| format!("the balancer's account {balancer_user} does not exist"))?;
+    if peer.uid() != balancer.uid.as_raw() {
+        return Err(format!(
+            "the peer is uid {} (pid {}), not the balancer's account {balancer_user} (uid {})",
+            peer.uid(),
+            peer.pid(),
+            balancer.uid
+        ));
+    }
+    Ok(())
 }
 
 /// Reads exactly the header (never a byte of the request behind it).
@@ -94,6 +133,25 @@ fn parse_addresses(family: u8, rest: &[u8]) -> Result<Peer, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_balancers_account_on_a_unix_socket_is_believed() {
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(check_peer(&a, &me), Ok(()));
+        let other = if me == "root" { "nobody" } else { "root" };
+        let e = check_peer(&a, other).unwrap_err();
+        assert!(e.contains("not the balancer's account"), "{e}");
+        let e = check_peer(&a, "no-such-account-here").unwrap_err();
+        assert!(e.contains("does not exist"), "{e}");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let e = check_peer(&tcp, &me).unwrap_err();
+        assert!(e.contains("only over a unix socket"), "{e}");
+    }
 
     fn header(cmd: u8, fam: u8, block: &[u8]) -> Vec<u8> {
         let mut h = SIGNATURE.to_vec();

@@ -3,6 +3,7 @@
 //! and connecting to it over TCP or a unix socket.
 
 use crate::config::{Address, BackendConfig};
+use crate::state::Place;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -17,6 +18,8 @@ pub struct Backend {
     pub weight: AtomicU32,
     pub proxy_protocol: AtomicBool,
     pub drain: AtomicBool,
+    /// Connections to it at once (`max_connections`).
+    pub max_connections: AtomicU64,
     pub up: AtomicBool,
     /// Set when a reload removed it: its health checker stops.
     pub retired: AtomicBool,
@@ -38,6 +41,7 @@ impl Backend {
             weight: AtomicU32::new(c.weight),
             proxy_protocol: AtomicBool::new(c.proxy_protocol),
             drain: AtomicBool::new(c.drain),
+            max_connections: AtomicU64::new(c.max_connections as u64),
             // Up until proven otherwise, so a fresh start serves at once; the first
             // check runs immediately and a refused connect takes it out at once.
             up: AtomicBool::new(true),
@@ -57,6 +61,13 @@ impl Backend {
         self.weight.store(c.weight, Relaxed);
         self.proxy_protocol.store(c.proxy_protocol, Relaxed);
         self.drain.store(c.drain, Relaxed);
+        self.max_connections
+            .store(c.max_connections as u64, Relaxed);
+    }
+
+    /// Whether it has a place for one more connection.
+    pub fn has_room(&self) -> bool {
+        self.active.load(Relaxed) < self.max_connections.load(Relaxed)
     }
 
     pub fn takes_new(&self) -> bool {
@@ -113,14 +124,19 @@ impl Backend {
     }
 }
 
-/// Counts a connection as active on its backend for as long as it lives.
-pub struct Lease(pub Arc<Backend>);
+/// Counts a connection as active on its backend for as long as it lives, and holds
+/// its client's place among the gateways' (freed after the backend's count).
+pub struct Lease(
+    pub Arc<Backend>,
+    // Never read: held for its Drop.
+    #[allow(dead_code)] Option<Place>,
+);
 
 impl Lease {
-    pub fn new(b: Arc<Backend>) -> Lease {
+    pub fn new(b: Arc<Backend>, place: Option<Place>) -> Lease {
         b.active.fetch_add(1, Relaxed);
         b.connections.fetch_add(1, Relaxed);
-        Lease(b)
+        Lease(b, place)
     }
 }
 
@@ -142,7 +158,7 @@ pub fn pick(backends: &[Arc<Backend>], skip: &[usize], turn: &AtomicUsize) -> Op
     for k in 0..n {
         let i = (start + k) % n;
         let b = &backends[i];
-        if skip.contains(&i) || !b.takes_new() {
+        if skip.contains(&i) || !b.takes_new() || !b.has_room() {
             continue;
         }
         let (active, weight) = (b.active.load(Relaxed), u64::from(b.weight.load(Relaxed)));
@@ -219,6 +235,7 @@ mod tests {
             weight,
             proxy_protocol: false,
             drain: false,
+            max_connections: 240,
         });
         b.active.store(active, Relaxed);
         Arc::new(b)
@@ -244,6 +261,15 @@ mod tests {
         assert_eq!(pick(&bs, &[], &turn), None);
         bs[1].drain.store(false, Relaxed);
         assert_eq!(pick(&bs, &[], &turn), Some(1));
+    }
+
+    #[test]
+    fn a_full_backend_takes_nothing() {
+        let turn = AtomicUsize::new(0);
+        let bs = [backend("a", 1, 240), backend("b", 9, 239)];
+        assert_eq!(pick(&bs, &[], &turn), Some(1));
+        bs[1].active.store(240, Relaxed);
+        assert_eq!(pick(&bs, &[], &turn), None);
     }
 
     #[test]

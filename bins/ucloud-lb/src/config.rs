@@ -34,6 +34,9 @@ pub struct BackendConfig {
     pub proxy_protocol: bool,
     /// No new connections; existing ones finish.
     pub drain: bool,
+    /// Connections to it at once; below its socket's MaxConnections= (see the budget
+    /// in ucloud-lb.conf(5)), so that the socket never refuses the balancer.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -46,7 +49,15 @@ pub struct Config {
     pub certificates: Vec<(PathBuf, PathBuf)>,
     pub max_connections: usize,
     pub max_per_client: usize,
+    /// Connections to gateways one client address holds at once: less than all
+    /// backends together, so other clients keep a share.
+    pub max_backend_per_client: usize,
     pub handshake_timeout: Duration,
+    /// A whole request head must arrive within this after the handshake; no
+    /// gateway is connected before it has.
+    pub request_timeout: Duration,
+    /// How long a complete request waits for a place on a gateway.
+    pub queue_timeout: Duration,
     pub idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
@@ -85,7 +96,11 @@ pub fn parse(text: &str) -> Result<Config, Fail> {
         // A UCloud core opens bursts of a few hundred connections from one address.
         max_connections: 4096,
         max_per_client: 512,
+        // Half of one gateway's places (240, below its socket's 256).
+        max_backend_per_client: 120,
         handshake_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(10),
+        queue_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(300),
         connect_timeout: Duration::from_secs(3),
         drain_timeout: Duration::from_secs(30),
@@ -147,6 +162,17 @@ pub fn parse(text: &str) -> Result<Config, Fail> {
     if config.backends.is_empty() {
         return Err((0, "no [backend NAME] section".to_string()));
     }
+    let places: usize = config.backends.iter().map(|b| b.max_connections).sum();
+    if config.max_backend_per_client == 0 || config.max_backend_per_client >= places {
+        return Err((
+            0,
+            format!(
+                "max_backend_per_client = {} must be at least 1 and below the backends' \
+                 max_connections together ({places}): one client must leave places for others",
+                config.max_backend_per_client
+            ),
+        ));
+    }
     if config.health_rise == 0 || config.health_fall == 0 {
         return Err((
             0,
@@ -171,7 +197,10 @@ fn global(c: &mut Config, key: &str, value: &str) -> Result<(), String> {
         }
         "max_connections" => c.max_connections = count(value)?,
         "max_per_client" => c.max_per_client = count(value)?,
+        "max_backend_per_client" => c.max_backend_per_client = count(value)?,
         "handshake_timeout" => c.handshake_timeout = seconds(value)?,
+        "request_timeout" => c.request_timeout = seconds(value)?,
+        "queue_timeout" => c.queue_timeout = seconds(value)?,
         "idle_timeout" => c.idle_timeout = seconds(value)?,
         "connect_timeout" => c.connect_timeout = seconds(value)?,
         "drain_timeout" => c.drain_timeout = seconds(value)?,
@@ -198,6 +227,8 @@ fn backend(
     keys: Vec<(usize, String, String)>,
 ) -> Result<BackendConfig, Fail> {
     let (mut address, mut weight, mut proxy, mut drain) = (None, 1, false, false);
+    // The gateway socket's MaxConnections= is 256: the rest is for health checks.
+    let mut max_connections = 240;
     let mut seen: Vec<String> = Vec::new();
     for (n, key, value) in keys {
         if seen.contains(&key) {
@@ -215,6 +246,11 @@ fn backend(
             }),
             "proxy_protocol" => boolean(&value).map(|b| proxy = b),
             "drain" => boolean(&value).map(|b| drain = b),
+            "max_connections" => count(&value).and_then(|n| {
+                (n >= 1)
+                    .then(|| max_connections = n)
+                    .ok_or_else(|| "max_connections must be at least 1".to_string())
+            }),
             _ => Err(format!("unknown key {key:?} in [backend {name}]")),
         };
         set.map_err(|why| (n, why))?;
@@ -226,6 +262,7 @@ fn backend(
         weight,
         proxy_protocol: proxy,
         drain,
+        max_connections,
     })
 }
 
@@ -309,6 +346,8 @@ drain = yes
         assert_eq!(c.certificates.len(), 2);
         assert_eq!(c.health_interval, Duration::from_millis(500));
         assert_eq!(c.max_per_client, 512);
+        assert_eq!(c.max_backend_per_client, 120);
+        assert_eq!(c.backends[0].max_connections, 240);
         assert_eq!(c.backends.len(), 2);
         assert_eq!(c.backends[0].weight, 3);
         assert!(c.backends[0].proxy_protocol && !c.backends[0].drain);
@@ -346,6 +385,17 @@ drain = yes
             ("certificate = a b\n[frontend]\n", 2, "unknown section"),
             ("[backend x]\naddress = 1.2.3.4:5\n", 0, "no certificate"),
             ("certificate = a b\n", 0, "no [backend"),
+            (
+                "certificate = a b\nmax_backend_per_client = 20\n[backend x]\n\
+                 address = 1.2.3.4:5\nmax_connections = 20\n",
+                0,
+                "leave places for others",
+            ),
+            (
+                "certificate = a b\n[backend x]\naddress = 1.2.3.4:5\nmax_connections = 0\n",
+                4,
+                "at least 1",
+            ),
         ];
         for (text, line, words) in cases {
             let (n, why) = parse(text).unwrap_err();

@@ -1,12 +1,14 @@
 //! One client connection, up to the relay: the TLS handshake under a deadline, a
-//! backend (a refused connect is retried on another: nothing was sent yet), the
-//! PROXY header; then the relay (relay.rs) moves the bytes both ways until either
-//! side is done or the connection sits idle too long.
+//! whole request head under another (no gateway is connected before, so idle and
+//! slow clients hold none), a place on a backend within the client's share (a
+//! refused connect is retried on another: nothing was sent yet), the PROXY header;
+//! then the relay (relay.rs) moves the bytes both ways until either side is done or
+//! the connection sits idle too long.
 
-use crate::backend::{pick, Backend, Lease, Stream};
+use crate::backend::{Backend, Lease, Stream};
 use crate::proxy_v2;
 use crate::relay::{Handover, Relay};
-use crate::state::{Generation, Shared, Slot};
+use crate::state::{Generation, Reserved, Shared, Slot};
 use rustls::ServerConnection;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,6 +30,23 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
         shared.counters.handshake_errors.fetch_add(1, Relaxed);
         return ucloud_wire::log_warn!("ucloud-lb: {peer}: TLS handshake failed: {why}");
     }
+    let head = match read_head(&mut tls, &mut client, c.request_timeout) {
+        Ok(head) => head,
+        Err(Head::Gone) => return,
+        Err(Head::Late) => {
+            shared.counters.request_timeouts.fetch_add(1, Relaxed);
+            return answer(
+                &mut tls,
+                &mut client,
+                408,
+                "REQUEST_TIMEOUT",
+                &format!(
+                    "no complete request head within {} s",
+                    c.request_timeout.as_secs_f64()
+                ),
+            );
+        }
+    };
     let _ = client.set_read_timeout(None);
     // What the client sent, kept until the backend answers its first byte: a backend
     // that resets the connection before that never saw the request (it sat in the
@@ -40,14 +59,75 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
         peer,
         local,
         tried: Vec::new(),
-        unanswered: Some(Vec::new()),
+        unanswered: Some(head),
     });
 }
 
 /// The relay gave a connection back: its backend reset it before answering. Runs
 /// on a thread of its own, like `serve`.
 pub fn retry(h: Handover) {
-    attach(h.conn);
+    let Handover {
+        conn,
+        backend,
+        lease,
+    } = h;
+    // The client's place goes back before it asks for another.
+    drop((backend, lease));
+    attach(conn);
+}
+
+/// Why no request head came.
+enum Head {
+    /// The client closed, reset, or broke TLS: nothing to answer.
+    Gone,
+    /// Not complete within `request_timeout`.
+    Late,
+}
+
+/// Heads larger than this go to the gateway as they are (it refuses them).
+const HEAD_LIMIT: usize = 64 * 1024;
+
+/// The plaintext up to the end of the first request head (and whatever came with
+/// it), read by one deadline however the client cuts it up.
+fn read_head(
+    tls: &mut ServerConnection,
+    client: &mut TcpStream,
+    limit: Duration,
+) -> Result<Vec<u8>, Head> {
+    let deadline = Instant::now() + limit;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        loop {
+            match tls.reader().read(&mut buf) {
+                Ok(0) => return Err(Head::Gone),
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => return Err(Head::Gone),
+            }
+        }
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.len() >= HEAD_LIMIT {
+            return Ok(head);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Head::Late);
+        }
+        if client.set_read_timeout(Some(left)).is_err() {
+            return Err(Head::Gone);
+        }
+        match tls.read_tls(client) {
+            Ok(0) => return Err(Head::Gone),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Err(Head::Gone),
+        }
+        if tls.process_new_packets().is_err() {
+            let _ = flush(tls, client);
+            return Err(Head::Gone);
+        }
+    }
 }
 
 /// A connection past its handshake, without a backend yet.
@@ -70,17 +150,37 @@ fn attach(mut p: Pending) {
     let shared = p.slot.shared.clone();
     let generation = p.generation.clone();
     let idle = generation.config.idle_timeout;
+    let until = Instant::now() + generation.config.queue_timeout;
     loop {
-        let Some((lease, mut backend)) =
-            connect(&shared, &generation, p.peer, p.local, &mut p.tried)
-        else {
-            shared.counters.no_backend.fetch_add(1, Relaxed);
-            ucloud_wire::log_err!(
-                "ucloud-lb: {}: no backend is available: answered 502",
-                p.peer
-            );
-            return bad_gateway(&mut p.tls, &mut p.client);
-        };
+        let (lease, mut backend) =
+            match connect(&shared, &generation, p.peer, p.local, &mut p.tried, until) {
+                Ok(got) => got,
+                Err(Reserved::Busy) => {
+                    shared.counters.busy.fetch_add(1, Relaxed);
+                    ucloud_wire::log_warn!(
+                        "ucloud-lb: {}: no place on a gateway within {} s: answered 502",
+                        p.peer,
+                        generation.config.queue_timeout.as_secs_f64()
+                    );
+                    // 502 like an outage, not 503: UCloud answers a 503 with
+                    // integration/init.
+                    return answer(
+                        &mut p.tls,
+                        &mut p.client,
+                        502,
+                        "BUSY",
+                        "every gateway place open to this client is taken; try again",
+                    );
+                }
+                Err(_) => {
+                    shared.counters.no_backend.fetch_add(1, Relaxed);
+                    ucloud_wire::log_err!(
+                        "ucloud-lb: {}: no backend is available: answered 502",
+                        p.peer
+                    );
+                    return bad_gateway(&mut p.tls, &mut p.client);
+                }
+            };
         if let Some(sent) = p.unanswered.as_deref().filter(|s| !s.is_empty()) {
             let _ = backend.set_timeouts(Some(idle));
             if let Err(e) = backend.write_all(sent) {
@@ -156,17 +256,22 @@ fn flush(tls: &mut ServerConnection, client: &mut TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// A backend that took the connection, with the PROXY header already sent.
+/// A backend that took the connection, with the PROXY header already sent; the
+/// error is `NoBackend` or `Busy`.
 fn connect(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     generation: &Generation,
     peer: SocketAddr,
     local: SocketAddr,
     tried: &mut Vec<usize>,
-) -> Option<(Lease, Stream)> {
+    until: Instant,
+) -> Result<(Lease, Stream), Reserved> {
     let c = &generation.config;
     loop {
-        let i = pick(&generation.backends, tried, &shared.turn)?;
+        let (i, lease) = match shared.reserve(peer.ip(), c, &generation.backends, tried, until) {
+            Reserved::Got(i, lease) => (i, lease),
+            other => return Err(other),
+        };
         tried.push(i);
         let b: &Arc<Backend> = &generation.backends[i];
         match b.connect(c.connect_timeout) {
@@ -179,7 +284,7 @@ fn connect(
                         continue;
                     }
                 }
-                return Some((Lease::new(b.clone()), s));
+                return Ok((lease, s));
             }
             Err(e) => {
                 b.connect_errors.fetch_add(1, Relaxed);
@@ -200,6 +305,17 @@ fn connect(
 
 /// UCloud retries 449 and 503 through integration/init, so an outage is a 502.
 fn bad_gateway(tls: &mut ServerConnection, client: &mut TcpStream) {
+    answer(
+        tls,
+        client,
+        502,
+        "NO_BACKEND",
+        "no integration gateway is available behind the load balancer",
+    );
+}
+
+/// Answers with an error in UCloud's form and closes the connection.
+fn answer(tls: &mut ServerConnection, client: &mut TcpStream, status: u16, code: &str, why: &str) {
     // Read what the client sent first, briefly: closing with unread bytes would
     // reset the connection before the client sees the answer.
     let _ = client.set_read_timeout(Some(Duration::from_millis(500)));
@@ -208,15 +324,22 @@ fn bad_gateway(tls: &mut ServerConnection, client: &mut TcpStream) {
         let mut sink = [0u8; 4096];
         while matches!(tls.reader().read(&mut sink), Ok(n) if n > 0) {}
     }
-    let body = r#"{"why":"no integration gateway is available behind the load balancer","errorCode":"NO_BACKEND"}"#;
+    let body = format!(r#"{{"why":"{why}","errorCode":"{code}"}}"#);
+    let reason = if status == 408 {
+        "Request Timeout"
+    } else {
+        "Bad Gateway"
+    };
     let answer = format!(
-        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = tls.writer().write_all(answer.as_bytes());
     tls.send_close_notify();
     let _ = flush(tls, client);
     let _ = client.shutdown(std::net::Shutdown::Write);
+    // Until the client closes too, but not for a client that keeps dripping.
+    let until = Instant::now() + Duration::from_secs(1);
     let mut sink = [0u8; 4096];
-    while matches!(client.read(&mut sink), Ok(n) if n > 0) {}
+    while Instant::now() < until && matches!(client.read(&mut sink), Ok(n) if n > 0) {}
 }

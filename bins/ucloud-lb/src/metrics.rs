@@ -90,6 +90,18 @@ pub fn render(shared: &Shared) -> String {
         c.idle_timeouts.load(Relaxed),
     );
     metric(
+        "request_timeouts_total",
+        "counter",
+        "Connections answered 408: no complete request head within request_timeout.",
+        c.request_timeouts.load(Relaxed),
+    );
+    metric(
+        "busy_total",
+        "counter",
+        "Requests answered 502 BUSY: no place on a gateway within queue_timeout.",
+        c.busy.load(Relaxed),
+    );
+    metric(
         "bytes_in_total",
         "counter",
         "Bytes from clients to backends.",

@@ -2,13 +2,14 @@
 //! backends; replaced whole on reload, while old connections keep theirs), the
 //! connection counts behind the limits, and the counters.
 
-use crate::backend::Backend;
+use crate::backend::{pick, Backend, Lease};
 use crate::config::Config;
 use rustls::ServerConfig;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Instant;
 
 pub struct Generation {
     pub config: Config,
@@ -24,6 +25,8 @@ pub struct Counters {
     pub handshake_errors: AtomicU64,
     pub no_backend: AtomicU64,
     pub idle_timeouts: AtomicU64,
+    pub request_timeouts: AtomicU64,
+    pub busy: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub reloads: AtomicU64,
@@ -36,7 +39,20 @@ pub struct Shared {
     pub stopping: AtomicBool,
     pub active: AtomicU64,
     clients: Mutex<HashMap<IpAddr, usize>>,
+    /// Connections to gateways per client address; `freed` is told when one ends.
+    places: Mutex<HashMap<IpAddr, usize>>,
+    freed: Condvar,
     pub counters: Counters,
+}
+
+/// What a request found when it asked for a gateway.
+pub enum Reserved {
+    /// Backend `i` of the generation, with the place held.
+    Got(usize, Lease),
+    /// No backend is up (or all were tried).
+    NoBackend,
+    /// The client holds its share, or every backend is full, until the deadline.
+    Busy,
 }
 
 impl Shared {
@@ -47,6 +63,8 @@ impl Shared {
             stopping: AtomicBool::new(false),
             active: AtomicU64::new(0),
             clients: Mutex::new(HashMap::new()),
+            places: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
             counters: Counters::default(),
         }
     }
@@ -83,6 +101,50 @@ impl Shared {
         })
     }
 
+    /// A place on a backend for a request of `ip`: at most `max_backend_per_client`
+    /// of the client's at once, and at most each backend's `max_connections`. Waits
+    /// for one until `until`. The count and the choice happen under one lock, so
+    /// concurrent requests never overshoot either limit.
+    pub fn reserve(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        config: &Config,
+        backends: &[Arc<Backend>],
+        tried: &[usize],
+        until: Instant,
+    ) -> Reserved {
+        let mut places = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let held = places.get(&ip).copied().unwrap_or(0);
+            if held < config.max_backend_per_client {
+                if let Some(i) = pick(backends, tried, &self.turn) {
+                    *places.entry(ip).or_insert(0) += 1;
+                    let place = Place {
+                        shared: self.clone(),
+                        ip,
+                    };
+                    return Reserved::Got(i, Lease::new(backends[i].clone(), Some(place)));
+                }
+            }
+            let any = backends
+                .iter()
+                .enumerate()
+                .any(|(i, b)| !tried.contains(&i) && b.takes_new());
+            if !any {
+                return Reserved::NoBackend;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Reserved::Busy;
+            }
+            places = self
+                .freed
+                .wait_timeout(places, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     pub fn clients(&self) -> usize {
         self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
@@ -108,5 +170,25 @@ impl Drop for Slot {
             }
         }
         self.shared.active.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A client's place among the gateways, held by the connection's lease.
+pub struct Place {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut places = self.shared.places.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = places.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                places.remove(&self.ip);
+            }
+        }
+        drop(places);
+        self.shared.freed.notify_all();
     }
 }

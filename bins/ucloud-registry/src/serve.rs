@@ -19,15 +19,30 @@ use crate::error::Error;
 use crate::ops::{Added, Connected, Preview, Registry};
 use nix::sys::socket::{getsockopt, sockopt};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, Instant};
 use ucloud_wire::config::SiteConfig;
 
 /// A request is a name and a ticket: a few hundred bytes.
-const MAX_REQUEST: u64 = 16 * 1024;
-/// A client that sends nothing for this long is dropped.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_REQUEST: usize = 16 * 1024;
+/// The whole request line must arrive within this, however it is cut up: a
+/// per-read timeout would let a client dripping one byte at a time hold this root
+/// process (and a place on the socket) for hours.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long writing the answer may block on a client that does not read.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections one account may hold at once (root has no limit). The socket's
+/// MaxConnections= (64) is for everyone together, and systemd closes each
+/// connection beyond it at once; MaxConnectionsPerSource= means nothing on a unix
+/// socket. So the share of one account is counted here, and kept well below the
+/// total: one person cannot fill the socket, the service account (every ticket of
+/// the connect page goes through it) can take a quarter.
+const PERSON_SLOTS: u32 = 2;
+const SERVICE_SLOTS: u32 = 16;
 /// How long a redemption waits for UCloud to answer the home drive registration.
 const DRIVE_WAIT: Duration = Duration::from_secs(10);
 
@@ -45,13 +60,22 @@ pub fn serve(stream: UnixStream) -> Result<(), Error> {
         "cannot read the peer credentials of the registry socket",
     ))?;
     let uid = creds.uid();
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
     stream
-        .set_read_timeout(Some(READ_TIMEOUT))
-        .and_then(|()| stream.set_write_timeout(Some(READ_TIMEOUT)))
+        .set_write_timeout(Some(ANSWER_TIMEOUT))
         .map_err(Error::io("cannot set socket timeouts"))?;
-    let mut line = String::new();
-    BufReader::new((&stream).take(MAX_REQUEST))
-        .read_line(&mut line)
+    // Held until the process exits: the kernel drops the lock with the descriptor.
+    let _slot = match take_slot(uid) {
+        Ok(slot) => slot,
+        Err(e) => {
+            ucloud_wire::log_warn!("ucloud-registry: uid {uid}: {e}");
+            let answer = json!({"ok": false, "status": e.exit_code(), "why": e.to_string()});
+            return (&stream)
+                .write_all(format!("{answer}\n").as_bytes())
+                .map_err(Error::io(format!("answering uid {uid}")));
+        }
+    };
+    let line = read_request(&stream, deadline)
         .map_err(Error::io(format!("reading the request of uid {uid}")))?;
     let answer = match answer(&line, uid) {
         Ok(v) => v,
@@ -60,6 +84,76 @@ pub fn serve(stream: UnixStream) -> Result<(), Error> {
     (&stream)
         .write_all(format!("{answer}\n").as_bytes())
         .map_err(Error::io(format!("answering uid {uid}")))
+}
+
+/// One line, at most MAX_REQUEST bytes, read by `deadline` however slowly it comes.
+/// A line cut short (no newline) is returned as it is, for `answer` to refuse.
+fn read_request(mut stream: &UnixStream, deadline: Instant) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !line.contains(&b'\n') && line.len() < MAX_REQUEST {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                ErrorKind::TimedOut,
+                format!("no complete request within {} s", REQUEST_TIMEOUT.as_secs()),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let want = buf.len().min(MAX_REQUEST - line.len());
+        match stream.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Only what precedes the first newline is the request.
+    if let Some(end) = line.iter().position(|&b| b == b'\n') {
+        line.truncate(end + 1);
+    }
+    String::from_utf8(line)
+        .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "the request is not UTF-8"))
+}
+
+/// A place among the connections `uid` may hold at once: a lock on one byte of the
+/// slot file (an open-file-description lock, so each connection's process holds
+/// its own, and the kernel frees it however the process ends).
+fn take_slot(uid: u32) -> Result<Option<File>, Error> {
+    if uid == 0 {
+        return Ok(None);
+    }
+    let site = SiteConfig::load(&ucloud_wire::paths::site_config())
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let slots = match role_of(uid, &site)? {
+        Role::Service => SERVICE_SLOTS,
+        _ => PERSON_SLOTS,
+    };
+    let path = Path::new(&ucloud_wire::paths::state_dir()).join("registry-connections.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(Error::io(format!("cannot open {}", path.display())))?;
+    for k in 0..slots {
+        if crate::sys::lock_byte(&file, slot_offset(uid, k))
+            .map_err(Error::errno(format!("cannot lock {}", path.display())))?
+        {
+            return Ok(Some(file));
+        }
+    }
+    Err(Error::Busy(format!(
+        "uid {uid} already has {slots} registry connection(s) open, the most one account may \
+         hold at once; try again when they are done"
+    )))
+}
+
+fn slot_offset(uid: u32, k: u32) -> i64 {
+    i64::from(uid) * i64::from(SERVICE_SLOTS) + i64::from(k)
 }
 
 fn answer(line: &str, uid: u32) -> Result<Value, Error> {
@@ -223,6 +317,42 @@ fn role_of(uid: u32, site: &SiteConfig) -> Result<Role, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_of_different_accounts_never_share_a_byte() {
+        assert_eq!(
+            slot_offset(1000, SERVICE_SLOTS - 1) + 1,
+            slot_offset(1001, 0)
+        );
+        assert!(slot_offset(u32::MAX, SERVICE_SLOTS - 1) > 0);
+    }
+
+    #[test]
+    fn a_request_dripped_byte_by_byte_is_cut_at_the_deadline() {
+        let (server, mut client) = UnixStream::pair().unwrap();
+        let dripper = std::thread::spawn(move || {
+            for b in b"{\"op\":\"connect\"" {
+                if client.write_all(&[*b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let started = Instant::now();
+        let e = read_request(&server, started + Duration::from_millis(350)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(server);
+        dripper.join().unwrap();
+    }
+
+    #[test]
+    fn a_request_is_read_to_its_first_newline() {
+        let (server, mut client) = UnixStream::pair().unwrap();
+        client.write_all(b"{\"op\":\"x\"}\nmore").unwrap();
+        let line = read_request(&server, Instant::now() + Duration::from_secs(1)).unwrap();
+        assert_eq!(line, "{\"op\":\"x\"}\n");
+    }
 
     #[test]
     fn malformed_requests_are_usage_errors() {
