@@ -8,7 +8,8 @@ use std::io::Read;
 use ucloud_http::server::{Limits, Reader};
 use ucloud_im_fuzz::Pieces;
 
-const HEAD: &[u8] = b"POST /ucloud/p/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+const HEAD: &[u8] =
+    b"POST /ucloud/p/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
 const LIMITS: Limits = Limits {
     max_head: 2048,
     max_headers: 16,

@@ -15,7 +15,11 @@ fuzz_target!(|input: &[u8]| {
     let Some((&control, rest)) = input.split_first() else {
         return;
     };
-    let role = if control & 1 == 0 { Role::Server } else { Role::Client };
+    let role = if control & 1 == 0 {
+        Role::Server
+    } else {
+        Role::Client
+    };
     let step = usize::from(control >> 1).max(1);
     let mut decoder = Decoder::new(role, MAX_MESSAGE);
     for piece in rest.chunks(step) {

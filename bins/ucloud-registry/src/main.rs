@@ -12,6 +12,7 @@ mod account;
 mod audit;
 mod error;
 mod ops;
+mod request;
 mod serve;
 mod store;
 #[allow(unsafe_code)]
