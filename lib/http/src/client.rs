@@ -712,7 +712,12 @@ mod tests {
     #[test]
     fn status_codes_outside_100_to_599_are_refused() {
         // Found by the http_response fuzz target: "050" parsed as status 50.
-        for line in ["HTTP/1.1 050 Odd", "HTTP/1.1 000 X", "HTTP/1.1 600 X", "HTTP/1.1 999 X"] {
+        for line in [
+            "HTTP/1.1 050 Odd",
+            "HTTP/1.1 000 X",
+            "HTTP/1.1 600 X",
+            "HTTP/1.1 999 X",
+        ] {
             let mut d = duplex(format!("{line}\r\nContent-Length: 0\r\n\r\n").as_bytes());
             let e = request(&mut d, "GET", "h", "/", &[], b"").unwrap_err();
             assert!(e.to_string().contains("is not 100 to 599"), "{line}: {e}");
