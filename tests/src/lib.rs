@@ -771,6 +771,38 @@ pub fn ws_upgrade(authority: &str, target: &str, extra: &str) -> (String, std::n
     (String::from_utf8_lossy(&head).into_owned(), stream)
 }
 
+// --- jobs submitted as UCloud submits them ---
+
+impl Stack {
+    /// Job `id` of `owner` (in `project`, if any) running `sh -c SCRIPT` on `cpus`
+    /// CPUs for at most `minutes`, created as UCloud creates it: the simulator
+    /// remembers it and sends it to `jobs.create` through the gateway, which submits
+    /// it to Slurm as the owner's account and binds the Slurm job to it (only bound
+    /// jobs are reported, ucloud-monitor(8)). Returns the Slurm job id.
+    pub fn create_job(
+        &self,
+        owner: &str,
+        id: &str,
+        script: &str,
+        minutes: u64,
+        cpus: u64,
+        project: Option<&str>,
+    ) -> u64 {
+        let mut job = self.shell_job(owner, id, script, minutes);
+        job["status"]["resolvedProduct"]["cpu"] = cpus.into();
+        job["owner"]["project"] = project.into();
+        let body = serde_json::json!({ "items": [job] }).to_string();
+        let path = format!("/ucloud/{}/jobs", self.get("UCLOUD_IM_PROVIDER"));
+        let (status, answer) = self.call(Some(owner), "POST", &path, Some(&body));
+        assert_eq!(status, 200, "jobs.create for job {id}: {answer}");
+        answer["responses"][0]["id"]
+            .as_str()
+            .and_then(|s| s.rsplit('/').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("jobs.create for job {id} named no Slurm job: {answer}"))
+    }
+}
+
 // --- the stack's services, stopped and started again by the tests that kill them ---
 
 impl Stack {

@@ -1,8 +1,9 @@
-//! ucloud-monitor against real Slurm, with the simulator as UCloud: jobs are made
-//! known to UCloud (`POST /sim/jobs`, owner set) and submitted exactly as jobs.create
-//! submits them (`--job-name=<UCloud id> --comment=ucloud-im`, as the owner), and the
-//! updates that reach the simulator are checked. Tests that stop the monitor or the
-//! simulator hold a lock, so they never overlap.
+//! ucloud-monitor against real Slurm, with the simulator as UCloud: jobs are created
+//! as UCloud creates them (the simulator remembers them and sends them to jobs.create
+//! through the gateway, which submits them as the owner and binds each Slurm job to
+//! its UCloud job), and the updates that reach the simulator are checked. Jobs a
+//! local user submits by hand, named and tagged like UCloud's, are the attacks.
+//! Tests that stop the monitor or the simulator hold a lock, so they never overlap.
 #![forbid(unsafe_code)]
 
 use serde_json::Value;
@@ -28,8 +29,9 @@ fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Submits like jobs.create does; returns the Slurm job id.
-fn submit(user: &str, id: &str, script: &str, extra: &[&str]) -> u64 {
+/// A job `owner` submits by hand, named and tagged exactly like jobs.create's
+/// (`--job-name=<UCloud id> --comment=ucloud-im`); returns the Slurm job id.
+fn by_hand(user: &str, id: &str, script: &str, extra: &[&str]) -> u64 {
     let name = format!("--job-name={id}");
     let mut args = vec![
         "sbatch",
@@ -125,8 +127,7 @@ fn assert_history(id: &str, u: &[Value], last: &str) {
 fn a_job_goes_in_queue_running_success() {
     let stack = stack();
     let id = job_id();
-    stack.ucloud_knows(&id, BOB, None);
-    submit(&stack.local_of(BOB), &id, "sleep 1", &[]);
+    stack.create_job(BOB, &id, "sleep 1", 10, 1, None);
     let u = wait_final(&stack, &id, 30);
     assert_history(&id, &u, "SUCCESS");
     assert_eq!(states(&u), ["IN_QUEUE", "RUNNING", "SUCCESS"], "{u:?}");
@@ -138,8 +139,7 @@ fn a_job_goes_in_queue_running_success() {
 fn exit_3_ends_failure_with_the_code_in_the_text() {
     let stack = stack();
     let id = job_id();
-    stack.ucloud_knows(&id, ALICE, None);
-    submit(&stack.local_of(ALICE), &id, "exit 3", &[]);
+    stack.create_job(ALICE, &id, "exit 3", 10, 1, None);
     let u = wait_final(&stack, &id, 30);
     assert_history(&id, &u, "FAILURE");
     let last = u.iter().rev().find(|x| x["state"] == "FAILURE").unwrap();
@@ -155,8 +155,7 @@ fn exit_3_ends_failure_with_the_code_in_the_text() {
 fn a_job_over_its_time_limit_ends_expired() {
     let stack = stack();
     let id = job_id();
-    stack.ucloud_knows(&id, ALICE, None);
-    submit(&stack.local_of(ALICE), &id, "sleep 600", &["--time=1"]);
+    stack.create_job(ALICE, &id, "sleep 600", 1, 1, None);
     let u = wait_final(&stack, &id, 180);
     assert_history(&id, &u, "EXPIRED");
 }
@@ -167,10 +166,7 @@ fn a_cancelled_job_ends_success_as_documented() {
     let alice = stack.local_of(ALICE);
     let running = job_id();
     let pending = job_id();
-    stack.ucloud_knows(&running, ALICE, None);
-    stack.ucloud_knows(&pending, ALICE, None);
-    let a = submit(&alice, &running, "sleep 60", &[]);
-    let b = submit(&alice, &pending, "true", &["--begin=now+1hour"]);
+    let a = stack.create_job(ALICE, &running, "sleep 60", 10, 1, None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !states(&updates(&stack, &running)).contains(&"RUNNING".to_string()) {
         assert!(
@@ -179,7 +175,9 @@ fn a_cancelled_job_ends_success_as_documented() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    for slurm in [a, b] {
+    // The whole node, while the first job holds a CPU of it: it cannot start.
+    let b = stack.create_job(ALICE, &pending, "true", 10, node_cpus(), None);
+    for slurm in [b, a] {
         let out = run_as(&alice, &["scancel", &slurm.to_string()]);
         assert!(out.status.success());
     }
@@ -198,8 +196,7 @@ fn a_cancelled_job_ends_success_as_documented() {
 fn an_extension_is_reported_as_new_time_allocation() {
     let stack = stack();
     let id = job_id();
-    stack.ucloud_knows(&id, BOB, None);
-    let slurm = submit(&stack.local_of(BOB), &id, "sleep 20", &["--time=2"]);
+    let slurm = stack.create_job(BOB, &id, "sleep 20", 2, 1, None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !states(&updates(&stack, &id)).contains(&"RUNNING".to_string()) {
         assert!(Instant::now() < deadline, "job {id} never RUNNING");
@@ -238,24 +235,127 @@ fn alices_job_named_after_bobs_changes_nothing_for_bob() {
     let id = job_id();
     stack.ucloud_knows(&id, BOB, None);
     // Alice's own sbatch, named and tagged like Bob's UCloud job, and quicker than his.
-    submit(&stack.local_of(ALICE), &id, "exit 7", &[]);
+    by_hand(&stack.local_of(ALICE), &id, "exit 7", &[]);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         updates(&stack, &id),
         Vec::<Value>::new(),
         "Alice's job reached Bob's UCloud job"
     );
-    submit(&stack.local_of(BOB), &id, "sleep 1", &[]);
+    stack.create_job(BOB, &id, "sleep 1", 10, 1, None);
     let u = wait_final(&stack, &id, 30);
     assert_eq!(states(&u), ["IN_QUEUE", "RUNNING", "SUCCESS"], "{u:?}");
+}
+
+/// The node's CPUs (`sinfo`): a job asking for all of them waits while any other
+/// job runs.
+fn node_cpus() -> u64 {
+    let out = Command::new("sinfo")
+        .args(["-h", "-o", "%c"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("sinfo -h -o %c printed {text:?}"))
+}
+
+/// Calls to UCloud's API the simulator received that name one of `ids`, other
+/// than job updates: the lookups a job costs.
+fn lookups_naming(stack: &Stack, ids: &[String]) -> Vec<Value> {
+    ucloud_im_tests::sim_log(stack)
+        .into_iter()
+        .filter(|l| {
+            let path = l["path"].as_str().unwrap_or_default();
+            path.starts_with("/api/") && path != "/api/jobs/control/update"
+        })
+        .filter(|l| {
+            let text = l.to_string();
+            ids.iter()
+                .any(|id| text.contains(&format!("\"{id}\"")) || text.contains(&format!("={id}")))
+        })
+        .collect()
+}
+
+/// The attacks of the hardening issue's items 7 and 9: Alice submits jobs by hand,
+/// named and tagged like UCloud jobs: for her own real UCloud job (failing at
+/// once, to end it early as FAILURE), for Bob's, and for many jobs UCloud knows
+/// but the module never submitted. None of them changes a state at UCloud, none
+/// costs a call to UCloud (a monitor that asks UCloud whose job a name is makes
+/// one per name, again every 30 s), the log about them stays bounded, and the
+/// real jobs' own updates arrive as ever.
+#[test]
+fn jobs_submitted_by_hand_change_nothing_and_cost_ucloud_nothing() {
+    let stack = stack();
+    let alice = stack.local_of(ALICE);
+    let (own, bobs) = (job_id(), job_id());
+    stack.create_job(ALICE, &own, "sleep 8", 10, 1, None);
+    stack.create_job(BOB, &bobs, "sleep 8", 10, 1, None);
+    let strangers: Vec<String> = (0..24).map(|_| job_id()).collect();
+    for id in &strangers {
+        stack.ucloud_knows(id, ALICE, None);
+    }
+    let mut forged = Vec::new();
+    for _ in 0..3 {
+        forged.push(by_hand(&alice, &own, "exit 9", &[]));
+        forged.push(by_hand(&alice, &bobs, "exit 9", &[]));
+    }
+    // Held, so that they take no CPU from the other tests, and seen by every poll.
+    for id in &strangers {
+        forged.push(by_hand(&alice, id, "true", &["--hold"]));
+    }
+    let u = wait_final(&stack, &own, 60);
+    assert_eq!(
+        states(&u),
+        ["IN_QUEUE", "RUNNING", "SUCCESS"],
+        "Alice's jobs by hand reached her own UCloud job: {u:?}"
+    );
+    let b = wait_final(&stack, &bobs, 60);
+    assert_eq!(
+        states(&b),
+        ["IN_QUEUE", "RUNNING", "SUCCESS"],
+        "Alice's jobs by hand reached Bob's UCloud job: {b:?}"
+    );
+    // Several polls (every 5 s) while the strangers wait.
+    std::thread::sleep(Duration::from_secs(11));
+    for id in &strangers {
+        assert_eq!(
+            updates(&stack, id),
+            Vec::<Value>::new(),
+            "a job by hand reached UCloud job {id}"
+        );
+    }
+    let mut named = strangers.clone();
+    named.extend([own.clone(), bobs.clone()]);
+    let lookups = lookups_naming(&stack, &named);
+    assert!(
+        lookups.is_empty(),
+        "{} jobs by hand cost {} calls to UCloud: {:?}",
+        forged.len(),
+        lookups.len(),
+        lookups.first()
+    );
     let log =
         fs::read_to_string(PathBuf::from(stack.get("UCLOUD_IM_STACK_LOGS")).join("monitor.log"))
             .unwrap();
+    let told = log
+        .lines()
+        .filter(|l| {
+            forged
+                .iter()
+                .any(|f| l.contains(&format!("Slurm job {f} ")))
+        })
+        .count();
+    // The budget (10 lines a minute) is shared with whatever else is ignored.
     assert!(
-        log.lines()
-            .any(|l| l.contains("refused") && l.contains(&id)),
-        "the refusal is not logged"
+        told <= 10,
+        "{told} log lines about {} jobs by hand",
+        forged.len()
     );
+    let ids: Vec<String> = forged.iter().map(u64::to_string).collect();
+    let mut args = vec!["scancel"];
+    args.extend(ids.iter().map(String::as_str));
+    let _ = run_as(&alice, &args);
 }
 
 #[test]
@@ -326,14 +426,10 @@ fn notify_exits_0_quickly_when_no_monitor_listens() {
 fn a_killed_monitor_catches_up_with_one_final_state_each() {
     let _outage = OUTAGE.lock().unwrap_or_else(|p| p.into_inner());
     let stack = stack();
-    let bob = stack.local_of(BOB);
     let ids: Vec<String> = (0..4).map(|_| job_id()).collect();
-    for id in &ids {
-        stack.ucloud_knows(id, BOB, None);
-    }
     // Two end while the monitor runs, two while it is dead.
-    submit(&bob, &ids[0], "true", &[]);
-    submit(&bob, &ids[1], "sleep 2; exit 4", &[]);
+    stack.create_job(BOB, &ids[0], "true", 10, 1, None);
+    stack.create_job(BOB, &ids[1], "sleep 2; exit 4", 10, 1, None);
     let deadline = Instant::now() + Duration::from_secs(20);
     while updates(&stack, &ids[0]).is_empty() {
         assert!(
@@ -344,8 +440,8 @@ fn a_killed_monitor_catches_up_with_one_final_state_each() {
         std::thread::sleep(Duration::from_millis(50));
     }
     kill_and_wait(stack.service_pid("monitor"));
-    submit(&bob, &ids[2], "true", &[]);
-    submit(&bob, &ids[3], "exit 5", &[]);
+    stack.create_job(BOB, &ids[2], "true", 10, 1, None);
+    stack.create_job(BOB, &ids[3], "exit 5", 10, 1, None);
     std::thread::sleep(Duration::from_secs(3));
     stack.start_monitor();
     for (id, last) in ids.iter().zip(["SUCCESS", "FAILURE", "SUCCESS", "FAILURE"]) {
@@ -359,7 +455,6 @@ fn updates_wait_for_ucloud_to_come_back() {
     let _outage = OUTAGE.lock().unwrap_or_else(|p| p.into_inner());
     let stack = stack();
     let id = job_id();
-    stack.ucloud_knows(&id, ALICE, None);
     let sim = stack.service_pid("sim");
     let argv_line = fs::read_to_string(format!("/proc/{sim}/cmdline")).unwrap();
     let argv: Vec<String> = argv_line
@@ -368,7 +463,7 @@ fn updates_wait_for_ucloud_to_come_back() {
         .map(String::from)
         .collect();
     kill_and_wait(sim);
-    submit(&stack.local_of(ALICE), &id, "true", &[]);
+    stack.create_job(ALICE, &id, "true", 10, 1, None);
     std::thread::sleep(Duration::from_secs(3));
     assert!(updates(&stack, &id).is_empty());
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();

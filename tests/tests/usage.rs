@@ -68,8 +68,8 @@ fn product(stack: &Stack) -> (String, String) {
     (id, category)
 }
 
-/// Submits like jobs.create does; returns the Slurm job id.
-fn submit(user: &str, name: &str, script: &str, extra: &[&str]) -> u64 {
+/// A job submitted by hand, tagged like jobs.create's; returns the Slurm job id.
+fn by_hand(user: &str, name: &str, script: &str, extra: &[&str]) -> u64 {
     let name = format!("--job-name={name}");
     let wrap = format!("--wrap={script}");
     let mut args = vec![
@@ -142,16 +142,13 @@ fn a_finished_jobs_usage_arrives_for_its_owner_and_matches_sacct() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let stack = Stack::with_slurm();
     let (_, category) = product(&stack);
-    let alice = stack.local_of(ALICE);
     // One job in a project (the project pays), one of Alice's own (she pays).
     let project = project_id();
     let in_project = job_id();
-    stack.ucloud_knows(&in_project, ALICE, Some(&project));
     let own = job_id();
-    stack.ucloud_knows(&own, ALICE, None);
     let (_, alice_before) = stack.charged(ALICE, &category, "");
-    let a = submit(&alice, &in_project, "sleep 16", &["--cpus-per-task=8"]);
-    let b = submit(&alice, &own, "sleep 8", &["--cpus-per-task=8"]);
+    let a = stack.create_job(ALICE, &in_project, "sleep 16", 10, 8, Some(&project));
+    let b = stack.create_job(ALICE, &own, "sleep 8", 10, 8, None);
     let (total_a, total_b) = (sacct_minutes_after(a), sacct_minutes_after(b));
     assert!(total_a >= 2 && total_b >= 1, "{total_a} {total_b}");
     let wallet = wait_charged(
@@ -221,13 +218,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     let (_, category) = product(&stack);
     let project = project_id();
     let id = job_id();
-    stack.ucloud_knows(&id, BOB, Some(&project));
-    let slurm_id = submit(
-        &stack.local_of(BOB),
-        &id,
-        "sleep 70",
-        &["--cpus-per-task=8"],
-    );
+    let slurm_id = stack.create_job(BOB, &id, "sleep 70", 10, 8, Some(&project));
     let scope = format!("job-{id}");
     // A first running total reaches UCloud (the monitor knows the job's owner).
     wait_until("a first running total at UCloud", 40, || {
@@ -296,7 +287,7 @@ fn a_newline_in_a_job_name_forges_no_row() {
     stack.ucloud_knows(&id, BOB, None);
     let bob = stack.local_of(BOB);
     let forged = format!("x\n999999|{bob}|COMPLETED|1:00|vm|0|{id}");
-    let slurm_id = submit(&stack.local_of(ALICE), &forged, "true", &["--hold"]);
+    let slurm_id = by_hand(&stack.local_of(ALICE), &forged, "true", &["--hold"]);
     // More than one poll (every 5 s in the stack).
     std::thread::sleep(Duration::from_secs(7));
     let _ = run_as(&stack.local_of(ALICE), &["scancel", &slurm_id.to_string()]);

@@ -51,6 +51,7 @@ pub fn everything(root: &Root, report: &mut Report) {
     let site = site.map(|(site, _)| site);
     mappings(&root.at(paths::mappings_dir()), site.as_ref(), report);
     drives(&root.at(paths::drives_dir()), report);
+    bindings(&root.at(paths::bindings_dir()), site.as_ref(), report);
     plugins(&root.at(paths::plugin_dir()), report);
     dispatcher(&root.at(paths::dispatcher()), report);
     audit_log(&root.at(paths::audit_log()), report);
@@ -403,6 +404,65 @@ fn drives(dir: &str, report: &mut Report) {
         }
     }
     report.fine(format!("{count} drive(s)"));
+}
+
+/// Where the gateway records which Slurm job was submitted for which UCloud job
+/// (ucloud-monitor(8), BINDINGS): the monitor reports a Slurm job only with a file
+/// here, so no one but the gateway's account may write it.
+fn bindings(dir: &str, site: Option<&SiteConfig>, report: &mut Report) {
+    let parent = dir.rsplit_once('/').map_or("/", |(p, _)| p);
+    let fix = format!("install -d -o <gateway_user> -g ucloud-mon -m 2750 {dir}");
+    if trusted(parent, FileKind::Dir, &fix, report).is_none() {
+        return;
+    }
+    let meta = match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return report.problem(
+                dir,
+                0,
+                &format!("does not exist: no job is reported to UCloud: {fix}"),
+            )
+        }
+        Err(e) => return report.problem(dir, 0, &format!("cannot be read: {e}")),
+        Ok(meta) => meta,
+    };
+    if FileKind::from_mode(meta.mode()) != FileKind::Dir {
+        return report.problem(dir, 0, &format!("is not a directory: {fix}"));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return report.problem(
+            dir,
+            0,
+            &format!(
+                "is writable by group or others (mode {:04o}): anyone there could make the monitor report their Slurm jobs: chmod 2750 {dir}",
+                meta.mode() & 0o7777
+            ),
+        );
+    }
+    if let Some(site) = site {
+        match User::from_name(&site.gateway_user) {
+            Ok(Some(gw)) if gw.uid.as_raw() != meta.uid() => {
+                return report.problem(
+                    dir,
+                    0,
+                    &format!(
+                        "belongs to uid {}, not to the gateway's account {}: chown {} {dir}",
+                        meta.uid(),
+                        site.gateway_user,
+                        site.gateway_user
+                    ),
+                )
+            }
+            _ => {}
+        }
+    }
+    if meta.mode() & 0o050 != 0o050 {
+        report.warning(
+            dir,
+            "its group cannot read it: the monitor (in that group) finds no binding and reports no job",
+        );
+    }
+    report.fine("bindings");
 }
 
 fn plugins(dir: &str, report: &mut Report) {

@@ -16,8 +16,8 @@ usage: ucloud-check [--root DIR]
 
 Checks the configuration of ucloud-im without changing anything: site.conf, the
 accounts it names, UCloud's public key, the transfer key, the mappings, the drive
-table, the plugin directory, the dispatcher and the audit log, by the same rules
-the dispatcher enforces (root-owned and not writable by group or others all the way
+table, the gateway's job bindings, the plugin directory, the dispatcher and the
+audit log, by the same rules the dispatcher enforces (root-owned and not writable by group or others all the way
 up from /, no symbolic links, modes, formats). Root only: it reads root-only files.
 
 Prints one line per problem, `path:line: what is wrong: what to do` (`path:` alone

@@ -66,6 +66,15 @@ impl Install {
         }
         install.dir("var/lib/ucloud-im/mappings", 0o700);
         install.dir("var/lib/ucloud-im/audit-limit", 0o700);
+        // The gateway's (site.conf: daemon), read by the monitor's group.
+        install.dir("var/lib/ucloud-im/bindings", 0o2750);
+        let daemon = nix_uid("daemon");
+        chown(
+            install.path("var/lib/ucloud-im/bindings"),
+            Some(daemon),
+            None,
+        )
+        .unwrap();
         install.file("etc/ucloud-im/site.conf", SITE, 0o644);
         install.file(
             "etc/ucloud-im/ucloud_key.pub",
@@ -197,7 +206,7 @@ fn a_correct_installation_passes() {
     assert_eq!(
         out,
         "ok: site.conf, accounts, UCloud key, transfer key, 1 mapping(s), 1 drive(s), \
-         1 plugin(s), dispatcher, audit log, audit limit\nucloud-check: no problems found\n"
+         bindings, 1 plugin(s), dispatcher, audit log, audit limit\nucloud-check: no problems found\n"
     );
 }
 
@@ -411,6 +420,43 @@ fn a_dispatcher_without_its_setuid_bit_is_a_problem() {
         install.first_problem(),
         format!("{path}: is not setuid (mode 0755): chmod u+s {path}")
     );
+}
+
+/// The uid of a local account, from the passwd database.
+fn nix_uid(name: &str) -> u32 {
+    let out = Command::new("id").args(["-u", name]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A bindings directory anyone but the gateway could write would let them make the
+/// monitor report their own Slurm jobs as UCloud's.
+#[test]
+fn bindings_only_the_gateway_may_write_are_required() {
+    let install = Install::new();
+    let path = install.shown("var/lib/ucloud-im/bindings");
+    install.chmod("var/lib/ucloud-im/bindings", 0o2770);
+    assert_eq!(
+        install.first_problem(),
+        format!("{path}: is writable by group or others (mode 2770): anyone there could make the monitor report their Slurm jobs: chmod 2750 {path}")
+    );
+    install.chmod("var/lib/ucloud-im/bindings", 0o2750);
+    chown(
+        install.path("var/lib/ucloud-im/bindings"),
+        Some(nix_uid("nobody")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        install.first_problem(),
+        format!(
+            "{path}: belongs to uid {}, not to the gateway's account daemon: chown daemon {path}",
+            nix_uid("nobody")
+        )
+    );
+    fs::remove_dir(install.path("var/lib/ucloud-im/bindings")).unwrap();
+    assert!(install.first_problem().starts_with(&format!(
+        "{path}: does not exist: no job is reported to UCloud"
+    )));
 }
 
 #[test]

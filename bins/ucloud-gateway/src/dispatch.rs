@@ -55,6 +55,8 @@ pub struct Job<'a> {
     pub stream: Option<BodyStream<'a>>,
     pub gzip: bool,
     pub keep_alive: bool,
+    /// jobs.create's request: its answer binds the Slurm jobs to UCloud's (bind.rs).
+    pub binds: Option<serde_json::Value>,
 }
 
 /// Copies a request body into the plugin's stdin (given as the argument).
@@ -387,6 +389,10 @@ fn relay_simple(
             format!("the plugin's answer is not JSON: {e}")
         };
         return Relayed::Failed(Reject::BadOutput(why));
+    }
+    // Before UCloud hears of the jobs, so the monitor's first look finds the binding.
+    if let Some(request) = &job.binds {
+        crate::bind::record(request, &body);
     }
     match respond::send_json(out, 200, &body, job.gzip, job.keep_alive) {
         Ok(()) => Relayed::Answered {

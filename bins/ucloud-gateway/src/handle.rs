@@ -256,7 +256,9 @@ fn relay<'a>(
     keep_alive: bool,
     out: &mut impl Write,
 ) -> Outcome {
+    let binds = (call == "jobs.create").then(|| envelope.request.clone());
     let job = Job {
+        binds,
         dispatcher: &site.dispatcher,
         spare: site.take_spare(),
         call,

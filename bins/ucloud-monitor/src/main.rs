@@ -178,7 +178,8 @@ fn run(o: Options) -> Result<(), Error> {
     let rates = usage::Rates::load(
         &PathBuf::from(ucloud_wire::paths::etc_dir()).join("products/jobs.json"),
     );
-    let mut monitor = monitor::Monitor::new(store, outbox, drives, rates)?;
+    let bindings = PathBuf::from(ucloud_wire::paths::bindings_dir());
+    let mut monitor = monitor::Monitor::new(store, outbox, bindings, drives, rates)?;
     let (tx, rx) = mpsc::channel();
     if let Some(listener) = listener {
         std::thread::spawn(move || events::serve(listener, slurm_uid, tx));
@@ -236,7 +237,7 @@ fn run(o: Options) -> Result<(), Error> {
             }
         }
         monitor.recheck()?;
-        monitor.collect_owners()?;
+        monitor.collect_bindings()?;
         monitor.flush()?;
     }
 }

@@ -9,7 +9,7 @@
 use crate::error::Error;
 use crate::events::{Event, Kind};
 use crate::jobstate::{self, UState};
-use crate::owner::{self, Lookup, Owners};
+use crate::owner::{Lookup, Owners};
 use crate::slurm::{self, Observation};
 use crate::store::{Record, Standing, Store};
 use crate::usage::Rates;
@@ -29,6 +29,15 @@ const SWEEP_OVERLAP_MS: u64 = 10 * 60 * 1000;
 /// The first sweep ever looks back this far.
 const FIRST_SWEEP_MS: u64 = 3600 * 1000;
 const SWEEP_MARK: &str = "sweep";
+/// A tagged Slurm job first seen without a binding is looked for again on every
+/// tick for this long: the gateway writes the binding right after sbatch returns,
+/// and a Slurm hook may be quicker. After that, only each poll looks again.
+const BIND_GRACE: Duration = Duration::from_secs(3);
+/// At most this many lines a minute about Slurm jobs without a binding.
+const UNBOUND_LINES: u32 = 10;
+const UNBOUND_WINDOW: Duration = Duration::from_secs(60);
+/// The most unbound Slurm jobs remembered as already logged.
+const UNBOUND_REMEMBERED: usize = 100_000;
 
 pub struct Monitor {
     store: Store,
@@ -37,8 +46,13 @@ pub struct Monitor {
     records: HashMap<u64, Record>,
     /// Jobs with committed updates not yet queued.
     dirty: HashSet<u64>,
-    /// Looks that waited for an owner lookup, by UCloud job id.
-    waiting: HashMap<String, Vec<(Observation, Option<Kind>)>>,
+    /// Tagged jobs seen without a binding within [`BIND_GRACE`], looked at again
+    /// on every tick until it passes.
+    fresh: HashMap<u64, (Instant, Observation, Option<Kind>)>,
+    /// Tagged jobs without a binding that were logged.
+    unbound: HashSet<u64>,
+    /// The log budget for those: the window's start, lines used, lines held back.
+    unbound_log: (Instant, u32, u64),
     /// End events whose job slurmctld still shows COMPLETING.
     rechecks: HashMap<u64, (Instant, u32)>,
     /// Jobs whose refusal was logged (logged once per run).
@@ -54,11 +68,12 @@ impl Monitor {
     pub fn new(
         store: Store,
         outbox: PathBuf,
+        bindings: PathBuf,
         drives: PathBuf,
         rates: Rates,
     ) -> Result<Monitor, Error> {
         let records = store.load()?;
-        let owners = Owners::new(outbox.clone(), drives, store.owners_dir());
+        let owners = Owners::new(bindings, drives, store.owners_dir());
         // Committed but not queued when the last run stopped: queued now, unchanged.
         let dirty = records
             .values()
@@ -71,7 +86,9 @@ impl Monitor {
             owners,
             records,
             dirty,
-            waiting: HashMap::new(),
+            fresh: HashMap::new(),
+            unbound: HashSet::new(),
+            unbound_log: (Instant::now(), 0, 0),
             rechecks: HashMap::new(),
             told: HashSet::new(),
             rates,
@@ -174,64 +191,117 @@ impl Monitor {
         Ok(())
     }
 
-    /// When the main loop must wake up next for rechecks or owner answers.
+    /// When the main loop must wake up next for rechecks or bindings to come.
     pub fn busy(&self) -> bool {
-        !self.rechecks.is_empty() || self.owners.is_waiting() || !self.dirty.is_empty()
+        !self.rechecks.is_empty() || !self.fresh.is_empty() || !self.dirty.is_empty()
     }
 
-    /// Picks up the sender's answers to owner lookups and replays what waited.
-    pub fn collect_owners(&mut self) -> Result<(), Error> {
-        for id in self.owners.collect()? {
-            for (look, kind) in self.waiting.remove(&id).unwrap_or_default() {
+    /// Looks again at jobs seen just before the gateway bound them.
+    pub fn collect_bindings(&mut self) -> Result<(), Error> {
+        let ids: Vec<u64> = self.fresh.keys().copied().collect();
+        for id in ids {
+            let tracked = self.records.get(&id).map(|r| r.ucloud_id.clone());
+            let bound = !matches!(self.owners.lookup(id, tracked.as_deref())?, Lookup::Unbound);
+            let Some((first, look, kind)) = self.fresh.remove(&id) else {
+                continue;
+            };
+            if bound {
                 self.observe(look, kind)?;
+            } else if first.elapsed() < BIND_GRACE {
+                self.fresh.insert(id, (first, look, kind));
+            } else {
+                self.log_unbound(&look);
             }
         }
         Ok(())
     }
 
-    pub fn observe(&mut self, look: Observation, kind: Option<Kind>) -> Result<(), Error> {
-        if !owner::is_job_id(&look.name) {
-            return Ok(());
+    /// A tagged Slurm job the module did not submit: ignored, told once per job,
+    /// at most [`UNBOUND_LINES`] lines a minute, whoever submits how many.
+    fn log_unbound(&mut self, look: &Observation) {
+        if self.unbound.len() >= UNBOUND_REMEMBERED {
+            self.unbound.clear();
         }
+        if !self.unbound.insert(look.slurm_id) {
+            return;
+        }
+        let (start, used, held) = &mut self.unbound_log;
+        if start.elapsed() >= UNBOUND_WINDOW {
+            if *held > 0 {
+                ucloud_wire::log_warn!(
+                    "ucloud-monitor: {held} more Slurm jobs tagged like UCloud's but not submitted by ucloud-im were ignored"
+                );
+            }
+            (*start, *used, *held) = (Instant::now(), 0, 0);
+        }
+        if *used < UNBOUND_LINES {
+            *used += 1;
+            ucloud_wire::log_warn!(
+                "ucloud-monitor: Slurm job {} ({}, named {:?}) is ignored: tagged like UCloud's, but ucloud-im did not submit it (no binding)",
+                look.slurm_id,
+                look.user,
+                look.name
+            );
+        } else {
+            *held += 1;
+        }
+    }
+
+    pub fn observe(&mut self, look: Observation, kind: Option<Kind>) -> Result<(), Error> {
         let id = look.slurm_id;
-        if let Some(r) = self.records.get(&id) {
-            if r.standing != Standing::Reported {
+        let tracked = match self.records.get(&id) {
+            Some(r) if r.standing != Standing::Reported => {
                 self.rechecks.remove(&id);
                 return Ok(());
             }
-            if r.is_final() {
+            Some(r) if r.is_final() => {
                 self.rechecks.remove(&id);
                 return self.account(&look);
             }
-        }
-        let owner = match self.owners.lookup(&look.name)? {
+            Some(r) => Some(r.ucloud_id.clone()),
+            None => None,
+        };
+        let owner = match self.owners.lookup(id, tracked.as_deref())? {
             Lookup::Known(owner) => owner,
-            Lookup::Waiting => {
-                self.waiting
-                    .entry(look.name.clone())
-                    .or_default()
-                    .push((look, kind));
+            Lookup::Unbound => {
+                if !self.unbound.contains(&id) {
+                    self.fresh
+                        .entry(id)
+                        .or_insert_with(|| (Instant::now(), look, kind));
+                }
                 return Ok(());
             }
             Lookup::Unknown(why) => {
                 if self.told.insert(id) {
                     ucloud_wire::log_warn!(
-                        "ucloud-monitor: Slurm job {id} ({}) is not reported: UCloud job {}: {why}",
+                        "ucloud-monitor: Slurm job {id} ({}) is not reported: {why}",
                         look.user,
-                        look.name
                     );
                 }
                 return Ok(());
             }
         };
+        // The binding names the UCloud job. The job must still carry that name, so a
+        // binding left from before Slurm's job ids started again binds nothing new.
+        let job = owner.job.clone();
+        if job != look.name {
+            if self.told.insert(id) {
+                ucloud_wire::log_warn!(
+                    "ucloud-monitor: Slurm job {id} ({}) is not reported: it was submitted for UCloud job {job}, but is named {:?}",
+                    look.user,
+                    look.name
+                );
+            }
+            return Ok(());
+        }
         let record = self
             .records
             .entry(id)
-            .or_insert_with(|| Record::new(id, &look.name, &look.user));
+            .or_insert_with(|| Record::new(id, &job, &look.user));
         if owner.local != look.user {
             let why = format!(
-                "runs as {}, but UCloud job {} belongs to {} ({})",
-                look.user, look.name, owner.ucloud, owner.local
+                "runs as {}, but UCloud job {job} belongs to {} ({})",
+                look.user, owner.ucloud, owner.local
             );
             ucloud_wire::log_warn!("ucloud-monitor: Slurm job {id} refused: {why}");
             record.standing = Standing::Refused(why);
@@ -279,7 +349,7 @@ impl Monitor {
             push(json!({
                 "state": "IN_QUEUE",
                 "status": queue_text,
-                "outputFolder": format!("/{}/ucloud-jobs/{}", owner.drive, look.name),
+                "outputFolder": format!("/{}/ucloud-jobs/{job}", owner.drive),
             }));
             limit = look.time_limit;
         }
@@ -333,6 +403,7 @@ impl Monitor {
         };
         if record.usage_done {
             self.running.remove(&id);
+            self.owners.forget(id);
             return Ok(());
         }
         if record.is_final() {
@@ -363,7 +434,7 @@ impl Monitor {
         let Some(record) = self.records.get(&id) else {
             return Ok(());
         };
-        let owner = match self.owners.lookup(&record.ucloud_id)? {
+        let owner = match self.owners.lookup(id, Some(&record.ucloud_id))? {
             Lookup::Known(owner) => owner,
             _ => return Ok(()),
         };
@@ -521,22 +592,38 @@ mod tests {
             "outbox/queue",
             "outbox/usage",
             "drives",
+            "bindings",
             "state",
         ] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
+        std::fs::write(
+            dir.join("drives/9"),
+            r#"{"id":"9","ucloud":"Alice#1","local":"alice","base":"/home/alice","kind":"home"}"#,
+        )
+        .unwrap();
         let new_monitor = || {
             let store = Store::open(&dir.join("state")).unwrap();
-            std::fs::write(
-                store.owners_dir().join(format!(
-                    "{}.json",
-                    "4711".bytes().map(|b| format!("{b:02x}")).collect::<String>()
-                )),
-                r#"{"ucloud":"Alice#1","local":"alice","drive":"9","project":"P1","category":"cpu","provider":"hpc"}"#,
-            )
-            .unwrap();
+            let _ = ucloud_wire::binding::write(
+                &dir.join("bindings"),
+                &ucloud_wire::binding::Binding {
+                    slurm_id: 41,
+                    job: "4711".into(),
+                    created_by: "Alice#1".into(),
+                    project: Some("P1".into()),
+                    category: Some(("cpu".into(), "hpc".into())),
+                    at_ms: 1,
+                },
+            );
             let rates = Rates::parse(br#"{"products":[{"id":"a","category":"cpu"}]}"#).unwrap();
-            Monitor::new(store, dir.join("outbox"), dir.join("drives"), rates).unwrap()
+            Monitor::new(
+                store,
+                dir.join("outbox"),
+                dir.join("bindings"),
+                dir.join("drives"),
+                rates,
+            )
+            .unwrap()
         };
         let totals = || -> Vec<u64> {
             std::fs::read_dir(dir.join("outbox/usage"))
@@ -551,6 +638,20 @@ mod tests {
                 .collect()
         };
         let mut m = new_monitor();
+        // Alice's own sbatch, named like her UCloud job: no binding, so no record,
+        // no update, no usage, and nothing in the outbox, however often it is seen.
+        for _ in 0..3 {
+            let mut forged = look("COMPLETED", 600);
+            forged.slurm_id = 42;
+            m.observe(forged, None).unwrap();
+            m.collect_bindings().unwrap();
+        }
+        m.flush().unwrap();
+        assert!(!m.records.contains_key(&42));
+        assert_eq!(
+            std::fs::read_dir(dir.join("outbox/queue")).unwrap().count(),
+            0
+        );
         m.observe(look("RUNNING", 5), None).unwrap();
         m.report_usage().unwrap();
         assert!(totals().is_empty(), "nothing to charge yet");

@@ -1,32 +1,20 @@
-//! Who owns a UCloud job, so that a Slurm job is reported to UCloud job J only when
-//! it runs as J's owner. The monitor holds no UCloud credential: it queues
-//! `GET /api/jobs/control/retrieve?id=J` in the outbox with a reply tag, and the
-//! sender (the only holder of the refresh token) leaves UCloud's answer in
-//! `outbox/replies/`. The owner's local account and home drive come from the drive
-//! table the registry keeps (`var/lib/ucloud-im/drives/`, world-readable, root-owned).
+//! Which UCloud job a Slurm job stands for, and who owns it, so that a Slurm job is
+//! reported only when the module itself submitted it for that UCloud job and it runs
+//! as the owner's local account. A job's name and comment are free text any local
+//! user sets, so they decide nothing: the binding the gateway wrote when jobs.create
+//! answered does (`var/lib/ucloud-im/bindings/<slurm id>.json`, written by the
+//! gateway's account only; ucloud_wire::binding). It names the UCloud job, its owner,
+//! project and product, as UCloud sent them. The owner's local account and home
+//! drive come from the drive table the registry keeps (`var/lib/ucloud-im/drives/`,
+//! world-readable, root-owned). Nothing here asks UCloud anything: a Slurm job
+//! without a binding costs a failed open, never a call.
 
 use crate::error::Error;
-use crate::store::write_durably;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use ucloud_wire::outbox;
-
-/// How long an answer "UCloud does not know J" or "J's owner is not mapped here"
-/// holds before the monitor asks again.
-const RETRY_MS: u64 = 30_000;
-
-/// A UCloud job id as jobs.create accepts it (it becomes a Slurm job name and a
-/// directory name).
-pub fn is_job_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id.as_bytes()[0].is_ascii_alphanumeric()
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
+use ucloud_wire::binding;
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
@@ -34,6 +22,8 @@ fn hex(s: &str) -> String {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Owner {
+    /// The UCloud job the Slurm job was submitted for.
+    pub job: String,
     /// The UCloud user who created the job.
     pub ucloud: String,
     /// Their local account and home drive (from the drive table).
@@ -48,185 +38,81 @@ pub struct Owner {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Lookup {
     Known(Owner),
-    /// Asked UCloud; no answer yet.
-    Waiting,
-    /// Nothing can be reported for this job id now; why.
+    /// No binding: not a job the module submitted (or not yet bound).
+    Unbound,
+    /// Bound, but nothing can be reported for it; why.
     Unknown(String),
 }
 
 pub struct Owners {
-    outbox: PathBuf,
+    bindings: PathBuf,
     drives: PathBuf,
-    cache_dir: PathBuf,
-    known: HashMap<String, Owner>,
-    /// Job id → (queued message stem, when asked).
-    asked: HashMap<String, String>,
-    /// Job id → (why, when to ask again).
-    unknown: HashMap<String, (String, u64)>,
+    /// Owners found by the retrieves of earlier versions, by UCloud job id: read
+    /// only for jobs the monitor tracked before bindings existed.
+    legacy_dir: PathBuf,
+    known: HashMap<u64, Owner>,
 }
 
 impl Owners {
-    pub fn new(outbox: PathBuf, drives: PathBuf, cache_dir: PathBuf) -> Owners {
+    pub fn new(bindings: PathBuf, drives: PathBuf, legacy_dir: PathBuf) -> Owners {
         Owners {
-            outbox,
+            bindings,
             drives,
-            cache_dir,
+            legacy_dir,
             known: HashMap::new(),
-            asked: HashMap::new(),
-            unknown: HashMap::new(),
         }
     }
 
-    fn cache_file(&self, id: &str) -> PathBuf {
-        self.cache_dir.join(format!("{}.json", hex(id)))
-    }
-
-    fn reply_tag(id: &str) -> String {
-        format!("monitor-job-{}", hex(id))
-    }
-
-    pub fn is_waiting(&self) -> bool {
-        !self.asked.is_empty()
-    }
-
-    pub fn lookup(&mut self, id: &str) -> Result<Lookup, Error> {
-        if let Some(owner) = self.known.get(id) {
+    /// The owner of Slurm job `slurm_id`. `tracked`: the UCloud job id of the
+    /// monitor's own record of it, if it has one (a job it took on before bindings
+    /// existed is found through that record).
+    pub fn lookup(&mut self, slurm_id: u64, tracked: Option<&str>) -> Result<Lookup, Error> {
+        if let Some(owner) = self.known.get(&slurm_id) {
             return Ok(Lookup::Known(owner.clone()));
         }
-        if let Ok(bytes) = fs::read(self.cache_file(id)) {
-            if let Some(owner) = parse_cached(&bytes) {
-                self.known.insert(id.to_string(), owner.clone());
-                return Ok(Lookup::Known(owner));
+        let found = match binding::read(&self.bindings, slurm_id) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return Ok(match tracked.and_then(|job| self.legacy(job)) {
+                    Some(owner) => {
+                        self.known.insert(slurm_id, owner.clone());
+                        Lookup::Known(owner)
+                    }
+                    None => Lookup::Unbound,
+                })
             }
-        }
-        if let Some((why, until)) = self.unknown.get(id) {
-            if ucloud_wire::now_ms() < *until {
-                return Ok(Lookup::Unknown(why.clone()));
-            }
-            self.unknown.remove(id);
-        }
-        if !self.asked.contains_key(id) {
-            // The id is plain (letters, digits, `_.-`): nothing to escape in a query.
-            let queued = enqueue_get(
-                &self.outbox,
-                &format!("/api/jobs/control/retrieve?id={id}"),
-                &Self::reply_tag(id),
-            )
-            .map_err(|e| {
-                Error::Setup(format!(
-                    "cannot queue a retrieve of job {id} in {}: {e} (is the monitor's account in the outbox group?)",
-                    self.outbox.display()
-                ))
-            })?;
-            let stem = queued
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_string();
-            self.asked.insert(id.to_string(), stem);
-        }
-        Ok(Lookup::Waiting)
+            Err(why) => return Ok(Lookup::Unknown(why)),
+        };
+        let Some(mut owner) = home_drive(&self.drives, &found.created_by) else {
+            return Ok(Lookup::Unknown(format!(
+                "its owner {} has no home drive on this site (not mapped)",
+                found.created_by
+            )));
+        };
+        owner.job = found.job;
+        owner.project = found.project;
+        owner.category = found.category;
+        self.known.insert(slurm_id, owner.clone());
+        Ok(Lookup::Known(owner))
     }
 
-    /// Collects the sender's answers to outstanding retrieves. Returns the job ids
-    /// whose lookup finished (either way).
-    pub fn collect(&mut self) -> Result<Vec<String>, Error> {
-        let mut done = Vec::new();
-        let asked: Vec<(String, String)> = self
-            .asked
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        for (id, stem) in asked {
-            let reply = self
-                .outbox
-                .join(outbox::REPLIES)
-                .join(format!("{}.json", Self::reply_tag(&id)));
-            let refused = self
-                .outbox
-                .join(outbox::FAILED)
-                .join(format!("{stem}.response"));
-            if let Ok(bytes) = fs::read(&reply) {
-                let job: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                match job["owner"]["createdBy"].as_str() {
-                    Some(user) => match home_drive(&self.drives, user) {
-                        Some(mut owner) => {
-                            owner.project = job["owner"]["project"]
-                                .as_str()
-                                .filter(|p| !p.is_empty())
-                                .map(String::from);
-                            let product = &job["specification"]["product"];
-                            owner.category = product["category"]
-                                .as_str()
-                                .zip(product["provider"].as_str())
-                                .map(|(c, p)| (c.to_string(), p.to_string()));
-                            write_durably(
-                                &self.cache_file(&id),
-                                json!({
-                                    "ucloud": owner.ucloud,
-                                    "local": owner.local,
-                                    "drive": owner.drive,
-                                    "project": owner.project,
-                                    "category": owner.category.as_ref().map(|c| &c.0),
-                                    "provider": owner.category.as_ref().map(|c| &c.1),
-                                })
-                                .to_string()
-                                .as_bytes(),
-                            )?;
-                            self.known.insert(id.clone(), owner);
-                        }
-                        None => self.remember_unknown(
-                            &id,
-                            format!("its owner {user} has no home drive on this site (not mapped)"),
-                        ),
-                    },
-                    None => self.remember_unknown(&id, "UCloud's answer names no owner".into()),
-                }
-                let _ = fs::remove_file(&reply);
-            } else if let Ok(bytes) = fs::read(&refused) {
-                let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                self.remember_unknown(
-                    &id,
-                    format!(
-                        "UCloud does not know it ({} {})",
-                        answer["status"],
-                        answer["body"]["why"].as_str().unwrap_or("")
-                    ),
-                );
-                let _ = fs::remove_file(&refused);
-                let _ = fs::remove_file(refused.with_extension("json"));
-            } else {
-                continue;
-            }
-            self.asked.remove(&id);
-            done.push(id);
-        }
-        Ok(done)
+    /// Forgets a job that ended (its owner is not needed again).
+    pub fn forget(&mut self, slurm_id: u64) {
+        self.known.remove(&slurm_id);
     }
 
-    fn remember_unknown(&mut self, id: &str, why: String) {
-        self.unknown
-            .insert(id.to_string(), (why, ucloud_wire::now_ms() + RETRY_MS));
+    fn legacy(&self, job: &str) -> Option<Owner> {
+        let bytes = fs::read(self.legacy_dir.join(format!("{}.json", hex(job)))).ok()?;
+        let mut owner = parse_cached(&bytes)?;
+        owner.job = job.to_string();
+        Some(owner)
     }
-}
-
-/// Queues a GET in the outbox: the sender asks UCloud and stores the answer as the
-/// reply `reply`.
-fn enqueue_get(dir: &Path, path: &str, reply: &str) -> std::io::Result<PathBuf> {
-    outbox::enqueue(
-        dir,
-        &outbox::Message {
-            method: outbox::Method::Get,
-            path: path.to_string(),
-            body: json!({}),
-            reply: Some(reply.to_string()),
-        },
-    )
 }
 
 fn parse_cached(bytes: &[u8]) -> Option<Owner> {
     let v: Value = serde_json::from_slice(bytes).ok()?;
     Some(Owner {
+        job: String::new(),
         ucloud: v["ucloud"].as_str()?.to_string(),
         local: v["local"].as_str()?.to_string(),
         drive: v["drive"].as_str()?.to_string(),
@@ -250,6 +136,7 @@ fn home_drive(drives: &Path, ucloud_user: &str) -> Option<Owner> {
         };
         if d["ucloud"].as_str() == Some(ucloud_user) && d["kind"].as_str() == Some("home") {
             return Some(Owner {
+                job: String::new(),
                 ucloud: ucloud_user.to_string(),
                 local: d["local"].as_str()?.to_string(),
                 drive: d["id"].as_str()?.to_string(),
@@ -264,28 +151,16 @@ fn home_drive(drives: &Path, ucloud_user: &str) -> Option<Owner> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ucloud_wire::binding::Binding;
 
+    /// The owner comes from the gateway's binding and the drive table; a Slurm job
+    /// without a binding is unbound whatever it is named, and costs no message in
+    /// the outbox.
     #[test]
-    fn job_ids_are_what_jobs_create_accepts() {
-        assert!(is_job_id("4711"));
-        assert!(is_job_id("a.b-c_d"));
-        for bad in ["", "-x", ".x", "a b", "a/b", "a|b", &"x".repeat(65)] {
-            assert!(!is_job_id(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn retrieves_go_through_the_outbox_and_answers_come_back() {
+    fn owners_come_from_bindings_only() {
         let dir = std::env::temp_dir().join(format!("monitor-owner-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        for sub in [
-            "outbox/tmp",
-            "outbox/queue",
-            "outbox/replies",
-            "outbox/failed",
-            "drives",
-            "owners",
-        ] {
+        for sub in ["bindings", "drives", "owners", "outbox/queue"] {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         fs::write(
@@ -293,33 +168,49 @@ mod tests {
             r#"{"id":"17","ucloud":"Bob#1","local":"bob","base":"/home/bob","kind":"home"}"#,
         )
         .unwrap();
-        let mut owners = Owners::new(dir.join("outbox"), dir.join("drives"), dir.join("owners"));
-        assert_eq!(owners.lookup("J1").unwrap(), Lookup::Waiting);
-        assert_eq!(owners.lookup("J1").unwrap(), Lookup::Waiting);
-        let queued = outbox::queued(&dir.join("outbox")).unwrap();
-        assert_eq!(queued.len(), 1, "one retrieve per job, however often asked");
-        let msg: Value = serde_json::from_slice(&fs::read(&queued[0]).unwrap()).unwrap();
-        assert_eq!(msg["method"], "GET");
-        assert_eq!(msg["path"], "/api/jobs/control/retrieve?id=J1");
-        fs::write(
-            dir.join("outbox/replies")
-                .join(format!("monitor-job-{}.json", hex("J1"))),
-            r#"{"id":"J1","owner":{"createdBy":"Bob#1","project":"P1"},
-               "specification":{"product":{"id":"cpu-small","category":"cpu","provider":"hpc"}}}"#,
-        )
-        .unwrap();
-        assert_eq!(owners.collect().unwrap(), vec!["J1".to_string()]);
+        let b = Binding {
+            slurm_id: 900,
+            job: "J1".into(),
+            created_by: "Bob#1".into(),
+            project: Some("P1".into()),
+            category: Some(("cpu".into(), "hpc".into())),
+            at_ms: 1,
+        };
+        binding::write(&dir.join("bindings"), &b).unwrap();
+        let mut owners = Owners::new(dir.join("bindings"), dir.join("drives"), dir.join("owners"));
         let owner = Owner {
+            job: "J1".into(),
             ucloud: "Bob#1".into(),
             local: "bob".into(),
             drive: "17".into(),
             project: Some("P1".into()),
             category: Some(("cpu".into(), "hpc".into())),
         };
-        assert_eq!(owners.lookup("J1").unwrap(), Lookup::Known(owner.clone()));
-        // The answer survives a restart.
-        let mut again = Owners::new(dir.join("outbox"), dir.join("drives"), dir.join("owners"));
-        assert_eq!(again.lookup("J1").unwrap(), Lookup::Known(owner));
+        assert_eq!(owners.lookup(900, None).unwrap(), Lookup::Known(owner));
+        for _ in 0..100 {
+            assert_eq!(owners.lookup(901, None).unwrap(), Lookup::Unbound);
+        }
+        assert_eq!(fs::read_dir(dir.join("outbox/queue")).unwrap().count(), 0);
+        // A binding for a UCloud user with no drive here reports nothing.
+        let mut stray = b.clone();
+        stray.slurm_id = 902;
+        stray.created_by = "Eve#9".into();
+        binding::write(&dir.join("bindings"), &stray).unwrap();
+        assert!(matches!(
+            owners.lookup(902, None).unwrap(),
+            Lookup::Unknown(_)
+        ));
+        // A job tracked before bindings existed keeps the owner found back then.
+        fs::write(
+            dir.join("owners").join(format!("{}.json", hex("J7"))),
+            r#"{"ucloud":"Bob#1","local":"bob","drive":"17","project":null,"category":"cpu","provider":"hpc"}"#,
+        )
+        .unwrap();
+        assert_eq!(owners.lookup(903, None).unwrap(), Lookup::Unbound);
+        let Lookup::Known(old) = owners.lookup(903, Some("J7")).unwrap() else {
+            panic!("the legacy owner is not found");
+        };
+        assert_eq!((old.job.as_str(), old.local.as_str()), ("J7", "bob"));
         fs::remove_dir_all(dir).unwrap();
     }
 }

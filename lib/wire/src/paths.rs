@@ -47,6 +47,11 @@ pub fn drives_dir() -> String {
 pub fn outbox_dir() -> String {
     under("/var/lib/ucloud-im/outbox")
 }
+/// Which Slurm job was submitted for which UCloud job: written by the gateway,
+/// read by the monitor (`binding`).
+pub fn bindings_dir() -> String {
+    under("/var/lib/ucloud-im/bindings")
+}
 pub fn audit_log() -> String {
     under("/var/log/ucloud-im/audit.log")
 }
