@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Helpers for ucloud-im shell plugins. Source it first thing:
 #
 #     . "$UCLOUD_IM_LIBEXEC/plugin-lib.sh"

@@ -26,6 +26,12 @@ SIM_PID=
 failures=0
 check_number=0
 
+# Prints a check's output under it, each line indented.
+indent() {
+    local line
+    while IFS= read -r line; do printf '    %s\n' "$line"; done <<<"$1"
+}
+
 # check NAME COMMAND...: one numbered check; a failure stops the suite unless
 # --keep-going, and always fails it.
 check() {
@@ -35,11 +41,11 @@ check() {
     # In a subshell: a check changes nothing of the suite's own state.
     if out=$("$@" 2>&1); then
         printf 'ok %d - %s\n' "$check_number" "$name"
-        [[ -z $out ]] || sed 's/^/    /' <<<"$out"
+        [[ -z $out ]] || indent "$out"
         return 0
     fi
     printf 'not ok %d - %s\n' "$check_number" "$name"
-    sed 's/^/    /' <<<"$out"
+    indent "$out"
     failures=$((failures + 1))
     ((keep_going)) || die "stopping at the first failure (--keep-going runs every check); logs in $SUITE_RUN"
 }
@@ -253,6 +259,7 @@ configure_site() {
 
 enable_units() {
     ct_exec systemctl daemon-reload || return 1
+    # shellcheck disable=SC2086 # a list of unit names, split into words on purpose
     ct_exec systemctl enable --now $ENABLED
 }
 
