@@ -40,8 +40,9 @@ can see command lines). In a script, without a terminal to ask on:
   --socket PATH       the registry socket (default: @SOCKET@)
 
 Exit codes: 0 done, 64 usage, 69 the registry cannot be reached, 77 refused (the
-message says why; also when you answer no), 78 the registry's installation is
-misconfigured, 70 internal error. See ucloud-connect(1).
+message says why; also when you answer no), 75 busy (you hold too many
+connections to the registry at once: try again in a few seconds), 78 the
+registry's installation is misconfigured, 70 internal error. See ucloud-connect(1).
 ";
 
 const EXIT_USAGE: u8 = 64;
