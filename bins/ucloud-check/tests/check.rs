@@ -37,10 +37,12 @@ struct Install {
 }
 
 impl Install {
-    /// A complete, correct installation below a fresh root-owned directory.
+    /// A complete, correct installation below a fresh root-owned directory. Not
+    /// below the clone: ucloud-check walks every directory above the prefix, as the
+    /// dispatcher does, and a clone below /tmp (1777) would fail it; /run is root's.
     fn new() -> Install {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        let root = Path::new("/run").join(format!(
             "ucloud-check-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
