@@ -640,7 +640,8 @@ stop_tcp_socket() {
 stop_gateway_lb_socket() {
     ct_exec systemctl stop ucloud-gateway-lb.socket || return 1
     local out
-    if out=$(ct_exec ucloud-connect --socket /run/ucloud-im/gateway-lb.sock AAAAAAAAAAAAAAAAAAAAAAAA 2>&1); then
+    # ucloud-connect as a plain unix-socket client: it connects before it says anything.
+    if out=$(ct_exec ucloud-connect --yes --socket /run/ucloud-im/gateway-lb.sock <<<AAAAAAAAAAAAAAAAAAAAAAAA 2>&1); then
         fail "a connection to the stopped balancer-facing socket succeeded: $out"
         return 1
     fi
