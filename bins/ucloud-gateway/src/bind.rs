@@ -49,12 +49,15 @@ mod tests {
         let request = json!({"items": [{"id": "77", "owner": {"createdBy": "Ann#1"},
             "specification": {"product": {"category": "cpu", "provider": "hpc"}}}]});
         record_in(&dir, &request, br#"{"responses":[{"id":"ann/501"}]}"#);
-        let b = binding::read(&dir, 501).unwrap().unwrap();
+        let b = binding::read(&dir, 501, "77").unwrap().unwrap();
         assert_eq!((b.job.as_str(), b.created_by.as_str()), ("77", "Ann#1"));
-        // A second answer naming the same Slurm job changes nothing.
-        let other = json!({"items": [{"id": "78", "owner": {"createdBy": "Bob#2"}}]});
-        record_in(&dir, &other, br#"{"responses":[{"id":"bob/501"}]}"#);
-        assert_eq!(binding::read(&dir, 501).unwrap().unwrap().job, "77");
+        // The same answer again changes nothing.
+        let again = json!({"items": [{"id": "77", "owner": {"createdBy": "Eve#2"}}]});
+        record_in(&dir, &again, br#"{"responses":[{"id":"eve/501"}]}"#);
+        assert_eq!(
+            binding::read(&dir, 501, "77").unwrap().unwrap().created_by,
+            "Ann#1"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

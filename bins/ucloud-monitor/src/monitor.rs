@@ -201,10 +201,13 @@ impl Monitor {
         let ids: Vec<u64> = self.fresh.keys().copied().collect();
         for id in ids {
             let tracked = self.records.get(&id).map(|r| r.ucloud_id.clone());
-            let bound = !matches!(self.owners.lookup(id, tracked.as_deref())?, Lookup::Unbound);
             let Some((first, look, kind)) = self.fresh.remove(&id) else {
                 continue;
             };
+            let bound = !matches!(
+                self.owners.lookup(id, &look.name, tracked.as_deref())?,
+                Lookup::Unbound
+            );
             if bound {
                 self.observe(look, kind)?;
             } else if first.elapsed() < BIND_GRACE {
@@ -261,7 +264,7 @@ impl Monitor {
             Some(r) => Some(r.ucloud_id.clone()),
             None => None,
         };
-        let owner = match self.owners.lookup(id, tracked.as_deref())? {
+        let owner = match self.owners.lookup(id, &look.name, tracked.as_deref())? {
             Lookup::Known(owner) => owner,
             Lookup::Unbound => {
                 if !self.unbound.contains(&id) {
@@ -434,7 +437,10 @@ impl Monitor {
         let Some(record) = self.records.get(&id) else {
             return Ok(());
         };
-        let owner = match self.owners.lookup(id, Some(&record.ucloud_id))? {
+        let owner = match self
+            .owners
+            .lookup(id, &record.ucloud_id, Some(&record.ucloud_id))?
+        {
             Lookup::Known(owner) => owner,
             _ => return Ok(()),
         };

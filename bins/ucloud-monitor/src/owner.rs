@@ -63,14 +63,20 @@ impl Owners {
         }
     }
 
-    /// The owner of Slurm job `slurm_id`. `tracked`: the UCloud job id of the
-    /// monitor's own record of it, if it has one (a job it took on before bindings
-    /// existed is found through that record).
-    pub fn lookup(&mut self, slurm_id: u64, tracked: Option<&str>) -> Result<Lookup, Error> {
-        if let Some(owner) = self.known.get(&slurm_id) {
+    /// The owner of Slurm job `slurm_id`, named `name` (the UCloud job id it was
+    /// submitted as, if the module submitted it). `tracked`: the UCloud job id of
+    /// the monitor's own record of it, if it has one (a job it took on before
+    /// bindings existed is found through that record).
+    pub fn lookup(
+        &mut self,
+        slurm_id: u64,
+        name: &str,
+        tracked: Option<&str>,
+    ) -> Result<Lookup, Error> {
+        if let Some(owner) = self.known.get(&slurm_id).filter(|o| o.job == name) {
             return Ok(Lookup::Known(owner.clone()));
         }
-        let found = match binding::read(&self.bindings, slurm_id) {
+        let found = match binding::read(&self.bindings, slurm_id, name) {
             Ok(Some(b)) => b,
             Ok(None) => {
                 return Ok(match tracked.and_then(|job| self.legacy(job)) {
@@ -186,9 +192,12 @@ mod tests {
             project: Some("P1".into()),
             category: Some(("cpu".into(), "hpc".into())),
         };
-        assert_eq!(owners.lookup(900, None).unwrap(), Lookup::Known(owner));
+        assert_eq!(
+            owners.lookup(900, "J1", None).unwrap(),
+            Lookup::Known(owner)
+        );
         for _ in 0..100 {
-            assert_eq!(owners.lookup(901, None).unwrap(), Lookup::Unbound);
+            assert_eq!(owners.lookup(901, "J1", None).unwrap(), Lookup::Unbound);
         }
         assert_eq!(fs::read_dir(dir.join("outbox/queue")).unwrap().count(), 0);
         // A binding for a UCloud user with no drive here reports nothing.
@@ -197,7 +206,7 @@ mod tests {
         stray.created_by = "Eve#9".into();
         binding::write(&dir.join("bindings"), &stray).unwrap();
         assert!(matches!(
-            owners.lookup(902, None).unwrap(),
+            owners.lookup(902, "J1", None).unwrap(),
             Lookup::Unknown(_)
         ));
         // A job tracked before bindings existed keeps the owner found back then.
@@ -206,8 +215,8 @@ mod tests {
             r#"{"ucloud":"Bob#1","local":"bob","drive":"17","project":null,"category":"cpu","provider":"hpc"}"#,
         )
         .unwrap();
-        assert_eq!(owners.lookup(903, None).unwrap(), Lookup::Unbound);
-        let Lookup::Known(old) = owners.lookup(903, Some("J7")).unwrap() else {
+        assert_eq!(owners.lookup(903, "J7", None).unwrap(), Lookup::Unbound);
+        let Lookup::Known(old) = owners.lookup(903, "J7", Some("J7")).unwrap() else {
             panic!("the legacy owner is not found");
         };
         assert_eq!((old.job.as_str(), old.local.as_str()), ("J7", "bob"));

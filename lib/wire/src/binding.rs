@@ -11,7 +11,12 @@
 //! The plugin runs as the calling user, who can therefore choose which of their
 //! own Slurm jobs the answer names; that is one of their own jobs standing for the
 //! UCloud job UCloud just sent them, once, which the job script they control could
-//! do anyway. A file is never replaced: the first binding of a Slurm job id holds.
+//! do anyway. A file is named by the Slurm job id and the UCloud job id together
+//! and never replaced. The UCloud job id comes from UCloud's request, not from the
+//! plugin: a user who answers with Slurm job ids not yet given out (they are
+//! sequential) binds them to their own UCloud job only, and cannot keep another
+//! user's job, which later gets that id, from being bound to its own; a Slurm id
+//! used again (the id space wrapped, slurmctld's state reset) binds anew.
 
 use serde_json::{json, Value};
 use std::fs::{self, File, OpenOptions};
@@ -134,15 +139,20 @@ pub fn from_answer(request: &Value, answer: &[u8], now_ms: u64) -> Result<Vec<Bi
     Ok(out)
 }
 
-/// The file of Slurm job `slurm_id` in the bindings directory.
-pub fn file(dir: &Path, slurm_id: u64) -> PathBuf {
-    dir.join(format!("{slurm_id}.json"))
+/// The file binding Slurm job `slurm_id` to UCloud job `job` (an [`is_job_id`]).
+pub fn file(dir: &Path, slurm_id: u64, job: &str) -> PathBuf {
+    dir.join(format!("{slurm_id}.{job}.json"))
 }
 
 /// Writes the binding, readable by the directory's group (the monitor), whole or
-/// not at all, and never over an existing one: the first binding of a Slurm job id
-/// holds (`AlreadyExists` otherwise).
+/// not at all, and never over an existing one (`AlreadyExists`).
 pub fn write(dir: &Path, binding: &Binding) -> io::Result<()> {
+    if !is_job_id(&binding.job) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{:?} is not a UCloud job id", binding.job),
+        ));
+    }
     let tmp = dir.join(format!(".{}.{}.tmp", binding.slurm_id, std::process::id()));
     let result = (|| {
         let mut f: File = OpenOptions::new()
@@ -155,18 +165,22 @@ pub fn write(dir: &Path, binding: &Binding) -> io::Result<()> {
         f.write_all(binding.to_json().to_string().as_bytes())?;
         f.sync_all()?;
         // A link fails where the name exists: an existing binding is never replaced.
-        fs::hard_link(&tmp, file(dir, binding.slurm_id))
+        fs::hard_link(&tmp, file(dir, binding.slurm_id, &binding.job))
     })();
     let _ = fs::remove_file(&tmp);
     result
 }
 
-/// The binding of Slurm job `slurm_id`; `Ok(None)` when there is none.
-pub fn read(dir: &Path, slurm_id: u64) -> Result<Option<Binding>, String> {
-    let path = file(dir, slurm_id);
+/// The binding of Slurm job `slurm_id` to UCloud job `job` (the name the Slurm job
+/// carries); `Ok(None)` when there is none, or `job` is no UCloud job id.
+pub fn read(dir: &Path, slurm_id: u64, job: &str) -> Result<Option<Binding>, String> {
+    if !is_job_id(job) {
+        return Ok(None);
+    }
+    let path = file(dir, slurm_id, job);
     match fs::read(&path) {
         Ok(bytes) => match Binding::from_json(&bytes) {
-            Some(b) if b.slurm_id == slurm_id => Ok(Some(b)),
+            Some(b) if b.slurm_id == slurm_id && b.job == job => Ok(Some(b)),
             _ => Err(format!("{} is not a binding", path.display())),
         },
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -233,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn the_first_binding_holds() {
+    fn a_binding_is_never_replaced_and_a_squatted_slurm_id_binds_anew() {
         let dir = std::env::temp_dir().join(format!("wire-binding-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
@@ -244,18 +258,36 @@ mod tests {
         )
         .unwrap();
         write(&dir, &b[0]).unwrap();
-        let mut other = b[1].clone();
-        other.slurm_id = 5;
-        let err = write(&dir, &other).unwrap_err();
+        let mut again = b[0].clone();
+        again.created_by = "Eve#9".into();
+        let err = write(&dir, &again).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
-        assert_eq!(read(&dir, 5).unwrap(), Some(b[0].clone()));
-        assert_eq!(read(&dir, 6).unwrap(), None);
-        let mode = fs::metadata(file(&dir, 5)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(read(&dir, 5, "41").unwrap(), Some(b[0].clone()));
+        // Slurm id 5 bound to job 41 first (a user answering with an id not yet
+        // given out) does not keep job 42, which then got id 5, from its binding.
+        let mut later = b[1].clone();
+        later.slurm_id = 5;
+        write(&dir, &later).unwrap();
+        assert_eq!(read(&dir, 5, "42").unwrap(), Some(later));
+        assert_eq!(read(&dir, 5, "41").unwrap(), Some(b[0].clone()));
+        assert_eq!(read(&dir, 6, "42").unwrap(), None);
+        assert_eq!(read(&dir, 5, "../41").unwrap(), None);
+        let mode = fs::metadata(file(&dir, 5, "41"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o640);
         // A file under another job's name is no binding of this one.
-        fs::copy(file(&dir, 5), file(&dir, 9)).unwrap();
-        assert!(read(&dir, 9).is_err());
-        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2, "no temporary left");
+        fs::copy(file(&dir, 5, "41"), file(&dir, 9, "41")).unwrap();
+        assert!(read(&dir, 9, "41").is_err());
+        let mut odd = b[0].clone();
+        odd.job = "../x".into();
+        assert_eq!(
+            write(&dir, &odd).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 3, "no temporary left");
         fs::remove_dir_all(dir).unwrap();
     }
 }
