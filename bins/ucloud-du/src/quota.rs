@@ -462,19 +462,24 @@ mod tests {
 
     impl Mounted {
         fn btrfs(name: &str) -> Mounted {
+            Mounted::new(name, "mkfs.btrfs", 512 << 20)
+        }
+
+        /// A fresh filesystem made by `mkfs` on a loop device of `bytes`, mounted.
+        fn new(name: &str, mkfs: &str, bytes: u64) -> Mounted {
             let dir = std::env::temp_dir().join(format!("ucloud-du-{name}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let image = dir.with_extension("img");
             std::fs::File::create(&image)
                 .unwrap()
-                .set_len(512 << 20)
+                .set_len(bytes)
                 .unwrap();
             let loopdev = sh(&["losetup", "--find", "--show", image.to_str().unwrap()])
                 .trim()
                 .to_string();
             std::fs::remove_file(&image).unwrap();
             let fs = Mounted { dir, loopdev };
-            sh(&["mkfs.btrfs", "-q", &fs.loopdev]);
+            sh(&[mkfs, "-q", &fs.loopdev]);
             sh(&["mount", &fs.loopdev, fs.dir.to_str().unwrap()]);
             fs
         }
@@ -568,20 +573,7 @@ mod tests {
     /// a reason to walk, never a number.
     #[test]
     fn an_xfs_project_tree_is_found_and_asked_about() {
-        let dir = std::env::temp_dir().join(format!("ucloud-du-xfs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let image = dir.with_extension("img");
-        std::fs::File::create(&image)
-            .unwrap()
-            .set_len(320 << 20)
-            .unwrap();
-        let loopdev = sh(&["losetup", "--find", "--show", image.to_str().unwrap()])
-            .trim()
-            .to_string();
-        std::fs::remove_file(&image).unwrap();
-        let fs = Mounted { dir, loopdev };
-        sh(&["mkfs.xfs", "-q", &fs.loopdev]);
-        sh(&["mount", &fs.loopdev, fs.dir.to_str().unwrap()]);
+        let fs = Mounted::new("xfs", "mkfs.xfs", 320 << 20);
         std::fs::create_dir(fs.path("drive")).unwrap();
         let err = read(Path::new(&fs.path("drive"))).unwrap_err();
         assert!(err.contains("no project id"), "{err}");
