@@ -84,6 +84,17 @@ fn classify(result: Result<Response, ClientError>) -> Outcome {
 }
 
 /// A short, single-line view of a body for the log.
+/// Removes a delivered message or report; one already gone is as good.
+fn remove_delivered(path: &Path) -> Result<(), SendError> {
+    fs::remove_file(path).or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(SendError::Setup(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+    })
+}
+
 fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
@@ -316,13 +327,7 @@ impl Sender {
         match self.attempt(&message) {
             Outcome::Delivered(status, _) => {
                 for (path, _) in batch {
-                    fs::remove_file(path).or_else(|e| match e.kind() {
-                        std::io::ErrorKind::NotFound => Ok(()),
-                        _ => Err(SendError::Setup(format!(
-                            "cannot remove {}: {e}",
-                            path.display()
-                        ))),
-                    })?;
+                    remove_delivered(path)?;
                 }
                 ucloud_wire::log_info!(
                     "ucloud-sender: delivered {} usage report(s) POST {REPORT_USAGE} -> {status} ({} ms)",
@@ -434,13 +439,7 @@ impl Sender {
                             SendError::Setup(format!("cannot store the reply {tag}: {e}"))
                         })?;
                     }
-                    fs::remove_file(path).or_else(|e| match e.kind() {
-                        std::io::ErrorKind::NotFound => Ok(()),
-                        _ => Err(SendError::Setup(format!(
-                            "cannot remove {}: {e}",
-                            path.display()
-                        ))),
-                    })?;
+                    remove_delivered(path)?;
                     ucloud_wire::log_info!(
                         "ucloud-sender: delivered {name} {} {} -> {status} ({} ms){}",
                         message.method.name(),
