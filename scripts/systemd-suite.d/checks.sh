@@ -126,6 +126,19 @@ pick_port() {
     die "found no free TCP port on 127.0.0.1"
 }
 
+# issue_localhost_cert CA_DIR DIR: a certificate for localhost and 127.0.0.1 in DIR
+# (tls.key, tls.pem), issued by the suite's CA in CA_DIR.
+issue_localhost_cert() {
+    local ca=$1 dir=$2
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$dir/tls.key" -out "$dir/tls.csr" -subj "/CN=localhost" 2>/dev/null
+    openssl x509 -req -in "$dir/tls.csr" -CA "$ca/ca.pem" -CAkey "$ca/ca.key" -CAcreateserial \
+        -days 2 -out "$dir/tls.pem" -extfile <(
+            printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+                "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth"
+        ) 2>/dev/null
+}
+
 # A throwaway CA, the simulator's certificate, and UCloud's token signing key, as
 # scripts/stack makes them, new for every run.
 make_keys() {
@@ -134,23 +147,11 @@ make_keys() {
     openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
         -keyout "$ca/ca.key" -out "$ca/ca.pem" -days 2 -subj "/CN=ucloud-im systemd suite CA" \
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$sim/tls.key" -out "$sim/tls.csr" -subj "/CN=localhost" 2>/dev/null
-    openssl x509 -req -in "$sim/tls.csr" -CA "$ca/ca.pem" -CAkey "$ca/ca.key" -CAcreateserial \
-        -days 2 -out "$sim/tls.pem" -extfile <(
-            printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
-                "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth"
-        ) 2>/dev/null
+    issue_localhost_cert "$ca" "$sim"
     # The balancer's certificate, from the same CA (the site's own CA in real life).
     local lb=$SUITE_RUN/lb
     install -d -m 0700 "$lb"
-    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$lb/tls.key" -out "$lb/tls.csr" -subj "/CN=localhost" 2>/dev/null
-    openssl x509 -req -in "$lb/tls.csr" -CA "$ca/ca.pem" -CAkey "$ca/ca.key" -CAcreateserial \
-        -days 2 -out "$lb/tls.pem" -extfile <(
-            printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
-                "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth"
-        ) 2>/dev/null
+    issue_localhost_cert "$ca" "$lb"
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$sim/signing-key.pem" 2>/dev/null
     openssl pkey -in "$sim/signing-key.pem" -pubout -outform DER | base64 -w0 >"$sim/signing-key.pub.b64"
     echo >>"$sim/signing-key.pub.b64"
