@@ -69,9 +69,7 @@ pub fn serve(stream: UnixStream) -> Result<(), Error> {
         Err(e) => {
             ucloud_wire::log_warn!("ucloud-registry: uid {uid}: {e}");
             let answer = json!({"ok": false, "status": e.exit_code(), "why": e.to_string()});
-            return (&stream)
-                .write_all(format!("{answer}\n").as_bytes())
-                .map_err(Error::io(format!("answering uid {uid}")));
+            return send_answer(&stream, &answer, uid);
         }
     };
     let line = read_request(&stream, deadline)
@@ -80,9 +78,38 @@ pub fn serve(stream: UnixStream) -> Result<(), Error> {
         Ok(v) => v,
         Err(e) => json!({"ok": false, "status": e.exit_code(), "why": e.to_string()}),
     };
-    (&stream)
+    send_answer(&stream, &answer, uid)
+}
+
+/// How long, and how much, a client may still send after its answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Writes the answer line and closes the connection so that the client reads it.
+/// Closing a unix socket with unread input in it resets the connection, and a
+/// client still writing (a busy answer comes before its request is read) then
+/// fails on its write before it reads the answer. So: our half closed first, then
+/// what the client still sends is read and dropped until it closes too, for a
+/// moment and a bounded amount only.
+fn send_answer(mut stream: &UnixStream, answer: &Value, uid: u32) -> Result<(), Error> {
+    stream
         .write_all(format!("{answer}\n").as_bytes())
-        .map_err(Error::io(format!("answering uid {uid}")))
+        .map_err(Error::io(format!("answering uid {uid}")))?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + LINGER;
+    let mut drained = 0;
+    let mut buf = [0u8; 4096];
+    while drained < LINGER_BYTES {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    Ok(())
 }
 
 /// One line, at most MAX_REQUEST bytes, read by `deadline` however slowly it comes.
@@ -325,6 +352,24 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(1));
         drop(server);
         dripper.join().unwrap();
+    }
+
+    #[test]
+    fn a_client_still_writing_reads_its_answer() {
+        // A busy answer goes out before the request is read; the client's write
+        // that comes after it must not fail, nor its answer be lost.
+        let (server, mut client) = UnixStream::pair().unwrap();
+        client.write_all(b"{").unwrap();
+        let answering = std::thread::spawn(move || {
+            send_answer(&server, &json!({"ok": false, "status": 75}), 1000).unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        client.write_all(b"\"op\":\"connect\"}\n").unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "{\"ok\":false,\"status\":75}\n");
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        answering.join().unwrap();
     }
 
     #[test]
