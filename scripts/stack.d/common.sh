@@ -16,14 +16,14 @@ PROVIDER=hpc
 GATEWAY_USER=ucloud-gw
 SERVICE_USER=ucloud-svc
 SENDER_USER=ucloud-send
-MONITOR_USER=ucloud-mon # issue 5
+MONITOR_USER=ucloud-mon
 OUTBOX_GROUP=ucloud-outbox
 NOLOGIN_USER=ucim-nologin
 # UCloud name and local account of each test user the stack maps.
 STACK_USERS=("AliceHansen#1001:ucim-alice" "BobNielsen#2002:ucim-bob")
 
 # The programs the stack starts, in start order; `down` stops them in reverse.
-SERVICES=(sim sender monitor gateway) # monitor: issue 5
+SERVICES=(sim sender monitor gateway)
 
 say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 die() {
@@ -52,7 +52,7 @@ service_comm() {
     case $1 in
     sim) echo ucloud-sim ;;
     sender) echo ucloud-sender ;;
-    monitor) echo ucloud-monitor ;; # issue 5
+    monitor) echo ucloud-monitor ;;
     gateway) echo systemd-socket ;; # comm is cut at 15 bytes
     *) die "unknown service $1" ;;
     esac

@@ -5,7 +5,7 @@
 
 mod bind;
 mod conn;
-mod connect_page; // issue 7: the ticket page
+mod connect_page;
 mod dispatch;
 mod error;
 mod follow; // the WebSocket of jobs.follow

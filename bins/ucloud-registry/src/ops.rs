@@ -832,7 +832,7 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
-    /// Issue 14: a ticket presented first by the wrong account (root, a system
+    /// A ticket presented first by the wrong account (root, a system
     /// account, a uid without an account) is refused and stays valid; the preview
     /// spends nothing either.
     #[test]
