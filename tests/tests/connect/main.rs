@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod attacks;
-mod installation;
+mod help;
 mod linking;
 mod refusals;
 mod store;
