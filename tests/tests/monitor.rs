@@ -277,7 +277,7 @@ fn lookups_naming(stack: &Stack, ids: &[String]) -> Vec<Value> {
         .collect()
 }
 
-/// The attacks of the hardening issue's items 7 and 9: Alice submits jobs by hand,
+/// Jobs made to look like UCloud's: Alice submits jobs by hand,
 /// named and tagged like UCloud jobs: for her own real UCloud job (failing at
 /// once, to end it early as FAILURE), for Bob's, and for many jobs UCloud knows
 /// but the module never submitted. None of them changes a state at UCloud, none

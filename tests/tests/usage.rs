@@ -276,7 +276,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     );
 }
 
-/// The attack on the parser (the hardening issue's first item): Alice holds a job
+/// The attack on the parser: Alice holds a job
 /// whose name carries a newline and a second row in Slurm's old output format,
 /// naming Bob's account and Bob's UCloud job. A monitor that reads Slurm line by
 /// line reports IN_QUEUE, RUNNING and SUCCESS for Bob's job, which never ran.

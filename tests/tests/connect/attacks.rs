@@ -27,7 +27,7 @@ fn redeem_on_terminal(stack: &Stack, user: &str, typed: &str, args: &[&str]) -> 
     child.wait_with_output().unwrap()
 }
 
-/// Issue 14, the stolen ticket: while ucloud-connect holds the ticket (the registry
+/// The stolen ticket: while ucloud-connect holds the ticket (the registry
 /// is kept busy, so the client waits with it), another local user reads every
 /// /proc/PID/cmdline and environ it can, as a watcher would: the ticket is in none.
 /// The watcher does see the client's command line, so a ticket in it would be found.
@@ -152,7 +152,7 @@ fn client_pid(bin: &str, uid: u32) -> Option<u32> {
     })
 }
 
-/// Issue 14, linking by trickery: Mallory sends Victor the connect page of her own
+/// Linking by trickery: Mallory sends Victor the connect page of her own
 /// ticket. The page names her UCloud user; ucloud-connect names it and Victor's
 /// account and asks on the terminal, `--yes` or not; only yes connects, and without
 /// a terminal only `--yes` does.

@@ -36,7 +36,7 @@ fn drive_of(stack: &Stack, ucloud: &str) -> String {
     drive
 }
 
-/// The whole flow of the issue: connect → ticket page → the person runs
+/// The whole flow: connect → ticket page → the person runs
 /// ucloud-connect → approveConnection reaches UCloud → requests run as them →
 /// unlinked → refused with a reason, and UCloud hears clearConnection.
 #[test]

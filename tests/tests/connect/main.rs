@@ -1,11 +1,11 @@
-//! Connecting UCloud users to local accounts (issue 7), against the local stack:
+//! Connecting UCloud users to local accounts, against the local stack:
 //! UCloud (the simulator) calls integration/connect, the browser gets the ticket
 //! page from the gateway, a real account made by useradd runs the installed
 //! ucloud-connect, the registry (socket-activated, as root) checks the kernel's word
 //! for who that is, and UCloud hears approveConnection. Then the hostile cases:
 //! altered, reused, expired tickets, root and system accounts, Bob and Alice, the
-//! roles of the socket, expiry, and two redemptions at once; and the attacks of
-//! issue 14: a local user watching /proc for tickets, a ticket presented first by
+//! roles of the socket, expiry, and two redemptions at once; and the attacks on
+//! the ticket: a local user watching /proc for tickets, a ticket presented first by
 //! the wrong account, and a person sent someone else's ticket (the confirmation).
 #![forbid(unsafe_code)]
 

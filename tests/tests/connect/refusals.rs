@@ -40,7 +40,7 @@ fn raw_request_as(stack: &Stack, user: &str, line: &str) -> Value {
 }
 
 /// Altered, truncated, expired tickets, and hostile requests, are refused and map
-/// nothing. Issue 14: the real ticket presented first by a system account, an
+/// nothing. The real ticket presented first by a system account, an
 /// account with a disabled shell and root is refused and stays valid for the right
 /// account, which connects with it afterwards.
 #[test]
