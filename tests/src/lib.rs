@@ -8,15 +8,19 @@
 mod accounts;
 mod jobs;
 mod links;
+mod registry;
 mod services;
 mod sim;
 mod stack;
+mod wait;
 mod websocket;
 
 pub use accounts::{home_of, run_as, uid_of, unique, unique_account, ScratchAccount};
 pub use jobs::job_id;
 pub use links::Fetched;
+pub use registry::{described, hex};
 pub use services::{kill_and_wait, signal};
 pub use sim::{parse_call_output, sim_log};
 pub use stack::{env_file, parse_env, Stack};
+pub use wait::{wait_until, within};
 pub use websocket::{ws_client_frame, ws_connect, ws_server_frame, ws_upgrade};

@@ -8,8 +8,7 @@ use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, run_as, uid_of, unique, Stack};
+use ucloud_im_tests::{job_id, run_as, uid_of, unique, wait_until, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -122,14 +121,6 @@ fn slurm_jobs_named(name: &str) -> Vec<String> {
         .lines()
         .map(String::from)
         .collect()
-}
-
-fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {seconds} s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn state_of(slurm_id: &str) -> String {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, kill_and_wait, run_as, signal, Stack};
+use ucloud_im_tests::{job_id, kill_and_wait, run_as, signal, wait_until, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -201,14 +201,6 @@ fn reports_of(stack: &Stack, project: &str) -> Vec<PathBuf> {
                 .is_some_and(|v| v["owner"]["projectId"] == project)
         })
         .collect()
-}
-
-fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {seconds} s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

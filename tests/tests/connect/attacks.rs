@@ -41,7 +41,7 @@ fn a_local_user_watching_proc_never_sees_the_ticket() {
     let bin = connect_bin(&stack);
 
     // Hold the registry's lock: the registry answering the client waits for it.
-    let lock = state(&stack).join("registry.lock");
+    let lock = stack.state_dir().join("registry.lock");
     let mut holder = Command::new("flock")
         .arg(&lock)
         .arg("cat")
@@ -58,7 +58,7 @@ fn a_local_user_watching_proc_never_sees_the_ticket() {
             .unwrap()
             .success()
     };
-    assert!(wait_until(10, held), "cannot take the registry lock");
+    assert!(within(10, held), "cannot take the registry lock");
 
     let mut client = Command::new("runuser")
         .args(["-u", &victim.name, "--", &bin, "--yes"])
@@ -77,7 +77,7 @@ fn a_local_user_watching_proc_never_sees_the_ticket() {
     // The client has read the ticket once it holds a socket: it reads, then asks.
     let victim_uid = victim.uid();
     let mut pid = None;
-    let asking = wait_until(20, || {
+    let asking = within(20, || {
         pid = client_pid(&bin, victim_uid);
         pid.is_some_and(|p| {
             std::fs::read_dir(format!("/proc/{p}/fd"))
@@ -127,9 +127,9 @@ fn a_local_user_watching_proc_never_sees_the_ticket() {
         !String::from_utf8_lossy(&own).contains(&ticket),
         "the ticket is in the client's command line or environment"
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", described(&out));
     assert_eq!(
-        mapping_of(&stack, &ucloud).map(|m| m["local"].clone()),
+        stack.mapping_of(&ucloud).map(|m| m["local"].clone()),
         Some(json!(victim.name))
     );
 }
@@ -174,16 +174,13 @@ fn a_person_sent_another_ones_ticket_is_asked_first() {
 
     // No terminal, no --yes: refused, naming both, nothing linked.
     let out = redeem_as(&stack, Some(&victor.name), &format!("{ticket}\n"), &[]);
-    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(77), "{}", described(&out));
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(
         why.contains(&mallory) && why.contains(&victor.name),
         "{why}"
     );
-    assert!(
-        mapping_of(&stack, &mallory).is_none(),
-        "linked without a yes"
-    );
+    assert!(stack.mapping_of(&mallory).is_none(), "linked without a yes");
 
     // On a terminal, with --yes even: the question names both, and "n" (or
     // anything but yes) links nothing.
@@ -195,22 +192,24 @@ fn a_person_sent_another_ones_ticket_is_asked_first() {
             &["--yes"],
         );
         let screen = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(77), "{answer:?}: {}", text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(77),
+            "{answer:?}: {}",
+            described(&out)
+        );
         assert!(screen.contains("Paste the ticket"), "{screen}");
         assert!(
             screen.contains(&format!("Connect {mallory} to {}? [y/N]", victor.name)),
             "{screen}"
         );
-        assert!(
-            mapping_of(&stack, &mallory).is_none(),
-            "linked on {answer:?}"
-        );
+        assert!(stack.mapping_of(&mallory).is_none(), "linked on {answer:?}");
     }
     // Victor, had it been his own UCloud user, answers y: connected.
     let out = redeem_on_terminal(&stack, &victor.name, &format!("{ticket}\ny\n"), &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", described(&out));
     assert_eq!(
-        mapping_of(&stack, &mallory).map(|m| m["local"].clone()),
+        stack.mapping_of(&mallory).map(|m| m["local"].clone()),
         Some(json!(victor.name))
     );
 }

@@ -12,13 +12,13 @@ fn help_and_man_pages() {
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("registry.sock"),
         "{}",
-        text(&out)
+        described(&out)
     );
-    let out = registry(&stack, &["--help"]);
+    let out = stack.registry(&["--help"]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("serve"),
         "{}",
-        text(&out)
+        described(&out)
     );
     for page in ["ucloud-connect.1", "ucloud-registry.8"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,8 +33,8 @@ fn help_and_man_pages() {
         assert!(
             out.status.success() && !out.stdout.is_empty(),
             "{page}: {}",
-            text(&out)
+            described(&out)
         );
-        assert!(out.stderr.is_empty(), "{page} warns: {}", text(&out));
+        assert!(out.stderr.is_empty(), "{page} warns: {}", described(&out));
     }
 }

@@ -17,9 +17,9 @@ fn sim_heard_count(stack: &Stack, path_part: &str, ucloud: &str) -> usize {
 
 fn drive_of(stack: &Stack, ucloud: &str) -> String {
     let mut drive = String::new();
-    let found = wait_until(20, || {
-        let _ = registry(stack, &["sync"]);
-        let out = registry(stack, &["list"]);
+    let found = within(20, || {
+        let _ = stack.registry(&["sync"]);
+        let out = stack.registry(&["list"]);
         drive = String::from_utf8_lossy(&out.stdout)
             .lines()
             .find_map(|l| {
@@ -54,7 +54,7 @@ fn connect_page_redeem_use_and_unlink() {
     let ticket = ticket.as_str();
     assert_eq!(user, ucloud.replace('#', "%23"), "{redirect}");
     assert!(
-        mapping_of(&stack, &ucloud).is_none(),
+        stack.mapping_of(&ucloud).is_none(),
         "mapped before the ticket was redeemed"
     );
 
@@ -93,17 +93,14 @@ fn connect_page_redeem_use_and_unlink() {
     // Without a terminal and without --yes nobody confirmed: nothing is connected,
     // the refusal names both, and the ticket stays valid.
     let out = redeem_as(&stack, Some(&carol.name), &format!("{ticket}\n"), &[]);
-    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(77), "{}", described(&out));
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(
         why.contains(&ucloud) && why.contains(&carol.name) && why.contains("--yes"),
         "{}",
-        text(&out)
+        described(&out)
     );
-    assert!(
-        mapping_of(&stack, &ucloud).is_none(),
-        "connected unconfirmed"
-    );
+    assert!(stack.mapping_of(&ucloud).is_none(), "connected unconfirmed");
 
     // Before: UCloud's requests for this user are refused.
     let out = redeem_as(
@@ -116,7 +113,7 @@ fn connect_page_redeem_use_and_unlink() {
         out.status.success(),
         "ucloud-connect as {}: {}",
         carol.name,
-        text(&out)
+        described(&out)
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -124,11 +121,13 @@ fn connect_page_redeem_use_and_unlink() {
         "{said}"
     );
 
-    let m = mapping_of(&stack, &ucloud).expect("no mapping after ucloud-connect");
+    let m = stack
+        .mapping_of(&ucloud)
+        .expect("no mapping after ucloud-connect");
     assert_eq!(m["local"], carol.name.as_str());
     assert_eq!(m["uid"], carol.uid());
     assert!(
-        wait_until(15, || sim_heard(&stack, "approveConnection", &ucloud)),
+        within(15, || sim_heard(&stack, "approveConnection", &ucloud)),
         "the simulator never heard approveConnection for {ucloud}"
     );
     let audit_says = stack.audit_lines().iter().any(|l| {
@@ -150,7 +149,7 @@ fn connect_page_redeem_use_and_unlink() {
         &carol.name,
         &["sh", "-c", &format!("echo hi > {}", hello.display())],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", described(&out));
     let drive = drive_of(&stack, &ucloud);
     let (status, page) = browse(&stack, &ucloud, &drive);
     assert_eq!(status, 200, "browse as {ucloud}: {page}");
@@ -168,18 +167,18 @@ fn connect_page_redeem_use_and_unlink() {
 
     // The same ticket again: spent.
     let again = redeem_as(&stack, Some(&carol.name), ticket, &["--yes"]);
-    assert_eq!(again.status.code(), Some(77), "{}", text(&again));
+    assert_eq!(again.status.code(), Some(77), "{}", described(&again));
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("used already"),
         "{}",
-        text(&again)
+        described(&again)
     );
 
     // UCloud says the user disconnected.
     let (status, answer) = integration(&stack, "unlinked", &ucloud);
     assert_eq!((status, &answer), (200, &json!({})), "integration/unlinked");
     assert!(
-        mapping_of(&stack, &ucloud).is_none(),
+        stack.mapping_of(&ucloud).is_none(),
         "still mapped after unlinked"
     );
     let (status, refusal) = browse(&stack, &ucloud, &drive);
@@ -193,7 +192,7 @@ fn connect_page_redeem_use_and_unlink() {
         "why: {refusal}"
     );
     assert!(
-        wait_until(15, || sim_heard(&stack, "clearConnection", &ucloud)),
+        within(15, || sim_heard(&stack, "clearConnection", &ucloud)),
         "the simulator never heard clearConnection for {ucloud}"
     );
     // Unlinked again: still {} (UCloud retries), nothing to remove.
@@ -208,7 +207,7 @@ fn bob_cannot_take_over_alice_and_alice_may_reconnect() {
     let stack = Stack::load();
     let alice_local = stack.local_of(ALICE);
     let bob_local = stack.local_of(BOB);
-    let before = mapping_of(&stack, ALICE).expect("the stack maps Alice");
+    let before = stack.mapping_of(ALICE).expect("the stack maps Alice");
 
     let ticket = mint(&stack, ALICE);
     let out = redeem_as(&stack, Some(&bob_local), &ticket, &["--yes"]);
@@ -216,15 +215,15 @@ fn bob_cannot_take_over_alice_and_alice_may_reconnect() {
         out.status.code(),
         Some(77),
         "Bob with Alice's ticket: {}",
-        text(&out)
+        described(&out)
     );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("already connected to another"),
         "{}",
-        text(&out)
+        described(&out)
     );
     assert_eq!(
-        mapping_of(&stack, ALICE),
+        stack.mapping_of(ALICE),
         Some(before.clone()),
         "Alice's mapping changed"
     );
@@ -233,27 +232,31 @@ fn bob_cannot_take_over_alice_and_alice_may_reconnect() {
     let stranger = unique_account("EveStranger#");
     let ticket = mint(&stack, &stranger);
     let out = redeem_as(&stack, Some(&bob_local), &ticket, &["--yes"]);
-    assert_eq!(out.status.code(), Some(77), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(77), "{}", described(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("already the target"),
         "{}",
-        text(&out)
+        described(&out)
     );
-    assert!(mapping_of(&stack, &stranger).is_none());
+    assert!(stack.mapping_of(&stranger).is_none());
 
     // Alice connects again to her own account: yes, and UCloud hears it again.
     let heard = sim_heard_count(&stack, "approveConnection", ALICE);
     let ticket = mint(&stack, ALICE);
     let out = redeem_as(&stack, Some(&alice_local), &ticket, &["--yes"]);
-    assert!(out.status.success(), "Alice reconnecting: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "Alice reconnecting: {}",
+        described(&out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("already connected"),
         "{}",
-        text(&out)
+        described(&out)
     );
-    assert_eq!(mapping_of(&stack, ALICE), Some(before));
+    assert_eq!(stack.mapping_of(ALICE), Some(before));
     assert!(
-        wait_until(15, || sim_heard_count(&stack, "approveConnection", ALICE)
+        within(15, || sim_heard_count(&stack, "approveConnection", ALICE)
             > heard),
         "approveConnection for Alice was not sent again"
     );
@@ -264,19 +267,19 @@ fn bob_cannot_take_over_alice_and_alice_may_reconnect() {
 fn only_the_service_account_mints_tickets_and_unlinks() {
     let stack = Stack::load();
     let alice_local = stack.local_of(ALICE);
-    let before = mapping_of(&stack, ALICE).expect("the stack maps Alice");
+    let before = stack.mapping_of(ALICE).expect("the stack maps Alice");
     for args in [["--mint-ticket", ALICE], ["--unlinked", ALICE]] {
         let out = connect_as(&stack, &alice_local, &args);
         assert_eq!(
             out.status.code(),
             Some(77),
             "{args:?} as {alice_local}: {}",
-            text(&out)
+            described(&out)
         );
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("only the service account"),
             "{}",
-            text(&out)
+            described(&out)
         );
         let out = Command::new(connect_bin(&stack))
             .args(args)
@@ -287,32 +290,32 @@ fn only_the_service_account_mints_tickets_and_unlinks() {
             out.status.code(),
             Some(77),
             "{args:?} as root: {}",
-            text(&out)
+            described(&out)
         );
     }
     assert_eq!(
-        mapping_of(&stack, ALICE),
+        stack.mapping_of(ALICE),
         Some(before),
         "Alice's mapping changed"
     );
     let out = connect_as(&stack, &alice_local, &[]);
-    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(64), "{}", described(&out));
     // The old form, the ticket as an argument: refused before anything is sent,
     // saying why and what to run instead. The ticket is still good.
     let ticket = mint(&stack, ALICE);
     let out = connect_as(&stack, &alice_local, &[&ticket]);
-    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(64), "{}", described(&out));
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(
         why.contains("command line") && why.contains("ucloud-connect --yes < FILE"),
         "{}",
-        text(&out)
+        described(&out)
     );
     let out = redeem_as(&stack, Some(&alice_local), &ticket, &[]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("already connected to your account"),
         "{}",
-        text(&out)
+        described(&out)
     );
     // A raw client that is not ucloud-connect gets a JSON answer, not a crash.
     let socket = stack.get("UCLOUD_IM_REGISTRY_SOCKET");

@@ -18,29 +18,14 @@ mod store;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, sim_log, unique_account, ScratchAccount, Stack};
+use std::time::Duration;
+use ucloud_im_tests::{
+    described, hex, run_as, sim_log, unique_account, within, ScratchAccount, Stack,
+};
 
 const ALICE: &str = "AliceHansen#1001";
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}, stdout {:?}, stderr {:?}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn registry(stack: &Stack, args: &[&str]) -> Output {
-    Command::new(stack.bin("ucloud-registry"))
-        .args(args)
-        .current_dir("/")
-        .output()
-        .expect("cannot run ucloud-registry")
-}
 
 fn connect_bin(stack: &Stack) -> String {
     let bin = stack.bin("ucloud-connect");
@@ -117,37 +102,11 @@ fn mint(stack: &Stack, ucloud: &str) -> String {
     assert!(
         out.status.success(),
         "--mint-ticket {ucloud}: {}",
-        text(&out)
+        described(&out)
     );
     let ticket = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(ticket.len(), 43, "{ticket:?}");
     ticket
-}
-
-fn hex(name: &str) -> String {
-    name.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn state(stack: &Stack) -> PathBuf {
-    stack.prefix().join("var/lib/ucloud-im")
-}
-
-fn mapping_of(stack: &Stack, ucloud: &str) -> Option<Value> {
-    let path = state(stack).join("mappings").join(hex(ucloud));
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|t| serde_json::from_str(&t).expect("a mapping file is JSON"))
-}
-
-fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    done()
 }
 
 fn sim_heard(stack: &Stack, path_part: &str, ucloud: &str) -> bool {

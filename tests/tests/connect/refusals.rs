@@ -36,7 +36,7 @@ fn raw_request_as(stack: &Stack, user: &str, line: &str) -> Value {
         .write_all(line.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", described(&out)))
 }
 
 /// Altered, truncated, expired tickets, and hostile requests, are refused and map
@@ -54,19 +54,24 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
     let last = ticket.chars().last().unwrap();
     let altered = format!("{}{}\n", &ticket[..42], if last == 'A' { 'B' } else { 'A' });
     let out = redeem_as(&stack, Some(&dave.name), &altered, &["--yes"]);
-    assert_eq!(out.status.code(), Some(77), "altered: {}", text(&out));
+    assert_eq!(out.status.code(), Some(77), "altered: {}", described(&out));
     let out = redeem_as(&stack, Some(&dave.name), &ticket[..40], &["--yes"]);
-    assert_eq!(out.status.code(), Some(77), "truncated: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(77),
+        "truncated: {}",
+        described(&out)
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not a connection ticket"),
         "{}",
-        text(&out)
+        described(&out)
     );
     let out = redeem_as(&stack, Some(&dave.name), "../../etc/passwd\n", &["--yes"]);
-    assert_eq!(out.status.code(), Some(77), "path: {}", text(&out));
+    assert_eq!(out.status.code(), Some(77), "path: {}", described(&out));
     // Endless standard input: refused after a bounded read, nothing sent.
     let out = redeem_as(&stack, Some(&dave.name), &"A".repeat(1 << 20), &["--yes"]);
-    assert_eq!(out.status.code(), Some(64), "endless: {}", text(&out));
+    assert_eq!(out.status.code(), Some(64), "endless: {}", described(&out));
 
     // The real ticket, presented first by the wrong accounts: each is refused with
     // the reason, and the ticket is not spent.
@@ -77,9 +82,9 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
     ];
     for (user, why) in &wrong {
         let out = redeem_as(&stack, user.as_deref(), &line, &["--yes"]);
-        assert_eq!(out.status.code(), Some(77), "{user:?}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(77), "{user:?}: {}", described(&out));
         let said = String::from_utf8_lossy(&out.stderr);
-        assert!(said.contains(why), "{user:?}: {}", text(&out));
+        assert!(said.contains(why), "{user:?}: {}", described(&out));
     }
     // A client that skips the preview and asks root's connect outright: the same.
     let asked = json!({"op": "connect", "ticket": ticket, "ucloud": ucloud});
@@ -90,7 +95,7 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
         "{v}"
     );
     assert!(
-        mapping_of(&stack, &ucloud).is_none(),
+        stack.mapping_of(&ucloud).is_none(),
         "mapped to a wrong account"
     );
 
@@ -138,10 +143,7 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
             "{request}: {v}"
         );
     }
-    assert!(
-        mapping_of(&stack, &ucloud).is_none(),
-        "connected unconfirmed"
-    );
+    assert!(stack.mapping_of(&ucloud).is_none(), "connected unconfirmed");
     // Dave's preview says what the ticket is for, and spends nothing.
     let v = raw_request_as(
         &stack,
@@ -157,7 +159,7 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
     // Expired: a ticket whose time is up (planted by root in the ticket store in the
     // registry's format; waiting 10 minutes would be a waste of CI time).
     let expired_ticket = format!("E{}", &mint(&stack, &ucloud)[1..]);
-    let planted = state(&stack).join("tickets").join(&expired_ticket);
+    let planted = stack.state_dir().join("tickets").join(&expired_ticket);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -173,16 +175,16 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
     )
     .unwrap();
     let out = redeem_as(&stack, Some(&dave.name), &expired_ticket, &["--yes"]);
-    assert_eq!(out.status.code(), Some(77), "expired: {}", text(&out));
+    assert_eq!(out.status.code(), Some(77), "expired: {}", described(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("expired"),
         "{}",
-        text(&out)
+        described(&out)
     );
     assert!(!planted.exists(), "the expired ticket was not removed");
 
     assert!(
-        mapping_of(&stack, &ucloud).is_none(),
+        stack.mapping_of(&ucloud).is_none(),
         "a refused ticket mapped {ucloud}"
     );
     let refused = stack
@@ -206,10 +208,10 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
     assert!(
         out.status.success(),
         "Dave after the others: {}",
-        text(&out)
+        described(&out)
     );
     assert_eq!(
-        mapping_of(&stack, &ucloud).map(|m| m["local"].clone()),
+        stack.mapping_of(&ucloud).map(|m| m["local"].clone()),
         Some(json!(dave.name))
     );
 }

@@ -35,29 +35,26 @@ fn old_mappings_expire() {
             })
         })
     };
-    let out = registry(&stack, &["add", &by_cli, &frank.name, "--wait", "0"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = stack.registry(&["add", &by_cli, &frank.name, "--wait", "0"]);
+    assert!(out.status.success(), "{}", described(&out));
     backdate(&stack, &by_cli, max_age + 1000);
-    let out = registry(&stack, &["expire"]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        mapping_of(&stack, &by_cli).is_none(),
-        "expire left {by_cli}"
-    );
+    let out = stack.registry(&["expire"]);
+    assert!(out.status.success(), "{}", described(&out));
+    assert!(stack.mapping_of(&by_cli).is_none(), "expire left {by_cli}");
     assert!(expired(&by_cli), "no audit line for the expiry of {by_cli}");
 
     // A fresh mapping is not touched; once old, any registry connection expires it.
-    let out = registry(&stack, &["add", &by_sweep, &grace.name, "--wait", "0"]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = stack.registry(&["add", &by_sweep, &grace.name, "--wait", "0"]);
+    assert!(out.status.success(), "{}", described(&out));
     let _ = redeem_as(&stack, Some(&grace.name), "not-a-ticket", &["--yes"]);
     assert!(
-        mapping_of(&stack, &by_sweep).is_some(),
+        stack.mapping_of(&by_sweep).is_some(),
         "a fresh mapping expired"
     );
     backdate(&stack, &by_sweep, max_age + 1000);
     let _ = redeem_as(&stack, Some(&grace.name), "not-a-ticket", &["--yes"]);
     assert!(
-        mapping_of(&stack, &by_sweep).is_none(),
+        stack.mapping_of(&by_sweep).is_none(),
         "the socket's sweep left {by_sweep}"
     );
     assert!(
@@ -66,7 +63,7 @@ fn old_mappings_expire() {
     );
     for name in [&by_cli, &by_sweep] {
         assert!(
-            wait_until(15, || sim_heard(&stack, "clearConnection", name)),
+            within(15, || sim_heard(&stack, "clearConnection", name)),
             "the simulator never heard clearConnection for {name}"
         );
         let (status, refusal) = browse(&stack, name, "1");
@@ -76,13 +73,15 @@ fn old_mappings_expire() {
 
 /// Rewrites a mapping's `created` (atomically, as the registry writes) to `age_ms` ago.
 fn backdate(stack: &Stack, ucloud: &str, age_ms: u64) {
-    let mut m = mapping_of(stack, ucloud).unwrap_or_else(|| panic!("{ucloud} is not mapped"));
+    let mut m = stack
+        .mapping_of(ucloud)
+        .unwrap_or_else(|| panic!("{ucloud} is not mapped"));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     m["created"] = json!(now - age_ms);
-    let dir = state(stack).join("mappings");
+    let dir = stack.state_dir().join("mappings");
     let tmp = dir.join(format!(".test-{}", hex(ucloud)));
     std::fs::write(&tmp, m.to_string()).unwrap();
     std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -129,35 +128,38 @@ fn concurrent_redemptions_never_corrupt_the_store() {
         .map(|c| c.wait_with_output().unwrap())
         .collect();
     let shared_wins = outs[..2].iter().filter(|o| o.status.success()).count();
-    assert_eq!(shared_wins, 1, "{} / {}", text(&outs[0]), text(&outs[1]));
+    assert_eq!(
+        shared_wins,
+        1,
+        "{} / {}",
+        described(&outs[0]),
+        described(&outs[1])
+    );
     assert!(
         outs[2].status.success() && outs[3].status.success(),
         "{} / {}",
-        text(&outs[2]),
-        text(&outs[3])
+        described(&outs[2]),
+        described(&outs[3])
     );
     let winner = if outs[0].status.success() {
         &first.name
     } else {
         &second.name
     };
-    assert_eq!(
-        mapping_of(&stack, &shared).unwrap()["local"],
-        winner.as_str()
-    );
+    assert_eq!(stack.mapping_of(&shared).unwrap()["local"], winner.as_str());
     for (p, _) in own.iter().zip(&own_tickets) {
         assert_eq!(
-            mapping_of(&stack, &p.ucloud).unwrap()["local"],
+            stack.mapping_of(&p.ucloud).unwrap()["local"],
             p.name.as_str()
         );
     }
-    let list = registry(&stack, &["list"]);
+    let list = stack.registry(&["list"]);
     assert!(
         list.status.success() && list.stderr.is_empty(),
         "the store has bad files: {}",
-        text(&list)
+        described(&list)
     );
-    let leftovers: Vec<String> = std::fs::read_dir(state(&stack).join("mappings"))
+    let leftovers: Vec<String> = std::fs::read_dir(stack.state_dir().join("mappings"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))

@@ -26,7 +26,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use ucloud_im_tests::{home_of, Stack};
+use ucloud_im_tests::{hex, home_of, Stack};
 
 static INSTALL: RwLock<()> = RwLock::new(());
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -403,10 +403,6 @@ impl Drop for Placed {
 }
 
 // --- mapping ---------------------------------------------------------------------
-
-fn hex(name: &str) -> String {
-    name.bytes().map(|b| format!("{b:02x}")).collect()
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
