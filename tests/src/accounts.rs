@@ -129,3 +129,55 @@ impl Drop for ScratchAccount<'_> {
             .output();
     }
 }
+
+/// Runs `script` with `sh -c` as the local account `user`, in its home; it must
+/// succeed. Its standard output.
+pub fn as_user(user: &str, script: &str) -> String {
+    let out = run_as(user, &["sh", "-c", &format!("cd && {script}")]);
+    assert!(
+        out.status.success(),
+        "as {user}: {script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A folder in a user's home, made and removed as that user (whatever the test left
+/// in it, even without permissions), for a test's files.
+pub struct ScratchDir {
+    user: String,
+    /// Its name, in the user's home.
+    pub dir: String,
+    home: String,
+}
+
+impl ScratchDir {
+    /// `prefix` starts the folder's name (see [`unique`]).
+    pub fn new(user: &str, prefix: &str) -> ScratchDir {
+        let dir = unique(prefix);
+        as_user(user, &format!("mkdir {dir}"));
+        ScratchDir {
+            user: user.into(),
+            home: home_of(user),
+            dir,
+        }
+    }
+
+    /// The absolute path of `rel` inside it.
+    pub fn local(&self, rel: &str) -> String {
+        format!("{}/{}/{rel}", self.home, self.dir)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = run_as(
+            &self.user,
+            &[
+                "sh",
+                "-c",
+                &format!("cd && chmod -R u+rwx {0}; rm -rf {0}", self.dir),
+            ],
+        );
+    }
+}

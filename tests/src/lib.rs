@@ -15,7 +15,9 @@ mod stack;
 mod wait;
 mod websocket;
 
-pub use accounts::{home_of, run_as, uid_of, unique, unique_account, ScratchAccount};
+pub use accounts::{
+    as_user, home_of, run_as, uid_of, unique, unique_account, ScratchAccount, ScratchDir,
+};
 pub use jobs::job_id;
 pub use links::Fetched;
 pub use registry::{described, hex};

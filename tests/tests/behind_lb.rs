@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, run_as, unique, Stack};
+use ucloud_im_tests::{as_user, job_id, run_as, unique, ScratchDir, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -24,47 +24,6 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-/// A folder in a user's home, made and removed as that user.
-struct Scratch {
-    user: String,
-    dir: String,
-}
-
-impl Scratch {
-    fn new(user: &str, files: &str) -> Scratch {
-        let dir = unique("lb-session");
-        let out = run_as(
-            user,
-            &[
-                "sh",
-                "-c",
-                &format!("cd && mkdir {dir} && cd {dir} && {files}"),
-            ],
-        );
-        assert!(out.status.success(), "{}", text(&out));
-        Scratch {
-            user: user.to_string(),
-            dir,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        let out = run_as(&self.user, &["sh", "-c", "cd && pwd"]);
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-            .join(&self.dir)
-            .join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = run_as(
-            &self.user,
-            &["sh", "-c", &format!("cd && rm -rf {}", self.dir)],
-        );
-    }
 }
 
 /// The balancer-facing gateway's log from a point on: socket activation's
@@ -192,7 +151,14 @@ fn a_ucloud_session_runs_through_the_balancer() {
     let p = stack.get("UCLOUD_IM_PROVIDER");
     let alice = stack.local_of(ALICE);
     let drive = stack.drive_of(ALICE);
-    let scratch = Scratch::new(&alice, "printf 'from the login node' > hello.txt");
+    let scratch = ScratchDir::new(&alice, "lb-session");
+    as_user(
+        &alice,
+        &format!(
+            "cd {} && printf 'from the login node' > hello.txt",
+            scratch.dir
+        ),
+    );
     let folder = format!("/{drive}/{}", scratch.dir);
     let log = GatewayLog::mark(&stack);
     let before = stack.lb_metric(BACKEND_CONNECTIONS);
@@ -260,7 +226,7 @@ fn a_ucloud_session_runs_through_the_balancer() {
     let up = stack.upload_in_one_chunk(endpoint, token, content.len(), &content);
     connections += 1;
     assert_eq!(up.status, 200, "{}\n{}", up.head, up.text());
-    let written = scratch.path("up.txt");
+    let written = PathBuf::from(scratch.local("up.txt"));
     assert_eq!(std::fs::read_to_string(&written).unwrap(), content);
     let owner = run_as(&alice, &["stat", "-c", "%U", written.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), alice);

@@ -8,7 +8,7 @@ fn downloads_stream_with_length_disposition_cors_and_range() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     as_user(&alice, &format!("cd {} && head -c 5000000 /dev/urandom > 'big ü.bin' && printf 0123456789 > small && printf x > locked && chmod 000 locked", s.dir));
     let (st, body) = create_download(&stack, ALICE, &format!("/{d}/{}/big ü.bin", s.dir));
     assert_eq!(st, 200, "{body}");
@@ -75,7 +75,7 @@ fn links_work_through_the_balancer() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
 
     let (url, token) = create_upload(

@@ -9,7 +9,7 @@ fn alice_cannot_reach_bob_through_any_call() {
     let bob = stack.local_of(BOB);
     let bob_drive = stack.drive_of(BOB);
     let a = stack.drive_of(ALICE);
-    let s = Scratch::new(&bob);
+    let s = ScratchDir::new(&bob, "files");
     as_user(&bob, &format!("printf secret > {}/s.txt", s.dir));
     let theirs = format!("/{bob_drive}/{}/s.txt", s.dir);
     let calls = [

@@ -143,7 +143,7 @@ fn a_gib_round_trips_byte_for_byte_with_flat_memory() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     let id = format!("/{d}/{}/gib.bin", s.dir);
     let (url, token) = create_upload(&stack, ALICE, &id, "REJECT");
     let (host, target) = split_url(&url);

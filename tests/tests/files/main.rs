@@ -20,66 +20,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use ucloud_im_tests::{
-    run_as, uid_of, unique, ws_client_frame, ws_connect, ws_server_frame, Stack,
+    as_user, home_of, run_as, uid_of, unique, ws_client_frame, ws_connect, ws_server_frame,
+    ScratchDir, Stack,
 };
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
-
-fn home_of(user: &str) -> String {
-    let out = Command::new("getent")
-        .args(["passwd", user])
-        .output()
-        .unwrap();
-    let line = String::from_utf8_lossy(&out.stdout).to_string();
-    line.split(':').nth(5).unwrap().to_string()
-}
-
-/// Runs `script` with `sh -c` in `user`'s home, as `user`.
-fn as_user(user: &str, script: &str) -> String {
-    let out = run_as(user, &["sh", "-c", &format!("cd && {script}")]);
-    assert!(
-        out.status.success(),
-        "as {user}: {script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// A scratch directory in the user's home, removed on drop.
-struct Scratch {
-    user: String,
-    dir: String,
-    home: String,
-}
-
-impl Scratch {
-    fn new(user: &str) -> Scratch {
-        let dir = unique("files");
-        as_user(user, &format!("mkdir {dir}"));
-        Scratch {
-            user: user.into(),
-            home: home_of(user),
-            dir,
-        }
-    }
-    fn local(&self, rel: &str) -> String {
-        format!("{}/{}/{rel}", self.home, self.dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = run_as(
-            &self.user,
-            &[
-                "sh",
-                "-c",
-                &format!("cd && chmod -R u+rwx {0}; rm -rf {0}", self.dir),
-            ],
-        );
-    }
-}
 
 fn api(stack: &Stack, user: &str, method: &str, path: &str, body: Value) -> (u16, Value) {
     let p = format!("/ucloud/{}/{path}", stack.get("UCLOUD_IM_PROVIDER"));

@@ -8,7 +8,7 @@ fn folders_copies_moves_and_conflict_policies() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     let base = format!("/{d}/{}", s.dir);
     let (st, body) = api(
         &stack,
@@ -155,7 +155,7 @@ fn a_failing_bulk_item_undoes_the_earlier_ones() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     let base = format!("/{d}/{}", s.dir);
     as_user(
         &alice,
@@ -227,7 +227,7 @@ fn trash_is_restorable_and_empties() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     let base = format!("/{d}/{}", s.dir);
     let name = unique("trashme");
     as_user(&alice, &format!("printf keep > {}/{name}", s.dir));

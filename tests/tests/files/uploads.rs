@@ -8,7 +8,7 @@ fn chunked_uploads_resume_refuse_bad_chunks_and_appear_whole() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let total = data.len();
     let id = format!("/{d}/{}/up.bin", s.dir);

@@ -52,7 +52,7 @@ fn a_websocket_upload_is_written_as_the_user_and_resumes_after_a_break() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     let target = format!("/{d}/{}/ws.bin", s.dir);
     let link = websocket_upload(&stack, &target, "REJECT");
     let data: Vec<u8> = (0..40_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -105,7 +105,7 @@ fn hostile_websocket_uploads_are_closed_with_a_reason_and_write_nothing() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     let target = format!("/{d}/{}/hostile.bin", s.dir);
     let link = websocket_upload(&stack, &target, "REJECT");
     let cases: Vec<(Vec<Vec<u8>>, u16, &str)> = vec![
@@ -172,7 +172,7 @@ fn an_empty_file_uploads_over_a_websocket_too() {
     let stack = Stack::load();
     let alice = stack.local_of(ALICE);
     let d = stack.drive_of(ALICE);
-    let s = Scratch::new(&alice);
+    let s = ScratchDir::new(&alice, "files");
     let link = websocket_upload(&stack, &format!("/{d}/{}/empty.bin", s.dir), "REJECT");
     let (head, mut ws) = ws_connect(&stack, &link, "");
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
