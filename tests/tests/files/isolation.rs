@@ -81,36 +81,22 @@ fn alice_cannot_reach_bob_through_any_call() {
 fn collections_calls_answer_or_refuse_clearly() {
     let stack = Stack::load();
     let d = stack.drive_of(ALICE);
-    let (st, body) = api(
-        &stack,
-        ALICE,
-        "POST",
-        "files/collections",
-        items(vec![json!({"title": "x"})]),
-    );
+    let (st, body) = post_one(&stack, ALICE, "files/collections", json!({"title": "x"}));
     refused(st, &body, 400, "collections.create");
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/collections/rename",
-        items(vec![json!({"id": d, "newTitle": "x"})]),
+        json!({"id": d, "newTitle": "x"}),
     );
     refused(st, &body, 400, "collections.rename");
-    let (st, body) = api(
-        &stack,
-        ALICE,
-        "POST",
-        "files/collections/verify",
-        items(vec![json!({"id": d})]),
-    );
+    let (st, body) = post_one(&stack, ALICE, "files/collections/verify", json!({"id": d}));
     assert_eq!(st, 200, "{body}");
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/collections/verify",
-        items(vec![json!({"id": stack.drive_of(BOB)})]),
+        json!({"id": stack.drive_of(BOB)}),
     );
     refused(st, &body, 404, "verify of another's drive");
 }

@@ -32,6 +32,29 @@ fn api(stack: &Stack, user: &str, method: &str, path: &str, body: Value) -> (u16
     stack.call(Some(user), method, &p, Some(&body.to_string()))
 }
 
+/// A bulk call (POST) of one item.
+fn post_one(stack: &Stack, user: &str, path: &str, item: Value) -> (u16, Value) {
+    api(stack, user, "POST", path, items(vec![item]))
+}
+
+/// A copy or move (`call`: files/copy or files/move) as Alice, of `from` to `to`,
+/// both under the folder `base`.
+fn relocate(
+    stack: &Stack,
+    call: &str,
+    base: &str,
+    from: &str,
+    to: &str,
+    policy: &str,
+) -> (u16, Value) {
+    let item = json!({
+        "oldId": format!("{base}/{from}"),
+        "newId": format!("{base}/{to}"),
+        "conflictPolicy": policy,
+    });
+    post_one(stack, ALICE, call, item)
+}
+
 fn items(list: Vec<Value>) -> Value {
     json!({ "items": list })
 }
@@ -153,23 +176,16 @@ fn http(url: &str, method: &str, headers: &[(&str, String)], body: &[u8]) -> Ans
 }
 
 fn create_download(stack: &Stack, user: &str, id: &str) -> (u16, Value) {
-    api(
-        stack,
-        user,
-        "POST",
-        "files/download",
-        items(vec![json!({"id": id})]),
-    )
+    post_one(stack, user, "files/download", json!({"id": id}))
 }
 
 fn create_upload(stack: &Stack, user: &str, id: &str, policy: &str) -> (String, String) {
-    let (st, body) = api(
+    let (st, body) = post_one(
         stack,
         user,
-        "POST",
         "files/upload",
-        items(vec![json!({
-        "id": id, "type": "FILE", "supportedProtocols": ["CHUNKED"], "conflictPolicy": policy})]),
+        json!({
+        "id": id, "type": "FILE", "supportedProtocols": ["CHUNKED"], "conflictPolicy": policy}),
     );
     assert_eq!(st, 200, "{body}");
     let r = &body["responses"][0];

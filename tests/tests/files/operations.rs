@@ -10,37 +10,28 @@ fn folders_copies_moves_and_conflict_policies() {
     let d = stack.drive_of(ALICE);
     let s = ScratchDir::new(&alice, "files");
     let base = format!("/{d}/{}", s.dir);
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/folder",
-        items(vec![
-            json!({"id": format!("{base}/new"), "conflictPolicy": "REJECT"}),
-        ]),
+        json!({"id": format!("{base}/new"), "conflictPolicy": "REJECT"}),
     );
     assert_eq!(st, 200, "{body}");
     // Go's BulkResponse[util.Empty]: an empty object per item.
     assert_eq!(body["responses"], json!([{}]));
     assert_eq!(owner(&s.local("new")), uid_of(&alice), "created as Alice");
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/folder",
-        items(vec![
-            json!({"id": format!("{base}/new"), "conflictPolicy": "REJECT"}),
-        ]),
+        json!({"id": format!("{base}/new"), "conflictPolicy": "REJECT"}),
     );
     refused(st, &body, 409, "REJECT on an existing folder");
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/folder",
-        items(vec![
-            json!({"id": format!("{base}/new"), "conflictPolicy": "RENAME"}),
-        ]),
+        json!({"id": format!("{base}/new"), "conflictPolicy": "RENAME"}),
     );
     assert_eq!((st, &body["responses"]), (200, &json!([{}])));
     assert!(
@@ -49,14 +40,7 @@ fn folders_copies_moves_and_conflict_policies() {
     );
 
     as_user(&alice, &format!("cd {} && mkdir -p src/deep && printf one > src/a.txt && printf two > src/deep/b && ln -s /etc/shadow src/link", s.dir));
-    let (st, body) = api(
-        &stack,
-        ALICE,
-        "POST",
-        "files/copy",
-        items(vec![json!({
-        "oldId": format!("{base}/src"), "newId": format!("{base}/new/src"), "conflictPolicy": "REJECT"})]),
-    );
+    let (st, body) = relocate(&stack, "files/copy", &base, "src", "new/src", "REJECT");
     assert_eq!(st, 200, "{body}");
     assert_eq!(std::fs::read(s.local("new/src/deep/b")).unwrap(), b"two");
     assert_eq!(
@@ -69,24 +53,10 @@ fn folders_copies_moves_and_conflict_policies() {
     assert_eq!(owner(&s.local("new/src/deep/b")), uid_of(&alice));
     // Copy again: REPLACE puts a fresh copy in place; RENAME makes src(1).
     as_user(&alice, &format!("printf changed > {}/new/src/a.txt", s.dir));
-    let (st, body) = api(
-        &stack,
-        ALICE,
-        "POST",
-        "files/copy",
-        items(vec![json!({
-        "oldId": format!("{base}/src"), "newId": format!("{base}/new/src"), "conflictPolicy": "REPLACE"})]),
-    );
+    let (st, body) = relocate(&stack, "files/copy", &base, "src", "new/src", "REPLACE");
     assert_eq!(st, 200, "{body}");
     assert_eq!(std::fs::read(s.local("new/src/a.txt")).unwrap(), b"one");
-    let (st, body) = api(
-        &stack,
-        ALICE,
-        "POST",
-        "files/copy",
-        items(vec![json!({
-        "oldId": format!("{base}/src"), "newId": format!("{base}/new/src"), "conflictPolicy": "RENAME"})]),
-    );
+    let (st, body) = relocate(&stack, "files/copy", &base, "src", "new/src", "RENAME");
     assert_eq!((st, &body["responses"]), (200, &json!([{}])));
     assert_eq!(
         std::fs::read(s.local("new/src(1)/a.txt")).unwrap(),
@@ -101,14 +71,7 @@ fn folders_copies_moves_and_conflict_policies() {
             s.dir
         ),
     );
-    let (st, body) = api(
-        &stack,
-        ALICE,
-        "POST",
-        "files/move",
-        items(vec![json!({
-        "oldId": format!("{base}/m"), "newId": format!("{base}/src"), "conflictPolicy": "MERGE_RENAME"})]),
-    );
+    let (st, body) = relocate(&stack, "files/move", &base, "m", "src", "MERGE_RENAME");
     assert_eq!(st, 200, "{body}");
     assert_eq!(std::fs::read(s.local("src/a.txt")).unwrap(), b"one");
     assert_eq!(std::fs::read(s.local("src/a(1).txt")).unwrap(), b"mine");
@@ -122,28 +85,14 @@ fn folders_copies_moves_and_conflict_policies() {
             s.dir
         ),
     );
-    let (st, body) = api(
-        &stack,
-        ALICE,
-        "POST",
-        "files/copy",
-        items(vec![json!({
-        "oldId": format!("{base}/cm"), "newId": format!("{base}/src"), "conflictPolicy": "MERGE_RENAME"})]),
-    );
+    let (st, body) = relocate(&stack, "files/copy", &base, "cm", "src", "MERGE_RENAME");
     assert_eq!(st, 200, "{body}");
     assert_eq!(std::fs::read(s.local("src/a(2).txt")).unwrap(), b"copy");
     assert_eq!(std::fs::read(s.local("src/deep/d")).unwrap(), b"d");
     assert_eq!(std::fs::read(s.local("src/deep/c")).unwrap(), b"c");
     assert_eq!(std::fs::read(s.local("cm/a.txt")).unwrap(), b"copy");
     // Moving a folder into itself is refused.
-    let (st, body) = api(
-        &stack,
-        ALICE,
-        "POST",
-        "files/move",
-        items(vec![json!({
-        "oldId": format!("{base}/src"), "newId": format!("{base}/src/deep/x"), "conflictPolicy": "REJECT"})]),
-    );
+    let (st, body) = relocate(&stack, "files/move", &base, "src", "src/deep/x", "REJECT");
     refused(st, &body, 400, "move into itself");
     // No transient entries are left behind.
     let leftovers = as_user(&alice, &format!("find {} -name '.ucloud-im-*'", s.dir));
@@ -231,12 +180,11 @@ fn trash_is_restorable_and_empties() {
     let base = format!("/{d}/{}", s.dir);
     let name = unique("trashme");
     as_user(&alice, &format!("printf keep > {}/{name}", s.dir));
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/trash",
-        items(vec![json!({"id": format!("{base}/{name}")})]),
+        json!({"id": format!("{base}/{name}")}),
     );
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["responses"], json!([{}]));
@@ -255,40 +203,36 @@ fn trash_is_restorable_and_empties() {
         "the trash remembers where it came from"
     );
     // Restore = move back to the recorded path.
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/move",
-        items(vec![json!({
-        "oldId": in_trash, "newId": info["path"], "conflictPolicy": "REJECT"})]),
+        json!({
+        "oldId": in_trash, "newId": info["path"], "conflictPolicy": "REJECT"}),
     );
     assert_eq!(st, 200, "{body}");
     assert_eq!(std::fs::read(s.local(&name)).unwrap(), b"keep");
     // Trash it again and empty the trash.
-    let (st, _) = api(
+    let (st, _) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/trash",
-        items(vec![json!({"id": format!("{base}/{name}")})]),
+        json!({"id": format!("{base}/{name}")}),
     );
     assert_eq!(st, 200);
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/emptyTrash",
-        items(vec![json!({"id": format!("/{d}/Trash")})]),
+        json!({"id": format!("/{d}/Trash")}),
     );
     assert_eq!(st, 200, "{body}");
     assert!(!exists(&format!("{home}/Trash/{name}")));
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/emptyTrash",
-        items(vec![json!({"id": base.clone()})]),
+        json!({"id": base.clone()}),
     );
     refused(st, &body, 400, "emptyTrash on a non-trash folder");
     assert!(

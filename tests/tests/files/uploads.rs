@@ -111,13 +111,12 @@ fn chunked_uploads_resume_refuse_bad_chunks_and_appear_whole() {
     assert_eq!(partial().trim(), "", "no partial file left");
 
     // REJECT at creation when the target exists; RENAME at completion.
-    let (st, body) = api(
+    let (st, body) = post_one(
         &stack,
         ALICE,
-        "POST",
         "files/upload",
-        items(vec![json!({
-        "id": id, "type": "FILE", "supportedProtocols": ["CHUNKED"], "conflictPolicy": "REJECT"})]),
+        json!({
+        "id": id, "type": "FILE", "supportedProtocols": ["CHUNKED"], "conflictPolicy": "REJECT"}),
     );
     refused(st, &body, 409, "upload onto an existing file with REJECT");
     let (url, token) = create_upload(&stack, ALICE, &id, "RENAME");

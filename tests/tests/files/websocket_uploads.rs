@@ -7,13 +7,12 @@ use super::*;
 
 /// A WEBSOCKET_V1 upload link for `target`, as path and query on the direct gateway.
 fn websocket_upload(stack: &Stack, target: &str, policy: &str) -> String {
-    let (st, body) = api(
+    let (st, body) = post_one(
         stack,
         ALICE,
-        "POST",
         "files/upload",
-        items(vec![json!({"id": target, "type": "FILE",
-            "supportedProtocols": ["WEBSOCKET_V1"], "conflictPolicy": policy})]),
+        json!({"id": target, "type": "FILE",
+            "supportedProtocols": ["WEBSOCKET_V1"], "conflictPolicy": policy}),
     );
     assert_eq!(st, 200, "{body}");
     let response = &body["responses"][0];
