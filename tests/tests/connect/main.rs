@@ -27,6 +27,15 @@ use ucloud_im_tests::{
 
 const ALICE: &str = "AliceHansen#1001";
 
+/// A registry answer refusing with `status`.
+fn assert_refused(v: &Value, status: i64, what: &str) {
+    assert_eq!(
+        (v["ok"].clone(), v["status"].clone()),
+        (json!(false), json!(status)),
+        "{what}: {v}"
+    );
+}
+
 fn connect_bin(stack: &Stack) -> String {
     let bin = stack.bin("ucloud-connect");
     assert!(

@@ -2,6 +2,7 @@
 //! damaged links.
 
 use super::*;
+use std::path::PathBuf;
 
 /// One raw request on the registry socket, as root; the answer as JSON.
 fn raw_request(stack: &Stack, line: &[u8]) -> Value {
@@ -39,6 +40,46 @@ fn raw_request_as(stack: &Stack, user: &str, line: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", described(&out)))
 }
 
+/// A ucloud-connect that exited with `code`, saying `why` (if given).
+fn assert_exit(out: &Output, code: i32, why: Option<&str>, what: &str) {
+    assert_eq!(out.status.code(), Some(code), "{what}: {}", described(out));
+    if let Some(why) = why {
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{}",
+            described(out)
+        );
+    }
+}
+
+/// A ticket of `ucloud` planted by root in the ticket store, in the registry's
+/// format, that expired `ago_ms` ago after `lifetime_ms`.
+fn plant_expired_ticket(
+    stack: &Stack,
+    ticket: &str,
+    ucloud: &str,
+    ago_ms: u64,
+    lifetime_ms: u64,
+) -> PathBuf {
+    let planted = stack.state_dir().join("tickets").join(ticket);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let expires = now - ago_ms;
+    std::fs::write(
+        &planted,
+        json!({"ucloud": ucloud, "created": expires - lifetime_ms, "expires": expires}).to_string(),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &planted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    planted
+}
+
 /// Altered, truncated, expired tickets, and hostile requests, are refused and map
 /// nothing. The real ticket presented first by a system account, an
 /// account with a disabled shell and root is refused and stays valid for the right
@@ -53,25 +94,13 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
 
     let last = ticket.chars().last().unwrap();
     let altered = format!("{}{}\n", &ticket[..42], if last == 'A' { 'B' } else { 'A' });
-    let out = redeem_as(&stack, Some(&dave.name), &altered, &["--yes"]);
-    assert_eq!(out.status.code(), Some(77), "altered: {}", described(&out));
-    let out = redeem_as(&stack, Some(&dave.name), &ticket[..40], &["--yes"]);
-    assert_eq!(
-        out.status.code(),
-        Some(77),
-        "truncated: {}",
-        described(&out)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a connection ticket"),
-        "{}",
-        described(&out)
-    );
-    let out = redeem_as(&stack, Some(&dave.name), "../../etc/passwd\n", &["--yes"]);
-    assert_eq!(out.status.code(), Some(77), "path: {}", described(&out));
+    let as_dave = |input: &str| redeem_as(&stack, Some(&dave.name), input, &["--yes"]);
+    assert_exit(&as_dave(&altered), 77, None, "altered");
+    let why = Some("not a connection ticket");
+    assert_exit(&as_dave(&ticket[..40]), 77, why, "truncated");
+    assert_exit(&as_dave("../../etc/passwd\n"), 77, None, "path");
     // Endless standard input: refused after a bounded read, nothing sent.
-    let out = redeem_as(&stack, Some(&dave.name), &"A".repeat(1 << 20), &["--yes"]);
-    assert_eq!(out.status.code(), Some(64), "endless: {}", described(&out));
+    assert_exit(&as_dave(&"A".repeat(1 << 20)), 64, None, "endless");
 
     // The real ticket, presented first by the wrong accounts: each is refused with
     // the reason, and the ticket is not spent.
@@ -82,18 +111,12 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
     ];
     for (user, why) in &wrong {
         let out = redeem_as(&stack, user.as_deref(), &line, &["--yes"]);
-        assert_eq!(out.status.code(), Some(77), "{user:?}: {}", described(&out));
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert!(said.contains(why), "{user:?}: {}", described(&out));
+        assert_exit(&out, 77, Some(why), &format!("{user:?}"));
     }
     // A client that skips the preview and asks root's connect outright: the same.
     let asked = json!({"op": "connect", "ticket": ticket, "ucloud": ucloud});
     let v = raw_request(&stack, format!("{asked}\n").as_bytes());
-    assert_eq!(
-        (v["ok"].clone(), v["status"].clone()),
-        (json!(false), json!(77)),
-        "{v}"
-    );
+    assert_refused(&v, 77, "root's connect");
     assert!(
         stack.mapping_of(&ucloud).is_none(),
         "mapped to a wrong account"
@@ -117,11 +140,7 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
         ),
     ] {
         let v = raw_request(&stack, format!("{request}\n").as_bytes());
-        assert_eq!(
-            (v["ok"].clone(), v["status"].clone()),
-            (json!(false), json!(status)),
-            "{request}: {v}"
-        );
+        assert_refused(&v, status, &request.to_string());
     }
     // The same as Dave, whose account could connect: a connect that does not name
     // the UCloud user, or names another than the ticket's, connects nothing.
@@ -137,11 +156,7 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
         ),
     ] {
         let v = raw_request_as(&stack, &dave.name, &format!("{request}\n"));
-        assert_eq!(
-            (v["ok"].clone(), v["status"].clone()),
-            (json!(false), json!(status)),
-            "{request}: {v}"
-        );
+        assert_refused(&v, status, &request.to_string());
     }
     assert!(stack.mapping_of(&ucloud).is_none(), "connected unconfirmed");
     // Dave's preview says what the ticket is for, and spends nothing.
@@ -159,28 +174,8 @@ fn bad_tickets_and_unsuitable_accounts_are_refused() {
     // Expired: a ticket whose time is up (planted by root in the ticket store in the
     // registry's format; waiting 10 minutes would be a waste of CI time).
     let expired_ticket = format!("E{}", &mint(&stack, &ucloud)[1..]);
-    let planted = stack.state_dir().join("tickets").join(&expired_ticket);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    std::fs::write(
-        &planted,
-        json!({"ucloud": ucloud, "created": now - 700_000, "expires": now - 100_000}).to_string(),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &planted,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let out = redeem_as(&stack, Some(&dave.name), &expired_ticket, &["--yes"]);
-    assert_eq!(out.status.code(), Some(77), "expired: {}", described(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("expired"),
-        "{}",
-        described(&out)
-    );
+    let planted = plant_expired_ticket(&stack, &expired_ticket, &ucloud, 100_000, 600_000);
+    assert_exit(&as_dave(&expired_ticket), 77, Some("expired"), "expired");
     assert!(!planted.exists(), "the expired ticket was not removed");
 
     assert!(
