@@ -36,31 +36,11 @@ fn drive_of(stack: &Stack, ucloud: &str) -> String {
     drive
 }
 
-/// The whole flow: connect → ticket page → the person runs
-/// ucloud-connect → approveConnection reaches UCloud → requests run as them →
-/// unlinked → refused with a reason, and UCloud hears clearConnection.
-#[test]
-fn connect_page_redeem_use_and_unlink() {
-    let stack = Stack::load();
-    let ucloud = unique_account("CarolConnect#");
-    let carol = ScratchAccount::new(&stack, "ctest-", &ucloud);
-
-    let (status, answer) = integration(&stack, "connect", &ucloud);
-    assert_eq!(status, 200, "integration/connect: {answer}");
-    let redirect = answer["redirectTo"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{answer}"));
-    let (ticket, user) = ticket_of(&stack, redirect);
-    let ticket = ticket.as_str();
-    assert_eq!(user, ucloud.replace('#', "%23"), "{redirect}");
-    assert!(
-        stack.mapping_of(&ucloud).is_none(),
-        "mapped before the ticket was redeemed"
-    );
-
-    // The browser follows the redirect as given, over TLS through the balancer: a
-    // page that names the UCloud user and shows the ticket apart from the command,
-    // no token needed.
+/// The ticket page `redirect` leads to: followed as given, over TLS through the
+/// balancer, a page that names the UCloud user and shows the ticket apart from the
+/// command, no token needed; the same link on the direct gateway (plain HTTP, no
+/// balancer) shows the same page: showing it does not use the ticket up.
+fn shows_the_ticket_page(stack: &Stack, redirect: &str, ticket: &str, ucloud: &str) {
     let shown = stack.follow_link(redirect, &[]);
     let page = shown.text();
     assert_eq!(shown.status, 200, "{}\n{page}", shown.head);
@@ -83,17 +63,42 @@ fn connect_page_redeem_use_and_unlink() {
         !page.contains(&format!("ucloud-connect {ticket}")),
         "the page shows the ticket on a command line:\n{page}"
     );
-    // The same link on the direct gateway (plain HTTP, no balancer) shows the same
-    // page: showing it does not use the ticket up.
     let (_, target) = stack.direct_target(redirect);
-    let (status, head, direct_page) = browser_get(&stack, &target);
+    let (status, head, direct_page) = browser_get(stack, &target);
     assert_eq!(status, 200, "{head}\n{direct_page}");
     assert_eq!(direct_page, page, "the direct gateway shows another page");
+}
+
+/// The whole flow: connect → ticket page → the person runs
+/// ucloud-connect → approveConnection reaches UCloud → requests run as them →
+/// unlinked → refused with a reason, and UCloud hears clearConnection.
+#[test]
+fn connect_page_redeem_use_and_unlink() {
+    let stack = Stack::load();
+    let ucloud = unique_account("CarolConnect#");
+    let carol = ScratchAccount::new(&stack, "ctest-", &ucloud);
+
+    let (status, answer) = integration(&stack, "connect", &ucloud);
+    assert_eq!(status, 200, "integration/connect: {answer}");
+    let redirect = answer["redirectTo"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    let (ticket, user) = ticket_of(&stack, redirect);
+    let ticket = ticket.as_str();
+    assert_eq!(user, ucloud.replace('#', "%23"), "{redirect}");
+    assert!(
+        stack.mapping_of(&ucloud).is_none(),
+        "mapped before the ticket was redeemed"
+    );
+
+    // The browser follows the redirect as given, over TLS through the balancer, and
+    // on the direct gateway.
+    shows_the_ticket_page(&stack, redirect, ticket, &ucloud);
 
     // Without a terminal and without --yes nobody confirmed: nothing is connected,
     // the refusal names both, and the ticket stays valid.
     let out = redeem_as(&stack, Some(&carol.name), &format!("{ticket}\n"), &[]);
-    assert_eq!(out.status.code(), Some(77), "{}", described(&out));
+    assert_exit(&out, 77, None, "unconfirmed");
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(
         why.contains(&ucloud) && why.contains(&carol.name) && why.contains("--yes"),
@@ -126,10 +131,7 @@ fn connect_page_redeem_use_and_unlink() {
         .expect("no mapping after ucloud-connect");
     assert_eq!(m["local"], carol.name.as_str());
     assert_eq!(m["uid"], carol.uid());
-    assert!(
-        within(15, || sim_heard(&stack, "approveConnection", &ucloud)),
-        "the simulator never heard approveConnection for {ucloud}"
-    );
+    assert_heard(&stack, "approveConnection", &ucloud);
     let audit_says = stack.audit_lines().iter().any(|l| {
         serde_json::from_str::<Value>(l).is_ok_and(|v| {
             v["action"] == "connect"
@@ -167,12 +169,7 @@ fn connect_page_redeem_use_and_unlink() {
 
     // The same ticket again: spent.
     let again = redeem_as(&stack, Some(&carol.name), ticket, &["--yes"]);
-    assert_eq!(again.status.code(), Some(77), "{}", described(&again));
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("used already"),
-        "{}",
-        described(&again)
-    );
+    assert_exit(&again, 77, Some("used already"), "again");
 
     // UCloud says the user disconnected.
     let (status, answer) = integration(&stack, "unlinked", &ucloud);
@@ -191,10 +188,7 @@ fn connect_page_redeem_use_and_unlink() {
         why.contains(&ucloud) && why.contains("connect"),
         "why: {refusal}"
     );
-    assert!(
-        within(15, || sim_heard(&stack, "clearConnection", &ucloud)),
-        "the simulator never heard clearConnection for {ucloud}"
-    );
+    assert_heard(&stack, "clearConnection", &ucloud);
     // Unlinked again: still {} (UCloud retries), nothing to remove.
     assert_eq!(integration(&stack, "unlinked", &ucloud), (200, json!({})));
 }

@@ -36,6 +36,27 @@ fn assert_refused(v: &Value, status: i64, what: &str) {
     );
 }
 
+/// A ucloud-connect that exited with `code`, saying `why` (if given).
+fn assert_exit(out: &Output, code: i32, why: Option<&str>, what: &str) {
+    assert_eq!(out.status.code(), Some(code), "{what}: {}", described(out));
+    if let Some(why) = why {
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{}",
+            described(out)
+        );
+    }
+}
+
+/// UCloud's `what` call (approveConnection, clearConnection) for `ucloud` reached the
+/// simulator within 15 s.
+fn assert_heard(stack: &Stack, what: &str, ucloud: &str) {
+    assert!(
+        within(15, || sim_heard(stack, what, ucloud)),
+        "the simulator never heard {what} for {ucloud}"
+    );
+}
+
 fn connect_bin(stack: &Stack) -> String {
     let bin = stack.bin("ucloud-connect");
     assert!(

@@ -40,18 +40,6 @@ fn raw_request_as(stack: &Stack, user: &str, line: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", described(&out)))
 }
 
-/// A ucloud-connect that exited with `code`, saying `why` (if given).
-fn assert_exit(out: &Output, code: i32, why: Option<&str>, what: &str) {
-    assert_eq!(out.status.code(), Some(code), "{what}: {}", described(out));
-    if let Some(why) = why {
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(why),
-            "{}",
-            described(out)
-        );
-    }
-}
-
 /// A ticket of `ucloud` planted by root in the ticket store, in the registry's
 /// format, that expired `ago_ms` ago after `lifetime_ms`.
 fn plant_expired_ticket(

@@ -62,10 +62,7 @@ fn old_mappings_expire() {
         "no audit line for the expiry of {by_sweep}"
     );
     for name in [&by_cli, &by_sweep] {
-        assert!(
-            within(15, || sim_heard(&stack, "clearConnection", name)),
-            "the simulator never heard clearConnection for {name}"
-        );
+        assert_heard(&stack, "clearConnection", name);
         let (status, refusal) = browse(&stack, name, "1");
         assert!((400..500).contains(&status), "{status} {refusal}");
     }
