@@ -3,6 +3,44 @@
 
 use super::*;
 
+/// A client that sends the head of a 1,000,000-byte chunk at the resume point and
+/// `part` of its body, then vanishes.
+fn vanish_mid_chunk(url: &str, token: &str, total: usize, part: &[u8]) {
+    let (host, target) = split_url(url);
+    let mut conn = TcpStream::connect(&host).unwrap();
+    let head = format!("POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n\
+        Chunked-Upload-Token: {token}\r\nChunked-Upload-Offset: -1\r\nChunked-Upload-Total-Size: {total}\r\n\r\n");
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(part).unwrap();
+}
+
+/// Waits (10 s at most) until the upload takes a chunk at `offset` again.
+fn wait_for_resume_point(url: &str, token: &str, offset: i64, total: usize) {
+    let started = std::time::Instant::now();
+    loop {
+        let probe = chunk(url, token, offset, total, &[]);
+        if probe.status == 200 || started.elapsed().as_secs() > 10 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The size of the first partial file `find` listed (relative to `user`'s home),
+/// 0 for none.
+fn partial_size(user: &str, listing: &str) -> u64 {
+    listing
+        .trim()
+        .lines()
+        .next()
+        .map(|f| {
+            std::fs::metadata(format!("{}/{f}", home_of(user)))
+                .unwrap()
+                .len()
+        })
+        .unwrap_or(0)
+}
+
 #[test]
 fn chunked_uploads_resume_refuse_bad_chunks_and_appear_whole() {
     let stack = Stack::load();
@@ -58,36 +96,11 @@ fn chunked_uploads_resume_refuse_bad_chunks_and_appear_whole() {
     assert_eq!(a.status, 400, "a chunk longer than the declared size");
 
     // The client vanishes in the middle of a chunk: nothing of it is kept.
-    {
-        let (host, target) = split_url(&url);
-        let mut conn = TcpStream::connect(&host).unwrap();
-        let head = format!("POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000\r\n\
-            Chunked-Upload-Token: {token}\r\nChunked-Upload-Offset: -1\r\nChunked-Upload-Total-Size: {total}\r\n\r\n");
-        conn.write_all(head.as_bytes()).unwrap();
-        conn.write_all(&data[1_000_000..1_400_000]).unwrap();
-        drop(conn);
-    }
+    vanish_mid_chunk(&url, &token, total, &data[1_000_000..1_400_000]);
     // The plugin cuts the partial file back; wait for it (bounded), then resume.
-    let size = |p: &str| -> u64 {
-        p.trim()
-            .lines()
-            .next()
-            .map(|f| {
-                std::fs::metadata(format!("{}/{f}", home_of(&alice)))
-                    .unwrap()
-                    .len()
-            })
-            .unwrap_or(0)
-    };
-    let started = std::time::Instant::now();
-    loop {
-        let probe = chunk(&url, &token, 1_000_000, total, &[]);
-        if probe.status == 200 || started.elapsed().as_secs() > 10 {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(size(&partial()), 1_000_000, "the broken chunk was cut off");
+    wait_for_resume_point(&url, &token, 1_000_000, total);
+    let size = partial_size(&alice, &partial());
+    assert_eq!(size, 1_000_000, "the broken chunk was cut off");
     assert!(!exists(&s.local("up.bin")));
     let a = chunk(&url, &token, -1, total, &data[1_000_000..2_000_000]);
     assert_eq!(
