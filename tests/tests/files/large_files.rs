@@ -138,23 +138,11 @@ fn chunk_bytes(block: &mut [u8], i: usize) {
     block[..8].copy_from_slice(&(i as u64).to_le_bytes());
 }
 
-#[test]
-fn a_gib_round_trips_byte_for_byte_with_flat_memory() {
-    let stack = Stack::load();
-    let alice = stack.local_of(ALICE);
-    let d = stack.drive_of(ALICE);
-    let s = ScratchDir::new(&alice, "files");
-    let id = format!("/{d}/{}/gib.bin", s.dir);
-    let (url, token) = create_upload(&stack, ALICE, &id, "REJECT");
-    let (host, target) = split_url(&url);
-    let mut block = vec![0u8; CHUNK_16MB];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut block)
-        .unwrap();
-
-    // Upload: 16 MB chunks on one keep-alive connection, as a browser sends them.
-    let sampler = Sampler::start(uid_of(&alice));
+/// GIB bytes (`block` refilled per chunk) sent to an upload link in 16 MB chunks on
+/// one keep-alive connection, as a browser sends them: the digest of what was sent,
+/// the seconds it took and the serving gateway's peak memory (KiB).
+fn upload_gib(url: &str, token: &str, block: &mut [u8]) -> (String, f64, u64) {
+    let (host, target) = split_url(url);
     let mut sent = hasher();
     let mut conn = TcpStream::connect(&host).unwrap();
     let gateway = gateway_of(&conn);
@@ -165,7 +153,7 @@ fn a_gib_round_trips_byte_for_byte_with_flat_memory() {
             break;
         }
         let n = CHUNK_16MB.min(GIB - offset);
-        chunk_bytes(&mut block, i);
+        chunk_bytes(block, i);
         sent.stdin.as_mut().unwrap().write_all(&block[..n]).unwrap();
         let head = format!(
             "POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {n}\r\n\
@@ -187,23 +175,13 @@ fn a_gib_round_trips_byte_for_byte_with_flat_memory() {
     let up_secs = started.elapsed().as_secs_f64();
     let (_, _, gateway_hwm) = proc_status(&gateway).expect("the gateway is still serving us");
     drop(conn);
-    let uploaded = sampler.finish();
-    let sent = digest(sent);
-    assert_eq!(
-        std::fs::metadata(s.local("gib.bin")).unwrap().len(),
-        GIB as u64
-    );
-    assert_eq!(owner(&s.local("gib.bin")), uid_of(&alice));
+    (digest(sent), up_secs, gateway_hwm)
+}
 
-    // Download through the chain, hashed as it arrives.
-    let sampler = Sampler::start(uid_of(&alice));
-    let (st, body) = create_download(&stack, ALICE, &id);
-    assert_eq!(st, 200, "{body}");
-    let url = body["responses"][0]["endpoint"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (host, target) = split_url(&url);
+/// A download link read to its end, hashed as it arrives: the digest, the seconds
+/// it took and the serving gateway's peak memory (KiB).
+fn download_gib(url: &str, block: &mut [u8]) -> (String, f64, u64) {
+    let (host, target) = split_url(url);
     let mut conn = TcpStream::connect(&host).unwrap();
     let download_gateway = gateway_of(&conn);
     let started = std::time::Instant::now();
@@ -233,12 +211,44 @@ fn a_gib_round_trips_byte_for_byte_with_flat_memory() {
     let (_, _, download_gateway_hwm) =
         proc_status(&download_gateway).expect("the gateway is still serving us");
     drop(conn);
-    let downloaded = sampler.finish();
+    (digest(got), down_secs, download_gateway_hwm)
+}
+
+#[test]
+fn a_gib_round_trips_byte_for_byte_with_flat_memory() {
+    let stack = Stack::load();
+    let alice = stack.local_of(ALICE);
+    let d = stack.drive_of(ALICE);
+    let s = ScratchDir::new(&alice, "files");
+    let id = format!("/{d}/{}/gib.bin", s.dir);
+    let (url, token) = create_upload(&stack, ALICE, &id, "REJECT");
+    let mut block = vec![0u8; CHUNK_16MB];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut block)
+        .unwrap();
+
+    // Upload: 16 MB chunks on one keep-alive connection, as a browser sends them.
+    let sampler = Sampler::start(uid_of(&alice));
+    let (sent, up_secs, gateway_hwm) = upload_gib(&url, &token, &mut block);
+    let uploaded = sampler.finish();
     assert_eq!(
-        digest(got),
-        sent,
-        "the download is the upload, byte for byte"
+        std::fs::metadata(s.local("gib.bin")).unwrap().len(),
+        GIB as u64
     );
+    assert_eq!(owner(&s.local("gib.bin")), uid_of(&alice));
+
+    // Download through the chain, hashed as it arrives.
+    let sampler = Sampler::start(uid_of(&alice));
+    let (st, body) = create_download(&stack, ALICE, &id);
+    assert_eq!(st, 200, "{body}");
+    let url = body["responses"][0]["endpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (got, down_secs, download_gateway_hwm) = download_gib(&url, &mut block);
+    let downloaded = sampler.finish();
+    assert_eq!(got, sent, "the download is the upload, byte for byte");
     eprintln!(
         "1 GiB: upload {:.0} MB/s, download {:.0} MB/s; gateway peak {} / {} KiB",
         GIB as f64 / up_secs / 1e6,
