@@ -218,6 +218,37 @@ fn usage_errors_exit_64() {
 
 /// The whole life of a mapping: add (through the sender to the simulated UCloud and
 /// back), the files it writes, a browse through the chain as the new user, remove.
+/// The drive `ucloud` got, once UCloud registered it (the registry syncs until then,
+/// 15 s at most).
+fn drive_once_registered(stack: &Stack, ucloud: &str) -> String {
+    let mut drive = String::new();
+    let recorded = within(15, || {
+        let _ = stack.registry(&["sync"]);
+        drive = list(stack)
+            .get(ucloud)
+            .map(|r| r.2.clone())
+            .unwrap_or_default();
+        !drive.is_empty() && drive != "pending"
+    });
+    assert!(
+        recorded,
+        "the drive of {ucloud} is still {drive:?}: is the sender running?"
+    );
+    drive
+}
+
+/// A record of the store (a mapping or a drive file): root's, with `mode`, and JSON.
+fn root_record(path: &Path, mode: u32) -> Value {
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, mode),
+        "{}",
+        path.display()
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[test]
 fn add_browse_remove_round_trip() {
     let _serial = serial();
@@ -227,22 +258,7 @@ fn add_browse_remove_round_trip() {
 
     let out = stack.registry(&["add", &ucloud, &user.name, "--wait", "20"]);
     assert!(out.status.success(), "add: {}", described(&out));
-    let drive = {
-        let mut drive = String::new();
-        let recorded = within(15, || {
-            let _ = stack.registry(&["sync"]);
-            drive = list(&stack)
-                .get(&ucloud)
-                .map(|r| r.2.clone())
-                .unwrap_or_default();
-            !drive.is_empty() && drive != "pending"
-        });
-        assert!(
-            recorded,
-            "the drive of {ucloud} is still {drive:?}: is the sender running?"
-        );
-        drive
-    };
+    let drive = drive_once_registered(&stack, &ucloud);
     assert_eq!(
         list(&stack)[&ucloud],
         (user.name.clone(), user.uid().to_string(), drive.clone())
@@ -253,23 +269,14 @@ fn add_browse_remove_round_trip() {
     );
 
     let mapping = stack.state_dir().join("mappings").join(hex(&ucloud));
-    let meta = std::fs::metadata(&mapping).expect("no mapping file");
-    assert_eq!(
-        (meta.uid(), meta.mode() & 0o777),
-        (0, 0o600),
-        "{}",
-        mapping.display()
-    );
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mapping).unwrap()).unwrap();
+    let m = root_record(&mapping, 0o600);
     assert_eq!(m["ucloud"], ucloud.as_str());
     assert_eq!(m["local"], user.name.as_str());
     assert_eq!(m["uid"], user.uid());
     assert!(m["created"].as_u64().unwrap() > 1_600_000_000_000, "{m}");
 
     let drive_file = stack.state_dir().join("drives").join(&drive);
-    let meta = std::fs::metadata(&drive_file).expect("no drive file");
-    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o644));
-    let d: Value = serde_json::from_str(&std::fs::read_to_string(&drive_file).unwrap()).unwrap();
+    let d = root_record(&drive_file, 0o644);
     assert_eq!(d["id"], drive.as_str());
     assert_eq!(d["local"], user.name.as_str());
     assert_eq!(d["base"], user.home().as_str());
