@@ -27,22 +27,10 @@ fn redeem_on_terminal(stack: &Stack, user: &str, typed: &str, args: &[&str]) -> 
     child.wait_with_output().unwrap()
 }
 
-/// The stolen ticket: while ucloud-connect holds the ticket (the registry
-/// is kept busy, so the client waits with it), another local user reads every
-/// /proc/PID/cmdline and environ it can, as a watcher would: the ticket is in none.
-/// The watcher does see the client's command line, so a ticket in it would be found.
-#[test]
-fn a_local_user_watching_proc_never_sees_the_ticket() {
-    let stack = Stack::load();
-    let ucloud = unique_account("KimWatched#");
-    let victim = ScratchAccount::new(&stack, "ctest-", &ucloud);
-    let watcher = ScratchAccount::new(&stack, "ctest-", &unique_account("MalloryWatch#"));
-    let ticket = mint(&stack, &ucloud);
-    let bin = connect_bin(&stack);
-
-    // Hold the registry's lock: the registry answering the client waits for it.
+/// `flock` holding the registry's lock until its standard input closes.
+fn hold_the_registry_lock(stack: &Stack) -> std::process::Child {
     let lock = stack.state_dir().join("registry.lock");
-    let mut holder = Command::new("flock")
+    let holder = Command::new("flock")
         .arg(&lock)
         .arg("cat")
         .stdin(Stdio::piped())
@@ -59,6 +47,45 @@ fn a_local_user_watching_proc_never_sees_the_ticket() {
             .success()
     };
     assert!(within(10, held), "cannot take the registry lock");
+    holder
+}
+
+/// The pid of the ucloud-connect client `bin` of `uid` once it holds a socket: it
+/// has read the ticket then (it reads, then asks).
+fn asking_client(bin: &str, uid: u32) -> u32 {
+    let mut pid = None;
+    let asking = within(20, || {
+        pid = client_pid(bin, uid);
+        pid.is_some_and(|p| {
+            std::fs::read_dir(format!("/proc/{p}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+                })
+        })
+    });
+    assert!(asking, "ucloud-connect never connected to the registry");
+    pid.unwrap()
+}
+
+/// The stolen ticket: while ucloud-connect holds the ticket (the registry
+/// is kept busy, so the client waits with it), another local user reads every
+/// /proc/PID/cmdline and environ it can, as a watcher would: the ticket is in none.
+/// The watcher does see the client's command line, so a ticket in it would be found.
+#[test]
+fn a_local_user_watching_proc_never_sees_the_ticket() {
+    let stack = Stack::load();
+    let ucloud = unique_account("KimWatched#");
+    let victim = ScratchAccount::new(&stack, "ctest-", &ucloud);
+    let watcher = ScratchAccount::new(&stack, "ctest-", &unique_account("MalloryWatch#"));
+    let ticket = mint(&stack, &ucloud);
+    let bin = connect_bin(&stack);
+
+    // Hold the registry's lock: the registry answering the client waits for it.
+    let mut holder = hold_the_registry_lock(&stack);
 
     let mut client = Command::new("runuser")
         .args(["-u", &victim.name, "--", &bin, "--yes"])
@@ -74,24 +101,7 @@ fn a_local_user_watching_proc_never_sees_the_ticket() {
         .unwrap()
         .write_all(format!("{ticket}\n").as_bytes())
         .unwrap();
-    // The client has read the ticket once it holds a socket: it reads, then asks.
-    let victim_uid = victim.uid();
-    let mut pid = None;
-    let asking = within(20, || {
-        pid = client_pid(&bin, victim_uid);
-        pid.is_some_and(|p| {
-            std::fs::read_dir(format!("/proc/{p}/fd"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|fd| {
-                    std::fs::read_link(fd.path())
-                        .is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
-                })
-        })
-    });
-    assert!(asking, "ucloud-connect never connected to the registry");
-    let pid = pid.unwrap();
+    let pid = asking_client(&bin, victim.uid());
 
     let seen = run_as(
         &watcher.name,
