@@ -12,6 +12,7 @@ mod registry;
 mod services;
 mod sim;
 mod stack;
+mod tokens;
 mod wait;
 mod websocket;
 
@@ -24,5 +25,6 @@ pub use registry::{described, hex};
 pub use services::{kill_and_wait, signal};
 pub use sim::{parse_call_output, sim_log};
 pub use stack::{env_file, parse_env, Stack};
+pub use tokens::{base64, base64url, hs256, openssl, rs256};
 pub use wait::{wait_until, within};
 pub use websocket::{ws_client_frame, ws_connect, ws_server_frame, ws_upgrade};

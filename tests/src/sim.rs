@@ -1,5 +1,5 @@
-//! UCloud as the simulator plays it: bearer tokens, calls the way UCloud makes them,
-//! and the log of what it heard.
+//! UCloud as the simulator plays it: calls the way UCloud makes them, and the log of
+//! what it heard.
 
 use crate::stack::checked;
 use crate::Stack;
@@ -8,29 +8,12 @@ use std::process::Command;
 impl Stack {
     /// The simulator with none of the variables it takes defaults from: what a
     /// test's own environment holds (a sourced stack.env, say) changes nothing.
-    fn sim(&self) -> Command {
+    pub(crate) fn sim(&self) -> Command {
         let mut command = Command::new(self.bin("ucloud-sim"));
         for name in ["UCLOUD_IM_LB_URL", "UCLOUD_IM_GATEWAY_URL", "UCLOUD_IM_CA"] {
             command.env_remove(name);
         }
         command
-    }
-
-    /// A UCloud bearer token from the simulator; `extra` goes after the fixed options
-    /// (e.g. `["--fresh"]`, `["--lifetime", "7200"]`).
-    pub fn token(&self, extra: &[&str]) -> String {
-        let output = self
-            .sim()
-            .arg("token")
-            .args(["--signing-key", &self.get("UCLOUD_SIM_PRIVATE_KEY")])
-            .args(["--state", &self.get("UCLOUD_IM_STATE")])
-            .args(extra)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run ucloud-sim token: {e}"));
-        let stdout = checked("ucloud-sim token", &output);
-        let token = stdout.trim().to_string();
-        assert!(!token.is_empty(), "ucloud-sim token printed nothing");
-        token
     }
 
     /// One call the way UCloud makes it (as `user`, or without a user), in plain HTTP

@@ -26,7 +26,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use ucloud_im_tests::{hex, home_of, Stack};
+use ucloud_im_tests::{base64url, hex, home_of, hs256, openssl, rs256, Stack};
 
 static INSTALL: RwLock<()> = RwLock::new(());
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -78,40 +78,7 @@ impl Drop for Scratch {
     }
 }
 
-// --- tokens, made here so that hostile ones can be made too ---------------------
-
-fn b64url(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
-fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the tests need the openssl command");
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+// --- tokens ----------------------------------------------------------------------
 
 fn good_claims() -> Value {
     let t = now();
@@ -125,19 +92,6 @@ fn claims_with(changes: &[(&str, Value)]) -> Value {
         claims[*key] = value.clone();
     }
     claims
-}
-
-fn rs256(key_file: &str, claims: &Value) -> String {
-    let signing_input = format!(
-        "{}.{}",
-        b64url(br#"{"alg":"RS256","typ":"JWT"}"#),
-        b64url(claims.to_string().as_bytes())
-    );
-    let signature = openssl(
-        &["dgst", "-sha256", "-sign", key_file],
-        signing_input.as_bytes(),
-    );
-    format!("{signing_input}.{}", b64url(&signature))
 }
 
 // --- running the dispatcher ----------------------------------------------------

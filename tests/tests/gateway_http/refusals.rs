@@ -2,6 +2,7 @@
 //! bodies, unknown calls, bad tokens, bad users.
 
 use super::*;
+use ucloud_im_tests::{base64, base64url};
 
 #[test]
 fn malformed_request_lines_get_400_and_a_closed_connection() {
@@ -104,7 +105,7 @@ fn bad_tokens_get_401() {
     let stack = Stack::load();
     let p = provider(&stack);
     let user = stack.users()[0].0.clone();
-    let user_header = format!("UCloud-Username: {}\r\n", base64(&user));
+    let user_header = format!("UCloud-Username: {}\r\n", base64(user.as_bytes()));
     let call = |auth: &str| {
         let raw = format!("POST /ucloud/{p}/files/browse HTTP/1.1\r\n{auth}{user_header}Content-Length: 2\r\n\r\n{{}}");
         exchange(&stack, raw.as_bytes()).0
@@ -121,8 +122,8 @@ fn bad_tokens_get_401() {
     // A valid token's signature with a changed payload.
     let good = stack.token(&[]);
     let mut parts: Vec<&str> = good.split('.').collect();
-    let forged_payload = base64_url(
-        r#"{"sub":"_UCloud","role":"SERVICE","iss":"cloud.sdu.dk","aud":["all:write"],"iat":1,"exp":99999999999}"#,
+    let forged_payload = base64url(
+        br#"{"sub":"_UCloud","role":"SERVICE","iss":"cloud.sdu.dk","aud":["all:write"],"iat":1,"exp":99999999999}"#,
     );
     parts[1] = &forged_payload;
     let why = call(&format!("Authorization: Bearer {}\r\n", parts.join(".")))
@@ -135,7 +136,10 @@ fn bad_users_and_bodies_get_400_before_dispatch() {
     let stack = Stack::load();
     let p = provider(&stack);
     let auth = format!("Authorization: Bearer {}\r\n", stack.token(&[]));
-    let user = format!("UCloud-Username: {}\r\n", base64(&stack.users()[0].0));
+    let user = format!(
+        "UCloud-Username: {}\r\n",
+        base64(stack.users()[0].0.as_bytes())
+    );
     let call = |headers: &str, body: &str| {
         let raw = format!("POST /ucloud/{p}/files/browse HTTP/1.1\r\n{auth}{headers}Content-Length: {}\r\n\r\n{body}", body.len());
         exchange(&stack, raw.as_bytes()).0
@@ -146,33 +150,4 @@ fn bad_users_and_bodies_get_400_before_dispatch() {
     assert!(why.contains("UCloud-Username"), "{why}");
     let why = call(&user, "{not json").assert_error(400, "BAD_REQUEST");
     assert!(why.contains("JSON"), "{why}");
-}
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64(text: &str) -> String {
-    let mut out = String::new();
-    for chunk in text.as_bytes().chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn base64_url(text: &str) -> String {
-    base64(text)
-        .trim_end_matches('=')
-        .replace('+', "-")
-        .replace('/', "_")
 }
