@@ -1,5 +1,5 @@
-//! Local accounts: commands run as one, names no other test uses, and accounts made
-//! for one test and removed after it.
+//! Local accounts and scratch space: commands run as an account, names no other test
+//! uses, and accounts and folders in a home made for one test and removed after it.
 
 use crate::Stack;
 use std::process::{Command, Output};
