@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, run_as, unique, Stack};
+use ucloud_im_tests::{as_user, job_id, run_as, unique, ScratchDir, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -24,47 +24,6 @@ fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
-}
-
-/// A folder in a user's home, made and removed as that user.
-struct Scratch {
-    user: String,
-    dir: String,
-}
-
-impl Scratch {
-    fn new(user: &str, files: &str) -> Scratch {
-        let dir = unique("lb-session");
-        let out = run_as(
-            user,
-            &[
-                "sh",
-                "-c",
-                &format!("cd && mkdir {dir} && cd {dir} && {files}"),
-            ],
-        );
-        assert!(out.status.success(), "{}", text(&out));
-        Scratch {
-            user: user.to_string(),
-            dir,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        let out = run_as(&self.user, &["sh", "-c", "cd && pwd"]);
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-            .join(&self.dir)
-            .join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = run_as(
-            &self.user,
-            &["sh", "-c", &format!("cd && rm -rf {}", self.dir)],
-        );
-    }
 }
 
 /// The balancer-facing gateway's log from a point on: socket activation's
@@ -163,6 +122,81 @@ fn job(stack: &Stack, id: &str, script: &str) -> Value {
     stack.shell_job(ALICE, id, script, 5)
 }
 
+/// `ucloud-sim follow` of `job` through the balancer (its Slurm job cancelled once
+/// the stream ends): the stream's lines.
+fn follow_to_the_end(stack: &Stack, job: &Value, slurm_id: &str) -> Vec<Value> {
+    let followed = sim(stack, &stack_vars(stack))
+        .arg("follow")
+        .args(["--signing-key", &stack.get("UCLOUD_SIM_PRIVATE_KEY")])
+        .args(["--state", &stack.get("UCLOUD_IM_STATE")])
+        .args(["--user", ALICE])
+        .arg(job.to_string())
+        .output()
+        .expect("ucloud-sim follow");
+    let _ = Command::new("scancel").arg(slurm_id).status();
+    assert!(followed.status.success(), "{}", text(&followed));
+    String::from_utf8_lossy(&followed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// The balancer-facing gateway logged, for each of `calls`, the address of the client
+/// from the PROXY header: never one of the balancer's own ends, which socket
+/// activation logged as the TCP peers.
+fn no_client_is_the_balancer(text: &str, calls: &[&str]) {
+    let peers = tcp_peers(text);
+    assert!(!peers.is_empty(), "no accepted connections logged:\n{text}");
+    for r in requests(text) {
+        if !calls.contains(&r.call.as_str()) {
+            continue;
+        }
+        let client = r
+            .client
+            .unwrap_or_else(|| panic!("{} {}: no client address logged", r.call, r.status));
+        assert!(
+            !peers.contains(&client),
+            "{}: the logged client {client} is the balancer's end of the connection",
+            r.call
+        );
+    }
+}
+
+/// A UCloud session through the balancer that counts the connections it makes, so
+/// that the balancer's counter can be held against them.
+struct Session<'s> {
+    stack: &'s Stack,
+    connections: u64,
+}
+
+impl Session<'_> {
+    /// `call` (a path under the provider's `/ucloud/PROVIDER/`) as `user`.
+    fn call(
+        &mut self,
+        user: Option<&str>,
+        method: &str,
+        call: &str,
+        body: Option<String>,
+    ) -> (u16, Value) {
+        self.connections += 1;
+        let path = format!("/ucloud/{}/{call}", self.stack.get("UCLOUD_IM_PROVIDER"));
+        self.stack.call_public(user, method, &path, body.as_deref())
+    }
+
+    /// The link of a createUpload or createDownload answer, which must point at the
+    /// balancer.
+    fn link<'b>(&self, body: &'b Value, what: &str) -> &'b str {
+        let endpoint = body["responses"][0]["endpoint"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            endpoint.starts_with(&format!("{}/", self.stack.get("UCLOUD_IM_LB_URL"))),
+            "the {what} link is not under the balancer: {body}"
+        );
+        endpoint
+    }
+}
+
 /// The simulator in the stack's environment, with exactly the variables given of
 /// those it takes defaults from.
 fn sim(stack: &Stack, vars: &[(&str, String)]) -> Command {
@@ -189,45 +223,36 @@ fn a_ucloud_session_runs_through_the_balancer() {
         "1",
         "the stack runs no Slurm cluster; rerun scripts/stack up"
     );
-    let p = stack.get("UCLOUD_IM_PROVIDER");
     let alice = stack.local_of(ALICE);
     let drive = stack.drive_of(ALICE);
-    let scratch = Scratch::new(&alice, "printf 'from the login node' > hello.txt");
+    let scratch = ScratchDir::new(&alice, "lb-session");
+    as_user(
+        &alice,
+        &format!(
+            "cd {} && printf 'from the login node' > hello.txt",
+            scratch.dir
+        ),
+    );
     let folder = format!("/{drive}/{}", scratch.dir);
     let log = GatewayLog::mark(&stack);
     let before = stack.lb_metric(BACKEND_CONNECTIONS);
-    let mut connections = 0;
+    let mut session = Session {
+        stack: &stack,
+        connections: 0,
+    };
 
-    let (status, body) = stack.call_public(
-        None,
-        "GET",
-        &format!("/ucloud/{p}/integration/retrieveManifest"),
-        None,
-    );
-    connections += 1;
+    let (status, body) = session.call(None, "GET", "integration/retrieveManifest", None);
     assert_eq!((status, &body["enabled"]), (200, &json!(true)), "{body}");
 
-    let (status, body) = stack.call_public(
-        None,
-        "GET",
-        &format!("/ucloud/{p}/jobs/retrieveProducts"),
-        None,
-    );
-    connections += 1;
+    let (status, body) = session.call(None, "GET", "jobs/retrieveProducts", None);
     assert_eq!(status, 200, "{body}");
     assert!(
         body["responses"].as_array().is_some_and(|r| !r.is_empty()),
         "no products: {body}"
     );
 
-    let browse = format!("/ucloud/{p}/files/browse");
-    let (status, body) = stack.call_public(
-        Some(ALICE),
-        "POST",
-        &browse,
-        Some(&browse_body(&stack, &drive, &folder)),
-    );
-    connections += 1;
+    let listing = browse_body(&stack, &drive, &folder);
+    let (status, body) = session.call(Some(ALICE), "POST", "files/browse", Some(listing));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         body["items"][0]["id"],
@@ -237,52 +262,36 @@ fn a_ucloud_session_runs_through_the_balancer() {
 
     // The upload link UCloud hands the browser, followed as given.
     let content = format!("uploaded through the balancer {}", unique("x"));
-    let (status, body) = stack.call_public(
+    let upload = json!({"items": [{"id": format!("{folder}/up.txt"), "type": "FILE",
+        "supportedProtocols": ["CHUNKED"], "conflictPolicy": "REJECT"}]});
+    let (status, body) = session.call(
         Some(ALICE),
         "POST",
-        &format!("/ucloud/{p}/files/upload"),
-        Some(
-            &json!({"items": [{"id": format!("{folder}/up.txt"), "type": "FILE",
-                "supportedProtocols": ["CHUNKED"], "conflictPolicy": "REJECT"}]})
-            .to_string(),
-        ),
+        "files/upload",
+        Some(upload.to_string()),
     );
-    connections += 1;
     assert_eq!(status, 200, "{body}");
-    let endpoint = body["responses"][0]["endpoint"]
-        .as_str()
-        .unwrap_or_default();
+    let endpoint = session.link(&body, "upload");
     let token = body["responses"][0]["token"].as_str().unwrap_or_default();
-    assert!(
-        endpoint.starts_with(&format!("{}/", stack.get("UCLOUD_IM_LB_URL"))),
-        "the upload link is not under the balancer: {body}"
-    );
     let up = stack.upload_in_one_chunk(endpoint, token, content.len(), &content);
-    connections += 1;
+    session.connections += 1;
     assert_eq!(up.status, 200, "{}\n{}", up.head, up.text());
-    let written = scratch.path("up.txt");
+    let written = PathBuf::from(scratch.local("up.txt"));
     assert_eq!(std::fs::read_to_string(&written).unwrap(), content);
     let owner = run_as(&alice, &["stat", "-c", "%U", written.to_str().unwrap()]);
     assert_eq!(String::from_utf8_lossy(&owner.stdout).trim(), alice);
 
     // The download link, followed as given.
-    let (status, body) = stack.call_public(
+    let download = json!({"items": [{"id": format!("{folder}/hello.txt")}]});
+    let (status, body) = session.call(
         Some(ALICE),
         "POST",
-        &format!("/ucloud/{p}/files/download"),
-        Some(&json!({"items": [{"id": format!("{folder}/hello.txt")}]}).to_string()),
+        "files/download",
+        Some(download.to_string()),
     );
-    connections += 1;
     assert_eq!(status, 200, "{body}");
-    let endpoint = body["responses"][0]["endpoint"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(
-        endpoint.starts_with(&format!("{}/", stack.get("UCLOUD_IM_LB_URL"))),
-        "the download link is not under the balancer: {body}"
-    );
-    let down = stack.follow_link(endpoint, &[]);
-    connections += 1;
+    let down = stack.follow_link(session.link(&body, "download"), &[]);
+    session.connections += 1;
     assert_eq!(
         (down.status, down.text().as_str()),
         (200, "from the login node"),
@@ -292,13 +301,8 @@ fn a_ucloud_session_runs_through_the_balancer() {
 
     // Refusals come back through the balancer in UCloud's error form.
     let bob_drive = stack.drive_of(BOB);
-    let (status, body) = stack.call_public(
-        Some(ALICE),
-        "POST",
-        &browse,
-        Some(&browse_body(&stack, &bob_drive, &format!("/{bob_drive}"))),
-    );
-    connections += 1;
+    let theirs = browse_body(&stack, &bob_drive, &format!("/{bob_drive}"));
+    let (status, body) = session.call(Some(ALICE), "POST", "files/browse", Some(theirs));
     assert!([403, 404].contains(&status), "{status}: {body}");
     assert!(
         body["why"].is_string() && body["errorCode"].is_string(),
@@ -309,13 +313,8 @@ fn a_ucloud_session_runs_through_the_balancer() {
     // balancer.
     let marker = job_id();
     let mut job = job(&stack, &marker, &format!("echo {marker}"));
-    let (status, body) = stack.call_public(
-        Some(ALICE),
-        "POST",
-        &format!("/ucloud/{p}/jobs"),
-        Some(&json!({ "items": [job] }).to_string()),
-    );
-    connections += 1;
+    let jobs = json!({ "items": [job] });
+    let (status, body) = session.call(Some(ALICE), "POST", "jobs", Some(jobs.to_string()));
     assert_eq!(status, 200, "jobs.create: {body}");
     let provider_id = body["responses"][0]["id"]
         .as_str()
@@ -323,21 +322,8 @@ fn a_ucloud_session_runs_through_the_balancer() {
         .to_string();
     job["providerGeneratedId"] = json!(provider_id);
     let slurm_id = provider_id.rsplit('/').next().unwrap().to_string();
-    let followed = sim(&stack, &stack_vars(&stack))
-        .arg("follow")
-        .args(["--signing-key", &stack.get("UCLOUD_SIM_PRIVATE_KEY")])
-        .args(["--state", &stack.get("UCLOUD_IM_STATE")])
-        .args(["--user", ALICE])
-        .arg(job.to_string())
-        .output()
-        .expect("ucloud-sim follow");
-    connections += 1;
-    let _ = Command::new("scancel").arg(&slurm_id).status();
-    assert!(followed.status.success(), "{}", text(&followed));
-    let lines: Vec<Value> = String::from_utf8_lossy(&followed.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
+    let lines = follow_to_the_end(&stack, &job, &slurm_id);
+    session.connections += 1;
     let stdout: String = lines
         .iter()
         .filter(|l| l["type"] == "message")
@@ -348,14 +334,13 @@ fn a_ucloud_session_runs_through_the_balancer() {
     // Every one of those connections went to the gateway through the balancer (others
     // may use the stack meanwhile: at least ours).
     let through = stack.lb_metric(BACKEND_CONNECTIONS) - before;
+    let connections = session.connections;
     assert!(
         through >= connections,
         "{connections} connections made, the balancer passed {through} to the gateway"
     );
 
-    // The balancer-facing gateway served each call, and logged the address of the
-    // client from the PROXY header: never one of the balancer's own ends, which
-    // socket activation logged as the TCP peers.
+    // The balancer-facing gateway served each call, and logged the client's address.
     let calls = [
         "integration.retrieveManifest",
         "jobs.retrieveProducts",
@@ -367,22 +352,7 @@ fn a_ucloud_session_runs_through_the_balancer() {
         "jobs.create",
         "jobs.follow",
     ];
-    let text = log.wait_for(&calls);
-    let peers = tcp_peers(&text);
-    assert!(!peers.is_empty(), "no accepted connections logged:\n{text}");
-    for r in requests(&text) {
-        if !calls.contains(&r.call.as_str()) {
-            continue;
-        }
-        let client = r
-            .client
-            .unwrap_or_else(|| panic!("{} {}: no client address logged", r.call, r.status));
-        assert!(
-            !peers.contains(&client),
-            "{}: the logged client {client} is the balancer's end of the connection",
-            r.call
-        );
-    }
+    no_client_is_the_balancer(&log.wait_for(&calls), &calls);
 }
 
 /// A client from an address of its own (127.0.0.2; all of 127/8 is loopback): the

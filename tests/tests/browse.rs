@@ -5,20 +5,10 @@
 
 use serde_json::{json, Value};
 use std::process::Command;
-use ucloud_im_tests::{run_as, uid_of, unique, Stack};
+use ucloud_im_tests::{as_user, run_as, uid_of, unique, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
-
-/// Runs `script` with `sh -c` in `user`'s home, as `user`.
-fn as_user(user: &str, script: &str) {
-    let out = run_as(user, &["sh", "-c", &format!("cd && {script}")]);
-    assert!(
-        out.status.success(),
-        "as {user}: {script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A directory in `user`'s home with files of known size and age, removed on drop.
 struct Fixture {

@@ -424,7 +424,7 @@ fn stack_installs_a_root_owned_prefix_with_a_setuid_dispatcher() {
         group_of("ucloud-send"),
     );
     expect(prefix.join("var/lib/ucloud-im/mappings"), 0o700, 0);
-    // Where the dispatcher counts refused callers' records (issue 14).
+    // Where the dispatcher counts refused callers' records.
     expect(prefix.join("var/lib/ucloud-im/audit-limit"), 0o700, 0);
     expect(prefix.join("var/lib/ucloud-im/drives"), 0o755, 0);
     for dir in ["tmp", "queue", "replies", "failed", "usage"] {

@@ -11,7 +11,9 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, uid_of, ws_client_frame, ws_connect, ws_server_frame, Stack};
+use ucloud_im_tests::{
+    base64url, job_id, uid_of, ws_client_frame, ws_connect, ws_server_frame, Stack,
+};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -389,22 +391,6 @@ fn a_job_slurm_has_forgotten_is_followed_from_accounting() {
     assert!(!output.status.success());
     assert!(output.stdout.is_empty(), "Bob saw {:?}", output.stdout);
     assert_eq!(failure(&output)["status"], 404, "{:?}", output);
-}
-
-/// RFC 4648 base64url without padding (UCloud's `usernameHint`).
-fn base64url(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 /// The gateway pings every 30 s (ucloud-gateway(8)), so a job that prints nothing

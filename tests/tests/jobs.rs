@@ -8,8 +8,7 @@ use serde_json::{json, Value};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, run_as, uid_of, unique, Stack};
+use ucloud_im_tests::{job_id, run_as, uid_of, unique, wait_until, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -124,14 +123,6 @@ fn slurm_jobs_named(name: &str) -> Vec<String> {
         .collect()
 }
 
-fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {seconds} s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn state_of(slurm_id: &str) -> String {
     show_job(slurm_id)
         .get("JobState")
@@ -156,25 +147,14 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-#[test]
-fn alice_runs_a_real_slurm_job_that_bob_cannot_stop_and_she_can() {
-    let stack = Stack::with_slurm();
-    let id = job_id();
-    let invocation = json!(words(&["sh", "-c", "echo job-started; sleep 300"]));
-    let (status, body) = create(&stack, ALICE, &[job(&stack, &id, invocation, json!({}), 2)]);
-    assert_eq!(status, 200, "jobs.create: {body}");
-    let responses = body["responses"].as_array().expect("responses: a list");
-    assert_eq!(responses.len(), 1, "{body}");
-    let slurm_id = slurm_id_of(&responses[0]);
-
-    // The Slurm job is Alice's, named and tagged, with the product's resources.
-    let alice = stack.local_of(ALICE);
-    let folder = job_folder(&alice, &id);
-    let shown = show_job(&slurm_id);
+/// Slurm job `slurm_id` is `alice`'s, named `id` and tagged, with the product's
+/// resources (2 CPUs), running in `folder`.
+fn submitted_as(slurm_id: &str, alice: &str, id: &str, folder: &Path) {
+    let shown = show_job(slurm_id);
     let field = |key: &str| shown.get(key).cloned().unwrap_or_default();
     assert_eq!(
         field("UserId"),
-        format!("{alice}({})", uid_of(&alice)),
+        format!("{alice}({})", uid_of(alice)),
         "{shown:?}"
     );
     assert_eq!(field("JobName"), id);
@@ -189,26 +169,48 @@ fn alice_runs_a_real_slurm_job_that_bob_cannot_stop_and_she_can() {
         "{shown:?}"
     );
     assert_eq!(Path::new(&field("WorkDir")), folder);
+}
+
+/// The job's folder and what the job wrote are `alice`'s, the folder closed to others.
+fn private_to(alice: &str, folder: &Path, stdout: &Path) {
+    for path in [folder, stdout, &folder.join("job.sbatch")] {
+        let meta = std::fs::metadata(path).unwrap();
+        assert_eq!(
+            meta.uid(),
+            uid_of(alice),
+            "{} is not Alice's",
+            path.display()
+        );
+    }
+    assert_eq!(
+        std::fs::metadata(folder).unwrap().mode() & 0o077,
+        0,
+        "job folder open to others"
+    );
+}
+
+#[test]
+fn alice_runs_a_real_slurm_job_that_bob_cannot_stop_and_she_can() {
+    let stack = Stack::with_slurm();
+    let id = job_id();
+    let invocation = json!(words(&["sh", "-c", "echo job-started; sleep 300"]));
+    let (status, body) = create(&stack, ALICE, &[job(&stack, &id, invocation, json!({}), 2)]);
+    assert_eq!(status, 200, "jobs.create: {body}");
+    let responses = body["responses"].as_array().expect("responses: a list");
+    assert_eq!(responses.len(), 1, "{body}");
+    let slurm_id = slurm_id_of(&responses[0]);
+
+    // The Slurm job is Alice's, named and tagged, with the product's resources.
+    let alice = stack.local_of(ALICE);
+    let folder = job_folder(&alice, &id);
+    submitted_as(&slurm_id, &alice, &id, &folder);
 
     // Its output lands in Alice's job folder, written by Alice.
     let stdout = folder.join("stdout.txt");
     wait_until("the job's first line", 30, || {
         read(&stdout).contains("job-started")
     });
-    for path in [&folder, &stdout, &folder.join("job.sbatch")] {
-        let meta = std::fs::metadata(path).unwrap();
-        assert_eq!(
-            meta.uid(),
-            uid_of(&alice),
-            "{} is not Alice's",
-            path.display()
-        );
-    }
-    assert_eq!(
-        std::fs::metadata(&folder).unwrap().mode() & 0o077,
-        0,
-        "job folder open to others"
-    );
+    private_to(&alice, &folder, &stdout);
 
     // The same job id again is refused, and nothing new is submitted.
     let again = job(&stack, &id, json!(words(&["true"])), json!({}), 1);

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, kill_and_wait, run_as, Stack};
+use ucloud_im_tests::{hex, job_id, kill_and_wait, run_as, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -23,10 +23,6 @@ fn stack() -> Stack {
     let stack = Stack::with_slurm();
     stack.get("UCLOUD_IM_MONITOR_SOCKET");
     stack
-}
-
-fn hex(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A job `owner` submits by hand, named and tagged exactly like jobs.create's
@@ -277,7 +273,7 @@ fn lookups_naming(stack: &Stack, ids: &[String]) -> Vec<Value> {
         .collect()
 }
 
-/// The attacks of the hardening issue's items 7 and 9: Alice submits jobs by hand,
+/// Jobs made to look like UCloud's: Alice submits jobs by hand,
 /// named and tagged like UCloud jobs: for her own real UCloud job (failing at
 /// once, to end it early as FAILURE), for Bob's, and for many jobs UCloud knows
 /// but the module never submitted. None of them changes a state at UCloud, none

@@ -11,8 +11,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, sim_log, Stack};
+use ucloud_im_tests::{run_as, sim_log, wait_until, Stack};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -108,14 +107,6 @@ fn catalogue(stack: &Stack) -> Vec<Value> {
     let (status, page) = call(token, "GET", &path, None);
     assert_eq!(status, 200, "{page}");
     page["items"].as_array().expect("a page of items").clone()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -258,6 +249,7 @@ fn a_broken_table_is_refused_and_nothing_is_sent() {
     drop(_restore);
     wait_until(
         "the running sender has looked at the restored table",
+        20,
         || held() > before,
     );
     assert_eq!(registrations(&stack).len(), sent);

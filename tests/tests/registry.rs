@@ -7,11 +7,13 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{run_as, sim_log, unique_account, ScratchAccount, Stack};
+use ucloud_im_tests::{
+    described, hex, run_as, sim_log, unique_account, within, ScratchAccount, Stack,
+};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -25,32 +27,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn registry(stack: &Stack, args: &[&str]) -> Output {
-    Command::new(stack.bin("ucloud-registry"))
-        .args(args)
-        .current_dir("/")
-        .output()
-        .expect("cannot run ucloud-registry")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}, stdout {:?}, stderr {:?}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn state(stack: &Stack) -> PathBuf {
-    stack.prefix().join("var/lib/ucloud-im")
-}
-
 /// Every file of the mapping store and the drive table, with its content and mode.
 fn snapshot(stack: &Stack) -> BTreeMap<String, (String, u32)> {
     let mut files = BTreeMap::new();
     for dir in ["mappings", "drives"] {
-        let dir = state(stack).join(dir);
+        let dir = stack.state_dir().join(dir);
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let path = entry.unwrap().path();
             let meta = std::fs::symlink_metadata(&path).unwrap();
@@ -61,14 +42,10 @@ fn snapshot(stack: &Stack) -> BTreeMap<String, (String, u32)> {
     files
 }
 
-fn hex(name: &str) -> String {
-    name.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `list` as `ucloudName -> (local, uid, drive)`.
 fn list(stack: &Stack) -> BTreeMap<String, (String, String, String)> {
-    let out = registry(stack, &["list"]);
-    assert!(out.status.success(), "list: {}", text(&out));
+    let out = stack.registry(&["list"]);
+    assert!(out.status.success(), "list: {}", described(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|line| {
@@ -95,17 +72,6 @@ fn audit_has(stack: &Stack, action: &str, ucloud: &str, decision: &str) -> bool 
                 && v["decision"] == decision
         })
     })
-}
-
-fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    done()
 }
 
 #[test]
@@ -180,13 +146,13 @@ fn refusals_change_nothing_and_say_why() {
     for (args, why) in cases {
         let before = snapshot(&stack);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = registry(&stack, &args);
-        assert_eq!(out.status.code(), Some(77), "{args:?}: {}", text(&out));
+        let out = stack.registry(&args);
+        assert_eq!(out.status.code(), Some(77), "{args:?}: {}", described(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains(why),
             "{args:?} should say {why:?}: {}",
-            text(&out)
+            described(&out)
         );
         assert_eq!(snapshot(&stack), before, "{args:?} changed the store");
         if args[1] == fresh {
@@ -216,12 +182,12 @@ fn only_root_may_run_it() {
             out.status.code(),
             Some(77),
             "{args:?} as {alice}: {}",
-            text(&out)
+            described(&out)
         );
         assert!(
             String::from_utf8_lossy(&out.stderr).contains("root"),
             "{}",
-            text(&out)
+            described(&out)
         );
     }
     assert!(
@@ -240,10 +206,10 @@ fn usage_errors_exit_64() {
         vec!["add", "A#1", "a", "--wait", "x"],
         vec!["list", "extra"],
     ] {
-        let out = registry(&stack, &args);
-        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", text(&out));
+        let out = stack.registry(&args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", described(&out));
     }
-    let help = registry(&stack, &["--help"]);
+    let help = stack.registry(&["--help"]);
     assert!(
         help.status.success()
             && String::from_utf8_lossy(&help.stdout).contains("ucloud-registry add")
@@ -252,6 +218,37 @@ fn usage_errors_exit_64() {
 
 /// The whole life of a mapping: add (through the sender to the simulated UCloud and
 /// back), the files it writes, a browse through the chain as the new user, remove.
+/// The drive `ucloud` got, once UCloud registered it (the registry syncs until then,
+/// 15 s at most).
+fn drive_once_registered(stack: &Stack, ucloud: &str) -> String {
+    let mut drive = String::new();
+    let recorded = within(15, || {
+        let _ = stack.registry(&["sync"]);
+        drive = list(stack)
+            .get(ucloud)
+            .map(|r| r.2.clone())
+            .unwrap_or_default();
+        !drive.is_empty() && drive != "pending"
+    });
+    assert!(
+        recorded,
+        "the drive of {ucloud} is still {drive:?}: is the sender running?"
+    );
+    drive
+}
+
+/// A record of the store (a mapping or a drive file): root's, with `mode`, and JSON.
+fn root_record(path: &Path, mode: u32) -> Value {
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, mode),
+        "{}",
+        path.display()
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[test]
 fn add_browse_remove_round_trip() {
     let _serial = serial();
@@ -259,24 +256,9 @@ fn add_browse_remove_round_trip() {
     let ucloud = unique_account("RTest#");
     let user = ScratchAccount::new(&stack, "rtest-", &ucloud);
 
-    let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
-    assert!(out.status.success(), "add: {}", text(&out));
-    let drive = {
-        let mut drive = String::new();
-        let recorded = wait_until(15, || {
-            let _ = registry(&stack, &["sync"]);
-            drive = list(&stack)
-                .get(&ucloud)
-                .map(|r| r.2.clone())
-                .unwrap_or_default();
-            !drive.is_empty() && drive != "pending"
-        });
-        assert!(
-            recorded,
-            "the drive of {ucloud} is still {drive:?}: is the sender running?"
-        );
-        drive
-    };
+    let out = stack.registry(&["add", &ucloud, &user.name, "--wait", "20"]);
+    assert!(out.status.success(), "add: {}", described(&out));
+    let drive = drive_once_registered(&stack, &ucloud);
     assert_eq!(
         list(&stack)[&ucloud],
         (user.name.clone(), user.uid().to_string(), drive.clone())
@@ -286,24 +268,15 @@ fn add_browse_remove_round_trip() {
         "no audit line for add"
     );
 
-    let mapping = state(&stack).join("mappings").join(hex(&ucloud));
-    let meta = std::fs::metadata(&mapping).expect("no mapping file");
-    assert_eq!(
-        (meta.uid(), meta.mode() & 0o777),
-        (0, 0o600),
-        "{}",
-        mapping.display()
-    );
-    let m: Value = serde_json::from_str(&std::fs::read_to_string(&mapping).unwrap()).unwrap();
+    let mapping = stack.state_dir().join("mappings").join(hex(&ucloud));
+    let m = root_record(&mapping, 0o600);
     assert_eq!(m["ucloud"], ucloud.as_str());
     assert_eq!(m["local"], user.name.as_str());
     assert_eq!(m["uid"], user.uid());
     assert!(m["created"].as_u64().unwrap() > 1_600_000_000_000, "{m}");
 
-    let drive_file = state(&stack).join("drives").join(&drive);
-    let meta = std::fs::metadata(&drive_file).expect("no drive file");
-    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o644));
-    let d: Value = serde_json::from_str(&std::fs::read_to_string(&drive_file).unwrap()).unwrap();
+    let drive_file = stack.state_dir().join("drives").join(&drive);
+    let d = root_record(&drive_file, 0o644);
     assert_eq!(d["id"], drive.as_str());
     assert_eq!(d["local"], user.name.as_str());
     assert_eq!(d["base"], user.home().as_str());
@@ -321,8 +294,8 @@ fn add_browse_remove_round_trip() {
 
     // A second add of the same name is refused and changes nothing.
     let before = snapshot(&stack);
-    let again = registry(&stack, &["add", &ucloud, &user.name]);
-    assert_eq!(again.status.code(), Some(77), "{}", text(&again));
+    let again = stack.registry(&["add", &ucloud, &user.name]);
+    assert_eq!(again.status.code(), Some(77), "{}", described(&again));
     assert_eq!(snapshot(&stack), before);
 
     // The new mapping works through the whole chain.
@@ -335,8 +308,8 @@ fn add_browse_remove_round_trip() {
     let (status, answer) = stack.call(Some(&ucloud), "POST", &browse, Some(&body));
     assert_eq!(status, 200, "browse as the new user: {answer}");
 
-    let out = registry(&stack, &["remove", &ucloud]);
-    assert!(out.status.success(), "remove: {}", text(&out));
+    let out = stack.registry(&["remove", &ucloud]);
+    assert!(out.status.success(), "remove: {}", described(&out));
     assert!(!mapping.exists(), "the mapping file is still there");
     assert!(!drive_file.exists(), "the drive file is still there");
     assert!(!list(&stack).contains_key(&ucloud));
@@ -350,10 +323,9 @@ fn add_browse_remove_round_trip() {
         "browse after remove: {status} {answer}"
     );
     assert!(
-        wait_until(15, || sim_log(&stack)
-            .iter()
-            .map(Value::to_string)
-            .any(|l| { l.contains("clearConnection") && l.contains(&ucloud) })),
+        within(15, || sim_log(&stack).iter().map(Value::to_string).any(
+            |l| { l.contains("clearConnection") && l.contains(&ucloud) }
+        )),
         "the simulator never heard clearConnection for {ucloud}"
     );
 }
@@ -374,25 +346,36 @@ fn path_like_ucloud_names_stay_in_the_store() {
         names.sort();
         names
     };
-    let before = (outside(&state(&stack)), outside(&state(&stack).join("..")));
-    let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
-    assert!(out.status.success(), "add {ucloud:?}: {}", text(&out));
-    let mapping = state(&stack).join("mappings").join(hex(&ucloud));
+    let before = (
+        outside(&stack.state_dir()),
+        outside(&stack.state_dir().join("..")),
+    );
+    let out = stack.registry(&["add", &ucloud, &user.name, "--wait", "20"]);
+    assert!(out.status.success(), "add {ucloud:?}: {}", described(&out));
+    let mapping = stack.state_dir().join("mappings").join(hex(&ucloud));
     assert!(mapping.is_file(), "{} is missing", mapping.display());
     assert_eq!(
-        (outside(&state(&stack)), outside(&state(&stack).join(".."))),
+        (
+            outside(&stack.state_dir()),
+            outside(&stack.state_dir().join(".."))
+        ),
         before
     );
     assert!(list(&stack).contains_key(&ucloud));
-    let out = registry(&stack, &["remove", &ucloud]);
-    assert!(out.status.success(), "remove {ucloud:?}: {}", text(&out));
+    let out = stack.registry(&["remove", &ucloud]);
+    assert!(
+        out.status.success(),
+        "remove {ucloud:?}: {}",
+        described(&out)
+    );
     assert!(!mapping.exists());
-    let reply = state(&stack)
+    let reply = stack
+        .state_dir()
         .join("outbox/replies")
         .join(format!("drive-{}.json", hex(&ucloud)));
-    let _ = registry(&stack, &["sync"]);
+    let _ = stack.registry(&["sync"]);
     assert!(!reply.exists(), "{} outlived the mapping", reply.display());
-    let mode = std::fs::metadata(state(&stack).join("mappings"))
+    let mode = std::fs::metadata(stack.state_dir().join("mappings"))
         .unwrap()
         .permissions()
         .mode();
@@ -424,19 +407,19 @@ fn concurrent_adds_of_one_name_map_it_once() {
         won.len(),
         1,
         "{} / {}",
-        text(&outcomes[0]),
-        text(&outcomes[1])
+        described(&outcomes[0]),
+        described(&outcomes[1])
     );
     let lost = outcomes.iter().find(|o| !o.status.success()).unwrap();
-    assert_eq!(lost.status.code(), Some(77), "{}", text(lost));
+    assert_eq!(lost.status.code(), Some(77), "{}", described(lost));
     assert!(
         String::from_utf8_lossy(&lost.stderr).contains("already mapped"),
         "{}",
-        text(lost)
+        described(lost)
     );
     let (local, _, _) = list(&stack)[&ucloud].clone();
     assert!(local == first.name || local == second.name, "{local}");
-    let mapping = state(&stack).join("mappings").join(hex(&ucloud));
+    let mapping = stack.state_dir().join("mappings").join(hex(&ucloud));
     let m: Value = serde_json::from_str(&std::fs::read_to_string(mapping).unwrap()).unwrap();
     assert_eq!(m["local"], local.as_str());
 }
@@ -444,8 +427,8 @@ fn concurrent_adds_of_one_name_map_it_once() {
 /// The drive id `list` shows for `ucloud` once UCloud has answered.
 fn drive_after_add(stack: &Stack, ucloud: &str) -> String {
     let mut drive = String::new();
-    let recorded = wait_until(20, || {
-        let _ = registry(stack, &["sync"]);
+    let recorded = within(20, || {
+        let _ = stack.registry(&["sync"]);
         drive = list(stack)
             .get(ucloud)
             .map(|r| r.2.clone())
@@ -482,23 +465,23 @@ fn a_user_who_connects_again_keeps_the_home_drive() {
     );
     assert!(made.status.success());
 
-    let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
-    assert!(out.status.success(), "add: {}", text(&out));
+    let out = stack.registry(&["add", &ucloud, &user.name, "--wait", "20"]);
+    assert!(out.status.success(), "add: {}", described(&out));
     let drive = drive_after_add(&stack, &ucloud);
     let (status, answer) = list_drive(&drive);
     assert_eq!(status, 200, "{answer}");
 
     for round in 0..2 {
-        let out = registry(&stack, &["remove", &ucloud]);
-        assert!(out.status.success(), "remove: {}", text(&out));
+        let out = stack.registry(&["remove", &ucloud]);
+        assert!(out.status.success(), "remove: {}", described(&out));
         let (status, answer) = list_drive(&drive);
         assert!(
             (400..500).contains(&status),
             "while disconnected: {status} {answer}"
         );
 
-        let out = registry(&stack, &["add", &ucloud, &user.name, "--wait", "20"]);
-        assert!(out.status.success(), "add again: {}", text(&out));
+        let out = stack.registry(&["add", &ucloud, &user.name, "--wait", "20"]);
+        assert!(out.status.success(), "add again: {}", described(&out));
         assert_eq!(drive_after_add(&stack, &ucloud), drive, "round {round}");
         let (status, answer) = list_drive(&drive);
         assert_eq!(status, 200, "after connecting again: {answer}");
@@ -521,7 +504,7 @@ fn a_user_who_connects_again_keeps_the_home_drive() {
         })
         .count();
     assert_eq!(looked_up, 3, "one look-up per connection");
-    let _ = registry(&stack, &["remove", &ucloud]);
+    let _ = stack.registry(&["remove", &ucloud]);
 }
 
 /// A raw client of the registry socket as `user` (socat, so the kernel records that

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, run_as, sim_log, unique, Stack};
+use std::time::Duration;
+use ucloud_im_tests::{job_id, run_as, sim_log, unique, wait_until, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 
@@ -57,14 +57,6 @@ fn enqueue(stack: &Stack, path: &str, body: &Value, reply: Option<&str>) -> Path
     fs::File::open(&tmp).unwrap().sync_all().unwrap();
     fs::rename(&tmp, &queued).unwrap();
     queued
-}
-
-fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {seconds} s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn update_body(job: &str, seq: usize) -> Value {

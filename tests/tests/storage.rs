@@ -325,6 +325,34 @@ fn drive_in<'r>(record: &'r Value, drive: &str) -> &'r Value {
         .unwrap_or_else(|| panic!("no drive {drive} in {record}"))
 }
 
+/// ucloud-du as the quota drop-in runs it holds exactly CAP_DAC_READ_SEARCH and
+/// CAP_SYS_ADMIN, in every set, as its own account.
+fn holds_what_the_drop_in_grants(stack: &Stack) {
+    let status = as_du(stack, QUOTA_CAPS)
+        .args(["cat", "/proc/self/status"])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let want = format!("{:016x}", (1u64 << 2) | (1u64 << 21));
+    for set in ["CapEff:", "CapPrm:", "CapAmb:", "CapBnd:"] {
+        assert_eq!(field(set), want, "{set} {status}");
+    }
+    assert_eq!(
+        field("Uid:"),
+        uid_of(&stack.get("UCLOUD_IM_DU_USER")).to_string()
+    );
+}
+
 #[test]
 fn a_btrfs_subvolume_drive_is_charged_its_qgroup_and_the_rest_is_walked_without_sys_admin() {
     let stack = Stack::load();
@@ -370,29 +398,7 @@ fn a_btrfs_subvolume_drive_is_charged_its_qgroup_and_the_rest_is_walked_without_
     );
 
     // The invocation holds exactly what the drop-in grants, as the account.
-    let status = as_du(&stack, QUOTA_CAPS)
-        .args(["cat", "/proc/self/status"])
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&status.stdout).into_owned();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in {status}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    };
-    let want = format!("{:016x}", (1u64 << 2) | (1u64 << 21));
-    for set in ["CapEff:", "CapPrm:", "CapAmb:", "CapBnd:"] {
-        assert_eq!(field(set), want, "{set} {status}");
-    }
-    assert_eq!(
-        field("Uid:"),
-        uid_of(&stack.get("UCLOUD_IM_DU_USER")).to_string()
-    );
+    holds_what_the_drop_in_grants(&stack);
 
     let record = du_record(&stack, QUOTA_CAPS, &["--drive", &drive, "--drive", &bob]);
     assert_eq!(record["sysAdmin"]["heldAtStart"], true, "{record}");

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, kill_and_wait, run_as, signal, Stack};
+use ucloud_im_tests::{job_id, kill_and_wait, run_as, signal, wait_until, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -203,14 +203,6 @@ fn reports_of(stack: &Stack, project: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-fn wait_until(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within {seconds} s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -276,7 +268,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     );
 }
 
-/// The attack on the parser (the hardening issue's first item): Alice holds a job
+/// The attack on the parser: Alice holds a job
 /// whose name carries a newline and a second row in Slurm's old output format,
 /// naming Bob's account and Bob's UCloud job. A monitor that reads Slurm line by
 /// line reports IN_QUEUE, RUNNING and SUCCESS for Bob's job, which never ran.
