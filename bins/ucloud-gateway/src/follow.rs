@@ -20,7 +20,6 @@ use crate::error::Reject;
 use crate::handle::{verify_bearer, Site};
 use crate::normalise::normalise;
 use crate::respond;
-use crate::websocket::{self as ws, Decoder, Message, Role};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -30,7 +29,8 @@ use std::process::{Child, ChildStdin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
-use ucloud_http::server::{write_head, Request};
+use ucloud_http::server::Request;
+use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
 use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::error::Failure;
 use ucloud_wire::names::UcloudName;
@@ -201,17 +201,10 @@ pub fn refuse(out: &mut impl Write, reject: Reject) -> Outcome {
 
 /// The 101 that turns the connection into a WebSocket; `Err` when the client is gone.
 pub fn switch_protocols(out: &mut impl Write, accept: &str) -> Result<(), Outcome> {
-    let headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", accept),
-    ];
-    write_head(out, 101, &headers)
-        .and_then(|()| out.flush())
-        .map_err(|e| Outcome {
-            status: 101,
-            note: format!("client gone: {e}"),
-        })
+    ws::switch_protocols(out, accept).map_err(|e| Outcome {
+        status: 101,
+        note: format!("client gone: {e}"),
+    })
 }
 
 /// What the upgrade request contributes to the envelope.
@@ -255,27 +248,7 @@ fn check_upgrade(site: &Site, req: &Request) -> Result<(Caller, String), Reject>
 
 /// The checks of an RFC 6455 upgrade request; the Sec-WebSocket-Accept value.
 pub fn upgrade_accept(req: &Request) -> Result<String, Reject> {
-    let has_token = |name: &str, token: &str| {
-        req.header(name)
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Err(Reject::BadRequest(
-            "this is a WebSocket endpoint: the request needs Upgrade: websocket and Connection: Upgrade".into(),
-        ));
-    }
-    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(Reject::BadRequest(
-            "only WebSocket version 13 (RFC 6455) is spoken: send Sec-WebSocket-Version: 13".into(),
-        ));
-    }
-    let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
-    if !ws::valid_key(key) {
-        return Err(Reject::BadRequest(
-            "Sec-WebSocket-Key is missing or not base64 of 16 bytes".into(),
-        ));
-    }
-    Ok(ws::accept_key(key))
+    ws::upgrade_accept(req).map_err(Reject::BadRequest)
 }
 
 /// Reads the client's frames until it leaves, breaks the protocol, sends more than

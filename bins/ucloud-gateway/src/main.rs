@@ -18,7 +18,6 @@ mod route;
 #[allow(unsafe_code)]
 mod sys;
 mod upload_ws;
-mod websocket;
 
 use error::Reject;
 use std::cell::{Cell, OnceCell, RefCell};

@@ -13,7 +13,6 @@ use crate::dispatch;
 use crate::error::Reject;
 use crate::follow::{refuse, switch_protocols, upgrade_accept, Outcome};
 use crate::handle::{transfer_request, transfer_token, Site};
-use crate::websocket::{self as ws, Decoder, Message, Role};
 use serde_json::Value;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::ChildStdin;
@@ -21,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
+use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
 use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::error::Failure;
 
