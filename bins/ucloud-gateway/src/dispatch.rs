@@ -3,7 +3,6 @@
 //! framed form (contracts.md).
 
 use crate::error::Reject;
-use crate::framing::{self, Frame};
 use crate::respond;
 use crate::sys;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -17,6 +16,7 @@ use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use ucloud_http::server::{write_head, write_last_chunk};
+use ucloud_wire::answer::{self, Frame};
 use ucloud_wire::error::Failure;
 
 /// The simple form's cap (contracts.md).
@@ -104,7 +104,7 @@ pub fn run(mut job: Job<'_>, out: &mut impl Write) -> Relayed {
             )
         }
     };
-    if framing::is_framed(&start) {
+    if answer::is_framed(&start) {
         let after = start
             .iter()
             .position(|&c| c == b'\n')
@@ -294,7 +294,7 @@ pub fn collect_stderr(mut err: ChildStderr) -> JoinHandle<Vec<u8>> {
 fn read_start(stdout: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut start = Vec::with_capacity(8192);
     let mut buf = [0u8; 8192];
-    while start.len() <= framing::MAGIC.len() + 1 {
+    while start.len() <= answer::MAGIC.len() + 1 {
         let n = stdout.read(&mut buf)?;
         if n == 0 {
             break;
@@ -437,7 +437,7 @@ fn relay_framed(
     let mut w = BufWriter::with_capacity(64 << 10, out);
     let mut status = 200;
     let ended = loop {
-        let frame = match framing::read_frame(&mut reader) {
+        let frame = match answer::read_frame(&mut reader) {
             Ok(frame) => frame,
             Err(e) => {
                 if mode.is_none() {

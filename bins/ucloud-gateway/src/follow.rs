@@ -31,6 +31,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
 use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
+use ucloud_wire::answer;
 use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::error::Failure;
 use ucloud_wire::names::UcloudName;
@@ -58,9 +59,6 @@ const BACKLOG_FRAMES: usize = 32;
 const BACKLOG_BYTES: usize = 4 << 20;
 /// How long a full backlog may stand still before the client is closed (1008).
 const BACKLOG_WAIT: Duration = Duration::from_secs(5);
-/// The plugin's first two lines (ucloud-im-protocol(7)).
-const MAGIC: &str = "UCLOUD-IM/1";
-const HEAD: &str = r#"{"websocket":true}"#;
 
 /// What the access log says about the session.
 pub struct Outcome {
@@ -514,8 +512,9 @@ impl<W: Write> Session<'_, W> {
                 Event::Line(line) => {
                     lines_seen += 1;
                     let expected = match lines_seen {
-                        1 => Some(MAGIC),
-                        2 => Some(HEAD),
+                        // The plugin's first two lines (ucloud-im-protocol(7)).
+                        1 => Some(answer::MAGIC),
+                        2 => Some(answer::WEBSOCKET_HEAD),
                         _ => None,
                     };
                     if let Some(expected) = expected {

@@ -9,7 +9,6 @@ mod connect_page; // issue 7: the ticket page
 mod dispatch;
 mod error;
 mod follow; // the WebSocket of jobs.follow
-mod framing;
 mod handle;
 mod normalise;
 mod proxy;
