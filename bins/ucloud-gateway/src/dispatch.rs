@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use ucloud_http::server::{write_head, write_last_chunk};
 use ucloud_wire::answer::{self, Frame};
+use ucloud_wire::calls::{Call, Pipe};
 use ucloud_wire::error::Failure;
 
 /// The simple form's cap (contracts.md).
@@ -46,7 +47,7 @@ pub struct Job<'a> {
     pub dispatcher: &'a str,
     /// A dispatcher already started for this request, if the connection has one.
     pub spare: Option<Spare>,
-    pub call: &'a str,
+    pub call: &'static Call,
     pub envelope: Vec<u8>,
     /// Raw body for the plugin's stdin (data channel); `None` closes stdin at once.
     pub stdin: Option<Vec<u8>>,
@@ -235,11 +236,10 @@ fn spawn(job: &mut Job<'_>) -> Result<Child, String> {
             child
         }
     };
-    if job.stream.is_some() {
-        grow_pipe(child.stdin.as_ref());
-    }
-    if job.call == "files.download" {
-        grow_pipe(child.stdout.as_ref());
+    match job.call.pipe {
+        Pipe::In if job.stream.is_some() => grow_pipe(child.stdin.as_ref()),
+        Pipe::Out => grow_pipe(child.stdout.as_ref()),
+        _ => {}
     }
     // Without a body, dropping the pipe gives the plugin EOF at once.
     if job.stream.is_none() {
@@ -379,7 +379,7 @@ fn relay_simple(
         );
     }
     drop(limited);
-    if let Some(reject) = judge(job.call, child.wait(), stderr) {
+    if let Some(reject) = judge(job.call.name, child.wait(), stderr) {
         return Relayed::Failed(reject);
     }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
@@ -489,7 +489,7 @@ fn relay_framed(
         }
     };
     // At EOF without an end frame, the exit status decides whether it was complete.
-    let failure = judge(job.call, child.wait(), stderr);
+    let failure = judge(job.call.name, child.wait(), stderr);
     if mode.is_none() {
         if let (Some(reject), false) = (failure, ended) {
             return Relayed::Failed(reject);

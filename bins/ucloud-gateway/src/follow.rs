@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
 use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
 use ucloud_wire::answer;
+use ucloud_wire::calls::WebSocket;
 use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::error::Failure;
 use ucloud_wire::names::UcloudName;
@@ -140,8 +141,10 @@ fn size(m: &Message) -> usize {
 /// Whether `req` goes to the WebSocket endpoint (upgrade or not: serve() answers).
 pub fn is_websocket(site: &Site, req: &Request) -> bool {
     site.config.as_ref().is_ok_and(|c| {
-        crate::route::route(&req.method, req.path(), &c.provider)
-            == crate::route::Route::WebSocket(CALL)
+        matches!(
+            crate::route::route(&req.method, req.path(), &c.provider),
+            crate::route::Route::Call(call) if call.websocket == WebSocket::Only
+        )
     })
 }
 

@@ -11,11 +11,12 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::io::Write;
 use std::time::Instant;
 use ucloud_http::server::{query_pairs, write_response, Request};
+use ucloud_wire::calls::{self, Call, Pipe, RunsAs, WebSocket};
 use ucloud_wire::config::{SiteConfig, UserMode};
 use ucloud_wire::envelope::{Credential, Envelope, MAX_TOKEN};
 use ucloud_wire::names::UcloudName;
+use ucloud_wire::paths;
 use ucloud_wire::token::{self, TokenPolicy, UcloudKey, VerifiedToken};
-use ucloud_wire::{calls, paths};
 
 /// What the process learned at start; shared by every request of the connection.
 pub struct Site {
@@ -116,7 +117,7 @@ pub struct Outcome {
 pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
     let gz = respond::accepts_gzip(&req);
     let keep_alive = req.keep_alive;
-    let mut call = "-";
+    let mut call = None;
     let result = (|| -> Result<Outcome, Reject> {
         let config = site
             .config
@@ -139,53 +140,20 @@ pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
                 note: None,
             }),
             Route::NotFound(why) => Err(Reject::NotFound(why)),
-            // serve() hands upgrades to follow.rs before they get here.
-            Route::WebSocket(c) => {
-                call = c;
-                Err(Reject::BadRequest(format!(
-                    "{c} is a WebSocket endpoint: send a WebSocket upgrade request"
-                )))
-            }
-            Route::NotImplemented(c) => {
-                call = c;
-                Err(Reject::NotImplemented(format!(
-                    "{c} (the WebSocket log stream) is not served by this version"
-                )))
-            }
-            Route::Api(c) => {
-                call = c;
-                let envelope = api_envelope(site, config, c, &req)?;
-                Ok(relay(site, c, envelope, None, None, gz, keep_alive, out))
-            }
-            Route::Transfer(c) => {
-                call = c;
-                let Some(transfer) = transfer_token(&req)? else {
-                    if req.method == "OPTIONS" {
-                        let status = preflight(out, keep_alive);
-                        return Ok(Outcome {
-                            call: c,
-                            status,
-                            close: false,
-                            note: None,
-                        });
+            Route::Call(c) => {
+                call = Some(c);
+                match (c.websocket, c.runs_as) {
+                    // serve() hands upgrades to follow.rs before they get here.
+                    (WebSocket::Only, _) => Err(Reject::BadRequest(format!(
+                        "{} is a WebSocket endpoint: send a WebSocket upgrade request",
+                        c.name
+                    ))),
+                    (_, RunsAs::Transfer) => transfer(site, c, &req, keep_alive, out),
+                    (_, RunsAs::Service | RunsAs::User) => {
+                        let envelope = api_envelope(site, config, c.name, &req)?;
+                        Ok(relay(site, c, envelope, None, None, gz, keep_alive, out))
                     }
-                    return Err(Reject::Unauthorized(format!(
-                        "{c} needs a transfer token (query parameter token or header Chunked-Upload-Token)"
-                    )));
-                };
-                let mut request = transfer_request(&req);
-                if req.method == "POST" {
-                    request["headers"]["content-length"] =
-                        Value::String(req.body.len().to_string());
                 }
-                let envelope = Envelope {
-                    call: c.to_string(),
-                    credential: Credential::Transfer(transfer),
-                    user: None,
-                    request,
-                };
-                let body = (req.method == "POST").then(|| req.body.clone());
-                Ok(relay(site, c, envelope, body, None, false, keep_alive, out))
             }
         }
     })();
@@ -195,13 +163,13 @@ pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
             let note = Some(reject.failure().why);
             match respond::send_reject_with(out, &reject, gz, keep_alive, cors_for(call)) {
                 Ok(status) => Outcome {
-                    call,
+                    call: call.map_or("-", |c| c.name),
                     status,
                     close: false,
                     note,
                 },
                 Err(_) => Outcome {
-                    call,
+                    call: call.map_or("-", |c| c.name),
                     status: reject.failure().status,
                     close: true,
                     note: Some("client gone".into()),
@@ -211,10 +179,47 @@ pub fn handle(site: &Site, req: Request, out: &mut impl Write) -> Outcome {
     }
 }
 
+/// A data-channel call: its transfer token (or a browser's preflight without one).
+fn transfer(
+    site: &Site,
+    c: &'static Call,
+    req: &Request,
+    keep_alive: bool,
+    out: &mut impl Write,
+) -> Result<Outcome, Reject> {
+    let Some(transfer) = transfer_token(req)? else {
+        if req.method == "OPTIONS" {
+            let status = preflight(out, keep_alive);
+            return Ok(Outcome {
+                call: c.name,
+                status,
+                close: false,
+                note: None,
+            });
+        }
+        return Err(Reject::Unauthorized(format!(
+            "{} needs a transfer token (query parameter token or header Chunked-Upload-Token)",
+            c.name
+        )));
+    };
+    let mut request = transfer_request(req);
+    if req.method == "POST" {
+        request["headers"]["content-length"] = Value::String(req.body.len().to_string());
+    }
+    let envelope = Envelope {
+        call: c.name.to_string(),
+        credential: Credential::Transfer(transfer),
+        user: None,
+        request,
+    };
+    let body = (req.method == "POST").then(|| req.body.clone());
+    Ok(relay(site, c, envelope, body, None, false, keep_alive, out))
+}
+
 /// The data channel is called by browsers, which hide an answer without CORS
 /// headers from the page: its errors carry them too.
-fn cors_for(call: &str) -> &'static [(&'static str, &'static str)] {
-    if call == "files.download" || call == "files.upload" {
+fn cors_for(call: Option<&Call>) -> &'static [(&'static str, &'static str)] {
+    if call.is_some_and(|c| c.cors) {
         respond::DATA_CHANNEL_CORS
     } else {
         &[]
@@ -248,7 +253,7 @@ fn preflight(out: &mut impl Write, keep_alive: bool) -> u16 {
 #[allow(clippy::too_many_arguments)]
 fn relay<'a>(
     site: &'a Site,
-    call: &'static str,
+    call: &'static Call,
     envelope: Envelope,
     stdin: Option<Vec<u8>>,
     stream: Option<BodyStream<'a>>,
@@ -256,7 +261,7 @@ fn relay<'a>(
     keep_alive: bool,
     out: &mut impl Write,
 ) -> Outcome {
-    let binds = (call == "jobs.create").then(|| envelope.request.clone());
+    let binds = (call.name == "jobs.create").then(|| envelope.request.clone());
     let job = Job {
         binds,
         dispatcher: &site.dispatcher,
@@ -270,7 +275,7 @@ fn relay<'a>(
     };
     let outcome = match dispatch::run(job, out) {
         Relayed::Answered { status, reusable } => Outcome {
-            call,
+            call: call.name,
             status,
             close: !reusable,
             note: None,
@@ -278,16 +283,17 @@ fn relay<'a>(
         Relayed::Failed(reject) => {
             let failure = reject.failure();
             let close =
-                respond::send_reject_with(out, &reject, gzip, keep_alive, cors_for(call)).is_err();
+                respond::send_reject_with(out, &reject, gzip, keep_alive, cors_for(Some(call)))
+                    .is_err();
             Outcome {
-                call,
+                call: call.name,
                 status: failure.status,
                 close,
                 note: Some(failure.why),
             }
         }
         Relayed::Broken { status, why } => Outcome {
-            call,
+            call: call.name,
             status,
             close: true,
             note: Some(why),
@@ -454,41 +460,39 @@ pub(crate) fn transfer_request(req: &Request) -> Value {
 
 /// Whether this request's body is streamed to the plugin instead of read first:
 /// an upload chunk with a Content-Length (up to 32,000,000 bytes, UCloud's largest).
-pub fn streams_body(site: &Site, req: &Request) -> bool {
-    let Ok(config) = site.config.as_ref() else {
-        return false;
-    };
-    req.method == "POST"
-        && matches!(
-            route(&req.method, req.path(), &config.provider),
-            Route::Transfer("files.upload")
-        )
+pub fn streams_body(site: &Site, req: &Request) -> Option<&'static Call> {
+    let config = site.config.as_ref().ok()?;
+    match route(&req.method, req.path(), &config.provider) {
+        Route::Call(c) if c.pipe == Pipe::In && req.method == "POST" => Some(c),
+        _ => None,
+    }
 }
 
 /// An upload chunk: the body goes from the client to the plugin's stdin as it
 /// arrives, never held whole. `length` is the request's Content-Length.
 pub fn handle_stream(
     site: &Site,
+    call: &'static Call,
     req: Request,
     length: usize,
     copy: &mut dyn FnMut(&mut dyn Write) -> StreamEnd,
     out: &mut impl Write,
 ) -> Outcome {
-    let call = "files.upload";
     let keep_alive = req.keep_alive;
     let transfer = match transfer_token(&req).and_then(|t| {
         t.ok_or_else(|| {
             Reject::Unauthorized(format!(
-                "{call} needs a transfer token (query parameter token or header Chunked-Upload-Token)"
+                "{} needs a transfer token (query parameter token or header Chunked-Upload-Token)",
+                call.name
             ))
         })
     }) {
         Ok(t) => t,
         Err(reject) => {
             // The body was not read: the connection cannot carry another request.
-            let _ = respond::send_reject_with(out, &reject, false, false, cors_for(call));
+            let _ = respond::send_reject_with(out, &reject, false, false, cors_for(Some(call)));
             return Outcome {
-                call,
+                call: call.name,
                 status: reject.failure().status,
                 close: true,
                 note: Some(reject.failure().why),
@@ -498,7 +502,7 @@ pub fn handle_stream(
     let mut request = transfer_request(&req);
     request["headers"]["content-length"] = Value::String(length.to_string());
     let envelope = Envelope {
-        call: call.to_string(),
+        call: call.name.to_string(),
         credential: Credential::Transfer(transfer),
         user: None,
         request,

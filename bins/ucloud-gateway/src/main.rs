@@ -314,13 +314,13 @@ fn serve(
             return;
         }
         let credential = shows_credential(&req);
-        if let Some(n) = body.length().filter(|_| handle::streams_body(site, &req)) {
+        if let Some((call, n)) = handle::streams_body(site, &req).zip(body.length()) {
             let (method, path) = (req.method.clone(), req.path().to_string());
             let mut copy = |sink: &mut dyn std::io::Write| match reader.copy_body(n, sink) {
                 Ok(_) => dispatch::StreamEnd::Done,
                 Err(e) => dispatch::StreamEnd::ClientGone(format!("upload body: {e}")),
             };
-            let outcome = handle::handle_stream(site, req, n, &mut copy, out);
+            let outcome = handle::handle_stream(site, call, req, n, &mut copy, out);
             log(
                 &method,
                 &path,

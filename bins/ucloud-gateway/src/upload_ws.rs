@@ -21,6 +21,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
 use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
+use ucloud_wire::calls::WebSocket;
 use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::error::Failure;
 
@@ -39,8 +40,10 @@ pub fn is_upload_websocket(site: &Site, req: &Request) -> bool {
             .header("upgrade")
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
         && site.config.as_ref().is_ok_and(|c| {
-            crate::route::route("POST", req.path(), &c.provider)
-                == crate::route::Route::Transfer(CALL)
+            matches!(
+                crate::route::route("POST", req.path(), &c.provider),
+                crate::route::Route::Call(call) if call.websocket == WebSocket::Also
+            )
         })
 }
 
