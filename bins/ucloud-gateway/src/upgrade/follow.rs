@@ -18,6 +18,7 @@
 use super::shared::{read_tick, refuse, switch_protocols, upgrade_accept, Ended, READER_TICK};
 use crate::conn::ClientIn;
 use crate::connection::Connection;
+use crate::credential::ucloud_user;
 use crate::error::Reject;
 use crate::launch::{judge, Started, Stdin};
 use crate::normalise::normalise;
@@ -183,19 +184,14 @@ fn check_upgrade(conn: &Connection, req: &Request) -> Result<(Caller, String), R
     let accept = upgrade_accept(req)?;
     // The token first: an unauthenticated caller learns nothing else.
     let (bearer, verified) = conn.verify_bearer(req)?;
-    let user = match req.query_param("usernameHint") {
-        Some(hint) => {
-            UcloudName::from_hint(&hint).map_err(|e| Reject::BadRequest(e.to_string()))?
-        }
-        None => match verified.user {
-            Some(name) => UcloudName::new(&name)
-                .map_err(|e| Reject::BadRequest(format!("token user claim: {e}")))?,
-            None => {
-                return Err(Reject::BadRequest(
-                    "following a job acts for a UCloud user: the query parameter usernameHint is missing".into(),
-                ))
-            }
-        },
+    let named = req
+        .query_param("usernameHint")
+        .map(|hint| UcloudName::from_hint(&hint).map_err(|e| e.to_string()));
+    let Some(user) = ucloud_user(named, &verified)? else {
+        return Err(Reject::BadRequest(
+            "following a job acts for a UCloud user: the query parameter usernameHint is missing"
+                .into(),
+        ));
     };
     Ok((
         Caller {
