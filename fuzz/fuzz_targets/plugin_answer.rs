@@ -2,10 +2,10 @@
 //! plugin, running as a local user, writes back to the gateway.
 #![no_main]
 
-use ucloud_wire::answer::{self, read_frame, Frame};
 use libfuzzer_sys::fuzz_target;
 use std::io::{BufRead, BufReader, Read};
 use ucloud_im_fuzz::Pieces;
+use ucloud_wire::answer::{self, read_frame, Frame};
 
 fuzz_target!(|input: &[u8]| {
     let _ = answer::is_framed(input);
