@@ -1,18 +1,14 @@
-//! The framed plugin answer (ucloud-gateway framing.rs, `UCLOUD-IM/1`): what a
+//! The framed plugin answer (ucloud-wire answer.rs, `UCLOUD-IM/1`): what a
 //! plugin, running as a local user, writes back to the gateway.
 #![no_main]
 
-#[path = "../../bins/ucloud-gateway/src/framing.rs"]
-#[allow(dead_code)]
-mod framing;
-
-use framing::{read_frame, Frame};
 use libfuzzer_sys::fuzz_target;
 use std::io::{BufRead, BufReader, Read};
 use ucloud_im_fuzz::Pieces;
+use ucloud_wire::answer::{self, read_frame, Frame};
 
 fuzz_target!(|input: &[u8]| {
-    let _ = framing::is_framed(input);
+    let _ = answer::is_framed(input);
     let mut reader = BufReader::with_capacity(64, Pieces::split(input));
     for _ in 0..64 {
         match read_frame(&mut reader) {

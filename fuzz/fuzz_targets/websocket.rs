@@ -1,13 +1,10 @@
-//! The WebSocket frame decoder (ucloud-gateway websocket.rs) of jobs.follow and
+//! The WebSocket frame decoder (ucloud-http websocket.rs) of jobs.follow and
 //! WEBSOCKET_V1 uploads, both ends: masking, fragmentation, control frames, close
 //! codes, lengths, and the message limit, with bytes arriving in any split.
 #![no_main]
 
-#[path = "../../bins/ucloud-gateway/src/websocket.rs"]
-mod websocket;
-
 use libfuzzer_sys::fuzz_target;
-use websocket::{Decoder, Message, Role};
+use ucloud_http::websocket::{Decoder, Message, Role};
 
 const MAX_MESSAGE: usize = 4096;
 

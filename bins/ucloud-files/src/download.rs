@@ -14,6 +14,7 @@ use nix::sys::stat::{fstat, Mode, SFlag};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::fd::OwnedFd;
+use ucloud_wire::answer;
 
 /// Bytes per data frame.
 const FRAME: u64 = 4 << 20;
@@ -146,9 +147,10 @@ fn ext_value(name: &str) -> String {
     out
 }
 
+/// The framed answer's head, from the owned header values built here.
 fn head(status: u16, headers: &[(&str, String)]) -> String {
-    let list: Vec<Value> = headers.iter().map(|(n, v)| json!([n, v])).collect();
-    format!("{}\n", json!({"status": status, "headers": list}))
+    let list: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    answer::head(status, &list)
 }
 
 pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
@@ -188,25 +190,18 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
             headers[0].1 = "application/json; charset=utf-8".into();
             headers.push(("Content-Range", format!("bytes */{size}")));
             headers.push(("Content-Length", body.len().to_string()));
-            let text = format!(
-                "UCLOUD-IM/1\n{}{{\"data\":{}}}\n{body}{{\"end\":true}}\n",
-                head(416, &headers),
-                body.len()
-            );
-            return out
-                .write_all(text.as_bytes())
-                .and_then(|()| out.flush())
-                .map_err(gone);
+            let list: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            return answer::write_whole(&mut out, 416, &list, body.as_bytes()).map_err(gone);
         }
         Err(e) => return Err(e),
     };
     headers.push(("Content-Length", (end - start).to_string()));
-    out.write_all(format!("UCLOUD-IM/1\n{}", head(status, &headers)).as_bytes())
+    out.write_all(head(status, &headers).as_bytes())
         .map_err(gone)?;
     let mut offset = start as i64;
     while (offset as u64) < end {
         let n = (end - offset as u64).min(FRAME);
-        out.write_all(format!("{{\"data\":{n}}}\n").as_bytes())
+        out.write_all(answer::data_line(n).as_bytes())
             .map_err(gone)?;
         out.flush().map_err(gone)?;
         let frame_end = offset + n as i64;
@@ -225,7 +220,7 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
             }
         }
     }
-    out.write_all(b"{\"end\":true}\n")
+    out.write_all(answer::END.as_bytes())
         .and_then(|()| out.flush())
         .map_err(gone)
 }

@@ -36,6 +36,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use ucloud_wire::answer;
 
 /// UCloud's largest chunk.
 pub const MAX_CHUNK: u64 = 32_000_000;
@@ -177,19 +178,19 @@ pub fn chunk(request: &Value) -> Result<Chunk, Error> {
 /// Answers in the framed form so that the browser may read it (CORS).
 fn answer(status: u16, body: &Value) -> Result<(), Error> {
     let body = format!("{body}\n");
-    let head = json!({"status": status, "headers": [
-        ["Content-Type", "application/json; charset=utf-8"],
-        ["Access-Control-Allow-Origin", "*"],
-        ["Content-Length", body.len().to_string()],
-    ]});
-    let text = format!(
-        "UCLOUD-IM/1\n{head}\n{{\"data\":{}}}\n{body}{{\"end\":true}}\n",
-        body.len()
-    );
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))
+    let length = body.len().to_string();
+    let headers = [
+        ("Content-Type", "application/json; charset=utf-8"),
+        ("Access-Control-Allow-Origin", "*"),
+        ("Content-Length", &length),
+    ];
+    answer::write_whole(
+        &mut std::io::stdout().lock(),
+        status,
+        &headers,
+        body.as_bytes(),
+    )
+    .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))
 }
 
 /// An upload's partial file, locked for this chunk (or stream), and where it stands.

@@ -14,7 +14,6 @@ pub enum Reject {
     BadRequest(String),
     Unauthorized(String),
     NotFound(String),
-    NotImplemented(String),
     /// The dispatcher could not be started or talked to.
     DispatchFailed(String),
     /// The dispatcher or plugin reported a failure (its stderr's failure line).
@@ -43,7 +42,6 @@ impl Reject {
             Reject::BadRequest(why) => Failure::new(400, "BAD_REQUEST", why.clone()),
             Reject::Unauthorized(why) => Failure::new(401, "UNAUTHORIZED", why.clone()),
             Reject::NotFound(why) => Failure::new(404, "NOT_FOUND", why.clone()),
-            Reject::NotImplemented(why) => Failure::new(501, "NOT_IMPLEMENTED", why.clone()),
             Reject::DispatchFailed(why) => Failure::new(500, "DISPATCH_FAILED", why.clone()),
             Reject::Plugin(f) => f.clone(),
             Reject::Timeout(call) => Failure::new(

@@ -6,25 +6,26 @@
 mod bind;
 mod conn;
 mod connect_page;
-mod dispatch;
+mod connection;
+mod credential;
+mod envelope;
 mod error;
-mod follow; // the WebSocket of jobs.follow
-mod framing;
 mod handle;
+mod launch;
 mod normalise;
 mod proxy;
+mod relay;
 mod respond;
 mod route;
+mod serve;
 #[allow(unsafe_code)]
 mod sys;
-mod upload_ws;
-mod websocket;
+mod upgrade;
 
-use error::Reject;
-use std::cell::{Cell, OnceCell, RefCell};
+use connection::Connection;
+use serve::Timeouts;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use ucloud_http::server::{HttpError, Limits, Reader};
 use ucloud_wire::config::SiteConfig;
 use ucloud_wire::paths;
 
@@ -35,10 +36,6 @@ use ucloud_wire::paths;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client may take to send a whole request head (--head-timeout).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request body (up to `Limits::max_body`).
-const BODY_TIMEOUT: Duration = Duration::from_secs(120);
-/// The largest upload chunk the data channel streams (UCloud's largest chunk).
-const MAX_STREAMED: usize = 32_000_000;
 /// How long one write to a client may block before the client counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -155,25 +152,11 @@ fn main() -> ExitCode {
         client_in.deadline = None;
     }
     ucloud_wire::token::install_crypto_provider();
-    let site = handle::Site {
-        config: startup_config(),
-        key: OnceCell::new(),
-        dispatcher: paths::dispatcher(),
-        last_token: RefCell::new(None),
-        spare: RefCell::new(None),
-        dispatched: Cell::new(0),
-        spares_off: Cell::new(false),
-    };
-    serve(&site, client_in, &mut out, timeouts);
+    let connection = Connection::new(startup_config(), paths::dispatcher());
+    serve::serve(&connection, client_in, &mut out, timeouts);
     // Before exiting, so that no spare outlives the gateway.
-    site.release_spare();
+    connection.launcher.release_spare();
     ExitCode::SUCCESS
-}
-
-#[derive(Clone, Copy)]
-struct Timeouts {
-    idle: Duration,
-    head: Duration,
 }
 
 /// `--NAME S`: seconds, fractions allowed, 0.1 to 86400.
@@ -194,19 +177,6 @@ fn seconds(
             "{name} {value:?}: a number of seconds from 0.1 to 86400"
         )),
     }
-}
-
-/// Whether a request shows a credential (a bearer token or a transfer token):
-/// only such requests keep the connection open past its idle deadline.
-fn shows_credential(req: &ucloud_http::server::Request) -> bool {
-    req.header("authorization").is_some()
-        || req.header("chunked-upload-token").is_some()
-        || req.query_param("token").is_some()
-}
-
-/// Whether the gateway took the credential: the call was not refused for it.
-fn accepted(status: u16) -> bool {
-    status != 401 && status != 403
 }
 
 /// Whether the service manager passed the connection as fd 3.
@@ -246,186 +216,4 @@ fn no_new_privs() -> bool {
         l.strip_prefix("NoNewPrivs:")
             .is_some_and(|v| v.trim() == "1")
     })
-}
-
-fn serve(
-    site: &handle::Site,
-    client_in: conn::ClientIn,
-    out: &mut conn::ClientOut,
-    timeouts: Timeouts,
-) {
-    let limits = Limits::default();
-    // Heads may announce an upload chunk (streamed, never held); every other body
-    // is held and stays under `limits.max_body`, checked once the route is known.
-    let head_limits = Limits {
-        max_body: MAX_STREAMED,
-        ..Limits::default()
-    };
-    let mut reader = Reader::new(client_in);
-    // Moved on only by a request with an accepted credential (see IDLE_TIMEOUT).
-    let mut idle_until = Instant::now() + timeouts.idle;
-    loop {
-        // Also when requests come back to back (pipelined, or not for a dispatcher).
-        site.release_old_spare();
-        if Instant::now() >= idle_until
-            || reader.buffered().is_empty()
-                && !next_request_comes(site, reader.get_ref(), idle_until)
-        {
-            // Idle too long, or a broken descriptor: close without a word.
-            return;
-        }
-        let started = Instant::now();
-        reader.get_mut().deadline = Some(started + timeouts.head);
-        let (mut req, body) = match reader.read_head(&head_limits, out) {
-            Ok(Some(head)) => head,
-            Ok(None) => return,
-            Err(e) => return refuse(out, e, "-", "-", started),
-        };
-        reader.get_mut().deadline = Some(Instant::now() + BODY_TIMEOUT);
-        if upload_ws::is_upload_websocket(site, &req) {
-            // The rest of the connection is the upload's, bytes already read included.
-            site.release_spare();
-            let leftover = reader.buffered().to_vec();
-            let outcome = upload_ws::serve(site, &req, leftover, reader.get_mut(), out);
-            let path = req.path().to_string();
-            log(
-                &req.method,
-                &path,
-                upload_ws::CALL,
-                outcome.status,
-                started,
-                Some(&outcome.note),
-            );
-            return;
-        }
-        if follow::is_websocket(site, &req) {
-            // The WebSocket starts its own dispatcher; a spare would only wait.
-            site.release_spare();
-            // The rest of the connection is the WebSocket's, bytes already read included.
-            let leftover = reader.buffered().to_vec();
-            let outcome = follow::serve(site, &req, leftover, reader.get_mut(), out);
-            let path = req.path().to_string();
-            log(
-                &req.method,
-                &path,
-                follow::CALL,
-                outcome.status,
-                started,
-                Some(&outcome.note),
-            );
-            return;
-        }
-        let credential = shows_credential(&req);
-        if let Some(n) = body.length().filter(|_| handle::streams_body(site, &req)) {
-            let (method, path) = (req.method.clone(), req.path().to_string());
-            let mut copy = |sink: &mut dyn std::io::Write| match reader.copy_body(n, sink) {
-                Ok(_) => dispatch::StreamEnd::Done,
-                Err(e) => dispatch::StreamEnd::ClientGone(format!("upload body: {e}")),
-            };
-            let outcome = handle::handle_stream(site, req, n, &mut copy, out);
-            log(
-                &method,
-                &path,
-                outcome.call,
-                outcome.status,
-                started,
-                outcome.note.as_deref(),
-            );
-            if outcome.close {
-                return;
-            }
-            if credential && accepted(outcome.status) {
-                idle_until = Instant::now() + timeouts.idle;
-            }
-            reader.get_mut().deadline = None;
-            continue;
-        }
-        if body.length().is_some_and(|n| n > limits.max_body) {
-            return refuse(
-                out,
-                HttpError::BodyTooLarge,
-                &req.method,
-                req.path(),
-                started,
-            );
-        }
-        if !body.is_empty() {
-            match reader.read_body(body, &limits) {
-                Ok(bytes) => req.body = bytes,
-                Err(e) => return refuse(out, e, &req.method, req.path(), started),
-            }
-        }
-        reader.get_mut().deadline = None;
-        let (method, path, keep_alive) =
-            (req.method.clone(), req.path().to_string(), req.keep_alive);
-        let outcome = handle::handle(site, req, out);
-        log(
-            &method,
-            &path,
-            outcome.call,
-            outcome.status,
-            started,
-            outcome.note.as_deref(),
-        );
-        if outcome.close || !keep_alive {
-            return;
-        }
-        if credential && accepted(outcome.status) {
-            idle_until = Instant::now() + timeouts.idle;
-        }
-    }
-}
-
-/// Waits until `idle_until` for the next request, letting the spare dispatcher go
-/// once it is too old to be used.
-fn next_request_comes(site: &handle::Site, client: &conn::ClientIn, idle_until: Instant) -> bool {
-    loop {
-        let until = site
-            .spare_expires()
-            .map_or(idle_until, |t| t.min(idle_until));
-        match client.wait_readable(until.saturating_duration_since(Instant::now())) {
-            Ok(true) => return true,
-            Ok(false) if Instant::now() < idle_until => site.release_spare(),
-            _ => return false,
-        }
-    }
-}
-
-/// Answers an HTTP-level error (when it has a status) and ends the connection.
-fn refuse(out: &mut conn::ClientOut, e: HttpError, method: &str, path: &str, started: Instant) {
-    let why = e.to_string();
-    match e.status() {
-        Some(_) => {
-            let status = respond::send_reject(out, &Reject::Http(e), false, false).unwrap_or(0);
-            log(method, path, "-", status, started, Some(&why));
-        }
-        None => log(method, path, "-", 0, started, Some(&why)),
-    }
-}
-
-/// One line per request: method, path (never the query: it may hold a transfer
-/// token), call, status, milliseconds, and a note.
-fn log(method: &str, path: &str, call: &str, status: u16, started: Instant, note: Option<&str>) {
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut note = note
-        .map(|n| n.replace(['\n', '\r'], " "))
-        .unwrap_or_default();
-    if let Some(client) = proxy::client() {
-        note = if note.is_empty() {
-            format!("client={client}")
-        } else {
-            format!("client={client} {note}")
-        };
-    }
-    let mut line = format!("ucloud-gateway: {method} {path} {call} {status} {ms:.1}ms");
-    if !note.is_empty() {
-        line.push(' ');
-        line.push_str(&note);
-    }
-    // A refusal (4xx) is the gateway doing its job; a 5xx is a fault to look at.
-    if status >= 500 {
-        ucloud_wire::log_err!("{line}");
-    } else {
-        ucloud_wire::log_info!("{line}");
-    }
 }

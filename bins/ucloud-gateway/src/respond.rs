@@ -1,4 +1,5 @@
-//! Writing answers: JSON bodies (gzip when the client asks) and UCloud errors.
+//! Writing answers: JSON bodies (gzip when the client asks) and UCloud errors, and
+//! what the access log says about each.
 
 use crate::error::Reject;
 use flate2::write::GzEncoder;
@@ -7,6 +8,17 @@ use std::io::{self, Write};
 use ucloud_http::server::{write_response, Request};
 
 pub const JSON: &str = "application/json; charset=utf-8";
+
+/// What the access log says about one request.
+pub struct Outcome {
+    /// The call's name, or what the gateway answered itself (`health`, `-`).
+    pub call: &'static str,
+    pub status: u16,
+    /// The connection must close after this answer.
+    pub close: bool,
+    /// A note for the log (e.g. why a relay broke off).
+    pub note: Option<String>,
+}
 
 /// What a browser needs to read an answer of the data channel, errors included
 /// (without it a failed upload shows only "network error").

@@ -1,94 +1,20 @@
 //! From method and path to what the gateway does: a call name for the dispatcher,
 //! the health answer, or a refusal that says why.
 
+use ucloud_wire::calls::{Call, WebSocket, CALLS};
+
 /// Where a request goes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    /// A provider API call authenticated by UCloud's bearer token.
-    Api(&'static str),
-    /// A data-channel call authenticated by a transfer token.
-    Transfer(&'static str),
+    /// A call of the table (ucloud-wire calls.rs), for a dispatcher.
+    Call(&'static Call),
     /// `GET /ucloud-im/health`, answered by the gateway itself.
     Health,
     /// `GET /ucloud/{P}/connect?ticket=...`: the page that shows a connection ticket
     /// to a browser (no token; answered by the gateway itself, see connect_page.rs).
     ConnectPage,
-    /// `GET /ucloud/jobs.provider.{P}/websocket`: a WebSocket session (follow.rs).
-    WebSocket(&'static str),
-    /// A call this version recognises but does not serve yet (none at present).
-    #[allow(dead_code)]
-    NotImplemented(&'static str),
     /// Nothing here; the text says why.
     NotFound(String),
-}
-
-/// The calls under `/ucloud/{P}/`, by method and the rest of the path.
-const API: &[(&str, &str, &str)] = &[
-    (
-        "GET",
-        "integration/retrieveManifest",
-        "integration.retrieveManifest",
-    ),
-    ("POST", "integration/connect", "integration.connect"),
-    ("POST", "integration/init", "integration.init"),
-    ("POST", "integration/unlinked", "integration.unlinked"),
-    ("POST", "jobs", "jobs.create"),
-    ("POST", "jobs/terminate", "jobs.terminate"),
-    ("POST", "jobs/extend", "jobs.extend"),
-    ("POST", "jobs/suspend", "jobs.suspend"),
-    ("POST", "jobs/unsuspend", "jobs.unsuspend"),
-    ("POST", "jobs/updateAcl", "jobs.updateAcl"),
-    ("POST", "jobs/verify", "jobs.verify"),
-    ("GET", "jobs/retrieveProducts", "jobs.retrieveProducts"),
-    ("POST", "files/browse", "files.browse"),
-    ("POST", "files/retrieve", "files.retrieve"),
-    ("POST", "files/move", "files.move"),
-    ("POST", "files/copy", "files.copy"),
-    ("POST", "files/trash", "files.trash"),
-    ("POST", "files/emptyTrash", "files.emptyTrash"),
-    ("POST", "files/search", "files.search"),
-    ("POST", "files/folder", "files.createFolder"),
-    ("POST", "files/upload", "files.createUpload"),
-    ("POST", "files/download", "files.createDownload"),
-    ("DELETE", "files", "files.delete"),
-    ("POST", "files/collections", "files.collections.create"),
-    ("DELETE", "files/collections", "files.collections.delete"),
-    (
-        "GET",
-        "files/collections/retrieveProducts",
-        "files.collections.retrieveProducts",
-    ),
-    (
-        "POST",
-        "files/collections/rename",
-        "files.collections.rename",
-    ),
-    (
-        "POST",
-        "files/collections/updateAcl",
-        "files.collections.updateAcl",
-    ),
-    (
-        "POST",
-        "files/collections/verify",
-        "files.collections.verify",
-    ),
-];
-
-/// The data channel under `/ucloud/{P}/`.
-const TRANSFER: &[(&str, &str, &str)] = &[
-    ("GET", "download", "files.download"),
-    ("POST", "upload", "files.upload"),
-    ("OPTIONS", "upload", "files.upload"),
-];
-
-/// Every call name the gateway can route to.
-#[cfg(test)]
-pub fn all_calls() -> impl Iterator<Item = &'static str> {
-    API.iter()
-        .chain(TRANSFER)
-        .map(|(_, _, call)| *call)
-        .chain(["jobs.follow"])
 }
 
 /// Collapses `//` and strips a trailing slash (UCloud's convention).
@@ -118,44 +44,31 @@ pub fn route(method: &str, raw_path: &str, provider: &str) -> Route {
             "{path} is not a provider API path (they start with /ucloud/{provider}/)"
         ));
     };
-    let (first, rest) = rest.split_once('/').unwrap_or((rest, ""));
-    if first == format!("jobs.provider.{provider}") && rest == "websocket" {
-        return if method == "GET" {
-            Route::WebSocket("jobs.follow")
-        } else {
-            Route::NotFound(format!("{path} answers GET (a WebSocket upgrade) only"))
-        };
-    }
-    if first != provider {
-        return Route::NotFound(format!(
-            "{path}: this site is provider {provider:?}, not {first:?}"
-        ));
-    }
-    if rest == "connect" {
+    let (first, after) = rest.split_once('/').unwrap_or((rest, ""));
+    if first == provider && after == "connect" {
         return if method == "GET" {
             Route::ConnectPage
         } else {
             Route::NotFound(format!("{path} answers GET only, not {method}"))
         };
     }
-    let mut known_path = false;
-    for (table, make) in [
-        (API, Route::Api as fn(&'static str) -> Route),
-        (TRANSFER, Route::Transfer),
-    ] {
-        for (m, p, call) in table {
-            if *p == rest {
-                if *m == method {
-                    return make(call);
-                }
-                known_path = true;
-            }
+    let mut known_path = None;
+    for call in CALLS.iter().filter(|c| c.path_is(rest, provider)) {
+        // A browser asks before it posts across origins (CORS preflight).
+        if call.method == method || call.cors && call.method == "POST" && method == "OPTIONS" {
+            return Route::Call(call);
         }
+        known_path = Some(call);
     }
-    if known_path {
-        Route::NotFound(format!("{path} does not answer {method}"))
-    } else {
-        Route::NotFound(format!("{path} is not a call this provider serves"))
+    match known_path {
+        Some(call) if call.websocket == WebSocket::Only => {
+            Route::NotFound(format!("{path} answers GET (a WebSocket upgrade) only"))
+        }
+        Some(_) => Route::NotFound(format!("{path} does not answer {method}")),
+        None if first != provider => Route::NotFound(format!(
+            "{path}: this site is provider {provider:?}, not {first:?}"
+        )),
+        None => Route::NotFound(format!("{path} is not a call this provider serves")),
     }
 }
 
@@ -211,27 +124,14 @@ mod tests {
             ),
         ];
         for (method, path, call) in cases {
-            assert_eq!(
-                route(method, path, "hpc"),
-                Route::Api(call),
-                "{method} {path}"
-            );
+            assert_eq!(called(method, path), call, "{method} {path}");
         }
+        assert_eq!(called("GET", "/ucloud/hpc/download"), "files.download");
+        assert_eq!(called("POST", "/ucloud/hpc/upload"), "files.upload");
+        assert_eq!(called("OPTIONS", "/ucloud/hpc/upload"), "files.upload");
         assert_eq!(
-            route("GET", "/ucloud/hpc/download", "hpc"),
-            Route::Transfer("files.download")
-        );
-        assert_eq!(
-            route("POST", "/ucloud/hpc/upload", "hpc"),
-            Route::Transfer("files.upload")
-        );
-        assert_eq!(
-            route("OPTIONS", "/ucloud/hpc/upload", "hpc"),
-            Route::Transfer("files.upload")
-        );
-        assert_eq!(
-            route("GET", "/ucloud/jobs.provider.hpc/websocket", "hpc"),
-            Route::WebSocket("jobs.follow")
+            called("GET", "/ucloud/jobs.provider.hpc/websocket"),
+            "jobs.follow"
         );
         assert_eq!(route("GET", "/ucloud-im/health/", "hpc"), Route::Health);
         assert_eq!(
@@ -240,10 +140,18 @@ mod tests {
         );
     }
 
+    fn called(method: &str, path: &str) -> &'static str {
+        match route(method, path, "hpc") {
+            Route::Call(call) => call.name,
+            other => panic!("{method} {path} routed to {other:?}"),
+        }
+    }
+
     #[test]
-    fn call_names_are_valid_plugin_names() {
-        for call in all_calls() {
-            assert!(ucloud_wire::calls::is_valid_call_name(call), "{call}");
+    fn every_call_of_the_table_routes() {
+        for call in CALLS {
+            let path = format!("/ucloud/{}", call.path.replace("{P}", "hpc"));
+            assert_eq!(called(call.method, &path), call.name);
         }
     }
 
@@ -259,6 +167,12 @@ mod tests {
             ("POST", "/ucloud-im/health", "GET only"),
             ("POST", "/ucloud/hpc", "not a call"),
             ("GET", "/ucloud/jobs.provider.other/websocket", "provider"),
+            ("OPTIONS", "/ucloud/hpc/download", "does not answer OPTIONS"),
+            (
+                "OPTIONS",
+                "/ucloud/hpc/files/browse",
+                "does not answer OPTIONS",
+            ),
             (
                 "POST",
                 "/ucloud/jobs.provider.hpc/websocket",

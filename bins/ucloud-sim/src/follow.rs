@@ -5,9 +5,6 @@
 //! `{"http":STATUS,"body":…}` when the upgrade is refused). For hostile tests it can
 //! send raw bytes in place of `init`, and cancel after some messages.
 
-#[path = "../../ucloud-gateway/src/websocket.rs"]
-mod websocket;
-
 use crate::SimError;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -15,8 +12,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 use ucloud_http::client::Endpoint;
+use ucloud_http::websocket::{self, Decoder, Message, Role};
 use ucloud_wire::names::UcloudName;
-use websocket::{Decoder, Message, Role};
 
 pub struct FollowArgs<'a> {
     pub url: &'a str,

@@ -229,7 +229,7 @@ impl SiteConfig {
     pub fn timeout_for(&self, call: &str) -> u64 {
         match self.call_timeouts.get(call) {
             Some(secs) => *secs,
-            None if calls::LONG_CALLS.contains(&call) => calls::LONG_TIMEOUT_SECS,
+            None if calls::is_long(call) => calls::LONG_TIMEOUT_SECS,
             None => self.timeout,
         }
     }

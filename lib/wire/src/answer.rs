@@ -1,12 +1,16 @@
 //! The framed form of a plugin's answer (contracts.md, "Plugin → gateway"): after
 //! the line `UCLOUD-IM/1`, one-line JSON frames: a head, `{"data":N}` followed by N
-//! raw bytes, and `{"end":true}`.
+//! raw bytes, and `{"end":true}`. The gateway reads it; native plugins write it
+//! with the writer below (shell plugins print it themselves).
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::fmt;
-use std::io::{self, BufRead};
+use std::io::{self, BufRead, Write};
 
-pub const MAGIC: &[u8] = b"UCLOUD-IM/1";
+/// The first line of a framed answer, and of a WebSocket stream's.
+pub const MAGIC: &str = "UCLOUD-IM/1";
+/// The second line of a WebSocket stream (`jobs.follow`): its head.
+pub const WEBSOCKET_HEAD: &str = r#"{"websocket":true}"#;
 
 /// A frame line longer than this is an error (heads are small).
 const MAX_FRAME_LINE: usize = 64 * 1024;
@@ -44,7 +48,7 @@ fn bad(why: impl Into<String>) -> FrameError {
 /// Whether the start of stdout announces the framed form.
 pub fn is_framed(start: &[u8]) -> bool {
     start
-        .strip_prefix(MAGIC)
+        .strip_prefix(MAGIC.as_bytes())
         .is_some_and(|rest| rest.starts_with(b"\n") || rest.starts_with(b"\r\n"))
 }
 
@@ -125,6 +129,34 @@ fn parse_frame(line: &[u8]) -> Result<Frame, FrameError> {
     Err(bad("unknown frame (expected status, data or end)"))
 }
 
+/// The magic line and the head frame: what starts a framed answer.
+pub fn head(status: u16, headers: &[(&str, &str)]) -> String {
+    let list: Vec<Value> = headers.iter().map(|(n, v)| json!([n, v])).collect();
+    format!("{MAGIC}\n{}\n", json!({"status": status, "headers": list}))
+}
+
+/// The line that announces `n` raw bytes.
+pub fn data_line(n: u64) -> String {
+    format!("{{\"data\":{n}}}\n")
+}
+
+/// The frame that ends the answer.
+pub const END: &str = "{\"end\":true}\n";
+
+/// A whole framed answer with a small body, written at once.
+pub fn write_whole(
+    out: &mut impl Write,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> io::Result<()> {
+    let mut text = head(status, headers).into_bytes();
+    text.extend_from_slice(data_line(body.len() as u64).as_bytes());
+    text.extend_from_slice(body);
+    text.extend_from_slice(END.as_bytes());
+    out.write_all(&text).and_then(|()| out.flush())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +179,37 @@ mod tests {
         assert_eq!(&data, b"ab\n");
         assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::End));
         assert_eq!(read_frame(&mut r).unwrap(), None);
+    }
+
+    #[test]
+    fn what_the_writer_writes_the_reader_reads() {
+        let mut out = Vec::new();
+        write_whole(
+            &mut out,
+            416,
+            &[("Content-Type", "a/b"), ("X", "\"q\"")],
+            b"body\n",
+        )
+        .unwrap();
+        assert!(is_framed(&out));
+        let mut r = &out[MAGIC.len() + 1..];
+        assert_eq!(
+            read_frame(&mut r).unwrap(),
+            Some(Frame::Head {
+                status: 416,
+                headers: vec![
+                    ("Content-Type".into(), "a/b".into()),
+                    ("X".into(), "\"q\"".into())
+                ]
+            })
+        );
+        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::Data(5)));
+        let mut data = [0u8; 5];
+        r.read_exact(&mut data).unwrap();
+        assert_eq!(&data, b"body\n");
+        assert_eq!(read_frame(&mut r).unwrap(), Some(Frame::End));
+        assert_eq!(read_frame(&mut r).unwrap(), None);
+        assert_eq!(data_line(7), "{\"data\":7}\n");
     }
 
     #[test]

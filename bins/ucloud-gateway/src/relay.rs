@@ -1,34 +1,19 @@
-//! One request's dispatcher: start it with the envelope on fd 3, feed its stdin,
-//! collect stderr on the side, and relay stdout to the client in the simple or the
-//! framed form (contracts.md).
+//! A plugin's answer, relayed to the client in the simple or the framed form
+//! (contracts.md, "Plugin → gateway"), with a request body streamed to the plugin
+//! first when there is one.
 
 use crate::error::Reject;
-use crate::framing::{self, Frame};
+use crate::launch::{judge, stop, Started};
 use crate::respond;
-use crate::sys;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::{pipe2, Pid};
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::os::fd::AsFd;
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
+use std::process::Child;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 use ucloud_http::server::{write_head, write_last_chunk};
-use ucloud_wire::error::Failure;
+use ucloud_wire::answer::{self, Frame};
+use ucloud_wire::calls::Call;
 
 /// The simple form's cap (contracts.md).
 const MAX_SIMPLE: usize = 64 << 20;
-/// Stderr kept for the failure message: its tail, which holds the failure line.
-const MAX_STDERR: usize = 64 << 10;
-/// A pipe holds at least this much, so a smaller envelope is written without a thread.
-const PIPE_CAPACITY: usize = 60 << 10;
-/// Pipe size for bulk bytes (upload chunks in, downloads out): the default 64 KiB
-/// costs a pair of context switches per 64 KiB. 1 MiB is what an unprivileged
-/// process may ask for (`/proc/sys/fs/pipe-max-size`).
-const BULK_PIPE: i32 = 1 << 20;
 /// The relay's read buffer: one pipe's worth, so one read empties the pipe.
 const RELAY_BUFFER: usize = 1 << 20;
 
@@ -42,16 +27,11 @@ pub enum Relayed {
     Broken { status: u16, why: String },
 }
 
+/// How to relay one call's answer.
 pub struct Job<'a> {
-    pub dispatcher: &'a str,
-    /// A dispatcher already started for this request, if the connection has one.
-    pub spare: Option<Spare>,
-    pub call: &'a str,
-    pub envelope: Vec<u8>,
-    /// Raw body for the plugin's stdin (data channel); `None` closes stdin at once.
-    pub stdin: Option<Vec<u8>>,
-    /// A body streamed from the client to the plugin's stdin (upload chunks), in
-    /// place of `stdin`: called once with the pipe, it copies the body into it.
+    pub call: &'static Call,
+    /// A body streamed from the client to the plugin's stdin (upload chunks), left
+    /// open by the launch: called once with the pipe, it copies the body into it.
     pub stream: Option<BodyStream<'a>>,
     pub gzip: bool,
     pub keep_alive: bool,
@@ -72,12 +52,8 @@ pub enum StreamEnd {
     ClientGone(String),
 }
 
-pub fn run(mut job: Job<'_>, out: &mut impl Write) -> Relayed {
-    let mut child = match spawn(&mut job) {
-        Ok(child) => child,
-        Err(e) => return Relayed::Failed(Reject::DispatchFailed(e)),
-    };
-    let stderr = collect_stderr(child.stderr.take().expect("stderr is piped"));
+pub fn run(started: Started, mut job: Job<'_>, out: &mut impl Write) -> Relayed {
+    let Started { mut child, stderr } = started;
     let mut stdout = child.stdout.take().expect("stdout is piped");
     if let Some(stream) = job.stream.take() {
         // The plugin reads its whole stdin before it answers (an early answer is a
@@ -104,7 +80,7 @@ pub fn run(mut job: Job<'_>, out: &mut impl Write) -> Relayed {
             )
         }
     };
-    if framing::is_framed(&start) {
+    if answer::is_framed(&start) {
         let after = start
             .iter()
             .position(|&c| c == b'\n')
@@ -119,182 +95,11 @@ pub fn run(mut job: Job<'_>, out: &mut impl Write) -> Relayed {
     }
 }
 
-/// A dispatcher started before its request, while the connection was idle: it has
-/// made its own checks and waits for the envelope on fd 3 (ucloud-gateway(8),
-/// SPARE DISPATCHER). Closing fd 3 unwritten lets it go without a record.
-pub struct Spare {
-    child: Child,
-    envelope: File,
-    born: Instant,
-}
-
-/// A spare older than this is let go instead of used. The gateway checks before
-/// each request and while idle, and a request's head and body take at most 130 s
-/// more (main.rs), so a spare never waits longer than about 160 s: well inside the
-/// dispatcher's own limit of 300 s for its envelope (ucloud-dispatch(8)).
-pub const SPARE_MAX_AGE: Duration = Duration::from_secs(30);
-
-/// What became of a spare by the time a request wants it.
-pub enum Fitness {
-    Ready,
-    TooOld,
-    /// It exited on its own (a broken installation, say); why, for the log.
-    Ended(String),
-}
-
-impl Spare {
-    pub fn start(dispatcher: &str) -> Result<Spare, String> {
-        let (child, envelope) = start(dispatcher)?;
-        Ok(Spare {
-            child,
-            envelope,
-            born: Instant::now(),
-        })
-    }
-
-    /// When the spare gets too old to be given a request.
-    pub fn expires(&self) -> Instant {
-        self.born + SPARE_MAX_AGE
-    }
-
-    pub fn fitness(&mut self) -> Fitness {
-        match self.child.try_wait() {
-            Ok(None) if Instant::now() < self.expires() => Fitness::Ready,
-            Ok(None) => Fitness::TooOld,
-            Ok(Some(status)) => {
-                let mut text = Vec::new();
-                if let Some(mut err) = self.child.stderr.take() {
-                    // It has exited: its stderr ends at once.
-                    let _ = err.by_ref().take(4096).read_to_end(&mut text);
-                }
-                let failure = Failure::from_stderr(&text, 512);
-                Fitness::Ended(format!("{status}: {}", failure.why))
-            }
-            Err(e) => Fitness::Ended(format!("cannot wait for it: {e}")),
-        }
-    }
-
-    /// Writes the envelope and closes fd 3: the dispatcher now decides the request.
-    /// A spare that is gone by then (the write fails) is let go: `None`, start anew.
-    fn hand_over(mut self, envelope: &[u8]) -> Option<Child> {
-        if self.envelope.write_all(envelope).is_err() {
-            self.release();
-            return None;
-        }
-        let Spare { child, .. } = self;
-        Some(child)
-    }
-
-    /// Closes fd 3 unwritten, so the dispatcher exits without a record, and reaps it.
-    /// One still busy with its own checks is killed (it has decided nothing yet, and
-    /// still has the gateway's real uid), so that this never waits on it.
-    pub fn release(self) {
-        let Spare {
-            mut child,
-            envelope,
-            ..
-        } = self;
-        drop(envelope);
-        drop(child.stdin.take());
-        if let Ok(None) = child.try_wait() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-        }
-        let _ = child.wait();
-    }
-}
-
-/// Starts a dispatcher with pipes for fds 0, 1 and 2; returns it and the write end
-/// of its envelope pipe (fd 3), which is still to be written and closed.
-pub fn start(dispatcher: &str) -> Result<(Child, File), String> {
-    let (env_read, env_write) =
-        pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot make the envelope pipe: {e}"))?;
-    let mut cmd = Command::new(dispatcher);
-    // The dispatcher rebuilds its environment anyway; give it nothing to misread.
-    cmd.env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = sys::spawn_with_fd3(&mut cmd, &env_read)
-        .map_err(|e| format!("cannot start the dispatcher {dispatcher}: {e}"))?;
-    Ok((child, File::from(env_write)))
-}
-
-/// Starts the dispatcher (or takes the job's spare) and hands it the envelope and
-/// stdin (taken from `job`).
-fn spawn(job: &mut Job<'_>) -> Result<Child, String> {
-    let envelope = std::mem::take(&mut job.envelope);
-    let mut child = match job
-        .spare
-        .take()
-        .and_then(|spare| spare.hand_over(&envelope))
-    {
-        Some(child) => child,
-        None => {
-            let (child, fd3) = start(job.dispatcher)?;
-            write_side(fd3, envelope);
-            child
-        }
-    };
-    if job.stream.is_some() {
-        grow_pipe(child.stdin.as_ref());
-    }
-    if job.call == "files.download" {
-        grow_pipe(child.stdout.as_ref());
-    }
-    // Without a body, dropping the pipe gives the plugin EOF at once.
-    if job.stream.is_none() {
-        if let (Some(body), Some(stdin)) = (job.stdin.take(), child.stdin.take()) {
-            write_side(stdin, body);
-        } else {
-            drop(child.stdin.take());
-        }
-    }
-    Ok(child)
-}
-
-/// Best effort: past the account's pipe quota (`pipe-user-pages-soft`) the kernel
-/// refuses, and the default size still works, only slower.
-pub fn grow_pipe(pipe: Option<&impl AsFd>) {
-    if let Some(pipe) = pipe {
-        let _ = fcntl(pipe, FcntlArg::F_SETPIPE_SZ(BULK_PIPE));
-    }
-}
-
-/// Writes `data` and closes `w`, in a thread when it may not fit the pipe. A reader
-/// that exits early makes the write fail with EPIPE; that is its business.
-fn write_side(mut w: impl Write + Send + 'static, data: Vec<u8>) {
-    if data.len() <= PIPE_CAPACITY {
-        let _ = w.write_all(&data);
-    } else {
-        std::thread::spawn(move || {
-            let _ = w.write_all(&data);
-        });
-    }
-}
-
-pub fn collect_stderr(mut err: ChildStderr) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut buf = [0u8; 8192];
-        loop {
-            match err.read(&mut buf) {
-                Ok(0) | Err(_) => return kept,
-                Ok(n) => {
-                    kept.extend_from_slice(&buf[..n]);
-                    if kept.len() > 2 * MAX_STDERR {
-                        kept.drain(..kept.len() - MAX_STDERR);
-                    }
-                }
-            }
-        }
-    })
-}
-
 /// Reads until the first line is known (or EOF), enough to tell the two forms apart.
 fn read_start(stdout: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut start = Vec::with_capacity(8192);
     let mut buf = [0u8; 8192];
-    while start.len() <= framing::MAGIC.len() + 1 {
+    while start.len() <= answer::MAGIC.len() + 1 {
         let n = stdout.read(&mut buf)?;
         if n == 0 {
             break;
@@ -304,53 +109,10 @@ fn read_start(stdout: &mut impl Read) -> io::Result<Vec<u8>> {
     Ok(start)
 }
 
-/// Why the child ended, as a rejection; `None` for exit status 0.
-pub fn judge(
-    call: &str,
-    status: io::Result<ExitStatus>,
-    stderr: JoinHandle<Vec<u8>>,
-) -> Option<Reject> {
-    let text = stderr.join().unwrap_or_default();
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            return Some(Reject::DispatchFailed(format!(
-                "waiting for the dispatcher: {e}"
-            )))
-        }
-    };
-    if status.success() {
-        return None;
-    }
-    if let Some(sig) = status.signal() {
-        return Some(if sig == Signal::SIGALRM as i32 {
-            Reject::Timeout(call.to_string())
-        } else {
-            Reject::Crashed(sig)
-        });
-    }
-    Some(Reject::Plugin(Failure::from_stderr(&text, 4096)))
-}
-
 fn finish_failed(mut child: Child, stderr: JoinHandle<Vec<u8>>, reject: Reject) -> Relayed {
     stop(&mut child);
     let _ = stderr.join();
     Relayed::Failed(reject)
-}
-
-/// Ends a child we no longer want. Once the dispatcher has changed to the mapped
-/// user the kill is refused (EPERM); closing its stdout then makes it fail on the
-/// next write, and the caller closes the connection, which ends this process and
-/// with it the plugin (PR_SET_PDEATHSIG, set by the dispatcher).
-pub fn stop(child: &mut Child) {
-    let killed = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).is_ok();
-    drop(child.stdout.take());
-    if killed {
-        // SIGKILL cannot be ignored: reaping it does not block for long.
-        let _ = child.wait();
-    } else {
-        let _ = child.try_wait();
-    }
 }
 
 fn relay_simple(
@@ -379,7 +141,7 @@ fn relay_simple(
         );
     }
     drop(limited);
-    if let Some(reject) = judge(job.call, child.wait(), stderr) {
+    if let Some(reject) = judge(job.call.name, child.wait(), stderr) {
         return Relayed::Failed(reject);
     }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
@@ -437,7 +199,7 @@ fn relay_framed(
     let mut w = BufWriter::with_capacity(64 << 10, out);
     let mut status = 200;
     let ended = loop {
-        let frame = match framing::read_frame(&mut reader) {
+        let frame = match answer::read_frame(&mut reader) {
             Ok(frame) => frame,
             Err(e) => {
                 if mode.is_none() {
@@ -489,7 +251,7 @@ fn relay_framed(
         }
     };
     // At EOF without an end frame, the exit status decides whether it was complete.
-    let failure = judge(job.call, child.wait(), stderr);
+    let failure = judge(job.call.name, child.wait(), stderr);
     if mode.is_none() {
         if let (Some(reject), false) = (failure, ended) {
             return Relayed::Failed(reject);

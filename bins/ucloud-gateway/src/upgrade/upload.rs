@@ -8,41 +8,29 @@
 //! message. The plugin's exit ends the WebSocket: 1000 once the file is complete,
 //! otherwise 1008 (a refusal) or 1011 with the plugin's why.
 
+use super::shared::{read_tick, refuse, switch_protocols, upgrade_accept, Ended};
 use crate::conn::ClientIn;
-use crate::dispatch;
+use crate::connection::Connection;
+use crate::credential::{no_transfer_token, transfer_token};
+use crate::envelope;
 use crate::error::Reject;
-use crate::follow::{refuse, switch_protocols, upgrade_accept, Outcome};
-use crate::handle::{transfer_request, transfer_token, Site};
-use crate::websocket::{self as ws, Decoder, Message, Role};
+use crate::launch::{judge, Started, Stdin};
 use serde_json::Value;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
-use ucloud_wire::envelope::{Credential, Envelope};
+use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
+use ucloud_wire::calls::Call;
+use ucloud_wire::envelope::Envelope;
 use ucloud_wire::error::Failure;
 
-pub const CALL: &str = "files.upload";
 /// The largest binary message (a browser sends a slice of the file as one message).
 const MAX_MESSAGE: usize = 64 << 20;
-/// How often the client reader looks up from a quiet socket to see if it should stop.
-const READER_TICK: Duration = Duration::from_millis(250);
 /// A client that sends no data for this long is gone.
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
-
-/// Whether `req` asks for a WebSocket on the upload endpoint.
-pub fn is_upload_websocket(site: &Site, req: &Request) -> bool {
-    req.method == "GET"
-        && req
-            .header("upgrade")
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
-        && site.config.as_ref().is_ok_and(|c| {
-            crate::route::route("POST", req.path(), &c.provider)
-                == crate::route::Route::Transfer(CALL)
-        })
-}
 
 enum Event {
     /// A line the plugin printed.
@@ -57,26 +45,23 @@ enum Event {
 
 /// Serves one upgrade request to its end. The connection is over afterwards.
 pub fn serve(
-    site: &Site,
+    conn: &Connection,
+    call: &'static Call,
     req: &Request,
     leftover: Vec<u8>,
     input: &mut ClientIn,
     out: &mut impl Write,
-) -> Outcome {
-    let (accept, envelope) = match check(req) {
+) -> Ended {
+    let (accept, envelope) = match check(call, req) {
         Ok(ok) => ok,
         Err(reject) => return refuse(out, reject),
     };
-    let (mut child, mut fd3) = match dispatch::start(&site.dispatcher) {
-        Ok(started) => started,
-        Err(why) => return refuse(out, Reject::DispatchFailed(why)),
-    };
-    // The envelope is small (no body): it fits the pipe.
-    let _ = fd3.write_all(&envelope.encode());
-    drop(fd3);
-    dispatch::grow_pipe(child.stdin.as_ref());
+    let Started { mut child, stderr } =
+        match conn.launcher.launch(call, envelope.encode(), Stdin::Open) {
+            Ok(started) => started,
+            Err(why) => return refuse(out, Reject::DispatchFailed(why)),
+        };
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-    let stderr = dispatch::collect_stderr(child.stderr.take().expect("stderr is piped"));
     // The plugin says `ready` once the dispatcher has verified the token and the
     // session is found: only then is the WebSocket accepted, so a client that is not
     // who the token says gets an HTTP refusal and never a byte buffered.
@@ -85,13 +70,13 @@ pub fn serve(
         && first.starts_with(b"ready ");
     if !ready {
         drop(child.stdin.take());
-        let reject = dispatch::judge(CALL, child.wait(), stderr).unwrap_or_else(|| {
+        let reject = judge(call.name, child.wait(), stderr).unwrap_or_else(|| {
             Reject::DispatchFailed("the plugin ended before it was ready".into())
         });
         return refuse(out, reject);
     }
-    if let Err(outcome) = switch_protocols(out, &accept) {
-        return outcome;
+    if let Err(ended) = switch_protocols(out, &accept) {
+        return ended;
     }
     let stdin = child.stdin.take().expect("stdin is piped");
     // Bounded: a client that floods pings while not reading loses some pongs
@@ -108,7 +93,7 @@ pub fn serve(
         drop(rx);
         note
     });
-    Outcome { status: 101, note }
+    (101, note)
 }
 
 /// Progress lines out, pongs out, until the plugin ends; then the close frame.
@@ -152,7 +137,7 @@ fn relay(
                         (code, failure.why)
                     }
                 };
-                let _ = out.write_all(&ws::close(code, &reason(&why), None));
+                let _ = out.write_all(&ws::close(code, &why, None));
                 return format!("closed {code} after {sent} progress messages: {why}");
             }
         }
@@ -161,34 +146,15 @@ fn relay(
 
 /// The upgrade's own checks, then the transfer token (shape only: the dispatcher
 /// verifies it). Returns the accept key and the envelope.
-fn check(req: &Request) -> Result<(String, Envelope), Reject> {
+fn check(call: &Call, req: &Request) -> Result<(String, Envelope), Reject> {
     let accept = upgrade_accept(req)?;
+    // A browser cannot set headers on a WebSocket: the URL carries the token.
     let Some(token) = transfer_token(req)? else {
-        return Err(Reject::Unauthorized(format!(
-            "{CALL} needs a transfer token (query parameter token)"
-        )));
+        return Err(no_transfer_token(call.name, "query parameter token"));
     };
-    let mut request = transfer_request(req);
-    request["protocol"] = Value::String("WEBSOCKET_V1".into());
-    Ok((
-        accept,
-        Envelope {
-            call: CALL.to_string(),
-            credential: Credential::Transfer(token),
-            user: None,
-            request,
-        },
-    ))
-}
-
-/// A close reason fits a control frame (125 bytes with the code), cut at a
-/// character boundary.
-fn reason(why: &str) -> String {
-    let mut end = why.len().min(120);
-    while !why.is_char_boundary(end) {
-        end -= 1;
-    }
-    why[..end].to_string()
+    let mut envelope = envelope::transfer(call, req, token, None);
+    envelope.request["protocol"] = Value::String("WEBSOCKET_V1".into());
+    Ok((accept, envelope))
 }
 
 /// Client messages into the plugin's stdin until the client closes, breaks the
@@ -256,15 +222,13 @@ fn read_client(
                     None,
                 );
             }
-            input.deadline = Some(Instant::now() + READER_TICK);
-            match input.read(&mut buf) {
-                Ok(0) => return done("the client closed the connection".into(), None),
-                Ok(n) => {
+            match read_tick(input, &mut buf) {
+                Ok(None) => continue,
+                Ok(Some(0)) => return done("the client closed the connection".into(), None),
+                Ok(Some(n)) => {
                     decoder.push(&buf[..n]);
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return done(format!("client gone: {e}"), None),
             }
         }
@@ -289,18 +253,5 @@ fn read_plugin(mut reader: impl BufRead, tx: SyncSender<Event>) {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_reasons_fit_a_control_frame() {
-        assert_eq!(reason("short"), "short");
-        let long = "é".repeat(100);
-        let cut = reason(&long);
-        assert!(cut.len() <= 120 && long.starts_with(&cut));
     }
 }

@@ -15,27 +15,28 @@
 //! pong, which cannot be written while it does not read): it is closed with 1008,
 //! and what it still sends is read and dropped, so that it can read the close.
 
+use super::shared::{read_tick, refuse, switch_protocols, upgrade_accept, Ended, READER_TICK};
 use crate::conn::ClientIn;
+use crate::connection::Connection;
+use crate::credential::ucloud_user;
 use crate::error::Reject;
-use crate::handle::{verify_bearer, Site};
+use crate::launch::{judge, Started, Stdin};
 use crate::normalise::normalise;
-use crate::respond;
-use crate::websocket::{self as ws, Decoder, Message, Role};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::process::ExitStatusExt;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
-use ucloud_http::server::{write_head, Request};
+use ucloud_http::server::Request;
+use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
+use ucloud_wire::answer;
+use ucloud_wire::calls::Call;
 use ucloud_wire::envelope::{Credential, Envelope};
-use ucloud_wire::error::Failure;
 use ucloud_wire::names::UcloudName;
 
-pub const CALL: &str = "jobs.follow";
 /// The largest message the core may send (an init carries one Job).
 const MAX_CLIENT_MESSAGE: usize = 1 << 20;
 /// The largest line a plugin may print (one batch of output).
@@ -47,8 +48,6 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(75);
 const INIT_WITHIN: Duration = Duration::from_secs(30);
 /// How long a stopped plugin gets to exit on its own after its stdin closed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
-/// How often the reader thread looks up from a quiet socket to see if it must stop.
-const READER_TICK: Duration = Duration::from_millis(250);
 /// Events the channel holds; the plugin's reader waits when it is full.
 const CHANNEL: usize = 64;
 /// The most client messages, and bytes of them, queued and not yet taken; past
@@ -58,15 +57,6 @@ const BACKLOG_FRAMES: usize = 32;
 const BACKLOG_BYTES: usize = 4 << 20;
 /// How long a full backlog may stand still before the client is closed (1008).
 const BACKLOG_WAIT: Duration = Duration::from_secs(5);
-/// The plugin's first two lines (ucloud-im-protocol(7)).
-const MAGIC: &str = "UCLOUD-IM/1";
-const HEAD: &str = r#"{"websocket":true}"#;
-
-/// What the access log says about the session.
-pub struct Outcome {
-    pub status: u16,
-    pub note: String,
-}
 
 enum Event {
     Client(Message),
@@ -139,28 +129,21 @@ fn size(m: &Message) -> usize {
     }
 }
 
-/// Whether `req` goes to the WebSocket endpoint (upgrade or not: serve() answers).
-pub fn is_websocket(site: &Site, req: &Request) -> bool {
-    site.config.as_ref().is_ok_and(|c| {
-        crate::route::route(&req.method, req.path(), &c.provider)
-            == crate::route::Route::WebSocket(CALL)
-    })
-}
-
 /// Serves one upgrade request to its end. The connection is over afterwards.
 pub fn serve(
-    site: &Site,
+    conn: &Connection,
+    call: &'static Call,
     req: &Request,
     leftover: Vec<u8>,
     input: &mut ClientIn,
     out: &mut impl Write,
-) -> Outcome {
-    let (envelope_parts, accept) = match check_upgrade(site, req) {
+) -> Ended {
+    let (envelope_parts, accept) = match check_upgrade(conn, req) {
         Ok(ok) => ok,
         Err(reject) => return refuse(out, reject),
     };
-    if let Err(outcome) = switch_protocols(out, &accept) {
-        return outcome;
+    if let Err(ended) = switch_protocols(out, &accept) {
+        return ended;
     }
     let (tx, rx) = mpsc::sync_channel(CHANNEL);
     let stop = AtomicBool::new(false);
@@ -178,7 +161,7 @@ pub fn serve(
             next_ping: Instant::now() + PING_EVERY,
             reader_done: false,
         };
-        let note = session.run(site, envelope_parts, tx);
+        let note = session.run(conn, call, envelope_parts, tx);
         stop.store(true, Ordering::Relaxed);
         // The reader may wait on a full channel: empty it until the reader sees `stop`.
         while !reader.is_finished() {
@@ -186,32 +169,7 @@ pub fn serve(
         }
         note
     });
-    Outcome { status: 101, note }
-}
-
-/// An upgrade refused: an ordinary HTTP answer, and the connection is over.
-pub fn refuse(out: &mut impl Write, reject: Reject) -> Outcome {
-    let failure = reject.failure();
-    let _ = respond::send_reject(out, &reject, false, false);
-    Outcome {
-        status: failure.status,
-        note: failure.why,
-    }
-}
-
-/// The 101 that turns the connection into a WebSocket; `Err` when the client is gone.
-pub fn switch_protocols(out: &mut impl Write, accept: &str) -> Result<(), Outcome> {
-    let headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", accept),
-    ];
-    write_head(out, 101, &headers)
-        .and_then(|()| out.flush())
-        .map_err(|e| Outcome {
-            status: 101,
-            note: format!("client gone: {e}"),
-        })
+    (101, note)
 }
 
 /// What the upgrade request contributes to the envelope.
@@ -221,27 +179,19 @@ struct Caller {
     provider: String,
 }
 
-fn check_upgrade(site: &Site, req: &Request) -> Result<(Caller, String), Reject> {
-    let config = site
-        .config
-        .as_ref()
-        .map_err(|why| Reject::Misconfigured(why.clone()))?;
+fn check_upgrade(conn: &Connection, req: &Request) -> Result<(Caller, String), Reject> {
+    let config = conn.config()?;
     let accept = upgrade_accept(req)?;
     // The token first: an unauthenticated caller learns nothing else.
-    let (bearer, verified) = verify_bearer(site, config, req)?;
-    let user = match req.query_param("usernameHint") {
-        Some(hint) => {
-            UcloudName::from_hint(&hint).map_err(|e| Reject::BadRequest(e.to_string()))?
-        }
-        None => match verified.user {
-            Some(name) => UcloudName::new(&name)
-                .map_err(|e| Reject::BadRequest(format!("token user claim: {e}")))?,
-            None => {
-                return Err(Reject::BadRequest(
-                    "following a job acts for a UCloud user: the query parameter usernameHint is missing".into(),
-                ))
-            }
-        },
+    let (bearer, verified) = conn.verify_bearer(req)?;
+    let named = req
+        .query_param("usernameHint")
+        .map(|hint| UcloudName::from_hint(&hint).map_err(|e| e.to_string()));
+    let Some(user) = ucloud_user(named, &verified)? else {
+        return Err(Reject::BadRequest(
+            "following a job acts for a UCloud user: the query parameter usernameHint is missing"
+                .into(),
+        ));
     };
     Ok((
         Caller {
@@ -251,31 +201,6 @@ fn check_upgrade(site: &Site, req: &Request) -> Result<(Caller, String), Reject>
         },
         accept,
     ))
-}
-
-/// The checks of an RFC 6455 upgrade request; the Sec-WebSocket-Accept value.
-pub fn upgrade_accept(req: &Request) -> Result<String, Reject> {
-    let has_token = |name: &str, token: &str| {
-        req.header(name)
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    };
-    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
-        return Err(Reject::BadRequest(
-            "this is a WebSocket endpoint: the request needs Upgrade: websocket and Connection: Upgrade".into(),
-        ));
-    }
-    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(Reject::BadRequest(
-            "only WebSocket version 13 (RFC 6455) is spoken: send Sec-WebSocket-Version: 13".into(),
-        ));
-    }
-    let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
-    if !ws::valid_key(key) {
-        return Err(Reject::BadRequest(
-            "Sec-WebSocket-Key is missing or not base64 of 16 bytes".into(),
-        ));
-    }
-    Ok(ws::accept_key(key))
 }
 
 /// Reads the client's frames until it leaves, breaks the protocol, sends more than
@@ -329,18 +254,16 @@ fn read_client(
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            input.deadline = Some(Instant::now() + READER_TICK);
-            match input.read(&mut buf) {
-                Ok(0) => {
+            match read_tick(input, &mut buf) {
+                Ok(None) => continue,
+                Ok(Some(0)) => {
                     let _ = tx.send(Event::ClientGone("the client closed the connection".into()));
                     return;
                 }
-                Ok(n) => {
+                Ok(Some(n)) => {
                     decoder.push(&buf[..n]);
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = tx.send(Event::ClientGone(format!("client gone: {e}")));
                     return;
@@ -478,7 +401,13 @@ impl<W: Write> Session<'_, W> {
         }
     }
 
-    fn run(&mut self, site: &Site, caller: Caller, tx: SyncSender<Event>) -> String {
+    fn run(
+        &mut self,
+        conn: &Connection,
+        call: &'static Call,
+        caller: Caller,
+        tx: SyncSender<Event>,
+    ) -> String {
         let init_by = Instant::now() + INIT_WITHIN;
         let (stream_id, request) = loop {
             let event = match self.next(Some(init_by)) {
@@ -503,24 +432,24 @@ impl<W: Write> Session<'_, W> {
             }
         };
         let envelope = Envelope {
-            call: CALL.to_string(),
+            call: call.name.to_string(),
             credential: Credential::Bearer(caller.bearer),
             user: Some(caller.user),
             request,
         };
-        let mut plugin = match spawn(&site.dispatcher, envelope.encode(), tx) {
+        let mut plugin = match spawn(conn, call, envelope.encode(), tx) {
             Ok(p) => p,
             Err(why) => {
                 let f = Reject::DispatchFailed(why).failure();
                 return self.finish(None, Some(&stream_id), End::Respond(f.status, f.body()));
             }
         };
-        let end = self.relay(&stream_id, &mut plugin);
+        let end = self.relay(call, &stream_id, &mut plugin);
         self.finish(Some(plugin), Some(&stream_id), end)
     }
 
     /// Plugin lines out, client messages in, until one side ends.
-    fn relay(&mut self, stream_id: &str, plugin: &mut Plugin) -> End {
+    fn relay(&mut self, call: &Call, stream_id: &str, plugin: &mut Plugin) -> End {
         let mut lines_seen = 0usize;
         loop {
             let event = match self.next(None) {
@@ -541,8 +470,9 @@ impl<W: Write> Session<'_, W> {
                 Event::Line(line) => {
                     lines_seen += 1;
                     let expected = match lines_seen {
-                        1 => Some(MAGIC),
-                        2 => Some(HEAD),
+                        // The plugin's first two lines (ucloud-im-protocol(7)).
+                        1 => Some(answer::MAGIC),
+                        2 => Some(answer::WEBSOCKET_HEAD),
                         _ => None,
                     };
                     if let Some(expected) = expected {
@@ -571,26 +501,17 @@ impl<W: Write> Session<'_, W> {
                 Event::PluginEof(Ok(())) => {
                     drop(plugin.stdin.take());
                     let status = plugin.child.wait();
-                    let text = std::mem::replace(&mut plugin.stderr, std::thread::spawn(Vec::new))
-                        .join()
-                        .unwrap_or_default();
-                    return match status {
-                        Ok(s) if s.success() && lines_seen >= 2 => End::Respond(200, json!({})),
-                        Ok(s) if s.success() => {
+                    let stderr =
+                        std::mem::replace(&mut plugin.stderr, std::thread::spawn(Vec::new));
+                    return match judge(call.name, status, stderr) {
+                        None if lines_seen >= 2 => End::Respond(200, json!({})),
+                        None => {
                             plugin_broke("the plugin exited 0 without its UCLOUD-IM/1 head".into())
                         }
-                        Ok(s) => {
-                            let reject = match s.signal() {
-                                Some(sig) if sig == Signal::SIGALRM as i32 => {
-                                    Reject::Timeout(CALL.into())
-                                }
-                                Some(sig) => Reject::Crashed(sig),
-                                None => Reject::Plugin(Failure::from_stderr(&text, 4096)),
-                            };
+                        Some(reject) => {
                             let f = reject.failure();
                             End::Respond(f.status, f.body())
                         }
-                        Err(e) => plugin_broke(format!("waiting for the plugin: {e}")),
                     };
                 }
             }
@@ -709,26 +630,15 @@ fn is_cancel(text: &str) -> bool {
 
 /// Starts the dispatcher with the envelope on fd 3; its stdin stays open (the
 /// plugin ends when it closes), its stdout feeds `read_plugin`.
-fn spawn(dispatcher: &str, envelope: Vec<u8>, tx: SyncSender<Event>) -> Result<Plugin, String> {
-    let (mut child, mut env_write) = crate::dispatch::start(dispatcher)?;
-    // An envelope with one Job fits the pipe; a bigger one gets a thread.
-    std::thread::spawn(move || {
-        let _ = env_write.write_all(&envelope);
-    });
+fn spawn(
+    conn: &Connection,
+    call: &Call,
+    envelope: Vec<u8>,
+    tx: SyncSender<Event>,
+) -> Result<Plugin, String> {
+    let Started { mut child, stderr } = conn.launcher.launch(call, envelope, Stdin::Open)?;
     let stdout = child.stdout.take().expect("stdout is piped");
     std::thread::spawn(move || read_plugin(stdout, tx));
-    let mut err = child.stderr.take().expect("stderr is piped");
-    let stderr = std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = err.read(&mut buf) {
-            kept.extend_from_slice(&buf[..n]);
-            if kept.len() > 128 << 10 {
-                kept.drain(..kept.len() - (64 << 10));
-            }
-        }
-        kept
-    });
     Ok(Plugin {
         stdin: child.stdin.take(),
         child,

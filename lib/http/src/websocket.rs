@@ -1,11 +1,11 @@
-//! RFC 6455 WebSocket: the handshake's accept key and the frame codec, for both ends
-//! (the gateway is the server; `ucloud-sim follow` includes this file as the client).
+//! RFC 6455 WebSocket: the handshake's checks and accept key, and the frame codec,
+//! for both ends (the gateway is the server, `ucloud-sim follow` the client).
 //! The decoder takes bytes as they come and never trusts a length it has not checked
 //! against its limits, so a hostile peer costs at most `max_message` bytes of memory.
-#![forbid(unsafe_code)]
-#![allow(dead_code)] // each end uses its half
 
+use crate::server::{write_head, Request};
 use std::fmt;
+use std::io::{self, Write};
 
 /// The GUID RFC 6455 appends to the client's key.
 const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -13,8 +13,13 @@ const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
 pub fn accept_key(key: &str) -> String {
     use base64::Engine;
-    let digest = sha1(format!("{key}{GUID}").as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(digest)
+    // RFC 6455 fixes SHA-1 here; it protects nothing (the key is no secret), so its
+    // weakness does not matter. The crypto library the programs link already has it.
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}{GUID}").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }
 
 /// Whether `key` is what RFC 6455 asks for: base64 of 16 bytes.
@@ -26,53 +31,38 @@ pub fn valid_key(key: &str) -> bool {
             .is_ok_and(|b| b.len() == 16)
 }
 
-/// SHA-1 (FIPS 180-4). Only for the handshake, where RFC 6455 fixes it; it
-/// protects nothing here (the key is not a secret), so its weakness does not matter.
-pub fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0];
-    let mut msg = data.to_vec();
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
+/// The checks of an RFC 6455 upgrade request (the server's side of the handshake);
+/// the `Sec-WebSocket-Accept` value, or why the request is not an upgrade we take.
+pub fn upgrade_accept(req: &Request) -> Result<String, String> {
+    let has_token = |name: &str, token: &str| {
+        req.header(name)
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+        return Err(
+            "this is a WebSocket endpoint: the request needs Upgrade: websocket and Connection: Upgrade".into(),
+        );
     }
-    msg.extend_from_slice(&((data.len() as u64).wrapping_mul(8)).to_be_bytes());
-    for block in msg.chunks_exact(64) {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A827999),
-                20..=39 => (b ^ c ^ d, 0x6ED9EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1BBCDC),
-                _ => (b ^ c ^ d, 0xCA62C1D6),
-            };
-            let t = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(*wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = t;
-        }
-        for (x, y) in h.iter_mut().zip([a, b, c, d, e]) {
-            *x = x.wrapping_add(y);
-        }
+    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(
+            "only WebSocket version 13 (RFC 6455) is spoken: send Sec-WebSocket-Version: 13".into(),
+        );
     }
-    let mut out = [0u8; 20];
-    for (i, x) in h.iter().enumerate() {
-        out[4 * i..4 * i + 4].copy_from_slice(&x.to_be_bytes());
+    let key = req.header("sec-websocket-key").map(str::trim).unwrap_or("");
+    if !valid_key(key) {
+        return Err("Sec-WebSocket-Key is missing or not base64 of 16 bytes".into());
     }
-    out
+    Ok(accept_key(key))
+}
+
+/// The 101 that turns the connection into a WebSocket.
+pub fn switch_protocols(out: &mut impl Write, accept: &str) -> io::Result<()> {
+    let headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", accept),
+    ];
+    write_head(out, 101, &headers).and_then(|()| out.flush())
 }
 
 /// Close codes (RFC 6455 7.4.1).
@@ -150,6 +140,8 @@ impl Decoder {
 
     /// The next complete message, `Ok(None)` when more bytes are needed. After an
     /// error the stream is unusable: close with `code`.
+    // Not an Iterator: "no message yet" and "no more messages" differ here.
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Message>, WsError> {
         loop {
             let Some((fin, opcode, payload)) = self.frame()? else {
@@ -352,29 +344,6 @@ pub fn close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn hex(b: &[u8]) -> String {
-        b.iter().map(|x| format!("{x:02x}")).collect()
-    }
-
-    #[test]
-    fn sha1_matches_the_standard_vectors() {
-        assert_eq!(hex(&sha1(b"")), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-        assert_eq!(
-            hex(&sha1(b"abc")),
-            "a9993e364706816aba3e25717850c26c9cd0d89d"
-        );
-        assert_eq!(
-            hex(&sha1(
-                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
-            )),
-            "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
-        );
-        assert_eq!(
-            hex(&sha1(&vec![b'a'; 1_000_000])),
-            "34aa973cd4c4daa4f61eeb2bdbad27316534016f"
-        );
-    }
-
     #[test]
     fn accept_key_of_rfc_6455() {
         assert_eq!(
@@ -390,6 +359,42 @@ mod tests {
         ] {
             assert!(!valid_key(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn upgrade_requests() {
+        let req = |headers: &[(&str, &str)]| Request {
+            method: "GET".into(),
+            target: "/".into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+            keep_alive: true,
+        };
+        let good = [
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        assert_eq!(
+            upgrade_accept(&req(&good)).unwrap(),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        for (drop, why) in [(0, "Upgrade"), (1, "Upgrade"), (2, "13"), (3, "Key")] {
+            let mut h = good.to_vec();
+            h.remove(drop);
+            let e = upgrade_accept(&req(&h)).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
+        let mut out = Vec::new();
+        switch_protocols(&mut out, "abc").unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 101 ") && text.contains("Sec-WebSocket-Accept: abc\r\n")
+        );
     }
 
     fn server() -> Decoder {
