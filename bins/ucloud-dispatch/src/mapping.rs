@@ -1,16 +1,17 @@
 //! Who the plugin runs as. A UCloud name is looked up as data (the root-owned file
 //! `mappings/<hex of the name>`), never used in a path raw; the local account it
-//! names is then checked through NSS the way Open OnDemand's nginx_stage does.
+//! names is then judged by ucloud-wire's account rule, the registry's too.
 //! Calls without a user run as the service account, which no UCloud name can map to.
 
 use crate::checks::{check_owner, read_small};
 use crate::error::Error;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
-use nix::unistd::{getgrouplist, Gid, Uid, User};
+use nix::unistd::{getgrouplist, getuid, Gid, Uid, User};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use ucloud_wire::account::{self, Facts, Own};
 use ucloud_wire::calls;
 use ucloud_wire::config::SiteConfig;
 use ucloud_wire::install::MappingRecord;
@@ -36,7 +37,7 @@ pub fn resolve(
 ) -> Result<Target, Error> {
     let service = service_account(site)?;
     if calls::is_service_call(call) {
-        return target(service, None);
+        return service_target(service);
     }
     let user = user.ok_or_else(|| Error::UserRequired(format!("{call} needs a UCloud user")))?;
     let mapping = read_mapping(user, mappings)?;
@@ -62,36 +63,26 @@ pub fn resolve(
             account.uid
         )));
     }
-    let back = User::from_uid(account.uid).ok().flatten().map(|u| u.name);
-    if back.as_deref() != Some(local.as_str()) {
-        return Err(refused(
-            &local,
-            &format!(
-                "does not round-trip through NSS (uid {} is {back:?})",
-                account.uid
-            ),
-        ));
+    let groups = group_list(&account)?;
+    let facts = Facts {
+        name: local.clone(),
+        uid: account.uid.as_raw(),
+        gid: account.gid.as_raw(),
+        groups: groups.iter().map(|g| g.as_raw()).collect(),
+        shell: account.shell.to_string_lossy().into_owned(),
+        home: account.dir.to_string_lossy().into_owned(),
+        name_of_uid: User::from_uid(account.uid).ok().flatten().map(|u| u.name),
+    };
+    // The caller check made sure the real uid is the gateway's.
+    let mut own = Own {
+        uids: vec![service.uid.as_raw(), getuid().as_raw()],
+    };
+    if !site.sender_user.is_empty() {
+        own.uids
+            .extend(lookup(&site.sender_user)?.map(|u| u.uid.as_raw()));
     }
-    if account.uid.is_root() || account.gid.as_raw() == 0 {
-        return Err(refused(&local, "is root or in group root"));
-    }
-    if account.uid.as_raw() < site.min_uid {
-        return Err(refused(
-            &local,
-            &format!("has uid {}, below min_uid {}", account.uid, site.min_uid),
-        ));
-    }
-    let shell = account.shell.to_string_lossy().into_owned();
-    if site.disabled_shells.contains(&shell) {
-        return Err(refused(&local, &format!("has the disabled shell {shell}")));
-    }
-    if account.uid == service.uid || local == site.service_user || local == site.gateway_user {
-        return Err(refused(
-            &local,
-            "is the service or gateway account, never a mapping target",
-        ));
-    }
-    target(account, Some(user.clone()))
+    account::judge(&facts, site, &own).map_err(|why| refused(&local, &why.to_string()))?;
+    Ok(Target::new(account, groups, Some(user.clone())))
 }
 
 fn refused(local: &str, why: &str) -> Error {
@@ -119,25 +110,37 @@ fn service_account(site: &SiteConfig) -> Result<User, Error> {
     Ok(account)
 }
 
-fn target(account: User, ucloud: Option<UcloudName>) -> Result<Target, Error> {
+fn group_list(account: &User) -> Result<Vec<Gid>, Error> {
     let cname = CString::new(account.name.as_bytes())
         .map_err(|_| Error::Internal("account name holds a NUL".into()))?;
-    let groups = getgrouplist(&cname, account.gid)
-        .map_err(|e| Error::Internal(format!("cannot list the groups of {}: {e}", account.name)))?;
+    getgrouplist(&cname, account.gid)
+        .map_err(|e| Error::Internal(format!("cannot list the groups of {}: {e}", account.name)))
+}
+
+/// The service account is not a mapping target and so not judged as one, but a
+/// plugin never runs with group root either way.
+fn service_target(service: User) -> Result<Target, Error> {
+    let groups = group_list(&service)?;
     if groups.iter().any(|g| g.as_raw() == 0) {
         return Err(Error::AccountRefused(format!(
             "{} is a member of group root (gid 0): a plugin never runs with it",
-            account.name
+            service.name
         )));
     }
-    Ok(Target {
-        name: account.name,
-        uid: account.uid,
-        gid: account.gid,
-        groups,
-        home: account.dir,
-        ucloud,
-    })
+    Ok(Target::new(service, groups, None))
+}
+
+impl Target {
+    fn new(account: User, groups: Vec<Gid>, ucloud: Option<UcloudName>) -> Target {
+        Target {
+            name: account.name,
+            uid: account.uid,
+            gid: account.gid,
+            groups,
+            home: account.dir,
+            ucloud,
+        }
+    }
 }
 
 /// `mappings/<hex>`: root-owned, not writable by group or others, and naming the

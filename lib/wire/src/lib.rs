@@ -8,6 +8,7 @@
 //! dispatcher does not write: its stderr is its answer to the gateway).
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod binding;
 pub mod calls;
 pub mod config;
