@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use ucloud_wire::account::{self, Facts, Own};
 use ucloud_wire::calls;
 use ucloud_wire::config::SiteConfig;
-use ucloud_wire::install::MappingRecord;
 use ucloud_wire::names::UcloudName;
+use ucloud_wire::record::Mapping;
 
 /// The account a plugin runs as, fully resolved.
 #[derive(Debug, Clone)]
@@ -46,11 +46,12 @@ pub fn resolve(
             "the connection of UCloud user {user} to this provider has expired: connect again in UCloud"
         )));
     }
-    let MappingRecord {
+    let Mapping {
         local,
         uid: recorded_uid,
         ..
     } = mapping;
+    let local = local.as_str().to_string();
     let account = lookup(&local)?.ok_or_else(|| {
         refused(
             &local,
@@ -144,8 +145,8 @@ impl Target {
 }
 
 /// `mappings/<hex>`: root-owned, not writable by group or others, and naming the
-/// same UCloud user as its file name (ucloud-wire's [`MappingRecord`]).
-fn read_mapping(user: &UcloudName, mappings: &OwnedFd) -> Result<MappingRecord, Error> {
+/// same UCloud user as its file name (ucloud-wire's [`Mapping`]).
+fn read_mapping(user: &UcloudName, mappings: &OwnedFd) -> Result<Mapping, Error> {
     let file = user.file_name();
     let path = format!("{}/{file}", ucloud_wire::paths::mappings_dir());
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
@@ -170,5 +171,5 @@ fn read_mapping(user: &UcloudName, mappings: &OwnedFd) -> Result<MappingRecord, 
     }
     check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
     let text = read_small(fd, &path)?;
-    MappingRecord::parse(user, &text).map_err(|why| Error::Config(format!("{path}: {why}")))
+    Mapping::parse(user, text.as_bytes()).map_err(|why| Error::Config(format!("{path}: {why}")))
 }

@@ -20,6 +20,7 @@ pub mod names;
 pub mod outbox;
 pub mod paths;
 pub mod products;
+pub mod record;
 pub mod token;
 pub mod usage;
 
