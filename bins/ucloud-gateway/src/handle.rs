@@ -445,10 +445,6 @@ pub(crate) fn transfer_request(req: &Request) -> Value {
     map.insert("method".into(), Value::String(req.method.clone()));
     map.insert("query".into(), query_object(req, Some("token")));
     map.insert("headers".into(), Value::Object(headers));
-    // The plugin keys its transfer session on the token the dispatcher verified.
-    if let Ok(Some(token)) = transfer_token(req) {
-        map.insert("token".into(), Value::String(token));
-    }
     Value::Object(map)
 }
 

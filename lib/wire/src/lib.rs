@@ -22,6 +22,7 @@ pub mod paths;
 pub mod products;
 pub mod record;
 pub mod token;
+pub mod transfer;
 pub mod usage;
 
 /// Milliseconds since the epoch, UCloud's timestamp unit.
