@@ -18,12 +18,11 @@
 //!
 //! Refusals of callers that were not accepted are limited per uid (limit.rs).
 
-use crate::checks::{open_secure, Kind};
 use crate::error::Error;
+use crate::trust::{self, Use};
 use crate::{limit, sys};
-use nix::fcntl::{openat, Flock, FlockArg, OFlag};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::stat::{fstat, Mode, SFlag};
 use nix::unistd::{setresuid, Uid};
 use serde_json::{json, Value};
 use std::fs::File;
@@ -129,31 +128,11 @@ fn append(
 }
 
 fn open_log(path: &str) -> Result<File, String> {
-    let (dir, name) = path
-        .rsplit_once('/')
-        .expect("audit_log() is an absolute path");
-    let dir = open_secure(dir, Kind::Dir).map_err(|e| e.to_string())?;
     // Read as well as append: a partial record at the end is looked for and cut.
-    let flags = OFlag::O_RDWR
-        | OFlag::O_APPEND
-        | OFlag::O_CREAT
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_CLOEXEC
-        | OFlag::O_NONBLOCK;
-    let fd =
-        openat(&dir, name, flags, Mode::from_bits_truncate(0o600)).map_err(|e| e.to_string())?;
-    let stat = fstat(&fd).map_err(|e| e.to_string())?;
-    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-        return Err("not a regular file".into());
-    }
-    if stat.st_uid != 0 || stat.st_mode & 0o077 != 0 {
-        return Err(format!(
-            "must be owned by root with mode 0600 (it is uid {}, mode {:04o})",
-            stat.st_uid,
-            stat.st_mode & 0o7777
-        ));
-    }
-    Ok(File::from(fd))
+    let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT;
+    trust::open(path, Use::Write(flags))
+        .map(File::from)
+        .map_err(|e| e.to_string())
 }
 
 /// One write(2); if it comes back short, the log is cut back to where it began (the

@@ -3,10 +3,8 @@
 //! names is then judged by ucloud-wire's account rule, the registry's too.
 //! Calls without a user run as the service account, which no UCloud name can map to.
 
-use crate::checks::{check_owner, read_small};
 use crate::error::Error;
-use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{fstat, Mode, SFlag};
+use crate::trust::{self, Untrusted, Use};
 use nix::unistd::{getgrouplist, getuid, Gid, Uid, User};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
@@ -147,29 +145,15 @@ impl Target {
 /// `mappings/<hex>`: root-owned, not writable by group or others, and naming the
 /// same UCloud user as its file name (ucloud-wire's [`Mapping`]).
 fn read_mapping(user: &UcloudName, mappings: &OwnedFd) -> Result<Mapping, Error> {
-    let file = user.file_name();
-    let path = format!("{}/{file}", ucloud_wire::paths::mappings_dir());
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let fd = match openat(mappings, file.as_str(), flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(nix::errno::Errno::ENOENT) => {
-            return Err(Error::NotMapped(format!(
+    let dir = ucloud_wire::paths::mappings_dir();
+    let (fd, _) =
+        trust::open_at(mappings, &dir, &user.file_name(), Use::Read).map_err(|u| match u {
+            Untrusted::Missing(_) => Error::NotMapped(format!(
                 "UCloud user {user} has no local account on this provider: connect it first"
-            )))
-        }
-        Err(e) => {
-            return Err(Error::UnsafeInstallation(format!(
-                "cannot open {path}: {e}"
-            )))
-        }
-    };
-    let stat = fstat(&fd).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
-    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-        return Err(Error::UnsafeInstallation(format!(
-            "{path} is not a regular file"
-        )));
-    }
-    check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
-    let text = read_small(fd, &path)?;
+            )),
+            u => u.into(),
+        })?;
+    let path = format!("{dir}/{}", user.file_name());
+    let text = trust::read_small(fd, &path)?;
     Mapping::parse(user, text.as_bytes()).map_err(|why| Error::Config(format!("{path}: {why}")))
 }

@@ -2,10 +2,11 @@
 //! call mints a token for, and the check that a token still fits the mapping. The
 //! token itself (claims, mint, verify) is ucloud-wire's [`transfer`] module.
 
-use crate::checks::{check_owner, open_secure, Kind};
 use crate::error::Error;
 use crate::mapping::Target;
+use crate::trust::{self, Use};
 use std::io::Read;
+use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::install;
 use ucloud_wire::names::LocalName;
 use ucloud_wire::transfer::{self, Claims};
@@ -18,7 +19,7 @@ pub fn key_path() -> String {
 
 pub fn load_key() -> Result<TransferKey, Error> {
     let path = key_path();
-    let fd = open_secure(&path, Kind::File).map_err(|e| match e {
+    let fd = trust::open(&path, Use::Secret).map_err(|e| match e {
         // The installation makes the key; say how, since a missing one stops every
         // upload and download.
         Error::Config(why) if why.ends_with("does not exist") => Error::Config(format!(
@@ -28,9 +29,6 @@ pub fn load_key() -> Result<TransferKey, Error> {
         )),
         e => e,
     })?;
-    let stat = nix::sys::stat::fstat(&fd).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
-    check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
-    install::check_secret_mode(&path, stat.st_mode).map_err(Error::UnsafeInstallation)?;
     let mut key = Vec::new();
     std::fs::File::from(fd)
         .take(4096)
@@ -70,6 +68,19 @@ pub fn mint(key: &TransferKey, for_call: &str, target: &Target, now: u64) -> Res
 pub fn verify(token: &str, key: &TransferKey, call: &str, now: u64) -> Result<Claims, Error> {
     transfer::verify(token, &key.0, call, now)
         .map_err(|why| Error::BadToken(format!("transfer token {why}")))
+}
+
+/// The token the plugin gets: for a create call a fresh one for the call it
+/// redeems; on the data channel the one it was called with (verified by then),
+/// which names the transfer session the create call set up.
+pub fn for_plugin(envelope: &Envelope, target: &Target) -> Result<Option<String>, Error> {
+    if let Some(for_call) = redeemed_by(&envelope.call) {
+        return mint(&load_key()?, for_call, target, crate::verify::now()).map(Some);
+    }
+    Ok(match &envelope.credential {
+        Credential::Transfer(token) => Some(token.clone()),
+        Credential::Bearer(_) => None,
+    })
 }
 
 /// The user's mapping must still lead to the account the token was minted for.
