@@ -16,6 +16,7 @@ mod limit;
 mod mapping;
 mod nss;
 mod sanitize;
+mod shield;
 #[allow(unsafe_code)]
 mod sys;
 mod transfer;
