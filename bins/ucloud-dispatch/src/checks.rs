@@ -6,7 +6,6 @@ use crate::error::Error;
 use crate::trust::{open, read_small, Use};
 use caps::{CapSet, Capability};
 use nix::unistd::geteuid;
-use std::fs::File;
 use std::os::fd::OwnedFd;
 use ucloud_wire::config::SiteConfig;
 use ucloud_wire::paths;
@@ -35,7 +34,7 @@ pub fn privileges() -> Result<(), Error> {
 /// What the installation gives the dispatcher, every piece checked.
 pub struct Installation {
     pub site: SiteConfig,
-    pub key_file: File,
+    pub key: UcloudKey,
     pub mappings: OwnedFd,
     pub plugins: OwnedFd,
 }
@@ -50,16 +49,13 @@ pub fn site_config() -> Result<SiteConfig, Error> {
 
 /// The rest of the installation, once the caller is known to be the gateway.
 pub fn installation(site: SiteConfig) -> Result<Installation, Error> {
+    let key_path = paths::ucloud_public_key();
+    let key = read_small(open(&key_path, Use::Read)?, &key_path)?;
     Ok(Installation {
         site,
-        key_file: File::from(open(&paths::ucloud_public_key(), Use::Read)?),
+        key: UcloudKey::parse(key.as_bytes())
+            .map_err(|e| Error::Config(format!("{key_path}: {e}")))?,
         mappings: open(&paths::mappings_dir(), Use::Dir)?,
         plugins: open(&paths::plugin_dir(), Use::Dir)?,
     })
-}
-
-pub fn ucloud_key(file: File) -> Result<UcloudKey, Error> {
-    let text = read_small(OwnedFd::from(file), &paths::ucloud_public_key())?;
-    UcloudKey::parse(text.as_bytes())
-        .map_err(|e| Error::Config(format!("{}: {e}", paths::ucloud_public_key())))
 }

@@ -112,16 +112,15 @@ fn decide(record: &mut audit::Record) -> Result<Option<Prepared>, Error> {
     nss::leave_out(&site.nss_skip)?;
     caller::check(&site)?;
     record.caller_accepted = true;
-    let install = checks::installation(site)?;
     // Everything that does not depend on the request is done before it arrives: a
     // spare dispatcher (ucloud-gateway(8)) has it done when the request comes.
-    let key = checks::ucloud_key(install.key_file)?;
+    let install = checks::installation(site)?;
     let Some(envelope) = envelope::read(channel)? else {
         return Ok(None);
     };
     record.call = Some(envelope.call.clone());
     record.ucloud_user = envelope.user.as_ref().map(|u| u.to_string());
-    let verified = verify::credential(&envelope, &key, &install.site, verify::now())?;
+    let verified = verify::credential(&envelope, &install.key, &install.site, verify::now())?;
     // ---- the credential is verified: side effects may follow from here on ----
     record.ucloud_user = verified.user.as_ref().map(|u| u.to_string());
     let target = mapping::resolve(
