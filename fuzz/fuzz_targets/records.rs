@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ucloud_wire::record::{Drive, Mapping};
 use ucloud_wire::names::{DriveId, UcloudName};
+use ucloud_wire::record::{Drive, Mapping};
 use ucloud_wire::{outbox, usage};
 
 fuzz_target!(|input: &[u8]| {
