@@ -5,8 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ucloud_wire::install::{Drive, MappingRecord};
 use ucloud_wire::names::{DriveId, UcloudName};
+use ucloud_wire::record::{Drive, Mapping};
 use ucloud_wire::{outbox, usage};
 
 fuzz_target!(|input: &[u8]| {
@@ -16,8 +16,9 @@ fuzz_target!(|input: &[u8]| {
     match kind % 4 {
         0 => {
             let user = UcloudName::new("alice#1234").unwrap();
-            if let Ok(text) = std::str::from_utf8(rest) {
-                let _ = MappingRecord::parse(&user, text);
+            if let Ok(mapping) = Mapping::parse(&user, rest) {
+                let again = serde_json::to_vec(&mapping.to_json()).unwrap();
+                assert_eq!(Mapping::parse(&user, &again).unwrap(), mapping);
             }
         }
         1 => {

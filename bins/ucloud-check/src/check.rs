@@ -8,8 +8,9 @@ use std::fs::{self, File, Metadata};
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::MetadataExt;
 use ucloud_wire::config::SiteConfig;
-use ucloud_wire::install::{self, Drive, FileKind, MappingRecord, MAX_SMALL_FILE};
+use ucloud_wire::install::{self, FileKind, MAX_SMALL_FILE};
 use ucloud_wire::names::{DriveId, UcloudName};
+use ucloud_wire::record::{Drive, Mapping};
 use ucloud_wire::{calls, paths};
 
 /// The installation checked: the one this build was made for, or one below a
@@ -328,7 +329,7 @@ fn mappings(dir: &str, site: Option<&SiteConfig>, report: &mut Report) {
         let Some(text) = read_small(&path, report) else {
             continue;
         };
-        let mapping = match MappingRecord::parse(&user, &text) {
+        let mapping = match Mapping::parse(&user, text.as_bytes()) {
             Ok(mapping) => mapping,
             Err(why) => {
                 report.problem(
@@ -352,7 +353,7 @@ fn mappings(dir: &str, site: Option<&SiteConfig>, report: &mut Report) {
                 );
             }
         }
-        match User::from_name(&mapping.local) {
+        match User::from_name(mapping.local.as_str()) {
             Ok(Some(account)) if account.uid.as_raw() == mapping.uid => {}
             Ok(Some(account)) => report.warning(
                 &path,
@@ -391,10 +392,7 @@ fn drives(dir: &str, report: &mut Report) {
         let Some(text) = read_small(&path, report) else {
             continue;
         };
-        let parsed = serde_json::from_str(&text)
-            .map_err(|e| format!("not JSON: {e}"))
-            .and_then(|value| Drive::from_json(&id, &value));
-        match parsed {
+        match Drive::parse(&id, text.as_bytes()) {
             Ok(_) => count += 1,
             Err(why) => report.problem(
                 &path,

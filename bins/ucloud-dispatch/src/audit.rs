@@ -18,13 +18,10 @@
 //!
 //! Refusals of callers that were not accepted are limited per uid (limit.rs).
 
-use crate::checks::{open_secure, Kind};
 use crate::error::Error;
-use crate::{limit, sys};
-use nix::fcntl::{openat, Flock, FlockArg, OFlag};
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::stat::{fstat, Mode, SFlag};
-use nix::unistd::{setresuid, Uid};
+use crate::trust::{self, Use};
+use crate::{limit, shield};
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde_json::{json, Value};
 use std::fs::File;
 use std::io::Write;
@@ -47,16 +44,11 @@ pub struct Record {
 
 impl Record {
     pub fn line(&self, outcome: Result<(), &Error>) -> String {
-        let mut v = json!({
-            "time": ucloud_wire::now_ms(),
-            "program": "ucloud-dispatch",
-            "pid": std::process::id(),
-            "callerUid": self.caller_uid,
-            "call": self.call,
-            "ucloudUser": self.ucloud_user,
-            "localUser": self.local_user,
-            "uid": self.uid,
-        });
+        let mut v = head(self.caller_uid);
+        v["call"] = json!(self.call);
+        v["ucloudUser"] = json!(self.ucloud_user);
+        v["localUser"] = json!(self.local_user);
+        v["uid"] = json!(self.uid);
         match outcome {
             Ok(()) => v["decision"] = json!("allowed"),
             Err(e) => {
@@ -82,18 +74,21 @@ pub fn write(record: &Record, outcome: Result<(), &Error>) -> Result<(), Error> 
     Ok(())
 }
 
+/// What every line starts with.
+fn head(caller_uid: u32) -> Value {
+    json!({
+        "time": ucloud_wire::now_ms(), "program": "ucloud-dispatch",
+        "pid": std::process::id(), "callerUid": caller_uid,
+    })
+}
+
 /// The summary of a refused caller's records that were not written.
 fn summary_line(caller_uid: u32, summary: limit::Summary) -> String {
-    json!({
-        "time": ucloud_wire::now_ms(),
-        "program": "ucloud-dispatch",
-        "pid": std::process::id(),
-        "callerUid": caller_uid,
-        "decision": "suppressed",
-        "suppressed": summary.count,
-        "since": summary.since,
-    })
-    .to_string()
+    let mut v = head(caller_uid);
+    v["decision"] = json!("suppressed");
+    v["suppressed"] = json!(summary.count);
+    v["since"] = json!(summary.since);
+    v.to_string()
 }
 
 /// Appends what the limit lets through (the record, maybe after a summary) and
@@ -106,11 +101,11 @@ fn append(
     limited: bool,
 ) -> Result<Vec<(String, bool)>, String> {
     let file = open_log(path)?;
-    let _unsignalled =
-        RootRealUid::enter(caller_uid).map_err(|e| format!("cannot set the real uid to 0: {e}"))?;
+    let _unsignalled = shield::RootRealUid::enter(caller_uid)
+        .map_err(|e| format!("cannot set the real uid to 0: {e}"))?;
     let file = Flock::lock(file, FlockArg::LockExclusive)
         .map_err(|(_, e)| format!("cannot lock it: {e}"))?;
-    let _quiet = Quiet::enter().map_err(|e| format!("cannot block signals: {e}"))?;
+    let _quiet = shield::Quiet::enter().map_err(|e| format!("cannot block signals: {e}"))?;
     cut_partial_record(&file)?;
     let charge = limit::charge(caller_uid, ucloud_wire::now_ms(), limited);
     let mut lines = Vec::new();
@@ -129,31 +124,11 @@ fn append(
 }
 
 fn open_log(path: &str) -> Result<File, String> {
-    let (dir, name) = path
-        .rsplit_once('/')
-        .expect("audit_log() is an absolute path");
-    let dir = open_secure(dir, Kind::Dir).map_err(|e| e.to_string())?;
     // Read as well as append: a partial record at the end is looked for and cut.
-    let flags = OFlag::O_RDWR
-        | OFlag::O_APPEND
-        | OFlag::O_CREAT
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_CLOEXEC
-        | OFlag::O_NONBLOCK;
-    let fd =
-        openat(&dir, name, flags, Mode::from_bits_truncate(0o600)).map_err(|e| e.to_string())?;
-    let stat = fstat(&fd).map_err(|e| e.to_string())?;
-    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-        return Err("not a regular file".into());
-    }
-    if stat.st_uid != 0 || stat.st_mode & 0o077 != 0 {
-        return Err(format!(
-            "must be owned by root with mode 0600 (it is uid {}, mode {:04o})",
-            stat.st_uid,
-            stat.st_mode & 0o7777
-        ));
-    }
-    Ok(File::from(fd))
+    let flags = OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT;
+    trust::open(path, Use::Write(flags))
+        .map(File::from)
+        .map_err(|e| e.to_string())
 }
 
 /// One write(2); if it comes back short, the log is cut back to where it began (the
@@ -207,61 +182,6 @@ fn cut_partial_record(file: &File) -> Result<(), String> {
 fn cut(file: &File, at: u64) -> Result<(), String> {
     file.set_len(at)
         .map_err(|e| format!("cannot cut off a partial record at byte {at}: {e}"))
-}
-
-/// The real uid is 0 while the lock is held. The kernel lets a process signal
-/// another whose real or saved uid is its own: a setuid process's real uid is its
-/// caller's, so the caller could kill it between two pages of the write (cutting
-/// it short) or stop it holding the lock. The caller's uid comes back on drop.
-struct RootRealUid(u32);
-
-impl RootRealUid {
-    fn enter(caller_uid: u32) -> nix::Result<RootRealUid> {
-        // The effective uid is 0: making the real one 0 needs no capability.
-        setresuid(
-            Uid::from_raw(0),
-            Uid::from_raw(u32::MAX),
-            Uid::from_raw(u32::MAX),
-        )?;
-        Ok(RootRealUid(caller_uid))
-    }
-}
-
-impl Drop for RootRealUid {
-    fn drop(&mut self) {
-        // If this fails the process keeps real uid 0 (it is refusing, or about to
-        // drop every uid anyway): it only stays out of the caller's reach.
-        let _ = setresuid(
-            Uid::from_raw(self.0),
-            Uid::from_raw(u32::MAX),
-            Uid::from_raw(u32::MAX),
-        );
-    }
-}
-
-/// Every signal blocked (the dispatcher's own alarm too: it is delivered after the
-/// write) and SIGXFSZ ignored, for the length of the write. SIGXFSZ is ignored
-/// rather than blocked: a blocked signal stays pending, and would end the process
-/// after the write instead of during it.
-struct Quiet(SigSet);
-
-impl Quiet {
-    fn enter() -> nix::Result<Quiet> {
-        let mut all = SigSet::all();
-        all.remove(Signal::SIGXFSZ);
-        let mut old = SigSet::empty();
-        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old))?;
-        let quiet = Quiet(old);
-        sys::ignore_file_size_signal(true)?;
-        Ok(quiet)
-    }
-}
-
-impl Drop for Quiet {
-    fn drop(&mut self) {
-        let _ = sys::ignore_file_size_signal(false);
-        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
-    }
 }
 
 fn syslog(line: &str, allowed: bool) {

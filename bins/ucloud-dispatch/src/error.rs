@@ -46,66 +46,42 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn status(&self) -> u16 {
+    /// The table: each error's HTTP status, errorCode and exit code.
+    fn class(&self) -> (u16, &'static str, u8) {
         use Error::*;
         match self {
-            Usage(_) | BadEnvelope(_) | UnsupportedCredential(_) | UserRequired(_) => 400,
-            BadToken(_) => 401,
-            WrongCaller { .. } | UserMismatch { .. } | NotMapped(_) | AccountRefused(_) => 403,
-            UnsupportedCall(_) => 404,
-            NotRoot { .. }
-            | MissingCapability(_)
-            | UnsafeInstallation(_)
-            | Config(_)
-            | Audit(_)
-            | Drop(_)
-            | Exec(_)
-            | Internal(_) => 500,
+            Usage(_) => (400, "BAD_REQUEST", EXIT_USAGE),
+            BadEnvelope(_) => (400, "BAD_ENVELOPE", EXIT_USAGE),
+            NotRoot { .. } | MissingCapability(_) => {
+                (500, "DISPATCHER_NOT_PRIVILEGED", EXIT_CONFIG)
+            }
+            UnsafeInstallation(_) => (500, "UNSAFE_INSTALLATION", EXIT_CONFIG),
+            Config(_) => (500, "MISCONFIGURED", EXIT_CONFIG),
+            Audit(_) => (500, "AUDIT_FAILED", EXIT_CONFIG),
+            WrongCaller { .. } => (403, "WRONG_CALLER", EXIT_REFUSED),
+            BadToken(_) => (401, "BAD_TOKEN", EXIT_REFUSED),
+            UnsupportedCredential(_) => (400, "UNSUPPORTED_CREDENTIAL", EXIT_REFUSED),
+            UserRequired(_) => (400, "USER_REQUIRED", EXIT_REFUSED),
+            UserMismatch { .. } => (403, "USER_MISMATCH", EXIT_REFUSED),
+            NotMapped(_) => (403, "NOT_MAPPED", EXIT_REFUSED),
+            AccountRefused(_) => (403, "ACCOUNT_REFUSED", EXIT_REFUSED),
+            UnsupportedCall(_) => (404, "UNSUPPORTED_CALL", EXIT_REFUSED),
+            Drop(_) => (500, "PRIVILEGE_DROP_FAILED", EXIT_INTERNAL),
+            Exec(_) => (500, "EXEC_FAILED", EXIT_INTERNAL),
+            Internal(_) => (500, "INTERNAL", EXIT_INTERNAL),
         }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.class().0
     }
 
     pub fn code(&self) -> &'static str {
-        use Error::*;
-        match self {
-            Usage(_) => "BAD_REQUEST",
-            BadEnvelope(_) => "BAD_ENVELOPE",
-            NotRoot { .. } | MissingCapability(_) => "DISPATCHER_NOT_PRIVILEGED",
-            UnsafeInstallation(_) => "UNSAFE_INSTALLATION",
-            Config(_) => "MISCONFIGURED",
-            WrongCaller { .. } => "WRONG_CALLER",
-            BadToken(_) => "BAD_TOKEN",
-            UnsupportedCredential(_) => "UNSUPPORTED_CREDENTIAL",
-            UserRequired(_) => "USER_REQUIRED",
-            UserMismatch { .. } => "USER_MISMATCH",
-            NotMapped(_) => "NOT_MAPPED",
-            AccountRefused(_) => "ACCOUNT_REFUSED",
-            UnsupportedCall(_) => "UNSUPPORTED_CALL",
-            Audit(_) => "AUDIT_FAILED",
-            Drop(_) => "PRIVILEGE_DROP_FAILED",
-            Exec(_) => "EXEC_FAILED",
-            Internal(_) => "INTERNAL",
-        }
+        self.class().1
     }
 
     pub fn exit_code(&self) -> u8 {
-        use Error::*;
-        match self {
-            Usage(_) | BadEnvelope(_) => EXIT_USAGE,
-            WrongCaller { .. }
-            | BadToken(_)
-            | UnsupportedCredential(_)
-            | UserRequired(_)
-            | UserMismatch { .. }
-            | NotMapped(_)
-            | AccountRefused(_)
-            | UnsupportedCall(_) => EXIT_REFUSED,
-            NotRoot { .. }
-            | MissingCapability(_)
-            | UnsafeInstallation(_)
-            | Config(_)
-            | Audit(_) => EXIT_CONFIG,
-            Drop(_) | Exec(_) | Internal(_) => EXIT_INTERNAL,
-        }
+        self.class().2
     }
 
     pub fn failure(&self) -> Failure {

@@ -3,13 +3,14 @@
 //! check and the exec. The request goes to the plugin as a sealed, read-only memfd
 //! on fd 3, argv is fixed, and the environment is built from nothing.
 
-use crate::checks::check_owner;
+use crate::drop;
 use crate::error::Error;
 use crate::mapping::Target;
 use crate::sys;
-use nix::fcntl::{fcntl, open, openat, AtFlags, FcntlArg, OFlag, SealFlag};
+use crate::trust::{self, Untrusted, Use};
+use nix::fcntl::{fcntl, open, AtFlags, FcntlArg, OFlag, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
-use nix::sys::stat::{fstat, Mode, SFlag};
+use nix::sys::stat::Mode;
 use nix::unistd::{alarm, chdir, execveat};
 use std::ffi::CString;
 use std::fs::File;
@@ -35,24 +36,17 @@ pub struct Plugin {
 
 pub fn open_plugin(plugins: &OwnedFd, call: &str) -> Result<Plugin, Error> {
     // The call name was validated (letters and dots, no `..`, no `/`) by the
-    // envelope decoder; O_NOFOLLOW refuses a symlink at the last component.
-    let path = format!("{}/{call}", paths::plugin_dir());
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let fd = openat(plugins, call, flags, Mode::empty()).map_err(|e| match e {
-        nix::errno::Errno::ENOENT => Error::UnsupportedCall(call.to_string()),
-        nix::errno::Errno::ELOOP => {
+    // envelope decoder.
+    let dir = paths::plugin_dir();
+    let (fd, stat) = trust::open_at(plugins, &dir, call, Use::Read).map_err(|u| match u {
+        Untrusted::Missing(_) => Error::UnsupportedCall(call.to_string()),
+        Untrusted::Symlink(path) => {
             Error::UnsafeInstallation(format!("{path} is a symlink: install the plugin as a file"))
         }
-        e => Error::UnsafeInstallation(format!("cannot open {path}: {e}")),
+        u => u.into(),
     })?;
-    let stat = fstat(&fd).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
-    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-        return Err(Error::UnsafeInstallation(format!(
-            "{path} is not a regular file"
-        )));
-    }
-    check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
-    install::check_plugin_mode(&path, stat.st_mode).map_err(Error::UnsafeInstallation)?;
+    install::check_plugin_mode(&format!("{dir}/{call}"), stat.st_mode)
+        .map_err(Error::UnsafeInstallation)?;
     let fd = File::from(fd);
     let mut magic = [0u8; 2];
     let script = fd.read_at(&mut magic, 0).ok() == Some(2) && magic == *b"#!";
@@ -84,60 +78,58 @@ pub fn environment(call: &str, target: &Target, site: &SiteConfig) -> Vec<(Strin
     env
 }
 
-/// Runs as the target account: hands over the request, enters the home directory,
-/// arms the time limit and executes the plugin. Returns only on failure.
-pub fn launch(
-    plugin: Plugin,
-    call: &str,
-    request: &[u8],
-    env: &[(String, String)],
-    target: &Target,
-    timeout: u64,
-) -> Error {
-    match prepare_and_exec(plugin, call, request, env, target, timeout) {
-        Ok(never) => match never {},
-        Err(e) => e,
-    }
+/// A request that passed every check, ready to run.
+pub struct Prepared {
+    pub call: String,
+    pub request: Vec<u8>,
+    pub target: Target,
+    pub plugin: Plugin,
+    pub env: Vec<(String, String)>,
+    pub timeout: u64,
 }
 
-fn prepare_and_exec(
-    plugin: Plugin,
-    call: &str,
-    request: &[u8],
-    env: &[(String, String)],
-    target: &Target,
-    timeout: u64,
-) -> Result<std::convert::Infallible, Error> {
-    let internal = |what: &str, e: &dyn std::fmt::Display| Error::Exec(format!("{what}: {e}"));
-    // Everything held goes above the fixed numbers first, so that placing fds 3
-    // and 4 never closes a descriptor something still owns.
-    let renumber =
-        |fd| sys::renumber(fd, FIRST_FREE_FD).map_err(|e| internal("cannot renumber fds", &e));
-    let plugin_fd = renumber(plugin.fd)?;
-    let request_fd = renumber(sealed_request(request)?)?;
-    // Held until exec: dropping it would close fd 3.
-    let _request = sys::place_fd(request_fd, REQUEST_FD)
-        .map_err(|e| internal("cannot place the request on fd 3", &e))?;
-    let exec_fd = if plugin.script {
-        // A script is run by its interpreter, which reopens it through /dev/fd/4:
-        // that fd must survive the exec (see ucloud-dispatch(8), "Script plugins").
-        sys::place_fd(plugin_fd, SCRIPT_FD)
-            .map_err(|e| internal("cannot place the script on fd 4", &e))?
-    } else {
-        plugin_fd
-    };
-    enter_home(target)?;
-    let argv = [cstring(call)?, cstring("/dev/fd/3")?];
-    let envp: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| cstring(&format!("{k}={v}")))
-        .collect::<Result<_, _>>()?;
-    // Last, so that the whole limit belongs to the plugin.
-    alarm::set(u32::try_from(timeout.max(1)).unwrap_or(u32::MAX));
-    let e = execveat(&exec_fd, c"", &argv, &envp, AtFlags::AT_EMPTY_PATH).unwrap_err();
-    Err(Error::Exec(format!(
-        "cannot execute the plugin for {call}: {e}"
-    )))
+impl Prepared {
+    /// Becomes the target account for good, hands over the request, enters the home
+    /// directory, arms the time limit and executes the plugin. Returns only on failure.
+    pub fn run(self, parent: nix::unistd::Pid) -> Error {
+        match drop::become_target(&self.target, parent).and_then(|()| self.exec()) {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+
+    fn exec(self) -> Result<std::convert::Infallible, Error> {
+        let internal = |what: &str, e: &dyn std::fmt::Display| Error::Exec(format!("{what}: {e}"));
+        // Everything held goes above the fixed numbers first, so that placing fds 3
+        // and 4 never closes a descriptor something still owns.
+        let renumber =
+            |fd| sys::renumber(fd, FIRST_FREE_FD).map_err(|e| internal("cannot renumber fds", &e));
+        let plugin_fd = renumber(self.plugin.fd)?;
+        let request_fd = renumber(sealed_request(&self.request)?)?;
+        // Held until exec: dropping it would close fd 3.
+        let _request = sys::place_fd(request_fd, REQUEST_FD)
+            .map_err(|e| internal("cannot place the request on fd 3", &e))?;
+        let exec_fd = if self.plugin.script {
+            // A script is run by its interpreter, which reopens it through /dev/fd/4:
+            // that fd must survive the exec (see ucloud-dispatch(8), "Script plugins").
+            sys::place_fd(plugin_fd, SCRIPT_FD)
+                .map_err(|e| internal("cannot place the script on fd 4", &e))?
+        } else {
+            plugin_fd
+        };
+        enter_home(&self.target)?;
+        let argv = [cstring(&self.call)?, cstring("/dev/fd/3")?];
+        let envp: Vec<CString> = (self.env.iter())
+            .map(|(k, v)| cstring(&format!("{k}={v}")))
+            .collect::<Result<_, _>>()?;
+        // Last, so that the whole limit belongs to the plugin.
+        alarm::set(u32::try_from(self.timeout.max(1)).unwrap_or(u32::MAX));
+        let e = execveat(&exec_fd, c"", &argv, &envp, AtFlags::AT_EMPTY_PATH).unwrap_err();
+        Err(Error::Exec(format!(
+            "cannot execute the plugin for {}: {e}",
+            self.call
+        )))
+    }
 }
 
 /// The request in a memfd that nobody can change any more, reopened read-only.

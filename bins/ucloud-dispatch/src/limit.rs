@@ -12,11 +12,9 @@
 //! that directory (or with one that is not root's alone) nothing is limited, so a
 //! broken count never loses a record; ucloud-check(8) reports the directory.
 
-use crate::checks::{self, Kind};
-use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{fstat, Mode, SFlag};
+use crate::trust::{self, Use};
+use nix::fcntl::OFlag;
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use ucloud_wire::paths;
 
@@ -116,7 +114,7 @@ pub fn charge(uid: u32, now: u64, limited: bool) -> Charge {
     if !limited {
         return unlimited;
     }
-    let Some(file) = state_dir().and_then(|dir| open_state(&dir, uid)) else {
+    let Some(file) = open_state(uid) else {
         return unlimited;
     };
     let state = read(&file).unwrap_or_default();
@@ -126,25 +124,12 @@ pub fn charge(uid: u32, now: u64, limited: bool) -> Charge {
     }
 }
 
-fn state_dir() -> Option<OwnedFd> {
-    checks::open_secure(&paths::audit_limit_dir(), Kind::Dir).ok()
-}
-
 /// The uid's file, made on its first refusal. Anything but a root-owned 0600
 /// regular file is not trusted: then nothing is limited.
-fn open_state(dir: &OwnedFd, uid: u32) -> Option<File> {
-    let flags =
-        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let file = openat(
-        dir,
-        uid.to_string().as_str(),
-        flags,
-        Mode::from_bits_truncate(0o600),
-    )
-    .ok()?;
-    let stat = fstat(&file).ok()?;
-    let regular = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG;
-    (regular && stat.st_uid == 0 && stat.st_mode & 0o077 == 0).then(|| File::from(file))
+fn open_state(uid: u32) -> Option<File> {
+    let path = format!("{}/{uid}", paths::audit_limit_dir());
+    let flags = OFlag::O_RDWR | OFlag::O_CREAT;
+    trust::open(&path, Use::Write(flags)).ok().map(File::from)
 }
 
 fn read(file: &File) -> Option<State> {

@@ -16,12 +16,15 @@ mod limit;
 mod mapping;
 mod nss;
 mod sanitize;
+mod shield;
 #[allow(unsafe_code)]
 mod sys;
 mod transfer;
+mod trust;
 mod verify;
 
 use error::Error;
+use exec::Prepared;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -76,11 +79,10 @@ fn main() -> ExitCode {
     } else {
         Ok(())
     };
-    let allowed = match (decision, logged) {
-        (Err(e), _) | (Ok(_), Err(e)) => return fail(&e),
-        (Ok(allowed), Ok(())) => allowed,
-    };
-    fail(&launch(allowed, parent))
+    match (decision, logged) {
+        (Err(e), _) | (Ok(_), Err(e)) => fail(&e),
+        (Ok(prepared), Ok(())) => fail(&prepared.run(parent)),
+    }
 }
 
 /// The version and the prefix every path was fixed under at build time
@@ -96,21 +98,11 @@ fn version() -> String {
     )
 }
 
-/// A request that passed every check, ready to run.
-struct Allowed {
-    call: String,
-    request: Vec<u8>,
-    target: mapping::Target,
-    plugin: exec::Plugin,
-    env: Vec<(String, String)>,
-    timeout: u64,
-}
-
 /// Everything up to and including the decision. Nothing here reaches outside the
 /// process (tests::no_side_effect_before_the_token_is_verified keeps it so): the
 /// audit record is written by the caller, after the decision.
 /// `Ok(None)`: no request came (fd 3 closed before its first byte).
-fn decide(record: &mut audit::Record) -> Result<Option<Allowed>, Error> {
+fn decide(record: &mut audit::Record) -> Result<Option<Prepared>, Error> {
     sanitize::process()?;
     // Before anything is opened, or a closed fd 3 would be taken by that open.
     let channel = sys::take_envelope_fd();
@@ -120,16 +112,15 @@ fn decide(record: &mut audit::Record) -> Result<Option<Allowed>, Error> {
     nss::leave_out(&site.nss_skip)?;
     caller::check(&site)?;
     record.caller_accepted = true;
-    let install = checks::installation(site)?;
     // Everything that does not depend on the request is done before it arrives: a
     // spare dispatcher (ucloud-gateway(8)) has it done when the request comes.
-    let key = checks::ucloud_key(install.key_file)?;
+    let install = checks::installation(site)?;
     let Some(envelope) = envelope::read(channel)? else {
         return Ok(None);
     };
     record.call = Some(envelope.call.clone());
     record.ucloud_user = envelope.user.as_ref().map(|u| u.to_string());
-    let verified = verify::credential(&envelope, &key, &install.site, verify::now())?;
+    let verified = verify::credential(&envelope, &install.key, &install.site, verify::now())?;
     // ---- the credential is verified: side effects may follow from here on ----
     record.ucloud_user = verified.user.as_ref().map(|u| u.to_string());
     let target = mapping::resolve(
@@ -147,16 +138,11 @@ fn decide(record: &mut audit::Record) -> Result<Option<Allowed>, Error> {
     let request = serde_json::to_vec(&envelope.request)
         .map_err(|e| Error::Internal(format!("cannot serialise the request: {e}")))?;
     let mut env = exec::environment(&envelope.call, &target, &install.site);
-    if let Some(for_call) = transfer::redeemed_by(&envelope.call) {
-        let token = transfer::mint(&transfer::load_key()?, for_call, &target, verify::now())?;
-        env.push(("UCLOUD_TRANSFER_TOKEN".into(), token));
-    }
-    // On the data channel the plugin gets the token it was called with (verified
-    // above): it names the transfer session the create call set up.
-    if let ucloud_wire::envelope::Credential::Transfer(token) = &envelope.credential {
-        env.push(("UCLOUD_TRANSFER_TOKEN".into(), token.clone()));
-    }
-    Ok(Some(Allowed {
+    env.extend(
+        transfer::for_plugin(&envelope, &target)?
+            .map(|token| ("UCLOUD_TRANSFER_TOKEN".into(), token)),
+    );
+    Ok(Some(Prepared {
         env,
         timeout: install.site.timeout_for(&envelope.call),
         call: envelope.call,
@@ -164,21 +150,6 @@ fn decide(record: &mut audit::Record) -> Result<Option<Allowed>, Error> {
         target,
         plugin,
     }))
-}
-
-/// Drops to the target account and executes the plugin; returns only on failure.
-fn launch(allowed: Allowed, parent: nix::unistd::Pid) -> Error {
-    if let Err(e) = drop::become_target(&allowed.target, parent) {
-        return e;
-    }
-    exec::launch(
-        allowed.plugin,
-        &allowed.call,
-        &allowed.request,
-        &allowed.env,
-        &allowed.target,
-        allowed.timeout,
-    )
 }
 
 fn fail(error: &Error) -> ExitCode {
@@ -246,6 +217,7 @@ mod tests {
             ("decide() before the marker", body),
             ("sanitize.rs", include_str!("sanitize.rs")),
             ("checks.rs", include_str!("checks.rs")),
+            ("trust.rs", include_str!("trust.rs")),
             ("caller.rs", include_str!("caller.rs")),
             ("envelope.rs", include_str!("envelope.rs")),
             ("verify.rs", include_str!("verify.rs")),
@@ -266,12 +238,13 @@ mod tests {
         }
         assert_eq!(code_only("a(\"chown\") // chmod\nb"), "a(\"\") \nb");
         assert!(!code_only("a(\"x\\\"chown\") // chmod\nb").contains("chown"));
-        // The steps the marker guards really are in that order.
+        // The steps the marker guards really are in that order; only a Prepared
+        // request drops privileges and executes (exec.rs), and it is made last.
         let verify_at = main.find("verify::credential(&envelope").unwrap();
         for later in [
             "mapping::resolve(",
             "exec::open_plugin(",
-            "drop::become_target(",
+            "Ok(Some(Prepared {",
         ] {
             assert!(
                 main.find(later).unwrap() > verify_at,

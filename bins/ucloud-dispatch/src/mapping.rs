@@ -1,20 +1,19 @@
 //! Who the plugin runs as. A UCloud name is looked up as data (the root-owned file
 //! `mappings/<hex of the name>`), never used in a path raw; the local account it
-//! names is then checked through NSS the way Open OnDemand's nginx_stage does.
+//! names is then judged by ucloud-wire's account rule, the registry's too.
 //! Calls without a user run as the service account, which no UCloud name can map to.
 
-use crate::checks::{check_owner, read_small};
 use crate::error::Error;
-use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{fstat, Mode, SFlag};
-use nix::unistd::{getgrouplist, Gid, Uid, User};
+use crate::trust::{self, Untrusted, Use};
+use nix::unistd::{getgrouplist, getuid, Gid, Uid, User};
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use ucloud_wire::account::{self, Facts, Own};
 use ucloud_wire::calls;
 use ucloud_wire::config::SiteConfig;
-use ucloud_wire::install::MappingRecord;
 use ucloud_wire::names::UcloudName;
+use ucloud_wire::record::Mapping;
 
 /// The account a plugin runs as, fully resolved.
 #[derive(Debug, Clone)]
@@ -36,7 +35,7 @@ pub fn resolve(
 ) -> Result<Target, Error> {
     let service = service_account(site)?;
     if calls::is_service_call(call) {
-        return target(service, None);
+        return service_target(service);
     }
     let user = user.ok_or_else(|| Error::UserRequired(format!("{call} needs a UCloud user")))?;
     let mapping = read_mapping(user, mappings)?;
@@ -45,11 +44,12 @@ pub fn resolve(
             "the connection of UCloud user {user} to this provider has expired: connect again in UCloud"
         )));
     }
-    let MappingRecord {
+    let Mapping {
         local,
         uid: recorded_uid,
         ..
     } = mapping;
+    let local = local.as_str().to_string();
     let account = lookup(&local)?.ok_or_else(|| {
         refused(
             &local,
@@ -62,36 +62,26 @@ pub fn resolve(
             account.uid
         )));
     }
-    let back = User::from_uid(account.uid).ok().flatten().map(|u| u.name);
-    if back.as_deref() != Some(local.as_str()) {
-        return Err(refused(
-            &local,
-            &format!(
-                "does not round-trip through NSS (uid {} is {back:?})",
-                account.uid
-            ),
-        ));
+    let groups = group_list(&account)?;
+    let facts = Facts {
+        name: local.clone(),
+        uid: account.uid.as_raw(),
+        gid: account.gid.as_raw(),
+        groups: groups.iter().map(|g| g.as_raw()).collect(),
+        shell: account.shell.to_string_lossy().into_owned(),
+        home: account.dir.to_string_lossy().into_owned(),
+        name_of_uid: User::from_uid(account.uid).ok().flatten().map(|u| u.name),
+    };
+    // The caller check made sure the real uid is the gateway's.
+    let mut own = Own {
+        uids: vec![service.uid.as_raw(), getuid().as_raw()],
+    };
+    if !site.sender_user.is_empty() {
+        own.uids
+            .extend(lookup(&site.sender_user)?.map(|u| u.uid.as_raw()));
     }
-    if account.uid.is_root() || account.gid.as_raw() == 0 {
-        return Err(refused(&local, "is root or in group root"));
-    }
-    if account.uid.as_raw() < site.min_uid {
-        return Err(refused(
-            &local,
-            &format!("has uid {}, below min_uid {}", account.uid, site.min_uid),
-        ));
-    }
-    let shell = account.shell.to_string_lossy().into_owned();
-    if site.disabled_shells.contains(&shell) {
-        return Err(refused(&local, &format!("has the disabled shell {shell}")));
-    }
-    if account.uid == service.uid || local == site.service_user || local == site.gateway_user {
-        return Err(refused(
-            &local,
-            "is the service or gateway account, never a mapping target",
-        ));
-    }
-    target(account, Some(user.clone()))
+    account::judge(&facts, site, &own).map_err(|why| refused(&local, &why.to_string()))?;
+    Ok(Target::new(account, groups, Some(user.clone())))
 }
 
 fn refused(local: &str, why: &str) -> Error {
@@ -119,53 +109,51 @@ fn service_account(site: &SiteConfig) -> Result<User, Error> {
     Ok(account)
 }
 
-fn target(account: User, ucloud: Option<UcloudName>) -> Result<Target, Error> {
+fn group_list(account: &User) -> Result<Vec<Gid>, Error> {
     let cname = CString::new(account.name.as_bytes())
         .map_err(|_| Error::Internal("account name holds a NUL".into()))?;
-    let groups = getgrouplist(&cname, account.gid)
-        .map_err(|e| Error::Internal(format!("cannot list the groups of {}: {e}", account.name)))?;
+    getgrouplist(&cname, account.gid)
+        .map_err(|e| Error::Internal(format!("cannot list the groups of {}: {e}", account.name)))
+}
+
+/// The service account is not a mapping target and so not judged as one, but a
+/// plugin never runs with group root either way.
+fn service_target(service: User) -> Result<Target, Error> {
+    let groups = group_list(&service)?;
     if groups.iter().any(|g| g.as_raw() == 0) {
         return Err(Error::AccountRefused(format!(
             "{} is a member of group root (gid 0): a plugin never runs with it",
-            account.name
+            service.name
         )));
     }
-    Ok(Target {
-        name: account.name,
-        uid: account.uid,
-        gid: account.gid,
-        groups,
-        home: account.dir,
-        ucloud,
-    })
+    Ok(Target::new(service, groups, None))
+}
+
+impl Target {
+    fn new(account: User, groups: Vec<Gid>, ucloud: Option<UcloudName>) -> Target {
+        Target {
+            name: account.name,
+            uid: account.uid,
+            gid: account.gid,
+            groups,
+            home: account.dir,
+            ucloud,
+        }
+    }
 }
 
 /// `mappings/<hex>`: root-owned, not writable by group or others, and naming the
-/// same UCloud user as its file name (ucloud-wire's [`MappingRecord`]).
-fn read_mapping(user: &UcloudName, mappings: &OwnedFd) -> Result<MappingRecord, Error> {
-    let file = user.file_name();
-    let path = format!("{}/{file}", ucloud_wire::paths::mappings_dir());
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let fd = match openat(mappings, file.as_str(), flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(nix::errno::Errno::ENOENT) => {
-            return Err(Error::NotMapped(format!(
+/// same UCloud user as its file name (ucloud-wire's [`Mapping`]).
+fn read_mapping(user: &UcloudName, mappings: &OwnedFd) -> Result<Mapping, Error> {
+    let dir = ucloud_wire::paths::mappings_dir();
+    let (fd, _) =
+        trust::open_at(mappings, &dir, &user.file_name(), Use::Read).map_err(|u| match u {
+            Untrusted::Missing(_) => Error::NotMapped(format!(
                 "UCloud user {user} has no local account on this provider: connect it first"
-            )))
-        }
-        Err(e) => {
-            return Err(Error::UnsafeInstallation(format!(
-                "cannot open {path}: {e}"
-            )))
-        }
-    };
-    let stat = fstat(&fd).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
-    if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
-        return Err(Error::UnsafeInstallation(format!(
-            "{path} is not a regular file"
-        )));
-    }
-    check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
-    let text = read_small(fd, &path)?;
-    MappingRecord::parse(user, &text).map_err(|why| Error::Config(format!("{path}: {why}")))
+            )),
+            u => u.into(),
+        })?;
+    let path = format!("{dir}/{}", user.file_name());
+    let text = trust::read_small(fd, &path)?;
+    Mapping::parse(user, text.as_bytes()).map_err(|why| Error::Config(format!("{path}: {why}")))
 }

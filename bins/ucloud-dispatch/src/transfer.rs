@@ -1,27 +1,15 @@
-//! Transfer tokens: the credential of the browser-facing data channel
-//! (`files.download`, `files.upload`), which carries no UCloud token. The dispatcher
-//! mints one for `files.createDownload` / `files.createUpload` (the plugin puts it
-//! in the URL it returns) and verifies it when the browser comes back.
-//!
-//! An HS256 JWT keyed with `{state_dir}/transfer.key` (at least 32 random bytes,
-//! root-only): the algorithm is fixed here, never read from the token. It names the
-//! UCloud user, the local account and uid it was minted for, the one call it is good
-//! for, a random `jti` the plugin can key its session on, and `exp`. It is a bearer
-//! credential: anyone holding the URL can use it until it expires.
+//! Transfer tokens, the dispatcher's part: the root-only key, the call each create
+//! call mints a token for, and the check that a token still fits the mapping. The
+//! token itself (claims, mint, verify) is ucloud-wire's [`transfer`] module.
 
-use crate::checks::{check_owner, open_secure, Kind};
 use crate::error::Error;
 use crate::mapping::Target;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde_json::{json, Value};
+use crate::trust::{self, Use};
 use std::io::Read;
+use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::install;
-use ucloud_wire::names::UcloudName;
-
-/// How long a minted token is good for: UCloud keeps download and upload sessions
-/// for up to 48 hours.
-pub const LIFETIME_SECS: u64 = 48 * 3600;
-const TYPE: &str = "ucloud-im-transfer";
+use ucloud_wire::names::LocalName;
+use ucloud_wire::transfer::{self, Claims};
 
 pub struct TransferKey(Vec<u8>);
 
@@ -31,7 +19,7 @@ pub fn key_path() -> String {
 
 pub fn load_key() -> Result<TransferKey, Error> {
     let path = key_path();
-    let fd = open_secure(&path, Kind::File).map_err(|e| match e {
+    let fd = trust::open(&path, Use::Secret).map_err(|e| match e {
         // The installation makes the key; say how, since a missing one stops every
         // upload and download.
         Error::Config(why) if why.ends_with("does not exist") => Error::Config(format!(
@@ -41,9 +29,6 @@ pub fn load_key() -> Result<TransferKey, Error> {
         )),
         e => e,
     })?;
-    let stat = nix::sys::stat::fstat(&fd).map_err(|e| Error::Internal(format!("{path}: {e}")))?;
-    check_owner(&path, &stat).map_err(Error::UnsafeInstallation)?;
-    install::check_secret_mode(&path, stat.st_mode).map_err(Error::UnsafeInstallation)?;
     let mut key = Vec::new();
     std::fs::File::from(fd)
         .take(4096)
@@ -53,90 +38,46 @@ pub fn load_key() -> Result<TransferKey, Error> {
     Ok(TransferKey(key))
 }
 
-/// The call a token minted by `call` is good for.
-pub fn redeemed_by(call: &str) -> Option<&'static str> {
-    match call {
-        "files.createDownload" => Some("files.download"),
-        "files.createUpload" => Some("files.upload"),
-        _ => None,
-    }
-}
-
 pub fn mint(key: &TransferKey, for_call: &str, target: &Target, now: u64) -> Result<String, Error> {
     let ucloud = target
         .ucloud
-        .as_ref()
+        .clone()
         .ok_or_else(|| Error::Internal("a transfer token needs a UCloud user".into()))?;
-    let claims = json!({
-        "typ": TYPE,
-        "call": for_call,
-        "ucloud": ucloud.as_str(),
-        "local": target.name,
-        "uid": target.uid.as_raw(),
-        "jti": random_id()?,
-        "iat": now,
-        "exp": now + LIFETIME_SECS,
-    });
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(&key.0),
-    )
-    .map_err(|e| Error::Internal(format!("cannot sign a transfer token: {e}")))
-}
-
-/// Whom a valid transfer token was minted for.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Bound {
-    pub ucloud: UcloudName,
-    pub local: String,
-    pub uid: u32,
-}
-
-pub fn verify(token: &str, key: &TransferKey, call: &str, now: u64) -> Result<Bound, Error> {
-    let bad = |why: &str| Error::BadToken(format!("transfer token {why}"));
-    let header = jsonwebtoken::decode_header(token).map_err(|_| bad("is not a JWT"))?;
-    if header.alg != Algorithm::HS256 {
-        return Err(bad("does not use HS256"));
-    }
-    let mut validation = Validation::new(Algorithm::HS256);
-    validation.validate_exp = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims.clear();
-    let claims =
-        jsonwebtoken::decode::<Value>(token, &DecodingKey::from_secret(&key.0), &validation)
-            .map_err(|_| bad("signature does not verify"))?
-            .claims;
-    let text = |name: &str| claims.get(name).and_then(Value::as_str);
-    if text("typ") != Some(TYPE) {
-        return Err(bad("is not a ucloud-im transfer token"));
-    }
-    if text("call") != Some(call) {
-        return Err(bad(&format!("is not for {call}")));
-    }
-    match claims.get("exp").and_then(Value::as_u64) {
-        Some(exp) if exp > now => {}
-        _ => return Err(bad("has expired")),
-    }
-    let ucloud = text("ucloud")
-        .and_then(|u| UcloudName::new(u).ok())
-        .ok_or_else(|| bad("names no UCloud user"))?;
-    let local = text("local").ok_or_else(|| bad("names no local account"))?;
-    let uid = claims
-        .get("uid")
-        .and_then(Value::as_u64)
-        .and_then(|u| u32::try_from(u).ok())
-        .ok_or_else(|| bad("names no uid"))?;
-    Ok(Bound {
+    let local = LocalName::new(&target.name)
+        .map_err(|e| Error::Internal(format!("a transfer token for {}: {e}", target.name)))?;
+    let claims = Claims::new(
+        for_call,
         ucloud,
-        local: local.to_string(),
-        uid,
+        local,
+        target.uid.as_raw(),
+        random_id()?,
+        now,
+    );
+    transfer::mint(&key.0, &claims).map_err(Error::Internal)
+}
+
+pub fn verify(token: &str, key: &TransferKey, call: &str, now: u64) -> Result<Claims, Error> {
+    transfer::verify(token, &key.0, call, now)
+        .map_err(|why| Error::BadToken(format!("transfer token {why}")))
+}
+
+/// The token the plugin gets: for a create call a fresh one for the call it
+/// redeems; on the data channel the one it was called with (verified by then),
+/// which names the transfer session the create call set up.
+pub fn for_plugin(envelope: &Envelope, target: &Target) -> Result<Option<String>, Error> {
+    // Which call a create call's token is good for is a row of the call table.
+    if let Some(for_call) = ucloud_wire::calls::redeemed_by(&envelope.call) {
+        return mint(&load_key()?, for_call, target, crate::verify::now()).map(Some);
+    }
+    Ok(match &envelope.credential {
+        Credential::Transfer(token) => Some(token.clone()),
+        Credential::Bearer(_) => None,
     })
 }
 
 /// The user's mapping must still lead to the account the token was minted for.
-pub fn still_bound(bound: &Bound, target: &Target) -> Result<(), Error> {
-    if bound.local == target.name && bound.uid == target.uid.as_raw() {
+pub fn still_bound(bound: &Claims, target: &Target) -> Result<(), Error> {
+    if bound.local.as_str() == target.name && bound.uid == target.uid.as_raw() {
         return Ok(());
     }
     Err(Error::AccountRefused(format!(
@@ -157,6 +98,7 @@ fn random_id() -> Result<String, Error> {
 mod tests {
     use super::*;
     use nix::unistd::{Gid, Uid};
+    use ucloud_wire::names::UcloudName;
 
     fn target() -> Target {
         Target {
@@ -170,7 +112,7 @@ mod tests {
     }
 
     #[test]
-    fn minted_tokens_verify_for_their_call_only() {
+    fn minted_tokens_verify_for_their_call_and_account() {
         ucloud_wire::token::install_crypto_provider();
         let key = TransferKey(vec![7; 32]);
         let now = 1_800_000_000;
@@ -180,13 +122,19 @@ mod tests {
             (bound.ucloud.as_str(), bound.local.as_str(), bound.uid),
             ("AliceHansen#1001", "alice", 1001)
         );
+        assert!(still_bound(&bound, &target()).is_ok());
+        let moved = Target {
+            uid: Uid::from_raw(1002),
+            ..target()
+        };
+        assert!(still_bound(&bound, &moved).is_err());
         assert!(verify(&token, &key, "files.upload", now).is_err());
-        assert!(verify(&token, &key, "files.download", now + LIFETIME_SECS).is_err());
-        assert!(verify(&token, &TransferKey(vec![8; 32]), "files.download", now).is_err());
-        let mut other = mint(&key, "files.download", &target(), now).unwrap();
+        let other = mint(&key, "files.download", &target(), now).unwrap();
         assert_ne!(token, other, "each token has its own jti");
-        other.push('x');
-        assert!(verify(&other, &key, "files.download", now).is_err());
-        assert!(verify("a.b.c", &key, "files.download", now).is_err());
+        let service = Target {
+            ucloud: None,
+            ..target()
+        };
+        assert!(mint(&key, "files.download", &service, now).is_err());
     }
 }

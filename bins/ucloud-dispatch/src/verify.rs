@@ -21,7 +21,7 @@ pub struct Verified {
     pub user: Option<UcloudName>,
     pub expires_at: u64,
     /// For a transfer token: the account it was minted for.
-    pub bound: Option<transfer::Bound>,
+    pub bound: Option<ucloud_wire::transfer::Claims>,
 }
 
 pub fn credential(

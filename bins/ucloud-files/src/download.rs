@@ -63,7 +63,7 @@ pub fn open_file(ctx: &Ctx, id: &str) -> Result<(OwnedFd, u64, String), Error> {
 }
 
 pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
-    let token = session::token(None, "files.download", &ctx.user)?;
+    let token = session::token("files.download", &ctx.user)?;
     let mut items = Vec::new();
     let mut responses = Vec::new();
     for (i, item) in resolve::items(request)?.iter().enumerate() {
@@ -154,7 +154,7 @@ fn head(status: u16, headers: &[(&str, String)]) -> String {
 }
 
 pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
-    let token = session::token(Some(request), "files.download", &ctx.user)?;
+    let token = session::token("files.download", &ctx.user)?;
     let session = session::read(&token)?;
     let (_, item) = session::item(&session, request)?;
     let id = resolve::text(item, "path", "the transfer session")?;

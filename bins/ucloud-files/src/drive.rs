@@ -5,20 +5,14 @@
 use crate::error::Error;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
-use serde_json::Value;
 use std::io::Read;
 use std::os::fd::AsFd;
 use ucloud_wire::names::DriveId;
 
-const MAX_ENTRY: u64 = 64 * 1024;
+use ucloud_wire::record::MAX_RECORD as MAX_ENTRY;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Drive {
-    pub id: DriveId,
-    pub local: String,
-    /// Absolute; taken as given (it is root's data: a link in it is the admin's choice).
-    pub base: String,
-}
+/// The format is ucloud-wire's, the one the registry writes.
+pub use ucloud_wire::record::Drive;
 
 /// The drive `id` if it is one of `user`'s. Another user's drive and a missing one
 /// get the same answer, so the plugin tells nobody which drives exist.
@@ -48,37 +42,13 @@ pub fn lookup(table: &impl AsFd, id: &DriveId, user: &str) -> Result<Drive, Erro
         .take(MAX_ENTRY + 1)
         .read_to_end(&mut text)
         .map_err(|e| Error::Internal(format!("cannot read the drive table entry of {id}: {e}")))?;
-    let drive = parse(id, &text).map_err(|why| {
+    let drive = Drive::parse(id, &text).map_err(|why| {
         Error::Misconfigured(format!("the drive table entry of {id} is invalid: {why}"))
     })?;
-    if drive.local != user {
+    if drive.local.as_str() != user {
         return Err(not_yours());
     }
     Ok(drive)
-}
-
-pub fn parse(id: &DriveId, text: &[u8]) -> Result<Drive, String> {
-    if text.len() as u64 > MAX_ENTRY {
-        return Err("too large".into());
-    }
-    let v: Value = serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))?;
-    let field = |k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("no {k:?}"))
-    };
-    if field("id")? != id.as_str() {
-        return Err(format!("it names drive {:?}", field("id")?));
-    }
-    let base = field("base")?;
-    if !base.starts_with('/') || base.contains('\0') {
-        return Err(format!("base {base:?} is not an absolute path"));
-    }
-    Ok(Drive {
-        id: id.clone(),
-        local: field("local")?.to_string(),
-        base: base.to_string(),
-    })
 }
 
 #[cfg(test)]
@@ -140,18 +110,5 @@ mod tests {
             Err(Error::Misconfigured(_))
         ));
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn entries_must_be_well_formed() {
-        let id = DriveId::new("17").unwrap();
-        for bad in [
-            r#"{"id":"17","local":"alice","base":"home/alice"}"#,
-            r#"{"id":"17","local":"alice"}"#,
-            r#"{"id":"17","base":"/home/alice"}"#,
-            "nonsense",
-        ] {
-            assert!(parse(&id, bad.as_bytes()).is_err(), "{bad}");
-        }
     }
 }

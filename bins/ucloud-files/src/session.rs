@@ -16,7 +16,6 @@
 //! that was never finished.
 
 use crate::error::Error;
-use base64::Engine;
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, OFlag};
 use nix::sys::stat::{mkdirat, Mode};
@@ -36,48 +35,33 @@ pub struct Token {
     pub exp: u64,
 }
 
-/// The token for a create call comes from the dispatcher's environment; on the
-/// data channel from the request (the gateway passes the token it relayed, which
-/// the dispatcher verified), or the environment if the dispatcher passes it there.
-pub fn token(request: Option<&Value>, call: &str, user: &str) -> Result<Token, Error> {
-    let raw = std::env::var("UCLOUD_TRANSFER_TOKEN")
-        .ok()
-        .or_else(|| {
-            request
-                .and_then(|r| r.get("token"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .ok_or_else(|| {
-            Error::Misconfigured(format!(
-                "{call} got no transfer token (UCLOUD_TRANSFER_TOKEN, or the request's token)"
-            ))
-        })?;
+/// The token the dispatcher hands over in `UCLOUD_TRANSFER_TOKEN`, and the only
+/// place it comes from: for a create call the one it minted, on the data channel the
+/// one it verified. Its claims are read, not verified (the key is root's).
+pub fn token(call: &str, user: &str) -> Result<Token, Error> {
+    let raw = std::env::var("UCLOUD_TRANSFER_TOKEN").map_err(|_| {
+        Error::Misconfigured(format!(
+            "{call} got no transfer token (UCLOUD_TRANSFER_TOKEN, set by ucloud-dispatch)"
+        ))
+    })?;
+    token_of(&raw, call, user, ucloud_wire::now_ms() / 1000)
+}
+
+fn token_of(raw: &str, call: &str, user: &str, now: u64) -> Result<Token, Error> {
     let bad = |why: &str| Error::BadRequest(format!("the transfer token {why}"));
-    let payload = raw.split('.').nth(1).ok_or_else(|| bad("is not a JWT"))?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| bad("is not a JWT"))?;
-    let claims: Value = serde_json::from_slice(&bytes).map_err(|_| bad("is not a JWT"))?;
-    if claims.get("call").and_then(Value::as_str) != Some(call) {
-        return Err(bad(&format!("is not for {call}")));
-    }
-    if claims.get("local").and_then(Value::as_str) != Some(user) {
+    let claims = ucloud_wire::transfer::read_verified(raw, call, now).map_err(|why| bad(&why))?;
+    if claims.local.as_str() != user {
         return Err(bad("was issued for another account"));
     }
-    let jti = claims
-        .get("jti")
-        .and_then(Value::as_str)
-        .filter(|j| (16..=64).contains(&j.len()) && j.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| bad("has no usable jti"))?;
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| bad("has no exp"))?;
+    // It names a file: hex of a sensible length, whatever the token says.
+    let jti = claims.jti;
+    if !(16..=64).contains(&jti.len()) || !jti.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad("has no usable jti"));
+    }
     Ok(Token {
-        raw: raw.clone(),
-        jti: jti.to_string(),
-        exp,
+        raw: raw.to_string(),
+        jti,
+        exp: claims.exp,
     })
 }
 
@@ -231,6 +215,7 @@ pub fn item<'a>(session: &'a Value, request: &Value) -> Result<(usize, &'a Value
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
     use serde_json::json;
 
     fn jwt(claims: Value) -> String {
@@ -244,22 +229,26 @@ mod tests {
 
     #[test]
     fn tokens_must_be_for_this_call_and_account() {
-        std::env::remove_var("UCLOUD_TRANSFER_TOKEN");
-        let good = json!({"call": "files.download", "local": "alice",
+        let good = json!({"typ": "ucloud-im-transfer", "call": "files.download",
+            "ucloud": "Alice#1", "local": "alice", "uid": 1001,
             "jti": "0123456789abcdef0123456789abcdef", "exp": 99});
-        let req = json!({"token": jwt(good.clone())});
-        let t = token(Some(&req), "files.download", "alice").unwrap();
+        let t = token_of(&jwt(good.clone()), "files.download", "alice", 98).unwrap();
         assert_eq!(
             (t.jti.as_str(), t.exp),
             ("0123456789abcdef0123456789abcdef", 99)
         );
-        assert!(token(Some(&req), "files.upload", "alice").is_err());
-        assert!(token(Some(&req), "files.download", "bob").is_err());
-        let mut bad = good.clone();
-        bad["jti"] = json!("../../etc/passwd");
-        assert!(token(Some(&json!({"token": jwt(bad)})), "files.download", "alice").is_err());
-        assert!(token(Some(&json!({"token": "x"})), "files.download", "alice").is_err());
-        assert!(token(None, "files.download", "alice").is_err());
+        let of = |claims: &Value, call, user| token_of(&jwt(claims.clone()), call, user, 98);
+        assert!(of(&good, "files.upload", "alice").is_err());
+        assert!(of(&good, "files.download", "bob").is_err());
+        assert!(token_of(&jwt(good.clone()), "files.download", "alice", 99).is_err());
+        for jti in ["../../etc/passwd", "abc", ""] {
+            let mut bad = good.clone();
+            bad["jti"] = json!(jti);
+            assert!(of(&bad, "files.download", "alice").is_err(), "{jti}");
+        }
+        assert!(token_of("x", "files.download", "alice", 98).is_err());
+        std::env::remove_var("UCLOUD_TRANSFER_TOKEN");
+        assert!(token("files.download", "alice").is_err());
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub const MAX_CHUNK: u64 = 32_000_000;
 const MAX_TOTAL: u64 = 1 << 50;
 
 pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
-    let token = session::token(None, "files.upload", &ctx.user)?;
+    let token = session::token("files.upload", &ctx.user)?;
     let mut items = Vec::new();
     let mut responses = Vec::new();
     for (i, item) in resolve::items(request)?.iter().enumerate() {
@@ -271,7 +271,7 @@ fn open_or_make(
 
 /// The session's item for this request, and its partial file, opened and locked.
 fn open_partial(ctx: &Ctx, request: &Value) -> Result<Partial, Error> {
-    let token = session::token(Some(request), "files.upload", &ctx.user)?;
+    let token = session::token("files.upload", &ctx.user)?;
     let session = session::read(&token)?;
     let (n, item) = session::item(&session, request)?;
     let id = resolve::text(item, "path", "the transfer session")?;

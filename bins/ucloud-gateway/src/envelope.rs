@@ -45,7 +45,7 @@ pub fn api(conn: &Connection, call: &Call, req: &Request) -> Result<Envelope, Re
 /// A data-channel call with its transfer token (shape-checked; the dispatcher
 /// verifies it). `length`: the body's length, for the plugin's `content-length`.
 pub fn transfer(call: &Call, req: &Request, token: String, length: Option<usize>) -> Envelope {
-    let mut request = transfer_request(req, &token);
+    let mut request = transfer_request(req);
     if let Some(n) = length {
         request["headers"]["content-length"] = Value::String(n.to_string());
     }
@@ -59,7 +59,7 @@ pub fn transfer(call: &Call, req: &Request, token: String, length: Option<usize>
 
 /// The data channel's request: the method, the query without the token, and the
 /// headers a transfer needs.
-fn transfer_request(req: &Request, token: &str) -> Value {
+fn transfer_request(req: &Request) -> Value {
     let mut headers = Map::new();
     for name in [
         "chunked-upload-offset",
@@ -75,8 +75,6 @@ fn transfer_request(req: &Request, token: &str) -> Value {
     map.insert("method".into(), Value::String(req.method.clone()));
     map.insert("query".into(), query_object(req, Some("token")));
     map.insert("headers".into(), Value::Object(headers));
-    // The plugin keys its transfer session on the token the dispatcher verified.
-    map.insert("token".into(), Value::String(token.to_string()));
     Value::Object(map)
 }
 
@@ -133,7 +131,8 @@ mod tests {
             serde_json::json!({"id": "a/b", "n": "1"})
         );
         assert_eq!(e.request["headers"]["range"], "bytes=0-1");
-        assert_eq!(e.request["token"], TOKEN);
+        // The plugin gets the token the dispatcher verified, by that route only.
+        assert!(e.request.get("token").is_none());
         assert!(e.request["headers"].get("content-length").is_none());
         let call = ucloud_wire::calls::find("files.upload").unwrap();
         let e = transfer(call, &req("POST", "/x", &[]), TOKEN.into(), Some(3));

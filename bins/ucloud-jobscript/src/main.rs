@@ -21,6 +21,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use ucloud_wire::record::Drive;
 
 const HELP: &str = "\
 usage: ucloud-jobscript --etc DIR --drives DIR --user UCLOUD_NAME --tag TAG [--print|--submit] REQUEST_FILE
@@ -257,32 +258,22 @@ fn table(etc: &Path, file: &str, key: &str) -> Result<Vec<Value>, Refusal> {
     }
 }
 
-/// The caller's rows of the drive table (one JSON file per drive).
-fn drives_of(dir: &Path, user: &str) -> Result<Vec<Value>, Refusal> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
+/// The caller's entries of the drive table, by id. An entry the table's reader
+/// cannot use is the site's error, whoever it belongs to: the caller's might be it.
+fn drives_of(dir: &Path, user: &str) -> Result<Vec<Drive>, Refusal> {
+    let (drives, problems) = ucloud_wire::record::drive_table(dir).map_err(|e| {
         site_config(format!(
             "cannot read the drive table {}: {e}",
             dir.display()
         ))
     })?;
-    let mut mine = Vec::new();
-    for entry in entries {
-        let path = entry
-            .map_err(|e| {
-                site_config(format!(
-                    "cannot read the drive table {}: {e}",
-                    dir.display()
-                ))
-            })?
-            .path();
-        let row = read_json(&path).map_err(site_config)?;
-        if row.get("ucloud").and_then(Value::as_str) == Some(user) {
-            mine.push(row);
-        }
+    if let Some(problem) = problems.into_iter().next() {
+        return Err(site_config(format!("drive table: {problem}")));
     }
-    // A stable order, whatever the directory's.
-    mine.sort_by_key(|row| row.get("id").and_then(Value::as_str).map(str::to_string));
-    Ok(mine)
+    Ok(drives
+        .into_iter()
+        .filter(|d| d.ucloud.as_str() == user)
+        .collect())
 }
 
 /// The checked jobs, their folders made unless --print.

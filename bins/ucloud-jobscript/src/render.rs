@@ -4,6 +4,7 @@
 //! account, QoS, checked to be plain) and numbers go into `#SBATCH` lines unquoted.
 
 use serde_json::{Map, Value};
+use ucloud_wire::record::Drive;
 
 /// What the site and the caller contribute.
 pub struct Site<'a> {
@@ -12,7 +13,7 @@ pub struct Site<'a> {
     /// `jobs/applications.json`'s `applications`.
     pub applications: &'a [Value],
     /// The drive table rows of the calling UCloud user.
-    pub drives: &'a [Value],
+    pub drives: &'a [Drive],
     pub user: &'a str,
     /// The `--comment` every job carries, so that ucloud-im's jobs are found again.
     pub tag: &'a str,
@@ -57,22 +58,21 @@ pub fn plan(request: &Value, site: &Site) -> Result<Vec<Planned>, Refusal> {
     let home = site
         .drives
         .iter()
-        .find(|d| d.get("kind").and_then(Value::as_str) == Some("home"))
+        .find(|d| d.is_home())
         .ok_or_else(|| Refusal {
             status: 400,
             code: "NO_HOME_DRIVE",
             why: format!("{} has no home drive on this provider", site.user),
         })?;
-    let base = home.get("base").cloned().unwrap_or(Value::Null);
-    let base = match base.as_str() {
-        Some(b) if is_plain_base(b) => b.to_string(),
-        _ => {
+    let base = match home.base.as_str() {
+        b if is_plain_base(b) => b.to_string(),
+        b => {
             return Err(Refusal {
                 status: 500,
                 code: "SITE_CONFIG",
                 why: format!(
                     "home drive base {} has characters a batch script header cannot carry",
-                    tojson(&base)
+                    tojson(&Value::String(b.to_string()))
                 ),
             })
         }
@@ -289,8 +289,8 @@ impl<'a> Job<'a> {
             .site
             .drives
             .iter()
-            .find(|d| d.get("id").and_then(Value::as_str) == Some(drive))
-            .and_then(|d| d.get("base").and_then(Value::as_str))
+            .find(|d| d.id.as_str() == drive)
+            .map(|d| d.base.as_str())
             .ok_or_else(|| {
                 format!(
                     "file path {} is not in one of your drives",
@@ -537,15 +537,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn site_tables() -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    fn drive(id: &str, kind: &str, base: &str) -> Drive {
+        let mut d = Drive::home(
+            ucloud_wire::names::DriveId::new(id).unwrap(),
+            ucloud_wire::names::UcloudName::new("Ann#1").unwrap(),
+            ucloud_wire::names::LocalName::new("ann").unwrap(),
+            base.into(),
+        );
+        d.kind = kind.into();
+        d
+    }
+
+    fn site_tables() -> (Vec<Value>, Vec<Value>, Vec<Drive>) {
         (
             vec![
                 json!({"id": "cpu", "slurm": {"partition": "small", "account": null, "qos": "normal"}}),
             ],
             vec![json!({"name": "shell", "version": "1", "modules": ["gcc/12"]})],
             vec![
-                json!({"id": "7", "kind": "home", "base": "/home/ann", "ucloud": "Ann#1"}),
-                json!({"id": "8", "kind": "project", "base": "/proj/x", "ucloud": "Ann#1"}),
+                drive("7", "home", "/home/ann"),
+                drive("8", "project", "/proj/x"),
             ],
         )
     }
@@ -704,7 +715,7 @@ mod tests {
     #[test]
     fn a_home_base_a_header_cannot_carry_is_the_sites_error() {
         let (products, applications, _) = site_tables();
-        let drives = [json!({"id": "7", "kind": "home", "base": "/home/a b", "ucloud": "Ann#1"})];
+        let drives = [drive("7", "home", "/home/a b")];
         let site = Site {
             products: &products,
             applications: &applications,

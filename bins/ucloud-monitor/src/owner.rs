@@ -130,28 +130,21 @@ fn parse_cached(bytes: &[u8]) -> Option<Owner> {
     })
 }
 
-/// The home drive of a UCloud user in the drive table.
+/// The home drive of a UCloud user in the drive table. An entry the table's reader
+/// cannot use belongs to nobody here.
 fn home_drive(drives: &Path, ucloud_user: &str) -> Option<Owner> {
-    let entries = fs::read_dir(drives).ok()?;
-    for entry in entries.flatten() {
-        let Ok(bytes) = fs::read(entry.path()) else {
-            continue;
-        };
-        let Ok(d) = serde_json::from_slice::<Value>(&bytes) else {
-            continue;
-        };
-        if d["ucloud"].as_str() == Some(ucloud_user) && d["kind"].as_str() == Some("home") {
-            return Some(Owner {
-                job: String::new(),
-                ucloud: ucloud_user.to_string(),
-                local: d["local"].as_str()?.to_string(),
-                drive: d["id"].as_str()?.to_string(),
-                project: None,
-                category: None,
-            });
-        }
-    }
-    None
+    let (drives, _) = ucloud_wire::record::drive_table(drives).ok()?;
+    let home = drives
+        .into_iter()
+        .find(|d| d.ucloud.as_str() == ucloud_user && d.is_home())?;
+    Some(Owner {
+        job: String::new(),
+        ucloud: ucloud_user.to_string(),
+        local: home.local.as_str().to_string(),
+        drive: home.id.as_str().to_string(),
+        project: None,
+        category: None,
+    })
 }
 
 #[cfg(test)]

@@ -377,7 +377,7 @@ impl Registry {
             ucloud: name,
             local,
             uid: account.uid,
-            created: ucloud_wire::now_ms(),
+            created: Some(ucloud_wire::now_ms()),
         };
         Ok((mapping, account.home))
     }
@@ -406,12 +406,12 @@ impl Registry {
                 mapping.ucloud
             )));
         }
-        let drive = Drive {
+        let drive = Drive::home(
             id,
-            ucloud: mapping.ucloud.clone(),
-            local: mapping.local.clone(),
-            base: home.to_string(),
-        };
+            mapping.ucloud.clone(),
+            mapping.local.clone(),
+            home.to_string(),
+        );
         self.put_drive(&lock, &drive)?;
         self.outbox.discard_drive_reply(&mapping.ucloud);
         Ok(Some(drive))
@@ -486,7 +486,7 @@ impl Registry {
         let (mappings, _) = self.store.mappings()?;
         let mut expired = Vec::new();
         for m in mappings {
-            if m.created.saturating_add(max_age) <= now {
+            if m.expired(Some(max_age), now) {
                 let record = Record {
                     action: "expire",
                     ucloud_user: Some(m.ucloud.to_string()),
@@ -680,7 +680,7 @@ mod tests {
             ucloud: UcloudName::new(name).unwrap(),
             local: LocalName::new(local).unwrap(),
             uid: 2000,
-            created,
+            created: Some(created),
         };
         let lock = r.store.lock().unwrap();
         r.store
@@ -725,7 +725,7 @@ mod tests {
             ucloud: UcloudName::new("Donna#1").unwrap(),
             local: LocalName::new("donna").unwrap(),
             uid: 2000,
-            created: 1,
+            created: Some(1),
         };
         let lock = r.store.lock().unwrap();
         r.store.put_mapping(&lock, &m).unwrap();

@@ -10,25 +10,15 @@
 
 use crate::error::Error;
 use nix::fcntl::{Flock, FlockArg, OFlag};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-/// A drive table entry: the format is ucloud-wire's, shared with ucloud-check(8).
-pub use ucloud_wire::install::Drive;
-use ucloud_wire::names::{DriveId, LocalName, UcloudName};
-
-/// Larger files are not ours: a mapping or drive is a few hundred bytes.
-const MAX_RECORD: u64 = 64 * 1024;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub ucloud: UcloudName,
-    pub local: LocalName,
-    pub uid: u32,
-    pub created: u64,
-}
+use ucloud_wire::names::{DriveId, UcloudName};
+use ucloud_wire::record::MAX_RECORD;
+/// The records' formats are ucloud-wire's, shared with every reader.
+pub use ucloud_wire::record::{Drive, Mapping};
 
 /// Proof that the caller holds the store's lock; released on drop.
 pub struct Lock(#[allow(dead_code)] Flock<File>);
@@ -37,40 +27,6 @@ pub struct Store {
     state: PathBuf,
     mappings: PathBuf,
     drives: PathBuf,
-}
-
-impl Mapping {
-    pub fn to_json(&self) -> Value {
-        json!({"ucloud": self.ucloud.as_str(), "local": self.local.as_str(), "uid": self.uid, "created": self.created})
-    }
-
-    /// `expected` is the name the file is stored under: a file that names another
-    /// user is refused rather than trusted.
-    pub fn from_json(expected: &UcloudName, v: &Value) -> Result<Mapping, String> {
-        let ucloud = str_field(v, "ucloud")?;
-        if ucloud != expected.as_str() {
-            return Err(format!("names UCloud user {ucloud:?}, not {expected}"));
-        }
-        let local = LocalName::new(str_field(v, "local")?).map_err(|e| e.to_string())?;
-        let uid = v
-            .get("uid")
-            .and_then(Value::as_u64)
-            .and_then(|u| u32::try_from(u).ok())
-            .ok_or("has no valid uid")?;
-        let created = v.get("created").and_then(Value::as_u64).unwrap_or(0);
-        Ok(Mapping {
-            ucloud: expected.clone(),
-            local,
-            uid,
-            created,
-        })
-    }
-}
-
-fn str_field<'v>(v: &'v Value, key: &str) -> Result<&'v str, String> {
-    v.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("has no {key:?}"))
 }
 
 impl Store {
@@ -155,7 +111,7 @@ impl Store {
     }
 
     pub fn put_mapping(&self, _: &Lock, m: &Mapping) -> Result<(), Error> {
-        write_atomic(&self.mappings, &m.ucloud.file_name(), &m.to_json(), 0o600)
+        write_atomic(&self.mappings, &m.file_name(), &m.to_json(), 0o600)
     }
 
     pub fn remove_mapping(&self, _: &Lock, name: &UcloudName) -> Result<(), Error> {
@@ -173,20 +129,8 @@ impl Store {
     }
 
     pub fn drives(&self) -> Result<(Vec<Drive>, Vec<String>), Error> {
-        let mut found = Vec::new();
-        let mut problems = Vec::new();
-        for (file, path) in entries(&self.drives)? {
-            let Ok(id) = DriveId::new(&file) else {
-                problems.push(format!("{}: not a drive id", path.display()));
-                continue;
-            };
-            match self.drive(&id) {
-                Ok(Some(d)) => found.push(d),
-                Ok(None) => {}
-                Err(e) => problems.push(e.to_string()),
-            }
-        }
-        Ok((found, problems))
+        ucloud_wire::record::drive_table(&self.drives)
+            .map_err(Error::io(format!("cannot list {}", self.drives.display())))
     }
 
     pub fn drives_of(&self, name: &UcloudName) -> Result<Vec<Drive>, Error> {
@@ -195,7 +139,7 @@ impl Store {
     }
 
     pub fn put_drive(&self, _: &Lock, d: &Drive) -> Result<(), Error> {
-        write_atomic(&self.drives, d.id.as_str(), &d.to_json(), 0o644)
+        write_atomic(&self.drives, d.file_name(), &d.to_json(), 0o644)
     }
 
     pub fn remove_drive(&self, _: &Lock, id: &DriveId) -> Result<(), Error> {
@@ -315,6 +259,7 @@ fn remove(dir: &Path, name: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ucloud_wire::names::LocalName;
 
     fn scratch(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -332,7 +277,7 @@ mod tests {
             ucloud: UcloudName::new("AliceHansen#1001").unwrap(),
             local: LocalName::new("alice").unwrap(),
             uid: 1001,
-            created: 5,
+            created: Some(5),
         }
     }
 
@@ -352,12 +297,12 @@ mod tests {
         assert_eq!(store.mapping(&m.ucloud).unwrap(), Some(m.clone()));
         let file = dir.join("mappings").join(m.ucloud.file_name());
         assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
-        let d = Drive {
-            id: DriveId::new("17").unwrap(),
-            ucloud: m.ucloud.clone(),
-            local: m.local.clone(),
-            base: "/home/alice".into(),
-        };
+        let d = Drive::home(
+            DriveId::new("17").unwrap(),
+            m.ucloud.clone(),
+            m.local.clone(),
+            "/home/alice".into(),
+        );
         store.put_drive(&lock, &d).unwrap();
         assert_eq!(
             fs::metadata(dir.join("drives/17")).unwrap().mode() & 0o777,
@@ -374,28 +319,6 @@ mod tests {
         assert!(store.drives_of(&m.ucloud).unwrap().is_empty());
         drop(lock);
         fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn records_that_lie_about_their_name_are_refused() {
-        let bob = UcloudName::new("BobNielsen#2002").unwrap();
-        assert!(Mapping::from_json(&bob, &alice().to_json()).is_err());
-        let alice = alice();
-        for bad in [
-            json!({"ucloud": "AliceHansen#1001", "local": "../root", "uid": 1001}),
-            json!({"ucloud": "AliceHansen#1001", "local": "alice", "uid": -1}),
-            json!({"ucloud": "AliceHansen#1001", "local": "alice"}),
-        ] {
-            assert!(Mapping::from_json(&alice.ucloud, &bad).is_err(), "{bad}");
-        }
-        let id = DriveId::new("17").unwrap();
-        for bad in [
-            json!({"id": "18", "ucloud": "A#1", "local": "alice", "base": "/home/alice"}),
-            json!({"id": "17", "ucloud": "A#1", "local": "alice", "base": "home/alice"}),
-            json!({"id": "17", "ucloud": "A#1", "local": "Alice", "base": "/home/alice"}),
-        ] {
-            assert!(Drive::from_json(&id, &bad).is_err(), "{bad}");
-        }
     }
 
     /// Two writers at once (two admins, or two gateway hosts on shared storage):
@@ -432,7 +355,7 @@ mod tests {
                                 ucloud: UcloudName::new(&format!("W{w}#{i}")).unwrap(),
                                 local: LocalName::new(&format!("w{w}u{i}")).unwrap(),
                                 uid: 10_000 + w * 1000 + i,
-                                created: u64::from(i),
+                                created: Some(u64::from(i)),
                             };
                             // Check-then-write, the pattern the lock protects.
                             let (all, _) = store.mappings().unwrap();

@@ -1,11 +1,8 @@
-//! What the trusted files of an installation must be, and the records they hold:
-//! one set of rules for the dispatcher, which enforces them on every request, and
-//! for ucloud-check(8), which reports them ahead of time. Pure: the caller opens
+//! What the trusted files of an installation must be (the records in them are
+//! [`crate::record`]'s): one set of rules for the dispatcher, which enforces them
+//! on every request, and for ucloud-check(8), which reports them ahead of time. Pure: the caller opens
 //! (the dispatcher on descriptors, never following a link) and hands in what
 //! `fstat`/`lstat` said, so both judge a file by the same words.
-
-use crate::names::{DriveId, LocalName, UcloudName};
-use serde_json::{json, Value};
 
 /// Files larger than this are not configuration (site.conf, a key, a mapping).
 pub const MAX_SMALL_FILE: u64 = 64 << 10;
@@ -115,98 +112,6 @@ pub fn check_plugin_mode(name: &str, mode: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// What a mapping file (`mappings/<hex of the UCloud name>`) says, as the
-/// dispatcher reads it: `{"ucloud":"...","local":"...","uid":N,"created":ms}`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct MappingRecord {
-    pub local: String,
-    pub uid: u32,
-    /// When it was made (ms); absent in files written by hand.
-    pub created: Option<u64>,
-}
-
-impl MappingRecord {
-    /// `user` is the name the file is stored under: a file that names another user
-    /// is refused rather than trusted.
-    pub fn parse(user: &UcloudName, text: &str) -> Result<MappingRecord, String> {
-        let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        if value.get("ucloud").and_then(Value::as_str) != Some(user.as_str()) {
-            return Err(format!("does not name UCloud user {user}"));
-        }
-        let local = value
-            .get("local")
-            .and_then(Value::as_str)
-            .ok_or("has no local account")?;
-        let local = LocalName::new(local).map_err(|e| e.to_string())?;
-        let uid = value
-            .get("uid")
-            .and_then(Value::as_u64)
-            .and_then(|u| u32::try_from(u).ok())
-            .ok_or("has no uid")?;
-        let created = match value.get("created") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or("created must be a time in milliseconds")?),
-        };
-        Ok(MappingRecord {
-            local: local.as_str().to_string(),
-            uid,
-            created,
-        })
-    }
-
-    /// A mapping older than the site's `mapping_expire_after_ms` no longer works,
-    /// even before the registry has swept it away. One without a creation time never
-    /// expires on its own (it was written by an admin).
-    pub fn expired(&self, expire_after_ms: Option<u64>, now_ms: u64) -> bool {
-        match (self.created, expire_after_ms) {
-            (Some(created), Some(after)) => created.saturating_add(after) <= now_ms,
-            _ => false,
-        }
-    }
-}
-
-/// One entry of the drive table (`drives/<driveId>`, written by ucloud-registry).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Drive {
-    pub id: DriveId,
-    pub ucloud: UcloudName,
-    pub local: LocalName,
-    /// The local directory the drive's paths are below (the user's home).
-    pub base: String,
-}
-
-impl Drive {
-    pub fn to_json(&self) -> Value {
-        json!({
-            "id": self.id.as_str(), "ucloud": self.ucloud.as_str(), "local": self.local.as_str(),
-            "base": self.base, "kind": "home", "title": "Home",
-        })
-    }
-
-    /// `expected` is the id the entry is stored under.
-    pub fn from_json(expected: &DriveId, v: &Value) -> Result<Drive, String> {
-        let field = |key: &str| {
-            v.get(key)
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("has no {key:?}"))
-        };
-        let id = field("id")?;
-        if id != expected.as_str() {
-            return Err(format!("names drive {id:?}, not {expected}"));
-        }
-        let base = field("base")?;
-        if !base.starts_with('/') || base.contains('\0') {
-            return Err(format!("base {base:?} is not an absolute path"));
-        }
-        Ok(Drive {
-            id: expected.clone(),
-            ucloud: UcloudName::new(field("ucloud")?).map_err(|e| e.to_string())?,
-            local: LocalName::new(field("local")?).map_err(|e| e.to_string())?,
-            base: base.to_string(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,60 +161,5 @@ mod tests {
             .unwrap_err()
             .contains("not a regular file"));
         assert!(check_kind("/a", FileKind::Other, FileKind::Dir).is_err());
-    }
-
-    #[test]
-    fn mapping_files_must_name_their_user() {
-        let alice = UcloudName::new("AliceHansen#1001").unwrap();
-        let ok = r#"{"ucloud":"AliceHansen#1001","local":"alice","uid":1001,"created":1}"#;
-        let expected = MappingRecord {
-            local: "alice".into(),
-            uid: 1001,
-            created: Some(1),
-        };
-        assert_eq!(MappingRecord::parse(&alice, ok).unwrap(), expected);
-        for bad in [
-            r#"{"ucloud":"BobNielsen#2002","local":"alice","uid":1001}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"../root","uid":1001}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"alice"}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"alice","uid":-1}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"alice","uid":4294967296}"#,
-            r#"{"ucloud":"AliceHansen#1001","local":"alice","uid":1001,"created":"x"}"#,
-            "not json",
-        ] {
-            assert!(MappingRecord::parse(&alice, bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn mappings_expire_after_the_site_limit() {
-        let m = |created| MappingRecord {
-            local: "alice".into(),
-            uid: 1001,
-            created,
-        };
-        assert!(!m(Some(1_000)).expired(None, u64::MAX));
-        assert!(!m(None).expired(Some(10), u64::MAX));
-        assert!(!m(Some(1_000)).expired(Some(10), 1_009));
-        assert!(m(Some(1_000)).expired(Some(10), 1_010));
-        assert!(m(Some(u64::MAX)).expired(Some(u64::MAX), u64::MAX));
-    }
-
-    #[test]
-    fn drive_entries_name_their_id_and_an_absolute_base() {
-        let id = DriveId::new("17").unwrap();
-        let good =
-            json!({"id":"17","ucloud":"AliceHansen#1001","local":"alice","base":"/home/alice"});
-        let d = Drive::from_json(&id, &good).unwrap();
-        assert_eq!(Drive::from_json(&id, &d.to_json()).unwrap(), d);
-        for bad in [
-            json!({"id":"18","ucloud":"AliceHansen#1001","local":"alice","base":"/home/alice"}),
-            json!({"id":"17","ucloud":"AliceHansen#1001","local":"alice","base":"home/alice"}),
-            json!({"id":"17","ucloud":"AliceHansen#1001","local":"../x","base":"/home/alice"}),
-            json!({"id":"17","local":"alice","base":"/home/alice"}),
-            json!({"id":"17","ucloud":"AliceHansen#1001","local":"alice","base":"/a\u{0}b"}),
-        ] {
-            assert!(Drive::from_json(&id, &bad).is_err(), "{bad}");
-        }
     }
 }

@@ -8,6 +8,7 @@
 //! dispatcher does not write: its stderr is its answer to the gateway).
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod answer;
 pub mod binding;
 pub mod calls;
@@ -20,7 +21,9 @@ pub mod names;
 pub mod outbox;
 pub mod paths;
 pub mod products;
+pub mod record;
 pub mod token;
+pub mod transfer;
 pub mod usage;
 
 /// Milliseconds since the epoch, UCloud's timestamp unit.

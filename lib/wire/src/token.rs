@@ -182,33 +182,15 @@ pub fn verify(
     })
 }
 
-/// The `typ` claim of the transfer tokens the dispatcher mints (HS256, keyed with a
-/// root-only key; see ucloud-dispatch(8)).
-pub const TRANSFER_TYPE: &str = "ucloud-im-transfer";
+/// The `typ` claim of the transfer tokens the dispatcher mints.
+pub const TRANSFER_TYPE: &str = crate::transfer::TYPE;
 
-/// A cheap look at a transfer token WITHOUT verifying it: three parts, an HS256
-/// header, our `typ` and an `exp` not yet past. The gateway cannot verify these
-/// tokens (the key is root's); this only keeps obvious garbage from starting a
-/// dispatcher. The dispatcher's check is the one that counts.
+/// A cheap look at a transfer token WITHOUT verifying it ([`crate::transfer::peek`]).
+/// The gateway cannot verify these tokens (the key is root's); this only keeps
+/// obvious garbage from starting a dispatcher. The dispatcher's check is the one
+/// that counts.
 pub fn transfer_token_looks_valid(token: &str, now: u64) -> Result<(), TokenError> {
-    let header = jsonwebtoken::decode_header(token)
-        .map_err(|_| refuse("the transfer token is not a JWT"))?;
-    if header.alg != Algorithm::HS256 {
-        return Err(refuse("the transfer token is not one this provider issued"));
-    }
-    let payload = token.split('.').nth(1).unwrap_or_default();
-    let claims: Value = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or_else(|| refuse("the transfer token's claims are unreadable"))?;
-    if claims.get("typ").and_then(Value::as_str) != Some(TRANSFER_TYPE) {
-        return Err(refuse("the transfer token is not one this provider issued"));
-    }
-    match claims.get("exp").and_then(Value::as_u64) {
-        Some(exp) if exp > now => Ok(()),
-        _ => Err(refuse("the transfer token has expired")),
-    }
+    crate::transfer::peek(token, now).map_err(|why| refuse(format!("the transfer token {why}")))
 }
 
 #[cfg(test)]

@@ -1,0 +1,206 @@
+//! The one way the dispatcher opens a file it trusts (sudo-rs's `secure_open`,
+//! OpenSSH's chroot checks): by descriptor, never following a symlink, and judged on
+//! the open descriptor (type and owner), so what is checked is what is read. A
+//! path is walked from `/` one component at a time, every directory on the way
+//! root-owned and writable by root alone.
+
+use crate::error::Error;
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fstat, FileStat, Mode};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use ucloud_wire::install::{self, FileKind, MAX_SMALL_FILE};
+
+/// What a file is for, which says how it is opened and whom it must belong to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// A directory, as an `O_PATH` handle for `openat`.
+    Dir,
+    /// Read: root-owned, writable by root alone (configuration, mappings, plugins).
+    Read,
+    /// Read: root's alone, mode 0600 or less (the transfer key).
+    Secret,
+    /// Opened with the caller's flags for writing (made 0600 if they create), root's
+    /// alone: the audit log, a limit count. The flags come from the caller so that
+    /// this module, used before the credential is verified, holds no way to write.
+    Write(OFlag),
+}
+
+/// Why a trusted open failed, for the caller to turn into its own error.
+#[derive(Debug)]
+pub enum Untrusted {
+    Missing(String),
+    Symlink(String),
+    Unsafe(String),
+}
+
+impl From<Untrusted> for Error {
+    fn from(u: Untrusted) -> Error {
+        match u {
+            Untrusted::Missing(path) => Error::Config(format!("{path} does not exist")),
+            Untrusted::Symlink(path) => Error::UnsafeInstallation(format!("{path} is a symlink")),
+            Untrusted::Unsafe(why) => Error::UnsafeInstallation(why),
+        }
+    }
+}
+
+impl std::fmt::Display for Untrusted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Untrusted::Missing(path) => write!(f, "{path} does not exist"),
+            Untrusted::Symlink(path) => write!(f, "{path} is a symlink"),
+            Untrusted::Unsafe(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Opens `name` in the trusted directory `dir` (whose path is `dir_path`, for the
+/// messages) for `how`.
+pub fn open_at(
+    dir: &impl AsFd,
+    dir_path: &str,
+    name: &str,
+    how: Use,
+) -> Result<(OwnedFd, FileStat), Untrusted> {
+    let path = format!("{dir_path}/{name}");
+    // O_NONBLOCK: a FIFO planted here must not hang the open.
+    let base = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let (flags, mode) = match how {
+        Use::Dir => (base | OFlag::O_PATH, 0),
+        Use::Read | Use::Secret => (base | OFlag::O_RDONLY | OFlag::O_NONBLOCK, 0),
+        Use::Write(flags) => (base | OFlag::O_NONBLOCK | flags, 0o600),
+    };
+    let fd = openat(dir, name, flags, Mode::from_bits_truncate(mode)).map_err(|e| match e {
+        Errno::ENOENT => Untrusted::Missing(path.clone()),
+        Errno::ELOOP => Untrusted::Symlink(path.clone()),
+        e => Untrusted::Unsafe(format!("cannot open {path}: {e}")),
+    })?;
+    let stat = judge(&fd, &path, how)?;
+    Ok((fd, stat))
+}
+
+/// The type and owner `how` asks of the open `fd`.
+pub fn judge(fd: &impl AsFd, path: &str, how: Use) -> Result<FileStat, Untrusted> {
+    let stat = fstat(fd).map_err(|e| Untrusted::Unsafe(format!("{path}: {e}")))?;
+    let want = match how {
+        Use::Dir => FileKind::Dir,
+        _ => FileKind::File,
+    };
+    install::check_kind(path, FileKind::from_mode(stat.st_mode), want)
+        .map_err(Untrusted::Unsafe)?;
+    let secret = matches!(how, Use::Secret | Use::Write(_));
+    if secret && (stat.st_uid != 0 || stat.st_mode & 0o077 != 0) {
+        return Err(Untrusted::Unsafe(format!(
+            "{path} must be owned by root with mode 0600 (it is uid {}, mode {:04o})",
+            stat.st_uid,
+            stat.st_mode & 0o7777
+        )));
+    }
+    install::check_owner(path, stat.st_uid, stat.st_mode).map_err(Untrusted::Unsafe)?;
+    Ok(stat)
+}
+
+/// Opens an absolute path for `how`, walking from `/` without following a symlink
+/// anywhere and judging every directory on the way. A missing file is a
+/// configuration error; anything else untrusted an unsafe installation.
+pub fn open(path: &str, how: Use) -> Result<OwnedFd, Error> {
+    walk(path, how).map_err(|u| {
+        let why = u.to_string();
+        let why = if why.starts_with(path) {
+            why
+        } else {
+            format!("{path}: {why}")
+        };
+        match u {
+            Untrusted::Missing(_) => Error::Config(why),
+            _ => Error::UnsafeInstallation(why),
+        }
+    })
+}
+
+fn walk(path: &str, how: Use) -> Result<OwnedFd, Untrusted> {
+    let parts = install::components(path).map_err(Untrusted::Unsafe)?;
+    let root = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut current = nix::fcntl::open("/", root, Mode::empty())
+        .map_err(|e| Untrusted::Unsafe(format!("cannot open /: {e}")))?;
+    judge(&current, "/", Use::Dir)?;
+    let mut walked = String::new();
+    for (index, part) in parts.iter().enumerate() {
+        let last = index + 1 == parts.len();
+        let step = if last { how } else { Use::Dir };
+        let (next, _) = open_at(&current, &walked, part, step)?;
+        walked.push('/');
+        walked.push_str(part);
+        current = next;
+    }
+    Ok(current)
+}
+
+/// A small file read whole: larger than [`MAX_SMALL_FILE`] is not configuration.
+pub fn read_small(fd: OwnedFd, path: &str) -> Result<String, Error> {
+    let mut text = String::new();
+    File::from(fd)
+        .take(MAX_SMALL_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::Config(format!("cannot read {path}: {e}")))?;
+    if text.len() as u64 > MAX_SMALL_FILE {
+        return Err(Error::Config(format!(
+            "{path} is larger than {MAX_SMALL_FILE} bytes"
+        )));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_directories_pass_and_tmp_does_not() {
+        assert!(open("/usr/bin", Use::Dir).is_ok());
+        assert!(open("/etc/passwd", Use::Read).is_ok());
+        let tmp = open("/tmp", Use::Dir).expect_err("/tmp is world-writable");
+        assert!(tmp.to_string().contains("chmod go-w"), "{tmp}");
+        assert!(matches!(
+            open("/etc/passwd", Use::Dir),
+            Err(Error::UnsafeInstallation(_))
+        ));
+        assert!(open("/etc/../etc/passwd", Use::Read).is_err());
+        let missing = open("/no-such-dir/x", Use::Read).unwrap_err();
+        assert!(
+            matches!(&missing, Error::Config(m) if m.contains("/no-such-dir does not exist")),
+            "{missing}"
+        );
+        assert!(open("etc/passwd", Use::Read).is_err());
+        // /etc/passwd is 0644: not a secret.
+        let e = open("/etc/passwd", Use::Secret).unwrap_err();
+        assert!(e.to_string().contains("mode 0600"), "{e}");
+    }
+
+    #[test]
+    fn symlinks_are_refused() {
+        // /proc/self is a symlink on every Linux.
+        let e = open("/proc/self/status", Use::Read).unwrap_err();
+        assert!(e.to_string().contains("/proc/self is a symlink"), "{e}");
+    }
+
+    #[test]
+    fn files_below_a_directory_are_judged_on_the_descriptor() {
+        let etc = open("/etc", Use::Dir).unwrap();
+        assert!(open_at(&etc, "/etc", "passwd", Use::Read).is_ok());
+        assert!(matches!(
+            open_at(&etc, "/etc", "no-such-file", Use::Read),
+            Err(Untrusted::Missing(p)) if p == "/etc/no-such-file"
+        ));
+        assert!(matches!(
+            open_at(&etc, "/etc", "passwd", Use::Dir),
+            Err(Untrusted::Unsafe(_))
+        ));
+        assert!(matches!(
+            open_at(&etc, "/etc", "ssl", Use::Read),
+            Err(Untrusted::Unsafe(_))
+        ));
+    }
+}

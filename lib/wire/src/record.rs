@@ -1,0 +1,325 @@
+//! The records ucloud-registry keeps and every other program reads: mappings
+//! (`mappings/<hex of the UCloud name>`) and the drive table (`drives/<driveId>`).
+//! Each type has its one parser, writer and file name here, so the registry, the
+//! dispatcher, ucloud-files, the monitor, the jobscript and ucloud-check agree on
+//! them. Formats in doc/contracts.md.
+
+use crate::names::{DriveId, LocalName, UcloudName};
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Larger files are not records: a mapping or drive is a few hundred bytes.
+pub const MAX_RECORD: u64 = 64 << 10;
+
+/// `{"ucloud":"...","local":"...","uid":N,"created":ms}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub ucloud: UcloudName,
+    pub local: LocalName,
+    pub uid: u32,
+    /// When it was made (ms); absent in files written by hand.
+    pub created: Option<u64>,
+}
+
+impl Mapping {
+    /// The file it is stored under: hex of the name, so a name never becomes a path.
+    pub fn file_name(&self) -> String {
+        self.ucloud.file_name()
+    }
+
+    /// `user` is the name the file is stored under: a file that names another user
+    /// is refused rather than trusted.
+    pub fn parse(user: &UcloudName, text: &[u8]) -> Result<Mapping, String> {
+        Mapping::from_json(user, &json_of(text)?)
+    }
+
+    pub fn from_json(user: &UcloudName, value: &Value) -> Result<Mapping, String> {
+        if value.get("ucloud").and_then(Value::as_str) != Some(user.as_str()) {
+            return Err(format!("does not name UCloud user {user}"));
+        }
+        let local = value
+            .get("local")
+            .and_then(Value::as_str)
+            .ok_or("has no local account")?;
+        let local = LocalName::new(local).map_err(|e| e.to_string())?;
+        let uid = value
+            .get("uid")
+            .and_then(Value::as_u64)
+            .and_then(|u| u32::try_from(u).ok())
+            .ok_or("has no uid")?;
+        let created = match value.get("created") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or("created must be a time in milliseconds")?),
+        };
+        Ok(Mapping {
+            ucloud: user.clone(),
+            local,
+            uid,
+            created,
+        })
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "ucloud": self.ucloud.as_str(), "local": self.local.as_str(), "uid": self.uid,
+            "created": self.created,
+        })
+    }
+
+    /// A mapping older than the site's `mapping_expire_after_ms` no longer works,
+    /// even before the registry has swept it away. One without a creation time never
+    /// expires on its own (it was written by an admin).
+    pub fn expired(&self, expire_after_ms: Option<u64>, now_ms: u64) -> bool {
+        match (self.created, expire_after_ms) {
+            (Some(created), Some(after)) => created.saturating_add(after) <= now_ms,
+            _ => false,
+        }
+    }
+}
+
+/// `{"id":"17","ucloud":"...","local":"...","base":"/home/x","kind":"home","title":"Home"}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drive {
+    pub id: DriveId,
+    pub ucloud: UcloudName,
+    pub local: LocalName,
+    /// The local directory the drive's paths are below; absolute, taken as given
+    /// (it is root's data: a link in it is the admin's choice).
+    pub base: String,
+    /// `home` for the drive the registry makes; an admin may add others.
+    pub kind: String,
+    pub title: String,
+}
+
+impl Drive {
+    /// The home drive the registry registers for a mapping.
+    pub fn home(id: DriveId, ucloud: UcloudName, local: LocalName, base: String) -> Drive {
+        Drive {
+            id,
+            ucloud,
+            local,
+            base,
+            kind: "home".into(),
+            title: "Home".into(),
+        }
+    }
+
+    pub fn is_home(&self) -> bool {
+        self.kind == "home"
+    }
+
+    /// The file it is stored under.
+    pub fn file_name(&self) -> &str {
+        self.id.as_str()
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id.as_str(), "ucloud": self.ucloud.as_str(), "local": self.local.as_str(),
+            "base": self.base, "kind": self.kind, "title": self.title,
+        })
+    }
+
+    /// `id` is the name the entry is stored under. An entry without `kind` and
+    /// `title` is a home drive (written by hand).
+    pub fn parse(id: &DriveId, text: &[u8]) -> Result<Drive, String> {
+        Drive::from_json(id, &json_of(text)?)
+    }
+
+    pub fn from_json(id: &DriveId, v: &Value) -> Result<Drive, String> {
+        let named = str_field(v, "id")?;
+        if named != id.as_str() {
+            return Err(format!("names drive {named:?}, not {id}"));
+        }
+        let base = str_field(v, "base")?;
+        if !base.starts_with('/') || base.contains('\0') {
+            return Err(format!("base {base:?} is not an absolute path"));
+        }
+        let optional = |key: &str, default: &str| match v.get(key) {
+            None | Some(Value::Null) => Ok(default.to_string()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(format!("{key} must be a string")),
+        };
+        Ok(Drive {
+            id: id.clone(),
+            ucloud: UcloudName::new(str_field(v, "ucloud")?).map_err(|e| e.to_string())?,
+            local: LocalName::new(str_field(v, "local")?).map_err(|e| e.to_string())?,
+            base: base.to_string(),
+            kind: optional("kind", "home")?,
+            title: optional("title", "Home")?,
+        })
+    }
+}
+
+/// Every entry of the drive table at `dir`, by id, and a note for each file that is
+/// not a valid one. Dot-files are the registry's writes in progress. The table is
+/// root's (a root 0755 directory), so what is in it is trusted once it parses; a
+/// link or anything but a regular file is reported, not followed.
+pub fn drive_table(dir: &Path) -> std::io::Result<(Vec<Drive>, Vec<String>)> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            names.push((name, entry.file_type()?.is_file()));
+        }
+    }
+    names.sort();
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    for (name, is_file) in names {
+        let path = dir.join(&name);
+        let read = DriveId::new(&name)
+            .map_err(|_| "not a drive id".to_string())
+            .and_then(|id| {
+                if !is_file {
+                    return Err("not a regular file".into());
+                }
+                Drive::parse(&id, &read_record(&path)?)
+            });
+        match read {
+            Ok(drive) => found.push(drive),
+            Err(why) => problems.push(format!("{}: {why}", path.display())),
+        }
+    }
+    Ok((found, problems))
+}
+
+fn read_record(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_RECORD + 1).read_to_end(&mut text))
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    Ok(text)
+}
+
+fn json_of(text: &[u8]) -> Result<Value, String> {
+    if text.len() as u64 > MAX_RECORD {
+        return Err(format!("larger than {MAX_RECORD} bytes"));
+    }
+    serde_json::from_slice(text).map_err(|e| format!("not JSON: {e}"))
+}
+
+fn str_field<'v>(v: &'v Value, key: &str) -> Result<&'v str, String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("has no {key:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_files_must_name_their_user() {
+        let alice = UcloudName::new("AliceHansen#1001").unwrap();
+        let ok = br#"{"ucloud":"AliceHansen#1001","local":"alice","uid":1001,"created":1}"#;
+        let m = Mapping::parse(&alice, ok).unwrap();
+        assert_eq!(
+            (m.local.as_str(), m.uid, m.created),
+            ("alice", 1001, Some(1))
+        );
+        assert_eq!(m.file_name(), alice.file_name());
+        let again = serde_json::to_vec(&m.to_json()).unwrap();
+        assert_eq!(Mapping::parse(&alice, &again).unwrap(), m);
+        let by_hand = br#"{"ucloud":"AliceHansen#1001","local":"alice","uid":1001}"#;
+        assert_eq!(Mapping::parse(&alice, by_hand).unwrap().created, None);
+        let huge = format!(
+            r#"{{"ucloud":"AliceHansen#1001","local":"alice","uid":1001,"x":"{}"}}"#,
+            "a".repeat(MAX_RECORD as usize)
+        );
+        for bad in [
+            &br#"{"ucloud":"BobNielsen#2002","local":"alice","uid":1001}"#[..],
+            br#"{"ucloud":"AliceHansen#1001","local":"../root","uid":1001}"#,
+            br#"{"ucloud":"AliceHansen#1001","local":"alice"}"#,
+            br#"{"ucloud":"AliceHansen#1001","local":"alice","uid":-1}"#,
+            br#"{"ucloud":"AliceHansen#1001","local":"alice","uid":4294967296}"#,
+            br#"{"ucloud":"AliceHansen#1001","local":"alice","uid":"1001"}"#,
+            br#"{"ucloud":"AliceHansen#1001","local":"alice","uid":1001,"created":"x"}"#,
+            br#"{"ucloud":"AliceHansen#1001","local":"alice","uid":1001,"created":-5}"#,
+            br#"{"local":"alice","uid":1001}"#,
+            b"not json",
+            b"",
+            huge.as_bytes(),
+        ] {
+            let text = String::from_utf8_lossy(bad);
+            assert!(Mapping::parse(&alice, bad).is_err(), "{text:.80}");
+        }
+    }
+
+    #[test]
+    fn mappings_expire_after_the_site_limit() {
+        let m = |created| Mapping {
+            ucloud: UcloudName::new("AliceHansen#1001").unwrap(),
+            local: LocalName::new("alice").unwrap(),
+            uid: 1001,
+            created,
+        };
+        assert!(!m(Some(1_000)).expired(None, u64::MAX));
+        assert!(!m(None).expired(Some(10), u64::MAX));
+        assert!(!m(Some(1_000)).expired(Some(10), 1_009));
+        assert!(m(Some(1_000)).expired(Some(10), 1_010));
+        assert!(m(Some(u64::MAX)).expired(Some(u64::MAX), u64::MAX));
+    }
+
+    #[test]
+    fn drive_entries_name_their_id_and_an_absolute_base() {
+        let id = DriveId::new("17").unwrap();
+        let by_hand =
+            br#"{"id":"17","ucloud":"AliceHansen#1001","local":"alice","base":"/home/alice"}"#;
+        let d = Drive::parse(&id, by_hand).unwrap();
+        assert!(d.is_home());
+        assert_eq!(d.file_name(), "17");
+        assert_eq!(Drive::from_json(&id, &d.to_json()).unwrap(), d);
+        let scratch = br#"{"id":"17","ucloud":"A#1","local":"alice","base":"/scratch","kind":"scratch","title":"Small"}"#;
+        let s = Drive::parse(&id, scratch).unwrap();
+        assert_eq!((s.is_home(), s.title.as_str()), (false, "Small"));
+        assert_eq!(Drive::from_json(&id, &s.to_json()).unwrap(), s);
+        for bad in [
+            &br#"{"id":"18","ucloud":"A#1","local":"alice","base":"/home/alice"}"#[..],
+            br#"{"id":"17","ucloud":"A#1","local":"alice","base":"home/alice"}"#,
+            br#"{"id":"17","ucloud":"A#1","local":"../x","base":"/home/alice"}"#,
+            br#"{"id":"17","ucloud":"A#1","local":"Alice","base":"/home/alice"}"#,
+            br#"{"id":"17","local":"alice","base":"/home/alice"}"#,
+            br#"{"id":"17","ucloud":"A#1","base":"/home/alice"}"#,
+            br#"{"id":"17","ucloud":"A#1","local":"alice"}"#,
+            br#"{"id":"17","ucloud":"A#1","local":"alice","base":"/a\u0000b"}"#,
+            br#"{"id":"17","ucloud":"A#1","local":"alice","base":"/a","kind":7}"#,
+            br#"{"id":17,"ucloud":"A#1","local":"alice","base":"/a"}"#,
+            b"[]",
+        ] {
+            let text = String::from_utf8_lossy(bad);
+            assert!(Drive::parse(&id, bad).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_drive_table_reports_what_it_cannot_use() {
+        let dir = std::env::temp_dir().join(format!("ucloud-wire-drives-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let alice = Drive::home(
+            DriveId::new("17").unwrap(),
+            UcloudName::new("A#1").unwrap(),
+            LocalName::new("alice").unwrap(),
+            "/home/alice".into(),
+        );
+        std::fs::write(dir.join("17"), alice.to_json().to_string()).unwrap();
+        std::fs::write(dir.join(".17.tmp"), "half a").unwrap();
+        std::fs::write(dir.join("18"), "{}").unwrap();
+        std::fs::write(dir.join("not an id"), "{}").unwrap();
+        std::os::unix::fs::symlink(dir.join("17"), dir.join("19")).unwrap();
+        let (found, problems) = drive_table(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, [alice]);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("18: has no \"id\""), "{problems:?}");
+        assert!(
+            problems[1].contains("19: not a regular file"),
+            "{problems:?}"
+        );
+        assert!(problems[2].contains("not a drive id"), "{problems:?}");
+        assert!(drive_table(Path::new("/nonexistent-drive-table")).is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! Transfer tokens: the credential of the browser-facing data channel
+//! (`files.download`, `files.upload`), which carries no UCloud token. The dispatcher
+//! mints one for `files.createDownload` / `files.createUpload` (the plugin puts it in
+//! the URL it returns) and verifies it when the browser comes back; the gateway,
+//! which has no key, only peeks at its shape; the plugin gets the verified token from
+//! the dispatcher (`UCLOUD_TRANSFER_TOKEN`) and reads its claims.
+//!
+//! An HS256 JWT keyed with the root-only transfer key (at least 32 random bytes): the
+//! algorithm is fixed here, never read from the token. It names the UCloud user, the
+//! local account and uid it was minted for, the one call it is good for, a random
+//! `jti` the plugin keys its session on, and `exp`. It is a bearer credential: anyone
+//! holding the URL can use it until it expires. Pure: the caller brings the key, the
+//! time and the random `jti`.
+
+use crate::names::{LocalName, UcloudName};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{json, Value};
+
+/// How long a minted token is good for: UCloud keeps download and upload sessions
+/// for up to 48 hours.
+pub const LIFETIME_SECS: u64 = 48 * 3600;
+/// The `typ` claim, which tells these tokens from any other HS256 JWT.
+pub const TYPE: &str = "ucloud-im-transfer";
+
+/// What a transfer token says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    pub call: String,
+    pub ucloud: UcloudName,
+    pub local: LocalName,
+    pub uid: u32,
+    pub jti: String,
+    pub iat: Option<u64>,
+    pub exp: u64,
+}
+
+impl Claims {
+    /// A token's claims for `call`, minted at `now` with the random `jti`.
+    pub fn new(
+        call: &str,
+        ucloud: UcloudName,
+        local: LocalName,
+        uid: u32,
+        jti: String,
+        now: u64,
+    ) -> Claims {
+        Claims {
+            call: call.into(),
+            ucloud,
+            local,
+            uid,
+            jti,
+            iat: Some(now),
+            exp: now.saturating_add(LIFETIME_SECS),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "typ": TYPE, "call": self.call, "ucloud": self.ucloud.as_str(),
+            "local": self.local.as_str(), "uid": self.uid, "jti": self.jti,
+            "iat": self.iat, "exp": self.exp,
+        })
+    }
+
+    /// The claims of a token for `call` that has not expired at `now`. The reasons
+    /// follow "transfer token".
+    pub fn from_json(claims: &Value, call: &str, now: u64) -> Result<Claims, String> {
+        let exp = live(claims, now)?;
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        if text("call") != Some(call) {
+            return Err(format!("is not for {call}"));
+        }
+        let ucloud = text("ucloud")
+            .and_then(|u| UcloudName::new(u).ok())
+            .ok_or("names no UCloud user")?;
+        let local = text("local")
+            .and_then(|l| LocalName::new(l).ok())
+            .ok_or("names no local account")?;
+        let uid = claims
+            .get("uid")
+            .and_then(Value::as_u64)
+            .and_then(|u| u32::try_from(u).ok())
+            .ok_or("names no uid")?;
+        let jti = text("jti").ok_or("has no jti")?.to_string();
+        let iat = match claims.get("iat") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or("has an iat that is not a time")?),
+        };
+        Ok(Claims {
+            call: call.into(),
+            ucloud,
+            local,
+            uid,
+            jti,
+            iat,
+            exp,
+        })
+    }
+}
+
+pub fn mint(key: &[u8], claims: &Claims) -> Result<String, String> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims.to_json(),
+        &EncodingKey::from_secret(key),
+    )
+    .map_err(|e| format!("cannot sign a transfer token: {e}"))
+}
+
+/// The claims of a token signed with `key`, for `call`, not expired at `now`.
+/// The reasons follow "transfer token".
+pub fn verify(token: &str, key: &[u8], call: &str, now: u64) -> Result<Claims, String> {
+    hs256_header(token)?;
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = jsonwebtoken::decode::<Value>(token, &DecodingKey::from_secret(key), &validation)
+        .map_err(|_| "signature does not verify".to_string())?
+        .claims;
+    Claims::from_json(&claims, call, now)
+}
+
+/// A look at the shape WITHOUT checking the signature: an HS256 JWT of our `typ`
+/// that has not expired. For the gateway, which has no key and only keeps obvious
+/// garbage from starting a dispatcher; never a check that counts.
+pub fn peek(token: &str, now: u64) -> Result<(), String> {
+    live(&unverified_claims(token)?, now).map(|_| ())
+}
+
+/// The claims of a token the dispatcher verified and handed to the plugin
+/// (`UCLOUD_TRANSFER_TOKEN`): the plugin has no key, the signature is not checked.
+pub fn read_verified(token: &str, call: &str, now: u64) -> Result<Claims, String> {
+    Claims::from_json(&unverified_claims(token)?, call, now)
+}
+
+/// Our `typ` and an `exp` after `now`.
+fn live(claims: &Value, now: u64) -> Result<u64, String> {
+    if claims.get("typ").and_then(Value::as_str) != Some(TYPE) {
+        return Err("is not a ucloud-im transfer token".into());
+    }
+    match claims.get("exp").and_then(Value::as_u64) {
+        Some(exp) if exp > now => Ok(exp),
+        _ => Err("has expired".into()),
+    }
+}
+
+fn unverified_claims(token: &str) -> Result<Value, String> {
+    hs256_header(token)?;
+    let payload = token.split('.').nth(1).unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| "has unreadable claims".into())
+}
+
+fn hs256_header(token: &str) -> Result<(), String> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| "is not a JWT".to_string())?;
+    if header.alg != Algorithm::HS256 {
+        return Err("does not use HS256".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+    const KEY: [u8; 32] = [7; 32];
+
+    fn claims() -> Claims {
+        Claims::new(
+            "files.download",
+            UcloudName::new("AliceHansen#1001").unwrap(),
+            LocalName::new("alice").unwrap(),
+            1001,
+            "0123456789abcdef0123456789abcdef".into(),
+            NOW,
+        )
+    }
+
+    fn sign(claims: &Value, alg: Algorithm) -> String {
+        crate::token::install_crypto_provider();
+        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(&KEY)).unwrap()
+    }
+
+    #[test]
+    fn minted_tokens_verify_for_their_call_only() {
+        crate::token::install_crypto_provider();
+        let token = mint(&KEY, &claims()).unwrap();
+        assert_eq!(
+            verify(&token, &KEY, "files.download", NOW + 60),
+            Ok(claims())
+        );
+        assert_eq!(
+            read_verified(&token, "files.download", NOW + 60),
+            Ok(claims())
+        );
+        assert_eq!(peek(&token, NOW + 60), Ok(()));
+        let why = |r: Result<Claims, String>| r.unwrap_err();
+        assert_eq!(
+            why(verify(&token, &KEY, "files.upload", NOW)),
+            "is not for files.upload"
+        );
+        assert_eq!(
+            why(verify(&token, &KEY, "files.download", NOW + LIFETIME_SECS)),
+            "has expired"
+        );
+        assert_eq!(
+            why(verify(&token, &[8; 32], "files.download", NOW)),
+            "signature does not verify"
+        );
+        let mut forged = token.clone();
+        forged.push('x');
+        assert!(verify(&forged, &KEY, "files.download", NOW).is_err());
+        // Neither looks at the signature: that is what they are not for.
+        assert!(peek(&forged, NOW).is_ok());
+        assert!(read_verified(&forged, "files.download", NOW).is_ok());
+    }
+
+    #[test]
+    fn hostile_tokens_are_refused_with_the_reason() {
+        let good = claims().to_json();
+        let with = |key: &str, value: Value| {
+            let mut c = good.clone();
+            c[key] = value;
+            c
+        };
+        let without = |key: &str| {
+            let mut c = good.clone();
+            c.as_object_mut().unwrap().remove(key);
+            c
+        };
+        let cases = [
+            (sign(&good, Algorithm::HS384), "does not use HS256"),
+            (
+                sign(&with("typ", json!("JWT")), Algorithm::HS256),
+                "not a ucloud-im",
+            ),
+            (sign(&without("typ"), Algorithm::HS256), "not a ucloud-im"),
+            (
+                sign(&with("call", json!("files.upload")), Algorithm::HS256),
+                "is not for",
+            ),
+            (sign(&without("exp"), Algorithm::HS256), "has expired"),
+            (
+                sign(&with("exp", json!(NOW)), Algorithm::HS256),
+                "has expired",
+            ),
+            (
+                sign(&with("exp", json!("never")), Algorithm::HS256),
+                "has expired",
+            ),
+            (
+                sign(&with("ucloud", json!("")), Algorithm::HS256),
+                "UCloud user",
+            ),
+            (
+                sign(&with("local", json!("../root")), Algorithm::HS256),
+                "local account",
+            ),
+            (sign(&without("local"), Algorithm::HS256), "local account"),
+            (
+                sign(&with("uid", json!(-1)), Algorithm::HS256),
+                "names no uid",
+            ),
+            (
+                sign(&with("uid", json!(1u64 << 32)), Algorithm::HS256),
+                "names no uid",
+            ),
+            (sign(&without("jti"), Algorithm::HS256), "has no jti"),
+            (sign(&with("iat", json!("now")), Algorithm::HS256), "iat"),
+            ("x".into(), "not a JWT"),
+            ("a.b.c".into(), "not a JWT"),
+            (String::new(), "not a JWT"),
+        ];
+        for (token, why) in cases {
+            for result in [
+                verify(&token, &KEY, "files.download", NOW),
+                read_verified(&token, "files.download", NOW),
+            ] {
+                let got = result.unwrap_err();
+                assert!(got.contains(why), "{token}: {got}, not {why}");
+            }
+        }
+        // An unsigned token ("alg": "none") is not a JWT to either.
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let unsigned = format!(
+            "{}.{}.",
+            e.encode(br#"{"alg":"none"}"#),
+            e.encode(good.to_string())
+        );
+        assert!(verify(&unsigned, &KEY, "files.download", NOW).is_err());
+        assert!(read_verified(&unsigned, "files.download", NOW).is_err());
+        assert!(peek(&unsigned, NOW).is_err());
+        // The shape check is typ and exp only: a token without a user may still
+        // start a dispatcher, which refuses it.
+        assert_eq!(
+            peek(&sign(&without("ucloud"), Algorithm::HS256), NOW),
+            Ok(())
+        );
+        assert!(peek(&sign(&without("exp"), Algorithm::HS256), NOW).is_err());
+    }
+}
