@@ -176,35 +176,42 @@ fn attach(mut p: Pending) {
     let generation = p.generation.clone();
     let idle = generation.config.idle_timeout;
     let until = Instant::now() + generation.config.queue_timeout;
+    // Relay mode passes the balancer in front's own connections on as such.
+    let header = if p.own {
+        proxy_v2::local()
+    } else {
+        proxy_v2::proxy(p.peer, p.local)
+    };
     loop {
-        let (lease, mut backend) = match connect(&shared, &generation, &mut p, until) {
-            Ok(got) => got,
-            Err(Reserved::Busy) => {
-                shared.counters.busy.fetch_add(1, Relaxed);
-                ucloud_wire::log_warn!(
-                    "ucloud-lb: {}: no place on a gateway within {} s: answered 502",
-                    p.peer,
-                    generation.config.queue_timeout.as_secs_f64()
-                );
-                // 502 like an outage, not 503: UCloud answers a 503 with
-                // integration/init.
-                return answer(
-                    &mut p.tls,
-                    &mut p.client,
-                    502,
-                    "BUSY",
-                    "every gateway place open to this client is taken; try again",
-                );
-            }
-            Err(_) => {
-                shared.counters.no_backend.fetch_add(1, Relaxed);
-                ucloud_wire::log_err!(
-                    "ucloud-lb: {}: no backend is available: answered 502",
-                    p.peer
-                );
-                return bad_gateway(&mut p.tls, &mut p.client);
-            }
-        };
+        let (lease, mut backend) =
+            match connect(&shared, &generation, p.peer, &header, &mut p.tried, until) {
+                Ok(got) => got,
+                Err(Reserved::Busy) => {
+                    shared.counters.busy.fetch_add(1, Relaxed);
+                    ucloud_wire::log_warn!(
+                        "ucloud-lb: {}: no place on a gateway within {} s: answered 502",
+                        p.peer,
+                        generation.config.queue_timeout.as_secs_f64()
+                    );
+                    // 502 like an outage, not 503: UCloud answers a 503 with
+                    // integration/init.
+                    return answer(
+                        &mut p.tls,
+                        &mut p.client,
+                        502,
+                        "BUSY",
+                        "every gateway place open to this client is taken; try again",
+                    );
+                }
+                Err(_) => {
+                    shared.counters.no_backend.fetch_add(1, Relaxed);
+                    ucloud_wire::log_err!(
+                        "ucloud-lb: {}: no backend is available: answered 502",
+                        p.peer
+                    );
+                    return bad_gateway(&mut p.tls, &mut p.client);
+                }
+            };
         if let Some(sent) = p.unanswered.as_deref().filter(|s| !s.is_empty()) {
             let _ = backend.set_timeouts(Some(idle));
             if let Err(e) = backend.write_all(sent) {
@@ -285,15 +292,11 @@ fn flush(tls: &mut ServerConnection, client: &mut TcpStream) -> io::Result<()> {
 fn connect(
     shared: &Arc<Shared>,
     generation: &Generation,
-    p: &mut Pending,
+    peer: SocketAddr,
+    header: &[u8],
+    tried: &mut Vec<usize>,
     until: Instant,
 ) -> Result<(Lease, Stream), Reserved> {
-    let (peer, local, tried) = (p.peer, p.local, &mut p.tried);
-    let header = if p.own {
-        proxy_v2::local()
-    } else {
-        proxy_v2::proxy(peer, local)
-    };
     let c = &generation.config;
     loop {
         let (i, lease) = match shared.reserve(peer.ip(), c, &generation.backends, tried, until) {
@@ -306,7 +309,7 @@ fn connect(
             Ok(mut s) => {
                 if b.proxy_protocol.load(Relaxed) {
                     let _ = s.set_timeouts(Some(c.connect_timeout));
-                    if let Err(e) = s.write_all(&header).and_then(|()| s.flush()) {
+                    if let Err(e) = s.write_all(header).and_then(|()| s.flush()) {
                         b.connect_errors.fetch_add(1, Relaxed);
                         b.mark_down(&format!("sending the PROXY header: {e}"));
                         continue;
