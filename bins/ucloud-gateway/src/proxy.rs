@@ -7,7 +7,8 @@
 //! the balancer itself: over a unix socket (which the socket unit opens to the
 //! balancer's group alone) from a peer the kernel names as the balancer's account
 //! (SO_PEERCRED). A TCP peer proves nothing of the kind, so it is refused; a
-//! balancer on another host needs mutual TLS between the two, not yet available.
+//! balancer on another host reaches a relay ucloud-lb on this host over mutual TLS,
+//! and the relay connects here (ucloud-lb.conf(5), ANOTHER HOST).
 
 use nix::sys::socket::{
     getsockname, getsockopt, sockopt, AddressFamily, SockaddrLike, SockaddrStorage,
@@ -46,8 +47,8 @@ pub fn check_peer(fd: &impl AsFd, balancer_user: &str) -> Result<(), String> {
     if local.family() != Some(AddressFamily::Unix) {
         return Err(format!(
             "a PROXY header is believed only over a unix socket from {balancer_user}; this \
-             connection is {:?} (a balancer on another host needs mutual TLS, not yet \
-             available: see ucloud-gateway(8))",
+             connection is {:?} (a balancer on another host goes through a relay ucloud-lb \
+             on this host: see ucloud-lb.conf(5), ANOTHER HOST)",
             local.family()
         ));
     }

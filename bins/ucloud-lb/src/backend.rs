@@ -1,10 +1,13 @@
 //! The gateways: their live state (health, drain, weight, active connections,
 //! counters), the choice of one for a new connection (weighted least-connections),
-//! and connecting to it over TCP or a unix socket.
+//! and connecting to it over TCP, a unix socket, or mutual TLS to a relay balancer
+//! on a gateway's host.
 
 use crate::config::{Address, BackendConfig};
 use crate::state::Place;
-use std::io::{self, Read, Write};
+use crate::tls::Relayed;
+use rustls::ClientConnection;
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
@@ -31,10 +34,12 @@ pub struct Backend {
     pub check_failures: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
+    /// Mutual TLS to a relay (`tls_*` keys); replaced on reload with the files.
+    tls: Mutex<Option<Arc<Relayed>>>,
 }
 
 impl Backend {
-    pub fn new(c: &BackendConfig) -> Backend {
+    pub fn new(c: &BackendConfig, tls: Option<Arc<Relayed>>) -> Backend {
         Backend {
             name: c.name.clone(),
             address: c.address.clone(),
@@ -53,11 +58,13 @@ impl Backend {
             check_failures: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            tls: Mutex::new(tls),
         }
     }
 
     /// Takes the settings a reload may change.
-    pub fn update(&self, c: &BackendConfig) {
+    pub fn update(&self, c: &BackendConfig, tls: Option<Arc<Relayed>>) {
+        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
         self.weight.store(c.weight, Relaxed);
         self.proxy_protocol.store(c.proxy_protocol, Relaxed);
         self.drain.store(c.drain, Relaxed);
@@ -117,7 +124,13 @@ impl Backend {
             Address::Tcp(addr) => {
                 let s = TcpStream::connect_timeout(addr, timeout)?;
                 s.set_nodelay(true)?;
-                Ok(Stream::Tcp(s))
+                let tls = self.tls.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                match tls {
+                    Some(relayed) => Ok(Stream::Tls(Box::new(TlsStream::handshake(
+                        &relayed, s, timeout,
+                    )?))),
+                    None => Ok(Stream::Tcp(s)),
+                }
             }
             Address::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
         }
@@ -177,6 +190,7 @@ pub fn pick(backends: &[Arc<Backend>], skip: &[usize], turn: &AtomicUsize) -> Op
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Stream {
@@ -184,13 +198,31 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t).and(s.set_write_timeout(t)),
             Stream::Unix(s) => s.set_read_timeout(t).and(s.set_write_timeout(t)),
+            Stream::Tls(s) => s.sock.set_read_timeout(t).and(s.sock.set_write_timeout(t)),
         }
     }
-    pub fn shutdown_write(&self) {
+    pub fn shutdown_write(&mut self) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
             Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            // close_notify ends the stream; TCP stays open for the alert and anything
+            // rustls still holds (`flush` sends it when the socket takes it).
+            Stream::Tls(s) => {
+                s.tls.send_close_notify();
+                s.flush()
+            }
         };
+    }
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(true),
+            Stream::Unix(s) => s.set_nonblocking(true),
+            Stream::Tls(s) => s.sock.set_nonblocking(true),
+        }
+    }
+    /// Whether TLS output waits for the socket (only a TLS stream holds any).
+    pub fn wants_write(&self) -> bool {
+        matches!(self, Stream::Tls(s) if s.tls.wants_write())
     }
 }
 
@@ -199,6 +231,7 @@ impl Read for Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -208,10 +241,15 @@ impl Write for Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
+    /// Sends the TLS output rustls holds; WouldBlock while a non-blocking socket is full.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Stream::Tls(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -220,7 +258,84 @@ impl AsFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Unix(s) => s.as_fd(),
+            Stream::Tls(s) => s.sock.as_fd(),
         }
+    }
+}
+
+/// A TLS client connection to a relay over TCP, blocking or not. Unlike
+/// `rustls::StreamOwned` it never reads the socket while plaintext waits and never
+/// takes plaintext while earlier TLS output is stuck, so a non-blocking caller gets
+/// WouldBlock exactly when the socket is what it waits for.
+pub struct TlsStream {
+    tls: ClientConnection,
+    sock: TcpStream,
+}
+
+impl TlsStream {
+    /// The handshake, which checks the relay's certificate. (With TLS 1.3 the relay
+    /// judges ours after this returns: a refusal shows as an alert on the first read.)
+    fn handshake(r: &Relayed, mut sock: TcpStream, timeout: Duration) -> io::Result<TlsStream> {
+        let mut tls = ClientConnection::new(r.config.clone(), r.name.clone())
+            .map_err(|e| io::Error::other(format!("TLS: {e}")))?;
+        sock.set_read_timeout(Some(timeout))?;
+        sock.set_write_timeout(Some(timeout))?;
+        let deadline = std::time::Instant::now() + timeout;
+        while tls.is_handshaking() {
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    ErrorKind::TimedOut,
+                    "the relay's TLS handshake took too long",
+                ));
+            }
+            tls.complete_io(&mut sock).map_err(|e| {
+                io::Error::new(e.kind(), format!("TLS handshake with the relay: {e}"))
+            })?;
+        }
+        Ok(TlsStream { tls, sock })
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buf) {
+                // An end without close_notify is UnexpectedEof: a cut, not an end.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            // WouldBlock on a non-blocking socket goes to the caller.
+            self.tls.read_tls(&mut self.sock)?;
+            if let Err(e) = self.tls.process_new_packets() {
+                // Tell the relay why (an alert), best effort.
+                let _ = self.tls.write_tls(&mut self.sock);
+                return Err(io::Error::new(ErrorKind::InvalidData, format!("TLS: {e}")));
+            }
+        }
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // Earlier output first: a full socket stops new plaintext (backpressure).
+        self.flush()?;
+        let taken = self.tls.writer().write(buf)?;
+        if taken == 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        // Errors show again on the next call; these bytes are taken.
+        let _ = self.flush();
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut self.sock)?;
+        }
+        Ok(())
     }
 }
 
@@ -229,14 +344,18 @@ mod tests {
     use super::*;
 
     fn backend(name: &str, weight: u32, active: u64) -> Arc<Backend> {
-        let b = Backend::new(&BackendConfig {
-            name: name.into(),
-            address: Address::Tcp("127.0.0.1:1".parse().unwrap()),
-            weight,
-            proxy_protocol: false,
-            drain: false,
-            max_connections: 240,
-        });
+        let b = Backend::new(
+            &BackendConfig {
+                name: name.into(),
+                address: Address::Tcp("127.0.0.1:1".parse().unwrap()),
+                weight,
+                proxy_protocol: false,
+                drain: false,
+                max_connections: 240,
+                tls: None,
+            },
+            None,
+        );
         b.active.store(active, Relaxed);
         Arc::new(b)
     }

@@ -37,6 +37,19 @@ pub struct BackendConfig {
     /// Connections to it at once; below its socket's MaxConnections= (see the budget
     /// in ucloud-lb.conf(5)), so that the socket never refuses the balancer.
     pub max_connections: usize,
+    /// Mutual TLS to a relay balancer on the gateway's host (`tls_*` keys).
+    pub tls: Option<BackendTls>,
+}
+
+/// How a balancer reaches a relay on another host: the relay's certificate must
+/// verify against `ca` for `name`, and ours (`certificate`) is what the relay checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendTls {
+    pub ca: PathBuf,
+    /// A DNS name or an IP address the relay's certificate must carry.
+    pub name: String,
+    /// `(certificate chain, key)`.
+    pub certificate: (PathBuf, PathBuf),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +79,11 @@ pub struct Config {
     pub health_rise: u32,
     pub health_fall: u32,
     pub health_path: String,
+    /// Relay mode: every client must present a certificate issued by this CA (the
+    /// balancers on other hosts) and open with a PROXY v2 header, whose address is
+    /// then the client's. Without it no client is asked for a certificate and no
+    /// header is read.
+    pub client_ca: Option<PathBuf>,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -109,6 +127,7 @@ pub fn parse(text: &str) -> Result<Config, Fail> {
         health_rise: 2,
         health_fall: 3,
         health_path: "/ucloud-im/health".to_string(),
+        client_ca: None,
         backends: Vec::new(),
     };
     let mut seen: Vec<String> = Vec::new();
@@ -216,6 +235,7 @@ fn global(c: &mut Config, key: &str, value: &str) -> Result<(), String> {
             }
             c.health_path = value.to_string();
         }
+        "client_ca" => c.client_ca = Some(one_path(value)?),
         _ => return Err(format!("unknown key {key:?} (see ucloud-lb.conf(5))")),
     }
     Ok(())
@@ -227,6 +247,7 @@ fn backend(
     keys: Vec<(usize, String, String)>,
 ) -> Result<BackendConfig, Fail> {
     let (mut address, mut weight, mut proxy, mut drain) = (None, 1, false, false);
+    let (mut tls_ca, mut tls_name, mut tls_certificate) = (None, None, None);
     // The gateway socket's MaxConnections= is 256: the rest is for health checks.
     let mut max_connections = 240;
     let mut seen: Vec<String> = Vec::new();
@@ -251,11 +272,50 @@ fn backend(
                     .then(|| max_connections = n)
                     .ok_or_else(|| "max_connections must be at least 1".to_string())
             }),
+            "tls_ca" => one_path(&value).map(|p| tls_ca = Some(p)),
+            "tls_name" => server_name(&value).map(|v| tls_name = Some(v)),
+            "tls_certificate" => two_paths(&value).map(|pair| tls_certificate = Some(pair)),
             _ => Err(format!("unknown key {key:?} in [backend {name}]")),
         };
         set.map_err(|why| (n, why))?;
     }
     let address = address.ok_or((at, format!("[backend {name}] has no address")))?;
+    let tls = match (tls_ca, tls_certificate, tls_name) {
+        (None, None, None) => None,
+        (Some(ca), Some(certificate), name_set) => {
+            let Address::Tcp(to) = address else {
+                return Err((
+                    at,
+                    format!(
+                        "[backend {name}]: tls_* keys are for a TCP address, not a unix socket"
+                    ),
+                ));
+            };
+            if !proxy {
+                return Err((
+                    at,
+                    format!(
+                        "[backend {name}]: a relay reached over TLS expects the PROXY header: \
+                         add proxy_protocol = yes"
+                    ),
+                ));
+            }
+            Some(BackendTls {
+                ca,
+                name: name_set.unwrap_or_else(|| to.ip().to_string()),
+                certificate,
+            })
+        }
+        _ => {
+            return Err((
+                at,
+                format!(
+                    "[backend {name}]: TLS to a relay needs both tls_ca = CA.pem and \
+                     tls_certificate = CERT.pem KEY.pem (tls_name is optional)"
+                ),
+            ))
+        }
+    };
     Ok(BackendConfig {
         name,
         address,
@@ -263,7 +323,43 @@ fn backend(
         proxy_protocol: proxy,
         drain,
         max_connections,
+        tls,
     })
+}
+
+fn one_path(value: &str) -> Result<PathBuf, String> {
+    let mut parts = value.split_whitespace();
+    match (parts.next(), parts.next()) {
+        (Some(p), None) if p.starts_with('/') => Ok(p.into()),
+        _ => Err(format!("{value:?}: one absolute path")),
+    }
+}
+
+fn two_paths(value: &str) -> Result<(PathBuf, PathBuf), String> {
+    let mut parts = value.split_whitespace();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(cert), Some(key), None) if cert.starts_with('/') && key.starts_with('/') => {
+            Ok((cert.into(), key.into()))
+        }
+        _ => Err(format!("{value:?}: CERT.pem KEY.pem (two absolute paths)")),
+    }
+}
+
+/// A DNS name (letters, digits, `-` and `.`, as certificates carry them) or an IP
+/// address; what TLS can verify and a log can show unquoted.
+fn server_name(value: &str) -> Result<String, String> {
+    let dns = !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if dns || value.parse::<std::net::IpAddr>().is_ok() {
+        Ok(value.to_string())
+    } else {
+        Err(format!("tls_name {value:?}: a DNS name or an IP address"))
+    }
 }
 
 fn check_name(name: &str) -> Result<(), String> {
@@ -402,5 +498,143 @@ drain = yes
             assert_eq!(n, line, "{text}: {why}");
             assert!(why.contains(words), "{text}: {why}");
         }
+    }
+
+    const EDGE: &str = "certificate = /e/c.pem /e/c.key\n[backend far]\naddress = 10.0.0.12:8444\n\
+                        proxy_protocol = yes\ntls_ca = /e/site-ca.pem\n\
+                        tls_certificate = /e/edge.pem /e/edge.key\n";
+
+    #[test]
+    fn a_relay_and_an_edge_parse() {
+        let relay = parse(
+            "certificate = /e/c.pem /e/c.key\nclient_ca = /e/site-ca.pem\n\
+             [backend gw]\naddress = unix:/run/gw.sock\nproxy_protocol = yes\n",
+        )
+        .unwrap();
+        assert_eq!(relay.client_ca, Some(PathBuf::from("/e/site-ca.pem")));
+        assert_eq!(relay.backends[0].tls, None);
+        assert_eq!(parse(GOOD).unwrap().client_ca, None);
+        let edge = parse(EDGE).unwrap();
+        let tls = edge.backends[0].tls.as_ref().unwrap();
+        assert_eq!(tls.ca, PathBuf::from("/e/site-ca.pem"));
+        // Without tls_name the relay's certificate must name the address's IP.
+        assert_eq!(tls.name, "10.0.0.12");
+        assert_eq!(tls.certificate.1, PathBuf::from("/e/edge.key"));
+        let named = parse(&format!("{EDGE}tls_name = gw1.site.example\n")).unwrap();
+        assert_eq!(
+            named.backends[0].tls.as_ref().unwrap().name,
+            "gw1.site.example"
+        );
+    }
+
+    #[test]
+    fn hostile_tls_keys_are_refused_with_their_line() {
+        let cases = [
+            // Half a TLS setup must not fall back to plain TCP.
+            (
+                "certificate = a b\n[backend x]\naddress = 1.2.3.4:5\nproxy_protocol = yes\n\
+                 tls_ca = /ca.pem\n",
+                2,
+                "needs both",
+            ),
+            (
+                "certificate = a b\n[backend x]\naddress = 1.2.3.4:5\nproxy_protocol = yes\n\
+                 tls_name = gw\n",
+                2,
+                "needs both",
+            ),
+            (
+                "certificate = a b\n[backend x]\naddress = 1.2.3.4:5\n\
+                 tls_ca = /ca.pem\ntls_certificate = /c /k\n",
+                2,
+                "proxy_protocol = yes",
+            ),
+            (
+                "certificate = a b\n[backend x]\naddress = unix:/run/s\nproxy_protocol = yes\n\
+                 tls_ca = /ca.pem\ntls_certificate = /c /k\n",
+                2,
+                "not a unix socket",
+            ),
+            (
+                "certificate = a b\nclient_ca = relative.pem\n",
+                2,
+                "absolute",
+            ),
+            (
+                "certificate = a b\nclient_ca = /a.pem /b.pem\n",
+                2,
+                "one absolute",
+            ),
+            ("certificate = a b\nclient_ca =\n", 2, "one absolute"),
+            (
+                "certificate = a b\nclient_ca = /a\nclient_ca = /b\n",
+                3,
+                "twice",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_ca = ca.pem\n",
+                3,
+                "absolute",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_certificate = /c\n",
+                3,
+                "two absolute",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_certificate = /c k\n",
+                3,
+                "two absolute",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_certificate = /c /k /x\n",
+                3,
+                "two absolute",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_name = gw\ntls_name = gw\n",
+                4,
+                "twice",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_name = a b\n",
+                3,
+                "DNS name",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_name = gw..x\n",
+                3,
+                "DNS name",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_name = gw\u{1b}[2J\n",
+                3,
+                "DNS name",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_name = *.x\n",
+                3,
+                "DNS name",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_name = \n",
+                3,
+                "DNS name",
+            ),
+            (
+                "certificate = a b\n[backend x]\ntls_name = \u{e9}x.example\n",
+                3,
+                "DNS name",
+            ),
+        ];
+        for (text, line, words) in cases {
+            let (n, why) = parse(text).unwrap_err();
+            assert_eq!(n, line, "{text}: {why}");
+            assert!(why.contains(words), "{text}: {why}");
+        }
+        let long = format!("{EDGE}tls_name = {}\n", "a".repeat(64));
+        assert!(parse(&long).unwrap_err().1.contains("DNS name"));
+        let ok_ip = parse(&format!("{EDGE}tls_name = ::1\n")).unwrap();
+        assert_eq!(ok_ip.backends[0].tls.as_ref().unwrap().name, "::1");
     }
 }

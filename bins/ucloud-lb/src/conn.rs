@@ -6,7 +6,7 @@
 //! the connection sits idle too long.
 
 use crate::backend::{Backend, Lease, Stream};
-use crate::proxy_v2;
+use crate::proxy_v2::{self, Origin};
 use crate::relay::{Handover, Relay};
 use crate::state::{Generation, Reserved, Shared, Slot};
 use rustls::ServerConnection;
@@ -28,9 +28,30 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
     };
     if let Err(why) = handshake(&mut tls, &mut client, c.handshake_timeout) {
         shared.counters.handshake_errors.fetch_add(1, Relaxed);
+        if c.client_ca.is_some() {
+            return ucloud_wire::log_warn!(
+                "ucloud-lb: {peer}: TLS handshake failed: {why} (a relay serves only \
+                 balancers with a certificate from its client_ca)"
+            );
+        }
         return ucloud_wire::log_warn!("ucloud-lb: {peer}: TLS handshake failed: {why}");
     }
-    let head = match read_head(&mut tls, &mut client, c.request_timeout) {
+    // Relay mode: the client is the one the balancer in front names.
+    let (mut peer, mut local, mut own, mut early) = (peer, local, false, Vec::new());
+    if c.client_ca.is_some() {
+        let deadline = Instant::now() + c.request_timeout;
+        match crate::origin::read(&mut tls, &mut client, deadline) {
+            Ok((Origin::Client { source, dest }, rest)) => {
+                (peer, local, early) = (source, dest, rest)
+            }
+            Ok((Origin::Own, rest)) => (own, early) = (true, rest),
+            Err(why) => {
+                shared.counters.handshake_errors.fetch_add(1, Relaxed);
+                return ucloud_wire::log_warn!("ucloud-lb: {peer}: refused: {why}");
+            }
+        }
+    }
+    let head = match read_head(&mut tls, &mut client, c.request_timeout, early) {
         Ok(head) => head,
         Err(Head::Gone) => return,
         Err(Head::Late) => {
@@ -58,6 +79,7 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
         generation,
         peer,
         local,
+        own,
         tried: Vec::new(),
         unanswered: Some(head),
     });
@@ -93,9 +115,9 @@ fn read_head(
     tls: &mut ServerConnection,
     client: &mut TcpStream,
     limit: Duration,
+    mut head: Vec<u8>,
 ) -> Result<Vec<u8>, Head> {
     let deadline = Instant::now() + limit;
-    let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         loop {
@@ -138,6 +160,9 @@ pub struct Pending {
     pub generation: Arc<Generation>,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// Relay mode: a connection of the balancer in front's own (its health check),
+    /// passed on as such (PROXY `LOCAL`).
+    pub own: bool,
     /// Backends tried for this connection already.
     pub tried: Vec<usize>,
     /// What the client sent, kept until the backend's first byte (see `serve`).
@@ -151,9 +176,15 @@ fn attach(mut p: Pending) {
     let generation = p.generation.clone();
     let idle = generation.config.idle_timeout;
     let until = Instant::now() + generation.config.queue_timeout;
+    // Relay mode passes the balancer in front's own connections on as such.
+    let header = if p.own {
+        proxy_v2::local()
+    } else {
+        proxy_v2::proxy(p.peer, p.local)
+    };
     loop {
         let (lease, mut backend) =
-            match connect(&shared, &generation, p.peer, p.local, &mut p.tried, until) {
+            match connect(&shared, &generation, p.peer, &header, &mut p.tried, until) {
                 Ok(got) => got,
                 Err(Reserved::Busy) => {
                     shared.counters.busy.fetch_add(1, Relaxed);
@@ -262,7 +293,7 @@ fn connect(
     shared: &Arc<Shared>,
     generation: &Generation,
     peer: SocketAddr,
-    local: SocketAddr,
+    header: &[u8],
     tried: &mut Vec<usize>,
     until: Instant,
 ) -> Result<(Lease, Stream), Reserved> {
@@ -278,7 +309,7 @@ fn connect(
             Ok(mut s) => {
                 if b.proxy_protocol.load(Relaxed) {
                     let _ = s.set_timeouts(Some(c.connect_timeout));
-                    if let Err(e) = s.write_all(&proxy_v2::proxy(peer, local)) {
+                    if let Err(e) = s.write_all(header).and_then(|()| s.flush()) {
                         b.connect_errors.fetch_add(1, Relaxed);
                         b.mark_down(&format!("sending the PROXY header: {e}"));
                         continue;

@@ -8,6 +8,7 @@ mod conn;
 mod error;
 mod health;
 mod metrics;
+mod origin;
 mod proxy_v2;
 mod relay;
 mod state;
@@ -211,11 +212,22 @@ fn load(
     old: Option<&Generation>,
 ) -> Result<Generation, Error> {
     let config = Config::load(path)?;
-    let tls = tls::server_config(&config.certificates, resumption)?;
+    let tls = tls::server_config(
+        &config.certificates,
+        config.client_ca.as_deref(),
+        resumption,
+    )?;
+    // All files first: a reload that fails changes no backend.
+    let relayed = config
+        .backends
+        .iter()
+        .map(|c| c.tls.as_ref().map(tls::client_config).transpose())
+        .collect::<Result<Vec<_>, Error>>()?;
     let backends = config
         .backends
         .iter()
-        .map(|c| {
+        .zip(relayed)
+        .map(|(c, relayed)| {
             let kept = old.and_then(|g| {
                 g.backends
                     .iter()
@@ -223,10 +235,10 @@ fn load(
             });
             match kept {
                 Some(b) => {
-                    b.update(c);
+                    b.update(c, relayed);
                     b.clone()
                 }
-                None => Arc::new(Backend::new(c)),
+                None => Arc::new(Backend::new(c, relayed)),
             }
         })
         .collect();

@@ -358,10 +358,7 @@ impl<S: Read> Read for Drained<'_, S> {
 }
 
 fn set_nonblocking(s: &Stream) -> io::Result<()> {
-    match s {
-        Stream::Tcp(s) => s.set_nonblocking(true),
-        Stream::Unix(s) => s.set_nonblocking(true),
-    }
+    s.set_nonblocking()
 }
 
 impl Conn {
@@ -456,6 +453,11 @@ impl Conn {
                 Err(e) if would_block(&e) => break,
                 Err(e) => return Err(self.backend_error(e)),
             }
+        }
+        // TLS output to a relay that rustls still holds (only a TLS backend has any).
+        match self.h.backend.flush() {
+            Err(e) if !would_block(&e) => return Err(self.backend_error(e)),
+            _ => {}
         }
         if self.to_backend.is_empty() && !self.client_open && !self.backend_shut {
             self.h.backend.shutdown_write();
@@ -561,7 +563,7 @@ impl Conn {
         if !self.backend_done && self.to_client.is_empty() && !self.h.conn.tls.wants_write() {
             backend |= EpollFlags::EPOLLIN;
         }
-        if !self.to_backend.is_empty() {
+        if !self.to_backend.is_empty() || self.h.backend.wants_write() {
             backend |= EpollFlags::EPOLLOUT;
         }
         (client, backend)
