@@ -1,12 +1,10 @@
-//! The PROXY protocol v2 header a relay ucloud-lb reads from a balancer on another
-//! host (ucloud-lb proxy_v2.rs), after its client certificate was verified.
+//! The PROXY protocol v2 header (ucloud-http proxy_v2.rs) as a relay ucloud-lb
+//! parses it from a balancer on another host, after its client certificate was
+//! verified: from a buffer that grows as bytes arrive.
 #![no_main]
 
-#[path = "../../bins/ucloud-lb/src/proxy_v2.rs"]
-#[allow(dead_code)]
-mod proxy_v2;
-
 use libfuzzer_sys::fuzz_target;
+use ucloud_http::proxy_v2;
 
 fuzz_target!(|input: &[u8]| {
     if let Ok(Some((_, len))) = proxy_v2::parse(input) {

@@ -14,13 +14,10 @@ use nix::sys::socket::{
     getsockname, getsockopt, sockopt, AddressFamily, SockaddrLike, SockaddrStorage,
 };
 use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::OnceLock;
-
-const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
-/// Far above what an address block with a few TLVs needs; a bigger claim is hostile.
-const MAX_LEN: usize = 512;
+use ucloud_http::proxy_v2::{self, Origin};
 
 /// Who is on the other end of the balancer.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,33 +65,12 @@ pub fn check_peer(fd: &impl AsFd, balancer_user: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads exactly the header (never a byte of the request behind it).
+/// Reads exactly the header (never a byte of the request behind it), with the
+/// parser the balancer's relay mode uses too.
 pub fn read_header(input: &mut impl Read) -> Result<Peer, String> {
-    let mut fixed = [0u8; 16];
-    input
-        .read_exact(&mut fixed)
-        .map_err(|e| format!("no PROXY v2 header: {e}"))?;
-    if fixed[..12] != SIGNATURE {
-        return Err("the connection does not start with a PROXY v2 header".into());
-    }
-    let (version, command) = (fixed[12] >> 4, fixed[12] & 0x0f);
-    if version != 2 {
-        return Err(format!("PROXY header version {version}, expected 2"));
-    }
-    let len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
-    if len > MAX_LEN {
-        return Err(format!(
-            "PROXY header claims {len} bytes of addresses (at most {MAX_LEN})"
-        ));
-    }
-    let mut rest = vec![0u8; len];
-    input
-        .read_exact(&mut rest)
-        .map_err(|e| format!("PROXY v2 header cut short: {e}"))?;
-    let peer = match command {
-        0 => Peer::Local,
-        1 => parse_addresses(fixed[13], &rest)?,
-        _ => return Err(format!("PROXY v2 command {command} is unknown")),
+    let peer = match proxy_v2::read_header(input)? {
+        Origin::Client { source, .. } => Peer::Client(source),
+        Origin::Own => Peer::Local,
     };
     if let Peer::Client(addr) = peer {
         let _ = CLIENT.set(addr.to_string());
@@ -102,38 +78,11 @@ pub fn read_header(input: &mut impl Read) -> Result<Peer, String> {
     Ok(peer)
 }
 
-fn parse_addresses(family: u8, rest: &[u8]) -> Result<Peer, String> {
-    match family {
-        // TCP over IPv4: source, destination, source port, destination port.
-        0x11 => {
-            let a = rest.get(..12).ok_or("PROXY v2 IPv4 block too short")?;
-            let ip = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
-            let port = u16::from_be_bytes([a[8], a[9]]);
-            Ok(Peer::Client(SocketAddr::new(IpAddr::V4(ip), port)))
-        }
-        0x21 => {
-            let a = rest.get(..36).ok_or("PROXY v2 IPv6 block too short")?;
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(&a[..16]);
-            let ip = Ipv6Addr::from(octets);
-            let ip = ip
-                .to_ipv4_mapped()
-                .map(IpAddr::V4)
-                .unwrap_or(IpAddr::V6(ip));
-            let port = u16::from_be_bytes([a[32], a[33]]);
-            Ok(Peer::Client(SocketAddr::new(ip, port)))
-        }
-        // UNSPEC, or unix sockets: nothing useful to log.
-        0x00 | 0x31 | 0x32 => Ok(Peer::Local),
-        _ => Err(format!(
-            "PROXY v2 address family/protocol {family:#04x} is not TCP"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+    use ucloud_http::proxy_v2::SIGNATURE;
 
     #[test]
     fn only_the_balancers_account_on_a_unix_socket_is_believed() {

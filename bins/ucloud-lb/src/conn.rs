@@ -6,7 +6,6 @@
 //! the connection sits idle too long.
 
 use crate::backend::{Backend, Lease, Stream};
-use crate::proxy_v2::{self, Origin};
 use crate::relay::{Handover, Relay};
 use crate::state::{Generation, Reserved, Shared, Slot};
 use rustls::ServerConnection;
@@ -15,6 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use ucloud_http::proxy_v2::{self, Origin};
 
 pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, peer: SocketAddr) {
     let shared = slot.shared.clone();

@@ -2,12 +2,12 @@
 //! endpoint, which it answers without starting the dispatcher.
 
 use crate::backend::Backend;
-use crate::proxy_v2;
 use crate::state::Shared;
 use std::io::{Read, Write};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
+use ucloud_http::proxy_v2;
 
 pub fn spawn(shared: Arc<Shared>, backend: Arc<Backend>) {
     let name = format!("health-{}", backend.name);

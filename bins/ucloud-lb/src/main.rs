@@ -9,7 +9,6 @@ mod error;
 mod health;
 mod metrics;
 mod origin;
-mod proxy_v2;
 mod relay;
 mod state;
 #[allow(unsafe_code)]

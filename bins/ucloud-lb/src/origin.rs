@@ -4,11 +4,11 @@
 //! the gateway logs, so it is read only from a peer whose certificate the
 //! handshake verified against the site's CA; nothing else is read as a header.
 
-use crate::proxy_v2::{self, Origin};
 use rustls::ServerConnection;
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::time::Instant;
+use ucloud_http::proxy_v2::{self, Origin};
 
 /// The header that opens the plaintext of an authenticated connection, read by
 /// `deadline`; with whatever of the request came behind it.

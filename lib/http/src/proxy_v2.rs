@@ -1,7 +1,9 @@
 //! The PROXY protocol v2 header (haproxy.org proxy-protocol.txt, section 2.2) that
-//! tells a gateway who the client is; and, in relay mode, the one a balancer on
-//! another host sends us.
+//! names the real client: ucloud-lb writes it to a gateway (or to a relay
+//! ucloud-lb on the gateway's host), and the gateway and a relay read it. One
+//! parser for both readers, so they cannot disagree on what a header means.
 
+use std::io::Read;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 pub const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -116,6 +118,28 @@ pub fn parse(bytes: &[u8]) -> Result<Option<(Origin, usize)>, String> {
         (command, _) => return Err(format!("PROXY v2 command {command} is unknown")),
     };
     Ok(Some((origin, 16 + len)))
+}
+
+/// Reads exactly one header from `input`, never a byte of what follows it (the
+/// gateway hands the rest of the stream to its HTTP reader).
+pub fn read_header(input: &mut impl Read) -> Result<Origin, String> {
+    let mut head = vec![0u8; 16];
+    input
+        .read_exact(&mut head)
+        .map_err(|e| format!("no PROXY v2 header: {e}"))?;
+    // The fixed part is checked first, so a hostile length is refused unread.
+    if let Some((origin, _)) = parse(&head)? {
+        return Ok(origin);
+    }
+    let len = usize::from(u16::from_be_bytes([head[14], head[15]]));
+    head.resize(16 + len, 0);
+    input
+        .read_exact(&mut head[16..])
+        .map_err(|e| format!("PROXY v2 header cut short: {e}"))?;
+    match parse(&head)? {
+        Some((origin, _)) => Ok(origin),
+        None => Err("PROXY v2 header incomplete after its stated length".into()),
+    }
 }
 
 #[cfg(test)]
