@@ -129,7 +129,9 @@ pub fn take_socket(want: Want) -> Result<Option<OwnedFd>, Error> {
             "LISTEN_FDS={count}: this program takes exactly one socket"
         )));
     }
-    let fd = sys::take_passed(FIRST_FD).map_err(Error::Descriptor)?;
+    let fd = sys::take_passed(FIRST_FD)
+        .ok_or(Error::Descriptor(Problem::Taken))?
+        .map_err(|e| Error::Descriptor(Problem::Unusable(e)))?;
     check(fd.as_fd(), want).map_err(Error::Descriptor)?;
     Ok(Some(fd))
 }
