@@ -3,7 +3,6 @@
 //! and connecting to it over TCP or a unix socket.
 
 use crate::config::{Address, BackendConfig};
-use crate::state::Place;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -121,28 +120,6 @@ impl Backend {
             }
             Address::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
         }
-    }
-}
-
-/// Counts a connection as active on its backend for as long as it lives, and holds
-/// its client's place among the gateways' (freed after the backend's count).
-pub struct Lease(
-    pub Arc<Backend>,
-    // Never read: held for its Drop.
-    #[allow(dead_code)] Option<Place>,
-);
-
-impl Lease {
-    pub fn new(b: Arc<Backend>, place: Option<Place>) -> Lease {
-        b.active.fetch_add(1, Relaxed);
-        b.connections.fetch_add(1, Relaxed);
-        Lease(b, place)
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
     }
 }
 
