@@ -3,6 +3,7 @@
 //! serves over HTTPS the endpoints a provider calls, recording every call.
 #![forbid(unsafe_code)]
 
+mod answer;
 mod api;
 mod call;
 mod calllog;
