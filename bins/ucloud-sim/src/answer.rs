@@ -1,7 +1,7 @@
 //! What a call of the simulated core answers: a status, a JSON body in the core's
 //! form, and for a refusal a note for the log. Every endpoint module answers so.
 
-use crate::SimError;
+use crate::error::SimError;
 use serde_json::{json, Value};
 
 /// One answer: status, JSON body, and a note for the log when the call was refused.

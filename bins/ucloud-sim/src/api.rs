@@ -7,12 +7,13 @@
 //! except where the core too keeps the items of a bulk call before a refused one.
 
 use crate::answer::{fail, internal, ok, Answer};
+use crate::error::SimError;
 use crate::gojson;
 use crate::gotypes;
 use crate::query;
 use crate::store::Store;
 use crate::tokens::Keys;
-use crate::{catalogue, support, usage, SimError};
+use crate::{catalogue, support, usage};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::Mutex;

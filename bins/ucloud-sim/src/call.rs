@@ -4,8 +4,9 @@
 //! the first line and the (decompressed) body after it.
 
 use crate::answer::{fail, Answer};
+use crate::error::SimError;
 use crate::store::Store;
-use crate::{api, gojson, gotypes, support, usage, SimError};
+use crate::{api, gojson, gotypes, support, usage};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::Path;

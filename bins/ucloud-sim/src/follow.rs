@@ -8,7 +8,7 @@
 #[path = "../../ucloud-gateway/src/websocket.rs"]
 mod websocket;
 
-use crate::SimError;
+use crate::error::SimError;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
