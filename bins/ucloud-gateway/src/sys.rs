@@ -1,6 +1,6 @@
-//! The few operations that need `unsafe`: taking ownership of the descriptors the
-//! service manager (or inetd) handed us, and placing the envelope pipe on fd 3 of
-//! the dispatcher.
+//! The few operations that need `unsafe`: taking ownership of the descriptors an
+//! inetd-style start handed us (stdin, stdout), moving the connection off fd 3,
+//! and placing the envelope pipe on fd 3 of the dispatcher.
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
