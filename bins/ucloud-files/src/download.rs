@@ -7,7 +7,7 @@
 
 use crate::error::Error;
 use crate::resolve::{self, Ctx};
-use crate::session;
+use crate::session::{self, endpoint};
 use crate::tree::Kind;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
@@ -18,20 +18,6 @@ use ucloud_wire::answer;
 
 /// Bytes per data frame.
 const FRAME: u64 = 4 << 20;
-
-pub fn endpoint(path: &str, query: &str) -> Result<String, Error> {
-    let public = std::env::var("UCLOUD_PUBLIC_URL").unwrap_or_default();
-    let provider = std::env::var("UCLOUD_PROVIDER").unwrap_or_default();
-    if public.is_empty() || provider.is_empty() {
-        return Err(Error::Misconfigured(
-            "UCLOUD_PUBLIC_URL or UCLOUD_PROVIDER is not set (public_url in site.conf)".into(),
-        ));
-    }
-    Ok(format!(
-        "{}/ucloud/{provider}/{path}?{query}",
-        public.trim_end_matches('/')
-    ))
-}
 
 /// Opens a regular file for reading below the caller's drive, links refused.
 pub fn open_file(ctx: &Ctx, id: &str) -> Result<(OwnedFd, u64, String), Error> {

@@ -212,6 +212,23 @@ pub fn item<'a>(session: &'a Value, request: &Value) -> Result<(usize, &'a Value
     Ok((n, item))
 }
 
+/// The URL of a transfer's data channel, `path` (download or upload) with `query`
+/// (the token, the item): what a create call answers, built from site.conf's
+/// public_url that the dispatcher passes in the environment.
+pub fn endpoint(path: &str, query: &str) -> Result<String, Error> {
+    let public = std::env::var("UCLOUD_PUBLIC_URL").unwrap_or_default();
+    let provider = std::env::var("UCLOUD_PROVIDER").unwrap_or_default();
+    if public.is_empty() || provider.is_empty() {
+        return Err(Error::Misconfigured(
+            "UCLOUD_PUBLIC_URL or UCLOUD_PROVIDER is not set (public_url in site.conf)".into(),
+        ));
+    }
+    Ok(format!(
+        "{}/ucloud/{provider}/{path}?{query}",
+        public.trim_end_matches('/')
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,11 +19,10 @@
 //! expired (`release`).
 
 use crate::conflict::Policy;
-use crate::download::endpoint;
 use crate::error::Error;
 use crate::fsops::{self, Journal, PlaceError};
 use crate::resolve::{self, Ctx};
-use crate::session;
+use crate::session::{self, endpoint};
 use nix::errno::Errno;
 use nix::fcntl::{
     fallocate, openat, posix_fadvise, splice, AtFlags, FallocateFlags, Flock, FlockArg, OFlag,

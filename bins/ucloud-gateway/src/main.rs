@@ -105,11 +105,18 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(64);
     }
-    let listen = match listen_fds() {
+    let want = ucloud_systemd::Want {
+        family: ucloud_systemd::Family::Any,
+        role: ucloud_systemd::Role::Connected,
+    };
+    let listen = match ucloud_systemd::take_socket(want) {
         Ok(listen) => listen,
         Err(why) => {
             ucloud_wire::log_err!("ucloud-gateway: {why}");
-            return ExitCode::from(64);
+            return ExitCode::from(match why {
+                ucloud_systemd::activation::Error::Environment(_) => 64,
+                ucloud_systemd::activation::Error::Descriptor(_) => 71,
+            });
         }
     };
     let inherited = match sys::take_connection(listen) {
@@ -177,24 +184,6 @@ fn seconds(
             "{name} {value:?}: a number of seconds from 0.1 to 86400"
         )),
     }
-}
-
-/// Whether the service manager passed the connection as fd 3.
-fn listen_fds() -> Result<bool, String> {
-    let Ok(fds) = std::env::var("LISTEN_FDS") else {
-        return Ok(false);
-    };
-    // LISTEN_PID names the process the descriptors are for; a mismatch means they
-    // were meant for a parent (inetd style applies).
-    if std::env::var("LISTEN_PID").ok() != Some(std::process::id().to_string()) {
-        return Ok(false);
-    }
-    if fds != "1" {
-        return Err(format!(
-            "LISTEN_FDS={fds}: exactly one socket (a connection, Accept=yes) is supported"
-        ));
-    }
-    Ok(true)
 }
 
 /// site.conf and the no_new_privs check; `Err` is answered as `MISCONFIGURED`.

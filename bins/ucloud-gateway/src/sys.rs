@@ -1,6 +1,6 @@
-//! The few operations that need `unsafe`: taking ownership of the descriptors the
-//! service manager (or inetd) handed us, and placing the envelope pipe on fd 3 of
-//! the dispatcher.
+//! The few operations that need `unsafe`: taking ownership of the descriptors an
+//! inetd-style start handed us (stdin, stdout), moving the connection off fd 3,
+//! and placing the envelope pipe on fd 3 of the dispatcher.
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 pub enum Inherited {
     /// inetd style: the connection is fd 0 (read) and fd 1 (write).
     Inetd(OwnedFd, OwnedFd),
-    /// `LISTEN_FDS=1`: the connection is fd 3.
+    /// Passed by the service manager (a socket unit with Accept=yes).
     Listen(OwnedFd),
 }
 
@@ -18,16 +18,13 @@ pub enum Inherited {
 /// connection never sits where the envelope pipe must go.
 const SAFE_FD: RawFd = 10;
 
-/// Takes ownership of the connection descriptors. Called once, at the start of
-/// `main`, before anything else opens a descriptor.
-pub fn take_connection(listen_fds: bool) -> nix::Result<Inherited> {
-    if listen_fds {
-        // SAFETY: with LISTEN_FDS=1 and LISTEN_PID = our pid the service manager
-        // guarantees fd 3 is open and ours; nothing else in this process owns it yet
-        // (this runs first in main).
-        let fd3 = unsafe { OwnedFd::from_raw_fd(3) };
-        // Move it off fd 3 with close-on-exec: fd 3 is where the envelope goes for the
-        // dispatcher, and the connection must never leak into a plugin.
+/// Takes ownership of the connection descriptors: `passed`, the service manager's,
+/// or else stdin and stdout. Called once, at the start of `main`, before anything
+/// else opens a descriptor.
+pub fn take_connection(passed: Option<OwnedFd>) -> nix::Result<Inherited> {
+    if let Some(fd3) = passed {
+        // Move it off fd 3: fd 3 is where the envelope goes for the dispatcher, and
+        // the connection must never leak into a plugin.
         let moved = move_high(&fd3)?;
         drop(fd3);
         Ok(Inherited::Listen(moved))

@@ -4,7 +4,6 @@
 //! on a gateway's host.
 
 use crate::config::{Address, BackendConfig};
-use crate::state::Place;
 use crate::tls::Relayed;
 use rustls::ClientConnection;
 use std::io::{self, ErrorKind, Read, Write};
@@ -134,28 +133,6 @@ impl Backend {
             }
             Address::Unix(path) => Ok(Stream::Unix(UnixStream::connect(path)?)),
         }
-    }
-}
-
-/// Counts a connection as active on its backend for as long as it lives, and holds
-/// its client's place among the gateways' (freed after the backend's count).
-pub struct Lease(
-    pub Arc<Backend>,
-    // Never read: held for its Drop.
-    #[allow(dead_code)] Option<Place>,
-);
-
-impl Lease {
-    pub fn new(b: Arc<Backend>, place: Option<Place>) -> Lease {
-        b.active.fetch_add(1, Relaxed);
-        b.connections.fetch_add(1, Relaxed);
-        Lease(b, place)
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Relaxed);
     }
 }
 

@@ -5,9 +5,9 @@
 //! then the relay (relay.rs) moves the bytes both ways until either side is done or
 //! the connection sits idle too long.
 
-use crate::backend::{Backend, Lease, Stream};
-use crate::relay::{Handover, Relay};
-use crate::state::{Generation, Reserved, Shared, Slot};
+use crate::backend::{Backend, Stream};
+use crate::relay::{Handover, Pending, Relay};
+use crate::state::{Generation, Lease, Reserved, Shared, Slot};
 use rustls::ServerConnection;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -150,23 +150,6 @@ fn read_head(
             return Err(Head::Gone);
         }
     }
-}
-
-/// A connection past its handshake, without a backend yet.
-pub struct Pending {
-    pub tls: ServerConnection,
-    pub client: TcpStream,
-    pub slot: Slot,
-    pub generation: Arc<Generation>,
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    /// Relay mode: a connection of the balancer in front's own (its health check),
-    /// passed on as such (PROXY `LOCAL`).
-    pub own: bool,
-    /// Backends tried for this connection already.
-    pub tried: Vec<usize>,
-    /// What the client sent, kept until the backend's first byte (see `serve`).
-    pub unanswered: Option<Vec<u8>>,
 }
 
 /// Finds a backend that takes the connection (sending it what the client said so

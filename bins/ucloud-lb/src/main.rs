@@ -1,6 +1,6 @@
 //! ucloud-lb: terminates TLS (rustls) for UCloud's calls and spreads the connections
 //! over one or more ucloud-gateway endpoints. See ucloud-lb(8), ucloud-lb.conf(5).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod backend;
 mod config;
@@ -11,14 +11,11 @@ mod metrics;
 mod origin;
 mod relay;
 mod state;
-#[allow(unsafe_code)]
-mod sys;
 mod tls;
 
 use backend::Backend;
 use config::Config;
 use error::Error;
-use libsystemd::daemon::{notify, NotifyState};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, SockaddrStorage};
@@ -30,6 +27,7 @@ use std::process::ExitCode;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use ucloud_systemd::{notify, Family, Role, State, Want};
 
 const HELP: &str = "\
 ucloud-lb: TLS load balancer in front of ucloud-gateway
@@ -52,7 +50,10 @@ See ucloud-lb(8) and ucloud-lb.conf(5).";
 
 fn main() -> ExitCode {
     // First, before anything else opens a descriptor that could land on fd 3.
-    let inherited = sys::inherited_listener();
+    let inherited = ucloud_systemd::take_socket(Want {
+        family: Family::Inet,
+        role: Role::Listening,
+    });
     let mut args = pico_args::Arguments::from_env();
     if args.contains(["-h", "--help"]) {
         println!("{HELP}");
@@ -89,8 +90,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let listener = match inherited.map_err(Error::Listen).and_then(|l| match l {
-        Some(l) => Ok(l),
+    let inherited = inherited.map_err(|e| Error::Listen(e.to_string()));
+    let listener = match inherited.and_then(|l| match l {
+        Some(fd) => Ok(TcpListener::from(fd)),
         None => bind(generation.config.listen),
     }) {
         Ok(l) => l,
@@ -146,11 +148,11 @@ fn main() -> ExitCode {
         local.backends.len()
     );
     drop(local);
-    let _ = notify(false, &[NotifyState::Ready]);
+    let _ = notify(&[State::Ready]);
     loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
-                let _ = notify(false, &[NotifyState::Reloading]);
+                let _ = notify(&[State::Reloading]);
                 match reload(&shared, &path, &resumption) {
                     Ok(()) => {
                         shared.counters.reloads.fetch_add(1, Relaxed);
@@ -163,13 +165,13 @@ fn main() -> ExitCode {
                         );
                     }
                 }
-                let _ = notify(false, &[NotifyState::Ready]);
+                let _ = notify(&[State::Ready]);
             }
             Ok(_) => break,
             Err(e) => ucloud_wire::log_err!("ucloud-lb: waiting for signals: {e}"),
         }
     }
-    let _ = notify(false, &[NotifyState::Stopping]);
+    let _ = notify(&[State::Stopping]);
     shared.stopping.store(true, Relaxed);
     let _ = acceptor.join();
     let bound = shared.generation().config.drain_timeout;

@@ -9,17 +9,37 @@
 //! backend write is pending, the backend not while the client has TLS output
 //! waiting, so neither side's bytes pile up here.
 
-use crate::backend::{Lease, Stream};
-use crate::conn::Pending;
+use crate::backend::Stream;
+use crate::state::{Generation, Lease, Slot};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
+use rustls::ServerConnection;
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A connection past its handshake, without a backend yet: conn.rs makes one, and
+/// gets it back from the relay when its backend reset it before answering.
+pub struct Pending {
+    pub tls: ServerConnection,
+    pub client: TcpStream,
+    pub slot: Slot,
+    pub generation: Arc<Generation>,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// Relay mode: a connection of the balancer in front's own (its health check),
+    /// passed on as such (PROXY `LOCAL`).
+    pub own: bool,
+    /// Backends tried for this connection already.
+    pub tried: Vec<usize>,
+    /// What the client sent, kept until the backend's first byte (see `serve`).
+    pub unanswered: Option<Vec<u8>>,
+}
 
 /// A connection past its handshake, with a backend that took it.
 pub struct Handover {

@@ -2,7 +2,7 @@
 //! backends; replaced whole on reload, while old connections keep theirs), the
 //! connection counts behind the limits, and the counters.
 
-use crate::backend::{pick, Backend, Lease};
+use crate::backend::{pick, Backend};
 use crate::config::Config;
 use rustls::ServerConfig;
 use std::collections::HashMap;
@@ -190,5 +190,27 @@ impl Drop for Place {
         }
         drop(places);
         self.shared.freed.notify_all();
+    }
+}
+
+/// Counts a connection as active on its backend for as long as it lives, and holds
+/// its client's place among the gateways' (freed after the backend's count).
+pub struct Lease(
+    pub Arc<Backend>,
+    // Never read: held for its Drop.
+    #[allow(dead_code)] Option<Place>,
+);
+
+impl Lease {
+    pub fn new(b: Arc<Backend>, place: Option<Place>) -> Lease {
+        b.active.fetch_add(1, Relaxed);
+        b.connections.fetch_add(1, Relaxed);
+        Lease(b, place)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
     }
 }

@@ -3,7 +3,7 @@
 //! slurmctld (one squeue per cycle for all jobs) and listens for the events
 //! slurmctld's PrologSlurmctld/EpilogSlurmctld hooks send through ucloud-notify.
 //! Never root; holds no UCloud credential.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod error;
 mod events;
@@ -12,8 +12,6 @@ mod monitor;
 mod owner;
 mod slurm;
 mod store;
-#[allow(unsafe_code)]
-mod sys;
 mod usage;
 
 use error::Error;
@@ -128,8 +126,12 @@ fn socket_path() -> PathBuf {
 /// The event socket: the service manager's, or bound here (any local account may
 /// connect; peer credentials decide who is heard).
 fn listener() -> Result<UnixListener, Error> {
-    if let Some(l) = sys::inherited_listener().map_err(Error::Setup)? {
-        return Ok(l);
+    let want = ucloud_systemd::Want {
+        family: ucloud_systemd::Family::Unix,
+        role: ucloud_systemd::Role::Listening,
+    };
+    if let Some(fd) = ucloud_systemd::take_socket(want).map_err(|e| Error::Setup(e.to_string()))? {
+        return Ok(UnixListener::from(fd));
     }
     let path = socket_path();
     // A socket left by a previous run is ours to replace; anything else is not.

@@ -6,7 +6,7 @@
 //! stopped waiting; `expire` removes mappings older than `mapping_expire_after_ms`;
 //! `serve` answers one connection on the registry socket (tickets, see serve.rs).
 //! See ucloud-registry(8).
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 mod account;
 mod audit;
@@ -15,7 +15,6 @@ mod ops;
 mod request;
 mod serve;
 mod store;
-#[allow(unsafe_code)]
 mod sys;
 mod ticket;
 mod ucloud;
@@ -220,33 +219,34 @@ fn run(command: Command) -> Result<(), Error> {
     Ok(())
 }
 
-/// The connection to serve: fd 3 under `LISTEN_FDS`, else stdin (inetd style).
+/// The connection to serve: the service manager's (a socket unit with Accept=yes),
+/// else stdin (inetd style).
 fn connection() -> Result<UnixStream, Error> {
     use std::os::fd::AsFd;
-    let fd = match sys::listen_fd() {
-        Some(fd) => fd,
-        None => std::io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(Error::io("cannot duplicate stdin"))?,
+    use ucloud_systemd::activation::{check, Error as Passed, Problem};
+    let want = ucloud_systemd::Want {
+        family: ucloud_systemd::Family::Unix,
+        role: ucloud_systemd::Role::Connected,
     };
-    let kind = nix::sys::stat::fstat(&fd).map_err(Error::errno("cannot stat the connection"))?;
-    let format = kind.st_mode & nix::sys::stat::SFlag::S_IFMT.bits();
-    let is_socket = format == nix::sys::stat::SFlag::S_IFSOCK.bits();
-    if !is_socket {
-        return Err(Error::Usage(
-            "serve needs a connected unix socket on stdin (systemd Accept=yes, or \
-             systemd-socket-activate --inetd -a) or on fd 3 (LISTEN_FDS); \
-             people run ucloud-connect instead"
-                .into(),
-        ));
+    let refused = |what: &str, p: Problem| match p {
+        Problem::NotSocket => Error::Usage(format!(
+            "serve needs a connected unix socket, but {what} {p}: run it from a socket unit \
+             with Accept=yes or systemd-socket-activate --inetd -a; people run \
+             ucloud-connect instead"
+        )),
+        Problem::Unusable(_) | Problem::Inspect(_) => Error::Io(format!("{what} {p}")),
+        _ => Error::Config(format!("{what} {p}")),
+    };
+    match ucloud_systemd::take_socket(want) {
+        Ok(Some(fd)) => return Ok(UnixStream::from(fd)),
+        Ok(None) => {}
+        Err(Passed::Descriptor(p)) => return Err(refused("the service manager's socket", p)),
+        Err(e) => return Err(Error::Config(e.to_string())),
     }
-    let listening = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::AcceptConn)
-        .map_err(Error::errno("cannot inspect the socket"))?;
-    if listening {
-        return Err(Error::Config(
-            "serve was given a listening socket: its socket unit needs Accept=yes".into(),
-        ));
-    }
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(Error::io("cannot duplicate stdin"))?;
+    check(fd.as_fd(), want).map_err(|p| refused("stdin", p))?;
     Ok(UnixStream::from(fd))
 }

@@ -11,7 +11,7 @@
 //! with their own backoff: a report UCloud does not take holds up nothing, and a
 //! stuck message holds up no report.
 
-use crate::SendError;
+use crate::error::SendError;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::fs::{self, File};

@@ -4,10 +4,11 @@
 #![forbid(unsafe_code)]
 
 mod deliver;
+mod error;
 mod products;
 mod setup;
 
-use std::fmt;
+use error::SendError;
 use std::process::ExitCode;
 use std::time::Duration;
 use ucloud_http::client::{Client, Endpoint};
@@ -35,23 +36,6 @@ sender_user only. See ucloud-sender(8).
 const POLL: Duration = Duration::from_millis(200);
 /// Connect, read and write limit for one exchange with UCloud.
 const TIMEOUT: Duration = Duration::from_secs(15);
-
-#[derive(Debug)]
-pub enum SendError {
-    /// Bad command line (exit 64).
-    Usage(String),
-    /// Configuration, credentials or the outbox are not usable (exit 78).
-    Setup(String),
-}
-
-impl fmt::Display for SendError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SendError::Usage(why) => write!(f, "{why} (see ucloud-sender --help)"),
-            SendError::Setup(why) => f.write_str(why),
-        }
-    }
-}
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();

@@ -2,7 +2,7 @@
 //! where UCloud is, and its refresh token is protected (only root may write it, no
 //! one but root and the sender's group may read it).
 
-use crate::SendError;
+use crate::error::SendError;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use ucloud_wire::config::SiteConfig;

@@ -6,12 +6,14 @@
 //! against the Go types of [`crate::gotypes`]); every refusal changes nothing,
 //! except where the core too keeps the items of a bulk call before a refused one.
 
+use crate::answer::{fail, internal, ok, Answer};
+use crate::error::SimError;
 use crate::gojson;
 use crate::gotypes;
 use crate::query;
 use crate::store::Store;
 use crate::tokens::Keys;
-use crate::{catalogue, support, usage, SimError};
+use crate::{catalogue, support, usage};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -32,35 +34,6 @@ pub struct Sim {
     /// state files (the `call` command only ever writes files of `jobs/`, `owners/`
     /// and `tokens/`, one per job, owner or token).
     store: Mutex<Store>,
-}
-
-/// One answer: status, JSON body, and a note for the log when the call was refused.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Value,
-    pub refused: Option<String>,
-}
-
-pub fn ok(body: Value) -> Answer {
-    Answer {
-        status: 200,
-        body,
-        refused: None,
-    }
-}
-
-pub fn fail(status: u16, code: &str, why: impl Into<String>) -> Answer {
-    let why = why.into();
-    Answer {
-        status,
-        body: json!({"why": why, "errorCode": code}),
-        refused: Some(why),
-    }
-}
-
-pub fn internal(e: SimError) -> Answer {
-    fail(500, "INTERNAL_ERROR", e.to_string())
 }
 
 /// The body decoded into its Go type, or the core's 400.

@@ -3,9 +3,10 @@
 //! lower-case as the Go core sends it), `Accept-Encoding: gzip`. Prints the status on
 //! the first line and the (decompressed) body after it.
 
-use crate::api::Answer;
+use crate::answer::{fail, Answer};
+use crate::error::SimError;
 use crate::store::Store;
-use crate::{api, gojson, gotypes, support, usage, SimError};
+use crate::{api, gojson, gotypes, support, usage};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::Path;
@@ -52,7 +53,7 @@ fn is_job_create(method: &str, path: &str) -> bool {
 /// core makes them. Anything else is no job creation UCloud would make.
 fn jobs_of(body: &str) -> Result<Vec<(Value, Value)>, Answer> {
     let refuse = |why: String| {
-        api::fail(
+        fail(
             400,
             "BAD_REQUEST",
             format!("UCloud would send no such job creation: {why} (--unchecked sends it anyway)"),
@@ -149,7 +150,7 @@ pub fn call(args: &CallArgs<'_>, store: Option<&Store>) -> Result<(u16, Vec<u8>)
             Ok(list) => jobs
                 .iter()
                 .find_map(|(job, _)| support::check_job(store, job, Some(list)).err()),
-            Err(why) => Some(api::fail(
+            Err(why) => Some(fail(
                 400,
                 "BAD_REQUEST",
                 format!("bad machine type requested: no support from the provider: {why}"),

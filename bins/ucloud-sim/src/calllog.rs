@@ -33,13 +33,16 @@ pub fn body_value(body: &[u8]) -> Value {
 }
 
 impl CallLog {
-    pub fn open(path: &Path) -> Result<CallLog, crate::SimError> {
+    pub fn open(path: &Path) -> Result<CallLog, crate::error::SimError> {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(|e| {
-                crate::SimError::Setup(format!("cannot open the log {}: {e}", path.display()))
+                crate::error::SimError::Setup(format!(
+                    "cannot open the log {}: {e}",
+                    path.display()
+                ))
             })?;
         Ok(CallLog { file })
     }

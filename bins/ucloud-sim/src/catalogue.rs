@@ -12,7 +12,7 @@
 //!
 //! `products.json`: `{"categories":[ProductCategory...],"products":[stored...]}`.
 
-use crate::api::{fail, internal, ok, Answer};
+use crate::answer::{fail, internal, ok, Answer};
 use crate::gojson;
 use crate::gotypes;
 use crate::query;

@@ -5,7 +5,7 @@
 //! `{"http":STATUS,"body":…}` when the upgrade is refused). For hostile tests it can
 //! send raw bytes in place of `init`, and cancel after some messages.
 
-use crate::SimError;
+use crate::error::SimError;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::io::{Read, Write};

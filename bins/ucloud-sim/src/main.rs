@@ -3,10 +3,12 @@
 //! serves over HTTPS the endpoints a provider calls, recording every call.
 #![forbid(unsafe_code)]
 
+mod answer;
 mod api;
 mod call;
 mod calllog;
 mod catalogue;
+mod error;
 mod follow;
 mod gojson;
 mod gotypes;
@@ -17,9 +19,9 @@ mod support;
 mod tokens;
 mod usage;
 
+use error::SimError;
 use pico_args::Arguments;
 use std::ffi::OsString;
-use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,36 +61,6 @@ usage:
 
 See ucloud-sim(1).
 ";
-
-/// Why the simulator stopped.
-#[derive(Debug)]
-pub enum SimError {
-    /// The command line is wrong (exit 64).
-    Usage(String),
-    /// Files, keys, state or the listening socket are not usable (exit 78).
-    Setup(String),
-    /// `call` got no HTTP answer (exit 1).
-    Call(String),
-}
-
-impl fmt::Display for SimError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SimError::Usage(why) => write!(f, "{why} (see ucloud-sim --help)"),
-            SimError::Setup(why) | SimError::Call(why) => f.write_str(why),
-        }
-    }
-}
-
-impl SimError {
-    fn exit_code(&self) -> u8 {
-        match self {
-            SimError::Usage(_) => 64,
-            SimError::Setup(_) => 78,
-            SimError::Call(_) => 1,
-        }
-    }
-}
 
 /// Where `call` and `follow` reach the provider: `--url`, else the balancer of the
 /// local stack (`UCLOUD_IM_LB_URL`, the way UCloud reaches a site), else the direct

@@ -3,7 +3,7 @@
 
 use crate::api::Sim;
 use crate::calllog::{CallLog, Entry};
-use crate::SimError;
+use crate::error::SimError;
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};

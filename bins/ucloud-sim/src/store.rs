@@ -14,7 +14,7 @@
 //! products.json, usage.json the catalogue, the usage charged (see catalogue.rs, usage.rs)
 //! ```
 
-use crate::SimError;
+use crate::error::SimError;
 use serde_json::{json, Value};
 use std::fs::{self, File};
 use std::io::{Read, Write};

@@ -3,7 +3,7 @@
 //! the catalogue as a compute product, and the provider lists it in its own
 //! `jobs.retrieveProducts`. Anything else is 400 "bad machine type requested".
 
-use crate::api::{fail, Answer};
+use crate::answer::{fail, Answer};
 use crate::catalogue;
 use crate::store::Store;
 use serde_json::Value;

@@ -5,8 +5,8 @@
 //! - the provider's access token (`sub="#P_<provider>"`, `role="PROVIDER"`), handed
 //!   out by `/auth/providers/refresh` and checked on every `/api/...` call.
 
+use crate::error::SimError;
 use crate::store::Store;
-use crate::SimError;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{json, Map, Value};

@@ -22,7 +22,7 @@
 //! "quotas":{"<category>\n<owner>":N}}`; the owners UCloud knows are files of
 //! `owners/` (see [`Store::owner_file`]).
 
-use crate::api::{fail, internal, ok, Answer};
+use crate::answer::{fail, internal, ok, Answer};
 use crate::catalogue;
 use crate::gojson;
 use crate::gotypes;
