@@ -67,7 +67,7 @@ pub fn verify(token: &str, key: &TransferKey, call: &str, now: u64) -> Result<Cl
 pub fn for_plugin(envelope: &Envelope, target: &Target) -> Result<Option<String>, Error> {
     // Which call a create call's token is good for is a row of the call table.
     if let Some(for_call) = ucloud_wire::calls::redeemed_by(&envelope.call) {
-        return mint(&load_key()?, for_call, target, crate::verify::now()).map(Some);
+        return mint(&load_key()?, for_call, target, ucloud_wire::now_ms() / 1000).map(Some);
     }
     Ok(match &envelope.credential {
         Credential::Transfer(token) => Some(token.clone()),
