@@ -40,16 +40,10 @@ const EXIT_NOT_ROOT: u8 = 77;
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        print!(
-            "{}",
-            USAGE.replace("@ROOT@", shown_root(ucloud_wire::paths::ROOT))
-        );
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        println!("ucloud-check {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if let Some(done) = ucloud_wire::cli::help_or_version(&mut args, "ucloud-check", || {
+        USAGE.replace("@ROOT@", shown_root(ucloud_wire::paths::ROOT))
+    }) {
+        return done;
     }
     let root = match args.opt_value_from_str::<_, String>("--root") {
         Ok(root) => root,

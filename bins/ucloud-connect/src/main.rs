@@ -80,13 +80,10 @@ enum Failure {
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        print!("{}", USAGE.replace("@SOCKET@", &default_socket()));
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        println!("ucloud-connect {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if let Some(done) = ucloud_wire::cli::help_or_version(&mut args, "ucloud-connect", || {
+        USAGE.replace("@SOCKET@", &default_socket())
+    }) {
+        return done;
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

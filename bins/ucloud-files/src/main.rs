@@ -54,13 +54,10 @@ const MAX_REQUEST: u64 = 8 * 1024 * 1024;
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        println!("ucloud-files {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if let Some(done) =
+        ucloud_wire::cli::help_or_version(&mut args, "ucloud-files", || USAGE.to_string())
+    {
+        return done;
     }
     let result = args
         .free_from_str::<String>()

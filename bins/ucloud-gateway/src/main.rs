@@ -72,13 +72,10 @@ remove NoNewPrivileges= and the directives that imply it from the unit";
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        println!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        println!("ucloud-gateway {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if let Some(done) =
+        ucloud_wire::cli::help_or_version(&mut args, "ucloud-gateway", || HELP.to_string())
+    {
+        return done;
     }
     let behind_balancer = args.contains("--proxy-protocol");
     let balancer_user: String = match args.opt_value_from_str("--balancer-user") {

@@ -55,13 +55,10 @@ fn main() -> ExitCode {
         role: Role::Listening,
     });
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        println!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        println!("ucloud-lb {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if let Some(done) =
+        ucloud_wire::cli::help_or_version(&mut args, "ucloud-lb", || HELP.to_string())
+    {
+        return done;
     }
     let check = args.contains("--check");
     let path: PathBuf = match args.opt_value_from_str("--config") {

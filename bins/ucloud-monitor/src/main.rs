@@ -58,13 +58,10 @@ struct Options {
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        print!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        println!("ucloud-monitor {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if let Some(done) =
+        ucloud_wire::cli::help_or_version(&mut args, "ucloud-monitor", || HELP.to_string())
+    {
+        return done;
     }
     match options(&mut args).and_then(|o| {
         let rest = args.finish();

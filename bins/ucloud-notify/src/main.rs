@@ -33,12 +33,8 @@ fn main() {
         std::process::exit(0);
     }));
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        print!("{HELP}");
-        return;
-    }
-    if args.contains("--version") {
-        println!("ucloud-notify {}", env!("CARGO_PKG_VERSION"));
+    if ucloud_wire::cli::help_or_version(&mut args, "ucloud-notify", || HELP.to_string()).is_some()
+    {
         return;
     }
     let socket: PathBuf = match args.opt_value_from_str("--socket") {

@@ -76,13 +76,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        println!("ucloud-registry {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if let Some(done) =
+        ucloud_wire::cli::help_or_version(&mut args, "ucloud-registry", || USAGE.to_string())
+    {
+        return done;
     }
     let result = parse(args).and_then(|command| {
         let euid = nix::unistd::geteuid();

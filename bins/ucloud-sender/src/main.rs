@@ -39,13 +39,10 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 
 fn main() -> ExitCode {
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        print!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        println!("ucloud-sender {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if let Some(done) =
+        ucloud_wire::cli::help_or_version(&mut args, "ucloud-sender", || HELP.to_string())
+    {
+        return done;
     }
     let once = args.contains("--once");
     let rest = args.finish();

@@ -114,13 +114,10 @@ fn main() -> ExitCode {
     ucloud_wire::token::install_crypto_provider();
     ucloud_http::tls::install_provider();
     let mut args = Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        print!("{HELP}");
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        println!("ucloud-sim {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    if let Some(done) =
+        ucloud_wire::cli::help_or_version(&mut args, "ucloud-sim", || HELP.to_string())
+    {
+        return done;
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@ pub mod account;
 pub mod answer;
 pub mod binding;
 pub mod calls;
+pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod error;
