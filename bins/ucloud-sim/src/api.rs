@@ -303,18 +303,64 @@ fn reserve(
 
 /// `files/collections/control/register` (core2/pkg/orchestrator/drive.go).
 fn register_drives(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answer> {
-    let items = items(&decode(body, &gotypes::DRIVES_REGISTER)?);
+    let fresh = json!({"next": FIRST_DRIVE, "drives": {}});
+    let kind = Registration {
+        ty: &gotypes::DRIVES_REGISTER,
+        file: "drives.json",
+        fresh,
+        first: FIRST_DRIVE,
+    };
+    register(store, provider, body, kind, |state, item, id, labels| {
+        state["drives"][id] = json!({
+            "id": id,
+            "createdAt": ucloud_wire::now_ms(),
+            "owner": owner(item),
+            "permissions": null,
+            "providerGeneratedId": item["providerGeneratedId"].as_str().unwrap_or_default(),
+            "specification": {
+                "title": item["spec"]["title"],
+                "product": item["spec"]["product"],
+                "labels": labels,
+            },
+            "updates": [],
+            "status": {"preferredDrive": false, "resolvedSupport": null, "resolvedProduct": null},
+        });
+        Ok(())
+    })
+}
+
+/// What differs between the resources a provider registers.
+struct Registration {
+    ty: &'static gojson::Ty,
+    /// The state file: its `next` id, and `leaked` ids the core reserved for a
+    /// provider id before refusing the item.
+    file: &'static str,
+    fresh: Value,
+    first: u64,
+}
+
+/// A `control/register` call as the core serves it for every resource: each item
+/// gets a new id, or the first refusal ends the call, keeping the items before it
+/// (and leaking the id reserved for the refused one). `keep` stores one resource.
+fn register(
+    store: &Store,
+    provider: &str,
+    body: &[u8],
+    kind: Registration,
+    mut keep: impl FnMut(&mut Value, &Value, &str, Value) -> Result<(), Answer>,
+) -> Result<Answer, Answer> {
+    let items = items(&decode(body, kind.ty)?);
     check_provider(&items, provider)?;
     let mut taken = reserved(store)?;
     let mut state = store
-        .read("drives.json")
+        .read(kind.file)
         .map_err(internal)?
-        .unwrap_or_else(|| json!({"next": FIRST_DRIVE, "drives": {}}));
+        .unwrap_or(kind.fresh);
     let mut responses = Vec::new();
     let mut refusal = None;
     for item in &items {
         let generated = item["providerGeneratedId"].as_str();
-        let id = match reserve(&mut state, &taken, generated, FIRST_DRIVE) {
+        let id = match reserve(&mut state, &taken, generated, kind.first) {
             Ok(id) => id,
             Err(a) => {
                 refusal = Some(a);
@@ -335,23 +381,10 @@ fn register_drives(store: &Store, provider: &str, body: &[u8]) -> Result<Answer,
         if let Some(g) = generated {
             taken.insert(g.to_string(), json!(id));
         }
-        state["drives"][&id] = json!({
-            "id": id,
-            "createdAt": ucloud_wire::now_ms(),
-            "owner": owner(item),
-            "permissions": null,
-            "providerGeneratedId": generated.unwrap_or_default(),
-            "specification": {
-                "title": item["spec"]["title"],
-                "product": item["spec"]["product"],
-                "labels": labels,
-            },
-            "updates": [],
-            "status": {"preferredDrive": false, "resolvedSupport": null, "resolvedProduct": null},
-        });
+        keep(&mut state, item, &id, labels)?;
         responses.push(json!({"id": id}));
     }
-    store.write("drives.json", &state).map_err(internal)?;
+    store.write(kind.file, &state).map_err(internal)?;
     if let Some(a) = refusal {
         return Err(a);
     }
@@ -600,57 +633,33 @@ fn retrieve_job(store: &Store, query_string: Option<&str>) -> Result<Answer, Ans
 /// `jobs/control/register` (job.go `JobsControlRegister`): jobs started outside
 /// UCloud, each under a new id; a reserved provider id is 409.
 fn register_jobs(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answer> {
-    let items = items(&decode(body, &gotypes::JOBS_REGISTER)?);
-    check_provider(&items, provider)?;
-    let mut taken = reserved(store)?;
-    let mut state = store
-        .read("jobs.json")
-        .map_err(internal)?
-        .unwrap_or_else(|| json!({"next": FIRST_JOB, "registered": {}}));
-    let mut responses = Vec::new();
-    let mut refusal = None;
-    for item in &items {
+    let kind = Registration {
+        ty: &gotypes::JOBS_REGISTER,
+        file: "jobs.json",
+        fresh: json!({"next": FIRST_JOB, "registered": {}}),
+        first: FIRST_JOB,
+    };
+    register(store, provider, body, kind, |state, item, id, labels| {
         let generated = item["providerGeneratedId"].as_str();
-        let id = match reserve(&mut state, &taken, generated, FIRST_JOB) {
-            Ok(id) => id,
-            Err(a) => {
-                refusal = Some(a);
-                break;
-            }
-        };
-        let mut spec = item["spec"].clone();
-        match validate_labels(&spec["labels"]) {
-            Ok(labels) => spec["labels"] = labels,
-            Err(a) => {
-                if let Some(g) = generated {
-                    state["leaked"][g] = json!(id);
-                }
-                refusal = Some(a);
-                break;
-            }
-        }
         if let Some(g) = generated {
             state["registered"][g] = json!(id);
-            taken.insert(g.to_string(), json!(id));
         }
-        let job = json!({
-            "id": id,
-            "createdAt": ucloud_wire::now_ms(),
-            "owner": owner(item),
-            "permissions": null,
-            "providerGeneratedId": generated.unwrap_or_default(),
-            "specification": spec,
-            "status": {"state": "IN_QUEUE"},
-            "updates": [],
-        });
-        store.put_job(&job).map_err(internal)?;
-        responses.push(json!({"id": id}));
-    }
-    store.write("jobs.json", &state).map_err(internal)?;
-    if let Some(a) = refusal {
-        return Err(a);
-    }
-    Ok(bulk_response(responses))
+        let mut spec = item["spec"].clone();
+        spec["labels"] = labels;
+        store
+            .put_job(&json!({
+                "id": id,
+                "createdAt": ucloud_wire::now_ms(),
+                "owner": owner(item),
+                "permissions": null,
+                "providerGeneratedId": generated.unwrap_or_default(),
+                "specification": spec,
+                "status": {"state": "IN_QUEUE"},
+                "updates": [],
+            }))
+            .map(drop)
+            .map_err(internal)
+    })
 }
 
 /// `approveConnection`/`clearConnection` (core2/pkg/orchestrator/provider_integration.go):
