@@ -9,9 +9,9 @@ use crate::launch::Launcher;
 use crate::route::{route, Route};
 use std::cell::{OnceCell, RefCell};
 use ucloud_http::server::Request;
-use ucloud_wire::config::{SiteConfig, UserMode};
+use ucloud_wire::config::SiteConfig;
 use ucloud_wire::paths;
-use ucloud_wire::token::{self, TokenPolicy, UcloudKey, VerifiedToken};
+use ucloud_wire::token::{self, UcloudKey, VerifiedToken};
 
 pub struct Connection {
     /// `Err`: every request gets 500 `MISCONFIGURED` with this text.
@@ -65,14 +65,6 @@ impl Connection {
         let config = self.config()?;
         let bearer = bearer_token(req)?;
         let key = self.key()?;
-        let policy = TokenPolicy {
-            max_lifetime: config.token_max_lifetime,
-            skew: config.clock_skew,
-        };
-        let claim = match &config.user_mode {
-            UserMode::Strict { claim } => Some(claim.as_str()),
-            UserMode::Header => None,
-        };
         let now = ucloud_wire::now_ms() / 1000;
         // Same rule as token::verify: valid while now < exp + skew. The other checks
         // (signature, claims, iat, nbf) passed for these very bytes already.
@@ -82,8 +74,14 @@ impl Connection {
         let verified = match cached {
             Some(v) => v,
             None => {
-                let v = token::verify(bearer, key, &policy, claim, now)
-                    .map_err(|e| Reject::Unauthorized(e.to_string()))?;
+                let v = token::verify(
+                    bearer,
+                    key,
+                    &config.token_policy(),
+                    config.user_claim(),
+                    now,
+                )
+                .map_err(|e| Reject::Unauthorized(e.to_string()))?;
                 *self.last_token.borrow_mut() = Some((bearer.to_string(), v.clone()));
                 v
             }

@@ -82,6 +82,23 @@ fn err(line: usize, message: impl Into<String>) -> ConfigError {
 }
 
 impl SiteConfig {
+    /// The limits this site puts on UCloud's bearer tokens.
+    pub fn token_policy(&self) -> crate::token::TokenPolicy {
+        crate::token::TokenPolicy {
+            max_lifetime: self.token_max_lifetime,
+            skew: self.clock_skew,
+        }
+    }
+
+    /// The signed claim that names the UCloud user, where the site believes no other
+    /// source (`user_mode = strict`, `user_claim`).
+    pub fn user_claim(&self) -> Option<&str> {
+        match &self.user_mode {
+            UserMode::Strict { claim } => Some(claim),
+            UserMode::Header => None,
+        }
+    }
+
     pub fn parse(text: &str) -> Result<SiteConfig, ConfigError> {
         let mut config = SiteConfig {
             provider: String::new(),
