@@ -3,7 +3,7 @@
 //! says why each is needed).
 
 use crate::sys;
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{setresuid, Uid};
 
 /// The real uid is 0 while the lock is held. The kernel lets a process signal
@@ -49,14 +49,14 @@ impl Quiet {
         let mut old = SigSet::empty();
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old))?;
         let quiet = Quiet(old);
-        sys::ignore_file_size_signal(true)?;
+        sys::file_size_signal(SigHandler::SigIgn)?;
         Ok(quiet)
     }
 }
 
 impl Drop for Quiet {
     fn drop(&mut self) {
-        let _ = sys::ignore_file_size_signal(false);
+        let _ = sys::file_size_signal(SigHandler::SigDfl);
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
     }
 }

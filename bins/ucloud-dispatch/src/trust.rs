@@ -36,13 +36,20 @@ pub enum Untrusted {
     Unsafe(String),
 }
 
+impl Untrusted {
+    /// A missing file is a configuration error; anything else untrusted an unsafe
+    /// installation.
+    fn error(&self, why: String) -> Error {
+        match self {
+            Untrusted::Missing(_) => Error::Config(why),
+            _ => Error::UnsafeInstallation(why),
+        }
+    }
+}
+
 impl From<Untrusted> for Error {
     fn from(u: Untrusted) -> Error {
-        match u {
-            Untrusted::Missing(path) => Error::Config(format!("{path} does not exist")),
-            Untrusted::Symlink(path) => Error::UnsafeInstallation(format!("{path} is a symlink")),
-            Untrusted::Unsafe(why) => Error::UnsafeInstallation(why),
-        }
+        u.error(u.to_string())
     }
 }
 
@@ -103,20 +110,14 @@ pub fn judge(fd: &impl AsFd, path: &str, how: Use) -> Result<FileStat, Untrusted
 }
 
 /// Opens an absolute path for `how`, walking from `/` without following a symlink
-/// anywhere and judging every directory on the way. A missing file is a
-/// configuration error; anything else untrusted an unsafe installation.
+/// anywhere and judging every directory on the way; the message names `path`.
 pub fn open(path: &str, how: Use) -> Result<OwnedFd, Error> {
     walk(path, how).map_err(|u| {
         let why = u.to_string();
-        let why = if why.starts_with(path) {
-            why
-        } else {
-            format!("{path}: {why}")
-        };
-        match u {
-            Untrusted::Missing(_) => Error::Config(why),
-            _ => Error::UnsafeInstallation(why),
-        }
+        u.error(match why.starts_with(path) {
+            true => why,
+            false => format!("{path}: {why}"),
+        })
     })
 }
 
