@@ -44,12 +44,7 @@ pub fn resolve(
             "the connection of UCloud user {user} to this provider has expired: connect again in UCloud"
         )));
     }
-    let Mapping {
-        local,
-        uid: recorded_uid,
-        ..
-    } = mapping;
-    let local = local.as_str().to_string();
+    let (local, recorded_uid) = (mapping.local.as_str().to_string(), mapping.uid);
     let account = lookup(&local)?.ok_or_else(|| {
         refused(
             &local,

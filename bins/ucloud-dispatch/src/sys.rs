@@ -85,20 +85,11 @@ pub fn take_envelope_fd() -> Option<OwnedFd> {
 
 /// Gives `fd` a new number >= `min` (close-on-exec), closing the old one, so that
 /// the fixed numbers below `min` are free for [`place_fd`].
-pub fn renumber(fd: OwnedFd, min: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor nobody else owns; `fd` stays
+pub fn renumber(fd: OwnedFd, min: RawFd) -> nix::Result<OwnedFd> {
+    let new = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor nobody else owns; `fd` stays
     // owned by its OwnedFd and is closed when it drops at the end of this function.
-    unsafe {
-        let new = libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::F_DUPFD_CLOEXEC,
-            min,
-        );
-        if new == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(new))
-    }
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Moves `fd` to the number `target` (without close-on-exec, so it survives exec)
