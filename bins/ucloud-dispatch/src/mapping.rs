@@ -68,14 +68,11 @@ pub fn resolve(
         name_of_uid: User::from_uid(account.uid).ok().flatten().map(|u| u.name),
     };
     // The caller check made sure the real uid is the gateway's.
-    let mut own = Own {
-        uids: vec![service.uid.as_raw(), getuid().as_raw()],
-    };
+    let mut uids = vec![service.uid.as_raw(), getuid().as_raw()];
     if !site.sender_user.is_empty() {
-        own.uids
-            .extend(lookup(&site.sender_user)?.map(|u| u.uid.as_raw()));
+        uids.extend(lookup(&site.sender_user)?.map(|u| u.uid.as_raw()));
     }
-    account::judge(&facts, site, &own).map_err(|why| refused(&local, &why.to_string()))?;
+    account::judge(&facts, site, &Own { uids }).map_err(|why| refused(&local, &why.to_string()))?;
     Ok(Target::new(account, groups, Some(user.clone())))
 }
 
