@@ -153,6 +153,11 @@ fn walk(path: &str, how: Use) -> Result<OwnedFd, Untrusted> {
     Ok(open_at(&*current, &walked, last, how)?.0)
 }
 
+/// Closes the directories the walks kept (before the plugin's fds are placed).
+pub fn forget_judged() {
+    JUDGED.with_borrow_mut(BTreeMap::clear);
+}
+
 /// The directory `walked`, opened and judged by `open` the first time in this run.
 fn judged(
     walked: &str,
@@ -221,6 +226,9 @@ mod tests {
         assert!(!JUDGED.with_borrow(|judged| judged.contains_key("/etc/passwd")));
         assert!(open("/tmp", Use::Dir).is_err());
         assert!(open("/", Use::Read).is_err());
+        // Closed before the plugin's fixed fds are placed, where one could sit.
+        forget_judged();
+        assert!(JUDGED.with_borrow(BTreeMap::is_empty));
     }
 
     #[test]
