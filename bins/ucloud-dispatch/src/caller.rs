@@ -6,17 +6,12 @@ use nix::unistd::{getuid, User};
 use ucloud_wire::config::SiteConfig;
 
 pub fn check(site: &SiteConfig) -> Result<(), Error> {
-    let gateway = User::from_name(&site.gateway_user)
-        .map_err(|e| {
-            Error::Config(format!(
-                "cannot look up gateway_user {}: {e}",
-                site.gateway_user
-            ))
-        })?
+    let name = &site.gateway_user;
+    let gateway = User::from_name(name)
+        .map_err(|e| Error::Config(format!("cannot look up gateway_user {name}: {e}")))?
         .ok_or_else(|| {
             Error::Config(format!(
-                "gateway_user {} (site.conf) is not an account on this system",
-                site.gateway_user
+                "gateway_user {name} (site.conf) is not an account on this system"
             ))
         })?;
     if gateway.uid.is_root() {

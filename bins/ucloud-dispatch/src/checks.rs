@@ -41,10 +41,8 @@ pub struct Installation {
 
 pub fn site_config() -> Result<SiteConfig, Error> {
     let path = paths::site_config();
-    Ok(SiteConfig::parse(&read_small(
-        open(&path, Use::Read)?,
-        &path,
-    )?)?)
+    let text = read_small(open(&path, Use::Read)?, &path)?;
+    SiteConfig::parse(&text).map_err(|e| Error::Config(e.to_string()))
 }
 
 /// The rest of the installation, once the caller is known to be the gateway.

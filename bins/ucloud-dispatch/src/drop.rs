@@ -10,6 +10,7 @@ use nix::sys::signal::Signal;
 use nix::unistd::{
     getgroups, getppid, getresgid, getresuid, setgroups, setresgid, setresuid, Gid, Pid, Uid,
 };
+use std::collections::BTreeSet;
 
 pub fn become_target(target: &Target, parent: Pid) -> Result<(), Error> {
     let fail = |step: &str, e: &dyn std::fmt::Display| Error::Drop(format!("{step} failed: {e}"));
@@ -51,16 +52,9 @@ fn prove(target: &Target) -> Result<(), Error> {
     if [gids.real, gids.effective, gids.saved] != [target.gid; 3] {
         return Err(broken(format!("gids are {gids:?}")));
     }
-    let mut have: Vec<u32> = getgroups()
-        .map_err(|e| broken(e.to_string()))?
-        .iter()
-        .map(|g| g.as_raw())
-        .collect();
-    let mut want: Vec<u32> = target.groups.iter().map(|g| g.as_raw()).collect();
-    have.sort();
-    have.dedup();
-    want.sort();
-    want.dedup();
+    let raw = |groups: &[Gid]| groups.iter().map(|g| g.as_raw()).collect::<BTreeSet<_>>();
+    let have = raw(&getgroups().map_err(|e| broken(e.to_string()))?);
+    let want = raw(&target.groups);
     if have != want {
         return Err(broken(format!("groups are {have:?}, expected {want:?}")));
     }

@@ -49,19 +49,13 @@ pub fn read(channel: Option<OwnedFd>) -> Result<Option<Envelope>, Error> {
 /// Waits until fd 3 is readable (data or EOF), with the alarm paused meanwhile.
 fn wait_for_first_byte(fd: &OwnedFd) -> Result<(), Error> {
     alarm::cancel();
-    match readable_within(fd, FIRST_BYTE_WAIT) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(Error::Usage(format!(
-                "no envelope began on fd 3 within {} s",
-                FIRST_BYTE_WAIT.as_secs()
-            )))
-        }
-        Err(e) => {
-            return Err(Error::BadEnvelope(format!(
-                "cannot wait for the envelope on fd 3: {e}"
-            )))
-        }
+    let began = readable_within(fd, FIRST_BYTE_WAIT)
+        .map_err(|e| Error::BadEnvelope(format!("cannot wait for the envelope on fd 3: {e}")))?;
+    if !began {
+        let wait = FIRST_BYTE_WAIT.as_secs();
+        return Err(Error::Usage(format!(
+            "no envelope began on fd 3 within {wait} s"
+        )));
     }
     alarm::set(DECIDE_TIMEOUT_SECS);
     Ok(())
@@ -72,12 +66,8 @@ fn readable_within(fd: &OwnedFd, limit: Duration) -> Result<bool, Errno> {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        match poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLIN)], timeout) {
             Ok(0) => return Ok(false),
             Ok(_) => return Ok(true),
             Err(Errno::EINTR) => continue,

@@ -138,12 +138,6 @@ impl fmt::Display for Error {
     }
 }
 
-impl From<ucloud_wire::config::ConfigError> for Error {
-    fn from(e: ucloud_wire::config::ConfigError) -> Error {
-        Error::Config(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,7 +101,9 @@ impl Prepared {
     fn exec(self) -> Result<std::convert::Infallible, Error> {
         let internal = |what: &str, e: &dyn std::fmt::Display| Error::Exec(format!("{what}: {e}"));
         // Everything held goes above the fixed numbers first, so that placing fds 3
-        // and 4 never closes a descriptor something still owns.
+        // and 4 never closes a descriptor something still owns. The directories the
+        // trusted walks kept are closed: one of them may have taken fd 3 or 4.
+        trust::forget_judged();
         let renumber =
             |fd| sys::renumber(fd, FIRST_FREE_FD).map_err(|e| internal("cannot renumber fds", &e));
         let plugin_fd = renumber(self.plugin.fd)?;

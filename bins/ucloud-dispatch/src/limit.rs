@@ -103,19 +103,16 @@ impl Charge {
 /// written. Called with the audit log locked, so the dispatchers of one uid count
 /// one after another.
 pub fn charge(uid: u32, now: u64, limited: bool) -> Charge {
-    let unlimited = Charge {
-        verdict: Verdict {
+    let Some(file) = limited.then(|| open_state(uid)).flatten() else {
+        let verdict = Verdict {
             summary: None,
             write: true,
             next: State::default(),
-        },
-        file: None,
-    };
-    if !limited {
-        return unlimited;
-    }
-    let Some(file) = open_state(uid) else {
-        return unlimited;
+        };
+        return Charge {
+            verdict,
+            file: None,
+        };
     };
     let state = read(&file).unwrap_or_default();
     Charge {

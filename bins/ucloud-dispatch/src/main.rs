@@ -65,12 +65,10 @@ fn main() -> ExitCode {
         caller_uid: nix::unistd::getuid().as_raw(),
         ..Default::default()
     };
-    let decision = match decide(&mut record) {
+    let Some(decision) = decide(&mut record).transpose() else {
         // fd 3 closed unread: a spare the gateway no longer needs. Nothing was
         // asked, so nothing is decided or recorded.
-        Ok(None) => return ExitCode::SUCCESS,
-        Ok(Some(allowed)) => Ok(allowed),
-        Err(e) => Err(e),
+        return ExitCode::SUCCESS;
     };
     // Only root can write the audit log: without root there is nothing to record,
     // and the refusal itself says why.

@@ -44,12 +44,7 @@ pub fn resolve(
             "the connection of UCloud user {user} to this provider has expired: connect again in UCloud"
         )));
     }
-    let Mapping {
-        local,
-        uid: recorded_uid,
-        ..
-    } = mapping;
-    let local = local.as_str().to_string();
+    let (local, recorded_uid) = (mapping.local.as_str().to_string(), mapping.uid);
     let account = lookup(&local)?.ok_or_else(|| {
         refused(
             &local,
@@ -73,14 +68,11 @@ pub fn resolve(
         name_of_uid: User::from_uid(account.uid).ok().flatten().map(|u| u.name),
     };
     // The caller check made sure the real uid is the gateway's.
-    let mut own = Own {
-        uids: vec![service.uid.as_raw(), getuid().as_raw()],
-    };
+    let mut uids = vec![service.uid.as_raw(), getuid().as_raw()];
     if !site.sender_user.is_empty() {
-        own.uids
-            .extend(lookup(&site.sender_user)?.map(|u| u.uid.as_raw()));
+        uids.extend(lookup(&site.sender_user)?.map(|u| u.uid.as_raw()));
     }
-    account::judge(&facts, site, &own).map_err(|why| refused(&local, &why.to_string()))?;
+    account::judge(&facts, site, &Own { uids }).map_err(|why| refused(&local, &why.to_string()))?;
     Ok(Target::new(account, groups, Some(user.clone())))
 }
 

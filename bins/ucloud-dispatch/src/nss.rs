@@ -64,14 +64,11 @@ fn filtered(text: &str, database: &str, skip: &[String]) -> Result<Option<String
     let mut dropping = false;
     let mut changed = false;
     for item in items {
-        if item.starts_with('[') {
-            if !dropping {
-                kept.push(item);
-            }
-            continue;
+        // An action (`[NOTFOUND=return]`) goes with the module before it.
+        if !item.starts_with('[') {
+            dropping = skip.iter().any(|s| s == item);
+            changed |= dropping;
         }
-        dropping = skip.iter().any(|s| s == item);
-        changed |= dropping;
         if !dropping {
             kept.push(item);
         }

@@ -3,7 +3,7 @@
 //! says why each is needed).
 
 use crate::sys;
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{setresuid, Uid};
 
 /// The real uid is 0 while the lock is held. The kernel lets a process signal
@@ -12,14 +12,13 @@ use nix::unistd::{setresuid, Uid};
 /// it short) or stop it holding the lock. The caller's uid comes back on drop.
 pub struct RootRealUid(u32);
 
+/// -1 to setresuid: this one stays as it is.
+const KEEP: Uid = Uid::from_raw(u32::MAX);
+
 impl RootRealUid {
     pub fn enter(caller_uid: u32) -> nix::Result<RootRealUid> {
         // The effective uid is 0: making the real one 0 needs no capability.
-        setresuid(
-            Uid::from_raw(0),
-            Uid::from_raw(u32::MAX),
-            Uid::from_raw(u32::MAX),
-        )?;
+        setresuid(Uid::from_raw(0), KEEP, KEEP)?;
         Ok(RootRealUid(caller_uid))
     }
 }
@@ -28,11 +27,7 @@ impl Drop for RootRealUid {
     fn drop(&mut self) {
         // If this fails the process keeps real uid 0 (it is refusing, or about to
         // drop every uid anyway): it only stays out of the caller's reach.
-        let _ = setresuid(
-            Uid::from_raw(self.0),
-            Uid::from_raw(u32::MAX),
-            Uid::from_raw(u32::MAX),
-        );
+        let _ = setresuid(Uid::from_raw(self.0), KEEP, KEEP);
     }
 }
 
@@ -49,14 +44,14 @@ impl Quiet {
         let mut old = SigSet::empty();
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&all), Some(&mut old))?;
         let quiet = Quiet(old);
-        sys::ignore_file_size_signal(true)?;
+        sys::file_size_signal(SigHandler::SigIgn)?;
         Ok(quiet)
     }
 }
 
 impl Drop for Quiet {
     fn drop(&mut self) {
-        let _ = sys::ignore_file_size_signal(false);
+        let _ = sys::file_size_signal(SigHandler::SigDfl);
         let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
     }
 }

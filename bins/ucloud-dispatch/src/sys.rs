@@ -21,11 +21,13 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 pub fn close_from(first: u32) -> std::io::Result<()> {
     // SAFETY: close_range takes plain integers and only closes descriptors; no Rust
     // object owns an fd >= `first` at this point (called before anything is opened).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+    zero_or_errno(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) })
+}
+
+fn zero_or_errno(rc: impl Into<i64>) -> std::io::Result<()> {
+    match rc.into() {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
     }
 }
 
@@ -52,15 +54,13 @@ pub fn reset_signals() -> nix::Result<()> {
 /// Disarms ITIMER_VIRTUAL and ITIMER_PROF, which survive exec. ITIMER_REAL is the
 /// alarm, re-armed by the pipeline itself.
 pub fn clear_interval_timers() -> nix::Result<()> {
+    let never = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
     let zero = libc::itimerval {
-        it_interval: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
-        it_value: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
+        it_interval: never,
+        it_value: never,
     };
     for which in [libc::ITIMER_VIRTUAL, libc::ITIMER_PROF] {
         // SAFETY: `zero` is a valid itimerval that outlives the call, and a null
@@ -85,20 +85,11 @@ pub fn take_envelope_fd() -> Option<OwnedFd> {
 
 /// Gives `fd` a new number >= `min` (close-on-exec), closing the old one, so that
 /// the fixed numbers below `min` are free for [`place_fd`].
-pub fn renumber(fd: OwnedFd, min: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor nobody else owns; `fd` stays
+pub fn renumber(fd: OwnedFd, min: RawFd) -> nix::Result<OwnedFd> {
+    let new = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min))?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor nobody else owns; `fd` stays
     // owned by its OwnedFd and is closed when it drops at the end of this function.
-    unsafe {
-        let new = libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            libc::F_DUPFD_CLOEXEC,
-            min,
-        );
-        if new == -1 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(new))
-    }
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Moves `fd` to the number `target` (without close-on-exec, so it survives exec)
@@ -138,23 +129,13 @@ pub fn nss_configure_lookup(database: &CStr, services: &CStr) -> std::io::Result
     // SAFETY: both pointers are NUL-terminated strings that outlive the call; glibc
     // parses the line into its own storage and keeps neither pointer. The process is
     // single-threaded, so no lookup runs concurrently with the change.
-    let rc = unsafe { __nss_configure_lookup(database.as_ptr(), services.as_ptr()) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    zero_or_errno(unsafe { __nss_configure_lookup(database.as_ptr(), services.as_ptr()) })
 }
 
-/// SIGXFSZ ignored (`true`) or back to its default action (`false`). While it is
-/// ignored, a write past the file-size limit fails with EFBIG instead of ending the
-/// process before it can say why.
-pub fn ignore_file_size_signal(ignore: bool) -> nix::Result<()> {
-    let handler = if ignore {
-        SigHandler::SigIgn
-    } else {
-        SigHandler::SigDfl
-    };
+/// SIGXFSZ ignored (`SigIgn`) or back to its default action (`SigDfl`). While it
+/// is ignored, a write past the file-size limit fails with EFBIG instead of ending
+/// the process before it can say why.
+pub fn file_size_signal(handler: SigHandler) -> nix::Result<()> {
     let action = SigAction::new(handler, SaFlags::empty(), SigSet::empty());
     // SAFETY: SIG_IGN and SIG_DFL install no handler of ours, so no code runs in
     // signal context; the process is single-threaded here.

@@ -13,12 +13,8 @@ use ucloud_wire::transfer::{self, Claims};
 
 pub struct TransferKey(Vec<u8>);
 
-pub fn key_path() -> String {
-    ucloud_wire::paths::transfer_key()
-}
-
 pub fn load_key() -> Result<TransferKey, Error> {
-    let path = key_path();
+    let path = ucloud_wire::paths::transfer_key();
     let fd = trust::open(&path, Use::Secret).map_err(|e| match e {
         // The installation makes the key; say how, since a missing one stops every
         // upload and download.

@@ -8,9 +8,12 @@ use crate::error::Error;
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, FileStat, Mode};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
 use ucloud_wire::install::{self, FileKind, MAX_SMALL_FILE};
 
 /// What a file is for, which says how it is opened and whom it must belong to.
@@ -36,13 +39,20 @@ pub enum Untrusted {
     Unsafe(String),
 }
 
+impl Untrusted {
+    /// A missing file is a configuration error; anything else untrusted an unsafe
+    /// installation.
+    fn error(&self, why: String) -> Error {
+        match self {
+            Untrusted::Missing(_) => Error::Config(why),
+            _ => Error::UnsafeInstallation(why),
+        }
+    }
+}
+
 impl From<Untrusted> for Error {
     fn from(u: Untrusted) -> Error {
-        match u {
-            Untrusted::Missing(path) => Error::Config(format!("{path} does not exist")),
-            Untrusted::Symlink(path) => Error::UnsafeInstallation(format!("{path} is a symlink")),
-            Untrusted::Unsafe(why) => Error::UnsafeInstallation(why),
-        }
+        u.error(u.to_string())
     }
 }
 
@@ -103,39 +113,62 @@ pub fn judge(fd: &impl AsFd, path: &str, how: Use) -> Result<FileStat, Untrusted
 }
 
 /// Opens an absolute path for `how`, walking from `/` without following a symlink
-/// anywhere and judging every directory on the way. A missing file is a
-/// configuration error; anything else untrusted an unsafe installation.
+/// anywhere and judging every directory on the way; the message names `path`.
 pub fn open(path: &str, how: Use) -> Result<OwnedFd, Error> {
     walk(path, how).map_err(|u| {
         let why = u.to_string();
-        let why = if why.starts_with(path) {
-            why
-        } else {
-            format!("{path}: {why}")
-        };
-        match u {
-            Untrusted::Missing(_) => Error::Config(why),
-            _ => Error::UnsafeInstallation(why),
-        }
+        u.error(match why.starts_with(path) {
+            true => why,
+            false => format!("{path}: {why}"),
+        })
     })
+}
+
+thread_local! {
+    /// The directories this run has judged, by path (`/` as ""): a walk passes
+    /// through them without opening and judging them again. Each is root's and
+    /// writable by root alone, so only root could change it meanwhile, as with the
+    /// mapping and plugin directories, which are held from before the request comes.
+    static JUDGED: RefCell<BTreeMap<String, Rc<OwnedFd>>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 fn walk(path: &str, how: Use) -> Result<OwnedFd, Untrusted> {
     let parts = install::components(path).map_err(Untrusted::Unsafe)?;
-    let root = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let mut current = nix::fcntl::open("/", root, Mode::empty())
-        .map_err(|e| Untrusted::Unsafe(format!("cannot open /: {e}")))?;
-    judge(&current, "/", Use::Dir)?;
+    let (last, dirs) = (parts.split_last()).ok_or(Untrusted::Unsafe("/ is not a file".into()))?;
+    let mut current = judged("", || {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let root = nix::fcntl::open("/", flags, Mode::empty())
+            .map_err(|e| Untrusted::Unsafe(format!("cannot open /: {e}")))?;
+        judge(&root, "/", Use::Dir).map(|_| root)
+    })?;
     let mut walked = String::new();
-    for (index, part) in parts.iter().enumerate() {
-        let last = index + 1 == parts.len();
-        let step = if last { how } else { Use::Dir };
-        let (next, _) = open_at(&current, &walked, part, step)?;
-        walked.push('/');
-        walked.push_str(part);
-        current = next;
+    for part in dirs {
+        let parent = walked.clone();
+        walked = format!("{parent}/{part}");
+        current = judged(&walked, || {
+            Ok(open_at(&*current, &parent, part, Use::Dir)?.0)
+        })?;
     }
-    Ok(current)
+    // The last part is opened and judged for `how` on every walk.
+    Ok(open_at(&*current, &walked, last, how)?.0)
+}
+
+/// Closes the directories the walks kept (before the plugin's fds are placed).
+pub fn forget_judged() {
+    JUDGED.with_borrow_mut(BTreeMap::clear);
+}
+
+/// The directory `walked`, opened and judged by `open` the first time in this run.
+fn judged(
+    walked: &str,
+    open: impl FnOnce() -> Result<OwnedFd, Untrusted>,
+) -> Result<Rc<OwnedFd>, Untrusted> {
+    if let Some(dir) = JUDGED.with_borrow(|judged| judged.get(walked).cloned()) {
+        return Ok(dir);
+    }
+    let dir = Rc::new(open()?);
+    JUDGED.with_borrow_mut(|judged| judged.insert(walked.to_string(), Rc::clone(&dir)));
+    Ok(dir)
 }
 
 /// A small file read whole: larger than [`MAX_SMALL_FILE`] is not configuration.
@@ -177,6 +210,25 @@ mod tests {
         // /etc/passwd is 0644: not a secret.
         let e = open("/etc/passwd", Use::Secret).unwrap_err();
         assert!(e.to_string().contains("mode 0600"), "{e}");
+    }
+
+    #[test]
+    fn a_walk_below_judged_directories_still_judges_what_it_opens() {
+        assert!(open("/proc/cpuinfo", Use::Read).is_ok());
+        assert!(JUDGED.with_borrow(|judged| judged.contains_key("/proc")));
+        // Only directories on the way are kept; the last part is judged each time.
+        let e = open("/proc/self/status", Use::Read).unwrap_err();
+        assert!(e.to_string().contains("/proc/self is a symlink"), "{e}");
+        assert!(open("/proc/cpuinfo", Use::Dir).is_err());
+        assert!(open("/etc/passwd", Use::Read).is_ok());
+        assert!(open("/etc/passwd", Use::Secret).is_err());
+        assert!(open("/etc/passwd", Use::Dir).is_err());
+        assert!(!JUDGED.with_borrow(|judged| judged.contains_key("/etc/passwd")));
+        assert!(open("/tmp", Use::Dir).is_err());
+        assert!(open("/", Use::Read).is_err());
+        // Closed before the plugin's fixed fds are placed, where one could sit.
+        forget_judged();
+        assert!(JUDGED.with_borrow(BTreeMap::is_empty));
     }
 
     #[test]

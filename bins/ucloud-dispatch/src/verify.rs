@@ -79,16 +79,15 @@ pub fn credential(
     };
     if user.is_none() && !calls::is_service_call(&envelope.call) {
         let why = match &site.user_mode {
-            UserMode::Header => format!(
-                "{} needs a UCloud user and the request names none",
-                envelope.call
-            ),
-            UserMode::Strict { claim } => format!(
-                "{} needs a UCloud user and the token has no {claim} claim (user_mode = strict)",
-                envelope.call
-            ),
+            UserMode::Header => "the request names none".into(),
+            UserMode::Strict { claim } => {
+                format!("the token has no {claim} claim (user_mode = strict)")
+            }
         };
-        return Err(Error::UserRequired(why));
+        let call = &envelope.call;
+        return Err(Error::UserRequired(format!(
+            "{call} needs a UCloud user and {why}"
+        )));
     }
     Ok(Verified {
         user,
