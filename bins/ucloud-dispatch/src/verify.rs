@@ -12,7 +12,7 @@ use ucloud_wire::calls;
 use ucloud_wire::config::{SiteConfig, UserMode};
 use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::names::UcloudName;
-use ucloud_wire::token::{self, TokenPolicy, UcloudKey};
+use ucloud_wire::token::{self, UcloudKey};
 
 /// A request whose credential verified.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,15 +50,7 @@ pub fn credential(
             )))
         }
     };
-    let policy = TokenPolicy {
-        max_lifetime: site.token_max_lifetime,
-        skew: site.clock_skew,
-    };
-    let claim = match &site.user_mode {
-        UserMode::Header => None,
-        UserMode::Strict { claim } => Some(claim.as_str()),
-    };
-    let token = token::verify(bearer, key, &policy, claim, now)
+    let token = token::verify(bearer, key, &site.token_policy(), site.user_claim(), now)
         .map_err(|e| Error::BadToken(e.to_string()))?;
     let user = match (&site.user_mode, token.user) {
         (UserMode::Header, _) => envelope.user.clone(),
