@@ -7,9 +7,8 @@ use crate::error::Error;
 use nix::fcntl::OFlag;
 use serde_json::{json, Value};
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::net::UnixDatagram;
+use ucloud_wire::audit;
 
 #[derive(Debug, Default, Clone)]
 pub struct Record {
@@ -74,7 +73,9 @@ impl Audit {
     fn write(&self, line: &str, allowed: bool) -> Result<(), Error> {
         let fail =
             |why: String| Error::Audit(format!("cannot write the audit log {}: {why}", self.path));
+        // Read as well as append: a partial record at the end is looked for and cut.
         let file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
@@ -91,27 +92,13 @@ impl Audit {
                 meta.mode() & 0o7777
             )));
         }
-        // The dispatcher's lock: it cuts back a record it could not finish, which is
-        // safe only while nobody else appends.
-        let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        // The dispatcher's lock, and its rules under it: whole records only.
+        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| fail(format!("cannot lock it: {e}")))?;
-        // One write with O_APPEND: never interleaved with a dispatcher's line.
-        file.write_all(format!("{line}\n").as_bytes())
-            .map_err(|e| fail(e.to_string()))?;
-        syslog(line, allowed);
+        audit::cut_partial_record(&file).map_err(fail)?;
+        audit::write_whole(&file, format!("{line}\n").as_bytes()).map_err(fail)?;
+        audit::syslog("ucloud-registry", line, allowed);
         Ok(())
-    }
-}
-
-fn syslog(line: &str, allowed: bool) {
-    // authpriv (10) with notice (5) for allowed, warning (4) for refused.
-    let priority = 10 * 8 + if allowed { 5 } else { 4 };
-    let message = format!(
-        "<{priority}>ucloud-registry[{}]: {line}",
-        std::process::id()
-    );
-    if let Ok(socket) = UnixDatagram::unbound() {
-        let _ = socket.send_to(message.as_bytes(), "/dev/log");
     }
 }
 
@@ -138,6 +125,24 @@ mod tests {
             (refused["decision"].as_str(), refused["reason"].as_str()),
             (Some("refused"), Some("no"))
         );
+    }
+
+    /// The dispatcher's rule holds for the registry's records too: a record a killed
+    /// writer left unfinished is cut off, not glued to the next.
+    #[test]
+    fn a_partial_record_is_cut_before_the_next() {
+        let path = std::env::temp_dir().join(format!("registry-partial-{}", std::process::id()));
+        std::fs::write(&path, "{\"a\":1}\n{\"b\":").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        Audit::at(&path).allowed(&Record::default()).unwrap();
+        let log = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 2, "{log}");
+        assert_eq!(lines[0], "{\"a\":1}");
+        let record: Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(record["program"], "ucloud-registry");
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! Contracts shared by the programs of ucloud-im: where files live, the site
 //! configuration, the envelope the gateway hands the dispatcher, validated names,
 //! the UCloud token checks and UCloud's error body, the rules a trusted file of the
-//! installation follows, and the services' log lines.
+//! installation follows, how a record goes into the audit log, and the services'
+//! log lines.
 //!
 //! The dispatcher links this crate, so it stays small and free of I/O beyond
-//! reading a file the caller names (and the services' log lines, which the
+//! reading a file the caller names and appending to the audit log it opened (and
+//! the services' log lines, which the
 //! dispatcher does not write: its stderr is its answer to the gateway).
 #![forbid(unsafe_code)]
 
 pub mod account;
 pub mod answer;
+pub mod audit;
 pub mod binding;
 pub mod calls;
 pub mod cli;
