@@ -12,31 +12,12 @@
 use crate::gojson::{zero, GoError, Ty};
 use serde_json::{Map, Value};
 
-/// One `%XX` escape, or `None` when malformed.
+/// A query component decoded as Go's `url.QueryUnescape` does, or `None` when it
+/// has a bad escape (`%` without two hex digits).
 fn unescape(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
+    let bytes = ucloud_http::server::percent_decode_bytes(text)?;
     // Go keeps invalid UTF-8 in a string; the simulator replaces it.
-    Some(String::from_utf8_lossy(&out).into_owned())
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Go's `url.ParseQuery`, keeping the pairs it does not drop, in order.
@@ -165,6 +146,11 @@ mod tests {
         // A pair Go's parser drops is as if absent.
         assert_eq!(
             decode(Some("itemsPerPage=%zz"), &T).unwrap()["itemsPerPage"],
+            0
+        );
+        // Go's unhex takes hex digits only: `%+5` is a bad escape, not 0x05.
+        assert_eq!(
+            decode(Some("itemsPerPage=%+5"), &T).unwrap()["itemsPerPage"],
             0
         );
         assert_eq!(

@@ -89,6 +89,12 @@ pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 
 /// Percent-decoding for query components; `None` for a bad escape or non-UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
+    String::from_utf8(percent_decode_bytes(s)?).ok()
+}
+
+/// Percent-decoding to bytes (`+` is a space, as in a form); `None` for a bad
+/// escape: `%` not followed by two hex digits.
+pub fn percent_decode_bytes(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -110,7 +116,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 fn hex_val(c: u8) -> Option<u8> {
