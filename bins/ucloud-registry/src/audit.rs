@@ -6,9 +6,9 @@
 use crate::error::Error;
 use nix::fcntl::OFlag;
 use serde_json::{json, Value};
-use std::fs::OpenOptions;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::fs::File;
 use ucloud_wire::audit;
+use ucloud_wire::trust::{self, Untrusted, Use};
 
 #[derive(Debug, Default, Clone)]
 pub struct Record {
@@ -43,12 +43,16 @@ impl Record {
 
 pub struct Audit {
     path: String,
+    /// Whether the directories above the log are judged too (always, but for a
+    /// test's scratch directory under the world-writable temporary directory).
+    walk: bool,
 }
 
 impl Audit {
     pub fn site() -> Audit {
         Audit {
             path: ucloud_wire::paths::audit_log(),
+            walk: true,
         }
     }
 
@@ -56,6 +60,7 @@ impl Audit {
     pub fn at(path: &std::path::Path) -> Audit {
         Audit {
             path: path.to_string_lossy().into_owned(),
+            walk: false,
         }
     }
 
@@ -73,25 +78,7 @@ impl Audit {
     fn write(&self, line: &str, allowed: bool) -> Result<(), Error> {
         let fail =
             |why: String| Error::Audit(format!("cannot write the audit log {}: {why}", self.path));
-        // Read as well as append: a partial record at the end is looked for and cut.
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(
-                OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits() | OFlag::O_NONBLOCK.bits(),
-            )
-            .open(&self.path)
-            .map_err(|e| fail(e.to_string()))?;
-        let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-        if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o077 != 0 {
-            return Err(fail(format!(
-                "it must be a regular file owned by root with mode 0600 (it is uid {}, mode {:04o})",
-                meta.uid(),
-                meta.mode() & 0o7777
-            )));
-        }
+        let file = self.open().map_err(|u| fail(u.about(&self.path)))?;
         // The dispatcher's lock, and its rules under it: whole records only.
         let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| fail(format!("cannot lock it: {e}")))?;
@@ -99,6 +86,22 @@ impl Audit {
         audit::write_whole(&file, format!("{line}\n").as_bytes()).map_err(fail)?;
         audit::syslog("ucloud-registry", line, allowed);
         Ok(())
+    }
+
+    /// The log opened the dispatcher's way ([`trust`]): never through a link, root's
+    /// alone, judged on the open descriptor.
+    fn open(&self) -> Result<File, Untrusted> {
+        // Read as well as append: a partial record at the end is looked for and cut.
+        let how = Use::Write(OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT);
+        if self.walk {
+            return trust::open(&self.path, how).map(File::from);
+        }
+        let path = std::path::Path::new(&self.path);
+        let (dir, name) = (path.parent().unwrap(), path.file_name().unwrap());
+        let dir_path = dir.to_string_lossy();
+        let dir = File::open(dir).map_err(|e| Untrusted::Unsafe(format!("{dir_path}: {e}")))?;
+        let (fd, _) = trust::open_at(&dir, &dir_path, &name.to_string_lossy(), how)?;
+        Ok(File::from(fd))
     }
 }
 

@@ -28,6 +28,7 @@ pub mod products;
 pub mod record;
 pub mod token;
 pub mod transfer;
+pub mod trust;
 pub mod usage;
 
 /// Milliseconds since the epoch, UCloud's timestamp unit.
