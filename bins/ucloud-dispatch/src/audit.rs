@@ -16,15 +16,17 @@
 //! - a record cut short anyway (a writer killed by root or by the kernel) is cut off
 //!   by the next writer, which finds the log not ending in a newline.
 //!
-//! Refusals of callers that were not accepted are limited per uid (limit.rs).
+//! Refusals of callers that were not accepted are limited per uid
+//! ([`ucloud_wire::limit`]).
 
 use crate::error::Error;
+use crate::shield;
 use crate::trust::{self, Use};
-use crate::{limit, shield};
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde_json::{json, Value};
 use std::fs::File;
 use ucloud_wire::audit::{cut_partial_record, write_whole};
+use ucloud_wire::limit;
 use ucloud_wire::paths;
 
 /// What is known about a request so far; filled in as the pipeline learns it.
@@ -41,7 +43,10 @@ pub struct Record {
 
 impl Record {
     pub fn line(&self, outcome: Result<(), &Error>) -> String {
-        let mut v = head(self.caller_uid);
+        let mut v = json!({
+            "time": ucloud_wire::now_ms(), "program": "ucloud-dispatch",
+            "pid": std::process::id(), "callerUid": self.caller_uid,
+        });
         v["call"] = json!(self.call);
         v["ucloudUser"] = json!(self.ucloud_user);
         v["localUser"] = json!(self.local_user);
@@ -71,23 +76,6 @@ pub fn write(record: &Record, outcome: Result<(), &Error>) -> Result<(), Error> 
     Ok(())
 }
 
-/// What every line starts with.
-fn head(caller_uid: u32) -> Value {
-    json!({
-        "time": ucloud_wire::now_ms(), "program": "ucloud-dispatch",
-        "pid": std::process::id(), "callerUid": caller_uid,
-    })
-}
-
-/// The summary of a refused caller's records that were not written.
-fn summary_line(caller_uid: u32, summary: limit::Summary) -> String {
-    let mut v = head(caller_uid);
-    v["decision"] = json!("suppressed");
-    v["suppressed"] = json!(summary.count);
-    v["since"] = json!(summary.since);
-    v.to_string()
-}
-
 /// Appends what the limit lets through (the record, maybe after a summary) and
 /// returns those lines, each with whether it records an allowed request.
 fn append(
@@ -104,10 +92,13 @@ fn append(
         .map_err(|(_, e)| format!("cannot lock it: {e}"))?;
     let _quiet = shield::Quiet::enter().map_err(|e| format!("cannot block signals: {e}"))?;
     cut_partial_record(&file)?;
-    let charge = limit::charge(caller_uid, ucloud_wire::now_ms(), limited);
+    let state = limited
+        .then(|| limit::open_state(&paths::audit_limit_dir(), caller_uid))
+        .flatten();
+    let charge = limit::charge(state, ucloud_wire::now_ms());
     let mut lines = Vec::new();
     if let Some(summary) = charge.verdict.summary {
-        lines.push((summary_line(caller_uid, summary), false));
+        lines.push((summary.line("ucloud-dispatch", caller_uid), false));
     }
     if charge.verdict.write {
         lines.push((line.to_string(), allowed));
@@ -152,13 +143,11 @@ mod tests {
             let v: Value = serde_json::from_str(&line).unwrap();
             assert_eq!(v["callerUid"], 7);
         }
-        let summary = summary_line(
-            7,
-            limit::Summary {
-                count: 290,
-                since: 1,
-            },
-        );
+        let summary = limit::Summary {
+            count: 290,
+            since: 1,
+        }
+        .line("ucloud-dispatch", 7);
         let v: Value = serde_json::from_str(&summary).unwrap();
         assert_eq!(
             (v["decision"].as_str(), v["suppressed"].as_u64()),

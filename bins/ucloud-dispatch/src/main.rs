@@ -12,7 +12,6 @@ mod drop;
 mod envelope;
 mod error;
 mod exec;
-mod limit;
 mod mapping;
 mod nss;
 mod sanitize;

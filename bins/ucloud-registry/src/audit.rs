@@ -2,12 +2,20 @@
 //! log as the dispatcher's and in the same shape (`time`, `program`, `pid`,
 //! `callerUid`, `decision` allowed|refused, `reason`), plus the `action`. A change is
 //! made only after its record is written; syslog is best effort.
+//!
+//! Refusals of a person's account are limited per uid as the dispatcher's refusals
+//! of callers it does not accept ([`ucloud_wire::limit`]): anyone with an account
+//! can repeat `connect` with a made-up ticket, and each refusal would otherwise add
+//! a record. Root's and the service account's are all written: root's are the
+//! administrator's own, and the service account's requests come from the network,
+//! one per UCloud request, as the dispatcher's gateway's do.
 
 use crate::error::Error;
 use nix::fcntl::OFlag;
 use serde_json::{json, Value};
 use std::fs::File;
 use ucloud_wire::audit;
+use ucloud_wire::limit;
 use ucloud_wire::trust::{self, Untrusted, Use};
 
 #[derive(Debug, Default, Clone)]
@@ -43,6 +51,10 @@ impl Record {
 
 pub struct Audit {
     path: String,
+    /// The directory of the per-uid counts of refusals.
+    limit_dir: String,
+    /// The caller is a person's account: its refusals are limited.
+    pub person: bool,
     /// Whether the directories above the log are judged too (always, but for a
     /// test's scratch directory under the world-writable temporary directory).
     walk: bool,
@@ -52,57 +64,88 @@ impl Audit {
     pub fn site() -> Audit {
         Audit {
             path: ucloud_wire::paths::audit_log(),
+            limit_dir: ucloud_wire::paths::audit_limit_dir(),
+            person: false,
             walk: true,
         }
     }
 
     #[cfg(test)]
     pub fn at(path: &std::path::Path) -> Audit {
+        let dir = path.parent().unwrap().join("audit-limit");
         Audit {
             path: path.to_string_lossy().into_owned(),
+            limit_dir: dir.to_string_lossy().into_owned(),
+            person: false,
             walk: false,
         }
     }
 
     pub fn allowed(&self, record: &Record) -> Result<(), Error> {
-        self.write(&record.line(None), true)
+        self.write(&record.line(None), true, None)
     }
 
     /// A refusal is recorded best effort: the refusal stands either way.
     pub fn refused(&self, record: &Record, reason: &Error) {
-        if let Err(e) = self.write(&record.line(Some(&reason.to_string())), false) {
+        let limited = record.caller.filter(|_| self.person);
+        if let Err(e) = self.write(&record.line(Some(&reason.to_string())), false, limited) {
             ucloud_wire::log_err!("ucloud-registry: {e}");
         }
     }
 
-    fn write(&self, line: &str, allowed: bool) -> Result<(), Error> {
+    /// Writes `line`, or counts it when it refuses `limited`, a person's uid, too
+    /// often; then the first line after the window is a summary of those counted.
+    fn write(&self, line: &str, allowed: bool, limited: Option<u32>) -> Result<(), Error> {
         let fail =
             |why: String| Error::Audit(format!("cannot write the audit log {}: {why}", self.path));
-        let file = self.open().map_err(|u| fail(u.about(&self.path)))?;
+        let file = self
+            .open(&self.path, audit_use())
+            .map_err(|u| fail(u.about(&self.path)))?;
         // The dispatcher's lock, and its rules under it: whole records only.
         let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| fail(format!("cannot lock it: {e}")))?;
         audit::cut_partial_record(&file).map_err(fail)?;
-        audit::write_whole(&file, format!("{line}\n").as_bytes()).map_err(fail)?;
-        audit::syslog("ucloud-registry", line, allowed);
+        let state = limited.and_then(|uid| {
+            let path = format!("{}/{uid}", self.limit_dir);
+            self.open(&path, limit::STATE_USE).ok()
+        });
+        let charge = limit::charge(state, ucloud_wire::now_ms());
+        let mut lines = Vec::new();
+        if let (Some(summary), Some(uid)) = (charge.verdict.summary, limited) {
+            lines.push((summary.line("ucloud-registry", uid), false));
+        }
+        if charge.verdict.write {
+            lines.push((line.to_string(), allowed));
+        }
+        let bytes: String = lines.iter().map(|(line, _)| format!("{line}\n")).collect();
+        if !bytes.is_empty() {
+            audit::write_whole(&file, bytes.as_bytes()).map_err(fail)?;
+        }
+        charge.commit();
+        for (line, allowed) in lines {
+            audit::syslog("ucloud-registry", &line, allowed);
+        }
         Ok(())
     }
 
-    /// The log opened the dispatcher's way ([`trust`]): never through a link, root's
-    /// alone, judged on the open descriptor.
-    fn open(&self) -> Result<File, Untrusted> {
-        // Read as well as append: a partial record at the end is looked for and cut.
-        let how = Use::Write(OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT);
+    /// The log or a count opened the dispatcher's way ([`trust`]): never through a
+    /// link, root's alone, judged on the open descriptor.
+    fn open(&self, path: &str, how: Use) -> Result<File, Untrusted> {
         if self.walk {
-            return trust::open(&self.path, how).map(File::from);
+            return trust::open(path, how).map(File::from);
         }
-        let path = std::path::Path::new(&self.path);
+        let path = std::path::Path::new(path);
         let (dir, name) = (path.parent().unwrap(), path.file_name().unwrap());
         let dir_path = dir.to_string_lossy();
         let dir = File::open(dir).map_err(|e| Untrusted::Unsafe(format!("{dir_path}: {e}")))?;
         let (fd, _) = trust::open_at(&dir, &dir_path, &name.to_string_lossy(), how)?;
         Ok(File::from(fd))
     }
+}
+
+/// Read as well as append: a partial record at the end is looked for and cut.
+fn audit_use() -> Use {
+    Use::Write(OFlag::O_RDWR | OFlag::O_APPEND | OFlag::O_CREAT)
 }
 
 #[cfg(test)]
@@ -158,5 +201,48 @@ mod tests {
         assert!(matches!(err, Error::Audit(_)), "{err}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
         std::fs::remove_file(path).unwrap();
+    }
+
+    /// The attack: a person repeats a refused `connect`. The log takes at most a
+    /// burst and a summary per window, and every refusal is written or counted.
+    #[test]
+    fn a_persons_repeated_refusals_are_limited_and_counted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("registry-limit-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("audit-limit")).unwrap();
+        let mode = std::fs::Permissions::from_mode(0o700);
+        std::fs::set_permissions(dir.join("audit-limit"), mode).unwrap();
+        let path = dir.join("audit.log");
+        let mut audit = Audit::at(&path);
+        audit.person = true;
+        let record = Record {
+            action: "connect",
+            caller: Some(4242),
+            ..Default::default()
+        };
+        let why = Error::Refused("no such ticket".into());
+        for _ in 0..300 {
+            audit.refused(&record, &why);
+        }
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(log.lines().count(), limit::BURST as usize, "{log}");
+        let count = std::fs::read_to_string(dir.join("audit-limit/4242")).unwrap();
+        let fields: Vec<u64> = count
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        assert_eq!(fields[1] + fields[2], 300, "{count}");
+        // Root's refusals are all written.
+        audit.person = false;
+        let root = Record {
+            caller: Some(0),
+            ..record
+        };
+        for _ in 0..20 {
+            audit.refused(&root, &why);
+        }
+        let log = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(log.lines().count(), limit::BURST as usize + 20);
     }
 }

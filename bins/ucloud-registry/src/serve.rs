@@ -186,11 +186,12 @@ fn answer(line: &str, uid: u32) -> Result<Value, Error> {
     let request = Request::parse(line)?;
     let site = SiteConfig::load(&ucloud_wire::paths::site_config())
         .map_err(|e| Error::Config(e.to_string()))?;
-    let registry = Registry::site();
+    let mut registry = Registry::site();
     registry.store.prepare()?;
     registry.tickets.prepare()?;
     housekeeping(&registry, &site);
     let role = role_of(uid, &site)?;
+    registry.audit.person = role == Role::Person;
     let op = request.op();
     let allowed: &[Role] = match request {
         // Root and the service account are let through to be refused with the

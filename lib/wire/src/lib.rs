@@ -20,6 +20,7 @@ pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod install;
+pub mod limit;
 pub mod log;
 pub mod names;
 pub mod outbox;

@@ -1,22 +1,22 @@
-//! How many refusals of a caller the audit log takes. Only the gateway's account is
-//! accepted as a caller, and its records are all written: its requests come from
-//! the network, one per connection the gateway serves. Anyone else who can start the
-//! dispatcher (another process with the gateway's group, root) and is refused before
-//! or at the caller check gets at most [`BURST`] records per [`WINDOW_MS`] per real
-//! uid; the refusals beyond that are counted, and its first refusal after the window
-//! is preceded by one summary of them.
+//! How many refusals of a local caller the audit log takes, for every program that
+//! writes it (the dispatcher, the registry). A caller whose refusals the program
+//! limits gets at most [`BURST`] records per [`WINDOW_MS`] per uid; the refusals
+//! beyond that are counted, and its first refusal after the window is preceded by
+//! one summary of them. Which callers are limited is each program's choice (see its
+//! man page): the dispatcher's gateway and the registry's service account bring
+//! requests from the network and are never limited.
 //!
-//! The count lives in one small file per real uid in a root-only directory the
-//! installer makes. Only uids that can start the dispatcher (the gateway's group and
-//! root: mode 4750) ever get a file, so the state is bounded as the log is. Without
-//! that directory (or with one that is not root's alone) nothing is limited, so a
-//! broken count never loses a record; ucloud-check(8) reports the directory.
+//! The count lives in one small file per uid in a root-only directory the
+//! installer makes, shared by the programs. Only uids that can reach a program ever
+//! get a file, so the state is bounded by the accounts of the machine. Without that
+//! directory (or with one that is not root's alone) nothing is limited, so a broken
+//! count never loses a record; ucloud-check(8) reports the directory.
 
 use crate::trust::{self, Use};
 use nix::fcntl::OFlag;
+use serde_json::json;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use ucloud_wire::paths;
 
 /// The length of a window, in milliseconds.
 pub const WINDOW_MS: u64 = 30_000;
@@ -37,6 +37,18 @@ pub struct State {
 pub struct Summary {
     pub count: u64,
     pub since: u64,
+}
+
+impl Summary {
+    /// The audit line of the summary, in the shape of `program`'s records.
+    pub fn line(&self, program: &str, caller_uid: u32) -> String {
+        json!({
+            "time": crate::now_ms(), "program": program,
+            "pid": std::process::id(), "callerUid": caller_uid,
+            "decision": "suppressed", "suppressed": self.count, "since": self.since,
+        })
+        .to_string()
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -99,11 +111,11 @@ impl Charge {
     }
 }
 
-/// Reads `uid`'s state and decides; a record that is not `limited` is simply
-/// written. Called with the audit log locked, so the dispatchers of one uid count
-/// one after another.
-pub fn charge(uid: u32, now: u64, limited: bool) -> Charge {
-    let Some(file) = limited.then(|| open_state(uid)).flatten() else {
+/// Reads the state in `file` (a uid's, from [`open_state`]) and decides; without
+/// one (a record that is not limited) the record is simply written. Called with the
+/// audit log locked, so the writers of one uid count one after another.
+pub fn charge(file: Option<File>, now: u64) -> Charge {
+    let Some(file) = file else {
         let verdict = Verdict {
             summary: None,
             write: true,
@@ -121,12 +133,15 @@ pub fn charge(uid: u32, now: u64, limited: bool) -> Charge {
     }
 }
 
-/// The uid's file, made on its first refusal. Anything but a root-owned 0600
-/// regular file is not trusted: then nothing is limited.
-fn open_state(uid: u32) -> Option<File> {
-    let path = format!("{}/{uid}", paths::audit_limit_dir());
-    let flags = OFlag::O_RDWR | OFlag::O_CREAT;
-    trust::open(&path, Use::Write(flags)).ok().map(File::from)
+/// How a uid's file is opened (made on its first refusal).
+pub const STATE_USE: Use = Use::Write(OFlag::O_RDWR.union(OFlag::O_CREAT));
+
+/// The uid's file in `dir`, the directories on the way judged once per run.
+/// Anything but a root-owned 0600 regular file is not trusted: then nothing is
+/// limited.
+pub fn open_state(dir: &str, uid: u32) -> Option<File> {
+    let path = format!("{dir}/{uid}");
+    trust::open_kept(&path, STATE_USE).ok().map(File::from)
 }
 
 fn read(file: &File) -> Option<State> {
@@ -204,6 +219,21 @@ mod tests {
         assert!(v.write);
         assert_eq!(v.summary.map(|s| s.count), Some(3));
         assert_eq!(v.next.start, 10_000);
+    }
+
+    #[test]
+    fn a_summary_says_how_many_since_when() {
+        let line = Summary { count: 7, since: 5 }.line("ucloud-registry", 1001);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["decision"], "suppressed");
+        assert_eq!(
+            (v["suppressed"].as_u64(), v["since"].as_u64()),
+            (Some(7), Some(5))
+        );
+        assert_eq!(
+            (v["program"].as_str(), v["callerUid"].as_u64()),
+            (Some("ucloud-registry"), Some(1001))
+        );
     }
 
     #[test]
