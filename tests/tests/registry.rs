@@ -632,3 +632,52 @@ fn one_account_cannot_take_every_place_on_the_socket() {
     assert!(exits_within(&mut again, Duration::from_secs(3)));
     assert!(answer_of(again).contains("\"status\":64"));
 }
+
+/// The attack: one account repeats `connect` with a made-up ticket, each refusal an
+/// audit record. The log takes at most a burst and a summary per 30 s window of that
+/// uid, and every refusal is either written or counted.
+#[test]
+fn a_flood_of_refused_connects_is_limited_in_the_audit_log() {
+    const BURST: u64 = 10;
+    let _serial = serial();
+    let stack = Stack::load();
+    let person = ScratchAccount::new(&stack, "rflood-", &unique_account("RFlood#"));
+    let uid = person.uid();
+    // A uid an earlier run left behind starts afresh.
+    let count = stack
+        .prefix()
+        .join(format!("var/lib/ucloud-im/audit-limit/{uid}"));
+    let _ = std::fs::remove_file(&count);
+    let before = stack.audit_lines().len();
+    let started = Instant::now();
+    let out = Command::new("runuser")
+        .current_dir("/")
+        .args(["-u", &person.name, "--", "/bin/sh", "-c"])
+        .arg(
+            "i=0; while [ $i -lt 300 ]; do \
+             echo '{\"op\":\"connect\",\"ticket\":\"made-up\",\"ucloud\":\"X#1\"}' \
+             | socat -t 1 - \"UNIX-CONNECT:$0\" >/dev/null; i=$((i + 1)); done",
+        )
+        .arg(stack.get("UCLOUD_IM_REGISTRY_SOCKET"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let windows = started.elapsed().as_secs() / 30 + 1;
+    let lines: Vec<Value> = stack.audit_lines()[before..]
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["program"] == "ucloud-registry" && v["callerUid"] == uid)
+        .collect();
+    let written = lines.iter().filter(|v| v["decision"] == "refused").count() as u64;
+    let summed: u64 = lines.iter().filter_map(|v| v["suppressed"].as_u64()).sum();
+    let state = std::fs::read_to_string(&count).unwrap();
+    let pending: u64 = state.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let _ = std::fs::remove_file(&count);
+    assert!(written >= BURST, "{written} refusals written");
+    assert!(
+        lines.len() as u64 <= (BURST + 1) * windows,
+        "{} lines in {windows} windows",
+        lines.len()
+    );
+    assert_eq!(written + summed + pending, 300, "{state}");
+}
