@@ -215,6 +215,11 @@ mod tests {
             ("sanitize.rs", include_str!("sanitize.rs")),
             ("checks.rs", include_str!("checks.rs")),
             ("trust.rs", include_str!("trust.rs")),
+            // The trusted open itself lives in lib/wire.
+            (
+                "wire's trust.rs",
+                include_str!("../../../lib/wire/src/trust.rs"),
+            ),
             ("caller.rs", include_str!("caller.rs")),
             ("envelope.rs", include_str!("envelope.rs")),
             ("verify.rs", include_str!("verify.rs")),
