@@ -7,6 +7,7 @@ mod backends;
 mod hostile_clients;
 mod lifecycle;
 mod proxy_header;
+mod remote;
 mod tls;
 
 use std::io::{Read, Write};
@@ -96,11 +97,32 @@ fn as_balancer() -> [String; 5] {
     ]
 }
 
+/// A real, signed call of UCloud's through the balancer at `url`, answered by a
+/// gateway behind it.
+fn manifest_through(stack: &Stack, url: &str) {
+    let out = run(Command::new(stack.bin("ucloud-sim"))
+        .args(["call", "--url", url, "--ca", &stack.get("UCLOUD_IM_CA")])
+        .args(["--signing-key", &stack.get("UCLOUD_SIM_PRIVATE_KEY")])
+        .args(["--state", &stack.get("UCLOUD_IM_STATE")])
+        .args([
+            "GET",
+            &format!(
+                "/ucloud/{}/integration/retrieveManifest",
+                stack.get("UCLOUD_IM_PROVIDER")
+            ),
+        ]));
+    let (status, body) =
+        ucloud_im_tests::parse_call_output(&text(&out.stdout)).expect("ucloud-sim call output");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["enabled"], true, "{body}");
+}
+
 /// A balancer-facing gateway socket (PROXY v2 required), like the stack's and
 /// units/ucloud-gateway-lb.socket: a unix socket made by root and opened to the
 /// balancer's group alone, one gateway as its account per connection.
 struct Gateway {
     sock: PathBuf,
+    log: PathBuf,
     child: Option<Child>,
 }
 
@@ -145,12 +167,17 @@ impl Gateway {
         open_to_the_balancer(&sock);
         Gateway {
             sock,
+            log,
             child: Some(child),
         }
     }
 
     fn address(&self) -> String {
         format!("unix:{}", self.sock.display())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn kill(&mut self) {
@@ -199,10 +226,20 @@ fn lb_config(
 
 impl Lb {
     fn start(stack: &Stack, dir: &Path, config: impl Fn(u16, u16) -> String) -> Lb {
+        Lb::start_named(stack, dir, "lb", config)
+    }
+
+    /// One of several balancers in `dir`: its files are named after it.
+    fn start_named(
+        stack: &Stack,
+        dir: &Path,
+        name: &str,
+        config: impl Fn(u16, u16) -> String,
+    ) -> Lb {
         let (port, metrics) = (free_port(), free_port());
-        let conf = dir.join("lb.conf");
+        let conf = dir.join(format!("{name}.conf"));
         std::fs::write(&conf, config(port, metrics)).unwrap();
-        let log = dir.join("lb.log");
+        let log = dir.join(format!("{name}.log"));
         // As the balancer's account, as the stack and ucloud-lb.service run it.
         let child = Command::new("setpriv")
             .args(&as_balancer()[1..])
@@ -223,7 +260,7 @@ impl Lb {
         while TcpStream::connect(("127.0.0.1", metrics)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "ucloud-lb did not start: {}",
+                "{name} did not start: {}",
                 lb.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));

@@ -29,21 +29,7 @@ fn the_stack_balancer_serves_the_chain_over_tls_1_3_and_1_2() {
     }
     // A real call, token-checked and dispatched, with the client address logged by
     // the balancer-facing gateway from the PROXY header.
-    let out = run(Command::new(stack.bin("ucloud-sim"))
-        .args(["call", "--url", &url, "--ca", &stack.get("UCLOUD_IM_CA")])
-        .args(["--signing-key", &stack.get("UCLOUD_SIM_PRIVATE_KEY")])
-        .args(["--state", &stack.get("UCLOUD_IM_STATE")])
-        .args([
-            "GET",
-            &format!(
-                "/ucloud/{}/integration/retrieveManifest",
-                stack.get("UCLOUD_IM_PROVIDER")
-            ),
-        ]));
-    let (status, body) =
-        ucloud_im_tests::parse_call_output(&text(&out.stdout)).expect("ucloud-sim call output");
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["enabled"], true, "{body}");
+    manifest_through(&stack, &url);
     // The gateway logs a request after answering it: give it a moment.
     let log = Path::new(&stack.get("UCLOUD_IM_STACK_LOGS")).join("gateway-lb.log");
     let deadline = Instant::now() + Duration::from_secs(3);

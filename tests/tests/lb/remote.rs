@@ -5,44 +5,20 @@
 //! (curl, openssl s_client); the refusals are the attacks: a PROXY header from a
 //! peer without the site's certificate must never reach the gateway's log.
 
+use super::{manifest_through, run, scratch, serial, text, Gateway, Lb, LB_USER};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use ucloud_im_tests::Stack;
 
-/// The balancer's account: the only peer whose PROXY header a gateway believes.
-const LB_USER: &str = "ucloud-lb";
 /// What the attacks claim to be: it must never show in a gateway's log.
 const FORGED: &str = "203.0.113.66";
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
 
 fn ok(cmd: &mut Command) {
     let out = run(cmd);
     assert!(out.status.success(), "{cmd:?}: {}", text(&out.stderr));
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ucloud-lb-remote-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// Waits until `what` holds of the file's text, for at most `secs`.
@@ -128,109 +104,15 @@ impl Pki {
     }
 }
 
-/// A balancer-facing gateway socket, like units/ucloud-gateway-lb.socket.
-struct Gateway {
-    sock: PathBuf,
-    log: PathBuf,
-    child: Child,
-}
-
-impl Gateway {
-    fn start(stack: &Stack, dir: &Path) -> Gateway {
-        let sock = dir.join("gw.sock");
-        let log = dir.join("gw.log");
-        let user = stack.get("UCLOUD_IM_GATEWAY_USER");
-        let child = Command::new("systemd-socket-activate")
-            .args(["-l", sock.to_str().unwrap(), "--inetd", "-a", "setpriv"])
-            .args([&format!("--reuid={user}"), &format!("--regid={user}")])
-            .args([
-                "--init-groups",
-                "--bounding-set=-all,+setuid,+setgid,+setpcap",
-            ])
-            .arg(stack.bin("ucloud-gateway"))
-            .arg("--proxy-protocol")
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start systemd-socket-activate for a gateway");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "the gateway does not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // SocketUser=root, SocketGroup=ucloud-lb, SocketMode=0660.
-        ok(Command::new("chown").args([&format!("root:{LB_USER}"), sock.to_str().unwrap()]));
-        ok(Command::new("chmod").args(["0660", sock.to_str().unwrap()]));
-        Gateway { sock, log, child }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A ucloud-lb of the test's own, as the balancer's account.
-struct Lb {
-    port: u16,
-    log: PathBuf,
-    child: Child,
-}
-
-impl Lb {
-    /// `config` gets the listening port and the metrics port.
-    fn start(stack: &Stack, dir: &Path, name: &str, config: &str) -> Lb {
-        let (port, metrics) = (free_port(), free_port());
-        let conf = dir.join(format!("{name}.conf"));
-        std::fs::write(
-            &conf,
-            format!(
-                "listen = 127.0.0.1:{port}\nmetrics = 127.0.0.1:{metrics}\n\
-                 health_interval = 0.3\nhealth_rise = 1\n{config}"
-            ),
+/// A balancer of these tests in `dir`, named `name`, without the stack's
+/// certificate: the relay and the edge each bring their own.
+fn balancer(stack: &Stack, dir: &Path, name: &str, config: &str) -> Lb {
+    Lb::start_named(stack, dir, name, |port, metrics| {
+        format!(
+            "listen = 127.0.0.1:{port}\nmetrics = 127.0.0.1:{metrics}\n\
+             health_interval = 0.3\nhealth_rise = 1\n{config}"
         )
-        .unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new("setpriv")
-            .args([&format!("--reuid={LB_USER}"), &format!("--regid={LB_USER}")])
-            .args(["--init-groups", "--"])
-            .arg(stack.bin("ucloud-lb"))
-            .args(["--config", conf.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start ucloud-lb");
-        let lb = Lb { port, log, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", metrics)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "{name} did not start: {}",
-                lb.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        lb
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Lb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    })
 }
 
 /// A relay in front of `backend` (a gateway's socket), taking balancers with a
@@ -242,7 +124,7 @@ fn relay(stack: &Stack, dir: &Path, pki: &Pki, cert: &str, backend: &str) -> Lb 
         pki.path(cert),
         pki.path("site-ca.pem"),
     );
-    Lb::start(stack, dir, &format!("relay-{cert}"), &config)
+    balancer(stack, dir, &format!("relay-{cert}"), &config)
 }
 
 /// An edge balancer with the stack's public certificate, whose one backend is the
@@ -256,7 +138,7 @@ fn edge(stack: &Stack, dir: &Path, pki: &Pki, port: u16, extra: &str) -> Lb {
         ca = pki.path("site-ca.pem"),
         cert = pki.path("edge"),
     );
-    Lb::start(stack, dir, &format!("edge-{port}"), &config)
+    balancer(stack, dir, &format!("edge-{port}"), &config)
 }
 
 /// curl through the edge from the loopback address `from`: (status, body).
@@ -314,10 +196,11 @@ fn s_client(pki: &Pki, port: u16, args: &[String]) -> String {
 
 #[test]
 fn the_gateway_sees_the_real_client_through_edge_relay_and_unix_socket() {
+    let _serial = serial();
     let stack = Stack::load();
-    let dir = scratch("chain");
+    let dir = scratch("remote-chain");
     let pki = Pki::site(&dir);
-    let gw = Gateway::start(&stack, &dir);
+    let gw = Gateway::start(&stack, &dir, "gw");
     let relay = relay(
         &stack,
         &dir,
@@ -345,21 +228,7 @@ fn the_gateway_sees_the_real_client_through_edge_relay_and_unix_socket() {
     assert!(line.contains("client=127.0.0.5:"), "{line}");
     // A real call, token-checked and dispatched, through both balancers.
     let url = format!("https://127.0.0.1:{}", edge.port);
-    let out = run(Command::new(stack.bin("ucloud-sim"))
-        .args(["call", "--url", &url, "--ca", &stack.get("UCLOUD_IM_CA")])
-        .args(["--signing-key", &stack.get("UCLOUD_SIM_PRIVATE_KEY")])
-        .args(["--state", &stack.get("UCLOUD_IM_STATE")])
-        .args([
-            "GET",
-            &format!(
-                "/ucloud/{}/integration/retrieveManifest",
-                stack.get("UCLOUD_IM_PROVIDER")
-            ),
-        ]));
-    let (status, body) =
-        ucloud_im_tests::parse_call_output(&text(&out.stdout)).expect("ucloud-sim call output");
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["enabled"], true, "{body}");
+    manifest_through(&stack, &url);
     let log = wait_for(&gw.log, 5, |t| {
         t.contains("integration.retrieveManifest 200")
     });
@@ -433,8 +302,9 @@ fn bulk_backend(listener: TcpListener) {
 
 #[test]
 fn bulk_data_crosses_the_mutual_tls_hop_both_ways() {
+    let _serial = serial();
     let stack = Stack::load();
-    let dir = scratch("bulk");
+    let dir = scratch("remote-bulk");
     let pki = Pki::site(&dir);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = listener.local_addr().unwrap().to_string();
@@ -486,10 +356,11 @@ fn bulk_data_crosses_the_mutual_tls_hop_both_ways() {
 
 #[test]
 fn a_header_from_a_peer_without_the_site_certificate_is_not_believed() {
+    let _serial = serial();
     let stack = Stack::load();
-    let dir = scratch("refuse");
+    let dir = scratch("remote-refuse");
     let pki = Pki::site(&dir);
-    let gw = Gateway::start(&stack, &dir);
+    let gw = Gateway::start(&stack, &dir, "gw");
     let relay = relay(
         &stack,
         &dir,
@@ -555,10 +426,11 @@ fn a_header_from_a_peer_without_the_site_certificate_is_not_believed() {
 
 #[test]
 fn the_edge_refuses_a_relay_whose_certificate_does_not_verify() {
+    let _serial = serial();
     let stack = Stack::load();
-    let dir = scratch("verify");
+    let dir = scratch("remote-verify");
     let pki = Pki::site(&dir);
-    let gw = Gateway::start(&stack, &dir);
+    let gw = Gateway::start(&stack, &dir, "gw");
     let backend = format!("unix:{}", gw.sock.display());
     // A relay with a certificate from another CA: whoever answers on that address.
     let rogue = relay(&stack, &dir, &pki, "rogue-relay", &backend);
