@@ -110,13 +110,7 @@ mod tests {
     use super::*;
 
     fn get(target: &str) -> (u16, String) {
-        let req = Request {
-            method: "GET".into(),
-            target: target.into(),
-            headers: Vec::new(),
-            body: Vec::new(),
-            keep_alive: true,
-        };
+        let req = Request::new("GET", target, &[]);
         let mut out = Vec::new();
         let status = serve(&req, &mut out, true);
         (status, String::from_utf8(out).unwrap())

@@ -89,36 +89,33 @@ pub fn ucloud_user(
 mod tests {
     use super::*;
 
-    fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
-        Request {
-            method: method.into(),
-            target: target.into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            body: Vec::new(),
-            keep_alive: true,
-        }
-    }
-
     #[test]
     fn bearer_forms() {
         assert_eq!(
-            bearer_token(&req("GET", "/", &[("authorization", "Bearer a.b.c")])).unwrap(),
+            bearer_token(&Request::new(
+                "GET",
+                "/",
+                &[("authorization", "Bearer a.b.c")]
+            ))
+            .unwrap(),
             "a.b.c"
         );
         assert_eq!(
-            bearer_token(&req("GET", "/", &[("authorization", "bearer  a.b.c ")])).unwrap(),
+            bearer_token(&Request::new(
+                "GET",
+                "/",
+                &[("authorization", "bearer  a.b.c ")]
+            ))
+            .unwrap(),
             "a.b.c"
         );
         for bad in ["Basic abc", "Bearer", "Bearer ", "a.b.c"] {
             assert!(
-                bearer_token(&req("GET", "/", &[("authorization", bad)])).is_err(),
+                bearer_token(&Request::new("GET", "/", &[("authorization", bad)])).is_err(),
                 "{bad}"
             );
         }
-        assert!(bearer_token(&req("GET", "/", &[])).is_err());
+        assert!(bearer_token(&Request::new("GET", "/", &[])).is_err());
     }
 
     /// Shaped like the dispatcher's tokens (HS256, our typ, exp in 2286); the
@@ -127,13 +124,16 @@ mod tests {
 
     #[test]
     fn transfer_tokens() {
-        let r = req("GET", &format!("/x?id=1&token={TOKEN}"), &[]);
+        let r = Request::new("GET", &format!("/x?id=1&token={TOKEN}"), &[]);
         assert_eq!(transfer_token(&r).unwrap().as_deref(), Some(TOKEN));
-        let u = req("POST", "/x", &[("chunked-upload-token", TOKEN)]);
+        let u = Request::new("POST", "/x", &[("chunked-upload-token", TOKEN)]);
         assert_eq!(transfer_token(&u).unwrap().as_deref(), Some(TOKEN));
-        assert_eq!(transfer_token(&req("POST", "/x", &[])).unwrap(), None);
+        assert_eq!(
+            transfer_token(&Request::new("POST", "/x", &[])).unwrap(),
+            None
+        );
         for garbage in ["secret", "a.b.c"] {
-            let g = req("POST", "/x", &[("chunked-upload-token", garbage)]);
+            let g = Request::new("POST", "/x", &[("chunked-upload-token", garbage)]);
             assert!(
                 transfer_token(&g).is_err(),
                 "{garbage} would start a dispatcher"

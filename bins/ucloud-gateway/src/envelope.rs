@@ -96,25 +96,12 @@ mod tests {
     use super::*;
     use crate::credential::transfer_token;
 
-    fn req(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
-        Request {
-            method: method.into(),
-            target: target.into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            body: Vec::new(),
-            keep_alive: true,
-        }
-    }
-
     #[test]
     fn query_and_transfer_requests() {
         // Shaped like the dispatcher's tokens (HS256, our typ, exp in 2286); the
         // signature is not checked here.
         const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJ0eXAiOiJ1Y2xvdWQtaW0tdHJhbnNmZXIiLCJleHAiOjk5OTk5OTk5OTl9.c2ln";
-        let r = req(
+        let r = Request::new(
             "GET",
             &format!("/x?id=a%2Fb&id=second&token={TOKEN}&n=1"),
             &[("range", "bytes=0-1")],
@@ -135,7 +122,12 @@ mod tests {
         assert!(e.request.get("token").is_none());
         assert!(e.request["headers"].get("content-length").is_none());
         let call = ucloud_wire::calls::find("files.upload").unwrap();
-        let e = transfer(call, &req("POST", "/x", &[]), TOKEN.into(), Some(3));
+        let e = transfer(
+            call,
+            &Request::new("POST", "/x", &[]),
+            TOKEN.into(),
+            Some(3),
+        );
         assert_eq!(e.request["headers"]["content-length"], "3");
     }
 }

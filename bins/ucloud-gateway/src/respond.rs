@@ -116,15 +116,8 @@ mod tests {
     use super::*;
 
     fn req(accept: Option<&str>) -> Request {
-        Request {
-            method: "GET".into(),
-            target: "/".into(),
-            headers: accept
-                .map(|a| vec![("accept-encoding".to_string(), a.to_string())])
-                .unwrap_or_default(),
-            body: Vec::new(),
-            keep_alive: true,
-        }
+        let headers: Vec<_> = accept.map(|a| ("accept-encoding", a)).into_iter().collect();
+        Request::new("GET", "/", &headers)
     }
 
     #[test]

@@ -42,6 +42,22 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request made in code, not read from a connection (tests, and what a
+    /// program hands itself): no body, keep-alive, header names lower-cased as the
+    /// reader stores them.
+    pub fn new(method: &str, target: &str, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: method.to_string(),
+            target: target.to_string(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+            keep_alive: true,
+        }
+    }
+
     /// The first header of that name (any case).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

@@ -363,16 +363,7 @@ mod tests {
 
     #[test]
     fn upgrade_requests() {
-        let req = |headers: &[(&str, &str)]| Request {
-            method: "GET".into(),
-            target: "/".into(),
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            body: Vec::new(),
-            keep_alive: true,
-        };
+        let req = |headers: &[(&str, &str)]| Request::new("GET", "/", headers);
         let good = [
             ("upgrade", "websocket"),
             ("connection", "keep-alive, Upgrade"),
