@@ -155,6 +155,13 @@ fn a_socket_from_the_service_manager_and_a_unix_socket_backend() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // systemd-socket-activate binds after it is spawned: wait for the socket, not
+    // for the balancer (which takes it over, already listening).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let (code, body) = curl(&stack, &format!("https://127.0.0.1:{port}{HEALTH}"), &[]);
     let _ = lb.kill();
     let _ = lb.wait();
