@@ -45,20 +45,15 @@ impl Record {
     pub fn line(&self, outcome: Result<(), &Error>) -> String {
         let mut v = json!({
             "time": ucloud_wire::now_ms(), "program": "ucloud-dispatch",
-            "pid": std::process::id(), "callerUid": self.caller_uid,
+            "pid": std::process::id(), "callerUid": self.caller_uid, "call": self.call,
+            "ucloudUser": self.ucloud_user, "localUser": self.local_user, "uid": self.uid,
+            "decision": "allowed",
         });
-        v["call"] = json!(self.call);
-        v["ucloudUser"] = json!(self.ucloud_user);
-        v["localUser"] = json!(self.local_user);
-        v["uid"] = json!(self.uid);
-        match outcome {
-            Ok(()) => v["decision"] = json!("allowed"),
-            Err(e) => {
-                v["decision"] = json!("refused");
-                v["status"] = json!(e.status());
-                v["errorCode"] = json!(e.code());
-                v["reason"] = Value::String(e.to_string());
-            }
+        if let Err(e) = outcome {
+            v["decision"] = json!("refused");
+            v["status"] = json!(e.status());
+            v["errorCode"] = json!(e.code());
+            v["reason"] = Value::String(e.to_string());
         }
         v.to_string()
     }
@@ -71,7 +66,7 @@ pub fn write(record: &Record, outcome: Result<(), &Error>) -> Result<(), Error> 
     let written = append(&path, record.caller_uid, &line, outcome.is_ok(), limited)
         .map_err(|why| Error::Audit(format!("cannot write the audit log {path}: {why}")))?;
     for (line, allowed) in written {
-        syslog(&line, allowed);
+        ucloud_wire::audit::syslog("ucloud-dispatch", &line, allowed);
     }
     Ok(())
 }
@@ -119,10 +114,6 @@ fn open_log(path: &str) -> Result<File, String> {
         .map_err(|e| e.to_string())
 }
 
-fn syslog(line: &str, allowed: bool) {
-    ucloud_wire::audit::syslog("ucloud-dispatch", line, allowed);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,10 +125,7 @@ mod tests {
             call: Some("files.browse".into()),
             ..Default::default()
         };
-        let refused = Error::WrongCaller {
-            uid: 7,
-            expected: "gw\n".into(),
-        };
+        let refused = Error::WrongCaller("only gw\n may run it".into());
         for line in [record.line(Ok(())), record.line(Err(&refused))] {
             assert!(!line.contains('\n'), "{line}");
             let v: Value = serde_json::from_str(&line).unwrap();

@@ -26,10 +26,9 @@ pub fn check(site: &SiteConfig) -> Result<(), Error> {
     }
     let uid = getuid();
     if uid != gateway.uid {
-        return Err(Error::WrongCaller {
-            uid: uid.as_raw(),
-            expected: site.gateway_user.clone(),
-        });
+        return Err(Error::WrongCaller(format!(
+            "only the gateway account {name} may run ucloud-dispatch; the caller's uid is {uid}"
+        )));
     }
     Ok(())
 }

@@ -14,18 +14,16 @@ use ucloud_wire::token::UcloudKey;
 pub fn privileges() -> Result<(), Error> {
     if !geteuid().is_root() {
         let no_new_privs = nix::sys::prctl::get_no_new_privs().unwrap_or(false);
-        return Err(Error::NotRoot {
-            no_new_privs,
-            euid: geteuid().as_raw(),
-        });
+        return Err(Error::not_root(no_new_privs, geteuid().as_raw()));
     }
-    for (cap, name) in [
-        (Capability::CAP_SETUID, "CAP_SETUID"),
-        (Capability::CAP_SETGID, "CAP_SETGID"),
-        (Capability::CAP_SETPCAP, "CAP_SETPCAP"),
+    for cap in [
+        Capability::CAP_SETUID,
+        Capability::CAP_SETGID,
+        Capability::CAP_SETPCAP,
     ] {
         if !caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false) {
-            return Err(Error::MissingCapability(name));
+            // Capability's Display is the kernel's name, CAP_SETUID.
+            return Err(Error::missing_capability(cap));
         }
     }
     Ok(())

@@ -38,10 +38,11 @@ pub fn become_target(target: &Target, parent: Pid) -> Result<(), Error> {
 
 fn prove(target: &Target) -> Result<(), Error> {
     let broken = |why: String| Error::Drop(format!("privileges were not dropped: {why}"));
-    if setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).is_ok() {
+    let (root, group_root) = (Uid::from_raw(0), Gid::from_raw(0));
+    if setresuid(root, root, root).is_ok() {
         return Err(broken("root uid could be regained".into()));
     }
-    if setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).is_ok() {
+    if setresgid(group_root, group_root, group_root).is_ok() {
         return Err(broken("root gid could be regained".into()));
     }
     let uids = getresuid().map_err(|e| broken(e.to_string()))?;

@@ -12,30 +12,22 @@ pub const EXIT_REFUSED: u8 = 77;
 pub const EXIT_CONFIG: u8 = 78;
 pub const EXIT_INTERNAL: u8 = 70;
 
+/// Each variant carries its `why`; the few whose text is fixed are made by the
+/// constructors below, so that the same refusal always reads the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// Arguments, or fds 0..3 not as the contract says.
     Usage(String),
     BadEnvelope(String),
-    /// euid is not 0; `no_new_privs` says why when it is set.
-    NotRoot {
-        no_new_privs: bool,
-        euid: u32,
-    },
-    MissingCapability(&'static str),
+    /// Not root, or root without a capability the drop needs.
+    NotPrivileged(String),
     UnsafeInstallation(String),
     Config(String),
-    WrongCaller {
-        uid: u32,
-        expected: String,
-    },
+    WrongCaller(String),
     BadToken(String),
     UnsupportedCredential(String),
     UserRequired(String),
-    UserMismatch {
-        header: String,
-        claim: String,
-    },
+    UserMismatch(String),
     NotMapped(String),
     AccountRefused(String),
     UnsupportedCall(String),
@@ -46,29 +38,27 @@ pub enum Error {
 }
 
 impl Error {
-    /// The table: each error's HTTP status, errorCode and exit code.
-    fn class(&self) -> (u16, &'static str, u8) {
+    /// The table: each error's HTTP status, errorCode, exit code and why.
+    fn class(&self) -> (u16, &'static str, u8, &str) {
         use Error::*;
         match self {
-            Usage(_) => (400, "BAD_REQUEST", EXIT_USAGE),
-            BadEnvelope(_) => (400, "BAD_ENVELOPE", EXIT_USAGE),
-            NotRoot { .. } | MissingCapability(_) => {
-                (500, "DISPATCHER_NOT_PRIVILEGED", EXIT_CONFIG)
-            }
-            UnsafeInstallation(_) => (500, "UNSAFE_INSTALLATION", EXIT_CONFIG),
-            Config(_) => (500, "MISCONFIGURED", EXIT_CONFIG),
-            Audit(_) => (500, "AUDIT_FAILED", EXIT_CONFIG),
-            WrongCaller { .. } => (403, "WRONG_CALLER", EXIT_REFUSED),
-            BadToken(_) => (401, "BAD_TOKEN", EXIT_REFUSED),
-            UnsupportedCredential(_) => (400, "UNSUPPORTED_CREDENTIAL", EXIT_REFUSED),
-            UserRequired(_) => (400, "USER_REQUIRED", EXIT_REFUSED),
-            UserMismatch { .. } => (403, "USER_MISMATCH", EXIT_REFUSED),
-            NotMapped(_) => (403, "NOT_MAPPED", EXIT_REFUSED),
-            AccountRefused(_) => (403, "ACCOUNT_REFUSED", EXIT_REFUSED),
-            UnsupportedCall(_) => (404, "UNSUPPORTED_CALL", EXIT_REFUSED),
-            Drop(_) => (500, "PRIVILEGE_DROP_FAILED", EXIT_INTERNAL),
-            Exec(_) => (500, "EXEC_FAILED", EXIT_INTERNAL),
-            Internal(_) => (500, "INTERNAL", EXIT_INTERNAL),
+            Usage(w) => (400, "BAD_REQUEST", EXIT_USAGE, w),
+            BadEnvelope(w) => (400, "BAD_ENVELOPE", EXIT_USAGE, w),
+            NotPrivileged(w) => (500, "DISPATCHER_NOT_PRIVILEGED", EXIT_CONFIG, w),
+            UnsafeInstallation(w) => (500, "UNSAFE_INSTALLATION", EXIT_CONFIG, w),
+            Config(w) => (500, "MISCONFIGURED", EXIT_CONFIG, w),
+            Audit(w) => (500, "AUDIT_FAILED", EXIT_CONFIG, w),
+            WrongCaller(w) => (403, "WRONG_CALLER", EXIT_REFUSED, w),
+            BadToken(w) => (401, "BAD_TOKEN", EXIT_REFUSED, w),
+            UnsupportedCredential(w) => (400, "UNSUPPORTED_CREDENTIAL", EXIT_REFUSED, w),
+            UserRequired(w) => (400, "USER_REQUIRED", EXIT_REFUSED, w),
+            UserMismatch(w) => (403, "USER_MISMATCH", EXIT_REFUSED, w),
+            NotMapped(w) => (403, "NOT_MAPPED", EXIT_REFUSED, w),
+            AccountRefused(w) => (403, "ACCOUNT_REFUSED", EXIT_REFUSED, w),
+            UnsupportedCall(w) => (404, "UNSUPPORTED_CALL", EXIT_REFUSED, w),
+            Drop(w) => (500, "PRIVILEGE_DROP_FAILED", EXIT_INTERNAL, w),
+            Exec(w) => (500, "EXEC_FAILED", EXIT_INTERNAL, w),
+            Internal(w) => (500, "INTERNAL", EXIT_INTERNAL, w),
         }
     }
 
@@ -87,54 +77,46 @@ impl Error {
     pub fn failure(&self) -> Failure {
         Failure::new(self.status(), self.code(), self.to_string())
     }
+
+    /// euid is not 0; `no_new_privs` says why when it is set.
+    pub fn not_root(no_new_privs: bool, euid: u32) -> Error {
+        Error::NotPrivileged(if no_new_privs {
+            "ucloud-dispatch is not running as root because no_new_privs is set \
+             (NoNewPrivileges=yes, setpriv --no-new-privs, or a sandbox option that \
+             implies it): start the gateway without no_new_privs"
+                .into()
+        } else {
+            format!(
+                "ucloud-dispatch is not running as root (euid {euid}): install it owned by \
+                 root with mode 4750 and the gateway's group, on a file system not mounted nosuid"
+            )
+        })
+    }
+
+    pub fn missing_capability(cap: impl fmt::Display) -> Error {
+        Error::NotPrivileged(format!(
+            "ucloud-dispatch runs as root but lacks {cap}: the caller's capability \
+             bounding set must keep CAP_SETUID, CAP_SETGID and CAP_SETPCAP \
+             (check CapabilityBoundingSet= of the gateway's unit)"
+        ))
+    }
+
+    pub fn unsupported_call(call: &str) -> Error {
+        Error::UnsupportedCall(format!("this provider does not implement {call}"))
+    }
+
+    pub fn user_mismatch(header: impl fmt::Display, claim: impl fmt::Display) -> Error {
+        Error::UserMismatch(format!(
+            "the request names UCloud user {:?} but the token is for {:?}",
+            header.to_string(),
+            claim.to_string()
+        ))
+    }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use Error::*;
-        match self {
-            Usage(m)
-            | BadEnvelope(m)
-            | UnsafeInstallation(m)
-            | Config(m)
-            | BadToken(m)
-            | UnsupportedCredential(m)
-            | UserRequired(m)
-            | NotMapped(m)
-            | AccountRefused(m)
-            | Audit(m)
-            | Drop(m)
-            | Exec(m)
-            | Internal(m) => f.write_str(m),
-            NotRoot {
-                no_new_privs: true, ..
-            } => f.write_str(
-                "ucloud-dispatch is not running as root because no_new_privs is set \
-                 (NoNewPrivileges=yes, setpriv --no-new-privs, or a sandbox option that \
-                 implies it): start the gateway without no_new_privs",
-            ),
-            NotRoot { euid, .. } => write!(
-                f,
-                "ucloud-dispatch is not running as root (euid {euid}): install it owned by \
-                 root with mode 4750 and the gateway's group, on a file system not mounted nosuid"
-            ),
-            MissingCapability(cap) => write!(
-                f,
-                "ucloud-dispatch runs as root but lacks {cap}: the caller's capability \
-                 bounding set must keep CAP_SETUID, CAP_SETGID and CAP_SETPCAP \
-                 (check CapabilityBoundingSet= of the gateway's unit)"
-            ),
-            WrongCaller { uid, expected } => write!(
-                f,
-                "only the gateway account {expected} may run ucloud-dispatch; the caller's \
-                 uid is {uid}"
-            ),
-            UserMismatch { header, claim } => write!(
-                f,
-                "the request names UCloud user {header:?} but the token is for {claim:?}"
-            ),
-            UnsupportedCall(call) => write!(f, "this provider does not implement {call}"),
-        }
+        f.write_str(self.class().3)
     }
 }
 
@@ -147,27 +129,19 @@ mod tests {
         let all = [
             Error::Usage("x".into()),
             Error::BadEnvelope("x".into()),
-            Error::NotRoot {
-                no_new_privs: true,
-                euid: 5,
-            },
-            Error::MissingCapability("CAP_SETUID"),
+            Error::not_root(true, 5),
+            Error::not_root(false, 5),
+            Error::missing_capability("CAP_SETUID"),
             Error::UnsafeInstallation("x".into()),
             Error::Config("x".into()),
-            Error::WrongCaller {
-                uid: 5,
-                expected: "gw".into(),
-            },
+            Error::WrongCaller("x".into()),
             Error::BadToken("x".into()),
             Error::UnsupportedCredential("x".into()),
             Error::UserRequired("x".into()),
-            Error::UserMismatch {
-                header: "a".into(),
-                claim: "b".into(),
-            },
+            Error::user_mismatch("a", "b"),
             Error::NotMapped("x".into()),
             Error::AccountRefused("x".into()),
-            Error::UnsupportedCall("files.x".into()),
+            Error::unsupported_call("files.x"),
             Error::Audit("x".into()),
             Error::Drop("x".into()),
             Error::Exec("x".into()),
@@ -183,14 +157,11 @@ mod tests {
             );
             assert!(!f.why.is_empty());
         }
-        assert!(Error::NotRoot {
-            no_new_privs: true,
-            euid: 5
-        }
-        .to_string()
-        .contains("no_new_privs is set"));
+        assert!(Error::not_root(true, 5)
+            .to_string()
+            .contains("no_new_privs is set"));
         assert_eq!(
-            Error::UnsupportedCall("files.x".into()).to_string(),
+            Error::unsupported_call("files.x").to_string(),
             "this provider does not implement files.x"
         );
     }

@@ -39,7 +39,7 @@ pub fn open_plugin(plugins: &OwnedFd, call: &str) -> Result<Plugin, Error> {
     // envelope decoder.
     let dir = paths::plugin_dir();
     let (fd, stat) = trust::open_at(plugins, &dir, call, Use::Read).map_err(|u| match u {
-        Untrusted::Missing(_) => Error::UnsupportedCall(call.to_string()),
+        Untrusted::Missing(_) => Error::unsupported_call(call),
         Untrusted::Symlink(path) => {
             Error::UnsafeInstallation(format!("{path} is a symlink: install the plugin as a file"))
         }

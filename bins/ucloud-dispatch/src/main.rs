@@ -45,13 +45,10 @@ installation, 70 internal error. See ucloud-dispatch(8).
 fn main() -> ExitCode {
     // --help before anything else: printing usage is not a side effect.
     let mut args = pico_args::Arguments::from_env();
-    if args.contains(["-h", "--help"]) {
-        print!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    if args.contains("--version") {
-        print!("{}", version());
-        return ExitCode::SUCCESS;
+    if let Some(done) =
+        ucloud_wire::cli::help_or_version(&mut args, "ucloud-dispatch", || USAGE.into())
+    {
+        return done;
     }
     if !args.finish().is_empty() {
         return fail(&Error::Usage(
@@ -82,19 +79,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The version and the prefix every path was fixed under at build time
-/// (`UCLOUD_IM_ROOT`): `/` for a site's build, which uses the system's own paths.
-fn version() -> String {
-    let prefix = match ucloud_wire::paths::ROOT {
-        "" => "/ (UCLOUD_IM_ROOT unset: the system's own paths)",
-        root => root,
-    };
-    format!(
-        "ucloud-dispatch {}\nprefix: {prefix}\n",
-        env!("CARGO_PKG_VERSION")
-    )
-}
-
 /// Everything up to and including the decision. Nothing here reaches outside the
 /// process (tests::no_side_effect_before_the_token_is_verified keeps it so): the
 /// audit record is written by the caller, after the decision.
@@ -117,7 +101,8 @@ fn decide(record: &mut audit::Record) -> Result<Option<Prepared>, Error> {
     };
     record.call = Some(envelope.call.clone());
     record.ucloud_user = envelope.user.as_ref().map(|u| u.to_string());
-    let verified = verify::credential(&envelope, &install.key, &install.site, verify::now())?;
+    let now = ucloud_wire::now_ms() / 1000;
+    let verified = verify::credential(&envelope, &install.key, &install.site, now)?;
     // ---- the credential is verified: side effects may follow from here on ----
     record.ucloud_user = verified.user.as_ref().map(|u| u.to_string());
     let target = mapping::resolve(

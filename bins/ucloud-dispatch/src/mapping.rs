@@ -5,11 +5,10 @@
 
 use crate::error::Error;
 use crate::trust::{self, Untrusted, Use};
-use nix::unistd::{getgrouplist, getuid, Gid, Uid, User};
-use std::ffi::CString;
+use nix::unistd::{getuid, Gid, Uid};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use ucloud_wire::account::{self, Facts, Own};
+use ucloud_wire::account::{self, Account, Own};
 use ucloud_wire::calls;
 use ucloud_wire::config::SiteConfig;
 use ucloud_wire::names::UcloudName;
@@ -44,55 +43,45 @@ pub fn resolve(
             "the connection of UCloud user {user} to this provider has expired: connect again in UCloud"
         )));
     }
-    let (local, recorded_uid) = (mapping.local.as_str().to_string(), mapping.uid);
-    let account = lookup(&local)?.ok_or_else(|| {
+    let (local, recorded_uid) = (mapping.local.as_str(), mapping.uid);
+    let account = look_up(local)?.ok_or_else(|| {
         refused(
-            &local,
+            local,
             "does not exist (the mapping is stale: ucloud-registry remove it)",
         )
     })?;
-    if account.uid.as_raw() != recorded_uid {
-        return Err(refused(&local, &format!(
+    if account.facts.uid != recorded_uid {
+        return Err(refused(local, &format!(
             "has uid {} but was mapped with uid {recorded_uid} (the account was recreated: map it again)",
-            account.uid
+            account.facts.uid
         )));
     }
-    let groups = group_list(&account)?;
-    let facts = Facts {
-        name: local.clone(),
-        uid: account.uid.as_raw(),
-        gid: account.gid.as_raw(),
-        groups: groups.iter().map(|g| g.as_raw()).collect(),
-        shell: account.shell.to_string_lossy().into_owned(),
-        home: account.dir.to_string_lossy().into_owned(),
-        name_of_uid: User::from_uid(account.uid).ok().flatten().map(|u| u.name),
-    };
     // The caller check made sure the real uid is the gateway's.
-    let mut uids = vec![service.uid.as_raw(), getuid().as_raw()];
+    let mut uids = vec![service.user.uid.as_raw(), getuid().as_raw()];
     if !site.sender_user.is_empty() {
-        uids.extend(lookup(&site.sender_user)?.map(|u| u.uid.as_raw()));
+        uids.extend(look_up(&site.sender_user)?.map(|u| u.facts.uid));
     }
-    account::judge(&facts, site, &Own { uids }).map_err(|why| refused(&local, &why.to_string()))?;
-    Ok(Target::new(account, groups, Some(user.clone())))
+    account::judge(&account.facts, site, &Own { uids })
+        .map_err(|why| refused(local, &why.to_string()))?;
+    Ok(Target::new(account, Some(user.clone())))
 }
 
 fn refused(local: &str, why: &str) -> Error {
     Error::AccountRefused(format!("the local account {local} {why}"))
 }
 
-fn lookup(name: &str) -> Result<Option<User>, Error> {
-    User::from_name(name)
-        .map_err(|e| Error::Internal(format!("cannot look up account {name}: {e}")))
+fn look_up(name: &str) -> Result<Option<Account>, Error> {
+    account::look_up(name).map_err(Error::Internal)
 }
 
-fn service_account(site: &SiteConfig) -> Result<User, Error> {
-    let account = lookup(&site.service_user)?.ok_or_else(|| {
+fn service_account(site: &SiteConfig) -> Result<Account, Error> {
+    let account = look_up(&site.service_user)?.ok_or_else(|| {
         Error::Config(format!(
             "service_user {} is not an account on this system",
             site.service_user
         ))
     })?;
-    if account.uid.is_root() || account.gid.as_raw() == 0 {
+    if account.facts.uid == 0 || account.facts.gid == 0 {
         return Err(Error::Config(format!(
             "service_user {} is root or in group root",
             site.service_user
@@ -101,34 +90,27 @@ fn service_account(site: &SiteConfig) -> Result<User, Error> {
     Ok(account)
 }
 
-fn group_list(account: &User) -> Result<Vec<Gid>, Error> {
-    let cname = CString::new(account.name.as_bytes())
-        .map_err(|_| Error::Internal("account name holds a NUL".into()))?;
-    getgrouplist(&cname, account.gid)
-        .map_err(|e| Error::Internal(format!("cannot list the groups of {}: {e}", account.name)))
-}
-
 /// The service account is not a mapping target and so not judged as one, but a
 /// plugin never runs with group root either way.
-fn service_target(service: User) -> Result<Target, Error> {
-    let groups = group_list(&service)?;
-    if groups.iter().any(|g| g.as_raw() == 0) {
+fn service_target(service: Account) -> Result<Target, Error> {
+    if service.facts.groups.contains(&0) {
         return Err(Error::AccountRefused(format!(
             "{} is a member of group root (gid 0): a plugin never runs with it",
-            service.name
+            service.facts.name
         )));
     }
-    Ok(Target::new(service, groups, None))
+    Ok(Target::new(service, None))
 }
 
 impl Target {
-    fn new(account: User, groups: Vec<Gid>, ucloud: Option<UcloudName>) -> Target {
+    fn new(account: Account, ucloud: Option<UcloudName>) -> Target {
+        let Account { user, groups, .. } = account;
         Target {
-            name: account.name,
-            uid: account.uid,
-            gid: account.gid,
+            name: user.name,
+            uid: user.uid,
+            gid: user.gid,
             groups,
-            home: account.dir,
+            home: user.dir,
             ucloud,
         }
     }

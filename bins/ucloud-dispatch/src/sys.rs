@@ -2,6 +2,7 @@
 //! the contract fixes (0..=4), and libc calls nix has no safe wrapper for. Each block
 //! says why it is sound. The rest of the crate is `forbid(unsafe_code)`.
 
+use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::Signal;
 use nix::sys::signal::{
@@ -18,17 +19,10 @@ pub fn fd_is_open(fd: RawFd) -> bool {
 }
 
 /// Closes every descriptor from `first` up, whatever the caller left open.
-pub fn close_from(first: u32) -> std::io::Result<()> {
+pub fn close_from(first: u32) -> nix::Result<()> {
     // SAFETY: close_range takes plain integers and only closes descriptors; no Rust
     // object owns an fd >= `first` at this point (called before anything is opened).
-    zero_or_errno(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) })
-}
-
-fn zero_or_errno(rc: impl Into<i64>) -> std::io::Result<()> {
-    match rc.into() {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
+    Errno::result(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) }).map(drop)
 }
 
 /// Every signal back to its default action and none blocked: a caller may not make
@@ -66,7 +60,7 @@ pub fn clear_interval_timers() -> nix::Result<()> {
         // SAFETY: `zero` is a valid itimerval that outlives the call, and a null
         // old-value pointer is allowed.
         let rc = unsafe { libc::setitimer(which, &zero, std::ptr::null_mut()) };
-        nix::errno::Errno::result(rc)?;
+        Errno::result(rc)?;
     }
     Ok(())
 }
@@ -125,11 +119,11 @@ extern "C" {
 
 /// Makes this process's lookups in `database` use `services` instead of the line in
 /// nsswitch.conf. Must run before the first lookup in that database.
-pub fn nss_configure_lookup(database: &CStr, services: &CStr) -> std::io::Result<()> {
+pub fn nss_configure_lookup(database: &CStr, services: &CStr) -> nix::Result<()> {
     // SAFETY: both pointers are NUL-terminated strings that outlive the call; glibc
     // parses the line into its own storage and keeps neither pointer. The process is
     // single-threaded, so no lookup runs concurrently with the change.
-    zero_or_errno(unsafe { __nss_configure_lookup(database.as_ptr(), services.as_ptr()) })
+    Errno::result(unsafe { __nss_configure_lookup(database.as_ptr(), services.as_ptr()) }).map(drop)
 }
 
 /// SIGXFSZ ignored (`SigIgn`) or back to its default action (`SigDfl`). While it

@@ -46,7 +46,8 @@ pub fn mint(key: &TransferKey, for_call: &str, target: &Target, now: u64) -> Res
         ucloud,
         local,
         target.uid.as_raw(),
-        random_id()?,
+        ucloud_wire::random_hex(16)
+            .map_err(|e| Error::Internal(format!("cannot read /dev/urandom: {e}")))?,
         now,
     );
     transfer::mint(&key.0, &claims).map_err(Error::Internal)
@@ -80,14 +81,6 @@ pub fn still_bound(bound: &Claims, target: &Target) -> Result<(), Error> {
         "the transfer token was issued for {} (uid {}), but {} now maps to {} (uid {})",
         bound.local, bound.uid, bound.ucloud, target.name, target.uid
     )))
-}
-
-fn random_id() -> Result<String, Error> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Error::Internal(format!("cannot read /dev/urandom: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

@@ -30,26 +30,19 @@ pub fn credential(
     site: &SiteConfig,
     now: u64,
 ) -> Result<Verified, Error> {
-    let bearer = match (
-        &envelope.credential,
-        calls::is_transfer_call(&envelope.call),
-    ) {
-        (Credential::Bearer(t), false) => t,
+    let call = &envelope.call;
+    let bearer = match (&envelope.credential, calls::is_transfer_call(call)) {
         (Credential::Transfer(t), true) => return transfer_token(envelope, t, now),
-        (Credential::Bearer(_), true) => {
-            return Err(Error::UnsupportedCredential(format!(
-                "{} is a data-channel call: it takes a transfer token, not a UCloud token",
-                envelope.call
-            )))
-        }
-        (Credential::Transfer(_), false) => {
-            return Err(Error::UnsupportedCredential(format!(
-                "transfer tokens are accepted only for {}, not for {}",
-                calls::TRANSFER_CALLS.join(" and "),
-                envelope.call
-            )))
-        }
+        (Credential::Bearer(t), false) => Ok(t),
+        (Credential::Bearer(_), true) => Err(format!(
+            "{call} is a data-channel call: it takes a transfer token, not a UCloud token"
+        )),
+        (Credential::Transfer(_), false) => Err(format!(
+            "transfer tokens are accepted only for {}, not for {call}",
+            calls::TRANSFER_CALLS.join(" and ")
+        )),
     };
+    let bearer = bearer.map_err(Error::UnsupportedCredential)?;
     let token = token::verify(bearer, key, &site.token_policy(), site.user_claim(), now)
         .map_err(|e| Error::BadToken(e.to_string()))?;
     let user = match (&site.user_mode, token.user) {
@@ -60,10 +53,7 @@ pub fn credential(
                 .map_err(|e| Error::BadToken(format!("token claim {claim}: {e}")))?;
             match &envelope.user {
                 Some(header) if *header != signed => {
-                    return Err(Error::UserMismatch {
-                        header: header.to_string(),
-                        claim: signed.to_string(),
-                    })
+                    return Err(Error::user_mismatch(header, &signed))
                 }
                 _ => Some(signed),
             }
@@ -76,7 +66,6 @@ pub fn credential(
                 format!("the token has no {claim} claim (user_mode = strict)")
             }
         };
-        let call = &envelope.call;
         return Err(Error::UserRequired(format!(
             "{call} needs a UCloud user and {why}"
         )));
@@ -95,10 +84,7 @@ fn transfer_token(envelope: &Envelope, token: &str, now: u64) -> Result<Verified
     let bound = transfer::verify(token, &key, &envelope.call, now)?;
     if let Some(header) = &envelope.user {
         if *header != bound.ucloud {
-            return Err(Error::UserMismatch {
-                header: header.to_string(),
-                claim: bound.ucloud.to_string(),
-            });
+            return Err(Error::user_mismatch(header, &bound.ucloud));
         }
     }
     Ok(Verified {
@@ -106,13 +92,6 @@ fn transfer_token(envelope: &Envelope, token: &str, now: u64) -> Result<Verified
         expires_at: 0,
         bound: Some(bound),
     })
-}
-
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -217,7 +196,7 @@ mod tests {
             &strict,
             NOW,
         );
-        assert!(matches!(v, Err(Error::UserMismatch { .. })));
+        assert!(matches!(v, Err(Error::UserMismatch(_))));
         let v = credential(&envelope("files.browse", None, &alice), &key, &strict, NOW);
         assert_eq!(user_of(v), Ok(Some("Alice#1".into())));
         let v = credential(

@@ -84,11 +84,8 @@ pub struct Delimiter(String);
 
 impl Delimiter {
     pub fn new() -> Result<Delimiter, String> {
-        let mut bytes = [0u8; 16];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
+        let hex = ucloud_wire::random_hex(16)
             .map_err(|e| format!("cannot read /dev/urandom for a delimiter: {e}"))?;
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         Ok(Delimiter(format!("~{hex}")))
     }
 

@@ -3,9 +3,8 @@
 //! applies on every request. Checking here too means a bad mapping is never written.
 
 use crate::error::Error;
-use nix::unistd::{getgrouplist, User};
-use std::ffi::CString;
-use ucloud_wire::account::{self, Facts, Own};
+use nix::unistd::User;
+use ucloud_wire::account::{self, Own};
 use ucloud_wire::config::SiteConfig;
 use ucloud_wire::names::LocalName;
 
@@ -18,27 +17,14 @@ pub struct Account {
 }
 
 pub fn check(name: &LocalName, site: &SiteConfig) -> Result<Account, Error> {
-    let user = lookup(name.as_str())?.ok_or_else(|| {
-        Error::Refused(format!(
-            "the local account {name} does not exist on this system (check with `getent passwd`)"
-        ))
-    })?;
-    let name_of_uid = User::from_uid(user.uid)
-        .map_err(|e| Error::Io(format!("cannot look up uid {}: {}", user.uid, e.desc())))?
-        .map(|u| u.name);
-    let cname = CString::new(name.as_str())
-        .map_err(|_| Error::Refused(format!("the local account {name} holds a NUL")))?;
-    let groups = getgrouplist(&cname, user.gid)
-        .map_err(|e| Error::Io(format!("cannot list the groups of {name}: {}", e.desc())))?;
-    let facts = Facts {
-        name: name.as_str().to_string(),
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-        groups: groups.iter().map(|g| g.as_raw()).collect(),
-        shell: user.shell.to_string_lossy().into_owned(),
-        home: user.dir.to_string_lossy().into_owned(),
-        name_of_uid,
-    };
+    let facts = account::look_up(name.as_str())
+        .map_err(Error::Io)?
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "the local account {name} does not exist on this system (check with `getent passwd`)"
+            ))
+        })?
+        .facts;
     let mut own = Own::default();
     for name in [&site.service_user, &site.gateway_user, &site.sender_user] {
         if !name.is_empty() {

@@ -14,8 +14,8 @@ use crate::error::Error;
 use crate::store::{read_json, Lock};
 use base64::Engine;
 use serde_json::{json, Value};
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use ucloud_wire::names::UcloudName;
@@ -60,12 +60,9 @@ impl Ticket {
     /// A new ticket from the kernel's random source. Never one that starts with `-`:
     /// pasted after `ucloud-connect` it would read as an option (costs < 0.03 bits).
     pub fn fresh() -> Result<Ticket, Error> {
-        let mut urandom =
-            File::open("/dev/urandom").map_err(Error::io("cannot open /dev/urandom"))?;
         loop {
             let mut bytes = [0u8; TICKET_BYTES];
-            urandom
-                .read_exact(&mut bytes)
+            ucloud_wire::random_bytes(&mut bytes)
                 .map_err(Error::io("cannot read random bytes from /dev/urandom"))?;
             let text = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
             if !text.starts_with('-') {

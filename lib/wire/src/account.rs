@@ -2,9 +2,12 @@
 //! registry (before it writes a mapping) and the dispatcher (on every request), so
 //! that a rule changed here changes for both. The callers gather the facts from NSS;
 //! this judges them and changes nothing (Open OnDemand's nginx_stage checks, with
-//! the stricter of the two former copies wherever they differed).
+//! the stricter of the two former copies wherever they differed). [`look_up`]
+//! gathers the facts the same way for both.
 
 use crate::config::SiteConfig;
+use nix::unistd::{getgrouplist, Gid, User};
+use std::ffi::CString;
 use std::fmt;
 use std::path::{Component, Path};
 
@@ -21,6 +24,43 @@ pub struct Facts {
     pub home: String,
     /// The name NSS gives for `uid`.
     pub name_of_uid: Option<String>,
+}
+
+/// An account as NSS reports it: the entry, its groups as getgrouplist gives them
+/// (what a process of the account gets), and the facts the rule judges.
+pub struct Account {
+    pub user: User,
+    pub groups: Vec<Gid>,
+    pub facts: Facts,
+}
+
+/// `Ok(None)`: no account has that name. A lookup that fails is an error, never
+/// "no such account" or "no name for the uid": the rule then fails closed.
+pub fn look_up(name: &str) -> Result<Option<Account>, String> {
+    let Some(user) = User::from_name(name).map_err(|e| format!("cannot look up {name}: {e}"))?
+    else {
+        return Ok(None);
+    };
+    let name_of_uid = User::from_uid(user.uid)
+        .map_err(|e| format!("cannot look up uid {}: {e}", user.uid))?
+        .map(|u| u.name);
+    let cname = CString::new(name).map_err(|_| format!("the name {name:?} holds a NUL"))?;
+    let groups = getgrouplist(&cname, user.gid)
+        .map_err(|e| format!("cannot list the groups of {name}: {e}"))?;
+    let facts = Facts {
+        name: name.to_string(),
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups: groups.iter().map(|g| g.as_raw()).collect(),
+        shell: user.shell.to_string_lossy().into_owned(),
+        home: user.dir.to_string_lossy().into_owned(),
+        name_of_uid,
+    };
+    Ok(Some(Account {
+        user,
+        groups,
+        facts,
+    }))
 }
 
 /// The site's own accounts (service, gateway, sender) as NSS resolved them: none of
@@ -125,6 +165,17 @@ fn plain_home(home: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn look_up_reports_what_nss_says_and_fails_closed() {
+        let root = look_up("root").unwrap().expect("root exists");
+        assert_eq!((root.facts.uid, root.facts.gid), (0, 0));
+        assert!(root.facts.groups.contains(&0));
+        assert_eq!(root.facts.name_of_uid.as_deref(), Some("root"));
+        assert!(look_up("no-such-account-here").unwrap().is_none());
+        // A name NSS cannot hold names no account (never a panic).
+        assert!(look_up("nul\0inside").unwrap().is_none());
+    }
 
     fn site() -> SiteConfig {
         SiteConfig::parse(

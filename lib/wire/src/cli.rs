@@ -20,10 +20,24 @@ pub fn help_or_version(
         return Some(ExitCode::SUCCESS);
     }
     if args.contains("--version") {
-        println!("{program} {}", env!("CARGO_PKG_VERSION"));
+        print!("{}", version(program));
         return Some(ExitCode::SUCCESS);
     }
     None
+}
+
+/// The version and the prefix every path was fixed under at build time
+/// (`UCLOUD_IM_ROOT`): `/` for a site's build, which uses the system's own paths.
+/// An admin with two installations side by side can tell which one a program is.
+pub fn version(program: &str) -> String {
+    let prefix = match crate::paths::ROOT {
+        "" => "/ (UCLOUD_IM_ROOT unset: the system's own paths)",
+        root => root,
+    };
+    format!(
+        "{program} {}\nprefix: {prefix}\n",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 #[cfg(test)]
