@@ -12,7 +12,6 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::alarm;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 use ucloud_wire::envelope::{Envelope, MAX_ENVELOPE};
@@ -31,12 +30,8 @@ pub fn read(channel: Option<OwnedFd>) -> Result<Option<Envelope>, Error> {
         )
     })?;
     wait_for_first_byte(&fd)?;
-    let mut bytes = Vec::new();
-    // One byte over the cap tells "too large" from "exactly at the cap".
-    File::from(fd)
-        .take(MAX_ENVELOPE as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::BadEnvelope(format!("cannot read the envelope from fd 3: {e}")))?;
+    let bytes = ucloud_wire::read_capped(File::from(fd), MAX_ENVELOPE as u64)
+        .map_err(|e| Error::BadEnvelope(format!("the envelope on fd 3 {e}")))?;
     // The File (and fd 3) is closed here: the request memfd takes its number later.
     if bytes.is_empty() {
         return Ok(None);

@@ -92,10 +92,8 @@ impl Prepared {
     /// Becomes the target account for good, hands over the request, enters the home
     /// directory, arms the time limit and executes the plugin. Returns only on failure.
     pub fn run(self, parent: nix::unistd::Pid) -> Error {
-        match drop::become_target(&self.target, parent).and_then(|()| self.exec()) {
-            Ok(never) => match never {},
-            Err(e) => e,
-        }
+        let Err(e) = drop::become_target(&self.target, parent).and_then(|()| self.exec());
+        e
     }
 
     fn exec(self) -> Result<std::convert::Infallible, Error> {

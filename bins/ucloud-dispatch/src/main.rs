@@ -4,6 +4,8 @@
 //! account, writes the audit record, drops to that account for good and executes the
 //! plugin for the call. See ucloud-dispatch(8) and doc/contracts.md.
 #![deny(unsafe_code)]
+// The entry point is sys::main, without the Rust runtime's start-up (see there).
+#![cfg_attr(not(test), no_main)]
 
 mod audit;
 mod caller;
@@ -25,7 +27,6 @@ mod verify;
 use error::Error;
 use exec::Prepared;
 use std::io::Write;
-use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: ucloud-dispatch
@@ -42,13 +43,13 @@ Exit codes: 64 bad envelope or usage, 77 refused, 78 unsafe or misconfigured
 installation, 70 internal error. See ucloud-dispatch(8).
 ";
 
-fn main() -> ExitCode {
+/// The program; its exit status.
+#[cfg_attr(test, allow(dead_code))]
+fn run() -> u8 {
     // --help before anything else: printing usage is not a side effect.
     let mut args = pico_args::Arguments::from_env();
-    if let Some(done) =
-        ucloud_wire::cli::help_or_version(&mut args, "ucloud-dispatch", || USAGE.into())
-    {
-        return done;
+    if ucloud_wire::cli::help_or_version(&mut args, "ucloud-dispatch", || USAGE.into()).is_some() {
+        return 0;
     }
     if !args.finish().is_empty() {
         return fail(&Error::Usage(
@@ -64,7 +65,7 @@ fn main() -> ExitCode {
     let Some(decision) = decide(&mut record).transpose() else {
         // fd 3 closed unread: a spare the gateway no longer needs. Nothing was
         // asked, so nothing is decided or recorded.
-        return ExitCode::SUCCESS;
+        return 0;
     };
     // Only root can write the audit log: without root there is nothing to record,
     // and the refusal itself says why.
@@ -134,9 +135,9 @@ fn decide(record: &mut audit::Record) -> Result<Option<Prepared>, Error> {
     }))
 }
 
-fn fail(error: &Error) -> ExitCode {
+fn fail(error: &Error) -> u8 {
     let _ = writeln!(std::io::stderr(), "{}", error.failure().line());
-    ExitCode::from(error.exit_code())
+    error.exit_code()
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use crate::error::Error;
 use crate::trust::{self, Untrusted, Use};
-use nix::unistd::{getuid, Gid, Uid};
+use nix::unistd::{getuid, Gid, Uid, User};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use ucloud_wire::account::{self, Account, Own};
@@ -34,7 +34,7 @@ pub fn resolve(
 ) -> Result<Target, Error> {
     let service = service_account(site)?;
     if calls::is_service_call(call) {
-        return service_target(service);
+        return service_target(&service.name);
     }
     let user = user.ok_or_else(|| Error::UserRequired(format!("{call} needs a UCloud user")))?;
     let mapping = read_mapping(user, mappings)?;
@@ -57,9 +57,9 @@ pub fn resolve(
         )));
     }
     // The caller check made sure the real uid is the gateway's.
-    let mut uids = vec![service.user.uid.as_raw(), getuid().as_raw()];
+    let mut uids = vec![service.uid.as_raw(), getuid().as_raw()];
     if !site.sender_user.is_empty() {
-        uids.extend(look_up(&site.sender_user)?.map(|u| u.facts.uid));
+        uids.extend(user_named(&site.sender_user)?.map(|u| u.uid.as_raw()));
     }
     account::judge(&account.facts, site, &Own { uids })
         .map_err(|why| refused(local, &why.to_string()))?;
@@ -74,14 +74,20 @@ fn look_up(name: &str) -> Result<Option<Account>, Error> {
     account::look_up(name).map_err(Error::Internal)
 }
 
-fn service_account(site: &SiteConfig) -> Result<Account, Error> {
-    let account = look_up(&site.service_user)?.ok_or_else(|| {
+/// Only the entry: the full lookup (groups, the uid's name) costs two more file
+/// reads, wasted on accounts that are not the target.
+fn user_named(name: &str) -> Result<Option<User>, Error> {
+    User::from_name(name).map_err(|e| Error::Internal(format!("cannot look up {name}: {e}")))
+}
+
+fn service_account(site: &SiteConfig) -> Result<User, Error> {
+    let account = user_named(&site.service_user)?.ok_or_else(|| {
         Error::Config(format!(
             "service_user {} is not an account on this system",
             site.service_user
         ))
     })?;
-    if account.facts.uid == 0 || account.facts.gid == 0 {
+    if account.uid.is_root() || account.gid.as_raw() == 0 {
         return Err(Error::Config(format!(
             "service_user {} is root or in group root",
             site.service_user
@@ -92,7 +98,9 @@ fn service_account(site: &SiteConfig) -> Result<Account, Error> {
 
 /// The service account is not a mapping target and so not judged as one, but a
 /// plugin never runs with group root either way.
-fn service_target(service: Account) -> Result<Target, Error> {
+fn service_target(name: &str) -> Result<Target, Error> {
+    let service =
+        look_up(name)?.ok_or_else(|| Error::Config(format!("service_user {name} disappeared")))?;
     if service.facts.groups.contains(&0) {
         return Err(Error::AccountRefused(format!(
             "{} is a member of group root (gid 0): a plugin never runs with it",

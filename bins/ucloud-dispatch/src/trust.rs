@@ -3,9 +3,9 @@
 
 use crate::error::Error;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::OwnedFd;
 use ucloud_wire::install::MAX_SMALL_FILE;
+use ucloud_wire::read_capped;
 pub use ucloud_wire::trust::{forget_judged, open_at, Untrusted, Use};
 
 /// A missing file is a configuration error; anything else untrusted an unsafe
@@ -31,17 +31,9 @@ pub fn open(path: &str, how: Use) -> Result<OwnedFd, Error> {
 
 /// A small file read whole: larger than [`MAX_SMALL_FILE`] is not configuration.
 pub fn read_small(fd: OwnedFd, path: &str) -> Result<String, Error> {
-    let mut text = String::new();
-    File::from(fd)
-        .take(MAX_SMALL_FILE + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| Error::Config(format!("cannot read {path}: {e}")))?;
-    if text.len() as u64 > MAX_SMALL_FILE {
-        return Err(Error::Config(format!(
-            "{path} is larger than {MAX_SMALL_FILE} bytes"
-        )));
-    }
-    Ok(text)
+    let bytes = read_capped(File::from(fd), MAX_SMALL_FILE)
+        .map_err(|e| Error::Config(format!("{path} {e}")))?;
+    String::from_utf8(bytes).map_err(|_| Error::Config(format!("{path} is not UTF-8 text")))
 }
 
 #[cfg(test)]

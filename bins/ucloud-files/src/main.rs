@@ -22,8 +22,9 @@ mod upload;
 
 use error::Error;
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::ExitCode;
+use ucloud_wire::Capped;
 
 const USAGE: &str = "\
 usage: ucloud-files REQUEST_FILE      (with UCLOUD_CALL set, as the dispatcher runs it)
@@ -144,15 +145,10 @@ fn caller() -> Result<String, Error> {
 fn read_request(file: &str) -> Result<Value, Error> {
     let f = std::fs::File::open(file)
         .map_err(|e| Error::Internal(format!("cannot open the request {file}: {e}")))?;
-    let mut text = Vec::new();
-    f.take(MAX_REQUEST + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| Error::Internal(format!("cannot read the request: {e}")))?;
-    if text.len() as u64 > MAX_REQUEST {
-        return Err(Error::BadRequest(format!(
-            "the request is larger than {MAX_REQUEST} bytes"
-        )));
-    }
+    let text = ucloud_wire::read_capped(f, MAX_REQUEST).map_err(|e| match e {
+        Capped::Io(_) => Error::Internal(format!("the request {e}")),
+        Capped::TooLarge(_) => Error::BadRequest(format!("the request {e}")),
+    })?;
     serde_json::from_slice(&text)
         .map_err(|e| Error::BadRequest(format!("the request is not JSON: {e}")))
 }

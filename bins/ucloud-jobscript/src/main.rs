@@ -18,7 +18,7 @@ mod submit;
 
 use render::{shell_quote, Planned, Refusal, Site};
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use ucloud_wire::record::Drive;
@@ -231,16 +231,10 @@ fn site_config(why: String) -> Refusal {
 
 /// A JSON file of at most MAX_INPUT bytes.
 fn read_json(path: &Path) -> Result<Value, String> {
-    let mut text = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_INPUT + 1).read_to_end(&mut text))
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if text.len() as u64 > MAX_INPUT {
-        return Err(format!(
-            "{} is larger than {MAX_INPUT} bytes",
-            path.display()
-        ));
-    }
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let text =
+        ucloud_wire::read_capped(file, MAX_INPUT).map_err(|e| format!("{} {e}", path.display()))?;
     serde_json::from_slice(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))
 }
 

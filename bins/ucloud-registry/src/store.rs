@@ -12,13 +12,14 @@ use crate::error::Error;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use ucloud_wire::names::{DriveId, UcloudName};
 use ucloud_wire::record::MAX_RECORD;
 /// The records' formats are ucloud-wire's, shared with every reader.
 pub use ucloud_wire::record::{Drive, Mapping};
+use ucloud_wire::Capped;
 
 /// Proof that the caller holds the store's lock; released on drop.
 pub struct Lock(#[allow(dead_code)] Flock<File>);
@@ -202,16 +203,10 @@ pub fn read_json(path: &Path) -> Result<Option<Value>, Error> {
             path.display()
         )));
     }
-    let mut text = Vec::new();
-    file.take(MAX_RECORD + 1)
-        .read_to_end(&mut text)
-        .map_err(Error::io(format!("cannot read {}", path.display())))?;
-    if text.len() as u64 > MAX_RECORD {
-        return Err(Error::Config(format!(
-            "{} is larger than {MAX_RECORD} bytes",
-            path.display()
-        )));
-    }
+    let text = ucloud_wire::read_capped(file, MAX_RECORD).map_err(|e| match e {
+        Capped::Io(io) => Error::io(format!("cannot read {}", path.display()))(io),
+        Capped::TooLarge(_) => Error::Config(format!("{} {e}", path.display())),
+    })?;
     serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| Error::Config(format!("{} is not JSON: {e}", path.display())))

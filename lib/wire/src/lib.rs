@@ -53,3 +53,61 @@ pub fn random_hex(n: usize) -> std::io::Result<String> {
     random_bytes(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+/// Why [`read_capped`] failed; it reads after a name ("site.conf is larger than…").
+#[derive(Debug)]
+pub enum Capped {
+    Io(std::io::Error),
+    TooLarge(u64),
+}
+
+impl std::fmt::Display for Capped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Capped::Io(e) => write!(f, "cannot be read: {e}"),
+            Capped::TooLarge(cap) => write!(f, "is larger than {cap} bytes"),
+        }
+    }
+}
+
+/// All of `reader`, when it holds at most `cap` bytes. Reading stops one byte past
+/// the cap (which tells "too large" from "exactly at the cap"), so an input larger
+/// than it costs no more memory than that.
+pub fn read_capped(reader: impl std::io::Read, cap: u64) -> Result<Vec<u8>, Capped> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    (reader.take(cap + 1).read_to_end(&mut bytes)).map_err(Capped::Io)?;
+    match bytes.len() as u64 > cap {
+        true => Err(Capped::TooLarge(cap)),
+        false => Ok(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_capped_takes_up_to_the_cap_and_refuses_one_byte_more() {
+        assert_eq!(read_capped(&b"four"[..], 4).unwrap(), b"four");
+        assert_eq!(read_capped(&b""[..], 0).unwrap(), b"");
+        let refused = read_capped(&b"fives"[..], 4).unwrap_err();
+        assert!(matches!(refused, Capped::TooLarge(4)));
+        assert_eq!(refused.to_string(), "is larger than 4 bytes");
+        // An endless input costs cap + 1 bytes, not all of it.
+        assert!(matches!(
+            read_capped(std::io::repeat(b'x'), 1 << 20),
+            Err(Capped::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn random_hex_is_fresh_and_hex() {
+        let (a, b) = (random_hex(16).unwrap(), random_hex(16).unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, b);
+    }
+}
