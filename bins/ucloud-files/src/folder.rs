@@ -74,6 +74,8 @@ const BATCH: usize = 192;
 const BATCH_BYTES: u64 = 64 << 20;
 /// The largest message the gateway passes (a chunk is 16 MB in the web client).
 const MAX_MESSAGE: usize = 64 << 20;
+/// How long a batch waits for more of the client's files before it is synced.
+const GATHER_MS: u8 = 3;
 /// Directory descriptors kept open between files.
 const DIR_CACHE: usize = 512;
 /// Modification times this close count as the same (UCloud's rule).
@@ -675,8 +677,8 @@ struct Input<R> {
 }
 
 impl<R: Read + AsFd> Input<R> {
-    /// Whether a frame can be read without waiting.
-    fn ready(&self) -> bool {
+    /// Whether a frame can be read within `ms` milliseconds.
+    fn ready(&self, ms: u8) -> bool {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         if !self.reader.buffer().is_empty() {
             return true;
@@ -685,7 +687,7 @@ impl<R: Read + AsFd> Input<R> {
             self.reader.get_ref().as_fd(),
             PollFlags::POLLIN,
         )];
-        !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
+        !matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(0))
     }
 
     /// The next message; `None` at the end of the stream.
@@ -797,8 +799,10 @@ fn run<R: Read + AsFd>(
 ) -> Result<(), Error> {
     loop {
         // Before waiting for the client: the batch is made durable when nothing more
-        // is at hand, so that a client waiting for its count gets it.
-        if !input.ready() {
+        // comes for a moment (the client's window of files is spent, or the
+        // stream paused), so that a client waiting for its count gets it, while
+        // the pieces of one window still make one batch.
+        if !up.pending.is_empty() && !input.ready(GATHER_MS) {
             up.flush()?;
         }
         if !up.replies.is_empty() {
