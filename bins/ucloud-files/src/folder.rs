@@ -139,9 +139,18 @@ pub fn create_item(
     )?;
     Ok((
         json!({"path": path, "type": "FOLDER", "conflictPolicy": policy.name(), "made": made}),
-        json!({"endpoint": crate::upload::websocket_url(&endpoint),
+        json!({"endpoint": wss(&endpoint),
             "protocol": "WEBSOCKET_V2", "token": token.raw}),
     ))
+}
+
+/// The link as a WebSocket URL (`https` becomes `wss`, `http` becomes `ws`).
+fn wss(url: &str) -> String {
+    match url.split_once("://") {
+        Some(("https", rest)) => format!("wss://{rest}"),
+        Some(("http", rest)) => format!("ws://{rest}"),
+        _ => url.to_string(),
+    }
 }
 
 /// Makes the folder, or finds the one to merge into: REJECT refuses an existing

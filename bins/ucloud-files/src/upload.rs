@@ -126,7 +126,7 @@ fn protocol_for(item: &Value, what: &str) -> Result<&'static str, Error> {
 }
 
 /// The same place as a WebSocket URL (`https` becomes `wss`, `http` becomes `ws`).
-pub fn websocket_url(url: &str) -> String {
+fn websocket_url(url: &str) -> String {
     match url.split_once("://") {
         Some(("https", rest)) => format!("wss://{rest}"),
         Some(("http", rest)) => format!("ws://{rest}"),
