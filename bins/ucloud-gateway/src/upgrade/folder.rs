@@ -256,3 +256,34 @@ fn read_plugin(mut reader: impl Read, tx: SyncSender<Event>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_link_that_says_v2_is_a_folder_upload() {
+        let get = |target: &str| Request::new("GET", target, &[]);
+        assert!(wanted(&get(
+            "/ucloud/p/upload?item=0&protocol=WEBSOCKET_V2&token=t"
+        )));
+        assert!(!wanted(&get("/ucloud/p/upload?item=0&token=t")));
+        assert!(!wanted(&get("/ucloud/p/upload?protocol=WEBSOCKET_V1")));
+    }
+
+    #[test]
+    fn the_plugins_frames_become_messages_and_a_broken_one_ends_them() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut bytes = vec![0, 0, 0, 5, 0, 0, 0, 0, 7];
+        bytes.extend_from_slice(&[0, 0, 0, 0]);
+        // Longer than MAX_ANSWER: the plugin is broken, the relay stops.
+        bytes.extend_from_slice(&(MAX_ANSWER as u32 + 1).to_be_bytes());
+        bytes.extend_from_slice(&[1, 2, 3]);
+        read_plugin(std::io::Cursor::new(bytes), tx);
+        let got: Vec<Event> = rx.try_iter().collect();
+        assert!(matches!(&got[0], Event::Answer(m) if m == &[0, 0, 0, 0, 7]));
+        assert!(matches!(&got[1], Event::Answer(m) if m.is_empty()));
+        assert!(matches!(got[2], Event::PluginEof));
+        assert_eq!(got.len(), 3);
+    }
+}
