@@ -40,8 +40,10 @@ fn main() {
                     let _ = tx.send(Ok((a[0], u32::from_be_bytes(a[1..5].try_into().unwrap()))));
                 }
             }
-            Ok((0x8, body)) => {
-                let _ = tx.send(Err(String::from_utf8_lossy(&body).into_owned()));
+            Ok((0x8, body)) if body.len() >= 2 => {
+                let code = u16::from_be_bytes([body[0], body[1]]);
+                let why = String::from_utf8_lossy(&body[2..]);
+                let _ = tx.send(Err(format!("{code} {why}")));
                 return;
             }
             Ok(_) => {}
@@ -94,7 +96,7 @@ fn main() {
     ws.write_all(&frame(0x8, &1000u16.to_be_bytes())).unwrap();
     match rx.recv() {
         Err(_) => {}
-        Ok(Err(why)) if why.as_bytes().starts_with(&1000u16.to_be_bytes()) => {}
+        Ok(Err(why)) if why.starts_with("1000 ") => {}
         Ok(other) => fail(&format!("no clean close: {other:?}")),
     }
     println!("{:.3}", start.elapsed().as_secs_f64());
