@@ -947,6 +947,31 @@ mod tests {
     }
 
     #[test]
+    fn a_finished_file_replaces_a_file_and_never_a_folder() {
+        let top = std::env::temp_dir().join(format!("ucloud-files-place-{}", std::process::id()));
+        std::fs::create_dir(&top).unwrap();
+        let dir: OwnedFd = std::fs::File::open(&top).unwrap().into();
+        let part = |data: &str| {
+            std::fs::write(top.join(".part"), data).unwrap();
+            ".part"
+        };
+        std::fs::write(top.join("a"), "old").unwrap();
+        place(&dir, part("new"), "a", false, "a").unwrap();
+        assert_eq!(std::fs::read_to_string(top.join("a")).unwrap(), "new");
+        place(&dir, part("merged"), "a", true, "a").unwrap();
+        assert_eq!(std::fs::read_to_string(top.join("a")).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(top.join("a(1)")).unwrap(), "merged");
+        std::fs::create_dir(top.join("d")).unwrap();
+        place(&dir, part("file"), "d", false, "d").unwrap();
+        assert!(top.join("d").is_dir());
+        assert_eq!(std::fs::read_to_string(top.join("d(1)")).unwrap(), "file");
+        place(&dir, part("fresh"), "n", false, "n").unwrap();
+        assert_eq!(std::fs::read_to_string(top.join("n")).unwrap(), "fresh");
+        assert!(!top.join(".part").exists());
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
     fn modification_times_are_sane_or_left_alone() {
         assert_eq!(mtime(1_500), Some(TimeSpec::new(1, 500_000_000)));
         assert_eq!(mtime(-1), None);
