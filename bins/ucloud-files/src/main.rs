@@ -12,6 +12,7 @@ mod conflict;
 mod download;
 mod drive;
 mod error;
+mod folder;
 mod fsops;
 mod ops;
 mod path;
@@ -40,6 +41,7 @@ The native file plugins of ucloud-im, one binary dispatching on UCLOUD_CALL:
   files.delete             delete for good                    (bulk, one transaction)
   files.createDownload     download links;  files.download  serves one (data channel)
   files.createUpload       upload links;    files.upload    takes one chunk (data channel)
+                           (a FOLDER item: WEBSOCKET_V2, many files over one WebSocket)
   files.collections.{create,delete,rename,updateAcl,verify}
 
 Environment (set by ucloud-dispatch): UCLOUD_CALL, USER (the mapped account; the

@@ -52,9 +52,15 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
         let policy = Policy::of(item)?;
         match item.get("type").and_then(Value::as_str) {
             None | Some("FILE") => {}
+            Some("FOLDER") => {
+                let (kept, answer) = crate::folder::create_item(ctx, item, i, &token, &what)?;
+                items.push(kept);
+                responses.push(answer);
+                continue;
+            }
             Some(other) => {
                 return Err(Error::BadRequest(format!(
-                    "{what}: uploads of type {other} are not supported; upload the files one by one (type FILE)"
+                    "{what}: uploads of type {other} are not supported (FILE or FOLDER)"
                 )))
             }
         }
@@ -273,6 +279,11 @@ fn open_partial(ctx: &Ctx, request: &Value) -> Result<Partial, Error> {
     let token = session::token("files.upload", &ctx.user)?;
     let session = session::read(&token)?;
     let (n, item) = session::item(&session, request)?;
+    if item.get("type").and_then(Value::as_str) == Some("FOLDER") {
+        return Err(Error::BadRequest(
+            "this upload link is for a folder: its protocol is WEBSOCKET_V2".into(),
+        ));
+    }
     let id = resolve::text(item, "path", "the transfer session")?;
     let policy = Policy::of(item)?;
     let loc = ctx.resolve(id)?;
@@ -414,6 +425,9 @@ impl Partial {
 }
 
 pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
+    if request.get("protocol").and_then(Value::as_str) == Some("WEBSOCKET_V2") {
+        return crate::folder::serve(ctx, request);
+    }
     if request.get("protocol").and_then(Value::as_str) == Some("WEBSOCKET_V1") {
         return serve_stream(ctx, request);
     }

@@ -54,6 +54,11 @@ pub struct SiteConfig {
     /// connection is idle (`spare_dispatcher = yes|no`, default yes); see
     /// ucloud-gateway(8).
     pub spare_dispatcher: bool,
+    /// Limits on one folder upload's tree (WEBSOCKET_V2): folders deep, entries in
+    /// one folder, files in all (`folder_upload_max_depth`, `_width`, `_files`).
+    pub folder_upload_max_depth: u64,
+    pub folder_upload_max_width: u64,
+    pub folder_upload_max_files: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -125,6 +130,9 @@ impl SiteConfig {
             sender_user: String::new(),
             nss_skip: vec!["systemd".into()],
             spare_dispatcher: true,
+            folder_upload_max_depth: 32,
+            folder_upload_max_width: 10_000,
+            folder_upload_max_files: 1_000_000,
         };
         let mut strict = false;
         let mut claim = String::from("ucloudUsername");
@@ -186,6 +194,9 @@ impl SiteConfig {
                         }
                     }
                 }
+                "folder_upload_max_depth" => config.folder_upload_max_depth = number(key)?,
+                "folder_upload_max_width" => config.folder_upload_max_width = number(key)?,
+                "folder_upload_max_files" => config.folder_upload_max_files = number(key)?,
                 "nss_skip" => {
                     config.nss_skip = value.split_whitespace().map(String::from).collect();
                     if let Some(bad) = config.nss_skip.iter().find(|m| !is_nss_module_name(m)) {
@@ -275,6 +286,22 @@ mod tests {
         assert_eq!(c.timeout_for("files.download"), calls::LONG_TIMEOUT_SECS);
         assert_eq!(c.nss_skip, ["systemd"]);
         assert!(c.spare_dispatcher);
+    }
+
+    #[test]
+    fn folder_upload_limits_have_defaults_and_are_numbers() {
+        let c = SiteConfig::parse(MINIMAL).unwrap();
+        assert_eq!(
+            (
+                c.folder_upload_max_depth,
+                c.folder_upload_max_width,
+                c.folder_upload_max_files
+            ),
+            (32, 10_000, 1_000_000)
+        );
+        let c = SiteConfig::parse(&format!("{MINIMAL}folder_upload_max_depth = 4\n")).unwrap();
+        assert_eq!(c.folder_upload_max_depth, 4);
+        assert!(SiteConfig::parse(&format!("{MINIMAL}folder_upload_max_width = -1\n")).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod downloads;
+mod folder_uploads;
 mod full_disk;
 mod isolation;
 mod large_files;

@@ -3,7 +3,10 @@
 //! job's output (follow.rs, a call that is only a WebSocket) and the WEBSOCKET_V1
 //! upload (upload.rs, a call whose body may also come as messages). What they share
 //! is in shared.rs. Which calls upgrade, and how, is the call table's `websocket`.
+//! The WEBSOCKET_V2 folder upload (folder.rs) shares the upload's endpoint and call;
+//! its link says `protocol=WEBSOCKET_V2`.
 
+mod folder;
 mod follow;
 mod shared;
 mod upload;
@@ -19,6 +22,7 @@ use ucloud_wire::calls::{Call, WebSocket};
 pub enum Upgrade {
     Follow(&'static Call),
     Upload(&'static Call),
+    Folder(&'static Call),
 }
 
 /// The upgrade `req` asks for, if any.
@@ -29,6 +33,9 @@ pub fn wanted(conn: &Connection, req: &Request) -> Option<Upgrade> {
     // A GET upgrade on the path of a call that also takes its body as messages.
     if req.method == "GET" && asks {
         if let Some(Route::Call(c)) = conn.route("POST", req) {
+            if c.websocket == WebSocket::Also && folder::wanted(req) {
+                return Some(Upgrade::Folder(c));
+            }
             if c.websocket == WebSocket::Also {
                 return Some(Upgrade::Upload(c));
             }
@@ -53,6 +60,7 @@ pub fn serve(
     let (call, (status, note)) = match upgrade {
         Upgrade::Follow(c) => (c, follow::serve(conn, c, req, leftover, input, out)),
         Upgrade::Upload(c) => (c, upload::serve(conn, c, req, leftover, input, out)),
+        Upgrade::Folder(c) => (c, folder::serve(conn, c, req, leftover, input, out)),
     };
     Outcome {
         call: call.name,
