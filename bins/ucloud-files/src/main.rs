@@ -16,6 +16,7 @@ mod fsops;
 mod ops;
 mod path;
 mod resolve;
+mod search;
 mod session;
 mod tree;
 mod upload;
@@ -39,6 +40,7 @@ The native file plugins of ucloud-im, one binary dispatching on UCLOUD_CALL:
   files.delete             delete for good                    (bulk, one transaction)
   files.createDownload     download links;  files.download  serves one (data channel)
   files.createUpload       upload links;    files.upload    takes one chunk (data channel)
+  files.streamingSearch    names holding a query below a folder, streamed in pages
   files.collections.{create,delete,rename,updateAcl,verify}
 
 Environment (set by ucloud-dispatch): UCLOUD_CALL, USER (the mapped account; the
@@ -111,6 +113,8 @@ fn run(file: &str) -> Result<Value, Error> {
         "files.delete" => ops::delete(&ctx, &request),
         "files.createDownload" => download::create(&ctx, &request),
         "files.createUpload" => upload::create(&ctx, &request),
+        // A WebSocket stream: the plugin writes its lines itself.
+        "files.streamingSearch" => search::run(&ctx, &request).map(|()| Value::Null),
         // The data channel answers in the framed form itself.
         "files.download" => download::serve(&ctx, &request).map(|()| Value::Null),
         "files.upload" => upload::serve(&ctx, &request).map(|()| Value::Null),

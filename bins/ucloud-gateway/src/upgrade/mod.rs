@@ -2,9 +2,10 @@
 //! WebSocket. The two kinds stand side by side, each in its own file: following a
 //! job's output (follow.rs, a call that is only a WebSocket) and the WEBSOCKET_V1
 //! upload (upload.rs, a call whose body may also come as messages). What they share
-//! is in shared.rs. Which calls upgrade, and how, is the call table's `websocket`.
+//! is in shared.rs. A search (search.rs) is a stream run as follow.rs runs one. Which calls upgrade, and how, is the call table's `websocket`.
 
 mod follow;
+mod search;
 mod shared;
 mod upload;
 
@@ -51,7 +52,13 @@ pub fn serve(
     out: &mut ClientOut,
 ) -> Outcome {
     let (call, (status, note)) = match upgrade {
-        Upgrade::Follow(c) => (c, follow::serve(conn, c, req, leftover, input, out)),
+        Upgrade::Follow(c) => {
+            let stream = match c.name {
+                "files.streamingSearch" => &search::SEARCH,
+                _ => &follow::FOLLOW,
+            };
+            (c, follow::serve(conn, c, stream, req, leftover, input, out))
+        }
         Upgrade::Upload(c) => (c, upload::serve(conn, c, req, leftover, input, out)),
     };
     Outcome {
