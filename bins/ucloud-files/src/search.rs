@@ -36,7 +36,7 @@ use ucloud_wire::answer::{MAGIC, WEBSOCKET_HEAD};
 pub const MAX_QUERY: usize = 1024;
 /// Budgets when the request carries none (the gateway always sends them).
 const DEFAULT_SECONDS: u64 = 30;
-const DEFAULT_RESULTS: u64 = 10_000;
+const DEFAULT_RESULTS: u64 = 100_000;
 /// A page is sent when it holds this many results or this many bytes of them, or
 /// when `PAGE_EVERY` passed since the last one: the first result goes out at once,
 /// the rest in pages a browser can render.

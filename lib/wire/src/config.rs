@@ -60,7 +60,7 @@ pub struct SiteConfig {
 }
 
 /// `search_max_results` when site.conf sets none.
-pub const DEFAULT_SEARCH_MAX_RESULTS: u64 = 10_000;
+pub const DEFAULT_SEARCH_MAX_RESULTS: u64 = 100_000;
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError {

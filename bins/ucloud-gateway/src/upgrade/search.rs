@@ -66,7 +66,7 @@ mod tests {
         assert_eq!(id, "ignored");
         assert_eq!(req["query"], "x");
         assert_eq!(req["currentFolder"], "/17");
-        assert_eq!(req["budget"], json!({"seconds": 29, "results": 10000}));
+        assert_eq!(req["budget"], json!({"seconds": 29, "results": 100000}));
         let tuned = site("timeout.files.streamingSearch = 120\nsearch_max_results = 5\n");
         let (_, req) = parse_search(text, &tuned).unwrap();
         assert_eq!(req["budget"], json!({"seconds": 119, "results": 5}));
