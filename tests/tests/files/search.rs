@@ -74,14 +74,14 @@ fn assert_finished(lines: &[Value]) {
     assert_eq!(lines.last().unwrap()["close"], 1000, "{lines:#?}");
 }
 
-/// 100 folders of 999 files, `d0/f0` ... `d99/f998`: 100,000 entries, made as
-/// `user` in `dir` with one xargs per folder.
-fn big_tree(user: &str, dir: &str) {
+/// 100 folders of 999 files, `d0/f0{suffix}` ... `d99/f998{suffix}`: 100,000
+/// entries, made as `user` in `dir` with one xargs per folder.
+fn big_tree(user: &str, dir: &str, suffix: &str) {
     as_user(
         user,
         &format!(
             "cd {dir} && i=0; while [ $i -lt 100 ]; do mkdir d$i && \
-             (cd d$i && seq -f 'f%g' 0 998 | xargs touch) || exit 1; i=$((i+1)); done"
+             (cd d$i && seq -f 'f%g{suffix}' 0 998 | xargs touch) || exit 1; i=$((i+1)); done"
         ),
     );
 }
@@ -123,7 +123,7 @@ fn a_search_of_100000_entries_finds_names_in_pages() {
     let alice = stack.local_of(ALICE);
     let drive = stack.drive_of(ALICE);
     let s = ScratchDir::new(&alice, "search-big");
-    big_tree(&alice, &s.dir);
+    big_tree(&alice, &s.dir, "");
     as_user(
         &alice,
         &format!(
@@ -183,10 +183,11 @@ fn a_client_that_leaves_stops_the_plugin() {
     let uid = uid_of(&alice);
     let drive = stack.drive_of(ALICE);
     let s = ScratchDir::new(&alice, "search-leave");
-    big_tree(&alice, &s.dir);
+    // Long names: the results of all 100,000 (some 40 MB) are far more than the
+    // pipes, queues and sockets between the plugin and a client that stops
+    // reading hold, so the plugin waits until the client leaves.
+    big_tree(&alice, &s.dir, &"-x".repeat(100));
     let folder = format!("/{drive}/{}", s.dir);
-    // Every entry matches: far more results than the pipes and sockets between
-    // the plugin and a client that stops reading hold, so the plugin waits.
     let mut child = search_command(&stack, ALICE, &folder, "f", &[])
         .stdout(Stdio::piped())
         .spawn()
@@ -238,8 +239,9 @@ fn links_are_never_followed_and_unreadable_folders_are_skipped() {
     let folder = format!("/{drive}/{}", s.dir);
     let lines = search(&stack, ALICE, &folder, "secret", &[]);
     assert_finished(&lines);
-    // Bob's file lies behind a link (readable to Alice through it) and is not
-    // found; the locked folder's file is not readable to her and is skipped.
+    // Bob's file lies behind one link, and / (with /etc/passwd, which anyone may
+    // read) behind another: neither is entered. The locked folder is not
+    // readable to Alice: it is skipped, and the walk goes on.
     assert_eq!(found(&lines), [format!("{folder}/a/b/secret-mine")]);
     let lines = search(&stack, ALICE, &folder, "passwd", &[]);
     assert_finished(&lines);
