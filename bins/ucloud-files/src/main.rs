@@ -17,6 +17,7 @@ mod fsops;
 mod ops;
 mod path;
 mod resolve;
+mod search;
 mod session;
 mod tree;
 mod upload;
@@ -42,6 +43,7 @@ The native file plugins of ucloud-im, one binary dispatching on UCLOUD_CALL:
   files.createDownload     download links;  files.download  serves one (data channel)
   files.createUpload       upload links;    files.upload    takes one chunk (data channel)
                            (a FOLDER item: WEBSOCKET_V2, many files over one WebSocket)
+  files.streamingSearch    names holding a query below a folder, streamed in pages
   files.collections.{create,delete,rename,updateAcl,verify}
 
 Environment (set by ucloud-dispatch): UCLOUD_CALL, USER (the mapped account; the
@@ -114,6 +116,8 @@ fn run(file: &str) -> Result<Value, Error> {
         "files.delete" => ops::delete(&ctx, &request),
         "files.createDownload" => download::create(&ctx, &request),
         "files.createUpload" => upload::create(&ctx, &request),
+        // A WebSocket stream: the plugin writes its lines itself.
+        "files.streamingSearch" => search::run(&ctx, &request).map(|()| Value::Null),
         // The data channel answers in the framed form itself.
         "files.download" => download::serve(&ctx, &request).map(|()| Value::Null),
         "files.upload" => upload::serve(&ctx, &request).map(|()| Value::Null),

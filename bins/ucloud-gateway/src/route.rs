@@ -58,7 +58,10 @@ pub fn route(method: &str, raw_path: &str, provider: &str) -> Route {
         if call.method == method || call.cors && call.method == "POST" && method == "OPTIONS" {
             return Route::Call(call);
         }
-        known_path = Some(call);
+        // A path that also answers a plain call (`{P}/files`) is not upgrade-only.
+        if known_path.is_none_or(|k: &Call| k.websocket == WebSocket::Only) {
+            known_path = Some(call);
+        }
     }
     match known_path {
         Some(call) if call.websocket == WebSocket::Only => {
@@ -102,6 +105,7 @@ mod tests {
             ("POST", "/ucloud/hpc/files/upload", "files.createUpload"),
             ("POST", "/ucloud/hpc/files/download", "files.createDownload"),
             ("DELETE", "/ucloud/hpc/files", "files.delete"),
+            ("GET", "/ucloud/hpc/files", "files.streamingSearch"),
             (
                 "POST",
                 "/ucloud/hpc/files/collections",
@@ -178,6 +182,7 @@ mod tests {
                 "/ucloud/jobs.provider.hpc/websocket",
                 "GET (a WebSocket upgrade) only",
             ),
+            ("POST", "/ucloud/hpc/files", "does not answer POST"),
         ];
         for (method, path, why) in cases {
             match route(method, path, "hpc") {

@@ -35,7 +35,7 @@ fn fail(why: impl Into<String>) -> SimError {
     SimError::Call(why.into())
 }
 
-fn random<const N: usize>() -> Result<[u8; N], SimError> {
+pub fn random<const N: usize>() -> Result<[u8; N], SimError> {
     let mut b = [0u8; N];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
@@ -56,21 +56,63 @@ pub fn follow(args: &FollowArgs<'_>, out: &mut impl Write) -> Result<(), SimErro
                     .into(),
             )
         })?;
-    let name = UcloudName::new(args.user).map_err(|e| SimError::Usage(format!("--user: {e}")))?;
+    let stream_id = format!("sim-{}", std::process::id());
+    let first = match &args.raw {
+        Some(raw) => raw.clone(),
+        None => {
+            let init = json!({
+                "call": format!("jobs.provider.{provider}.follow"),
+                "streamId": stream_id,
+                "payload": {"type": "init", "job": job},
+            });
+            websocket::text(&init.to_string(), Some(random()?))
+        }
+    };
+    let socket = Socket {
+        url: args.url,
+        ca: args.ca,
+        user: args.user,
+        token: args.token,
+        path: &format!("/ucloud/jobs.provider.{provider}/websocket"),
+    };
+    session(&socket, &first, &stream_id, args.cancel_after, out)
+}
+
+/// Where a stream goes, and as whom.
+pub struct Socket<'a> {
+    pub url: &'a str,
+    pub ca: Option<&'a Path>,
+    /// The UCloud user, sent as `usernameHint`.
+    pub user: &'a str,
+    pub token: &'a str,
+    /// The path under the URL's base, without the query.
+    pub path: &'a str,
+}
+
+/// Opens the WebSocket as UCloud's core does (the bearer token on the upgrade
+/// request, the user in `usernameHint`), sends `first`, and prints every message
+/// as a JSON line until the server closes; with `cancel_after`, a cancel for
+/// `stream_id` goes out after that many messages.
+pub fn session(
+    socket: &Socket<'_>,
+    first: &[u8],
+    stream_id: &str,
+    cancel_after: Option<usize>,
+    out: &mut impl Write,
+) -> Result<(), SimError> {
+    let name = UcloudName::new(socket.user).map_err(|e| SimError::Usage(format!("--user: {e}")))?;
     let hint = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(name.as_str());
-    let endpoint = Endpoint::new(args.url, args.ca, TIMEOUT).map_err(|e| fail(e.to_string()))?;
+    let endpoint =
+        Endpoint::new(socket.url, socket.ca, TIMEOUT).map_err(|e| fail(e.to_string()))?;
     let mut stream = endpoint.connect().map_err(|e| fail(e.to_string()))?;
     let key = base64::engine::general_purpose::STANDARD.encode(random::<16>()?);
-    let path = format!(
-        "{}/ucloud/jobs.provider.{provider}/websocket?usernameHint={hint}",
-        endpoint.url.base
-    );
+    let path = format!("{}{}?usernameHint={hint}", endpoint.url.base, socket.path);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
          Authorization: Bearer {}\r\nUser-Agent: ucloud-sim\r\n\r\n",
         endpoint.url.authority(),
-        args.token
+        socket.token
     );
     stream
         .write_all(request.as_bytes())
@@ -97,20 +139,8 @@ pub fn follow(args: &FollowArgs<'_>, out: &mut impl Write) -> Result<(), SimErro
             "the server's Sec-WebSocket-Accept does not match our key",
         ));
     }
-    let stream_id = format!("sim-{}", std::process::id());
-    let first = match &args.raw {
-        Some(raw) => raw.clone(),
-        None => {
-            let init = json!({
-                "call": format!("jobs.provider.{provider}.follow"),
-                "streamId": stream_id,
-                "payload": {"type": "init", "job": job},
-            });
-            websocket::text(&init.to_string(), Some(random()?))
-        }
-    };
     stream
-        .write_all(&first)
+        .write_all(first)
         .map_err(|e| fail(format!("sending the first message: {e}")))?;
     let mut decoder = Decoder::new(Role::Client, MAX_MESSAGE);
     decoder.push(&rest);
@@ -123,7 +153,7 @@ pub fn follow(args: &FollowArgs<'_>, out: &mut impl Write) -> Result<(), SimErro
                     let v: Value = serde_json::from_str(&t).unwrap_or(Value::String(t));
                     print(out, &v)?;
                     messages += 1;
-                    if args.cancel_after == Some(messages) {
+                    if cancel_after == Some(messages) {
                         let cancel = json!({"type": "cancel", "streamId": stream_id});
                         let frame = websocket::text(&cancel.to_string(), Some(random()?));
                         stream
@@ -158,7 +188,7 @@ pub fn follow(args: &FollowArgs<'_>, out: &mut impl Write) -> Result<(), SimErro
     }
 }
 
-fn print(out: &mut impl Write, v: &Value) -> Result<(), SimError> {
+pub fn print(out: &mut impl Write, v: &Value) -> Result<(), SimError> {
     writeln!(out, "{v}")
         .and_then(|()| out.flush())
         .map_err(|e| fail(format!("cannot write: {e}")))

@@ -13,6 +13,7 @@ mod follow;
 mod gojson;
 mod gotypes;
 mod query;
+mod search;
 mod serve;
 mod store;
 mod support;
@@ -40,6 +41,8 @@ usage:
                    [--user NAME] [--user-claim CLAIM] [--unchecked] METHOD PATH [JSON_BODY]
   ucloud-sim follow [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
                    --user NAME [--cancel-after N] [--raw HEX] JOB_JSON
+  ucloud-sim search [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
+                   --user NAME [--state DIR] [--unchecked] [--raw HEX] FOLDER QUERY
   ucloud-sim usage --state DIR
   ucloud-sim --help | --version
 
@@ -57,6 +60,10 @@ usage:
   follow follow a job's output over the WebSocket like UCloud; one JSON line per
          message, then a close line (or the HTTP status when the upgrade is refused);
          --url and --ca default as for call
+  search search FOLDER (a UCloud path) by name over the WebSocket like UCloud,
+         after the core's checks (the drive is the user's, per --state; the
+         provider's support says streamingSearchSupported; the query is one
+         UCloud accepts); output as for follow, or {\"refused\":STATUS,\"why\":...}
   usage  print each owner's usage per category and per scope, as JSON
 
 See ucloud-sim(1).
@@ -136,6 +143,7 @@ fn run(mut args: Arguments) -> Result<(), SimError> {
         Some("token") => token(args),
         Some("call") => call(args),
         Some("follow") => follow(args),
+        Some("search") => search_command(args),
         Some("usage") => usage_command(args),
         Some(other) => Err(SimError::Usage(format!("unknown command {other:?}"))),
         None => Err(SimError::Usage("a command is required".into())),
@@ -360,6 +368,55 @@ fn follow(mut args: Arguments) -> Result<(), SimError> {
             job: &job,
             raw,
             cancel_after,
+        },
+        &mut std::io::stdout().lock(),
+    )
+}
+
+fn search_command(mut args: Arguments) -> Result<(), SimError> {
+    let url: Option<String> = args.opt_value_from_str("--url").map_err(usage)?;
+    let ca: Option<PathBuf> = args.opt_value_from_str("--ca").map_err(usage)?;
+    let given_token: Option<String> = args.opt_value_from_str("--token").map_err(usage)?;
+    let signing_key: Option<PathBuf> = args.opt_value_from_str("--signing-key").map_err(usage)?;
+    let state: Option<PathBuf> = args.opt_value_from_str("--state").map_err(usage)?;
+    let user: String = args
+        .opt_value_from_str("--user")
+        .map_err(usage)?
+        .ok_or_else(|| SimError::Usage("search needs --user NAME".into()))?;
+    let unchecked = args.contains("--unchecked");
+    let raw: Option<String> = args.opt_value_from_str("--raw").map_err(usage)?;
+    let folder: String = args
+        .free_from_str()
+        .map_err(|_| SimError::Usage("search needs FOLDER and QUERY after its options".into()))?;
+    let query: String = args
+        .free_from_str()
+        .map_err(|_| SimError::Usage("search needs QUERY after FOLDER".into()))?;
+    no_more(args)?;
+    let raw = raw.as_deref().map(follow::parse_hex).transpose()?;
+    let (url, ca) = provider_url(url, ca)?;
+    let store = state.as_deref().map(store::Store::open).transpose()?;
+    let token = match given_token {
+        Some(t) => t,
+        None => {
+            let (Some(key), Some(store)) = (&signing_key, &store) else {
+                return Err(SimError::Usage(
+                    "search needs --signing-key and --state (or --token)".into(),
+                ));
+            };
+            tokens::ucloud_token(&tokens::Keys::load(key)?, store, &Default::default())?
+        }
+    };
+    search::search(
+        &search::SearchArgs {
+            url: &url,
+            ca: ca.as_deref(),
+            user: &user,
+            token: &token,
+            store: store.as_ref(),
+            folder: &folder,
+            query: &query,
+            unchecked,
+            raw,
         },
         &mut std::io::stdout().lock(),
     )

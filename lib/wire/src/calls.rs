@@ -145,6 +145,11 @@ pub const CALLS: &[Call] = &[
         ..call("POST", "{P}/files/download", "files.createDownload", User)
     },
     call("DELETE", "{P}/files", "files.delete", User),
+    // The same path as files.delete: a GET upgrade here is the search stream.
+    Call {
+        websocket: WebSocket::Only,
+        ..call("GET", "{P}/files", "files.streamingSearch", User)
+    },
     call(
         "POST",
         "{P}/files/collections",

@@ -59,7 +59,13 @@ pub struct SiteConfig {
     pub folder_upload_max_depth: u64,
     pub folder_upload_max_width: u64,
     pub folder_upload_max_files: u64,
+    /// The most results one `files.streamingSearch` sends before it ends
+    /// (`search_max_results`); its time budget is the call's time limit.
+    pub search_max_results: u64,
 }
+
+/// `search_max_results` when site.conf sets none.
+pub const DEFAULT_SEARCH_MAX_RESULTS: u64 = 100_000;
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -133,6 +139,7 @@ impl SiteConfig {
             folder_upload_max_depth: 32,
             folder_upload_max_width: 10_000,
             folder_upload_max_files: 1_000_000,
+            search_max_results: DEFAULT_SEARCH_MAX_RESULTS,
         };
         let mut strict = false;
         let mut claim = String::from("ucloudUsername");
@@ -178,6 +185,10 @@ impl SiteConfig {
                 "user_claim" => claim = value.to_string(),
                 "token_max_lifetime" => config.token_max_lifetime = number(key)?,
                 "clock_skew" => config.clock_skew = number(key)?,
+                "search_max_results" => match number(key)? {
+                    0 => return Err(err(line_no, "search_max_results must be at least 1")),
+                    n => config.search_max_results = n,
+                },
                 "timeout" => config.timeout = number(key)?,
                 "mapping_expire_after_ms" => config.mapping_expire_after_ms = Some(number(key)?),
                 "ucloud_url" => config.ucloud_url = value.trim_end_matches('/').to_string(),
@@ -286,6 +297,29 @@ mod tests {
         assert_eq!(c.timeout_for("files.download"), calls::LONG_TIMEOUT_SECS);
         assert_eq!(c.nss_skip, ["systemd"]);
         assert!(c.spare_dispatcher);
+        assert_eq!(c.search_max_results, DEFAULT_SEARCH_MAX_RESULTS);
+        assert_eq!(
+            c.timeout_for("files.streamingSearch"),
+            calls::DEFAULT_TIMEOUT_SECS
+        );
+    }
+
+    #[test]
+    fn search_max_results_is_a_positive_number() {
+        let c = SiteConfig::parse(&format!(
+            "{MINIMAL}search_max_results = 50
+"
+        ))
+        .unwrap();
+        assert_eq!(c.search_max_results, 50);
+        for bad in ["0", "-1", "many", ""] {
+            let e = SiteConfig::parse(&format!(
+                "{MINIMAL}search_max_results = {bad}
+"
+            ))
+            .unwrap_err();
+            assert_eq!(e.line, 4, "{bad:?}");
+        }
     }
 
     #[test]

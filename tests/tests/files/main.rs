@@ -13,6 +13,7 @@ mod full_disk;
 mod isolation;
 mod large_files;
 mod operations;
+mod search;
 mod uploads;
 mod websocket_uploads;
 

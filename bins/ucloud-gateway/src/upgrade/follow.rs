@@ -5,6 +5,9 @@
 //! (ucloud-im-protocol(7)). The gateway owns the stream id and the `response` that
 //! ends the stream, so a plugin can neither forge nor skip them.
 //!
+//! Every call that is only a WebSocket runs this way; what differs is how its
+//! first message is read ([`Stream`]): search.rs has `files.streamingSearch`'s.
+//!
 //! Three threads meet on one channel: the client's frames, the plugin's lines, and
 //! this one, the only writer to the client, which also pings every 30 s. The
 //! channel is bounded, so neither side can grow the gateway's memory by sending
@@ -15,7 +18,9 @@
 //! pong, which cannot be written while it does not read): it is closed with 1008,
 //! and what it still sends is read and dropped, so that it can read the close.
 
-use super::shared::{read_tick, refuse, switch_protocols, upgrade_accept, Ended, READER_TICK};
+use super::shared::{
+    first_message, read_tick, refuse, switch_protocols, upgrade_accept, Ended, READER_TICK,
+};
 use crate::conn::ClientIn;
 use crate::connection::Connection;
 use crate::credential::ucloud_user;
@@ -34,6 +39,7 @@ use ucloud_http::server::Request;
 use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
 use ucloud_wire::answer;
 use ucloud_wire::calls::Call;
+use ucloud_wire::config::SiteConfig;
 use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::names::UcloudName;
 
@@ -57,6 +63,23 @@ const BACKLOG_FRAMES: usize = 32;
 const BACKLOG_BYTES: usize = 4 << 20;
 /// How long a full backlog may stand still before the client is closed (1008).
 const BACKLOG_WAIT: Duration = Duration::from_secs(5);
+
+/// A first message read: the stream id and the plugin's request, or why it is refused.
+pub type Init = Result<(String, Value), String>;
+
+/// What differs between the calls that are only a WebSocket.
+pub struct Stream {
+    /// What the stream does for its user, for the refusal of a missing usernameHint.
+    pub doing: &'static str,
+    /// The first message: the stream id and the plugin's request, or why the
+    /// message is refused (the stream is closed with 1008).
+    pub init: fn(text: &str, site: &SiteConfig) -> Init,
+}
+
+pub const FOLLOW: Stream = Stream {
+    doing: "following a job",
+    init: |text, site| parse_init(text, &site.provider),
+};
 
 enum Event {
     Client(Message),
@@ -133,12 +156,13 @@ fn size(m: &Message) -> usize {
 pub fn serve(
     conn: &Connection,
     call: &'static Call,
+    stream: &Stream,
     req: &Request,
     leftover: Vec<u8>,
     input: &mut ClientIn,
     out: &mut impl Write,
 ) -> Ended {
-    let (envelope_parts, accept) = match check_upgrade(conn, req) {
+    let (envelope_parts, accept) = match check_upgrade(conn, req, stream) {
         Ok(ok) => ok,
         Err(reject) => return refuse(out, reject),
     };
@@ -161,7 +185,7 @@ pub fn serve(
             next_ping: Instant::now() + PING_EVERY,
             reader_done: false,
         };
-        let note = session.run(conn, call, envelope_parts, tx);
+        let note = session.run(conn, call, stream, envelope_parts, tx);
         stop.store(true, Ordering::Relaxed);
         // The reader may wait on a full channel: empty it until the reader sees `stop`.
         while !reader.is_finished() {
@@ -176,11 +200,14 @@ pub fn serve(
 struct Caller {
     bearer: String,
     user: UcloudName,
-    provider: String,
 }
 
-fn check_upgrade(conn: &Connection, req: &Request) -> Result<(Caller, String), Reject> {
-    let config = conn.config()?;
+fn check_upgrade(
+    conn: &Connection,
+    req: &Request,
+    stream: &Stream,
+) -> Result<(Caller, String), Reject> {
+    conn.config()?;
     let accept = upgrade_accept(req)?;
     // The token first: an unauthenticated caller learns nothing else.
     let (bearer, verified) = conn.verify_bearer(req)?;
@@ -188,16 +215,15 @@ fn check_upgrade(conn: &Connection, req: &Request) -> Result<(Caller, String), R
         .query_param("usernameHint")
         .map(|hint| UcloudName::from_hint(&hint).map_err(|e| e.to_string()));
     let Some(user) = ucloud_user(named, &verified)? else {
-        return Err(Reject::BadRequest(
-            "following a job acts for a UCloud user: the query parameter usernameHint is missing"
-                .into(),
-        ));
+        return Err(Reject::BadRequest(format!(
+            "{} acts for a UCloud user: the query parameter usernameHint is missing",
+            stream.doing
+        )));
     };
     Ok((
         Caller {
             bearer: bearer.to_string(),
             user,
-            provider: config.provider.clone(),
         },
         accept,
     ))
@@ -405,6 +431,7 @@ impl<W: Write> Session<'_, W> {
         &mut self,
         conn: &Connection,
         call: &'static Call,
+        stream: &Stream,
         caller: Caller,
         tx: SyncSender<Event>,
     ) -> String {
@@ -426,7 +453,14 @@ impl<W: Write> Session<'_, W> {
                 Event::ClientGone(why) => return self.finish(None, None, End::Gone(why)),
                 Event::Line(_) | Event::PluginEof(_) => unreachable!("no plugin yet"),
             };
-            match parse_init(&text, &caller.provider) {
+            let site = match conn.config() {
+                Ok(site) => site,
+                Err(reject) => {
+                    let f = reject.failure();
+                    return self.finish(None, None, End::Close(ws::CLOSE_POLICY, f.why));
+                }
+            };
+            match (stream.init)(&text, site) {
                 Ok(init) => break init,
                 Err(why) => return self.finish(None, None, End::Close(ws::CLOSE_POLICY, why)),
             }
@@ -603,18 +637,8 @@ fn plugin_broke(why: String) -> End {
 /// `{"call":"jobs.provider.{P}.follow","streamId":"…","payload":{"type":"init",…}}`:
 /// the stream id and the request for the plugin (the payload).
 fn parse_init(text: &str, provider: &str) -> Result<(String, Value), String> {
-    let v: Value =
-        serde_json::from_str(text).map_err(|e| format!("the first message is not JSON: {e}"))?;
-    let expected = format!("jobs.provider.{provider}.follow");
-    if v["call"].as_str() != Some(expected.as_str()) {
-        return Err(format!("the first message must call {expected}"));
-    }
-    let stream_id = v["streamId"]
-        .as_str()
-        .filter(|s| !s.is_empty() && s.len() <= 256)
-        .ok_or("the first message needs a streamId (a string of 1 to 256 bytes)")?
-        .to_string();
-    let mut payload = v["payload"].clone();
+    let (stream_id, mut payload) =
+        first_message(text, &format!("jobs.provider.{provider}.follow"))?;
     if payload["type"].as_str() != Some("init") || !payload["job"].is_object() {
         return Err("the first message's payload must be {\"type\":\"init\",\"job\":Job}".into());
     }

@@ -4,10 +4,12 @@
 //! upload (upload.rs, a call whose body may also come as messages). What they share
 //! is in shared.rs. Which calls upgrade, and how, is the call table's `websocket`.
 //! The WEBSOCKET_V2 folder upload (folder.rs) shares the upload's endpoint and call;
-//! its link says `protocol=WEBSOCKET_V2`.
+//! its link says `protocol=WEBSOCKET_V2`. A search (search.rs) is a stream run as
+//! follow.rs runs one.
 
 mod folder;
 mod follow;
+mod search;
 mod shared;
 mod upload;
 
@@ -58,7 +60,13 @@ pub fn serve(
     out: &mut ClientOut,
 ) -> Outcome {
     let (call, (status, note)) = match upgrade {
-        Upgrade::Follow(c) => (c, follow::serve(conn, c, req, leftover, input, out)),
+        Upgrade::Follow(c) => {
+            let stream = match c.name {
+                "files.streamingSearch" => &search::SEARCH,
+                _ => &follow::FOLLOW,
+            };
+            (c, follow::serve(conn, c, stream, req, leftover, input, out))
+        }
         Upgrade::Upload(c) => (c, upload::serve(conn, c, req, leftover, input, out)),
         Upgrade::Folder(c) => (c, folder::serve(conn, c, req, leftover, input, out)),
     };

@@ -5,6 +5,7 @@
 use crate::conn::ClientIn;
 use crate::error::Reject;
 use crate::respond;
+use serde_json::Value;
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
@@ -42,4 +43,20 @@ pub fn read_tick(input: &mut ClientIn, buf: &mut [u8]) -> io::Result<Option<usiz
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The first message of a stream, `{"call":expected,"streamId":…,"payload":…}`
+/// (UCloud's rpc.WSRequestMessage): its stream id and its payload.
+pub fn first_message(text: &str, expected: &str) -> Result<(String, Value), String> {
+    let mut v: Value =
+        serde_json::from_str(text).map_err(|e| format!("the first message is not JSON: {e}"))?;
+    if v["call"].as_str() != Some(expected) {
+        return Err(format!("the first message must call {expected}"));
+    }
+    let stream_id = v["streamId"]
+        .as_str()
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .ok_or("the first message needs a streamId (a string of 1 to 256 bytes)")?
+        .to_string();
+    Ok((stream_id, v["payload"].take()))
 }
