@@ -45,26 +45,25 @@ fn main() {
     });
     ws.write_all(&ws_client_frame(0x1, format!("0 {total}").as_bytes()))
         .unwrap();
-    // Each message is read into place behind room for its header, masked where it
-    // lies and sent in one write, as a browser's WebSocket does with a slice.
-    const ROOM: usize = 14;
-    let mut buf = vec![0u8; ROOM + MESSAGE];
-    loop {
-        let mut n = 0;
-        while n < MESSAGE {
-            match input.read(&mut buf[ROOM + n..]).unwrap() {
-                0 => break,
-                got => n += got,
-            }
+    // Each message goes out as it is read, in pieces masked where they lie: a
+    // client that read and masked a whole message before sending any of it would
+    // leave the connection idle meanwhile. Pieces are whole words of the mask, so
+    // each starts at the key's first byte.
+    const PIECE: usize = 1 << 20;
+    let mut buf = vec![0u8; PIECE];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(MESSAGE as u64);
+        ws.write_all(&ws_client_head(0x82, n)).unwrap();
+        let mut left = n as usize;
+        while left > 0 {
+            let piece = &mut buf[..left.min(PIECE)];
+            input.read_exact(piece).unwrap();
+            ws_mask(piece);
+            ws.write_all(piece).unwrap();
+            left -= piece.len();
         }
-        if n == 0 {
-            break;
-        }
-        let head = ws_client_head(0x82, n as u64);
-        let at = ROOM - head.len();
-        buf[at..ROOM].copy_from_slice(&head);
-        ws_mask(&mut buf[ROOM..ROOM + n]);
-        ws.write_all(&buf[at..ROOM + n]).unwrap();
+        sent += n;
     }
     let (code, why, last) = answers.join().unwrap();
     if code != 1000 || last != total.to_string() {
