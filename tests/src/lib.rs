@@ -27,4 +27,6 @@ pub use sim::{parse_call_output, sim_log};
 pub use stack::{env_file, parse_env, Stack};
 pub use tokens::{base64, base64url, hs256, openssl, rs256};
 pub use wait::{wait_until, within};
-pub use websocket::{ws_client_frame, ws_connect, ws_server_frame, ws_upgrade};
+pub use websocket::{
+    ws_client_frame, ws_client_head, ws_connect, ws_mask, ws_server_frame, ws_upgrade,
+};

@@ -468,17 +468,17 @@ const PROGRESS_STEP: u64 = 16 << 20;
 /// on disk is printed as a line, which the gateway sends as a text message. A
 /// stream that ends early keeps what is on disk: the client reconnects with that
 /// offset, or with any smaller one (the last count it was told).
+///
+/// A step's `fdatasync` runs in a thread beside the reception of the next step,
+/// and that thread prints the count once it is durable: waiting for the disk to
+/// flush would otherwise stop the stream, and with it the disk, at every step
+/// (writeback of what arrives is already under way, see `receive`). At most one
+/// sync is under way; a count is only ever printed after its sync.
 fn serve_stream(ctx: &Ctx, request: &Value) -> Result<(), Error> {
     let mut up = open_partial(ctx, request)?;
-    let mut out = std::io::stdout().lock();
-    let mut say = |line: String| {
-        writeln!(out, "{line}")
-            .and_then(|()| out.flush())
-            .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))
-    };
     // The token is verified and the session found: the gateway may now accept the
     // WebSocket (it answers 101 only after this line).
-    say(format!("ready {}", up.have)).map_err(|e| up.cut_back(up.have, e))?;
+    say(&format!("ready {}", up.have)).map_err(|e| up.cut_back(up.have, e))?;
     let (offset, total) = stream_start().map_err(|e| up.cut_back(up.have, e))?;
     let shown = up.shown.clone();
     if offset > up.have {
@@ -497,30 +497,77 @@ fn serve_stream(ctx: &Ctx, request: &Value) -> Result<(), Error> {
     up.check(offset, 0, total)
         .map_err(|e| up.cut_back(up.have, e))?;
     fits(&up.lock, up.have, total, &shown).map_err(|e| up.cut_back(up.have, e))?;
-    while up.have < total {
-        let want = (total - up.have).min(PROGRESS_STEP);
-        reserve(&up.lock, up.have, want, total, &shown).map_err(|e| up.cut_back(up.have, e))?;
-        let got =
-            receive_upto(&up.lock, up.have, want, &shown).map_err(|e| up.cut_back(up.have, e))?;
-        fdatasync(&*up.lock).map_err(|e| up.cut_back(up.have, Error::from_errno(e, &shown)))?;
-        up.have += got;
-        if got < want {
-            // What came is on disk and stays (an empty partial file goes); the space
-            // reserved past it is not needed now. The numbers first: a close reason
-            // is short.
-            let stopped = Error::BadRequest(format!(
-                "stopped after {} of {total} bytes, which are kept: reconnect with offset {} ({shown})",
-                up.have, up.have
-            ));
-            return Err(up.cut_back(up.have, stopped));
-        }
-        if up.have < total {
-            say(up.have.to_string())?;
-        }
-    }
-    let keep = up.have;
-    up.finish(keep)?;
-    say(total.to_string())
+    let file: &std::fs::File = &up.lock;
+    // The bytes known to be on disk: what a failure cuts the file back to.
+    let mut durable = up.have;
+    let streamed = std::thread::scope(|scope| {
+        let mut syncing = None;
+        let mut have = durable;
+        let result = loop {
+            if have == total {
+                break Ok(());
+            }
+            let want = (total - have).min(PROGRESS_STEP);
+            let got = match reserve(file, have, want, total, &shown)
+                .and_then(|()| receive_upto(file, have, want, &shown))
+            {
+                Ok(got) => got,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = settle(&mut syncing, &mut durable) {
+                break Err(e);
+            }
+            have += got;
+            if got < want {
+                // What came is on disk and stays (an empty partial file goes); the
+                // space reserved past it is not needed now. The numbers first: a
+                // close reason is short.
+                if let Err(e) = fdatasync(file) {
+                    break Err(Error::from_errno(e, &shown));
+                }
+                durable = have;
+                break Err(Error::BadRequest(format!(
+                    "stopped after {have} of {total} bytes, which are kept: reconnect with offset {have} ({shown})"
+                )));
+            }
+            // The last step is made durable by `finish`, which also tells its count.
+            if have < total {
+                let shown = &shown;
+                syncing = Some(scope.spawn(move || {
+                    fdatasync(file).map_err(|e| Error::from_errno(e, shown))?;
+                    say(&have.to_string())?;
+                    Ok(have)
+                }));
+            }
+        };
+        // No sync outlives the stream: the file is cut back or finished after it.
+        let settled = settle(&mut syncing, &mut durable);
+        result.and(settled)
+    });
+    streamed.map_err(|e| up.cut_back(durable, e))?;
+    up.finish(durable)?;
+    say(&total.to_string())
+}
+
+/// One line to the gateway, which sends it to the client as a text message.
+fn say(line: &str) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| Error::Internal(format!("the gateway stopped reading: {e}")))
+}
+
+/// Waits for the sync under way, if any; on success `durable` is the count it
+/// made durable (and told).
+fn settle(
+    syncing: &mut Option<std::thread::ScopedJoinHandle<'_, Result<u64, Error>>>,
+    durable: &mut u64,
+) -> Result<(), Error> {
+    let Some(sync) = syncing.take() else {
+        return Ok(());
+    };
+    *durable = sync.join().expect("the sync thread does not panic")?;
+    Ok(())
 }
 
 /// The stream's first line, `<offset> <totalSize>`, read byte by byte from the

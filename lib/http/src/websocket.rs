@@ -2,6 +2,9 @@
 //! for both ends (the gateway is the server, `ucloud-sim follow` the client).
 //! The decoder takes bytes as they come and never trusts a length it has not checked
 //! against its limits, so a hostile peer costs at most `max_message` bytes of memory.
+//! [`Stream`] is the same decoder for bulk data: it hands a binary message over in
+//! pieces as they arrive, unmasked in the caller's buffer, and holds only short
+//! text and control messages.
 
 use crate::server::{write_head, Request};
 use std::fmt;
@@ -264,12 +267,303 @@ impl Decoder {
         }
         let mut payload = b[at..at + len].to_vec();
         if let Some(m) = mask {
-            for (i, byte) in payload.iter_mut().enumerate() {
-                *byte ^= m[i % 4];
-            }
+            apply_mask(&mut payload, m, 0);
         }
         self.buf.drain(..at + len);
         Ok(Some((fin, opcode, payload)))
+    }
+}
+
+/// What a [`Stream`] makes of the bytes it is given.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// The next bytes of a binary message, unmasked, in order; `true` with the
+    /// message's last piece (which may be empty).
+    Data(&'a [u8], bool),
+    /// A whole text message (fragments joined, at most `max_text` bytes).
+    Text(String),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    /// The peer's close code (absent when its close frame had no body) and reason.
+    Close(Option<u16>, String),
+}
+
+/// The payload of a frame that is arriving.
+struct Payload {
+    /// The frame's own opcode (0 for a continuation).
+    opcode: u8,
+    fin: bool,
+    left: u64,
+    mask: Option<[u8; 4]>,
+    /// Payload bytes already taken, modulo 4: where the mask continues.
+    phase: usize,
+}
+
+/// A decoder that streams binary messages: their payload bytes are unmasked in
+/// the caller's buffer and handed back as they arrive, never assembled, so a
+/// message of any allowed size costs no memory here. Text and control messages,
+/// which are short, come whole. The checks are those of [`Decoder`]: masking by
+/// role, reserved bits, opcodes, shortest lengths, whole control frames of at most
+/// 125 bytes, fragment order, UTF-8, close codes, and the size bounds, which are
+/// checked from a frame's header before its payload is waited for.
+///
+/// Feed it with [`Stream::decode`] on what was read, until it is all taken.
+/// After an error the stream is unusable: close with the error's code.
+pub struct Stream {
+    role: Role,
+    max_binary: u64,
+    max_text: usize,
+    /// A frame header being gathered (at most 14 bytes).
+    head: [u8; 14],
+    head_len: usize,
+    payload: Option<Payload>,
+    /// The opcode of a data message whose final frame has not come, and the bytes
+    /// it had so far.
+    message: Option<(u8, u64)>,
+    /// A text message's bytes so far, unmasked.
+    text: Vec<u8>,
+    /// A control frame's payload so far, unmasked.
+    control: Vec<u8>,
+}
+
+impl Stream {
+    /// `max_binary`: the largest binary message (fragments added up); `max_text`:
+    /// the largest text message.
+    pub fn new(role: Role, max_binary: u64, max_text: usize) -> Stream {
+        Stream {
+            role,
+            max_binary,
+            max_text,
+            head: [0; 14],
+            head_len: 0,
+            payload: None,
+            message: None,
+            text: Vec::new(),
+            control: Vec::new(),
+        }
+    }
+
+    /// Decodes from the front of `input`, unmasking in place: how many bytes it took
+    /// and what they completed, if anything. It takes at least one byte of a
+    /// non-empty `input`; call it again on the rest (`&mut input[taken..]`) until
+    /// all is taken. A [`Piece::Data`] borrows from `input`: use it before that.
+    pub fn decode<'a>(
+        &mut self,
+        input: &'a mut [u8],
+    ) -> Result<(usize, Option<Piece<'a>>), WsError> {
+        if self.payload.is_none() {
+            let taken = self.header(input)?;
+            // A frame with an empty payload ends at its header.
+            let piece = match &self.payload {
+                Some(p) if p.left == 0 => self.frame_end(&mut [])?,
+                _ => None,
+            };
+            return Ok((taken, piece));
+        }
+        let p = self.payload.as_mut().expect("checked above");
+        let n = usize::try_from(p.left)
+            .unwrap_or(usize::MAX)
+            .min(input.len());
+        let bytes = &mut input[..n];
+        if let Some(key) = p.mask {
+            apply_mask(bytes, key, p.phase);
+        }
+        p.left -= n as u64;
+        p.phase = (p.phase + n) % 4;
+        let ends = p.left == 0;
+        let kind = if p.opcode == 0 {
+            self.message.map_or(0, |(op, _)| op)
+        } else {
+            p.opcode
+        };
+        if kind == 0x2 {
+            let fin = ends && p.fin;
+            if ends {
+                self.payload = None;
+                if fin {
+                    self.message = None;
+                }
+            }
+            if n == 0 && !fin {
+                return Ok((0, None));
+            }
+            return Ok((n, Some(Piece::Data(bytes, fin))));
+        }
+        // Text and control payloads are short (bounded in `header`): gathered.
+        if kind >= 0x8 {
+            self.control.extend_from_slice(bytes);
+        } else {
+            self.text.extend_from_slice(bytes);
+        }
+        let piece = if ends { self.frame_end(&mut [])? } else { None };
+        Ok((n, piece))
+    }
+
+    /// Takes header bytes from `input`; once the header is whole, checks it and
+    /// starts its payload. Returns how many bytes it took.
+    fn header(&mut self, input: &[u8]) -> Result<usize, WsError> {
+        let mut taken = 0;
+        loop {
+            // The first two bytes say how long the header is.
+            let need = if self.head_len < 2 {
+                2
+            } else {
+                self.check_start()?
+            };
+            if self.head_len == need {
+                break;
+            }
+            let more = (need - self.head_len).min(input.len() - taken);
+            self.head[self.head_len..self.head_len + more]
+                .copy_from_slice(&input[taken..taken + more]);
+            self.head_len += more;
+            taken += more;
+            if self.head_len < need {
+                return Ok(taken);
+            }
+        }
+        let h = &self.head;
+        let (len, at) = match h[1] & 0x7F {
+            126 => {
+                let n = u16::from_be_bytes([h[2], h[3]]) as u64;
+                if n < 126 {
+                    return Err(err(CLOSE_PROTOCOL, "length not in its shortest form"));
+                }
+                (n, 4)
+            }
+            127 => {
+                let n = u64::from_be_bytes(h[2..10].try_into().expect("8 bytes"));
+                if n >> 63 != 0 {
+                    return Err(err(CLOSE_PROTOCOL, "length with the top bit set"));
+                }
+                if n <= u16::MAX as u64 {
+                    return Err(err(CLOSE_PROTOCOL, "length not in its shortest form"));
+                }
+                (n, 10)
+            }
+            n => (n as u64, 2),
+        };
+        let mask = (h[1] & 0x80 != 0).then(|| [h[at], h[at + 1], h[at + 2], h[at + 3]]);
+        let fin = h[0] & 0x80 != 0;
+        let opcode = h[0] & 0x0F;
+        // Checked before a byte of the payload is waited for: an announced giant
+        // is refused at once.
+        let kind = if opcode == 0 {
+            self.message.map_or(0, |(op, _)| op)
+        } else {
+            opcode
+        };
+        if kind == 0x2 {
+            let so_far = self.message.map_or(0, |(_, n)| n);
+            if so_far.saturating_add(len) > self.max_binary {
+                return Err(err(
+                    CLOSE_TOO_BIG,
+                    format!("message larger than {} bytes", self.max_binary),
+                ));
+            }
+            self.message = Some((0x2, so_far + len));
+        } else if kind == 0x1 {
+            if self.text.len() as u64 + len > self.max_text as u64 {
+                return Err(err(
+                    CLOSE_TOO_BIG,
+                    format!("text message larger than {} bytes", self.max_text),
+                ));
+            }
+            self.message = Some((0x1, 0));
+        } else {
+            self.control.clear();
+        }
+        self.head_len = 0;
+        self.payload = Some(Payload {
+            opcode,
+            fin,
+            left: len,
+            mask,
+            phase: 0,
+        });
+        Ok(taken)
+    }
+
+    /// The checks of a header's first two bytes; the header's full length.
+    fn check_start(&self) -> Result<usize, WsError> {
+        let h = &self.head;
+        let fin = h[0] & 0x80 != 0;
+        if h[0] & 0x70 != 0 {
+            return Err(err(
+                CLOSE_PROTOCOL,
+                "reserved bits set (no extension was agreed)",
+            ));
+        }
+        let opcode = h[0] & 0x0F;
+        if !matches!(opcode, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA) {
+            return Err(err(CLOSE_PROTOCOL, format!("unknown opcode {opcode:#x}")));
+        }
+        let masked = h[1] & 0x80 != 0;
+        match (self.role, masked) {
+            (Role::Server, false) => {
+                return Err(err(CLOSE_PROTOCOL, "client frames must be masked"))
+            }
+            (Role::Client, true) => {
+                return Err(err(CLOSE_PROTOCOL, "server frames must not be masked"))
+            }
+            _ => {}
+        }
+        let code = h[1] & 0x7F;
+        if opcode >= 0x8 && (!fin || code > 125) {
+            return Err(err(
+                CLOSE_PROTOCOL,
+                "control frames must be whole and at most 125 bytes",
+            ));
+        }
+        match (opcode, self.message) {
+            (0x0, None) => return Err(err(CLOSE_PROTOCOL, "continuation frame without a message")),
+            (0x1 | 0x2, Some(_)) => {
+                return Err(err(
+                    CLOSE_PROTOCOL,
+                    "a new message started before the fragmented one ended",
+                ))
+            }
+            _ => {}
+        }
+        let ext = match code {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        Ok(2 + ext + if masked { 4 } else { 0 })
+    }
+
+    /// A text or control frame's payload is all here: what it completes.
+    fn frame_end<'a>(&mut self, empty: &'a mut [u8]) -> Result<Option<Piece<'a>>, WsError> {
+        let p = self.payload.take().expect("a frame in progress");
+        let kind = if p.opcode == 0 {
+            self.message.map_or(0, |(op, _)| op)
+        } else {
+            p.opcode
+        };
+        match kind {
+            0x2 => {
+                if p.fin {
+                    self.message = None;
+                }
+                Ok(p.fin.then_some(Piece::Data(empty, true)))
+            }
+            0x1 if !p.fin => Ok(None),
+            0x1 => {
+                self.message = None;
+                let text = std::mem::take(&mut self.text);
+                String::from_utf8(text)
+                    .map(|t| Some(Piece::Text(t)))
+                    .map_err(|_| err(CLOSE_BAD_DATA, "text message is not UTF-8"))
+            }
+            0x8 => match close_message(&self.control)? {
+                Message::Close(code, why) => Ok(Some(Piece::Close(code, why))),
+                _ => unreachable!("close_message makes a Close"),
+            },
+            0x9 => Ok(Some(Piece::Ping(std::mem::take(&mut self.control)))),
+            0xA => Ok(Some(Piece::Pong(std::mem::take(&mut self.control)))),
+            _ => unreachable!("check_start refuses other opcodes"),
+        }
     }
 }
 
@@ -315,14 +609,34 @@ pub fn encode(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
-    match mask {
-        Some(k) => {
-            out.extend_from_slice(&k);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        }
-        None => out.extend_from_slice(payload),
+    if let Some(k) = mask {
+        out.extend_from_slice(&k);
+    }
+    let at = out.len();
+    out.extend_from_slice(payload);
+    if let Some(k) = mask {
+        apply_mask(&mut out[at..], k, 0);
     }
     out
+}
+
+/// XORs `bytes` with the masking key `key` (RFC 6455 5.3), in place; `phase` is
+/// the position of `bytes[0]` in the frame's payload (modulo 4 is what counts), so
+/// that a payload can be unmasked piece by piece as it arrives. A word at a time:
+/// masking is on the path of every uploaded byte.
+pub fn apply_mask(bytes: &mut [u8], key: [u8; 4], phase: usize) {
+    let mut k = key;
+    k.rotate_left(phase % 4);
+    let word = u64::from_ne_bytes([k[0], k[1], k[2], k[3], k[0], k[1], k[2], k[3]]);
+    let mut words = bytes.chunks_exact_mut(8);
+    for w in &mut words {
+        let x = u64::from_ne_bytes(w.try_into().expect("8 bytes")) ^ word;
+        w.copy_from_slice(&x.to_ne_bytes());
+    }
+    // At most 7 bytes, whose key bytes start over at k[0] (8 is a multiple of 4).
+    for (b, m) in words.into_remainder().iter_mut().zip(k.iter().cycle()) {
+        *b ^= m;
+    }
 }
 
 pub fn text(s: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
@@ -507,5 +821,266 @@ mod tests {
             c.next().unwrap(),
             Some(Message::Close(Some(1000), _))
         ));
+    }
+
+    #[test]
+    fn masking_a_word_at_a_time_matches_the_rfc_at_any_phase() {
+        let key = [0x5a, 0x17, 0xc3, 0x81];
+        for len in 0..40 {
+            for phase in 0..8 {
+                let data: Vec<u8> = (0..len as u8).map(|b| b.wrapping_mul(37)).collect();
+                let mut fast = data.clone();
+                apply_mask(&mut fast, key, phase);
+                let slow: Vec<u8> = data
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b ^ key[(i + phase) % 4])
+                    .collect();
+                assert_eq!(fast, slow, "length {len}, phase {phase}");
+            }
+        }
+    }
+
+    /// Feeds `bytes` to `s` in pieces of `step`, as reads would come; the messages
+    /// (binary ones joined from their pieces) and the largest data piece.
+    fn stream(s: &mut Stream, bytes: &[u8], step: usize) -> Result<(Vec<Message>, usize), WsError> {
+        let mut got = Vec::new();
+        let mut binary = Vec::new();
+        let mut largest = 0;
+        for read in bytes.chunks(step) {
+            let mut read = read.to_vec();
+            let mut at = 0;
+            while at < read.len() {
+                let (taken, piece) = s.decode(&mut read[at..])?;
+                assert!(taken > 0, "no progress");
+                at += taken;
+                match piece {
+                    None => {}
+                    Some(Piece::Data(b, end)) => {
+                        largest = largest.max(b.len());
+                        binary.extend_from_slice(b);
+                        if end {
+                            got.push(Message::Binary(std::mem::take(&mut binary)));
+                        }
+                    }
+                    Some(Piece::Text(t)) => got.push(Message::Text(t)),
+                    Some(Piece::Ping(p)) => got.push(Message::Ping(p)),
+                    Some(Piece::Pong(p)) => got.push(Message::Pong(p)),
+                    Some(Piece::Close(c, r)) => got.push(Message::Close(c, r)),
+                }
+            }
+        }
+        Ok((got, largest))
+    }
+
+    fn fragment(opcode: u8, payload: &[u8], fin: bool, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut f = encode(opcode, payload, mask);
+        if !fin {
+            f[0] &= 0x7F;
+        }
+        f
+    }
+
+    #[test]
+    fn a_stream_hands_binary_messages_over_in_pieces_as_they_arrive() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 255) as u8).collect();
+        let mut bytes = fragment(0x2, &data[..1_000_001], false, K);
+        bytes.extend(encode(0x9, b"ping", Some([9, 8, 7, 6])));
+        bytes.extend(fragment(0x0, &data[1_000_001..1_000_001], false, K));
+        bytes.extend(encode(0xA, b"", K));
+        bytes.extend(fragment(
+            0x0,
+            &data[1_000_001..],
+            true,
+            Some([0xff, 0, 0x80, 1]),
+        ));
+        bytes.extend(text("done", K));
+        bytes.extend(encode(0x2, b"", K));
+        for step in [1, 3, 4093, 65536, 1 << 20, bytes.len()] {
+            if step == 1 && bytes.len() > 100_000 {
+                // Byte by byte through the headers only; the payload in big reads.
+                let mut s = Stream::new(Role::Server, 4 << 20, 64);
+                let (head, rest) = bytes.split_at(14);
+                let (mut got, _) = stream(&mut s, head, 1).unwrap();
+                got.extend(stream(&mut s, rest, 1 << 16).unwrap().0);
+                assert_eq!(got.len(), 5);
+                continue;
+            }
+            let mut s = Stream::new(Role::Server, 4 << 20, 64);
+            let (got, largest) = stream(&mut s, &bytes, step).unwrap();
+            assert_eq!(
+                got,
+                [
+                    Message::Ping(b"ping".to_vec()),
+                    Message::Pong(Vec::new()),
+                    Message::Binary(data.clone()),
+                    Message::Text("done".into()),
+                    Message::Binary(Vec::new()),
+                ],
+                "reads of {step}"
+            );
+            assert!(largest <= step, "a piece of {largest} from reads of {step}");
+        }
+    }
+
+    #[test]
+    fn a_stream_decodes_what_the_decoder_decodes_in_any_split() {
+        // A small xorshift: the same frames every run.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..300 {
+            let mut bytes = Vec::new();
+            for _ in 0..rand(6) + 1 {
+                let len = [0, 1, 125, 126, 300, 70_000][rand(6) as usize];
+                let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+                let key = Some((rand(u32::MAX as u64) as u32).to_be_bytes());
+                match rand(4) {
+                    0 => bytes.extend(encode(0x9, &payload[..len.min(125)], key)),
+                    1 => bytes.extend(encode(0x1, &vec![b'a'; len], key)),
+                    2 => bytes.extend(encode(0x2, &payload, key)),
+                    _ => {
+                        bytes.extend(fragment(0x2, &payload, false, key));
+                        bytes.extend(encode(0xA, b"x", key));
+                        bytes.extend(fragment(0x0, &payload, true, key));
+                    }
+                }
+            }
+            let step = rand(100_000) as usize + 1;
+            let mut d = Decoder::new(Role::Server, 1 << 20);
+            d.push(&bytes);
+            let mut want = Vec::new();
+            while let Some(m) = d.next().unwrap() {
+                want.push(m);
+            }
+            let mut s = Stream::new(Role::Server, 1 << 20, 1 << 20);
+            assert_eq!(
+                stream(&mut s, &bytes, step).unwrap().0,
+                want,
+                "reads of {step}"
+            );
+        }
+    }
+
+    fn stream_refuses(bytes: &[u8], role: Role) -> WsError {
+        let mut s = Stream::new(role, 1024, 64);
+        stream(&mut s, bytes, 7).expect_err("must be refused")
+    }
+
+    #[test]
+    fn hostile_streams_are_refused_with_the_right_code() {
+        let code = |bytes: &[u8]| stream_refuses(bytes, Role::Server).code;
+        // Unmasked from a client, masked from a server.
+        let e = stream_refuses(&encode(0x2, b"x", None), Role::Server);
+        assert_eq!(
+            (e.code, e.why.as_str()),
+            (CLOSE_PROTOCOL, "client frames must be masked")
+        );
+        assert_eq!(
+            stream_refuses(&encode(0x2, b"x", K), Role::Client).code,
+            CLOSE_PROTOCOL
+        );
+        // An unmasked fragment after a masked one.
+        let mut bytes = fragment(0x2, b"ab", false, K);
+        bytes.extend(fragment(0x0, b"cd", true, None));
+        assert_eq!(code(&bytes), CLOSE_PROTOCOL);
+        let mut rsv = encode(0x2, b"x", K);
+        rsv[0] |= 0x10;
+        assert_eq!(code(&rsv), CLOSE_PROTOCOL);
+        assert_eq!(code(&encode(0xB, b"", K)), CLOSE_PROTOCOL);
+        // Oversized: refused from the header alone, the payload never sent.
+        let big = encode(0x2, &[0; 1025], K);
+        assert_eq!(code(&big[..8]), CLOSE_TOO_BIG);
+        let big_text = encode(0x1, &[b'a'; 65], K);
+        assert_eq!(code(&big_text[..6]), CLOSE_TOO_BIG);
+        // Fragments that add up past the limits, announced by the second header.
+        let mut bytes = fragment(0x2, &[0; 600], false, K);
+        bytes.extend(&fragment(0x0, &[0; 600], true, K)[..8]);
+        assert_eq!(code(&bytes), CLOSE_TOO_BIG);
+        let mut bytes = fragment(0x1, &[b'a'; 40], false, K);
+        bytes.extend(&fragment(0x0, &[b'a'; 40], true, K)[..6]);
+        assert_eq!(code(&bytes), CLOSE_TOO_BIG);
+        // Lengths: the top bit, and forms longer than needed.
+        let mut huge = vec![0x82, 0xFF];
+        huge.extend_from_slice(&u64::MAX.to_be_bytes());
+        huge.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(code(&huge), CLOSE_PROTOCOL);
+        let mut long_form = vec![0x82, 0xFF];
+        long_form.extend_from_slice(&100u64.to_be_bytes());
+        long_form.extend_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(code(&long_form), CLOSE_PROTOCOL);
+        assert_eq!(code(&[0x82, 0xFE, 0, 5, 0, 0, 0, 0]), CLOSE_PROTOCOL);
+        // Control frames: whole and short only.
+        assert_eq!(code(&encode(0x9, &[0; 126], K)), CLOSE_PROTOCOL);
+        assert_eq!(code(&fragment(0x8, b"", false, K)), CLOSE_PROTOCOL);
+        // Fragment order.
+        assert_eq!(code(&encode(0x0, b"x", K)), CLOSE_PROTOCOL);
+        let mut bytes = fragment(0x2, b"ab", false, K);
+        bytes.extend(encode(0x2, b"cd", K));
+        assert_eq!(code(&bytes), CLOSE_PROTOCOL);
+        let mut bytes = fragment(0x1, b"ab", false, K);
+        bytes.extend(encode(0x1, b"cd", K));
+        assert_eq!(code(&bytes), CLOSE_PROTOCOL);
+        // Bad text, bad close frames.
+        assert_eq!(code(&encode(0x1, &[0xC3], K)), CLOSE_BAD_DATA);
+        assert_eq!(code(&encode(0x8, &[3], K)), CLOSE_PROTOCOL);
+        assert_eq!(code(&encode(0x8, &[0x03, 0xEE], K)), CLOSE_PROTOCOL);
+        assert_eq!(code(&encode(0x8, &[0x03, 0xE8, 0xFF], K)), CLOSE_BAD_DATA);
+    }
+
+    #[test]
+    fn a_truncated_frame_completes_nothing() {
+        let data = vec![7u8; 5000];
+        let frame = encode(0x2, &data, K);
+        for cut in [1, 2, 3, 7, 8, 100, frame.len() - 1] {
+            let mut s = Stream::new(Role::Server, 1 << 20, 64);
+            let mut bytes = frame[..cut].to_vec();
+            let mut at = 0;
+            let mut seen = 0;
+            while at < bytes.len() {
+                let (taken, piece) = s.decode(&mut bytes[at..]).unwrap();
+                at += taken;
+                match piece {
+                    None => {}
+                    Some(Piece::Data(b, end)) => {
+                        assert!(!end, "a cut frame never ends its message");
+                        assert!(b.iter().all(|&x| x == 7), "unmasked");
+                        seen += b.len();
+                    }
+                    Some(other) => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(seen, cut.saturating_sub(8), "cut at {cut}");
+        }
+        // Nothing at all: nothing taken, nothing made.
+        let mut s = Stream::new(Role::Server, 1024, 64);
+        assert_eq!(s.decode(&mut []).unwrap(), (0, None));
+    }
+
+    #[test]
+    fn a_stream_takes_close_frames_and_server_frames() {
+        let mut s = Stream::new(Role::Server, 1024, 64);
+        let mut bytes = close(1000, "bye", K);
+        bytes.extend(encode(0x8, b"", K));
+        let (got, _) = stream(&mut s, &bytes, 5).unwrap();
+        assert_eq!(
+            got,
+            [
+                Message::Close(Some(1000), "bye".into()),
+                Message::Close(None, String::new())
+            ]
+        );
+        let mut c = Stream::new(Role::Client, 1024, 64);
+        let mut bytes = text("hi", None);
+        bytes.extend(encode(0x2, &[1, 2, 3], None));
+        let (got, _) = stream(&mut c, &bytes, 1).unwrap();
+        assert_eq!(
+            got,
+            [Message::Text("hi".into()), Message::Binary(vec![1, 2, 3])]
+        );
     }
 }

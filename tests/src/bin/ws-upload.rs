@@ -1,14 +1,14 @@
 //! WEBSOCKET_V1 upload client for `scripts/bench-files`: streams FILE to a
-//! files.upload WebSocket on the direct gateway in 16 MB binary messages after the
-//! `<offset> <totalSize>` message, reads the progress counts until the close, and
-//! prints the rate in MB/s. Fails unless the close is 1000 with every byte counted.
+//! files.upload WebSocket on the direct gateway in 16 MB binary messages (masked a
+//! word at a time, as a browser's engine does) after the `<offset> <totalSize>`
+//! message, reads the progress counts until the close, and prints the rate in MB/s. Fails unless the close is 1000 with every byte counted.
 //!
 //!   ws-upload ADDR TARGET FILE      TARGET: path and query of the upload link
 #![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::time::Instant;
-use ucloud_im_tests::{ws_client_frame, ws_server_frame, ws_upgrade};
+use ucloud_im_tests::{ws_client_frame, ws_client_head, ws_mask, ws_server_frame, ws_upgrade};
 
 const MESSAGE: usize = 16_000_000;
 
@@ -45,13 +45,25 @@ fn main() {
     });
     ws.write_all(&ws_client_frame(0x1, format!("0 {total}").as_bytes()))
         .unwrap();
-    let mut buf = vec![0u8; MESSAGE];
-    loop {
-        let n = input.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
+    // Each message goes out as it is read, in pieces masked where they lie: a
+    // client that read and masked a whole message before sending any of it would
+    // leave the connection idle meanwhile. Pieces are whole words of the mask, so
+    // each starts at the key's first byte.
+    const PIECE: usize = 1 << 20;
+    let mut buf = vec![0u8; PIECE];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(MESSAGE as u64);
+        ws.write_all(&ws_client_head(0x82, n)).unwrap();
+        let mut left = n as usize;
+        while left > 0 {
+            let piece = &mut buf[..left.min(PIECE)];
+            input.read_exact(piece).unwrap();
+            ws_mask(piece);
+            ws.write_all(piece).unwrap();
+            left -= piece.len();
         }
-        ws.write_all(&ws_client_frame(0x2, &buf[..n])).unwrap();
+        sent += n;
     }
     let (code, why, last) = answers.join().unwrap();
     if code != 1000 || last != total.to_string() {
