@@ -27,6 +27,7 @@ mod verify;
 use error::Error;
 use exec::Prepared;
 use std::io::Write;
+use ucloud_wire::cli;
 
 const USAGE: &str = "\
 usage: ucloud-dispatch
@@ -48,7 +49,7 @@ installation, 70 internal error. See ucloud-dispatch(8).
 fn run() -> u8 {
     // --help before anything else: printing usage is not a side effect.
     let mut args = pico_args::Arguments::from_env();
-    if ucloud_wire::cli::help_or_version(&mut args, "ucloud-dispatch", || USAGE.into()).is_some() {
+    if cli::help_or_version_and_prefix(&mut args, "ucloud-dispatch", || USAGE.into()).is_some() {
         return 0;
     }
     if !args.finish().is_empty() {

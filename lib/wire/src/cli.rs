@@ -11,6 +11,25 @@ pub fn help_or_version(
     program: &str,
     help: impl FnOnce() -> String,
 ) -> Option<ExitCode> {
+    answer(args, program, help, false)
+}
+
+/// [`help_or_version`], with `--version` naming on a second line the prefix the
+/// paths were fixed under: for the dispatcher, whose paths an admin must be sure of.
+pub fn help_or_version_and_prefix(
+    args: &mut pico_args::Arguments,
+    program: &str,
+    help: impl FnOnce() -> String,
+) -> Option<ExitCode> {
+    answer(args, program, help, true)
+}
+
+fn answer(
+    args: &mut pico_args::Arguments,
+    program: &str,
+    help: impl FnOnce() -> String,
+    prefix: bool,
+) -> Option<ExitCode> {
     if args.contains(["-h", "--help"]) {
         let text = help();
         print!("{text}");
@@ -20,7 +39,10 @@ pub fn help_or_version(
         return Some(ExitCode::SUCCESS);
     }
     if args.contains("--version") {
-        print!("{}", version(program));
+        match prefix {
+            true => print!("{}", version(program)),
+            false => println!("{program} {}", env!("CARGO_PKG_VERSION")),
+        }
         return Some(ExitCode::SUCCESS);
     }
     None
@@ -28,7 +50,6 @@ pub fn help_or_version(
 
 /// The version and the prefix every path was fixed under at build time
 /// (`UCLOUD_IM_ROOT`): `/` for a site's build, which uses the system's own paths.
-/// An admin with two installations side by side can tell which one a program is.
 pub fn version(program: &str) -> String {
     let prefix = match crate::paths::ROOT {
         "" => "/ (UCLOUD_IM_ROOT unset: the system's own paths)",
