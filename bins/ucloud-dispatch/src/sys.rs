@@ -1,6 +1,7 @@
 //! Every `unsafe` block of the dispatcher lives here: raw file descriptor numbers
 //! the contract fixes (0..=4), and libc calls nix has no safe wrapper for. Each block
-//! says why it is sound. The rest of the crate is `forbid(unsafe_code)`.
+//! says why it is sound. The rest of the crate denies unsafe code, but for the
+//! entry point's `#[no_mangle]` in main.rs.
 
 use nix::errno::Errno;
 use nix::libc;
@@ -10,16 +11,6 @@ use nix::sys::signal::{
 };
 use std::ffi::CStr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
-
-/// The entry point, called by glibc instead of the Rust runtime's, which would
-/// first set up signal handlers (undone by sanitize.rs) and read /proc/self/maps
-/// for a stack guard: about 0.1 ms a request. glibc's init hooks still set up std.
-#[cfg(not(test))]
-// SAFETY: the one symbol named `main`, which glibc calls once with its own argv.
-#[no_mangle]
-extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    crate::run().into()
-}
 
 /// Whether `fd` is an open descriptor of this process.
 pub fn fd_is_open(fd: RawFd) -> bool {
