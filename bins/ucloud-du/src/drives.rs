@@ -93,10 +93,22 @@ pub fn table(dir: &Path) -> Result<Vec<Entry>, String> {
                 .and_then(|b| Drive::parse(&name, &b)),
             _ => Err("not a regular file".to_string()),
         };
+        if is_share(&entry.path()) {
+            continue;
+        }
         out.push((name, drive));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+/// A share's drive (ucloud-share's) is a view of a folder the sharer's own drive
+/// holds and is measured there: counting it again would charge twice.
+fn is_share(path: &Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|v| v["kind"] == "share")
 }
 
 #[cfg(test)]

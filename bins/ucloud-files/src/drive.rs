@@ -48,6 +48,12 @@ pub fn lookup(table: &impl AsFd, id: &DriveId, user: &str) -> Result<Drive, Erro
     if drive.local.as_str() != user {
         return Err(not_yours());
     }
+    // A share UCloud has not confirmed lately may have been revoked.
+    if drive.lapsed(ucloud_wire::now_ms()) {
+        return Err(Error::PermissionDenied(format!(
+            "drive {id} is a share that UCloud has not confirmed lately; try again in a minute"
+        )));
+    }
     Ok(drive)
 }
 

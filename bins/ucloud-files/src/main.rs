@@ -19,6 +19,7 @@ mod path;
 mod resolve;
 mod search;
 mod session;
+mod shares;
 mod tree;
 mod upload;
 
@@ -45,6 +46,8 @@ The native file plugins of ucloud-im, one binary dispatching on UCLOUD_CALL:
                            (a FOLDER item: WEBSOCKET_V2, many files over one WebSocket)
   files.streamingSearch    names holding a query below a folder, streamed in pages
   files.collections.{create,delete,rename,updateAcl,verify}
+  shares.create            checks that each shared folder is the caller's own
+  shares.delete            nothing to undo (ucloud-share ends access)
 
 Environment (set by ucloud-dispatch): UCLOUD_CALL, USER (the mapped account; the
 drive must be theirs), HOME, UCLOUD_IM_DRIVES (the drive table directory),
@@ -121,6 +124,8 @@ fn run(file: &str) -> Result<Value, Error> {
         // The data channel answers in the framed form itself.
         "files.download" => download::serve(&ctx, &request).map(|()| Value::Null),
         "files.upload" => upload::serve(&ctx, &request).map(|()| Value::Null),
+        "shares.create" => shares::create(&ctx, &request),
+        "shares.delete" => shares::delete(&request),
         c if c.starts_with("files.collections.") => collections::run(c, &ctx, &request),
         other => Err(Error::Unsupported(format!(
             "ucloud-files does not implement {other}"

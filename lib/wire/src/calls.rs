@@ -186,6 +186,8 @@ pub const CALLS: &[Call] = &[
         "files.collections.verify",
         User,
     ),
+    call("POST", "{P}/shares", "shares.create", User),
+    call("DELETE", "{P}/shares", "shares.delete", User),
     Call {
         limit: Limit::Long,
         pipe: Pipe::Out,

@@ -86,9 +86,13 @@ pub struct Drive {
     /// The local directory the drive's paths are below; absolute, taken as given
     /// (it is root's data: a link in it is the admin's choice).
     pub base: String,
-    /// `home` for the drive the registry makes; an admin may add others.
+    /// `home` for the drive the registry makes, `share` for one ucloud-share makes
+    /// (a folder another user shares with `local`); an admin may add others.
     pub kind: String,
     pub title: String,
+    /// When the drive stops working (ms) unless renewed: ucloud-share renews a share's
+    /// drive each time UCloud confirms the share, so a share nobody confirms ends.
+    pub until: Option<u64>,
 }
 
 impl Drive {
@@ -101,11 +105,17 @@ impl Drive {
             base,
             kind: "home".into(),
             title: "Home".into(),
+            until: None,
         }
     }
 
     pub fn is_home(&self) -> bool {
         self.kind == "home"
+    }
+
+    /// Whether the drive no longer works at `now_ms` (see [`Drive::until`]).
+    pub fn lapsed(&self, now_ms: u64) -> bool {
+        self.until.is_some_and(|until| until <= now_ms)
     }
 
     /// The file it is stored under.
@@ -114,10 +124,14 @@ impl Drive {
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut v = json!({
             "id": self.id.as_str(), "ucloud": self.ucloud.as_str(), "local": self.local.as_str(),
             "base": self.base, "kind": self.kind, "title": self.title,
-        })
+        });
+        if let Some(until) = self.until {
+            v["until"] = json!(until);
+        }
+        v
     }
 
     /// `id` is the name the entry is stored under. An entry without `kind` and
@@ -147,6 +161,10 @@ impl Drive {
             base: base.to_string(),
             kind: optional("kind", "home")?,
             title: optional("title", "Home")?,
+            until: match v.get("until") {
+                None | Some(Value::Null) => None,
+                Some(u) => Some(u.as_u64().ok_or("until must be a time in milliseconds")?),
+            },
         })
     }
 }

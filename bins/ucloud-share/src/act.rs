@@ -1,0 +1,562 @@
+//! One run: gathers the facts (UCloud's list through the outbox, the mappings, the
+//! drive table, the records of earlier runs), asks plan.rs what to do, and does it,
+//! one action at a time, each with its audit record. A record is written before
+//! the step it describes, so a run that dies half-way is finished or undone by the
+//! next: "granted" means "may have been granted, revoke it on teardown".
+
+use crate::plan::{self, Account, Action, Grant, Record};
+use crate::ucloud::{self, Share};
+use nix::unistd::{geteuid, User};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use ucloud_share::{gate, privilege, walk};
+use ucloud_wire::account::{self, Own};
+use ucloud_wire::config::SiteConfig;
+use ucloud_wire::names::{DriveId, UcloudName};
+use ucloud_wire::outbox::{self, Message};
+use ucloud_wire::record::{Drive, Mapping, MAX_RECORD};
+
+pub struct Options {
+    pub wait: Duration,
+    pub grace: Duration,
+}
+
+/// How long the sharer's part of a grant or revocation may take: the sharer
+/// controls the tree, and must not be able to hold every other share up.
+const WALK_DEADLINE: Duration = Duration::from_secs(60);
+/// A shared folder's size: entries looked at and levels entered (the sharer's
+/// child has 1024 descriptors, one per level).
+const LIMITS: walk::Limits = walk::Limits {
+    entries: 1_000_000,
+    depth: 512,
+};
+/// The most pages of shares one run reads (250 shares each).
+const MAX_PAGES: usize = 400;
+
+struct Site {
+    config: SiteConfig,
+    category: String,
+    own: Own,
+    /// `var/lib/ucloud-im/shares`: the records, root 0700.
+    records: PathBuf,
+    /// `var/lib/ucloud-im/share-gates`: the mount points, root 0711.
+    gates: PathBuf,
+    drives: PathBuf,
+    mappings: PathBuf,
+    outbox: PathBuf,
+    state: PathBuf,
+}
+
+type Failure = (u8, String);
+
+pub fn run(options: &Options) -> Result<(), Failure> {
+    if !geteuid().is_root() {
+        return Err((77, "must run as root (ucloud-share.service)".into()));
+    }
+    let site = site()?;
+    let mut records = load_records(&site.records)?;
+    let shares = fetch(&site, options.wait)?;
+    let (drives, _) = ucloud_wire::record::drive_table(&site.drives)
+        .map_err(|e| (74, format!("cannot read the drive table: {e}")))?;
+    let accounts = |name: &UcloudName| account_of(&site, name);
+    let registered = |id: &str| drive_reply(&site.outbox, id);
+    let now = ucloud_wire::now_ms();
+    let actions = plan::plan(&plan::Facts {
+        shares: shares.as_deref(),
+        accounts: &accounts,
+        drives: &drives,
+        registered: &registered,
+        records: &records,
+        now,
+        grace_ms: options.grace.as_millis() as u64,
+    });
+    let mut failed = 0;
+    for action in actions {
+        let (id, name) = describe(&action);
+        let record = records.entry(id.clone()).or_default();
+        let outcome = execute(&site, &id, action.clone(), record, now, options.grace);
+        let forget = matches!(action, Action::Forget { .. }) && outcome.is_ok();
+        let saved = if forget {
+            records.remove(&id);
+            remove_record(&site.records, &id)
+        } else {
+            save_record(&site.records, &id, &records[&id])
+        };
+        let outcome = outcome.and(saved);
+        failed += usize::from(outcome.is_err());
+        audit(&action, name, &id, &outcome);
+    }
+    if failed > 0 {
+        return Err((
+            75,
+            format!("{failed} actions failed; see the audit records"),
+        ));
+    }
+    Ok(())
+}
+
+fn site() -> Result<Site, Failure> {
+    let config =
+        SiteConfig::load(&ucloud_wire::paths::site_config()).map_err(|e| (78, e.to_string()))?;
+    let table = ucloud_wire::products::Table::load(Path::new(&ucloud_wire::paths::etc_dir()))
+        .map_err(|e| (78, e))?;
+    let category = table
+        .products
+        .iter()
+        .find(|p| p.name == "share")
+        .filter(|p| {
+            table
+                .category(&p.category)
+                .is_some_and(|c| c.kind == ucloud_wire::products::Kind::Storage)
+        })
+        .map(|p| p.category.clone())
+        .ok_or((
+            78,
+            "products/files.json offers no product \"share\": shares are off on this site \
+             (see ucloud-share(8))"
+                .to_string(),
+        ))?;
+    let mut uids = Vec::new();
+    for name in [
+        &config.service_user,
+        &config.gateway_user,
+        &config.sender_user,
+    ] {
+        if let Ok(Some(u)) = User::from_name(name) {
+            uids.push(u.uid.as_raw());
+        }
+    }
+    let state = PathBuf::from(ucloud_wire::paths::state_dir());
+    let site = Site {
+        category,
+        own: Own { uids },
+        records: state.join("shares"),
+        gates: state.join("share-gates"),
+        drives: ucloud_wire::paths::drives_dir().into(),
+        mappings: ucloud_wire::paths::mappings_dir().into(),
+        outbox: ucloud_wire::paths::outbox_dir().into(),
+        state,
+        config,
+    };
+    // Made by the installer: a missing or loose one is a broken installation.
+    for (dir, mode) in [(&site.records, 0o700), (&site.gates, 0o711)] {
+        let meta = fs::symlink_metadata(dir).map_err(|e| {
+            (
+                78,
+                format!(
+                    "{}: {e} (the installation makes it, root {mode:o})",
+                    dir.display()
+                ),
+            )
+        })?;
+        if !meta.is_dir() || meta.uid() != 0 || meta.mode() & 0o7777 != mode {
+            return Err((
+                78,
+                format!(
+                    "{} must be a directory, root's, mode {mode:o}",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(site)
+}
+
+/// UCloud's whole list, or `None` when it did not arrive in time. A question still
+/// queued from an earlier run (UCloud down) is waited for, not asked again.
+fn fetch(site: &Site, wait: Duration) -> Result<Option<Vec<Share>>, Failure> {
+    let deadline = Instant::now() + wait;
+    let marker = site.records.join(".browse-queued");
+    let mut shares = Vec::new();
+    let mut next: Option<String> = None;
+    for n in 0..MAX_PAGES {
+        let reply = site
+            .outbox
+            .join(outbox::REPLIES)
+            .join(format!("{}.json", ucloud::page_tag(n)));
+        let queued = fs::read_to_string(&marker).ok().map(PathBuf::from);
+        let still_queued = queued.as_ref().is_some_and(|q| q.exists());
+        if !still_queued {
+            let _ = fs::remove_file(&reply);
+            let path = outbox::enqueue(&site.outbox, &ucloud::browse(next.as_deref(), n))
+                .map_err(|e| (74, format!("cannot queue the question for UCloud: {e}")))?;
+            fs::write(&marker, path.as_os_str().as_encoded_bytes())
+                .map_err(|e| (74, format!("cannot write {}: {e}", marker.display())))?;
+        }
+        let page = loop {
+            if let Some(page) = read_reply(&reply)? {
+                if !queued_now(&marker) {
+                    break page;
+                }
+            }
+            if Instant::now() >= deadline {
+                eprintln!("ucloud-share: UCloud's list of shares did not arrive within the wait");
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = fs::remove_file(&marker);
+        let _ = fs::remove_file(&reply);
+        let page = ucloud::parse_page(&page, &site.config.provider)
+            .map_err(|why| (76, format!("UCloud's list of shares: {why}")))?;
+        for why in &page.refused {
+            eprintln!("ucloud-share: a share UCloud listed is left alone: {why}");
+        }
+        shares.extend(page.shares);
+        match page.next {
+            Some(token) => next = Some(token),
+            None => return Ok(Some(shares)),
+        }
+    }
+    eprintln!("ucloud-share: more than {MAX_PAGES} pages of shares; acting on none of them");
+    Ok(None)
+}
+
+fn queued_now(marker: &Path) -> bool {
+    fs::read_to_string(marker)
+        .ok()
+        .is_some_and(|q| Path::new(&q).exists())
+}
+
+fn read_reply(path: &Path) -> Result<Option<Value>, Failure> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err((74, format!("cannot open {}: {e}", path.display()))),
+    };
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err((76, format!("{} is not a regular file", path.display())));
+    }
+    let bytes = ucloud_wire::read_capped(file, 64 << 20)
+        .map_err(|e| (76, format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| (76, format!("{} is not JSON: {e}", path.display())))
+}
+
+fn drive_reply(outbox: &Path, share: &str) -> Option<DriveId> {
+    let path = outbox
+        .join(outbox::REPLIES)
+        .join(format!("{}.json", ucloud::drive_tag(share)));
+    let reply = read_reply(&path).ok()??;
+    ucloud::parse_drive_reply(&reply).ok()
+}
+
+/// The local account a UCloud user is mapped to, if the mapping is current and
+/// the account passes the same rule the dispatcher applies on every request.
+fn account_of(site: &Site, name: &UcloudName) -> Option<Account> {
+    let path = site.mappings.join(name.file_name());
+    let text = read_small(&path).ok()?;
+    let mapping = Mapping::parse(name, &text).ok()?;
+    if mapping.expired(site.config.mapping_expire_after_ms, ucloud_wire::now_ms()) {
+        return None;
+    }
+    let found = account::look_up(mapping.local.as_str()).ok()??;
+    if found.facts.uid != mapping.uid {
+        return None;
+    }
+    account::judge(&found.facts, &site.config, &site.own).ok()?;
+    Some(Account {
+        local: mapping.local,
+        uid: mapping.uid,
+    })
+}
+
+fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    ucloud_wire::read_capped(file, MAX_RECORD)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+}
+
+fn describe(action: &Action) -> (String, &'static str) {
+    match action {
+        Action::Teardown { id, .. } => (id.clone(), "teardown"),
+        Action::Forget { id } => (id.clone(), "forget"),
+        Action::Register { id, .. } => (id.clone(), "register"),
+        Action::Announce { id, .. } => (id.clone(), "announce"),
+        Action::Refuse { id, .. } => (id.clone(), "refuse"),
+        Action::Grant { id, .. } => (id.clone(), "grant"),
+    }
+}
+
+fn execute(
+    site: &Site,
+    id: &str,
+    action: Action,
+    record: &mut Record,
+    now: u64,
+    grace: Duration,
+) -> Result<(), String> {
+    let send = |m: &Message| {
+        outbox::enqueue(&site.outbox, m)
+            .map(|_| ())
+            .map_err(|e| format!("cannot queue {}: {e}", m.path))
+    };
+    match action {
+        Action::Register { title, .. } => {
+            // Queued first: after a crash a second registration is refused by
+            // UCloud (the provider id is taken), never lost.
+            send(&ucloud::register_drive(
+                &site.config.provider,
+                &site.category,
+                id,
+                &title,
+            ))?;
+            record.registered = true;
+        }
+        Action::Announce { drive, .. } => {
+            send(&ucloud::update(id, Some(&drive), None))?;
+            record.drive = Some(drive);
+            record.announced = true;
+        }
+        Action::Refuse { why, .. } => {
+            send(&ucloud::update(id, None, Some(&why)))?;
+            record.refused = Some(why);
+        }
+        Action::Grant { grant, .. } => {
+            record.drive = Some(grant.drive.clone());
+            record.granted = Some(grant.clone());
+            record.refused = None;
+            save_record(&site.records, id, record)?;
+            grant_access(site, id, &grant, now + grace.as_millis() as u64)?;
+            record.confirmed = now;
+        }
+        Action::Teardown { .. } => {
+            if let Some(grant) = record.granted.clone() {
+                take_away(site, id, &grant)?;
+            }
+            record.granted = None;
+        }
+        Action::Forget { .. } => {}
+    }
+    Ok(())
+}
+
+/// The sharer's ACLs first (as the sharer), then the gate, then the drive entry
+/// that lets UCloud calls in: each step needs the one before.
+fn grant_access(site: &Site, id: &str, grant: &Grant, until: u64) -> Result<(), String> {
+    let gid = gid_of(grant.sharer.uid)?;
+    let (folder, to, write) = (grant.folder.clone(), grant.to.uid, grant.write);
+    let deadline = Instant::now() + WALK_DEADLINE;
+    let report = privilege::as_sharer(grant.sharer.uid, gid, deadline, move || {
+        walk::grant(&folder, to, write, LIMITS)
+    })
+    .map_err(|e| format!("as {}: {e}", grant.sharer.local))?;
+    let gate = site.gates.join(id);
+    gate::mount(
+        &grant.folder,
+        grant.sharer.uid,
+        grant.to.uid,
+        (report.folder_dev, report.folder_ino),
+        &gate,
+    )
+    .map_err(|e| format!("the gate: {e}"))?;
+    let drive = Drive {
+        id: grant.drive.clone(),
+        ucloud: grant.recipient.clone(),
+        local: grant.to.local.clone(),
+        base: gate::mount_point(&gate).to_string_lossy().into_owned(),
+        kind: "share".into(),
+        title: grant.title.clone(),
+        until: Some(until),
+    };
+    put_drive(site, &drive)
+}
+
+/// The reverse order: the drive entry (no more UCloud calls), the gate (no more
+/// way in), then the ACL entries (as the sharer).
+fn take_away(site: &Site, id: &str, grant: &Grant) -> Result<(), String> {
+    remove_drive(site, &grant.drive, grant.to.local.as_str())?;
+    gate::unmount(&site.gates.join(id)).map_err(|e| format!("the gate: {e}"))?;
+    // An account that is gone has no files to take entries from.
+    let Ok(gid) = gid_of(grant.sharer.uid) else {
+        return Ok(());
+    };
+    let (folder, to) = (grant.folder.clone(), grant.to.uid);
+    let deadline = Instant::now() + WALK_DEADLINE;
+    privilege::as_sharer(grant.sharer.uid, gid, deadline, move || {
+        walk::revoke(&folder, to, LIMITS)
+    })
+    .map(|_| ())
+    .map_err(|e| format!("as {}: {e}", grant.sharer.local))
+}
+
+fn gid_of(uid: u32) -> Result<u32, String> {
+    User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .map_err(|e| format!("cannot look up uid {uid}: {e}"))?
+        .map(|u| u.gid.as_raw())
+        .ok_or_else(|| format!("uid {uid} has no account"))
+}
+
+/// The registry's lock, so that a drive entry is never written while the
+/// registry rewrites the table.
+fn registry_lock(site: &Site) -> Result<nix::fcntl::Flock<File>, String> {
+    let path = site.state.join("registry.lock");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("cannot lock {}: {e}", path.display()))
+}
+
+/// Writes a share's drive entry, never over an entry that is not a share's.
+fn put_drive(site: &Site, drive: &Drive) -> Result<(), String> {
+    let _lock = registry_lock(site)?;
+    if let Some(existing) = existing_drive(site, &drive.id)? {
+        if existing.kind != "share" {
+            return Err(format!(
+                "drive {} is in the drive table as a {} drive, not a share: left alone",
+                drive.id, existing.kind
+            ));
+        }
+    }
+    write_atomic(&site.drives, drive.id.as_str(), &drive.to_json(), 0o644)
+}
+
+fn remove_drive(site: &Site, id: &DriveId, local: &str) -> Result<(), String> {
+    let _lock = registry_lock(site)?;
+    match existing_drive(site, id)? {
+        Some(d) if d.kind == "share" && d.local.as_str() == local => {
+            fs::remove_file(site.drives.join(id.as_str()))
+                .map_err(|e| format!("cannot remove drive {id}: {e}"))?;
+            File::open(&site.drives)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("cannot sync {}: {e}", site.drives.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn existing_drive(site: &Site, id: &DriveId) -> Result<Option<Drive>, String> {
+    match read_small(&site.drives.join(id.as_str())) {
+        Ok(text) => Drive::parse(id, &text)
+            .map(Some)
+            .map_err(|why| format!("drive {id}: {why}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read drive {id}: {e}")),
+    }
+}
+
+fn load_records(dir: &Path) -> Result<BTreeMap<String, Record>, Failure> {
+    let mut records = BTreeMap::new();
+    let entries =
+        fs::read_dir(dir).map_err(|e| (74, format!("cannot list {}: {e}", dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".json") else {
+            continue;
+        };
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let parsed = read_small(&entry.path())
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_slice::<Value>(&t).map_err(|e| e.to_string()))
+            .and_then(|v| Record::from_json(&v));
+        match parsed {
+            Ok(r) => {
+                records.insert(id.to_string(), r);
+            }
+            Err(why) => {
+                return Err((
+                    76,
+                    format!(
+                        "{}: {why} (fix or remove it by hand)",
+                        entry.path().display()
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(records)
+}
+
+fn save_record(dir: &Path, id: &str, record: &Record) -> Result<(), String> {
+    write_atomic(dir, &format!("{id}.json"), &record.to_json(), 0o600)
+}
+
+fn remove_record(dir: &Path, id: &str) -> Result<(), String> {
+    match fs::remove_file(dir.join(format!("{id}.json"))) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("cannot remove the record of share {id}: {e}")),
+    }
+}
+
+fn write_atomic(dir: &Path, name: &str, value: &Value, mode: u32) -> Result<(), String> {
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let target = dir.join(name);
+    let _ = fs::remove_file(&tmp);
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+            .open(&tmp)?;
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(format!("{value}\n").as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, &target)?;
+        File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(|e| format!("cannot write {}: {e}", target.display()))
+}
+
+fn audit(action: &Action, name: &str, id: &str, outcome: &Result<(), String>) {
+    let mut line = json!({
+        "time": ucloud_wire::now_ms(),
+        "program": "ucloud-share",
+        "pid": std::process::id(),
+        "action": name,
+        "share": id,
+        "decision": if outcome.is_ok() { "done" } else { "failed" },
+    });
+    match action {
+        Action::Grant { grant, .. } => {
+            line["sharer"] = json!(grant.sharer.local.as_str());
+            line["recipient"] = json!(grant.recipient.as_str());
+            line["localUser"] = json!(grant.to.local.as_str());
+            line["folder"] = json!(grant.folder);
+            line["write"] = json!(grant.write);
+            line["drive"] = json!(grant.drive.as_str());
+        }
+        Action::Teardown { why, .. } | Action::Refuse { why, .. } => line["why"] = json!(why),
+        Action::Announce { drive, .. } => line["drive"] = json!(drive.as_str()),
+        Action::Register { title, .. } => line["title"] = json!(title),
+        Action::Forget { .. } => {}
+    }
+    if let Err(why) = outcome {
+        line["error"] = json!(why);
+    }
+    // The lock every writer of the audit log takes (see ucloud-dispatch(8)).
+    let _locked = std::os::fd::AsFd::as_fd(&std::io::stdout())
+        .try_clone_to_owned()
+        .ok()
+        .and_then(|fd| nix::fcntl::Flock::lock(fd, nix::fcntl::FlockArg::LockExclusive).ok());
+    let mut out = std::io::stdout().lock();
+    let _ = out
+        .write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| out.flush());
+}
