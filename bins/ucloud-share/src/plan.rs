@@ -453,7 +453,7 @@ mod tests {
         let mut elsewhere = share("7");
         elsewhere.source = "/18/Data".into();
         for s in [rejected, moved, stranger, elsewhere] {
-            let actions = run(Some(&[s.clone()]), &records);
+            let actions = run(Some(std::slice::from_ref(&s)), &records);
             assert!(
                 matches!(actions.first(), Some(Action::Teardown { .. })),
                 "{s:?}: {actions:?}"
