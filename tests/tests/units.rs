@@ -27,10 +27,12 @@ const fn unit(name: &'static str, max_exposure: Option<f64>) -> Unit {
 ///   the setuid dispatcher; the balancer-facing one is the same service, only held to
 ///   the scale;
 /// - ucloud-du: 1.2 on systemd 252 with its one capability;
+/// - ucloud-share: 4.5 on systemd 252: root with four capabilities and no mount
+///   namespace (its gates must be seen by everyone);
 /// - ucloud-lb needs no privilege: 1.2 on systemd 252;
 /// - ucloud-monitor: 1.5 on systemd 252: the Slurm clients need the network, nothing
 ///   else is open.
-const UNITS: [Unit; 15] = [
+const UNITS: [Unit; 17] = [
     unit("ucloud-gateway.socket", None),
     unit("ucloud-gateway@.service", Some(6.5)),
     unit("ucloud-sender.service", Some(2.0)),
@@ -40,6 +42,8 @@ const UNITS: [Unit; 15] = [
     unit("ucloud-registry-expire.timer", None),
     unit("ucloud-du.service", Some(2.0)),
     unit("ucloud-du.timer", None),
+    unit("ucloud-share.service", Some(5.0)),
+    unit("ucloud-share.timer", None),
     unit("ucloud-lb.socket", None),
     unit("ucloud-lb.service", Some(1.5)),
     unit("ucloud-gateway-lb.socket", None),

@@ -14,7 +14,6 @@ mod isolation;
 mod large_files;
 mod operations;
 mod search;
-mod shares;
 mod uploads;
 mod websocket_uploads;
 
