@@ -1,6 +1,7 @@
 //! UCloud's side of the provider API: the endpoints a provider calls, answered from
 //! the state directory the way UCloud's core answers them. No network here
-//! (except asking the provider for its support when a job is created):
+//! (except asking the provider for its support when a job is created, and telling
+//! it of a share):
 //! [`Sim::handle`] maps one request to one answer, so the rules can be tested
 //! directly. Every body is decoded as the core decodes it ([`crate::gojson`],
 //! against the Go types of [`crate::gotypes`]); every refusal changes nothing,
@@ -13,7 +14,7 @@ use crate::gotypes;
 use crate::query;
 use crate::store::Store;
 use crate::tokens::Keys;
-use crate::{catalogue, support, usage};
+use crate::{catalogue, shares, support, usage};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -93,6 +94,9 @@ impl Sim {
             ("POST", "/sim/jobs") => Some(self.sim_job(body)),
             ("GET", "/sim/usage") => Some(usage::view(&self.lock()).map(ok)),
             ("POST", "/sim/quota") => Some(usage::set_quota(&self.lock(), body)),
+            ("POST", "/sim/shares") => Some(self.sim_share(body)),
+            ("GET", "/sim/shares") => Some(shares::list(&self.lock())),
+            (_, p) if p.starts_with("/sim/shares/") => self.sim_share_call(method, p, body),
             // Public in the core (`rpc.RolesPublic`): no token needed.
             ("GET", "/api/products/v2/browse") => Some(catalogue::browse(&self.lock(), query)),
             _ => None,
@@ -132,6 +136,15 @@ impl Sim {
                 connection(&store, body, false)
             }
             ("POST", "/api/accounting/v2/reportUsage") => usage::report(&store, provider, body),
+            ("GET", "/api/shares/control/retrieve") => {
+                shares::control_retrieve(&store, provider, query)
+            }
+            ("GET", "/api/shares/control/browse") => {
+                shares::control_browse(&store, provider, query)
+            }
+            ("POST", "/api/shares/control/update") => {
+                shares::control_update(&store, provider, body)
+            }
             _ => Err(fail(
                 404,
                 "NOT_FOUND",
@@ -207,6 +220,58 @@ impl Sim {
             job["owner"]["project"].as_str(),
         )?;
         Ok(ok(json!({"id": id})))
+    }
+
+    /// `POST /sim/shares`: a user shares a folder (`ShareCreate`). The share is
+    /// stored, then the provider asked without holding the state, since the
+    /// provider registers the share's drive and reports it while it answers.
+    /// Without `--provider-url` there is no provider to ask: 503, as the core
+    /// answers for a provider it cannot reach.
+    fn sim_share(&self, body: &[u8]) -> Result<Answer, Answer> {
+        let pending = shares::prepare(&self.lock(), body)?;
+        let outcome = match &self.provider_url {
+            None => Err(fail(
+                503,
+                "SERVICE_UNAVAILABLE",
+                "Service provider is unavailable",
+            )),
+            Some((url, ca)) => {
+                let token =
+                    crate::tokens::ucloud_token(&self.keys, &self.lock(), &Default::default());
+                match token {
+                    Ok(token) => shares::provider_answer(crate::provider::invoke(
+                        url,
+                        ca.as_deref(),
+                        &token,
+                        Some(&pending.sharer),
+                        "POST",
+                        &format!("/ucloud/{}/shares", pending.provider),
+                        &pending.request,
+                    )),
+                    Err(e) => Err(internal(e)),
+                }
+            }
+        };
+        shares::finish(&self.lock(), &pending, outcome)
+    }
+
+    /// `/sim/shares/{id}/approve` (POST), `/sim/shares/{id}/permissions` (POST),
+    /// `/sim/shares/{id}` (DELETE).
+    fn sim_share_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Option<Result<Answer, Answer>> {
+        let rest = path.strip_prefix("/sim/shares/")?;
+        let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+        let store = self.lock();
+        match (method, action) {
+            ("POST", "approve") => Some(shares::approve(&store, id)),
+            ("POST", "permissions") => Some(shares::update_permissions(&store, id, body)),
+            ("DELETE", "") => Some(shares::reject(&store, id)),
+            _ => None,
+        }
     }
 }
 
@@ -302,7 +367,11 @@ fn reserve(
 }
 
 /// `files/collections/control/register` (core2/pkg/orchestrator/drive.go).
-fn register_drives(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answer> {
+pub(crate) fn register_drives(
+    store: &Store,
+    provider: &str,
+    body: &[u8],
+) -> Result<Answer, Answer> {
     let fresh = json!({"next": FIRST_DRIVE, "drives": {}});
     let kind = Registration {
         ty: &gotypes::DRIVES_REGISTER,
@@ -436,7 +505,7 @@ macro_rules! resource_flags {
     };
 }
 
-const RESOURCE_FLAGS: [(&str, &gojson::Ty); 18] = resource_flags!();
+pub(crate) const RESOURCE_FLAGS: [(&str, &gojson::Ty); 18] = resource_flags!();
 
 /// `orc.DrivesControlBrowseRequest` (drives.go) as `ParametersToStruct` reads it.
 static DRIVES_BROWSE: gojson::Ty = gojson::Ty::Struct(&{
@@ -469,9 +538,15 @@ static JOBS_RETRIEVE: gojson::Ty = gojson::Ty::Struct(&{
     all
 });
 
-/// A drive as the core returns it, the product resolved when asked for.
-fn drive_view(store: &Store, drive: &Value, include_product: bool) -> Result<Value, Answer> {
-    let mut drive = drive.clone();
+/// A drive as the core returns it to its provider: the product resolved when asked
+/// for, the ACL under `permissions.others` with `includeOthers`.
+fn drive_view(
+    store: &Store,
+    drive: &Value,
+    include_product: bool,
+    include_others: bool,
+) -> Result<Value, Answer> {
+    let mut drive = shares::drive_view(drive, include_others);
     if include_product {
         drive["status"]["resolvedProduct"] =
             catalogue::find(store, &drive["specification"]["product"])?.unwrap_or(Value::Null);
@@ -483,10 +558,15 @@ fn drive_view(store: &Store, drive: &Value, include_product: bool) -> Result<Val
 /// With `filterProviderIds` (comma-separated, at most 1000) the drives registered
 /// under those provider ids, in that order, one page of 1000; else all the
 /// provider's drives by id, paged, the cursor the last id.
-fn browse_drives(store: &Store, provider: &str, query: Option<&str>) -> Result<Answer, Answer> {
+pub(crate) fn browse_drives(
+    store: &Store,
+    provider: &str,
+    query: Option<&str>,
+) -> Result<Answer, Answer> {
     let request = query::decode(query, &DRIVES_BROWSE)
         .map_err(|e| fail(400, "BAD_REQUEST", format!("Invalid request supplied: {e}")))?;
     let include_product = request["includeProduct"] == json!(true);
+    let include_others = request["includeOthers"] == json!(true);
     let state = store
         .read("drives.json")
         .map_err(internal)?
@@ -504,7 +584,7 @@ fn browse_drives(store: &Store, provider: &str, query: Option<&str>) -> Result<A
         if ids.len() <= 1000 {
             for id in ids {
                 if let Some(d) = drives.iter().find(|d| d["providerGeneratedId"] == id) {
-                    items.push(drive_view(store, d, include_product)?);
+                    items.push(drive_view(store, d, include_product, include_others)?);
                 }
             }
         }
@@ -534,7 +614,7 @@ fn browse_drives(store: &Store, provider: &str, query: Option<&str>) -> Result<A
         if items.len() == per_page {
             break;
         }
-        items.push(drive_view(store, d, include_product)?);
+        items.push(drive_view(store, d, include_product, include_others)?);
     }
     let next = if items.len() == per_page {
         items.last().map(|d| d["id"].clone()).unwrap_or(Value::Null)

@@ -6,7 +6,7 @@
 use crate::answer::{fail, Answer};
 use crate::error::SimError;
 use crate::store::Store;
-use crate::{api, gojson, gotypes, support, usage};
+use crate::{api, gojson, gotypes, query, shares, support, usage};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::Path;
@@ -105,14 +105,123 @@ fn remember_jobs(
     Ok(())
 }
 
-/// A job creation UCloud would not make: the core's answer, printed as `call`
-/// prints any, and nothing sent.
-fn refused(answer: Answer) -> (u16, Vec<u8>) {
+/// A call UCloud would not make: the core's answer, printed as `call` prints any,
+/// and nothing sent.
+fn refused(what: &str, answer: Answer) -> (u16, Vec<u8>) {
     eprintln!(
-        "ucloud-sim: UCloud would not create this job: {}",
+        "ucloud-sim: UCloud would not {what}: {}",
         answer.refused.as_deref().unwrap_or_default()
     );
     (answer.status, answer.body.to_string().into_bytes())
+}
+
+/// A body key as Go matches it to a field: exactly, else without case.
+fn field<'v>(value: &'v Value, name: &str) -> &'v Value {
+    let Some(map) = value.as_object() else {
+        return &Value::Null;
+    };
+    if let Some(v) = map.get(name) {
+        return v;
+    }
+    let folded = gojson::fold(name);
+    map.iter()
+        .find(|(k, _)| gojson::fold(k) == folded)
+        .map(|(_, v)| v)
+        .unwrap_or(&Value::Null)
+}
+
+/// The UCloud paths a provider's files call (`/ucloud/{P}/files...`,
+/// orchestrators/files.go `FilesProvider*`) acts on, each with the permission the
+/// core wants on its drive first (core2 orchestrator/files.go: `ResourceRetrieve`
+/// for browse and retrieve, `filesFetchDrives` for the rest). Other calls: none.
+fn files_paths(method: &str, path: &str, body: Option<&str>) -> Vec<(String, &'static str)> {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let op = match parts.as_slice() {
+        ["", "ucloud", _, "files"] => "",
+        ["", "ucloud", _, "files", op] => op,
+        _ => return Vec::new(),
+    };
+    // (where in the body, the permission): `items[].KEY` for bulk calls.
+    let wanted: &[(&[&str], &str)] = match (method, op) {
+        ("POST", "browse") => &[(&["browse", "flags", "path"], "READ")],
+        ("POST", "retrieve") => &[(&["retrieve", "id"], "READ")],
+        ("POST", "visualize") => &[(&["path"], "READ")],
+        ("POST", "download") => &[(&["items", "id"], "READ")],
+        ("POST", "folder" | "upload" | "trash" | "emptyTrash") | ("DELETE", "") => {
+            &[(&["items", "id"], "EDIT")]
+        }
+        ("POST", "move") => &[(&["items", "oldId"], "EDIT"), (&["items", "newId"], "EDIT")],
+        ("POST", "copy") => &[(&["items", "oldId"], "READ"), (&["items", "newId"], "EDIT")],
+        _ => return Vec::new(),
+    };
+    let body: Value = body
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(Value::Null);
+    let mut found = Vec::new();
+    for (keys, permission) in wanted {
+        let mut values = vec![&body];
+        for key in keys.iter() {
+            values = values
+                .into_iter()
+                .flat_map(|v| match (field(v, key), *key == "items") {
+                    (Value::Array(list), true) => list.iter().collect(),
+                    (_, true) => Vec::new(),
+                    (other, false) => vec![other],
+                })
+                .collect();
+        }
+        for v in values {
+            if let Some(p) = v.as_str() {
+                found.push((p.to_string(), *permission));
+            }
+        }
+        // A test may name the path in the query instead.
+        for (name, value) in query::pairs(query) {
+            if name == *keys.last().expect("a field") {
+                found.push((value, *permission));
+            }
+        }
+    }
+    found
+}
+
+/// The core's refusal of a files call on a share's drive (product `share`) that
+/// the user may not touch: 403, as `ResourceRetrieveEx` refuses (its message
+/// whatever the permission wanted). Other drives are left to the provider.
+fn share_refusal(
+    store: &Store,
+    user: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<Option<Answer>, SimError> {
+    let paths = files_paths(method, path, body);
+    if paths.is_empty() {
+        return Ok(None);
+    }
+    let drives = store.read("drives.json")?.unwrap_or(Value::Null);
+    for (path, permission) in paths {
+        let Some(key) = shares::drive_of_path(&drives, &path) else {
+            continue;
+        };
+        let drive = &drives["drives"][&key];
+        if drive["specification"]["product"]["id"] != "share" {
+            continue;
+        }
+        if !shares::permissions_of(user, drive)
+            .iter()
+            .any(|p| p == permission)
+        {
+            let mut answer = fail(403, "FORBIDDEN", "Write permission is required");
+            answer.refused = Some(format!(
+                "{} may not {permission} drive {key}, a share's: Write permission is required",
+                user.unwrap_or("no user")
+            ));
+            return Ok(Some(answer));
+        }
+    }
+    Ok(None)
 }
 
 /// The provider from `/ucloud/{P}/jobs`.
@@ -135,7 +244,7 @@ pub fn call(args: &CallArgs<'_>, store: Option<&Store>) -> Result<(u16, Vec<u8>)
     if creation {
         let jobs = match jobs_of(args.body.unwrap_or_default()) {
             Ok(jobs) => jobs,
-            Err(answer) => return Ok(refused(answer)),
+            Err(answer) => return Ok(refused("create this job", answer)),
         };
         // UCloud creates a job only for a product in its catalogue that the
         // provider supports; it asks the provider, as the core does.
@@ -157,9 +266,14 @@ pub fn call(args: &CallArgs<'_>, store: Option<&Store>) -> Result<(u16, Vec<u8>)
             )),
         };
         if let Some(answer) = refusal {
-            return Ok(refused(answer));
+            return Ok(refused("create this job", answer));
         }
         remember_jobs(store, &jobs, args.user)?;
+    }
+    if let (Some(store), false) = (store, args.unchecked) {
+        if let Some(answer) = share_refusal(store, args.user, args.method, args.path, args.body)? {
+            return Ok(refused("make this files call", answer));
+        }
     }
     let authorization = format!("Bearer {}", args.token);
     let mut headers = vec![
@@ -200,6 +314,169 @@ mod tests {
         assert!(!is_job_create("GET", "/ucloud/hpc/jobs"));
         assert!(!is_job_create("POST", "/ucloud/hpc/jobs/terminate"));
         assert!(!is_job_create("POST", "/api/hpc/jobs"));
+    }
+
+    #[test]
+    fn files_calls_name_their_paths_and_permissions() {
+        let items = |k: &str| format!(r#"{{"items":[{{"{k}":"/5/a"}},{{"{k}":"/6/b"}}]}}"#);
+        let browse = r#"{"resolvedCollection":{"id":"9"},"Browse":{"FLAGS":{"path":"/5/x"}}}"#;
+        let got = |m: &str, p: &str, b: &str| files_paths(m, p, Some(b));
+        assert_eq!(
+            got("POST", "/ucloud/hpc/files/browse", browse),
+            [("/5/x".to_string(), "READ")]
+        );
+        assert_eq!(
+            got(
+                "POST",
+                "/ucloud/hpc/files/retrieve",
+                r#"{"retrieve":{"id":"/5/y"}}"#
+            ),
+            [("/5/y".to_string(), "READ")]
+        );
+        assert_eq!(
+            got("POST", "/ucloud/hpc/files/browse?path=/7/q", "{}"),
+            [("/7/q".to_string(), "READ")]
+        );
+        for (op, want) in [
+            ("download", "READ"),
+            ("folder", "EDIT"),
+            ("upload", "EDIT"),
+            ("trash", "EDIT"),
+            ("emptyTrash", "EDIT"),
+        ] {
+            let found = got("POST", &format!("/ucloud/hpc/files/{op}"), &items("id"));
+            assert_eq!(
+                found,
+                [("/5/a".to_string(), want), ("/6/b".to_string(), want)],
+                "{op}"
+            );
+        }
+        assert_eq!(got("DELETE", "/ucloud/hpc/files", &items("id")).len(), 2);
+        let pair = r#"{"items":[{"oldId":"/5/a","newId":"/6/b"}]}"#;
+        assert_eq!(
+            got("POST", "/ucloud/hpc/files/copy", pair),
+            [("/5/a".to_string(), "READ"), ("/6/b".to_string(), "EDIT")]
+        );
+        assert_eq!(
+            got("POST", "/ucloud/hpc/files/move", pair),
+            [("/5/a".to_string(), "EDIT"), ("/6/b".to_string(), "EDIT")]
+        );
+        for (m, p, b) in [
+            ("POST", "/ucloud/hpc/jobs", items("id")),
+            ("POST", "/ucloud/hpc/files/collections", items("id")),
+            ("GET", "/ucloud/hpc/files/browse", items("id")),
+            ("POST", "/ucloud/hpc/files", items("id")),
+            ("POST", "/ucloud/hpc/files/upload", "not json".into()),
+            (
+                "POST",
+                "/ucloud/hpc/files/upload",
+                r#"{"items":[{"id":5}]}"#.into(),
+            ),
+            (
+                "POST",
+                "/ucloud/hpc/files/upload",
+                r#"{"items":{"id":"/5/a"}}"#.into(),
+            ),
+        ] {
+            assert!(got(m, p, &b).is_empty(), "{m} {p} {b}");
+        }
+    }
+
+    #[test]
+    fn only_a_shares_drive_is_checked_and_by_its_acl() {
+        let dir = std::env::temp_dir().join(format!("sim-call-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = Store::init(&dir, "hpc").unwrap();
+        let owner = |by: &str| json!({"createdBy": by, "project": null});
+        let product = |id: &str| json!({"id": id, "category": "home", "provider": "hpc"});
+        store
+            .write(
+                "drives.json",
+                &json!({"next": 105, "drives": {
+                    "100": {"id": "100", "owner": owner("A#1"), "specification": {"product": product("home")}},
+                    "104": {"id": "104", "owner": owner("_ucloud"), "specification": {"product": product("share")},
+                            "acl": [{"entity": {"type": "user", "username": "B#2"}, "permissions": ["READ"]},
+                                    {"entity": {"type": "user", "username": "C#3"}, "permissions": ["READ", "EDIT"]}]},
+                }}),
+            )
+            .unwrap();
+        let check = |user: Option<&str>, method: &str, op: &str, body: &str| {
+            let path = format!("/ucloud/hpc/files{op}");
+            share_refusal(&store, user, method, &path, Some(body))
+                .unwrap()
+                .map(|a| (a.status, a.body["why"].clone()))
+        };
+        let one = |k: &str, p: &str| format!(r#"{{"items":[{{"{k}":"{p}"}}]}}"#);
+        let browse = |p: &str| format!(r#"{{"browse":{{"flags":{{"path":"{p}"}}}}}}"#);
+        let refused = Some((403, json!("Write permission is required")));
+        // Bob reads, never writes; Carol both; Alice (whose folder it is) neither.
+        assert_eq!(
+            check(Some("B#2"), "POST", "/browse", &browse("/104/x")),
+            None
+        );
+        assert_eq!(
+            check(Some("B#2"), "POST", "/download", &one("id", "//104/x")),
+            None
+        );
+        assert_eq!(
+            check(Some("B#2"), "POST", "/upload", &one("id", "/104/x")),
+            refused
+        );
+        assert_eq!(
+            check(Some("B#2"), "POST", "/folder", &one("id", "/0104/x")),
+            refused
+        );
+        assert_eq!(
+            check(Some("B#2"), "POST", "/trash", &one("id", "/104")),
+            refused
+        );
+        assert_eq!(
+            check(Some("B#2"), "DELETE", "", &one("id", "/104/x")),
+            refused
+        );
+        assert_eq!(
+            check(Some("C#3"), "POST", "/upload", &one("id", "/104/x")),
+            None
+        );
+        assert_eq!(
+            check(Some("A#1"), "POST", "/browse", &browse("/104")),
+            refused
+        );
+        assert_eq!(check(None, "POST", "/browse", &browse("/104")), refused);
+        assert_eq!(
+            check(
+                Some("D#4"),
+                "POST",
+                "/retrieve",
+                r#"{"retrieve":{"id":"/104/x"}}"#
+            ),
+            refused
+        );
+        // Copying out of a share needs READ there, into one EDIT.
+        let pair = |a: &str, b: &str| format!(r#"{{"items":[{{"oldId":"{a}","newId":"{b}"}}]}}"#);
+        assert_eq!(
+            check(Some("B#2"), "POST", "/copy", &pair("/104/x", "/100/x")),
+            None
+        );
+        assert_eq!(
+            check(Some("B#2"), "POST", "/move", &pair("/104/x", "/100/x")),
+            refused
+        );
+        assert_eq!(
+            check(Some("B#2"), "POST", "/copy", &pair("/100/x", "/104/x")),
+            refused
+        );
+        // Other drives, known or not, are the provider's to refuse.
+        for user in [Some("B#2"), None] {
+            for path in ["/100/x", "/999/x", "/x", "", "/"] {
+                assert_eq!(
+                    check(user, "POST", "/upload", &one("id", path)),
+                    None,
+                    "{path}"
+                );
+            }
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -207,6 +207,48 @@ pub static REPORT_USAGE_REQUEST: Ty = Ty::Struct(&[
 /// `accounting/v2/reportUsage` (`apm.ReportUsage`).
 pub static REPORT_USAGE: Ty = bulk!(REPORT_USAGE_REQUEST);
 
+/// `orc.ShareUpdate` (orchestrators/shares.go).
+pub static SHARE_UPDATE: Ty = Ty::Struct(&[
+    ("shareAvailableAt", &Ty::Opt(&Ty::Str)),
+    ("timestamp", &Ty::Timestamp),
+    ("status", &Ty::Opt(&Ty::Str)),
+]);
+
+/// `orc.ResourceUpdateAndId[orc.ShareUpdate]` (resource.go).
+pub static SHARE_UPDATE_AND_ID: Ty = Ty::Struct(&[("id", &Ty::Str), ("update", &SHARE_UPDATE)]);
+
+/// `shares/control/update` (`orc.SharesControlAddUpdate`).
+pub static SHARES_UPDATE: Ty = bulk!(SHARE_UPDATE_AND_ID);
+
+/// `POST /sim/shares`, the simulator's own: who shares what with whom, the fields
+/// `orc.ShareSpecification` (shares.go) gives `ShareCreate` besides the product,
+/// which is the drive's (the web client sends the file's product).
+pub static SIM_SHARE: Ty = Ty::Struct(&[
+    ("sharedBy", &Ty::Str),
+    ("sharedWith", &Ty::Str),
+    ("path", &Ty::Str),
+    ("permissions", &Ty::Slice(&Ty::Str)),
+]);
+
+/// `POST /sim/shares/{id}/permissions`: `orc.SharesUpdatePermissionsRequest`
+/// (shares.go) without its `id`, which is the URL's.
+pub static SIM_SHARE_PERMISSIONS: Ty = Ty::Struct(&[("permissions", &Ty::Slice(&Ty::Str))]);
+
+/// `fnd.FindByStringId` (foundation/core.go).
+pub static FIND_BY_STRING_ID: Ty = Ty::Struct(&[("id", &Ty::Str)]);
+
+/// `fnd.BulkResponse[fnd.FindByStringId]`: the provider's answer to a creation
+/// (`orc.SharesProviderCreate`).
+pub static BULK_IDS: Ty = Ty::Struct(&[("responses", &Ty::Slice(&FIND_BY_STRING_ID))]);
+
+/// `rpc.commonErrorMessage` (rpc/client.go): how the core reads a provider's
+/// refusal.
+pub static ERROR_MESSAGE: Ty = Ty::Struct(&[
+    ("statusCode", &Ty::Opt(&Ty::Int)),
+    ("why", &Ty::Opt(&Ty::Str)),
+    ("errorCode", &Ty::Str),
+]);
+
 #[cfg(test)]
 mod tests {
     use super::*;

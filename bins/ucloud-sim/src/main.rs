@@ -11,10 +11,13 @@ mod catalogue;
 mod error;
 mod follow;
 mod gojson;
+mod gopath;
 mod gotypes;
+mod provider;
 mod query;
 mod search;
 mod serve;
+mod shares;
 mod store;
 mod support;
 mod tokens;
@@ -49,19 +52,22 @@ usage:
   init   create the state when missing; print the provider's refresh token
   serve  HTTPS server for the endpoints a provider calls (and /sim/...); with
          --provider-url it asks the provider for its support before a
-         POST /sim/jobs, as UCloud does before it creates a job
+         POST /sim/jobs, as UCloud does before it creates a job, and tells it
+         of a share (POST /sim/shares), which needs it
   token  print a UCloud bearer token (cached, reused until < 3 min remain)
   call   call the provider like UCloud; print the status, then the body
          (--url defaults to $UCLOUD_IM_LB_URL, else $UCLOUD_IM_GATEWAY_URL;
          an https URL needs --ca, which defaults to $UCLOUD_IM_CA); a job
          creation UCloud would not make (not a Go BulkRequest[Job], an id that
          is no decimal number, a product not in the catalogue or not supported
-         by the provider) is answered 400 here and not sent, unless --unchecked
+         by the provider) is answered 400 here and not sent, and so is a files
+         call on a share's drive that the drive's ACL does not allow --user
+         (403), unless --unchecked
   follow follow a job's output over the WebSocket like UCloud; one JSON line per
          message, then a close line (or the HTTP status when the upgrade is refused);
          --url and --ca default as for call
   search search FOLDER (a UCloud path) by name over the WebSocket like UCloud,
-         after the core's checks (the drive is the user's, per --state; the
+         after the core's checks (the user may read the drive, per --state; the
          provider's support says streamingSearchSupported; the query is one
          UCloud accepts); output as for follow, or {\"refused\":STATUS,\"why\":...}
   usage  print each owner's usage per category and per scope, as JSON

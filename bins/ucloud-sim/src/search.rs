@@ -122,13 +122,12 @@ fn check(store: &Store, args: &SearchArgs<'_>) -> Result<(String, Value), Answer
         .unwrap_or(json!({}));
     let drive = &drives["drives"][drive_id];
     let not_found = || answer_fail(404, "NOT_FOUND", "Not found".to_string());
-    // A personal drive is the creator's alone (no projects in the simulator).
-    if !drive.is_object()
-        || drive["owner"]["createdBy"] != args.user
-        || drive["owner"]["project"]
-            .as_str()
-            .is_some_and(|p| !p.is_empty())
-    {
+    // A personal drive is the creator's, and a share's drive readable by those
+    // its ACL names (no projects in the simulator).
+    let readable = crate::shares::permissions_of(Some(args.user), drive)
+        .iter()
+        .any(|p| p == "READ");
+    if !drive.is_object() || !readable {
         return Err(not_found());
     }
     let product = &drive["specification"]["product"];

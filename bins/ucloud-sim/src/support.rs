@@ -7,12 +7,7 @@ use crate::answer::{fail, Answer};
 use crate::catalogue;
 use crate::store::Store;
 use serde_json::Value;
-use std::io::Read;
 use std::path::Path;
-use std::time::Duration;
-use ucloud_http::client::{Client, Endpoint};
-
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The (product name, category) pairs the provider at `url` supports for jobs.
 pub fn fetch(
@@ -21,35 +16,10 @@ pub fn fetch(
     token: &str,
     provider: &str,
 ) -> Result<Vec<(String, String)>, String> {
-    let endpoint = Endpoint::new(url, ca, TIMEOUT).map_err(|e| e.to_string())?;
-    let authorization = format!("Bearer {token}");
     let path = format!("/ucloud/{provider}/jobs/retrieveProducts");
-    let response = Client::new(endpoint)
-        .send(
-            "GET",
-            &path,
-            &[
-                ("Authorization", authorization.as_str()),
-                ("Accept-Encoding", "gzip"),
-                ("User-Agent", "ucloud-sim"),
-            ],
-            b"",
-        )
-        .map_err(|e| format!("GET {url}{path}: {e}"))?;
-    let gzip = response
-        .header("content-encoding")
-        .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
-    let body = if gzip {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(response.body.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| format!("GET {path}: the gzip body does not decompress: {e}"))?;
-        out
-    } else {
-        response.body
-    };
-    if response.status != 200 {
-        return Err(format!("GET {path} answered {}", response.status));
+    let (status, body) = crate::provider::invoke(url, ca, token, None, "GET", &path, b"")?;
+    if status != 200 {
+        return Err(format!("GET {path} answered {status}"));
     }
     let v: Value =
         serde_json::from_slice(&body).map_err(|e| format!("GET {path}: not JSON: {e}"))?;

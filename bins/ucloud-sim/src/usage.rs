@@ -53,6 +53,11 @@ pub fn know(store: &Store, user: Option<&str>, project: Option<&str>) -> Result<
     Ok(())
 }
 
+/// Whether UCloud knows the user (`rpc.LookupActor` finds them).
+pub fn knows_user(store: &Store, name: &str) -> Result<bool, Answer> {
+    known(store, &json!({"type": "user", "username": name}))
+}
+
 /// `validateOwner`: by the owner's type, a user or a project UCloud knows.
 fn known(store: &Store, owner: &Value) -> Result<bool, Answer> {
     let (kind, name) = match owner["type"].as_str() {

@@ -1030,3 +1030,241 @@ fn connections_and_drives_refuse_what_go_cannot_decode() {
         assert_eq!(drives(), before, "{body}");
     }
 }
+
+/// `ucloud-sim call` to the simulator at `url` with the provider's `token`: what a
+/// provider's call back to UCloud is.
+fn call_back(url: &str, ca: &str, token: &str, method: &str, path: &str, body: &str) -> Value {
+    let out = Command::new(SIM)
+        .args([
+            "call", "--url", url, "--ca", ca, "--token", token, method, path, body,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, body) = text.split_once('\n').unwrap();
+    assert_eq!(status, "200", "{method} {path}: {body}");
+    serde_json::from_str(body.trim()).unwrap()
+}
+
+/// A provider that makes shares as UCloud's own module does: while it answers
+/// `POST /ucloud/hpc/shares`, it registers the share's drive (`s-<id>`, product
+/// `share`, created by `_ucloud`) and reports it with `shares/control/update`. A
+/// share of a folder named `refused` it refuses. Every other request it answers
+/// `{"responses":[{}]}`. It records each request line with its `ucloud-username`.
+fn share_provider(sim: String, ca: String, token: String) -> FakeProvider {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let (mut length, mut user) = (0, String::new());
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if header.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap();
+                    }
+                    if name.eq_ignore_ascii_case("ucloud-username") {
+                        user = value.trim().to_string();
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            record
+                .lock()
+                .unwrap()
+                .push(format!("{} {user}", line.trim()));
+            let (status, answer) = if line.starts_with("POST /ucloud/hpc/shares ") {
+                let request: Value = serde_json::from_slice(&body).unwrap();
+                let share = &request["items"][0];
+                let id = share["id"].as_str().unwrap();
+                if share["specification"]["sourceFilePath"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("/refused")
+                {
+                    (
+                        "400 Bad Request",
+                        r#"{"why":"File does not exist"}"#.to_string(),
+                    )
+                } else {
+                    // The provider sees the share, pending, while it answers.
+                    let got = call_back(
+                        &sim,
+                        &ca,
+                        &token,
+                        "GET",
+                        &format!("/api/shares/control/retrieve?id={id}"),
+                        "",
+                    );
+                    assert_eq!(got["status"]["state"], "PENDING");
+                    let drive = json!({"items": [{"spec": {"title": "x",
+                        "product": {"id": "share", "category": "home", "provider": "hpc"}},
+                        "providerGeneratedId": format!("s-{id}"), "createdBy": "_ucloud"}]});
+                    let got = call_back(
+                        &sim,
+                        &ca,
+                        &token,
+                        "POST",
+                        "/api/files/collections/control/register",
+                        &drive.to_string(),
+                    );
+                    let drive_id = got["responses"][0]["id"].as_str().unwrap().to_string();
+                    let update = json!({"items": [{"id": id, "update": {
+                        "shareAvailableAt": format!("/{drive_id}"), "timestamp": 1}}]});
+                    call_back(
+                        &sim,
+                        &ca,
+                        &token,
+                        "POST",
+                        "/api/shares/control/update",
+                        &update.to_string(),
+                    );
+                    ("200 OK", r#"{"responses":[{}]}"#.to_string())
+                }
+            } else {
+                ("200 OK", r#"{"responses":[{}]}"#.to_string())
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    FakeProvider { url, seen }
+}
+
+#[test]
+fn a_share_goes_through_the_provider_and_guards_its_drive() {
+    let mut f = Fixture::new("shares");
+    let token = f.access_token();
+    let approve = "/api/providers/integration/control/approveConnection";
+    for user in ["A#1", "B#2"] {
+        let body = json!({ "username": user }).to_string();
+        assert_eq!(f.call(&token, "POST", approve, Some(&body)).0, 200);
+    }
+    assert_eq!(f.register_drive(&token, "h-a").0, 200);
+    let share = |path: &str| {
+        json!({"sharedBy": "A#1", "sharedWith": "B#2", "path": path, "permissions": ["READ"]})
+            .to_string()
+    };
+    // No provider to ask: the core's 503, and no share.
+    let (status, answer) = f.call("unused", "POST", "/sim/shares", Some(&share("/100/x")));
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(
+        f.call("unused", "GET", "/sim/shares", None).1,
+        json!({"items": []})
+    );
+
+    let provider = share_provider(f.url(), f.path("ca.pem"), token.clone());
+    f.stop();
+    f.serve_args = vec!["--provider-url".into(), provider.url.clone()];
+    f.start();
+    let (status, answer) = f.call("unused", "POST", "/sim/shares", Some(&share("/100/x")));
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_string();
+    // A#1, base64: the sharer is the user of the provider's call.
+    assert!(
+        provider
+            .seen()
+            .contains(&"POST /ucloud/hpc/shares HTTP/1.1 QSMx".to_string()),
+        "{:?}",
+        provider.seen()
+    );
+    let (_, all) = f.call("unused", "GET", "/sim/shares", None);
+    assert_eq!(all["items"][0]["id"], json!(id));
+    assert_eq!(
+        all["items"][0]["status"],
+        json!({"shareAvailableAt": "/101", "state": "PENDING"})
+    );
+    let (status, _) = f.call(
+        "unused",
+        "POST",
+        &format!("/sim/shares/{id}/approve"),
+        Some(""),
+    );
+    assert_eq!(status, 200);
+    let (_, page) = f.call(
+        &token,
+        "GET",
+        &format!(
+            "/api/files/collections/control/browse?filterProviderIds=s-{id}&includeOthers=true"
+        ),
+        None,
+    );
+    assert_eq!(
+        page["items"][0]["permissions"]["others"],
+        json!([{"entity": {"type": "user", "username": "B#2"}, "permissions": ["READ"]}])
+    );
+
+    // On the share's drive, `call` plays the core: B#2 reads, nobody writes.
+    let files = |user: &str, op: &str, id: &str| {
+        let out = Command::new(SIM)
+            .args(["call", "--url", &provider.url])
+            .args([
+                "--signing-key",
+                &f.path("signing.pem"),
+                "--state",
+                &f.path("state"),
+            ])
+            .args(["--user", user, "POST", &format!("/ucloud/hpc/files/{op}")])
+            .arg(json!({"items": [{"id": id}]}).to_string())
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines().next().unwrap().to_string()
+    };
+    let before = provider.seen().len();
+    assert_eq!(files("B#2", "upload", "/101/x"), "403");
+    assert_eq!(files("A#1", "download", "/101/x"), "403");
+    assert_eq!(provider.seen().len(), before, "refused calls are not sent");
+    assert_eq!(files("B#2", "download", "/101/x"), "200");
+    // Another drive: the provider decides, as before.
+    assert_eq!(files("B#2", "upload", "/100/x"), "200");
+
+    // The provider refuses: its status and why, and no share left.
+    let (status, answer) = f.call(
+        "unused",
+        "POST",
+        "/sim/shares",
+        Some(&share("/100/refused")),
+    );
+    assert_eq!(
+        (status, &answer["why"]),
+        (400, &json!("File does not exist"))
+    );
+    assert_eq!(
+        f.call("unused", "GET", "/sim/shares", None).1["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Rejected: the drive goes with the share.
+    let (status, _) = f.call("unused", "DELETE", &format!("/sim/shares/{id}"), None);
+    assert_eq!(status, 200);
+    let (_, page) = f.call(
+        &token,
+        "GET",
+        &format!("/api/files/collections/control/browse?filterProviderIds=s-{id}"),
+        None,
+    );
+    assert_eq!(page["items"], json!([]));
+    assert_eq!(
+        f.call("unused", "GET", "/sim/shares", None).1,
+        json!({"items": []})
+    );
+}
