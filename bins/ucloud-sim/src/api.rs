@@ -10,7 +10,8 @@
 use crate::answer::{fail, internal, ok, Answer};
 use crate::error::SimError;
 use crate::gojson;
-use crate::gotypes;
+pub use crate::gotypes::resource_id;
+use crate::gotypes::{self, RESOURCE_FLAGS};
 use crate::query;
 use crate::store::Store;
 use crate::tokens::Keys;
@@ -45,14 +46,6 @@ fn decode(body: &[u8], ty: &gojson::Ty) -> Result<Value, Answer> {
 
 fn items(request: &Value) -> Vec<Value> {
     request["items"].as_array().cloned().unwrap_or_default()
-}
-
-/// `ResourceParseId`: Go's `strconv.ParseInt(id, 10, 64)`, 0 when it fails; the
-/// core never hands out 0, so only a positive result can name a resource.
-pub fn resource_id(id: &str) -> Option<String> {
-    query::parse_int(id)
-        .filter(|n| *n > 0)
-        .map(|n| n.to_string())
 }
 
 /// A job id as UCloud makes them: a positive decimal number, written plainly.
@@ -478,34 +471,6 @@ fn bulk_response(responses: Vec<Value>) -> Answer {
         ok(json!({"responses": responses}))
     }
 }
-
-/// The resource flags (`orc.ResourceFlags`, resource.go) as a query carries them.
-macro_rules! resource_flags {
-    () => {
-        [
-            ("includeOthers", &gojson::Ty::Bool),
-            ("includeUpdates", &gojson::Ty::Bool),
-            ("includeSupport", &gojson::Ty::Bool),
-            ("includeProduct", &gojson::Ty::Bool),
-            ("filterLabels", &gojson::Ty::Map(&gojson::Ty::Str)),
-            ("filterCreatedBy", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("filterCreatedAfter", &gojson::Ty::Opt(&gojson::Ty::Uint)),
-            ("filterCreatedBefore", &gojson::Ty::Opt(&gojson::Ty::Uint)),
-            ("filterProvider", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("filterProductId", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("filterProductCategory", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("hideProductId", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("hideProductCategory", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("hideProvider", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("filterProviderIds", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("filterIds", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("sortBy", &gojson::Ty::Opt(&gojson::Ty::Str)),
-            ("sortDirection", &gojson::Ty::Opt(&gojson::Ty::Str)),
-        ]
-    };
-}
-
-pub(crate) const RESOURCE_FLAGS: [(&str, &gojson::Ty); 18] = resource_flags!();
 
 /// `orc.DrivesControlBrowseRequest` (drives.go) as `ParametersToStruct` reads it.
 static DRIVES_BROWSE: gojson::Ty = gojson::Ty::Struct(&{

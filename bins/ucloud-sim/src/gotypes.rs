@@ -249,6 +249,81 @@ pub static ERROR_MESSAGE: Ty = Ty::Struct(&[
     ("errorCode", &Ty::Str),
 ]);
 
+/// The resource flags (`orc.ResourceFlags`, resource.go) as a query carries them.
+macro_rules! resource_flags {
+    () => {
+        [
+            ("includeOthers", &crate::gojson::Ty::Bool),
+            ("includeUpdates", &crate::gojson::Ty::Bool),
+            ("includeSupport", &crate::gojson::Ty::Bool),
+            ("includeProduct", &crate::gojson::Ty::Bool),
+            (
+                "filterLabels",
+                &crate::gojson::Ty::Map(&crate::gojson::Ty::Str),
+            ),
+            (
+                "filterCreatedBy",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+            (
+                "filterCreatedAfter",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Uint),
+            ),
+            (
+                "filterCreatedBefore",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Uint),
+            ),
+            (
+                "filterProvider",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+            (
+                "filterProductId",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+            (
+                "filterProductCategory",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+            (
+                "hideProductId",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+            (
+                "hideProductCategory",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+            (
+                "hideProvider",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+            (
+                "filterProviderIds",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+            (
+                "filterIds",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+            ("sortBy", &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str)),
+            (
+                "sortDirection",
+                &crate::gojson::Ty::Opt(&crate::gojson::Ty::Str),
+            ),
+        ]
+    };
+}
+
+pub(crate) const RESOURCE_FLAGS: [(&str, &crate::gojson::Ty); 18] = resource_flags!();
+
+/// `ResourceParseId`: Go's `strconv.ParseInt(id, 10, 64)`, 0 when it fails; the
+/// core never hands out 0, so only a positive result can name a resource.
+pub fn resource_id(id: &str) -> Option<String> {
+    crate::query::parse_int(id)
+        .filter(|n| *n > 0)
+        .map(|n| n.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,10 +19,10 @@
 //! A drive's ACL is its `acl` in `drives.json`.
 
 use crate::answer::{fail, internal, ok, Answer};
-use crate::api::{resource_id, RESOURCE_FLAGS};
 use crate::gojson::{self, Ty};
 use crate::gopath;
 use crate::gotypes;
+use crate::gotypes::{resource_id, RESOURCE_FLAGS};
 use crate::query;
 use crate::store::Store;
 use crate::{catalogue, usage};

@@ -14,6 +14,7 @@ mod isolation;
 mod large_files;
 mod operations;
 mod search;
+mod shares;
 mod uploads;
 mod websocket_uploads;
 

@@ -1,5 +1,6 @@
 use super::*;
-use crate::api::{browse_drives, register_drives};
+// A test of this module drives the drive endpoints too (a test-only import).
+use super::super::api::{browse_drives, register_drives};
 use std::path::PathBuf;
 
 const ALICE: &str = "AliceHansen#1001";
