@@ -63,7 +63,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The registry socket of this installation (the prefix is fixed at build time).
 fn default_socket() -> String {
-    format!("{}/run/ucloud-im/registry.sock", ucloud_wire::paths::ROOT)
+    ucloud_wire::paths::registry_socket()
 }
 
 #[derive(Debug)]

@@ -12,6 +12,10 @@ use crate::error::Error;
 use crate::resolve::{self, Ctx};
 use nix::sys::stat::{fstat, SFlag};
 use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+use ucloud_wire::names::UcloudName;
 
 pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
     let items = resolve::items(request)?;
@@ -21,6 +25,15 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
             .get("specification")
             .ok_or_else(|| Error::BadRequest(format!("{what} has no specification")))?;
         let source = resolve::text(spec, "sourceFilePath", &what)?;
+        let with = resolve::text(spec, "sharedWith", &what)?;
+        let with = UcloudName::new(with)
+            .map_err(|e| Error::BadRequest(format!("{what}: sharedWith: {e}")))?;
+        if !is_mapped(&with)? {
+            return Err(Error::BadRequest(format!(
+                "{with} has no account on this site: they connect it first (UCloud's \
+                 provider page), then the folder can be shared with them"
+            )));
+        }
         let loc = ctx.resolve(source)?;
         if !loc.drive.is_home() || loc.components.is_empty() {
             return Err(Error::BadRequest(format!(
@@ -43,6 +56,31 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
     }
     // No provider id: the share is known by UCloud's own id.
     Ok(json!({ "responses": vec![Value::Null; items.len()] }))
+}
+
+/// Whether `name` has a current mapping, by the registry's `mapped` question, which
+/// anyone may ask and which tells nothing but that.
+fn is_mapped(name: &UcloudName) -> Result<bool, Error> {
+    let socket = ucloud_wire::paths::registry_socket();
+    let unavailable =
+        |e: std::io::Error| Error::Internal(format!("cannot ask the registry at {socket}: {e}"));
+    let mut stream = UnixStream::connect(&socket).map_err(unavailable)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(unavailable)?;
+    let question = json!({"op": "mapped", "ucloud": name.as_str()});
+    stream
+        .write_all(format!("{question}\n").as_bytes())
+        .map_err(unavailable)?;
+    let mut line = String::new();
+    BufReader::new(std::io::Read::take(&stream, 64 * 1024))
+        .read_line(&mut line)
+        .map_err(unavailable)?;
+    let answer: Value = serde_json::from_str(&line)
+        .map_err(|_| Error::Internal(format!("the registry answered {line:?}")))?;
+    answer["mapped"]
+        .as_bool()
+        .ok_or_else(|| Error::Internal(format!("the registry answered {answer}")))
 }
 
 /// UCloud's core does not call this today; when it does, access ends on

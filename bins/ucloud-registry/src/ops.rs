@@ -476,6 +476,19 @@ impl Registry {
         self.remove_as("unlinked", raw_name, caller).map(Some)
     }
 
+    /// Whether a UCloud user has a current mapping here; nothing else about it. The
+    /// `shares.create` plugin asks, as the sharer, so that a share with someone who
+    /// has no account here is refused at once, with the reason, to the sharer: the
+    /// one person UCloud shows that refusal to, and who learns no more from it than
+    /// from trying the share.
+    pub fn is_mapped(&self, site: &SiteConfig, raw_name: &str) -> Result<bool, Error> {
+        let name = ucloud_name(raw_name)?;
+        Ok(self
+            .store
+            .mapping(&name)?
+            .is_some_and(|m| !m.expired(site.mapping_expire_after_ms, ucloud_wire::now_ms())))
+    }
+
     /// Removes every mapping older than `mapping_expire_after_ms` and tells UCloud.
     pub fn expire(&self, site: &SiteConfig, now: u64) -> Result<Vec<Mapping>, Error> {
         let Some(max_age) = site.mapping_expire_after_ms else {
@@ -711,6 +724,35 @@ mod tests {
         );
         let audit = std::fs::read_to_string(dir.join("audit.log")).unwrap();
         assert_eq!(audit.matches("\"action\":\"expire\"").count(), 2, "{audit}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn is_mapped_says_only_whether_a_current_mapping_exists() {
+        let dir = scratch("mapped");
+        let r = registry(&dir);
+        let site = |extra: &str| {
+            SiteConfig::parse(&format!(
+                "provider = hpc\ngateway_user = gw\nservice_user = svc\n{extra}"
+            ))
+            .unwrap()
+        };
+        let lock = r.store.lock().unwrap();
+        let m = Mapping {
+            ucloud: UcloudName::new("Here#1").unwrap(),
+            local: LocalName::new("here").unwrap(),
+            uid: 2000,
+            created: Some(ucloud_wire::now_ms() - 5000),
+        };
+        r.store.put_mapping(&lock, &m).unwrap();
+        drop(lock);
+        assert!(r.is_mapped(&site(""), "Here#1").unwrap());
+        assert!(!r.is_mapped(&site(""), "Elsewhere#2").unwrap());
+        // An expired mapping no longer counts.
+        assert!(!r
+            .is_mapped(&site("mapping_expire_after_ms = 1000\n"), "Here#1")
+            .unwrap());
+        assert!(r.is_mapped(&site(""), "bad\u{0}name").is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -22,6 +22,8 @@ pub enum Request {
     Add { ucloud: String, local: String },
     /// (root) Remove a mapping.
     Remove { ucloud: String },
+    /// (anyone) Whether a UCloud user has a current mapping here.
+    Mapped { ucloud: String },
 }
 
 impl Request {
@@ -59,6 +61,9 @@ impl Request {
             "remove" => Request::Remove {
                 ucloud: text("ucloud")?,
             },
+            "mapped" => Request::Mapped {
+                ucloud: text("ucloud")?,
+            },
             other => return Err(usage(format!("unknown op {other:?}"))),
         })
     }
@@ -72,6 +77,7 @@ impl Request {
             Request::Unlinked { .. } => "unlinked",
             Request::Add { .. } => "add",
             Request::Remove { .. } => "remove",
+            Request::Mapped { .. } => "mapped",
         }
     }
 
@@ -83,7 +89,8 @@ impl Request {
             | Request::Ticket { ucloud }
             | Request::Unlinked { ucloud }
             | Request::Add { ucloud, .. }
-            | Request::Remove { ucloud } => Some(ucloud),
+            | Request::Remove { ucloud }
+            | Request::Mapped { ucloud } => Some(ucloud),
         }
     }
 }
@@ -118,6 +125,9 @@ mod tests {
         assert_eq!(r.unwrap().op(), "add");
         let r = Request::parse("{\"op\":\"preview\",\"ticket\":\"t\"}\n").unwrap();
         assert_eq!((r.op(), r.ucloud()), ("preview", None));
+        let r = Request::parse("{\"op\":\"mapped\",\"ucloud\":\"u#1\"}\n").unwrap();
+        assert_eq!((r.op(), r.ucloud()), ("mapped", Some("u#1")));
+        assert!(Request::parse("{\"op\":\"mapped\"}\n").is_err());
     }
 
     #[test]

@@ -196,7 +196,7 @@ fn answer(line: &str, uid: u32) -> Result<Value, Error> {
     let allowed: &[Role] = match request {
         // Root and the service account are let through to be refused with the
         // reason (ops.rs), which also leaves the ticket valid.
-        Request::Preview { .. } | Request::Connect { .. } => {
+        Request::Preview { .. } | Request::Connect { .. } | Request::Mapped { .. } => {
             &[Role::Root, Role::Service, Role::Person]
         }
         Request::Ticket { .. } | Request::Unlinked { .. } => &[Role::Service],
@@ -226,6 +226,9 @@ fn answer(line: &str, uid: u32) -> Result<Value, Error> {
         }
         Request::Connect { ticket, ucloud } => {
             connected(registry.redeem(&site, &ticket, &ucloud, uid, DRIVE_WAIT)?)
+        }
+        Request::Mapped { ucloud } => {
+            return Ok(json!({"ok": true, "mapped": registry.is_mapped(&site, &ucloud)?}));
         }
         Request::Ticket { ucloud } => {
             let ticket = registry.mint_ticket(&ucloud, Some(uid))?;

@@ -42,6 +42,8 @@ struct Site {
     config: SiteConfig,
     category: String,
     own: Own,
+    /// Whose files UCloud's answers are (`sender_user`).
+    sender_uid: Option<u32>,
     /// `var/lib/ucloud-im/shares`: the records, root 0700.
     records: PathBuf,
     /// `var/lib/ucloud-im/share-gates`: the mount points, root 0711.
@@ -59,12 +61,17 @@ pub fn run(options: &Options) -> Result<(), Failure> {
         return Err((77, "must run as root (ucloud-share.service)".into()));
     }
     let site = site()?;
-    let mut records = load_records(&site.records)?;
-    let shares = fetch(&site, options.wait)?;
+    let (mut records, unreadable) = load_records(&site.records)?;
+    // Without a whole, trustworthy list nothing is granted; what was granted
+    // lapses after the grace period (plan.rs).
+    let shares = fetch(&site, options.wait).unwrap_or_else(|(_, why)| {
+        eprintln!("ucloud-share: acting without UCloud's list of shares: {why}");
+        None
+    });
     let (drives, _) = ucloud_wire::record::drive_table(&site.drives)
         .map_err(|e| (74, format!("cannot read the drive table: {e}")))?;
     let accounts = |name: &UcloudName| account_of(&site, name);
-    let registered = |id: &str| drive_reply(&site.outbox, id);
+    let registered = |id: &str| drive_reply(&site, id);
     let now = ucloud_wire::now_ms();
     let actions = plan::plan(&plan::Facts {
         shares: shares.as_deref(),
@@ -75,11 +82,55 @@ pub fn run(options: &Options) -> Result<(), Failure> {
         now,
         grace_ms: options.grace.as_millis() as u64,
     });
-    let mut failed = 0;
+    let mut failed = unreadable;
+    // Every way in is closed before any sharer's walk runs: a sharer who stalls
+    // her own walks delays only ACL clean-up, never anyone's revocation.
+    let mut closed = Vec::new();
+    for action in &actions {
+        if let Action::Teardown { id, why } = action {
+            let Some(grant) = records.get(id).and_then(|r| r.granted.clone()) else {
+                continue;
+            };
+            let outcome = close(&site, id, &grant);
+            failed += usize::from(outcome.is_err());
+            audit(
+                &Action::Teardown {
+                    id: id.clone(),
+                    why: why.clone(),
+                },
+                "close",
+                id,
+                &outcome,
+            );
+            if outcome.is_ok() {
+                closed.push(id.clone());
+            }
+        }
+    }
+    let mut torn = Vec::new();
     for action in actions {
         let (id, name) = describe(&action);
         let record = records.entry(id.clone()).or_default();
-        let outcome = execute(&site, &id, action.clone(), record, now, options.grace);
+        let outcome = match &action {
+            Action::Teardown { .. } if !closed.contains(&id) => {
+                Err("the share's way in could not be closed; the next run tries again".into())
+            }
+            // A grant never replaces one whose teardown failed in this run: the
+            // record of what to take back would be lost.
+            Action::Grant { .. }
+                if record.granted.is_some() && torn.contains(&(id.clone(), false)) =>
+            {
+                Err("the old grant of this share is not taken back yet".into())
+            }
+            // Forgotten only once nothing granted is left to take back.
+            Action::Forget { .. } if record.granted.is_some() => {
+                Err("kept until its grant is taken back".into())
+            }
+            _ => execute(&site, &id, action.clone(), record, now, options.grace),
+        };
+        if matches!(action, Action::Teardown { .. }) {
+            torn.push((id.clone(), outcome.is_ok()));
+        }
         let forget = matches!(action, Action::Forget { .. }) && outcome.is_ok();
         let saved = if forget {
             records.remove(&id);
@@ -96,6 +147,65 @@ pub fn run(options: &Options) -> Result<(), Failure> {
             75,
             format!("{failed} actions failed; see the audit records"),
         ));
+    }
+    Ok(())
+}
+
+/// Ends every grant, whatever UCloud says: for the package's removal and the
+/// stack's shutdown, before anything removes the state directory (removing it
+/// through a mounted gate would delete the sharers' files). Gates no record names
+/// are unmounted too.
+pub fn close_all() -> Result<(), Failure> {
+    if !geteuid().is_root() {
+        return Err((77, "must run as root".into()));
+    }
+    let state = PathBuf::from(ucloud_wire::paths::state_dir());
+    let gates = state.join("share-gates");
+    let records_dir = state.join("shares");
+    let (mut records, mut failed) = if records_dir.is_dir() {
+        load_records(&records_dir)?
+    } else {
+        (BTreeMap::new(), 0)
+    };
+    let site = site().ok();
+    for (id, record) in records.iter_mut() {
+        let Some(grant) = record.granted.clone() else {
+            continue;
+        };
+        let why = "every share is being closed (--close-all)".to_string();
+        let outcome = match &site {
+            Some(site) => close(site, id, &grant).and_then(|()| revoke(&grant)),
+            None => gate::unmount(&gates.join(id))
+                .map(|_| ())
+                .map_err(|e| format!("the gate: {e}")),
+        };
+        if outcome.is_ok() {
+            record.granted = None;
+            if let Err(e) = save_record(&records_dir, id, record) {
+                eprintln!("ucloud-share: {e}");
+            }
+        }
+        failed += usize::from(outcome.is_err());
+        audit(
+            &Action::Teardown {
+                id: id.clone(),
+                why,
+            },
+            "close-all",
+            id,
+            &outcome,
+        );
+    }
+    if let Ok(entries) = fs::read_dir(&gates) {
+        for entry in entries.flatten() {
+            if let Err(e) = gate::unmount(&entry.path()) {
+                failed += 1;
+                eprintln!("ucloud-share: {}: {e}", entry.path().display());
+            }
+        }
+    }
+    if failed > 0 {
+        return Err((75, format!("{failed} shares could not be closed")));
     }
     Ok(())
 }
@@ -132,7 +242,12 @@ fn site() -> Result<Site, Failure> {
         }
     }
     let state = PathBuf::from(ucloud_wire::paths::state_dir());
+    let sender_uid = User::from_name(&config.sender_user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw());
     let site = Site {
+        sender_uid,
         category,
         own: Own { uids },
         records: state.join("shares"),
@@ -189,7 +304,7 @@ fn fetch(site: &Site, wait: Duration) -> Result<Option<Vec<Share>>, Failure> {
                 .map_err(|e| (74, format!("cannot write {}: {e}", marker.display())))?;
         }
         let page = loop {
-            if let Some(page) = read_reply(&reply)? {
+            if let Some(page) = read_reply(site, &reply)? {
                 if !queued_now(&marker) {
                     break page;
                 }
@@ -223,7 +338,10 @@ fn queued_now(marker: &Path) -> bool {
         .is_some_and(|q| Path::new(&q).exists())
 }
 
-fn read_reply(path: &Path) -> Result<Option<Value>, Failure> {
+/// An answer from UCloud as the sender stored it: a regular file of the sender's
+/// own account (other accounts of the outbox group write there too, and are not
+/// UCloud), writable by nobody else.
+fn read_reply(site: &Site, path: &Path) -> Result<Option<Value>, Failure> {
     let file = match OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
@@ -233,8 +351,18 @@ fn read_reply(path: &Path) -> Result<Option<Value>, Failure> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err((74, format!("cannot open {}: {e}", path.display()))),
     };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return Err((76, format!("{} is not a regular file", path.display())));
+    let meta = file
+        .metadata()
+        .map_err(|e| (74, format!("cannot stat {}: {e}", path.display())))?;
+    if !meta.is_file() || Some(meta.uid()) != site.sender_uid || meta.mode() & 0o022 != 0 {
+        return Err((
+            76,
+            format!(
+                "{} is not a regular file of {}'s, writable by it alone",
+                path.display(),
+                site.config.sender_user
+            ),
+        ));
     }
     let bytes = ucloud_wire::read_capped(file, 64 << 20)
         .map_err(|e| (76, format!("{}: {e}", path.display())))?;
@@ -243,11 +371,12 @@ fn read_reply(path: &Path) -> Result<Option<Value>, Failure> {
         .map_err(|e| (76, format!("{} is not JSON: {e}", path.display())))
 }
 
-fn drive_reply(outbox: &Path, share: &str) -> Option<DriveId> {
-    let path = outbox
+fn drive_reply(site: &Site, share: &str) -> Option<DriveId> {
+    let path = site
+        .outbox
         .join(outbox::REPLIES)
         .join(format!("{}.json", ucloud::drive_tag(share)));
-    let reply = read_reply(&path).ok()??;
+    let reply = read_reply(site, &path).ok()??;
     ucloud::parse_drive_reply(&reply).ok()
 }
 
@@ -321,10 +450,11 @@ fn execute(
             record.drive = Some(drive);
             record.announced = true;
         }
-        Action::Refuse { why, .. } => {
-            send(&ucloud::update(id, None, Some(&why)))?;
-            record.refused = Some(why);
-        }
+        // Said in the audit log only: UCloud's core keeps no status text from a
+        // provider, and an update without a place would take the share's place
+        // away. The sharer was told at once where that could be known
+        // (shares.create).
+        Action::Refuse { why, .. } => record.refused = Some(why),
         Action::Grant { grant, .. } => {
             record.drive = Some(grant.drive.clone());
             record.granted = Some(grant.clone());
@@ -335,7 +465,7 @@ fn execute(
         }
         Action::Teardown { .. } => {
             if let Some(grant) = record.granted.clone() {
-                take_away(site, id, &grant)?;
+                revoke(&grant)?;
             }
             record.granted = None;
         }
@@ -375,11 +505,16 @@ fn grant_access(site: &Site, id: &str, grant: &Grant, until: u64) -> Result<(), 
     put_drive(site, &drive)
 }
 
-/// The reverse order: the drive entry (no more UCloud calls), the gate (no more
-/// way in), then the ACL entries (as the sharer).
-fn take_away(site: &Site, id: &str, grant: &Grant) -> Result<(), String> {
+/// The ways in, in the reverse order of a grant: the drive entry (no more UCloud
+/// calls), then the gate (no more path). Root's own steps only: quick.
+fn close(site: &Site, id: &str, grant: &Grant) -> Result<(), String> {
     remove_drive(site, &grant.drive, grant.to.local.as_str())?;
     gate::unmount(&site.gates.join(id)).map_err(|e| format!("the gate: {e}"))?;
+    Ok(())
+}
+
+/// The ACL entries, as the sharer.
+fn revoke(grant: &Grant) -> Result<(), String> {
     // An account that is gone has no files to take entries from.
     let Ok(gid) = gid_of(grant.sharer.uid) else {
         return Ok(());
@@ -454,8 +589,11 @@ fn existing_drive(site: &Site, id: &DriveId) -> Result<Option<Drive>, String> {
     }
 }
 
-fn load_records(dir: &Path) -> Result<BTreeMap<String, Record>, Failure> {
+/// The records, and how many could not be read (each said on stderr). A record
+/// that does not parse is left for the admin; the others are acted on.
+fn load_records(dir: &Path) -> Result<(BTreeMap<String, Record>, usize), Failure> {
     let mut records = BTreeMap::new();
+    let mut unreadable = 0;
     let entries =
         fs::read_dir(dir).map_err(|e| (74, format!("cannot list {}: {e}", dir.display())))?;
     for entry in entries.flatten() {
@@ -475,17 +613,15 @@ fn load_records(dir: &Path) -> Result<BTreeMap<String, Record>, Failure> {
                 records.insert(id.to_string(), r);
             }
             Err(why) => {
-                return Err((
-                    76,
-                    format!(
-                        "{}: {why} (fix or remove it by hand)",
-                        entry.path().display()
-                    ),
-                ))
+                unreadable += 1;
+                eprintln!(
+                    "ucloud-share: {}: {why} (fix or remove it by hand; that share is left as it is)",
+                    entry.path().display()
+                );
             }
         }
     }
-    Ok(records)
+    Ok((records, unreadable))
 }
 
 fn save_record(dir: &Path, id: &str, record: &Record) -> Result<(), String> {

@@ -21,11 +21,14 @@ const HELP: &str = "\
 ucloud-share: give shared folders to their recipients while UCloud says so
 
 usage: ucloud-share [--wait SECONDS] [--grace SECONDS]
+       ucloud-share --close-all
        ucloud-share --help | --version
 
   --wait S    how long to wait for UCloud's list of shares (through ucloud-sender)
               before acting without it (default 20)
   --grace S   how long a granted share lasts without UCloud confirming it (default 60)
+  --close-all end every grant, whatever UCloud says, and unmount every gate: before
+              the package is removed or the state directory is deleted
 
 One run: asks UCloud for this provider's shares (GET /api/shares/control/browse,
 through the outbox), then for each share: registers the drive its recipient will
@@ -45,6 +48,20 @@ fn main() -> ExitCode {
         ucloud_wire::cli::help_or_version(&mut args, "ucloud-share", || HELP.to_string())
     {
         return done;
+    }
+    if args.contains("--close-all") {
+        let rest = args.finish();
+        if !rest.is_empty() {
+            eprintln!("ucloud-share: unexpected arguments {rest:?} (see ucloud-share --help)");
+            return ExitCode::from(64);
+        }
+        return match act::close_all() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, why)) => {
+                eprintln!("ucloud-share: {why}");
+                ExitCode::from(code)
+            }
+        };
     }
     let secs = |args: &mut pico_args::Arguments, key: &'static str, default: u64| {
         args.opt_value_from_str::<_, u64>(key)

@@ -52,6 +52,10 @@ pub fn outbox_dir() -> String {
 pub fn bindings_dir() -> String {
     under("/var/lib/ucloud-im/bindings")
 }
+/// The registry's socket (`ucloud-registry serve`, socket-activated).
+pub fn registry_socket() -> String {
+    under("/run/ucloud-im/registry.sock")
+}
 pub fn audit_log() -> String {
     under("/var/log/ucloud-im/audit.log")
 }

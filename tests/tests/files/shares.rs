@@ -4,7 +4,7 @@
 //! balancer, and the recipient's own local account on the login node.
 
 use super::*;
-use ucloud_im_tests::{wait_until, within};
+use ucloud_im_tests::wait_until;
 
 /// UCloud ends access within one timer period plus the wait for UCloud's answer.
 const PERIOD: u64 = 40;
@@ -228,13 +228,15 @@ fn a_share_with_someone_who_has_no_account_here_is_refused_with_a_reason() {
                     "path": format!("/{}/{}", stack.drive_of(ALICE), s.dir),
                     "permissions": ["READ"]})),
     );
-    assert_eq!(status, 200, "{answer}");
-    let id = answer["id"].as_str().unwrap().to_string();
-    let refused = within(PERIOD, || {
-        ucloud_share(&stack, &id)["updates"]
-            .to_string()
-            .contains("has no account on this site")
-    });
-    assert!(refused, "no reason given: {}", ucloud_share(&stack, &id));
-    assert!(ucloud_share(&stack, &id)["status"]["shareAvailableAt"].is_null());
+    // Refused by the provider, so UCloud shows the sharer why, and keeps no share.
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer.to_string().contains("has no account on this site"),
+        "{answer}"
+    );
+    let (_, all) = sim(&stack, "GET", "/sim/shares", None);
+    assert!(
+        !all.to_string().contains(&nobody),
+        "UCloud kept the share: {all}"
+    );
 }
