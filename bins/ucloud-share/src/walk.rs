@@ -331,7 +331,7 @@ mod tests {
         let f = fs::File::open(&t.folder).unwrap();
         let home = fs::File::open(&t.home).unwrap();
         let direct = t.folder.join("a.txt");
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f, &home], || {
             reads(&via(&f, "a.txt"), "a")?;
             reads(&via(&f, "sub/b.txt"), "b")?;
             reads(&via(&f, "sub/deeper/c.txt"), "c")?;
@@ -357,7 +357,7 @@ mod tests {
             fs::write(newdir.join("x.txt"), "x").map_err(|e| e.to_string())
         })
         .unwrap();
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f], || {
             reads(&via(&f, "sub/later.txt"), "later")?;
             reads(&via(&f, "newdir/x.txt"), "x")?;
             expect(!writable(&via(&f, "sub/later.txt")), "inherited a write")
@@ -366,7 +366,7 @@ mod tests {
         // The revoke takes it all away, and the files' ACLs are gone with Bob.
         let r = as_alice(|| revoke(&folder, BOB, WIDE)).unwrap();
         assert_eq!((r.dirs, r.files, r.skipped), (4, 5, 0), "{r:?}");
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f], || {
             unreadable(&via(&f, "a.txt"))?;
             unreadable(&via(&f, "sub/later.txt"))?;
             expect(fs::read_dir(via(&f, "")).is_err(), "the folder lists")
@@ -394,7 +394,7 @@ mod tests {
         let folder = t.folder_str().to_string();
         as_alice(|| grant(&folder, BOB, true, WIDE)).unwrap();
         let f = fs::File::open(&t.folder).unwrap();
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f], || {
             expect(writable(&via(&f, "sub/b.txt")), "b.txt not writable")?;
             fs::write(via(&f, "bob.txt"), "bob").map_err(|e| e.to_string())?;
             fs::create_dir(via(&f, "bobdir")).map_err(|e| e.to_string())?;
@@ -414,7 +414,7 @@ mod tests {
         assert_eq!((r.dirs, r.files, r.skipped), (3, 3, 2), "{r:?}");
         assert_eq!(acl_of(&bob_file, false), before);
         as_alice(|| revoke(&folder, BOB, WIDE)).unwrap();
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f], || {
             unreadable(&via(&f, "a.txt"))?;
             unreadable(&via(&f, "bob.txt"))
         })
