@@ -409,8 +409,9 @@ mod tests {
             "[]",
             r#"{"ok": {}}"#,
             r#"{"err": {"refused": 7}}"#,
-            r#"{"ok": {"dirs":0,"files":0,"skipped":0,"folderDev":0,"folderIno":0}, "err": {"refused": "x"}}"#,
-            r#"{"ok": {"dirs":-1,"files":0,"skipped":0,"folderDev":0,"folderIno":0}}"#,
+            r#"{"ok": {"dirs":0,"files":0,"skipped":0,"errors":0,"folderDev":0,"folderIno":0}, "err": {"refused": "x"}}"#,
+            r#"{"ok": {"dirs":-1,"files":0,"skipped":0,"errors":0,"folderDev":0,"folderIno":0}}"#,
+            r#"{"ok": {"dirs":0,"files":0,"skipped":0,"folderDev":0,"folderIno":0}}"#,
         ] {
             assert!(
                 matches!(parse(bad.as_bytes()), Err(Error::Failed(_))),
