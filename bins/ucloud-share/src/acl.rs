@@ -168,23 +168,30 @@ impl Acl {
     }
 
     /// This ACL with a named entry giving `uid` exactly `perm` (added or
-    /// replaced), and a mask that lets all of `perm` through, as `setfacl -m`
-    /// does. The mask grows by `perm` only, not to the union of every entry: a
-    /// mask the owner narrowed (chmod g-w) stays as narrow for everyone else as
-    /// the new entry allows. `uid` must be a real uid (not `u32::MAX`).
+    /// replaced), and a mask that lets all of `perm` through. The mask grows by
+    /// `perm` only, not to the union of every entry, and when it grows every
+    /// other entry it limits is first narrowed to what the old mask let through:
+    /// nobody's effective permissions change but `uid`'s. (`setfacl -m` would
+    /// widen the mask alone, and so give back to the group and to everyone
+    /// named what the owner had taken away with chmod g-rwx.) `uid` must be a
+    /// real uid (not `u32::MAX`).
     pub fn with_user(&self, uid: u32, perm: u8) -> Acl {
         let perm = perm & (R | W | X);
-        let mask = self
-            .perm(Tag::Mask)
-            .or(self.perm(Tag::GroupObj))
-            .unwrap_or(0)
-            | perm;
+        // Without a mask entry nothing is masked: the group entry is what the
+        // group gets, and a mask that includes it changes nothing for it.
+        let old = self.perm(Tag::Mask);
+        let mask = old.or(self.perm(Tag::GroupObj)).unwrap_or(0) | perm;
         let mut entries: Vec<Entry> = self
             .0
             .iter()
             .filter(|e| !(e.tag == Tag::User && e.id == uid) && e.tag != Tag::Mask)
             .copied()
             .collect();
+        if let Some(old) = old.filter(|&old| mask & !old != 0) {
+            for e in entries.iter_mut().filter(|e| e.tag.group_class()) {
+                e.perm &= old;
+            }
+        }
         entries.push(Entry {
             tag: Tag::User,
             id: uid,
@@ -197,6 +204,20 @@ impl Acl {
         });
         entries.sort_by_key(Entry::key);
         Acl(entries)
+    }
+
+    /// What the entry `tag` (with `id` for a named one) is let do: its
+    /// permissions, limited by the mask where the mask applies.
+    pub fn effective(&self, tag: Tag, id: u32) -> Option<u8> {
+        let e = self
+            .0
+            .iter()
+            .find(|e| e.tag == tag && (!tag.named() || e.id == id))?;
+        let mask = match tag.group_class() {
+            true => self.perm(Tag::Mask).unwrap_or(R | W | X),
+            false => R | W | X,
+        };
+        Some(e.perm & mask)
     }
 
     /// This ACL without the named entry of `uid`. Nobody's permissions grow:
@@ -439,6 +460,75 @@ mod tests {
             .collect();
         assert_eq!(ids, [1, 3, 9, 60002]);
     }
+
+    fn e(tag: Tag, id: u32, perm: u8) -> Entry {
+        Entry { tag, id, perm }
+    }
+
+    #[test]
+    fn a_grant_that_widens_the_mask_gives_nobody_else_anything() {
+        const CAROL: u32 = 60003;
+        const BOB: u32 = 60002;
+        // chmod 600 on a file with group r-- and user:carol:rw-: mask ---.
+        let closed = Acl(vec![
+            e(Tag::UserObj, U, R | W),
+            e(Tag::User, CAROL, R | W),
+            e(Tag::GroupObj, U, R),
+            e(Tag::Group, 7, R | W | X),
+            e(Tag::Mask, U, 0),
+            e(Tag::Other, U, 0),
+        ]);
+        let acl = closed.with_user(BOB, R);
+        assert_eq!(acl.effective(Tag::User, BOB), Some(R));
+        assert_eq!(acl.effective(Tag::User, CAROL), Some(0));
+        assert_eq!(acl.effective(Tag::GroupObj, U), Some(0));
+        assert_eq!(acl.effective(Tag::Group, 7), Some(0));
+        assert_eq!(acl.effective(Tag::UserObj, U), Some(R | W));
+        assert_eq!(Acl::parse(&acl.to_bytes()), Ok(acl.clone()));
+        // A mask of r--: an edit grant lets w and x through for Bob alone.
+        let narrow = Acl(vec![
+            e(Tag::UserObj, U, R | W | X),
+            e(Tag::User, CAROL, R | W | X),
+            e(Tag::GroupObj, U, R | W),
+            e(Tag::Mask, U, R),
+            e(Tag::Other, U, 0),
+        ]);
+        let acl = narrow.with_user(BOB, R | W | X);
+        assert_eq!(acl.effective(Tag::User, BOB), Some(R | W | X));
+        assert_eq!(acl.effective(Tag::User, CAROL), Some(R));
+        assert_eq!(acl.effective(Tag::GroupObj, U), Some(R));
+        // Every effective permission but Bob's is what it was, whatever the
+        // ACL, the grant and the order of grants.
+        let tags = [Tag::UserObj, Tag::GroupObj, Tag::Other];
+        for mask in 0..8 {
+            for group in 0..8 {
+                for carol in 0..8 {
+                    let acl = Acl(vec![
+                        e(Tag::UserObj, U, 6),
+                        e(Tag::User, CAROL, carol),
+                        e(Tag::GroupObj, U, group),
+                        e(Tag::Mask, U, mask),
+                        e(Tag::Other, U, 4),
+                    ]);
+                    for perm in [R, R | X, R | W, R | W | X] {
+                        let after = acl.with_user(BOB, perm).with_user(ALICE_ID, R | W | X);
+                        assert_eq!(after.effective(Tag::User, BOB), Some(perm));
+                        assert_eq!(after.effective(Tag::User, ALICE_ID), Some(R | W | X));
+                        for t in tags {
+                            assert_eq!(after.effective(t, U), acl.effective(t, U), "{acl:?}");
+                        }
+                        assert_eq!(
+                            after.effective(Tag::User, CAROL),
+                            acl.effective(Tag::User, CAROL),
+                            "{acl:?} {perm}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    const ALICE_ID: u32 = 60001;
 
     #[test]
     fn a_revoke_removes_the_entry_and_widens_nothing() {

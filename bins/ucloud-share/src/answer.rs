@@ -15,8 +15,14 @@ pub struct Report {
     /// Regular files whose ACL was brought to the wanted state.
     pub files: u64,
     /// Entries left alone: other owners, symlinks and special files, other
-    /// filesystems, entries that vanished or could not be opened.
+    /// filesystems, entries that vanished or could not be opened, levels past
+    /// the depth limit of a revoke, and the `errors`.
     pub skipped: u64,
+    /// Of the skipped, the entries a revoke (or a walk in the recipient's own
+    /// directories) could not change because a call failed or their ACL was
+    /// refused, and passed over. A revoke with errors left entries of the
+    /// recipient's in place.
+    pub errors: u64,
     /// The folder the walk saw: the gate mounts this inode and no other.
     pub folder_dev: u64,
     pub folder_ino: u64,
@@ -25,7 +31,8 @@ pub struct Report {
 impl Report {
     pub fn to_json(&self) -> Value {
         json!({"dirs": self.dirs, "files": self.files, "skipped": self.skipped,
-               "folderDev": self.folder_dev, "folderIno": self.folder_ino})
+               "errors": self.errors, "folderDev": self.folder_dev,
+               "folderIno": self.folder_ino})
     }
 
     pub fn from_json(v: &Value) -> Option<Report> {
@@ -34,6 +41,7 @@ impl Report {
             dirs: n("dirs")?,
             files: n("files")?,
             skipped: n("skipped")?,
+            errors: n("errors")?,
             folder_dev: n("folderDev")?,
             folder_ino: n("folderIno")?,
         })
@@ -95,8 +103,8 @@ impl fmt::Display for Error {
             Error::Failed(why) => write!(f, "failed: {why}"),
             Error::Limit { limit, report } => write!(
                 f,
-                "the {limit} limit was hit after {} directories and {} files",
-                report.dirs, report.files
+                "the {limit} limit was hit after {} directories and {} files ({} errors)",
+                report.dirs, report.files, report.errors
             ),
             Error::Timeout(why) => write!(f, "timed out: {why}"),
         }
@@ -115,6 +123,7 @@ mod tests {
             dirs: 1,
             files: 2,
             skipped: 3,
+            errors: 6,
             folder_dev: 4,
             folder_ino: 5,
         };

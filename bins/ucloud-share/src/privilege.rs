@@ -6,20 +6,29 @@
 //! can also stall it (a deep tree, SIGSTOP: she may signal a process of her
 //! uid), so the root parent waits only until a deadline and then kills the child;
 //! and she can kill it, which the parent reports as a step without an answer.
-//! The child is made non-dumpable, so she cannot ptrace it or reach the
-//! descriptors it inherited from root through /proc.
+//!
+//! The child is a copy of a root process, so before it changes its uid it keeps
+//! nothing of root's she could reach once it is hers: every inherited
+//! descriptor is closed but the answer pipe (stdin, stdout and stderr become
+//! /dev/null), and it is made non-dumpable, so she can neither ptrace it nor
+//! open its descriptors through /proc. The uid change resets dumpability to
+//! fs.suid_dumpable, so it is made non-dumpable again after, and a site whose
+//! fs.suid_dumpable is 1 (which would leave it traceable between the two) is
+//! refused. It dies with its parent (PR_SET_PDEATHSIG, which a uid change
+//! clears too, so it is set again after).
 
 use crate::answer::{Error, Report};
 use crate::sys;
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::waitpid;
-use nix::unistd::{Gid, Uid};
+use nix::unistd::{Gid, Pid, Uid};
 use serde_json::{json, Value};
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 /// The child's RLIMIT_NOFILE: the walk holds a descriptor per directory level
@@ -37,34 +46,45 @@ pub fn as_sharer(
     deadline: Instant,
     f: impl FnOnce() -> Result<Report, Error>,
 ) -> Result<Report, Error> {
+    run(uid, gid, deadline, &[], f)
+}
+
+/// `as_sharer`, with the descriptors `keep` left open in the child too: the
+/// tests reach a folder through one, as the recipient reaches it through the gate.
+#[cfg(test)]
+pub(crate) fn as_sharer_keeping(
+    uid: u32,
+    gid: u32,
+    deadline: Instant,
+    keep: &[RawFd],
+    f: impl FnOnce() -> Result<Report, Error>,
+) -> Result<Report, Error> {
+    run(uid, gid, deadline, keep, f)
+}
+
+fn run(
+    uid: u32,
+    gid: u32,
+    deadline: Instant,
+    keep: &[RawFd],
+    f: impl FnOnce() -> Result<Report, Error>,
+) -> Result<Report, Error> {
     if uid == 0 || gid == 0 || uid == u32::MAX || gid == u32::MAX {
         return Err(Error::Refused(format!(
             "uid {uid} gid {gid}: a share step never runs as root or as an invalid id"
         )));
     }
-    let (read, write) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
+    if std::fs::read_to_string("/proc/sys/fs/suid_dumpable").is_ok_and(|v| v.trim() == "1") {
+        return Err(Error::Refused(
+            "fs.suid_dumpable is 1: the sharer could trace the child as it drops to her uid".into(),
+        ));
+    }
+    let parent = nix::unistd::getpid();
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
     match sys::fork().map_err(|e| Error::sys("fork", e))? {
         sys::Forked::Child => {
             drop(read);
-            // A panic must not unwind into the caller's stack in this copy of it.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                drop_to(uid, gid).and_then(|()| f())
-            }));
-            let code = match result {
-                Ok(result) => {
-                    let answer = match result {
-                        Ok(report) => json!({"ok": report.to_json()}),
-                        Err(e) => json!({"err": e.to_json()}),
-                    };
-                    match std::fs::File::from(write).write_all(answer.to_string().as_bytes()) {
-                        Ok(()) => 0,
-                        Err(_) => 1,
-                    }
-                }
-                Err(_) => 2,
-            };
-            sys::exit(code)
+            sys::exit(child(write, keep, parent, uid, gid, f))
         }
         sys::Forked::Parent(child) => {
             drop(write);
@@ -77,6 +97,60 @@ pub fn as_sharer(
             parse(&answer?)
         }
     }
+}
+
+/// The child's life; its exit status.
+fn child(
+    write: OwnedFd,
+    keep: &[RawFd],
+    parent: Pid,
+    uid: u32,
+    gid: u32,
+    f: impl FnOnce() -> Result<Report, Error>,
+) -> i32 {
+    // Above stderr, out of the way of the /dev/null copies (a parent started
+    // without stdin has its pipe at 0 or 1).
+    let moved = sys::dup_at_least(&write, 3);
+    drop(write);
+    let Ok(write) = moved else {
+        return 3;
+    };
+    // A panic must not unwind into the caller's stack in this copy of it.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        isolate(&write, keep)
+            .and_then(|()| drop_to(uid, gid, parent))
+            .and_then(|()| f())
+    }));
+    let Ok(result) = result else {
+        return 2;
+    };
+    let answer = match result {
+        Ok(report) => json!({"ok": report.to_json()}),
+        Err(e) => json!({"err": e.to_json()}),
+    };
+    match std::fs::File::from(write).write_all(answer.to_string().as_bytes()) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// Leaves the child no descriptor of root's but the answer pipe and `keep`:
+/// stdin, stdout and stderr on /dev/null, every other one closed.
+fn isolate(pipe: &OwnedFd, keep: &[RawFd]) -> Result<(), Error> {
+    let fail = |what: &str, e: Errno| Error::sys(format!("in the sharer's child: {what}"), e);
+    let null = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail("/dev/null", e))?;
+    nix::unistd::dup2_stdin(&null).map_err(|e| fail("stdin", e))?;
+    nix::unistd::dup2_stdout(&null).map_err(|e| fail("stdout", e))?;
+    nix::unistd::dup2_stderr(&null).map_err(|e| fail("stderr", e))?;
+    drop(null);
+    let mut open = keep.to_vec();
+    open.push(pipe.as_raw_fd());
+    sys::close_all_but(&open).map_err(|e| fail("closing the inherited descriptors", e))
 }
 
 /// Reads the pipe to its end, or until the deadline.
@@ -124,8 +198,12 @@ fn parse(answer: &[u8]) -> Result<Report, Error> {
 }
 
 /// Becomes `uid`/`gid` with no other group, for good, and proves it.
-fn drop_to(uid: u32, gid: u32) -> Result<(), Error> {
+fn drop_to(uid: u32, gid: u32, parent: Pid) -> Result<(), Error> {
     let fail = |what: &str, e: Errno| Error::sys(format!("as the sharer: {what}"), e);
+    // Before the uid changes: no moment in which the process is hers and
+    // dumpable, or outlives the parent that would kill it at the deadline.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| fail("PR_SET_DUMPABLE", e))?;
+    orphan_dies(parent).map_err(|e| fail("PR_SET_PDEATHSIG", e))?;
     setrlimit(Resource::RLIMIT_NOFILE, CHILD_FILES, CHILD_FILES)
         .map_err(|e| fail("RLIMIT_NOFILE", e))?;
     setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| fail("RLIMIT_CORE", e))?;
@@ -133,10 +211,20 @@ fn drop_to(uid: u32, gid: u32) -> Result<(), Error> {
     nix::unistd::setgroups(&[g]).map_err(|e| fail("setgroups", e))?;
     nix::unistd::setresgid(g, g, g).map_err(|e| fail("setresgid", e))?;
     nix::unistd::setresuid(u, u, u).map_err(|e| fail("setresuid", e))?;
-    // The uid change made the process dumpable again if the site set
-    // fs.suid_dumpable; it must not be, whatever the setting.
+    // The credential change set dumpability to fs.suid_dumpable and cleared the
+    // parent-death signal: both again.
     nix::sys::prctl::set_dumpable(false).map_err(|e| fail("PR_SET_DUMPABLE", e))?;
+    orphan_dies(parent).map_err(|e| fail("PR_SET_PDEATHSIG", e))?;
     prove(uid, gid)
+}
+
+/// SIGKILL when the parent goes; and if it went already, the end now.
+fn orphan_dies(parent: Pid) -> Result<(), Errno> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if nix::unistd::getppid() != parent {
+        sys::exit(4);
+    }
+    Ok(())
 }
 
 fn prove(uid: u32, gid: u32) -> Result<(), Error> {
@@ -163,6 +251,9 @@ fn prove(uid: u32, gid: u32) -> Result<(), Error> {
     }
     if nix::sys::prctl::get_dumpable() != Ok(false) {
         return Err(refuse("the process is dumpable"));
+    }
+    if nix::sys::prctl::get_pdeathsig() != Ok(Some(Signal::SIGKILL)) {
+        return Err(refuse("the process would outlive its parent"));
     }
     Ok(())
 }
@@ -216,6 +307,51 @@ mod tests {
         .unwrap();
         // And the parent is still root.
         assert!(nix::unistd::geteuid().is_root());
+    }
+
+    #[test]
+    fn the_child_keeps_no_descriptor_of_roots_and_dies_with_its_parent() {
+        let dir = std::env::temp_dir();
+        let name = |what: &str| dir.join(format!("ucloud-share-{what}-{}", std::process::id()));
+        let (leaked, kept) = (name("leaked"), name("kept"));
+        let leak = std::fs::File::create(&leaked).unwrap();
+        let keep = std::fs::File::create(&kept).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let got = as_sharer_keeping(ALICE, ALICE, deadline, &[keep.as_raw_fd()], || {
+            let check = |ok: bool, what: &str| match ok {
+                true => Ok(()),
+                false => Err(Error::Refused(what.to_string())),
+            };
+            let open: Vec<(String, std::path::PathBuf)> = std::fs::read_dir("/proc/self/fd")
+                .map_err(|e| Error::Refused(e.to_string()))?
+                .filter_map(|e| {
+                    let e = e.ok()?;
+                    let target = std::fs::read_link(e.path()).ok()?;
+                    Some((e.file_name().to_string_lossy().into_owned(), target))
+                })
+                .collect();
+            let null = std::path::Path::new("/dev/null");
+            for fd in ["0", "1", "2"] {
+                let on_null = open.iter().any(|(n, t)| n == fd && t == null);
+                check(on_null, &format!("fd {fd} is not /dev/null: {open:?}"))?;
+            }
+            check(
+                !open.iter().any(|(_, t)| *t == leaked),
+                "a descriptor leaked",
+            )?;
+            check(open.iter().any(|(_, t)| *t == kept), "the kept one is gone")?;
+            // 0, 1, 2, the pipe, the kept one, and the listing's own.
+            check(open.len() == 6, &format!("open: {open:?}"))?;
+            check(
+                nix::sys::prctl::get_pdeathsig() == Ok(Some(Signal::SIGKILL)),
+                "no parent-death signal",
+            )?;
+            Ok(Report::default())
+        });
+        drop((leak, keep));
+        let _ = std::fs::remove_file(&leaked);
+        let _ = std::fs::remove_file(&kept);
+        assert_eq!(got, Ok(Report::default()));
     }
 
     #[test]
@@ -273,8 +409,9 @@ mod tests {
             "[]",
             r#"{"ok": {}}"#,
             r#"{"err": {"refused": 7}}"#,
-            r#"{"ok": {"dirs":0,"files":0,"skipped":0,"folderDev":0,"folderIno":0}, "err": {"refused": "x"}}"#,
-            r#"{"ok": {"dirs":-1,"files":0,"skipped":0,"folderDev":0,"folderIno":0}}"#,
+            r#"{"ok": {"dirs":0,"files":0,"skipped":0,"errors":0,"folderDev":0,"folderIno":0}, "err": {"refused": "x"}}"#,
+            r#"{"ok": {"dirs":-1,"files":0,"skipped":0,"errors":0,"folderDev":0,"folderIno":0}}"#,
+            r#"{"ok": {"dirs":0,"files":0,"skipped":0,"folderDev":0,"folderIno":0}}"#,
         ] {
             assert!(
                 matches!(parse(bad.as_bytes()), Err(Error::Failed(_))),

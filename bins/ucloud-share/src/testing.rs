@@ -4,7 +4,7 @@
 
 use crate::answer::Error;
 use crate::answer::Report;
-use crate::privilege::as_sharer;
+use crate::privilege::{as_sharer, as_sharer_keeping};
 use crate::walk::Limits;
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
@@ -106,8 +106,19 @@ pub fn tree(name: &str) -> Tree {
 
 /// Runs `checks` as `uid` (its gid the same number) in a child; its verdict.
 pub fn as_user(uid: u32, checks: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    as_user_with(uid, &[], checks)
+}
+
+/// `as_user`, with the descriptors of `keep` open in the child (for `via`).
+pub fn as_user_with(
+    uid: u32,
+    keep: &[&fs::File],
+    checks: impl FnOnce() -> Result<(), String>,
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
     let deadline = Instant::now() + Duration::from_secs(30);
-    as_sharer(uid, uid, deadline, || {
+    let keep: Vec<_> = keep.iter().map(|f| f.as_raw_fd()).collect();
+    as_sharer_keeping(uid, uid, deadline, &keep, || {
         checks().map(|()| Report::default()).map_err(Error::Refused)
     })
     .map(drop)

@@ -6,11 +6,26 @@
 //! folder is opened component by component without following a symlink; below
 //! it every entry is reached with openat(parent, name, O_NOFOLLOW) and checked
 //! again on its descriptor (type, device, inode, owner) before anything is
-//! written; symlinks, FIFOs, devices and sockets are skipped, never opened; entries
-//! of other owners (what the recipient wrote in an edit share) are left alone and
-//! their directories not entered; mount points are not crossed. Entries and depth
-//! are bounded, and hitting a bound is an error that says how far the walk got.
-//! The time is bounded by the parent, which kills this child at its deadline.
+//! written; symlinks, FIFOs, devices and sockets are skipped, never opened; only
+//! the sharer's own entries are changed; mount points are not crossed.
+//!
+//! Directories of other owners are not entered, with one exception. In an edit
+//! share the recipient can make directories of his own in the folder and move
+//! the sharer's files into them, where they keep his entry. So a revoke, and a
+//! read grant (which may be the downgrade of an edit share), also enter the
+//! directories the recipient owns (his uid only, never a third owner's) to reach
+//! the sharer's entries inside; they leave his own entries alone.
+//!
+//! Everything is bounded. A grant looks at no more than `Limits::entries`
+//! entries and `Limits::depth` levels, and hitting a bound is an error that says
+//! how far it got. A revoke must not be held up by a large tree or by one bad
+//! entry: it counts only the entries it changes toward `entries` (so each run
+//! gets further than the last), passes over a level deeper than `depth`, and
+//! counts an entry it cannot change as skipped (and as an error) and goes on.
+//! In the recipient's directories, which he can fill at will, the entries looked
+//! at have a budget of their own (`entries` again), past which the rest of them
+//! is skipped, and an entry that fails is passed over on a grant too. The time
+//! is bounded by the parent, which kills this child at its deadline.
 //!
 //! A revoke removes the recipient's named entries from both ACLs. It leaves the
 //! sharer's own default entry (`user:<sharer>:rwx`, which a grant adds so that
@@ -33,7 +48,9 @@ use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Entries looked at, the folder included.
+    /// On a grant, entries looked at, the folder included; on a revoke,
+    /// entries changed. Also the budget of entries looked at in the recipient's
+    /// own directories.
     pub entries: u64,
     /// Directory levels entered below the folder. The walk holds one descriptor
     /// per level: keep it well below the child's RLIMIT_NOFILE (privilege.rs).
@@ -44,6 +61,24 @@ pub struct Limits {
 enum Change {
     Grant { recipient: u32, write: bool },
     Revoke { recipient: u32 },
+}
+
+impl Change {
+    fn recipient(self) -> u32 {
+        match self {
+            Change::Grant { recipient, .. } | Change::Revoke { recipient } => recipient,
+        }
+    }
+
+    fn revoke(self) -> bool {
+        matches!(self, Change::Revoke { .. })
+    }
+
+    /// Whether the recipient's own directories are entered: not on an edit
+    /// grant, where the sharer's entries in them already have his entry.
+    fn enters_recipients(self) -> bool {
+        !matches!(self, Change::Grant { write: true, .. })
+    }
 }
 
 /// Gives `recipient` read (`write`: read and write) access to the folder and
@@ -58,11 +93,21 @@ pub fn revoke(folder: &str, recipient: u32, limits: Limits) -> Result<Report, Er
     walk(folder, Change::Revoke { recipient }, limits)
 }
 
+/// A subdirectory listed and not yet entered.
+struct Sub {
+    name: CString,
+    /// The inode it was listed with.
+    ino: u64,
+    /// The sharer, or the recipient.
+    owner: u32,
+}
+
 struct Level {
     fd: OwnedFd,
     path: PathBuf,
-    /// Subdirectories not yet entered, with the inode each was listed with.
-    pending: Vec<(CString, u64)>,
+    pending: Vec<Sub>,
+    /// In a directory of the recipient's, or below one.
+    foreign: bool,
 }
 
 struct Walker {
@@ -70,7 +115,12 @@ struct Walker {
     limits: Limits,
     me: u32,
     dev: u64,
+    /// Entries looked at outside the recipient's directories (counted on a grant).
     seen: u64,
+    /// Entries whose ACLs were written (counted on a revoke).
+    changed: u64,
+    /// Entries looked at in the recipient's directories.
+    foreign: u64,
     report: Report,
 }
 
@@ -80,7 +130,7 @@ fn kind(st: &FileStat) -> SFlag {
 
 fn walk(folder: &str, change: Change, limits: Limits) -> Result<Report, Error> {
     let me = nix::unistd::geteuid().as_raw();
-    let (Change::Grant { recipient, .. } | Change::Revoke { recipient }) = change;
+    let recipient = change.recipient();
     if me == 0 {
         return Err(Error::Refused(
             "the walk runs as the sharer, never as root".into(),
@@ -106,29 +156,52 @@ fn walk(folder: &str, change: Change, limits: Limits) -> Result<Report, Error> {
         me,
         dev: st.st_dev,
         seen: 0,
+        changed: 0,
+        foreign: 0,
         report: Report {
             folder_dev: st.st_dev,
             folder_ino: st.st_ino,
             ..Report::default()
         },
     };
-    w.count()?;
-    w.dir(&fd, &st, &path)?;
-    let pending = w.list(&fd, &path)?;
-    let mut levels = vec![Level { fd, path, pending }];
+    w.look(false)?;
+    w.dir(&fd, &st, &path, false)?;
+    let pending = w.list(&fd, &path, false)?;
+    let mut levels = vec![Level {
+        fd,
+        path,
+        pending,
+        foreign: false,
+    }];
     while let Some(top) = levels.last_mut() {
-        let Some((name, ino)) = top.pending.pop() else {
+        let Some(sub) = top.pending.pop() else {
             levels.pop();
             continue;
         };
-        let path = top.path.join(OsStr::from_bytes(name.as_bytes()));
+        let path = top.path.join(OsStr::from_bytes(sub.name.as_bytes()));
+        let foreign = top.foreign || sub.owner != w.me;
         if levels.len() > w.limits.depth {
-            return Err(w.limit("depth"));
+            match w.tolerant(foreign) {
+                true => {
+                    w.report.skipped += 1;
+                    continue;
+                }
+                false => return Err(w.limit("depth")),
+            }
+        }
+        if foreign && w.foreign >= w.limits.entries {
+            w.report.skipped += 1;
+            continue;
         }
         let parent = &levels.last().expect("just looked at").fd;
-        if let Some(fd) = w.enter(parent, &name, ino, &path)? {
-            let pending = w.list(&fd, &path)?;
-            levels.push(Level { fd, path, pending });
+        if let Some(fd) = w.enter(parent, &sub, &path, foreign)? {
+            let pending = w.list(&fd, &path, foreign)?;
+            levels.push(Level {
+                fd,
+                path,
+                pending,
+                foreign,
+            });
         }
     }
     Ok(w.report)
@@ -142,46 +215,108 @@ impl Walker {
         }
     }
 
-    fn count(&mut self) -> Result<(), Error> {
+    /// Whether an entry that fails is passed over rather than the walk ended.
+    fn tolerant(&self, foreign: bool) -> bool {
+        self.change.revoke() || foreign
+    }
+
+    /// Ends the walk with `e`, or counts it and goes on (see `tolerant`). A
+    /// limit or a timeout always ends it.
+    fn failed(&mut self, foreign: bool, e: Error) -> Result<(), Error> {
+        match e {
+            Error::Failed(_) | Error::Refused(_) if self.tolerant(foreign) => {
+                self.report.skipped += 1;
+                self.report.errors += 1;
+                Ok(())
+            }
+            e => Err(e),
+        }
+    }
+
+    /// Accounts for one entry looked at: an error at a grant's entries limit;
+    /// false once the recipient's directories have used up their budget.
+    fn look(&mut self, foreign: bool) -> Result<bool, Error> {
+        if foreign {
+            self.foreign += 1;
+            return Ok(self.foreign <= self.limits.entries);
+        }
+        if self.change.revoke() {
+            return Ok(true);
+        }
         self.seen += 1;
         match self.seen > self.limits.entries {
+            true => Err(self.limit("entries")),
+            false => Ok(true),
+        }
+    }
+
+    /// Accounts for one entry written: an error at a revoke's entries limit.
+    fn wrote(&mut self) -> Result<(), Error> {
+        self.changed += 1;
+        match self.change.revoke() && self.changed > self.limits.entries {
             true => Err(self.limit("entries")),
             false => Ok(()),
         }
     }
 
-    /// Whether the entry `st` describes is the sharer's, on the folder's filesystem.
-    fn ours(&self, st: &FileStat) -> bool {
-        st.st_uid == self.me && st.st_dev == self.dev
-    }
-
     /// Brings the ACLs of every regular file of the directory `fd` to the wanted
     /// state and returns its subdirectories to enter.
-    fn list(&mut self, fd: &OwnedFd, path: &Path) -> Result<Vec<(CString, u64)>, Error> {
+    fn list(&mut self, fd: &OwnedFd, path: &Path, foreign: bool) -> Result<Vec<Sub>, Error> {
         // The listing gets its own descriptor: `fd` stays free for the *at calls.
-        let mut dir = nix::unistd::dup(fd)
-            .and_then(Dir::from_fd)
-            .map_err(|e| Error::sys(path.display(), e))?;
+        let mut dir = match nix::unistd::dup(fd).and_then(Dir::from_fd) {
+            Ok(dir) => dir,
+            Err(e) => {
+                self.failed(foreign, Error::sys(path.display(), e))?;
+                return Ok(Vec::new());
+            }
+        };
+        let recipient = self.change.recipient();
         let mut subdirs = Vec::new();
         for entry in dir.iter() {
-            let entry = entry.map_err(|e| Error::sys(path.display(), e))?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    self.failed(foreign, Error::sys(path.display(), e))?;
+                    break;
+                }
+            };
             let name = entry.file_name();
             if matches!(name.to_bytes(), b"." | b"..") {
                 continue;
             }
-            self.count()?;
+            if !self.look(foreign)? {
+                // The recipient's budget is spent: the rest of his is left.
+                self.report.skipped += 1;
+                break;
+            }
             let st = match fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) if self.ours(&st) => st,
-                // Gone, or in a directory she can list but not search.
+                Ok(st) if st.st_dev == self.dev => st,
+                // Gone, in a directory she can list but not search, or a mount.
                 Ok(_) | Err(Errno::ENOENT | Errno::EACCES) => {
                     self.report.skipped += 1;
                     continue;
                 }
-                Err(e) => return Err(Error::sys(at(path, name).display(), e)),
+                Err(e) => {
+                    self.failed(foreign, Error::sys(at(path, name).display(), e))?;
+                    continue;
+                }
             };
+            let owner = st.st_uid;
             match kind(&st) {
-                SFlag::S_IFDIR => subdirs.push((name.to_owned(), st.st_ino)),
-                SFlag::S_IFREG => self.file(fd, name, st.st_ino, &at(path, name))?,
+                SFlag::S_IFDIR if owner == self.me => subdirs.push(Sub {
+                    name: name.to_owned(),
+                    ino: st.st_ino,
+                    owner,
+                }),
+                SFlag::S_IFDIR if owner == recipient && self.change.enters_recipients() => subdirs
+                    .push(Sub {
+                        name: name.to_owned(),
+                        ino: st.st_ino,
+                        owner,
+                    }),
+                SFlag::S_IFREG if owner == self.me => {
+                    self.file(fd, name, st.st_ino, &at(path, name), foreign)?
+                }
                 _ => self.report.skipped += 1,
             }
         }
@@ -189,22 +324,23 @@ impl Walker {
     }
 
     /// Opens `name` in `parent` with `flags` and checks on the descriptor that it
-    /// is still the entry that was listed (not swapped since) and the sharer's.
-    /// None when it is not, or cannot be opened: it is skipped.
+    /// is still the entry that was listed (not swapped since: type, inode, owner,
+    /// device). None when it is not, or cannot be opened: it is skipped.
     fn open(
         &mut self,
         parent: &OwnedFd,
         name: &CStr,
         flags: OFlag,
-        want: (SFlag, u64),
+        want: (SFlag, u64, u32),
         path: &Path,
     ) -> Result<Option<(OwnedFd, FileStat)>, Error> {
         let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
         match openat(parent, name, flags, Mode::empty()) {
             Ok(fd) => {
-                let st = fstat(&fd).map_err(|e| Error::sys(path.display(), e))?;
-                if self.ours(&st) && (kind(&st), st.st_ino) == want {
-                    return Ok(Some((fd, st)));
+                if let Ok(st) = fstat(&fd) {
+                    if st.st_dev == self.dev && (kind(&st), st.st_ino, st.st_uid) == want {
+                        return Ok(Some((fd, st)));
+                    }
                 }
             }
             Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM)) => {
@@ -216,45 +352,80 @@ impl Walker {
         Ok(None)
     }
 
-    fn file(&mut self, parent: &OwnedFd, name: &CStr, ino: u64, path: &Path) -> Result<(), Error> {
-        // O_NONBLOCK: should a FIFO be put in the file's place after the listing,
-        // opening it returns at once (and the check on the descriptor skips it).
-        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
-        let Some((fd, st)) = self.open(parent, name, flags, (SFlag::S_IFREG, ino), path)? else {
-            return Ok(());
-        };
-        self.edit(&fd, acl::ACCESS, &st, false, path)?;
-        self.report.files += 1;
-        Ok(())
-    }
-
-    fn enter(
+    fn file(
         &mut self,
         parent: &OwnedFd,
         name: &CStr,
         ino: u64,
         path: &Path,
+        foreign: bool,
+    ) -> Result<(), Error> {
+        // O_NONBLOCK: should a FIFO be put in the file's place after the listing,
+        // opening it returns at once (and the check on the descriptor skips it).
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK;
+        let want = (SFlag::S_IFREG, ino, self.me);
+        let Some((fd, st)) = self.open(parent, name, flags, want, path)? else {
+            return Ok(());
+        };
+        match self.edit(&fd, acl::ACCESS, &st, false, path) {
+            Ok(wrote) => {
+                self.report.files += 1;
+                if wrote {
+                    self.wrote()?;
+                }
+                Ok(())
+            }
+            Err(e) => self.failed(foreign, e),
+        }
+    }
+
+    /// Opens the listed subdirectory `sub` and, if it is the sharer's, brings its
+    /// ACLs to the wanted state. The recipient's own are entered, not changed.
+    fn enter(
+        &mut self,
+        parent: &OwnedFd,
+        sub: &Sub,
+        path: &Path,
+        foreign: bool,
     ) -> Result<Option<OwnedFd>, Error> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
-        let Some((fd, st)) = self.open(parent, name, flags, (SFlag::S_IFDIR, ino), path)? else {
+        let want = (SFlag::S_IFDIR, sub.ino, sub.owner);
+        let Some((fd, st)) = self.open(parent, &sub.name, flags, want, path)? else {
             return Ok(None);
         };
-        self.dir(&fd, &st, path)?;
+        match sub.owner == self.me {
+            true => self.dir(&fd, &st, path, foreign)?,
+            false => self.report.skipped += 1,
+        }
         Ok(Some(fd))
     }
 
-    fn dir(&mut self, fd: &OwnedFd, st: &FileStat, path: &Path) -> Result<(), Error> {
+    fn dir(
+        &mut self,
+        fd: &OwnedFd,
+        st: &FileStat,
+        path: &Path,
+        foreign: bool,
+    ) -> Result<(), Error> {
         // The default ACL's base comes from the mode as it was before the access
-        // ACL's mask changed its group bits.
-        self.edit(fd, acl::ACCESS, st, true, path)?;
-        self.edit(fd, acl::DEFAULT, st, true, path)?;
-        self.report.dirs += 1;
-        Ok(())
+        // ACL's mask changed its group bits. One failing does not stop the other.
+        let access = self.edit(fd, acl::ACCESS, st, true, path);
+        let default = self.edit(fd, acl::DEFAULT, st, true, path);
+        match (access, default) {
+            (Ok(a), Ok(d)) => {
+                self.report.dirs += 1;
+                if a || d {
+                    self.wrote()?;
+                }
+                Ok(())
+            }
+            (Err(e), _) | (_, Err(e)) => self.failed(foreign, e),
+        }
     }
 
     /// Reads the ACL `attr` of `fd`, makes the change, and writes it back if it
-    /// differs. An entry without that ACL has nothing to revoke; on a grant its
-    /// ACL starts from its mode.
+    /// differs; whether it wrote. An entry without that ACL has nothing to
+    /// revoke; on a grant its ACL starts from its mode.
     fn edit(
         &self,
         fd: &OwnedFd,
@@ -262,14 +433,14 @@ impl Walker {
         st: &FileStat,
         dir: bool,
         path: &Path,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let what = || format!("{} ({})", path.display(), attr.to_string_lossy());
         let old = sys::fgetxattr(fd, attr).map_err(|e| Error::sys(what(), e))?;
         let acl = match &old {
             Some(bytes) => {
                 Acl::parse(bytes).map_err(|why| Error::Refused(format!("{}: {why}", what())))?
             }
-            None if matches!(self.change, Change::Revoke { .. }) => return Ok(()),
+            None if self.change.revoke() => return Ok(false),
             None => Acl::from_mode(st.st_mode),
         };
         let new = match self.change {
@@ -288,10 +459,11 @@ impl Walker {
             Change::Revoke { recipient } => acl.without_user(recipient).without_user(self.me),
         };
         let new = new.to_bytes();
-        if old.as_deref() != Some(&new[..]) {
-            sys::fsetxattr(fd, attr, &new).map_err(|e| Error::sys(what(), e))?;
+        if old.as_deref() == Some(&new[..]) {
+            return Ok(false);
         }
-        Ok(())
+        sys::fsetxattr(fd, attr, &new).map_err(|e| Error::sys(what(), e))?;
+        Ok(true)
     }
 }
 
@@ -331,7 +503,7 @@ mod tests {
         let f = fs::File::open(&t.folder).unwrap();
         let home = fs::File::open(&t.home).unwrap();
         let direct = t.folder.join("a.txt");
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f, &home], || {
             reads(&via(&f, "a.txt"), "a")?;
             reads(&via(&f, "sub/b.txt"), "b")?;
             reads(&via(&f, "sub/deeper/c.txt"), "c")?;
@@ -357,7 +529,7 @@ mod tests {
             fs::write(newdir.join("x.txt"), "x").map_err(|e| e.to_string())
         })
         .unwrap();
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f], || {
             reads(&via(&f, "sub/later.txt"), "later")?;
             reads(&via(&f, "newdir/x.txt"), "x")?;
             expect(!writable(&via(&f, "sub/later.txt")), "inherited a write")
@@ -366,7 +538,7 @@ mod tests {
         // The revoke takes it all away, and the files' ACLs are gone with Bob.
         let r = as_alice(|| revoke(&folder, BOB, WIDE)).unwrap();
         assert_eq!((r.dirs, r.files, r.skipped), (4, 5, 0), "{r:?}");
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f], || {
             unreadable(&via(&f, "a.txt"))?;
             unreadable(&via(&f, "sub/later.txt"))?;
             expect(fs::read_dir(via(&f, "")).is_err(), "the folder lists")
@@ -394,7 +566,7 @@ mod tests {
         let folder = t.folder_str().to_string();
         as_alice(|| grant(&folder, BOB, true, WIDE)).unwrap();
         let f = fs::File::open(&t.folder).unwrap();
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f], || {
             expect(writable(&via(&f, "sub/b.txt")), "b.txt not writable")?;
             fs::write(via(&f, "bob.txt"), "bob").map_err(|e| e.to_string())?;
             fs::create_dir(via(&f, "bobdir")).map_err(|e| e.to_string())?;
@@ -414,11 +586,158 @@ mod tests {
         assert_eq!((r.dirs, r.files, r.skipped), (3, 3, 2), "{r:?}");
         assert_eq!(acl_of(&bob_file, false), before);
         as_alice(|| revoke(&folder, BOB, WIDE)).unwrap();
-        as_user(BOB, || {
+        as_user_with(BOB, &[&f], || {
             unreadable(&via(&f, "a.txt"))?;
             unreadable(&via(&f, "bob.txt"))
         })
         .unwrap();
+    }
+
+    #[test]
+    fn what_the_recipient_moved_into_his_own_directories_is_downgraded_and_revoked() {
+        let t = tree("moved");
+        let folder = t.folder_str().to_string();
+        as_alice(|| grant(&folder, BOB, true, WIDE)).unwrap();
+        // Bob hides Alice's file and directory in directories of his own, and
+        // Carol (another recipient, say) has a directory he put one in too.
+        mkdir(&t.folder.join("carols"), CAROL, 0o777);
+        let f = fs::File::open(&t.folder).unwrap();
+        as_user_with(BOB, &[&f], || {
+            let run = |r: std::io::Result<()>| r.map_err(|e| e.to_string());
+            run(fs::create_dir_all(via(&f, "bobdir/nested")))?;
+            run(fs::rename(
+                via(&f, "sub/b.txt"),
+                via(&f, "bobdir/nested/b.txt"),
+            ))?;
+            run(fs::rename(via(&f, "sub/deeper"), via(&f, "bobdir/deeper")))?;
+            run(fs::rename(via(&f, "a.txt"), via(&f, "carols/a.txt")))
+        })
+        .unwrap();
+        let moved = [
+            t.folder.join("bobdir/nested/b.txt"),
+            t.folder.join("bobdir/deeper"),
+            t.folder.join("bobdir/deeper/c.txt"),
+        ];
+        for p in &moved {
+            assert_eq!(acl_of(p, false).unwrap().user(BOB).map(|p| p & W), Some(W));
+        }
+        // The downgrade to a read share reaches them: Bob reads, no longer writes.
+        let r = as_alice(|| grant(&folder, BOB, false, WIDE)).unwrap();
+        assert_eq!((r.dirs, r.files, r.errors), (3, 2, 0), "{r:?}");
+        for p in &moved {
+            assert_eq!(acl_of(p, false).unwrap().user(BOB).map(|p| p & W), Some(0));
+        }
+        as_user_with(BOB, &[&f], || {
+            reads(&via(&f, "bobdir/nested/b.txt"), "b")?;
+            expect(!writable(&via(&f, "bobdir/nested/b.txt")), "b.txt writes")?;
+            expect(
+                fs::File::create(via(&f, "bobdir/deeper/new")).is_err(),
+                "deeper takes new files",
+            )
+        })
+        .unwrap();
+        // The revoke takes Bob's entries from them; Bob's own directories and
+        // Carol's are left as they are.
+        let bobs = acl_of(&t.folder.join("bobdir"), false);
+        let r = as_alice(|| revoke(&folder, BOB, WIDE)).unwrap();
+        assert_eq!((r.dirs, r.files, r.errors), (3, 2, 0), "{r:?}");
+        for p in &moved {
+            assert_eq!(acl_of(p, false).and_then(|a| a.user(BOB)), None);
+        }
+        assert_eq!(acl_of(&t.folder.join("bobdir"), false), bobs);
+        // Only Bob's: Carol's directory is not entered, so a.txt keeps his entry.
+        let a = acl_of(&t.folder.join("carols/a.txt"), false).unwrap();
+        assert_eq!(a.user(BOB), Some(R | W));
+    }
+
+    #[test]
+    fn a_revoke_goes_past_an_entry_it_cannot_change_and_counts_only_changes() {
+        let t = tree("stubborn");
+        let folder = t.folder_str().to_string();
+        as_alice(|| grant(&folder, BOB, false, WIDE)).unwrap();
+        // An immutable file: its ACL cannot be written, even by its owner.
+        let stuck = t.folder.join("sub/b.txt");
+        struct Mutable<'a>(&'a Path);
+        impl Drop for Mutable<'_> {
+            fn drop(&mut self) {
+                let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+            }
+        }
+        let guard = Mutable(&stuck);
+        let ok = Command::new("chattr").arg("+i").arg(&stuck).status();
+        assert!(ok.unwrap().success(), "chattr +i");
+        let r = as_alice(|| revoke(&folder, BOB, WIDE)).unwrap();
+        assert_eq!(
+            (r.dirs, r.files, r.errors, r.skipped),
+            (3, 2, 1, 1),
+            "{r:?}"
+        );
+        assert_eq!(acl_of(&stuck, false).unwrap().user(BOB), Some(R));
+        for p in ["", "a.txt", "sub", "sub/deeper", "sub/deeper/c.txt"] {
+            let p = t.folder.join(p);
+            assert_eq!(acl_of(&p, false), None, "{}", p.display());
+        }
+        drop(guard);
+        let r = as_alice(|| revoke(&folder, BOB, WIDE)).unwrap();
+        assert_eq!(r.errors, 0, "{r:?}");
+        assert_eq!(acl_of(&stuck, false), None);
+        // A large tree with little left to change: entries that need nothing do
+        // not count, so each run gets further, and one below the limit finishes.
+        let big = t.folder.join("big");
+        mkdir(&big, ALICE, 0o755);
+        for i in 0..50 {
+            file(&big.join(i.to_string()), ALICE, 0o644, "");
+        }
+        as_alice(|| grant(&folder, BOB, false, WIDE)).unwrap();
+        let few = Limits {
+            entries: 20,
+            ..WIDE
+        };
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            match as_alice(|| revoke(&folder, BOB, few)) {
+                Ok(_) => break,
+                Err(Error::Limit { .. }) if runs < 5 => {}
+                other => panic!("run {runs}: {other:?}"),
+            }
+        }
+        assert_eq!(runs, 3);
+        assert_eq!(acl_of(&big.join("49"), false), None);
+        // Too deep for the limit: the levels below are passed over, not an error.
+        as_alice(|| grant(&folder, BOB, false, WIDE)).unwrap();
+        let shallow = Limits { depth: 1, ..WIDE };
+        let r = as_alice(|| revoke(&folder, BOB, shallow)).unwrap();
+        assert_eq!(r.skipped, 1, "{r:?}");
+        let deep = t.folder.join("sub/deeper");
+        assert_eq!(acl_of(&deep, false).unwrap().user(BOB), Some(R | X));
+        assert_eq!(acl_of(&t.folder.join("sub"), false), None);
+    }
+
+    #[test]
+    fn a_grant_gives_nobody_but_the_recipient_what_the_sharer_closed() {
+        let t = tree("closed");
+        let a = t.folder.join("a.txt");
+        let sub = t.folder.join("sub");
+        let setfacl = |args: &[&str], p: &Path| {
+            let ok = Command::new("setfacl").args(args).arg(p).status();
+            assert!(ok.unwrap().success(), "setfacl {args:?}");
+        };
+        // Group r--, Carol rw-, then chmod 600: the mask is ---.
+        setfacl(&["-m", "g::r,u:60003:rw"], &a);
+        own(&a, ALICE, 0o600);
+        setfacl(&["-d", "-m", "u::rwx,g::rx,o::-,u:60003:rwx,m::-"], &sub);
+        let folder = t.folder_str().to_string();
+        as_alice(|| grant(&folder, BOB, false, WIDE)).unwrap();
+        use crate::acl::Tag;
+        let access = acl_of(&a, false).unwrap();
+        assert_eq!(access.effective(Tag::User, BOB), Some(R));
+        assert_eq!(access.effective(Tag::User, CAROL), Some(0));
+        assert_eq!(access.effective(Tag::GroupObj, u32::MAX), Some(0));
+        let default = acl_of(&sub, true).unwrap();
+        assert_eq!(default.effective(Tag::User, BOB), Some(R | X));
+        assert_eq!(default.effective(Tag::User, CAROL), Some(0));
+        assert_eq!(default.effective(Tag::GroupObj, u32::MAX), Some(0));
     }
 
     #[test]
