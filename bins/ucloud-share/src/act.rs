@@ -92,11 +92,18 @@ pub fn run(options: &Options) -> Result<(), Failure> {
                 continue;
             };
             let outcome = close(&site, id, &grant);
+            let why = match outcome {
+                Ok(true) => format!(
+                    "{why}; a process of the recipient still held the gate, so it was detached"
+                ),
+                _ => why.clone(),
+            };
+            let outcome = outcome.map(|_| ());
             failed += usize::from(outcome.is_err());
             audit(
                 &Action::Teardown {
                     id: id.clone(),
-                    why: why.clone(),
+                    why,
                 },
                 "close",
                 id,
@@ -174,7 +181,7 @@ pub fn close_all() -> Result<(), Failure> {
         };
         let why = "every share is being closed (--close-all)".to_string();
         let outcome = match &site {
-            Some(site) => close(site, id, &grant).and_then(|()| revoke(&grant)),
+            Some(site) => close(site, id, &grant).and_then(|_| revoke(&grant)),
             None => gate::unmount(&gates.join(id))
                 .map(|_| ())
                 .map_err(|e| format!("the gate: {e}")),
@@ -485,12 +492,13 @@ fn grant_access(site: &Site, id: &str, grant: &Grant, until: u64) -> Result<(), 
     })
     .map_err(|e| format!("as {}: {e}", grant.sharer.local))?;
     let gate = site.gates.join(id);
-    gate::mount(
+    gate::mount_with(
         &grant.folder,
         grant.sharer.uid,
         grant.to.uid,
         (report.folder_dev, report.folder_ino),
         &gate,
+        !grant.write,
     )
     .map_err(|e| format!("the gate: {e}"))?;
     let drive = Drive {
@@ -507,10 +515,12 @@ fn grant_access(site: &Site, id: &str, grant: &Grant, until: u64) -> Result<(), 
 
 /// The ways in, in the reverse order of a grant: the drive entry (no more UCloud
 /// calls), then the gate (no more path). Root's own steps only: quick.
-fn close(site: &Site, id: &str, grant: &Grant) -> Result<(), String> {
+/// `Ok(true)`: a process still held the gate, so its mount was detached rather
+/// than unmounted (ucloud-share(8), WHEN ACCESS ENDS).
+fn close(site: &Site, id: &str, grant: &Grant) -> Result<bool, String> {
     remove_drive(site, &grant.drive, grant.to.local.as_str())?;
-    gate::unmount(&site.gates.join(id)).map_err(|e| format!("the gate: {e}"))?;
-    Ok(())
+    let outcome = gate::unmount(&site.gates.join(id)).map_err(|e| format!("the gate: {e}"))?;
+    Ok(outcome == gate::Outcome::Busy)
 }
 
 /// The ACL entries, as the sharer.
@@ -521,11 +531,19 @@ fn revoke(grant: &Grant) -> Result<(), String> {
     };
     let (folder, to) = (grant.folder.clone(), grant.to.uid);
     let deadline = Instant::now() + WALK_DEADLINE;
-    privilege::as_sharer(grant.sharer.uid, gid, deadline, move || {
+    let report = privilege::as_sharer(grant.sharer.uid, gid, deadline, move || {
         walk::revoke(&folder, to, LIMITS)
     })
-    .map(|_| ())
-    .map_err(|e| format!("as {}: {e}", grant.sharer.local))
+    .map_err(|e| format!("as {}: {e} (the next run goes on)", grant.sharer.local))?;
+    // Entries that refused to change (an immutable file) are out of reach: the
+    // gate is gone and the folder's parents never let the recipient through.
+    if report.errors > 0 {
+        eprintln!(
+            "ucloud-share: {}: {} entries kept the recipient's ACL entry (no way in is left)",
+            grant.folder, report.errors
+        );
+    }
+    Ok(())
 }
 
 fn gid_of(uid: u32) -> Result<u32, String> {

@@ -160,14 +160,20 @@ fn one(f: &Facts, share: &Share, record: &Record) -> (Vec<Action>, Vec<Action>) 
     };
     let mut down = Vec::new();
     if let Some(old) = &record.granted {
-        // Another folder, account or drive: the old grant goes first. A change of
-        // permission alone is a new grant over the old one.
-        if (&old.folder, &old.to, &old.sharer, &old.drive)
-            != (&grant.folder, &grant.to, &grant.sharer, &grant.drive)
+        // Another folder, account, drive or permission: the old grant goes first,
+        // so that no read-write gate outlives a share taken down to READ.
+        if (&old.folder, &old.to, &old.sharer, &old.drive, old.write)
+            != (
+                &grant.folder,
+                &grant.to,
+                &grant.sharer,
+                &grant.drive,
+                grant.write,
+            )
         {
             down.push(Action::Teardown {
                 id: id.clone(),
-                why: "the share now names another folder or account".into(),
+                why: "the share now names another folder, account or permission".into(),
             });
         }
     }
@@ -468,6 +474,28 @@ mod tests {
             gone.as_slice(),
             [Action::Teardown { .. }, Action::Forget { .. }]
         ));
+    }
+
+    #[test]
+    fn a_change_of_permission_takes_the_old_grant_away_before_the_new_one() {
+        let mut records = BTreeMap::new();
+        granted(&mut records, "7");
+        let mut edit = share("7");
+        edit.write = true;
+        let actions = run(Some(&[edit]), &records);
+        assert!(
+            matches!(
+                actions.as_slice(),
+                [Action::Teardown { .. }, Action::Grant { grant, .. }] if grant.write
+            ),
+            "{actions:?}"
+        );
+        // The same permission again: renewed in place.
+        let actions = run(Some(&[share("7")]), &records);
+        assert!(
+            matches!(actions.as_slice(), [Action::Grant { .. }]),
+            "{actions:?}"
+        );
     }
 
     #[test]
