@@ -78,7 +78,7 @@ fn browse(stack: &Stack, user: &str, drive: &str) -> (u16, Value) {
 
 fn gate(stack: &Stack, id: &str) -> String {
     format!(
-        "{}/var/lib/ucloud-im/share-gates/{id}",
+        "{}/var/lib/ucloud-im/share-gates/{id}/folder",
         stack.prefix().display()
     )
 }
