@@ -114,11 +114,33 @@ pub fn run(options: &Options) -> Result<(), Failure> {
             }
         }
     }
+    // Grants already in place are renewed before any walk, so that a slow or
+    // stalled walk of one sharer's never lets another share's drive entry lapse.
+    let until = now + options.grace.as_millis() as u64;
+    for action in &actions {
+        if let Action::Grant { id, grant } = action {
+            if records.get(id).and_then(|r| r.granted.as_ref()) == Some(grant) {
+                if let Err(why) = put_drive(&site, &drive_entry(&site, id, grant, until)) {
+                    eprintln!("ucloud-share: share {id}: cannot renew its drive entry: {why}");
+                }
+            }
+        }
+    }
+    // A sharer whose walk timed out gets no other walk this run.
+    let mut stalled: Vec<u32> = Vec::new();
     let mut torn = Vec::new();
     for action in actions {
         let (id, name) = describe(&action);
         let record = records.entry(id.clone()).or_default();
+        let sharer = match &action {
+            Action::Grant { grant, .. } => Some(grant.sharer.uid),
+            Action::Teardown { .. } => record.granted.as_ref().map(|g| g.sharer.uid),
+            _ => None,
+        };
         let outcome = match &action {
+            _ if sharer.is_some_and(|uid| stalled.contains(&uid)) => {
+                Err("skipped: a walk in this sharer's folders timed out in this run".into())
+            }
             Action::Teardown { .. } if !closed.contains(&id) => {
                 Err("the share's way in could not be closed; the next run tries again".into())
             }
@@ -137,6 +159,11 @@ pub fn run(options: &Options) -> Result<(), Failure> {
         };
         if matches!(action, Action::Teardown { .. }) {
             torn.push((id.clone(), outcome.is_ok()));
+        }
+        if let (Some(uid), Err(why)) = (sharer, &outcome) {
+            if why.contains("timed out: ") {
+                stalled.push(uid);
+            }
         }
         let forget = matches!(action, Action::Forget { .. }) && outcome.is_ok();
         let saved = if forget {
@@ -501,16 +528,22 @@ fn grant_access(site: &Site, id: &str, grant: &Grant, until: u64) -> Result<(), 
         !grant.write,
     )
     .map_err(|e| format!("the gate: {e}"))?;
-    let drive = Drive {
+    put_drive(site, &drive_entry(site, id, grant, until))
+}
+
+/// The recipient's drive entry: the gate's folder, until `until`.
+fn drive_entry(site: &Site, id: &str, grant: &Grant, until: u64) -> Drive {
+    Drive {
         id: grant.drive.clone(),
         ucloud: grant.recipient.clone(),
         local: grant.to.local.clone(),
-        base: gate::mount_point(&gate).to_string_lossy().into_owned(),
+        base: gate::mount_point(&site.gates.join(id))
+            .to_string_lossy()
+            .into_owned(),
         kind: "share".into(),
         title: grant.title.clone(),
         until: Some(until),
-    };
-    put_drive(site, &drive)
+    }
 }
 
 /// The ways in, in the reverse order of a grant: the drive entry (no more UCloud
