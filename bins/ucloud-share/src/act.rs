@@ -137,6 +137,7 @@ pub fn run(options: &Options) -> Result<(), Failure> {
             Action::Teardown { .. } => record.granted.as_ref().map(|g| g.sharer.uid),
             _ => None,
         };
+        let (was, last_failure) = (record.granted.clone(), record.failure.clone());
         let outcome = match &action {
             _ if sharer.is_some_and(|uid| stalled.contains(&uid)) => {
                 Err("skipped: a walk in this sharer's folders timed out in this run".into())
@@ -165,6 +166,16 @@ pub fn run(options: &Options) -> Result<(), Failure> {
                 stalled.push(uid);
             }
         }
+        // A renewal, and a failure the last run already recorded, change nothing
+        // worth another audit record every ten seconds.
+        let quiet = match (&action, &outcome) {
+            (Action::Grant { grant, .. }, Ok(())) => was.as_ref() == Some(grant),
+            (_, Err(why)) => last_failure.as_ref() == Some(why),
+            _ => false,
+        };
+        if let Some(record) = records.get_mut(&id) {
+            record.failure = outcome.as_ref().err().cloned();
+        }
         let forget = matches!(action, Action::Forget { .. }) && outcome.is_ok();
         let saved = if forget {
             records.remove(&id);
@@ -174,7 +185,9 @@ pub fn run(options: &Options) -> Result<(), Failure> {
         };
         let outcome = outcome.and(saved);
         failed += usize::from(outcome.is_err());
-        audit(&action, name, &id, &outcome);
+        if !quiet {
+            audit(&action, name, &id, &outcome);
+        }
     }
     if failed > 0 {
         return Err((
@@ -564,10 +577,24 @@ fn revoke(grant: &Grant) -> Result<(), String> {
     };
     let (folder, to) = (grant.folder.clone(), grant.to.uid);
     let deadline = Instant::now() + WALK_DEADLINE;
-    let report = privilege::as_sharer(grant.sharer.uid, gid, deadline, move || {
+    let walked = privilege::as_sharer(grant.sharer.uid, gid, deadline, move || {
         walk::revoke(&folder, to, LIMITS)
-    })
-    .map_err(|e| format!("as {}: {e} (the next run goes on)", grant.sharer.local))?;
+    });
+    let report = match walked {
+        Ok(report) => report,
+        // A folder that is gone holds no entries to take back.
+        Err(ucloud_share::Error::Failed(why))
+            if why.ends_with(nix::errno::Errno::ENOENT.desc()) =>
+        {
+            return Ok(())
+        }
+        Err(e) => {
+            return Err(format!(
+                "as {}: {e} (the next run goes on)",
+                grant.sharer.local
+            ))
+        }
+    };
     // Entries that refused to change (an immutable file) are out of reach: the
     // gate is gone and the folder's parents never let the recipient through.
     if report.errors > 0 {

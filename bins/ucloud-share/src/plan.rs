@@ -43,6 +43,8 @@ pub struct Record {
     pub registered: bool,
     pub announced: bool,
     pub refused: Option<String>,
+    /// What went wrong the last time, said once in the audit log.
+    pub failure: Option<String>,
     pub granted: Option<Grant>,
     /// When UCloud last listed the share as approved (ms).
     pub confirmed: u64,
@@ -264,6 +266,7 @@ impl Record {
             "registered": self.registered,
             "announced": self.announced,
             "refused": self.refused,
+            "failure": self.failure,
             "confirmed": self.confirmed,
             "granted": self.granted.as_ref().map(|g| json!({
                 "sharer": g.sharer.local.as_str(), "sharerUid": g.sharer.uid,
@@ -315,6 +318,7 @@ impl Record {
             registered: v["registered"].as_bool().unwrap_or(false),
             announced: v["announced"].as_bool().unwrap_or(false),
             refused: v["refused"].as_str().map(str::to_string),
+            failure: v["failure"].as_str().map(str::to_string),
             granted,
             confirmed: v["confirmed"].as_u64().unwrap_or(0),
         })
