@@ -19,6 +19,7 @@ use ucloud_wire::names::UcloudName;
 
 pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
     let items = resolve::items(request)?;
+    let mut consents = Vec::new();
     for (i, share) in items.iter().enumerate() {
         let what = format!("share {}", i + 1);
         let spec = share
@@ -53,9 +54,55 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
                 "{source} is not yours: only a folder you own can be shared"
             )));
         }
+        let id = resolve::text(share, "id", &what)?;
+        if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(Error::BadRequest(format!(
+                "{what}: id {id:?} is not a share id"
+            )));
+        }
+        consents.push((
+            id.to_string(),
+            json!({"share": id, "source": source, "sharedWith": with.as_str()}),
+        ));
+    }
+    // Only after every item passed: a refused call records nothing.
+    for (id, consent) in consents {
+        record_consent(&id, &consent)?;
     }
     // No provider id: the share is known by UCloud's own id.
     Ok(json!({ "responses": vec![Value::Null; items.len()] }))
+}
+
+/// The sharer's own word that this share is hers, in a file of her own:
+/// ucloud-share grants nothing without it. UCloud may send the same create again;
+/// a file of someone else's under the id is refused.
+fn record_consent(id: &str, consent: &Value) -> Result<(), Error> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = format!("{}/{id}", ucloud_wire::paths::share_consents_dir());
+    let failed = |e: std::io::Error| Error::Internal(format!("cannot record share {id}: {e}"));
+    let text = format!("{consent}\n");
+    let mut options = std::fs::OpenOptions::new();
+    options
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC);
+    let mut file = match options.clone().create_new(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let f = options.open(&path).map_err(failed)?;
+            let meta = f.metadata().map_err(failed)?;
+            if !meta.is_file() || meta.uid() != nix::unistd::getuid().as_raw() {
+                return Err(Error::Conflict(format!(
+                    "share {id} is already recorded by someone else on this site"
+                )));
+            }
+            f.set_len(0).map_err(failed)?;
+            f
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    file.write_all(text.as_bytes()).map_err(failed)?;
+    file.sync_all().map_err(failed)
 }
 
 /// Whether `name` has a current mapping, by the registry's `mapped` question, which

@@ -48,6 +48,8 @@ struct Site {
     records: PathBuf,
     /// `var/lib/ucloud-im/share-gates`: the mount points, root 0711.
     gates: PathBuf,
+    /// `var/lib/ucloud-im/share-consents`: each sharer's own record, root 1733.
+    consents: PathBuf,
     drives: PathBuf,
     mappings: PathBuf,
     outbox: PathBuf,
@@ -72,12 +74,14 @@ pub fn run(options: &Options) -> Result<(), Failure> {
         .map_err(|e| (74, format!("cannot read the drive table: {e}")))?;
     let accounts = |name: &UcloudName| account_of(&site, name);
     let registered = |id: &str| drive_reply(&site, id);
+    let consented = |share: &Share, uid: u32| consented(&site, share, uid);
     let now = ucloud_wire::now_ms();
     let actions = plan::plan(&plan::Facts {
         shares: shares.as_deref(),
         accounts: &accounts,
         drives: &drives,
         registered: &registered,
+        consented: &consented,
         records: &records,
         now,
         grace_ms: options.grace.as_millis() as u64,
@@ -299,6 +303,7 @@ fn site() -> Result<Site, Failure> {
         own: Own { uids },
         records: state.join("shares"),
         gates: state.join("share-gates"),
+        consents: state.join("share-consents"),
         drives: ucloud_wire::paths::drives_dir().into(),
         mappings: ucloud_wire::paths::mappings_dir().into(),
         outbox: ucloud_wire::paths::outbox_dir().into(),
@@ -306,7 +311,11 @@ fn site() -> Result<Site, Failure> {
         config,
     };
     // Made by the installer: a missing or loose one is a broken installation.
-    for (dir, mode) in [(&site.records, 0o700), (&site.gates, 0o711)] {
+    for (dir, mode) in [
+        (&site.records, 0o700),
+        (&site.gates, 0o711),
+        (&site.consents, 0o1733),
+    ] {
         let meta = fs::symlink_metadata(dir).map_err(|e| {
             (
                 78,
@@ -418,6 +427,35 @@ fn read_reply(site: &Site, path: &Path) -> Result<Option<Value>, Failure> {
         .map_err(|e| (76, format!("{} is not JSON: {e}", path.display())))
 }
 
+/// Whether the sharer's own plugin recorded this share as UCloud states it: a
+/// regular file of the sharer's account, named by the share id, naming the same
+/// folder and recipient.
+fn consented(site: &Site, share: &Share, sharer_uid: u32) -> bool {
+    let path = site.consents.join(&share.id);
+    let Ok(file) = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(&path)
+    else {
+        return false;
+    };
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    if !meta.is_file() || meta.uid() != sharer_uid || meta.mode() & 0o022 != 0 {
+        return false;
+    }
+    let Ok(text) = ucloud_wire::read_capped(file, MAX_RECORD) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&text) else {
+        return false;
+    };
+    v["share"] == share.id.as_str()
+        && v["source"] == share.source.as_str()
+        && v["sharedWith"] == share.recipient.as_str()
+}
+
 fn drive_reply(site: &Site, share: &str) -> Option<DriveId> {
     let path = site
         .outbox
@@ -516,7 +554,15 @@ fn execute(
             }
             record.granted = None;
         }
-        Action::Forget { .. } => {}
+        Action::Forget { .. } => match fs::remove_file(site.consents.join(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot remove the sharer's record of share {id}: {e}"
+                ))
+            }
+        },
     }
     Ok(())
 }

@@ -68,6 +68,9 @@ pub struct Facts<'a> {
     pub drives: &'a [Drive],
     /// UCloud's answer to the registration of a share's drive, once there is one.
     pub registered: &'a dyn Fn(&str) -> Option<DriveId>,
+    /// Whether the sharer's own `shares.create` recorded this share (the uid is
+    /// the sharer's account): a list from UCloud alone grants nothing.
+    pub consented: &'a dyn Fn(&Share, u32) -> bool,
     pub records: &'a BTreeMap<String, Record>,
     pub now: u64,
     pub grace_ms: u64,
@@ -215,6 +218,9 @@ fn grant_of(f: &Facts, share: &Share, drive: DriveId, title: String) -> Result<G
     let to = (f.accounts)(&share.recipient).ok_or("the recipient has no account")?;
     if sharer.uid == to.uid {
         return Err("the recipient's account is the sharer's own".into());
+    }
+    if !(f.consented)(share, sharer.uid) {
+        return Err("the sharer's own shares.create never recorded this share".into());
     }
     let (folder, _) = folder_of(f, share)?;
     Ok(Grant {
@@ -373,12 +379,21 @@ mod tests {
     }
 
     fn run(shares: Option<&[Share]>, records: &BTreeMap<String, Record>) -> Vec<Action> {
+        run_consented(shares, records, &|s, uid| s.id != "666" && uid == 1001)
+    }
+
+    fn run_consented(
+        shares: Option<&[Share]>,
+        records: &BTreeMap<String, Record>,
+        consented: &dyn Fn(&Share, u32) -> bool,
+    ) -> Vec<Action> {
         let drives = home();
         plan(&Facts {
             shares,
             accounts: &accounts,
             drives: &drives,
             registered: &registered,
+            consented,
             records,
             now: 1_000_000,
             grace_ms: 60_000,
@@ -478,6 +493,24 @@ mod tests {
             gone.as_slice(),
             [Action::Teardown { .. }, Action::Forget { .. }]
         ));
+    }
+
+    #[test]
+    fn a_share_the_sharer_never_recorded_is_never_granted() {
+        // As a forged answer in UCloud's name would list it.
+        let nobody_asked = |_: &Share, _: u32| false;
+        let actions = run_consented(Some(&[share("7")]), &BTreeMap::new(), &nobody_asked);
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Grant { .. })),
+            "{actions:?}"
+        );
+        let mut records = BTreeMap::new();
+        granted(&mut records, "7");
+        let actions = run_consented(Some(&[share("7")]), &records, &nobody_asked);
+        assert!(
+            matches!(actions.as_slice(), [Action::Teardown { .. }]),
+            "{actions:?}"
+        );
     }
 
     #[test]

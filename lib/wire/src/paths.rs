@@ -52,6 +52,12 @@ pub fn outbox_dir() -> String {
 pub fn bindings_dir() -> String {
     under("/var/lib/ucloud-im/bindings")
 }
+/// Each sharer's own record of the shares they made (`shares.create` writes it
+/// as the sharer; root 1733, sticky): ucloud-share grants only what a sharer's
+/// own plugin recorded, whatever a forged answer from UCloud says.
+pub fn share_consents_dir() -> String {
+    under("/var/lib/ucloud-im/share-consents")
+}
 /// The registry's socket (`ucloud-registry serve`, socket-activated).
 pub fn registry_socket() -> String {
     under("/run/ucloud-im/registry.sock")
