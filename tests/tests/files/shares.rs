@@ -73,7 +73,9 @@ fn browse(stack: &Stack, user: &str, drive: &str) -> (u16, Value) {
         "browse": {"flags": {"path": format!("/{drive}")}, "itemsPerPage": 50, "next": null,
                    "sortBy": "PATH", "sortDirection": "ascending"},
     });
-    api(stack, user, "POST", "files/browse", body)
+    // Through the balancer, as UCloud reaches the site.
+    let path = format!("/ucloud/{}/files/browse", stack.get("UCLOUD_IM_PROVIDER"));
+    stack.call_public(Some(user), "POST", &path, Some(&body.to_string()))
 }
 
 fn gate(stack: &Stack, id: &str) -> String {
