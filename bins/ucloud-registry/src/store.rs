@@ -12,7 +12,6 @@ use crate::error::Error;
 use nix::fcntl::{Flock, FlockArg, OFlag};
 use serde_json::Value;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use ucloud_wire::names::{DriveId, UcloudName};
@@ -213,30 +212,10 @@ pub fn read_json(path: &Path) -> Result<Option<Value>, Error> {
 }
 
 fn write_atomic(dir: &Path, name: &str, value: &Value, mode: u32) -> Result<(), Error> {
-    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-    let target = dir.join(name);
-    let fail = |what: &str| Error::io(format!("cannot {what} {}", target.display()));
-    // A leftover of a crashed registry that had our pid; we hold the lock.
-    let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
-        .open(&tmp)
-        .map_err(fail("create a temporary file for"))?;
-    let written = (|| {
-        // The umask may have taken bits the readers need.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(format!("{value}\n").as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, &target)?;
-        File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map_err(fail("write"))
+    ucloud_wire::record::write_atomic(dir, name, value, mode).map_err(Error::io(format!(
+        "cannot write {}",
+        dir.join(name).display()
+    )))
 }
 
 fn remove(dir: &Path, name: &str) -> Result<(), Error> {

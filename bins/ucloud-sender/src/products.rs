@@ -123,24 +123,13 @@ pub fn plan(
 fn browse_path(provider: &str, next: Option<&str>) -> String {
     let mut path = format!(
         "{BROWSE}?filterProvider={}&itemsPerPage={PAGE}",
-        percent(provider)
+        ucloud_wire::outbox::query_value(provider)
     );
     if let Some(next) = next {
         path.push_str("&next=");
-        path.push_str(&percent(next));
+        path.push_str(&ucloud_wire::outbox::query_value(next));
     }
     path
-}
-
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A `PageV2[ProductV2]`: its items and the next page's cursor.

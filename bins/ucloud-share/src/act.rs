@@ -761,27 +761,8 @@ fn remove_record(dir: &Path, id: &str) -> Result<(), String> {
 }
 
 fn write_atomic(dir: &Path, name: &str, value: &Value, mode: u32) -> Result<(), String> {
-    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-    let target = dir.join(name);
-    let _ = fs::remove_file(&tmp);
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-            .open(&tmp)?;
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(format!("{value}\n").as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&tmp, &target)?;
-        File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written.map_err(|e| format!("cannot write {}: {e}", target.display()))
+    ucloud_wire::record::write_atomic(dir, name, value, mode)
+        .map_err(|e| format!("cannot write {}: {e}", dir.join(name).display()))
 }
 
 fn audit(action: &Action, name: &str, id: &str, outcome: &Result<(), String>) {

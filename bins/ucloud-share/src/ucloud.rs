@@ -47,7 +47,7 @@ pub fn browse(next: Option<&str>, n: usize) -> Message {
     let mut path = format!("{BROWSE}?itemsPerPage={PAGE}");
     if let Some(next) = next {
         path.push_str("&next=");
-        path.push_str(&percent_encode(next));
+        path.push_str(&ucloud_wire::outbox::query_value(next));
     }
     Message {
         method: Method::Get,
@@ -55,17 +55,6 @@ pub fn browse(next: Option<&str>, n: usize) -> Message {
         body: Value::Null,
         reply: Some(page_tag(n)),
     }
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// One page of `PageV2[Share]`: the shares of this provider that parse, a note

@@ -131,6 +131,19 @@ pub fn enqueue(dir: &Path, message: &Message) -> io::Result<PathBuf> {
     Ok(queued)
 }
 
+/// A value for the query of a `GET` message: every byte but the unreserved ones
+/// percent-encoded (RFC 3986), as Go's `url.QueryEscape` reads it back.
+pub fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The queued messages, oldest first.
 pub fn queued(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut names: Vec<PathBuf> = fs::read_dir(dir.join(QUEUE))?

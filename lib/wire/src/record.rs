@@ -203,6 +203,35 @@ pub fn drive_table(dir: &Path) -> std::io::Result<(Vec<Drive>, Vec<String>)> {
     Ok((found, problems))
 }
 
+/// Writes a record file whole or not at all: a temporary file beside it (a dot
+/// file, which readers skip), fsync, rename, fsync of the directory. For root's
+/// record directories, whose writers hold a lock, so the temporary name (by pid)
+/// is theirs to remove when a crashed writer left it.
+pub fn write_atomic(dir: &Path, name: &str, value: &Value, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&tmp)?;
+    let written = (|| {
+        // The umask may have taken bits the readers need.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        file.write_all(format!("{value}\n").as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dir.join(name))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 fn read_record(path: &Path) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let mut text = Vec::new();
