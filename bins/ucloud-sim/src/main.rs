@@ -335,16 +335,66 @@ fn usage_command(mut args: Arguments) -> Result<(), SimError> {
     Ok(())
 }
 
+/// The options of the commands that speak to the provider as UCloud, over a
+/// WebSocket (`follow`, `search`): where, as whom, with which token.
+struct Client {
+    url: Option<String>,
+    ca: Option<PathBuf>,
+    token: Option<String>,
+    signing_key: Option<PathBuf>,
+    state: Option<PathBuf>,
+    user: String,
+}
+
+/// What a client command connects with: the provider's URL and CA, the state
+/// (with --state) and UCloud's token for the call.
+struct Connect {
+    url: String,
+    ca: Option<PathBuf>,
+    store: Option<store::Store>,
+    token: String,
+}
+
+impl Client {
+    fn parse(args: &mut Arguments, command: &str) -> Result<Client, SimError> {
+        Ok(Client {
+            url: args.opt_value_from_str("--url").map_err(usage)?,
+            ca: args.opt_value_from_str("--ca").map_err(usage)?,
+            token: args.opt_value_from_str("--token").map_err(usage)?,
+            signing_key: args.opt_value_from_str("--signing-key").map_err(usage)?,
+            state: args.opt_value_from_str("--state").map_err(usage)?,
+            user: args
+                .opt_value_from_str("--user")
+                .map_err(usage)?
+                .ok_or_else(|| SimError::Usage(format!("{command} needs --user NAME")))?,
+        })
+    }
+
+    fn connect(self, command: &str) -> Result<Connect, SimError> {
+        let (url, ca) = provider_url(self.url, self.ca)?;
+        let store = self.state.as_deref().map(store::Store::open).transpose()?;
+        let token = match self.token {
+            Some(t) => t,
+            None => {
+                let (Some(key), Some(store)) = (&self.signing_key, &store) else {
+                    return Err(SimError::Usage(format!(
+                        "{command} needs --signing-key and --state (or --token)"
+                    )));
+                };
+                tokens::ucloud_token(&tokens::Keys::load(key)?, store, &Default::default())?
+            }
+        };
+        Ok(Connect {
+            url,
+            ca,
+            store,
+            token,
+        })
+    }
+}
+
 fn follow(mut args: Arguments) -> Result<(), SimError> {
-    let url: Option<String> = args.opt_value_from_str("--url").map_err(usage)?;
-    let ca: Option<PathBuf> = args.opt_value_from_str("--ca").map_err(usage)?;
-    let given_token: Option<String> = args.opt_value_from_str("--token").map_err(usage)?;
-    let signing_key: Option<PathBuf> = args.opt_value_from_str("--signing-key").map_err(usage)?;
-    let state: Option<PathBuf> = args.opt_value_from_str("--state").map_err(usage)?;
-    let user: String = args
-        .opt_value_from_str("--user")
-        .map_err(usage)?
-        .ok_or_else(|| SimError::Usage("follow needs --user NAME".into()))?;
+    let client = Client::parse(&mut args, "follow")?;
     let cancel_after: Option<usize> = args.opt_value_from_str("--cancel-after").map_err(usage)?;
     let raw: Option<String> = args.opt_value_from_str("--raw").map_err(usage)?;
     let job: String = args
@@ -352,25 +402,14 @@ fn follow(mut args: Arguments) -> Result<(), SimError> {
         .map_err(|_| SimError::Usage("follow needs JOB_JSON after its options".into()))?;
     no_more(args)?;
     let raw = raw.as_deref().map(follow::parse_hex).transpose()?;
-    let (url, ca) = provider_url(url, ca)?;
-    let token = match given_token {
-        Some(t) => t,
-        None => {
-            let (Some(key), Some(state)) = (&signing_key, &state) else {
-                return Err(SimError::Usage(
-                    "follow needs --signing-key and --state (or --token)".into(),
-                ));
-            };
-            let store = store::Store::open(state)?;
-            tokens::ucloud_token(&tokens::Keys::load(key)?, &store, &Default::default())?
-        }
-    };
+    let user = client.user.clone();
+    let c = client.connect("follow")?;
     follow::follow(
         &follow::FollowArgs {
-            url: &url,
-            ca: ca.as_deref(),
+            url: &c.url,
+            ca: c.ca.as_deref(),
             user: &user,
-            token: &token,
+            token: &c.token,
             job: &job,
             raw,
             cancel_after,
@@ -380,15 +419,7 @@ fn follow(mut args: Arguments) -> Result<(), SimError> {
 }
 
 fn search_command(mut args: Arguments) -> Result<(), SimError> {
-    let url: Option<String> = args.opt_value_from_str("--url").map_err(usage)?;
-    let ca: Option<PathBuf> = args.opt_value_from_str("--ca").map_err(usage)?;
-    let given_token: Option<String> = args.opt_value_from_str("--token").map_err(usage)?;
-    let signing_key: Option<PathBuf> = args.opt_value_from_str("--signing-key").map_err(usage)?;
-    let state: Option<PathBuf> = args.opt_value_from_str("--state").map_err(usage)?;
-    let user: String = args
-        .opt_value_from_str("--user")
-        .map_err(usage)?
-        .ok_or_else(|| SimError::Usage("search needs --user NAME".into()))?;
+    let client = Client::parse(&mut args, "search")?;
     let unchecked = args.contains("--unchecked");
     let raw: Option<String> = args.opt_value_from_str("--raw").map_err(usage)?;
     let folder: String = args
@@ -399,26 +430,15 @@ fn search_command(mut args: Arguments) -> Result<(), SimError> {
         .map_err(|_| SimError::Usage("search needs QUERY after FOLDER".into()))?;
     no_more(args)?;
     let raw = raw.as_deref().map(follow::parse_hex).transpose()?;
-    let (url, ca) = provider_url(url, ca)?;
-    let store = state.as_deref().map(store::Store::open).transpose()?;
-    let token = match given_token {
-        Some(t) => t,
-        None => {
-            let (Some(key), Some(store)) = (&signing_key, &store) else {
-                return Err(SimError::Usage(
-                    "search needs --signing-key and --state (or --token)".into(),
-                ));
-            };
-            tokens::ucloud_token(&tokens::Keys::load(key)?, store, &Default::default())?
-        }
-    };
+    let user = client.user.clone();
+    let c = client.connect("search")?;
     search::search(
         &search::SearchArgs {
-            url: &url,
-            ca: ca.as_deref(),
+            url: &c.url,
+            ca: c.ca.as_deref(),
             user: &user,
-            token: &token,
-            store: store.as_ref(),
+            token: &c.token,
+            store: c.store.as_ref(),
             folder: &folder,
             query: &query,
             unchecked,

@@ -194,27 +194,7 @@ impl Decoder {
         if b.len() < 2 {
             return Ok(None);
         }
-        let fin = b[0] & 0x80 != 0;
-        if b[0] & 0x70 != 0 {
-            return Err(err(
-                CLOSE_PROTOCOL,
-                "reserved bits set (no extension was agreed)",
-            ));
-        }
-        let opcode = b[0] & 0x0F;
-        if !matches!(opcode, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA) {
-            return Err(err(CLOSE_PROTOCOL, format!("unknown opcode {opcode:#x}")));
-        }
-        let masked = b[1] & 0x80 != 0;
-        match (self.role, masked) {
-            (Role::Server, false) => {
-                return Err(err(CLOSE_PROTOCOL, "client frames must be masked"))
-            }
-            (Role::Client, true) => {
-                return Err(err(CLOSE_PROTOCOL, "server frames must not be masked"))
-            }
-            _ => {}
-        }
+        let (fin, opcode, masked) = header_start(b[0], b[1], self.role)?;
         let (len, mut at) = match b[1] & 0x7F {
             126 => {
                 if b.len() < 4 {
@@ -487,27 +467,7 @@ impl Stream {
     /// The checks of a header's first two bytes; the header's full length.
     fn check_start(&self) -> Result<usize, WsError> {
         let h = &self.head;
-        let fin = h[0] & 0x80 != 0;
-        if h[0] & 0x70 != 0 {
-            return Err(err(
-                CLOSE_PROTOCOL,
-                "reserved bits set (no extension was agreed)",
-            ));
-        }
-        let opcode = h[0] & 0x0F;
-        if !matches!(opcode, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA) {
-            return Err(err(CLOSE_PROTOCOL, format!("unknown opcode {opcode:#x}")));
-        }
-        let masked = h[1] & 0x80 != 0;
-        match (self.role, masked) {
-            (Role::Server, false) => {
-                return Err(err(CLOSE_PROTOCOL, "client frames must be masked"))
-            }
-            (Role::Client, true) => {
-                return Err(err(CLOSE_PROTOCOL, "server frames must not be masked"))
-            }
-            _ => {}
-        }
+        let (fin, opcode, masked) = header_start(h[0], h[1], self.role)?;
         let code = h[1] & 0x7F;
         if opcode >= 0x8 && (!fin || code > 125) {
             return Err(err(
@@ -652,6 +612,28 @@ pub fn close(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     }
     body.extend_from_slice(&reason.as_bytes()[..cut]);
     encode(0x8, &body, mask)
+}
+
+/// The checks of a frame header's first two bytes that both decoders make: no
+/// reserved bit (no extension is agreed), a known opcode, and masking as the role
+/// requires (RFC 6455, 5.1 and 5.2). Fin, opcode, masked.
+fn header_start(b0: u8, b1: u8, role: Role) -> Result<(bool, u8, bool), WsError> {
+    if b0 & 0x70 != 0 {
+        return Err(err(
+            CLOSE_PROTOCOL,
+            "reserved bits set (no extension was agreed)",
+        ));
+    }
+    let opcode = b0 & 0x0F;
+    if !matches!(opcode, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA) {
+        return Err(err(CLOSE_PROTOCOL, format!("unknown opcode {opcode:#x}")));
+    }
+    let masked = b1 & 0x80 != 0;
+    match (role, masked) {
+        (Role::Server, false) => Err(err(CLOSE_PROTOCOL, "client frames must be masked")),
+        (Role::Client, true) => Err(err(CLOSE_PROTOCOL, "server frames must not be masked")),
+        _ => Ok((b0 & 0x80 != 0, opcode, masked)),
+    }
 }
 
 #[cfg(test)]

@@ -8,15 +8,14 @@
 //! plugin's exit ends the WebSocket: 1000 when it succeeded, otherwise 1008 (a
 //! refusal) or 1011 with the plugin's why.
 
-use super::shared::{read_tick, refuse, switch_protocols, upgrade_accept, Ended};
+use super::shared::{finish, read_tick, refuse, start, upgrade_accept, Ended, Live};
 use crate::conn::ClientIn;
 use crate::connection::Connection;
 use crate::credential::{no_transfer_token, transfer_token};
 use crate::envelope;
 use crate::error::Reject;
-use crate::launch::{judge, Started, Stdin};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -25,7 +24,6 @@ use ucloud_http::server::Request;
 use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
 use ucloud_wire::calls::Call;
 use ucloud_wire::envelope::Envelope;
-use ucloud_wire::error::Failure;
 
 /// The largest client message (the web client sends 16 MB chunks, listings of 64 KiB).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -62,26 +60,16 @@ pub fn serve(
         Ok(ok) => ok,
         Err(reject) => return refuse(out, reject),
     };
-    let Started { mut child, stderr } =
-        match conn.launcher.launch(call, envelope.encode(), Stdin::Open) {
-            Ok(started) => started,
-            Err(why) => return refuse(out, Reject::DispatchFailed(why)),
-        };
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
-    // As for WEBSOCKET_V1: accepted only once the dispatcher verified the token and
-    // the plugin found the session.
-    let mut first = Vec::new();
-    let ready = (&mut stdout).take(64).read_until(b'\n', &mut first).is_ok() && first == b"ready\n";
-    if !ready {
-        drop(child.stdin.take());
-        let reject = judge(call.name, child.wait(), stderr).unwrap_or_else(|| {
-            Reject::DispatchFailed("the plugin ended before it was ready".into())
-        });
-        return refuse(out, reject);
-    }
-    if let Err(ended) = switch_protocols(out, &accept) {
-        return ended;
-    }
+    let Live {
+        mut child,
+        stdout,
+        stderr,
+    } = match start(conn, call, &envelope, &accept, out, |first| {
+        first == b"ready\n"
+    }) {
+        Ok(live) => live,
+        Err(ended) => return ended,
+    };
     let stdin = child.stdin.take().expect("stdin is piped");
     let (tx, rx) = mpsc::sync_channel(64);
     let stop = AtomicBool::new(false);
@@ -139,22 +127,7 @@ fn relay(
             }
             Ok(Event::ClientDone(how, code)) => client_end = Some((how, code)),
             Ok(Event::PluginEof) | Err(_) => {
-                let status = child.wait();
-                let text = stderr.join().unwrap_or_default();
-                let (code, why) = match (status, client_end) {
-                    (Ok(s), _) if s.success() => (ws::CLOSE_NORMAL, "complete".to_string()),
-                    (_, Some((how, Some(code)))) => (code, how),
-                    _ => {
-                        let failure = Failure::from_stderr(&text, 4096);
-                        let code = if failure.status < 500 || failure.status == 507 {
-                            ws::CLOSE_POLICY
-                        } else {
-                            ws::CLOSE_INTERNAL
-                        };
-                        (code, failure.why)
-                    }
-                };
-                let _ = out.write_all(&ws::close(code, &why, None));
+                let (code, why) = finish(out, child, stderr, client_end);
                 return format!("closed {code} after {sent} answers: {why}");
             }
         }

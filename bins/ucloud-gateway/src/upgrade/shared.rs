@@ -3,19 +3,97 @@
 //! that a reader thread notices when the session ends.
 
 use crate::conn::ClientIn;
+use crate::connection::Connection;
 use crate::error::Reject;
+use crate::launch::{judge, Started, Stdin};
 use crate::respond;
 use serde_json::Value;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::process::{Child, ChildStdout};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
 use ucloud_http::websocket as ws;
+use ucloud_wire::calls::Call;
+use ucloud_wire::envelope::Envelope;
+use ucloud_wire::error::Failure;
 
 /// How often a reader looks up from a quiet socket to see if it must stop.
 pub const READER_TICK: Duration = Duration::from_millis(250);
 
 /// How an upgrade ended, for the log: the status and a note.
 pub type Ended = (u16, String);
+
+/// Sends the close an upgrade ends with once its plugin is done, and says which:
+/// normal when the plugin succeeded (what is complete is complete, whatever the
+/// client did after), the client's own code when it broke the stream, else the
+/// plugin's failure (a refusal as a policy close, the rest as internal).
+pub fn finish(
+    out: &mut impl Write,
+    child: &mut Child,
+    stderr: JoinHandle<Vec<u8>>,
+    client_end: Option<(String, Option<u16>)>,
+) -> (u16, String) {
+    let status = child.wait();
+    let text = stderr.join().unwrap_or_default();
+    let (code, why) = match (status, client_end) {
+        (Ok(s), _) if s.success() => (ws::CLOSE_NORMAL, "complete".to_string()),
+        (_, Some((how, Some(code)))) => (code, how),
+        _ => {
+            let failure = Failure::from_stderr(&text, 4096);
+            let code = if failure.status < 500 || failure.status == 507 {
+                ws::CLOSE_POLICY
+            } else {
+                ws::CLOSE_INTERNAL
+            };
+            (code, failure.why)
+        }
+    };
+    let _ = out.write_all(&ws::close(code, &why, None));
+    (code, why)
+}
+
+/// A plugin serving an accepted upgrade.
+pub struct Live {
+    pub child: Child,
+    pub stdout: BufReader<ChildStdout>,
+    pub stderr: JoinHandle<Vec<u8>>,
+}
+
+/// Starts the call's dispatcher and waits for the plugin's first line, its `ready`
+/// (`is_ready` judges it): the dispatcher has verified the token and the plugin
+/// has found the session. Only then is the WebSocket accepted, so a client that is
+/// not who the token says gets an ordinary HTTP refusal and never a byte buffered.
+pub fn start(
+    conn: &Connection,
+    call: &'static Call,
+    envelope: &Envelope,
+    accept: &str,
+    out: &mut impl Write,
+    is_ready: fn(&[u8]) -> bool,
+) -> Result<Live, Ended> {
+    let Started { mut child, stderr } =
+        match conn.launcher.launch(call, envelope.encode(), Stdin::Open) {
+            Ok(started) => started,
+            Err(why) => return Err(refuse(out, Reject::DispatchFailed(why))),
+        };
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    let mut first = Vec::new();
+    let ready = (&mut stdout).take(64).read_until(b'\n', &mut first).is_ok() && is_ready(&first);
+    if !ready {
+        drop(child.stdin.take());
+        let reject = judge(call.name, child.wait(), stderr).unwrap_or_else(|| {
+            Reject::DispatchFailed("the plugin ended before it was ready".into())
+        });
+        return Err(refuse(out, reject));
+    }
+    switch_protocols(out, accept)?;
+    Ok(Live {
+        child,
+        stdout,
+        stderr,
+    })
+}
 
 /// The checks of an RFC 6455 upgrade request; the Sec-WebSocket-Accept value.
 pub fn upgrade_accept(req: &Request) -> Result<String, Reject> {
