@@ -8,7 +8,7 @@
 //! plugin's exit ends the WebSocket: 1000 when it succeeded, otherwise 1008 (a
 //! refusal) or 1011 with the plugin's why.
 
-use super::shared::{finish, read_tick, refuse, start, upgrade_accept, Ended, Live};
+use super::shared::{finish, pump, read_tick, refuse, start, upgrade_accept, Ended, Live};
 use crate::conn::ClientIn;
 use crate::connection::Connection;
 use crate::credential::{no_transfer_token, transfer_token};
@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
 use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
@@ -71,17 +71,12 @@ pub fn serve(
         Err(ended) => return ended,
     };
     let stdin = child.stdin.take().expect("stdin is piped");
-    let (tx, rx) = mpsc::sync_channel(64);
-    let stop = AtomicBool::new(false);
-    let note = std::thread::scope(|scope| {
-        let (client_tx, stop_ref) = (tx.clone(), &stop);
-        scope.spawn(move || read_client(input, leftover, stdin, client_tx, stop_ref));
-        scope.spawn(move || read_plugin(stdout, tx));
-        let note = relay(out, &rx, &mut child, stderr);
-        stop.store(true, Ordering::Relaxed);
-        drop(rx);
-        note
-    });
+    let note = pump(
+        64,
+        |tx, stop| read_client(input, leftover, stdin, tx, stop),
+        |tx| read_plugin(stdout, tx),
+        |rx| relay(out, rx, &mut child, stderr),
+    );
     (101, note)
 }
 
@@ -246,7 +241,7 @@ mod tests {
 
     #[test]
     fn the_plugins_frames_become_messages_and_a_broken_one_ends_them() {
-        let (tx, rx) = mpsc::sync_channel(8);
+        let (tx, rx) = std::sync::mpsc::sync_channel(8);
         let mut bytes = vec![0, 0, 0, 5, 0, 0, 0, 0, 7];
         bytes.extend_from_slice(&[0, 0, 0, 0]);
         // Longer than MAX_ANSWER: the plugin is broken, the relay stops.

@@ -10,6 +10,8 @@ use crate::respond;
 use serde_json::Value;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdout};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
@@ -51,6 +53,31 @@ pub fn finish(
     };
     let _ = out.write_all(&ws::close(code, &why, None));
     (code, why)
+}
+
+/// Runs an accepted upgrade to its end: one thread reads the client (its
+/// `client` part), one reads the plugin's answers (`plugin`), and this one relays
+/// their events (`relay`) and says how it ended; the readers are then told to stop,
+/// and one still sending is unblocked by the channel's end. `capacity` bounds
+/// the events in flight, so a client that floods pings while not reading loses
+/// some answers instead of growing this process.
+pub fn pump<E: Send>(
+    capacity: usize,
+    client: impl FnOnce(SyncSender<E>, &AtomicBool) + Send,
+    plugin: impl FnOnce(SyncSender<E>) + Send,
+    relay: impl FnOnce(&Receiver<E>) -> String,
+) -> String {
+    let (tx, rx) = mpsc::sync_channel(capacity);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (client_tx, stop_ref) = (tx.clone(), &stop);
+        scope.spawn(move || client(client_tx, stop_ref));
+        scope.spawn(move || plugin(tx));
+        let note = relay(&rx);
+        stop.store(true, Ordering::Relaxed);
+        drop(rx);
+        note
+    })
 }
 
 /// A plugin serving an accepted upgrade.

@@ -10,7 +10,7 @@
 //! message. The plugin's exit ends the WebSocket: 1000 once the file is complete,
 //! otherwise 1008 (a refusal) or 1011 with the plugin's why.
 
-use super::shared::{finish, read_tick, refuse, start, upgrade_accept, Ended, Live};
+use super::shared::{finish, pump, read_tick, refuse, start, upgrade_accept, Ended, Live};
 use crate::conn::ClientIn;
 use crate::connection::Connection;
 use crate::credential::{no_transfer_token, transfer_token};
@@ -20,7 +20,7 @@ use serde_json::Value;
 use std::io::{BufRead, Read, Write};
 use std::process::ChildStdin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
 use ucloud_http::websocket::{self as ws, Piece, Role, Stream};
@@ -82,20 +82,12 @@ pub fn serve(
         Err(ended) => return ended,
     };
     let stdin = child.stdin.take().expect("stdin is piped");
-    // Bounded: a client that floods pings while not reading loses some pongs
-    // instead of growing this process.
-    let (tx, rx) = mpsc::sync_channel(16);
-    let stop = AtomicBool::new(false);
-    let note = std::thread::scope(|scope| {
-        let (client_tx, stop_ref) = (tx.clone(), &stop);
-        scope.spawn(move || read_client(input, leftover, stdin, client_tx, stop_ref));
-        scope.spawn(move || read_plugin(stdout, tx));
-        let note = relay(out, &rx, &mut child, stderr);
-        stop.store(true, Ordering::Relaxed);
-        // Unblocks a thread still sending.
-        drop(rx);
-        note
-    });
+    let note = pump(
+        16,
+        |tx, stop| read_client(input, leftover, stdin, tx, stop),
+        |tx| read_plugin(stdout, tx),
+        |rx| relay(out, rx, &mut child, stderr),
+    );
     (101, note)
 }
 
@@ -283,7 +275,7 @@ mod tests {
     /// reached the pipe, the pings passed on, and how the client side ended.
     fn upload(bytes: &[u8], step: usize) -> (Vec<u8>, usize, Option<ClientEnd>) {
         let (read, write) = nix::unistd::pipe().unwrap();
-        let (tx, rx) = mpsc::sync_channel(16);
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
         let mut up = Upload {
             decoder: Stream::new(Role::Server, MAX_MESSAGE, MAX_TEXT),
             stdin: ChildStdin::from(write),
