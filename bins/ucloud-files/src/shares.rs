@@ -73,36 +73,32 @@ pub fn create(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
     Ok(json!({ "responses": vec![Value::Null; items.len()] }))
 }
 
-/// The sharer's own word that this share is hers, in a file of her own:
-/// ucloud-share grants nothing without it. UCloud may send the same create again;
-/// a file of someone else's under the id is refused.
+/// The sharer's own word that this share is hers, in a file of her own that
+/// ucloud-share grants nothing without: `<id>.<uid>.<random>` in a sticky
+/// directory, made new each time (never a file someone else could have put
+/// there first), written whole under a dot name and then renamed.
 fn record_consent(id: &str, consent: &Value) -> Result<(), Error> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    let path = format!("{}/{id}", ucloud_wire::paths::share_consents_dir());
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = ucloud_wire::paths::share_consents_dir();
     let failed = |e: std::io::Error| Error::Internal(format!("cannot record share {id}: {e}"));
-    let text = format!("{consent}\n");
-    let mut options = std::fs::OpenOptions::new();
-    options
+    let random = ucloud_wire::random_hex(8).map_err(failed)?;
+    let uid = nix::unistd::getuid().as_raw();
+    let tmp = format!("{dir}/.{id}.{uid}.{random}");
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
+        .create_new(true)
         .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC);
-    let mut file = match options.clone().create_new(true).open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let f = options.open(&path).map_err(failed)?;
-            let meta = f.metadata().map_err(failed)?;
-            if !meta.is_file() || meta.uid() != nix::unistd::getuid().as_raw() {
-                return Err(Error::Conflict(format!(
-                    "share {id} is already recorded by someone else on this site"
-                )));
-            }
-            f.set_len(0).map_err(failed)?;
-            f
-        }
-        Err(e) => return Err(failed(e)),
-    };
-    file.write_all(text.as_bytes()).map_err(failed)?;
-    file.sync_all().map_err(failed)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(failed)?;
+    let written = file
+        .write_all(format!("{consent}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, format!("{dir}/{id}.{uid}.{random}")));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(failed)
 }
 
 /// Whether `name` has a current mapping, by the registry's `mapped` question, which

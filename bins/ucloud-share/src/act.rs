@@ -62,22 +62,28 @@ pub fn run(options: &Options) -> Result<(), Failure> {
     if !geteuid().is_root() {
         return Err((77, "must run as root (ucloud-share.service)".into()));
     }
-    let site = site()?;
-    let (mut records, unreadable) = load_records(&site.records)?;
+    let site = site(true)?;
+    let (mut records, bad_records) = load_records(&site.records)?;
     // Without a whole, trustworthy list nothing is granted; what was granted
     // lapses after the grace period (plan.rs).
-    let shares = fetch(&site, options.wait).unwrap_or_else(|(_, why)| {
-        eprintln!("ucloud-share: acting without UCloud's list of shares: {why}");
-        None
-    });
+    let (shares, unreadable) = match fetch(&site, options.wait) {
+        Ok(Some((shares, unreadable))) => (Some(shares), unreadable),
+        Ok(None) => (None, Vec::new()),
+        Err((_, why)) => {
+            eprintln!("ucloud-share: acting without UCloud's list of shares: {why}");
+            (None, Vec::new())
+        }
+    };
     let (drives, _) = ucloud_wire::record::drive_table(&site.drives)
         .map_err(|e| (74, format!("cannot read the drive table: {e}")))?;
+    let consents = consents(&site);
     let accounts = |name: &UcloudName| account_of(&site, name);
     let registered = |id: &str| drive_reply(&site, id);
-    let consented = |share: &Share, uid: u32| consented(&site, share, uid);
+    let consented = |share: &Share, uid: u32| consented(&consents, share, uid);
     let now = ucloud_wire::now_ms();
     let actions = plan::plan(&plan::Facts {
         shares: shares.as_deref(),
+        unreadable: &unreadable,
         accounts: &accounts,
         drives: &drives,
         registered: &registered,
@@ -86,47 +92,61 @@ pub fn run(options: &Options) -> Result<(), Failure> {
         now,
         grace_ms: options.grace.as_millis() as u64,
     });
-    let mut failed = unreadable;
+    let mut failed = bad_records;
+    let torn_down: Vec<&String> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Teardown { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
     // Every way in is closed before any sharer's walk runs: a sharer who stalls
     // her own walks delays only ACL clean-up, never anyone's revocation.
     let mut closed = Vec::new();
     for action in &actions {
-        if let Action::Teardown { id, why } = action {
-            let Some(grant) = records.get(id).and_then(|r| r.granted.clone()) else {
-                continue;
-            };
-            let outcome = close(&site, id, &grant);
-            let why = match outcome {
-                Ok(true) => format!(
-                    "{why}; a process of the recipient still held the gate, so it was detached"
-                ),
-                _ => why.clone(),
-            };
-            let outcome = outcome.map(|_| ());
-            failed += usize::from(outcome.is_err());
-            audit(
-                &Action::Teardown {
-                    id: id.clone(),
-                    why,
-                },
-                "close",
-                id,
-                &outcome,
-            );
-            if outcome.is_ok() {
-                closed.push(id.clone());
+        let Action::Teardown { id, why } = action else {
+            continue;
+        };
+        let Some(record) = records.get_mut(id) else {
+            continue;
+        };
+        let Some(grant) = record.granted.clone() else {
+            continue;
+        };
+        let outcome = close(&site, id, &grant);
+        let why = match outcome {
+            Ok(Closed::Busy) => {
+                format!("{why}; a process of the recipient still held the gate, so it was detached")
             }
+            _ => why.clone(),
+        };
+        let quiet = matches!(outcome, Ok(Closed::Nothing));
+        let outcome = outcome.map(|_| ());
+        if outcome.is_ok() {
+            closed.push(id.clone());
+        }
+        failed += usize::from(outcome.is_err());
+        if remember(record, "close", &outcome) && !quiet {
+            let action = Action::Teardown {
+                id: id.clone(),
+                why,
+            };
+            audit(&action, "close", id, &outcome);
         }
     }
     // Grants already in place are renewed before any walk, so that a slow or
     // stalled walk of one sharer's never lets another share's drive entry lapse.
     let until = now + options.grace.as_millis() as u64;
     for action in &actions {
-        if let Action::Grant { id, grant } = action {
-            if records.get(id).and_then(|r| r.granted.as_ref()) == Some(grant) {
-                if let Err(why) = put_drive(&site, &drive_entry(&site, id, grant, until)) {
-                    eprintln!("ucloud-share: share {id}: cannot renew its drive entry: {why}");
-                }
+        let Action::Grant { id, grant } = action else {
+            continue;
+        };
+        let in_place = records.get(id).is_some_and(|r| {
+            r.granted.as_ref() == Some(grant) && !r.failures.contains_key("grant")
+        });
+        if in_place && !torn_down.contains(&id) {
+            if let Err(why) = renew_drive(&site, &drive_entry(&site, id, grant, until)) {
+                eprintln!("ucloud-share: share {id}: cannot renew its drive entry: {why}");
             }
         }
     }
@@ -137,13 +157,14 @@ pub fn run(options: &Options) -> Result<(), Failure> {
         let (id, name) = describe(&action);
         let record = records.entry(id.clone()).or_default();
         let sharer = match &action {
-            Action::Grant { grant, .. } => Some(grant.sharer.uid),
-            Action::Teardown { .. } => record.granted.as_ref().map(|g| g.sharer.uid),
+            Action::Grant { grant, .. } => Some(&grant.sharer),
+            Action::Teardown { .. } => record.granted.as_ref().map(|g| &g.sharer),
             _ => None,
-        };
-        let (was, last_failure) = (record.granted.clone(), record.failure.clone());
+        }
+        .cloned();
+        let was = record.granted.clone();
         let outcome = match &action {
-            _ if sharer.is_some_and(|uid| stalled.contains(&uid)) => {
+            _ if sharer.as_ref().is_some_and(|s| stalled.contains(&s.uid)) => {
                 Err("skipped: a walk in this sharer's folders timed out in this run".into())
             }
             Action::Teardown { .. } if !closed.contains(&id) => {
@@ -151,9 +172,7 @@ pub fn run(options: &Options) -> Result<(), Failure> {
             }
             // A grant never replaces one whose teardown failed in this run: the
             // record of what to take back would be lost.
-            Action::Grant { .. }
-                if record.granted.is_some() && torn.contains(&(id.clone(), false)) =>
-            {
+            Action::Grant { .. } if torn.contains(&(id.clone(), false)) => {
                 Err("the old grant of this share is not taken back yet".into())
             }
             // Forgotten only once nothing granted is left to take back.
@@ -165,21 +184,20 @@ pub fn run(options: &Options) -> Result<(), Failure> {
         if matches!(action, Action::Teardown { .. }) {
             torn.push((id.clone(), outcome.is_ok()));
         }
-        if let (Some(uid), Err(why)) = (sharer, &outcome) {
-            if why.contains("timed out: ") {
-                stalled.push(uid);
+        if let (Some(sharer), Err(why)) = (&sharer, &outcome) {
+            if why.starts_with(&format!("as {}: timed out: ", sharer.local)) {
+                stalled.push(sharer.uid);
             }
         }
         // A renewal, and a failure the last run already recorded, change nothing
         // worth another audit record every ten seconds.
-        let quiet = match (&action, &outcome) {
-            (Action::Grant { grant, .. }, Ok(())) => was.as_ref() == Some(grant),
-            (_, Err(why)) => last_failure.as_ref() == Some(why),
+        let renewal = match &action {
+            Action::Grant { grant, .. } => {
+                was.as_ref() == Some(grant) && !record.failures.contains_key("grant")
+            }
             _ => false,
         };
-        if let Some(record) = records.get_mut(&id) {
-            record.failure = outcome.as_ref().err().cloned();
-        }
+        let news = remember(record, name, &outcome);
         let forget = matches!(action, Action::Forget { .. }) && outcome.is_ok();
         let saved = if forget {
             records.remove(&id);
@@ -189,7 +207,7 @@ pub fn run(options: &Options) -> Result<(), Failure> {
         };
         let outcome = outcome.and(saved);
         failed += usize::from(outcome.is_err());
-        if !quiet {
+        if news && !(renewal && outcome.is_ok()) {
             audit(&action, name, &id, &outcome);
         }
     }
@@ -202,10 +220,22 @@ pub fn run(options: &Options) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Keeps an action's failure in the record; whether the outcome is news: a
+/// success, or a failure other than the one the last run recorded.
+fn remember(record: &mut Record, action: &str, outcome: &Result<(), String>) -> bool {
+    match outcome {
+        Ok(()) => {
+            record.failures.remove(action);
+            true
+        }
+        Err(why) => record.failures.insert(action.into(), why.clone()).as_ref() != Some(why),
+    }
+}
+
 /// Ends every grant, whatever UCloud says: for the package's removal and the
 /// stack's shutdown, before anything removes the state directory (removing it
 /// through a mounted gate would delete the sharers' files). Gates no record names
-/// are unmounted too.
+/// are unmounted too. A grant is forgotten only once it is taken back whole.
 pub fn close_all() -> Result<(), Failure> {
     if !geteuid().is_root() {
         return Err((77, "must run as root".into()));
@@ -218,7 +248,8 @@ pub fn close_all() -> Result<(), Failure> {
     } else {
         (BTreeMap::new(), 0)
     };
-    let site = site().ok();
+    // Shares may be off by now (no share product): closing needs none.
+    let site = site(false).ok();
     for (id, record) in records.iter_mut() {
         let Some(grant) = record.granted.clone() else {
             continue;
@@ -226,9 +257,7 @@ pub fn close_all() -> Result<(), Failure> {
         let why = "every share is being closed (--close-all)".to_string();
         let outcome = match &site {
             Some(site) => close(site, id, &grant).and_then(|_| revoke(&grant)),
-            None => gate::unmount(&gates.join(id))
-                .map(|_| ())
-                .map_err(|e| format!("the gate: {e}")),
+            None => Err("site.conf cannot be read: only the gates are unmounted".into()),
         };
         if outcome.is_ok() {
             record.granted = None;
@@ -237,15 +266,11 @@ pub fn close_all() -> Result<(), Failure> {
             }
         }
         failed += usize::from(outcome.is_err());
-        audit(
-            &Action::Teardown {
-                id: id.clone(),
-                why,
-            },
-            "close-all",
-            id,
-            &outcome,
-        );
+        let action = Action::Teardown {
+            id: id.clone(),
+            why,
+        };
+        audit(&action, "close-all", id, &outcome);
     }
     if let Ok(entries) = fs::read_dir(&gates) {
         for entry in entries.flatten() {
@@ -261,7 +286,9 @@ pub fn close_all() -> Result<(), Failure> {
     Ok(())
 }
 
-fn site() -> Result<Site, Failure> {
+/// The site's configuration and directories; with `shares_on`, also the storage
+/// category of the `share` product, without which shares are off.
+fn site(shares_on: bool) -> Result<Site, Failure> {
     let config =
         SiteConfig::load(&ucloud_wire::paths::site_config()).map_err(|e| (78, e.to_string()))?;
     let table = ucloud_wire::products::Table::load(Path::new(&ucloud_wire::paths::etc_dir()))
@@ -276,6 +303,7 @@ fn site() -> Result<Site, Failure> {
                 .is_some_and(|c| c.kind == ucloud_wire::products::Kind::Storage)
         })
         .map(|p| p.category.clone())
+        .or_else(|| (!shares_on).then(String::new))
         .ok_or((
             78,
             "products/files.json offers no product \"share\": shares are off on this site \
@@ -340,10 +368,14 @@ fn site() -> Result<Site, Failure> {
 
 /// UCloud's whole list, or `None` when it did not arrive in time. A question still
 /// queued from an earlier run (UCloud down) is waited for, not asked again.
-fn fetch(site: &Site, wait: Duration) -> Result<Option<Vec<Share>>, Failure> {
+/// The shares, and the ids of those listed in a form this site cannot read.
+type Listed = (Vec<Share>, Vec<String>);
+
+fn fetch(site: &Site, wait: Duration) -> Result<Option<Listed>, Failure> {
     let deadline = Instant::now() + wait;
     let marker = site.records.join(".browse-queued");
-    let mut shares = Vec::new();
+    let mut shares: Vec<Share> = Vec::new();
+    let mut unreadable = Vec::new();
     let mut next: Option<String> = None;
     for n in 0..MAX_PAGES {
         let reply = site
@@ -375,13 +407,23 @@ fn fetch(site: &Site, wait: Duration) -> Result<Option<Vec<Share>>, Failure> {
         let _ = fs::remove_file(&reply);
         let page = ucloud::parse_page(&page, &site.config.provider)
             .map_err(|why| (76, format!("UCloud's list of shares: {why}")))?;
-        for why in &page.refused {
-            eprintln!("ucloud-share: a share UCloud listed is left alone: {why}");
+        for (id, why) in page.refused {
+            eprintln!(
+                "ucloud-share: a share UCloud listed cannot be read, so it is not granted: {why}"
+            );
+            unreadable.extend(id);
         }
         shares.extend(page.shares);
         match page.next {
             Some(token) => next = Some(token),
-            None => return Ok(Some(shares)),
+            None => {
+                let mut ids: Vec<&str> = shares.iter().map(|s| s.id.as_str()).collect();
+                ids.sort_unstable();
+                if ids.windows(2).any(|w| w[0] == w[1]) {
+                    return Err((76, "UCloud's list names a share twice".into()));
+                }
+                return Ok(Some((shares, unreadable)));
+            }
         }
     }
     eprintln!("ucloud-share: more than {MAX_PAGES} pages of shares; acting on none of them");
@@ -427,33 +469,59 @@ fn read_reply(site: &Site, path: &Path) -> Result<Option<Value>, Failure> {
         .map_err(|e| (76, format!("{} is not JSON: {e}", path.display())))
 }
 
-/// Whether the sharer's own plugin recorded this share as UCloud states it: a
-/// regular file of the sharer's account, named by the share id, naming the same
-/// folder and recipient.
-fn consented(site: &Site, share: &Share, sharer_uid: u32) -> bool {
-    let path = site.consents.join(&share.id);
-    let Ok(file) = OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(&path)
-    else {
-        return false;
+/// Every sharer's own record of a share, by share id: `<id>.<uid>.<random>`, a
+/// regular file of that uid's, writable by nobody else (the directory is
+/// sticky, so nobody else can replace it). The owner and what it says; a file
+/// anybody else made under a name is only that person's word.
+fn consents(site: &Site) -> BTreeMap<String, Vec<(u32, Value)>> {
+    let mut found: BTreeMap<String, Vec<(u32, Value)>> = BTreeMap::new();
+    let Ok(entries) = fs::read_dir(&site.consents) else {
+        return found;
     };
-    let Ok(meta) = file.metadata() else {
-        return false;
-    };
-    if !meta.is_file() || meta.uid() != sharer_uid || meta.mode() & 0o022 != 0 {
-        return false;
+    for entry in entries.flatten().take(100_000) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((id, _)) = name.split_once('.') else {
+            continue;
+        };
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(entry.path())
+        else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else {
+            continue;
+        };
+        if !meta.is_file() || meta.nlink() != 1 || meta.mode() & 0o022 != 0 {
+            continue;
+        }
+        let Ok(text) = ucloud_wire::read_capped(file, MAX_RECORD) else {
+            continue;
+        };
+        if let Ok(v) = serde_json::from_slice::<Value>(&text) {
+            found
+                .entry(id.to_string())
+                .or_default()
+                .push((meta.uid(), v));
+        }
     }
-    let Ok(text) = ucloud_wire::read_capped(file, MAX_RECORD) else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_slice::<Value>(&text) else {
-        return false;
-    };
-    v["share"] == share.id.as_str()
-        && v["source"] == share.source.as_str()
-        && v["sharedWith"] == share.recipient.as_str()
+    found
+}
+
+/// Whether the sharer's own plugin recorded this share as UCloud states it.
+fn consented(consents: &BTreeMap<String, Vec<(u32, Value)>>, share: &Share, uid: u32) -> bool {
+    consents.get(&share.id).is_some_and(|all| {
+        all.iter().any(|(owner, v)| {
+            *owner == uid
+                && v["share"] == share.id.as_str()
+                && v["source"] == share.source.as_str()
+                && v["sharedWith"] == share.recipient.as_str()
+        })
+    })
 }
 
 fn drive_reply(site: &Site, share: &str) -> Option<DriveId> {
@@ -554,15 +622,15 @@ fn execute(
             }
             record.granted = None;
         }
-        Action::Forget { .. } => match fs::remove_file(site.consents.join(id)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(format!(
-                    "cannot remove the sharer's record of share {id}: {e}"
-                ))
+        Action::Forget { .. } => {
+            let prefix = format!("{id}.");
+            for entry in fs::read_dir(&site.consents).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    fs::remove_file(entry.path())
+                        .map_err(|e| format!("cannot remove {}: {e}", entry.path().display()))?;
+                }
             }
-        },
+        }
     }
     Ok(())
 }
@@ -605,42 +673,41 @@ fn drive_entry(site: &Site, id: &str, grant: &Grant, until: u64) -> Drive {
     }
 }
 
+/// What closing a share's ways in found.
+enum Closed {
+    /// Neither a drive entry nor a mounted gate was left.
+    Nothing,
+    Done,
+    /// A process still held the gate, so its mount was detached rather than
+    /// unmounted (ucloud-share(8), WHEN ACCESS ENDS).
+    Busy,
+}
+
 /// The ways in, in the reverse order of a grant: the drive entry (no more UCloud
 /// calls), then the gate (no more path). Root's own steps only: quick.
-/// `Ok(true)`: a process still held the gate, so its mount was detached rather
-/// than unmounted (ucloud-share(8), WHEN ACCESS ENDS).
-fn close(site: &Site, id: &str, grant: &Grant) -> Result<bool, String> {
-    remove_drive(site, &grant.drive, grant.to.local.as_str())?;
+fn close(site: &Site, id: &str, grant: &Grant) -> Result<Closed, String> {
+    let removed = remove_drive(site, &grant.drive, grant.to.local.as_str())?;
     let outcome = gate::unmount(&site.gates.join(id)).map_err(|e| format!("the gate: {e}"))?;
-    Ok(outcome == gate::Outcome::Busy)
+    Ok(match outcome {
+        gate::Outcome::Busy => Closed::Busy,
+        gate::Outcome::Unchanged if !removed => Closed::Nothing,
+        _ => Closed::Done,
+    })
 }
 
 /// The ACL entries, as the sharer.
 fn revoke(grant: &Grant) -> Result<(), String> {
-    // An account that is gone has no files to take entries from.
-    let Ok(gid) = gid_of(grant.sharer.uid) else {
-        return Ok(());
-    };
+    // Kept, and tried again, until the sharer's account answers: its files
+    // may be on a home that is only away for a while.
+    let gid = gid_of(grant.sharer.uid)?;
     let (folder, to) = (grant.folder.clone(), grant.to.uid);
     let deadline = Instant::now() + WALK_DEADLINE;
     let walked = privilege::as_sharer(grant.sharer.uid, gid, deadline, move || {
         walk::revoke(&folder, to, LIMITS)
     });
-    let report = match walked {
-        Ok(report) => report,
-        // A folder that is gone holds no entries to take back.
-        Err(ucloud_share::Error::Failed(why))
-            if why.ends_with(nix::errno::Errno::ENOENT.desc()) =>
-        {
-            return Ok(())
-        }
-        Err(e) => {
-            return Err(format!(
-                "as {}: {e} (the next run goes on)",
-                grant.sharer.local
-            ))
-        }
-    };
+    // A folder that is gone (moved, a home away for a while) is tried again
+    // next run: its entries may still be somewhere.
+    let report = walked.map_err(|e| format!("as {}: {e}", grant.sharer.local))?;
     // Entries that refused to change (an immutable file) are out of reach: the
     // gate is gone and the folder's parents never let the recipient through.
     if report.errors > 0 {
@@ -689,7 +756,8 @@ fn put_drive(site: &Site, drive: &Drive) -> Result<(), String> {
     write_atomic(&site.drives, drive.id.as_str(), &drive.to_json(), 0o644)
 }
 
-fn remove_drive(site: &Site, id: &DriveId, local: &str) -> Result<(), String> {
+/// Whether there was an entry to remove.
+fn remove_drive(site: &Site, id: &DriveId, local: &str) -> Result<bool, String> {
     let _lock = registry_lock(site)?;
     match existing_drive(site, id)? {
         Some(d) if d.kind == "share" && d.local.as_str() == local => {
@@ -697,7 +765,20 @@ fn remove_drive(site: &Site, id: &DriveId, local: &str) -> Result<(), String> {
                 .map_err(|e| format!("cannot remove drive {id}: {e}"))?;
             File::open(&site.drives)
                 .and_then(|d| d.sync_all())
-                .map_err(|e| format!("cannot sync {}: {e}", site.drives.display()))
+                .map_err(|e| format!("cannot sync {}: {e}", site.drives.display()))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// A later `until` for a share's drive entry that is there: never one made anew,
+/// which only a whole grant makes.
+fn renew_drive(site: &Site, drive: &Drive) -> Result<(), String> {
+    let _lock = registry_lock(site)?;
+    match existing_drive(site, &drive.id)? {
+        Some(d) if d.kind == "share" && d.local == drive.local && d.base == drive.base => {
+            write_atomic(&site.drives, drive.id.as_str(), &drive.to_json(), 0o644)
         }
         _ => Ok(()),
     }

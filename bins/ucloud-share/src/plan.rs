@@ -43,8 +43,8 @@ pub struct Record {
     pub registered: bool,
     pub announced: bool,
     pub refused: Option<String>,
-    /// What went wrong the last time, said once in the audit log.
-    pub failure: Option<String>,
+    /// What went wrong the last time, by action, each said once in the audit log.
+    pub failures: BTreeMap<String, String>,
     pub granted: Option<Grant>,
     /// When UCloud last listed the share as approved (ms).
     pub confirmed: u64,
@@ -64,6 +64,9 @@ pub enum Action {
 pub struct Facts<'a> {
     /// UCloud's whole list, when this run got a fresh one.
     pub shares: Option<&'a [Share]>,
+    /// Ids UCloud listed in a form this site cannot read: never granted, never
+    /// forgotten (UCloud has not forgotten them).
+    pub unreadable: &'a [String],
     pub accounts: &'a dyn Fn(&UcloudName) -> Option<Account>,
     pub drives: &'a [Drive],
     /// UCloud's answer to the registration of a share's drive, once there is one.
@@ -91,6 +94,15 @@ pub fn plan(f: &Facts) -> Vec<Action> {
         return takedowns;
     };
     for (id, record) in f.records {
+        if f.unreadable.contains(id) {
+            if record.granted.is_some() {
+                takedowns.push(Action::Teardown {
+                    id: id.clone(),
+                    why: "UCloud lists the share in a form this site cannot read".into(),
+                });
+            }
+            continue;
+        }
         if !shares.iter().any(|s| &s.id == id) {
             if record.granted.is_some() {
                 takedowns.push(Action::Teardown {
@@ -272,7 +284,7 @@ impl Record {
             "registered": self.registered,
             "announced": self.announced,
             "refused": self.refused,
-            "failure": self.failure,
+            "failures": self.failures,
             "confirmed": self.confirmed,
             "granted": self.granted.as_ref().map(|g| json!({
                 "sharer": g.sharer.local.as_str(), "sharerUid": g.sharer.uid,
@@ -324,7 +336,14 @@ impl Record {
             registered: v["registered"].as_bool().unwrap_or(false),
             announced: v["announced"].as_bool().unwrap_or(false),
             refused: v["refused"].as_str().map(str::to_string),
-            failure: v["failure"].as_str().map(str::to_string),
+            failures: v["failures"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default(),
             granted,
             confirmed: v["confirmed"].as_u64().unwrap_or(0),
         })
@@ -390,6 +409,7 @@ mod tests {
         let drives = home();
         plan(&Facts {
             shares,
+            unreadable: &[],
             accounts: &accounts,
             drives: &drives,
             registered: &registered,

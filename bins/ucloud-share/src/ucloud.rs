@@ -61,7 +61,9 @@ pub fn browse(next: Option<&str>, n: usize) -> Message {
 /// for each that does not, and the next page's token.
 pub struct Page {
     pub shares: Vec<Share>,
-    pub refused: Vec<String>,
+    /// Items this site cannot read: the share id where it is a valid one (so that
+    /// a share UCloud still lists is never taken for one it forgot), and why.
+    pub refused: Vec<(Option<String>, String)>,
     pub next: Option<String>,
 }
 
@@ -84,7 +86,14 @@ pub fn parse_page(v: &Value, provider: &str) -> Result<Page, String> {
         match parse_share(item, provider) {
             Ok(Some(share)) => page.shares.push(share),
             Ok(None) => {}
-            Err(why) => page.refused.push(why),
+            Err(why) => {
+                let id = item["id"]
+                    .as_str()
+                    .filter(|id| !id.is_empty() && id.len() <= 19)
+                    .filter(|id| id.bytes().all(|b| b.is_ascii_digit()))
+                    .map(str::to_string);
+                page.refused.push((id, why));
+            }
         }
     }
     Ok(page)
