@@ -11,7 +11,10 @@
 #![deny(unsafe_code)]
 
 mod act;
+mod facts;
 mod plan;
+mod site;
+mod store;
 mod ucloud;
 
 use std::process::ExitCode;
