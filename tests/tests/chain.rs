@@ -526,7 +526,8 @@ fn shell_plugins_answer_a_broken_site_config_with_a_clear_error() {
     std::fs::write(
         etc.join("products/jobs.json"),
         r#"{"categories": [{"name": "gpu"}],
-            "products": [{"id": "gpu", "category": "gpu", "native": {"terminal": true}}]}"#,
+            "products": [{"id": "gpu", "category": "gpu", "native": {"terminal": false}},
+                         {"id": "gpu-2", "category": "gpu"}]}"#,
     )
     .unwrap();
     let output = run_plugin("jobs.retrieveProducts", &etc);
@@ -540,7 +541,9 @@ fn shell_plugins_answer_a_broken_site_config_with_a_clear_error() {
         body["responses"][0]["product"],
         json!({"id": "gpu", "category": "gpu", "provider": "hpc"})
     );
-    assert_eq!(body["responses"][0]["native"]["terminal"], json!(true));
+    // A site turns the terminal off per product; it is on by default.
+    assert_eq!(body["responses"][0]["native"]["terminal"], json!(false));
+    assert_eq!(body["responses"][1]["native"]["terminal"], json!(true));
     assert_eq!(body["responses"][0]["native"]["web"], json!(false));
 
     // The manifest takes the mapping lifetime from site.conf, and refuses nonsense.

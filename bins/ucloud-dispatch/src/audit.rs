@@ -37,6 +37,8 @@ pub struct Record {
     pub ucloud_user: Option<String>,
     pub local_user: Option<String>,
     pub uid: Option<u32>,
+    /// What a session identifier was for (a terminal's job and rank, or folder).
+    pub subject: Option<String>,
     /// The caller passed the caller check: its refusals are never limited.
     pub caller_accepted: bool,
 }
@@ -49,6 +51,9 @@ impl Record {
             "ucloudUser": self.ucloud_user, "localUser": self.local_user, "uid": self.uid,
             "decision": "allowed",
         });
+        if let Some(subject) = &self.subject {
+            v["session"] = Value::String(subject.clone());
+        }
         if let Err(e) = outcome {
             v["decision"] = json!("refused");
             v["status"] = json!(e.status());

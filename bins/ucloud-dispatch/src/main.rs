@@ -16,6 +16,7 @@ mod error;
 mod exec;
 mod mapping;
 mod nss;
+mod once;
 mod sanitize;
 mod shield;
 #[allow(unsafe_code)]
@@ -127,6 +128,10 @@ fn decide(record: &mut audit::Record) -> Result<Option<Prepared>, Error> {
     record.uid = Some(target.uid.as_raw());
     if let Some(bound) = &verified.bound {
         transfer::still_bound(bound, &target)?;
+        record.subject = bound.subject.clone();
+        if ucloud_wire::calls::is_once(&envelope.call) {
+            once::use_once(bound, now)?;
+        }
     }
     let plugin = exec::open_plugin(&install.plugins, &envelope.call)?;
     let request = serde_json::to_vec(&envelope.request)

@@ -34,7 +34,13 @@ pub fn load_key() -> Result<TransferKey, Error> {
     Ok(TransferKey(key))
 }
 
-pub fn mint(key: &TransferKey, for_call: &str, target: &Target, now: u64) -> Result<String, Error> {
+pub fn mint(
+    key: &TransferKey,
+    for_call: &str,
+    target: &Target,
+    now: u64,
+    subject: Option<String>,
+) -> Result<String, Error> {
     let ucloud = target
         .ucloud
         .clone()
@@ -49,6 +55,7 @@ pub fn mint(key: &TransferKey, for_call: &str, target: &Target, now: u64) -> Res
         ucloud_wire::random_hex(16)
             .map_err(|e| Error::Internal(format!("cannot read /dev/urandom: {e}")))?,
         now,
+        subject,
     );
     transfer::mint(&key.0, &claims).map_err(Error::Internal)
 }
@@ -64,7 +71,16 @@ pub fn verify(token: &str, key: &TransferKey, call: &str, now: u64) -> Result<Cl
 pub fn for_plugin(envelope: &Envelope, target: &Target) -> Result<Option<String>, Error> {
     // Which call a create call's token is good for is a row of the call table.
     if let Some(for_call) = ucloud_wire::calls::redeemed_by(&envelope.call) {
-        return mint(&load_key()?, for_call, target, ucloud_wire::now_ms() / 1000).map(Some);
+        // A session identifier is bound to the one job or folder its request names.
+        let subject = match ucloud_wire::calls::is_once(for_call) {
+            true => Some(
+                transfer::session_subject(&envelope.request)
+                    .map_err(|why| Error::Usage(format!("{}: the request {why}", envelope.call)))?,
+            ),
+            false => None,
+        };
+        let now = ucloud_wire::now_ms() / 1000;
+        return mint(&load_key()?, for_call, target, now, subject).map(Some);
     }
     Ok(match &envelope.credential {
         Credential::Transfer(token) => Some(token.clone()),
@@ -105,7 +121,7 @@ mod tests {
         ucloud_wire::token::install_crypto_provider();
         let key = TransferKey(vec![7; 32]);
         let now = 1_800_000_000;
-        let token = mint(&key, "files.download", &target(), now).unwrap();
+        let token = mint(&key, "files.download", &target(), now, None).unwrap();
         let bound = verify(&token, &key, "files.download", now + 60).unwrap();
         assert_eq!(
             (bound.ucloud.as_str(), bound.local.as_str(), bound.uid),
@@ -118,12 +134,12 @@ mod tests {
         };
         assert!(still_bound(&bound, &moved).is_err());
         assert!(verify(&token, &key, "files.upload", now).is_err());
-        let other = mint(&key, "files.download", &target(), now).unwrap();
+        let other = mint(&key, "files.download", &target(), now, None).unwrap();
         assert_ne!(token, other, "each token has its own jti");
         let service = Target {
             ucloud: None,
             ..target()
         };
-        assert!(mint(&key, "files.download", &service, now).is_err());
+        assert!(mint(&key, "files.download", &service, now, None).is_err());
     }
 }

@@ -15,6 +15,7 @@ pub fn shows_credential(req: &Request) -> bool {
     req.header("authorization").is_some()
         || req.header("chunked-upload-token").is_some()
         || req.query_param("token").is_some()
+        || req.query_param("session").is_some()
 }
 
 /// The bearer token of the Authorization header, not yet verified.
@@ -57,6 +58,29 @@ pub fn transfer_token(req: &Request) -> Result<Option<String>, Reject> {
         }
         None => Ok(None),
     }
+}
+
+/// The session identifier of a browser's stream (the query's `session`): a
+/// transfer token of the right shape, or the refusal.
+pub fn session_identifier(req: &Request, doing: &str) -> Result<String, Reject> {
+    let identifier = req.query_param("session").ok_or_else(|| {
+        Reject::Unauthorized(format!(
+            "{doing} needs the session identifier UCloud handed out (query parameter session)"
+        ))
+    })?;
+    if identifier.is_empty() || identifier.len() > MAX_TOKEN {
+        return Err(Reject::Unauthorized(format!(
+            "the session identifier is empty or longer than {MAX_TOKEN} bytes"
+        )));
+    }
+    ucloud_wire::token::transfer_token_looks_valid(&identifier, ucloud_wire::now_ms() / 1000)
+        .map_err(|e| {
+            Reject::Unauthorized(
+                e.to_string()
+                    .replace("transfer token", "session identifier"),
+            )
+        })?;
+    Ok(identifier)
 }
 
 /// The refusal of a data-channel call without a transfer token; `places` says

@@ -18,6 +18,7 @@ mod query;
 mod search;
 mod serve;
 mod shares;
+mod shell;
 mod store;
 mod support;
 mod tokens;
@@ -46,6 +47,9 @@ usage:
                    --user NAME [--cancel-after N] [--raw HEX] JOB_JSON
   ucloud-sim search [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
                    --user NAME [--state DIR] [--unchecked] [--raw HEX] FOLDER QUERY
+  ucloud-sim shell [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
+                   --user NAME [--rank N] [--cols C] [--rows R] [--linger MS]
+                   [--session ID] [--unchecked] JOB_JSON
   ucloud-sim usage --state DIR
   ucloud-sim --help | --version
 
@@ -70,6 +74,12 @@ usage:
          after the core's checks (the user may read the drive, per --state; the
          provider's support says streamingSearchSupported; the query is one
          UCloud accepts); output as for follow, or {\"refused\":STATUS,\"why\":...}
+  shell  open a terminal in a job like UCloud: the core's check (the product's
+         support says native.terminal) and jobs/interactiveSession as --user, then
+         the browser's WebSocket with the session identifier and no token; each
+         stdin line is typed (with Enter), a JSON object line is sent as the
+         payload (a resize); prints {\"session\":…}, then each message as follow
+         does; --session ID reuses an identifier instead of asking for one
   usage  print each owner's usage per category and per scope, as JSON
 
 See ucloud-sim(1).
@@ -149,6 +159,7 @@ fn run(mut args: Arguments) -> Result<(), SimError> {
         Some("token") => token(args),
         Some("call") => call(args),
         Some("follow") => follow(args),
+        Some("shell") => shell_command(args),
         Some("search") => search_command(args),
         Some("usage") => usage_command(args),
         Some(other) => Err(SimError::Usage(format!("unknown command {other:?}"))),
@@ -413,6 +424,50 @@ fn follow(mut args: Arguments) -> Result<(), SimError> {
             job: &job,
             raw,
             cancel_after,
+        },
+        &mut std::io::stdout().lock(),
+    )
+}
+
+fn shell_command(mut args: Arguments) -> Result<(), SimError> {
+    let client = Client::parse(&mut args, "shell")?;
+    let rank: u32 = args
+        .opt_value_from_str("--rank")
+        .map_err(usage)?
+        .unwrap_or(0);
+    let cols: u16 = args
+        .opt_value_from_str("--cols")
+        .map_err(usage)?
+        .unwrap_or(80);
+    let rows: u16 = args
+        .opt_value_from_str("--rows")
+        .map_err(usage)?
+        .unwrap_or(24);
+    let linger: u64 = args
+        .opt_value_from_str("--linger")
+        .map_err(usage)?
+        .unwrap_or(500);
+    let session: Option<String> = args.opt_value_from_str("--session").map_err(usage)?;
+    let unchecked = args.contains("--unchecked");
+    let job: String = args
+        .free_from_str()
+        .map_err(|_| SimError::Usage("shell needs JOB_JSON after its options".into()))?;
+    no_more(args)?;
+    let user = client.user.clone();
+    let c = client.connect("shell")?;
+    shell::shell(
+        &shell::ShellArgs {
+            url: &c.url,
+            ca: c.ca.as_deref(),
+            user: &user,
+            token: &c.token,
+            job: &job,
+            rank,
+            cols,
+            rows,
+            session,
+            unchecked,
+            linger: std::time::Duration::from_millis(linger),
         },
         &mut std::io::stdout().lock(),
     )

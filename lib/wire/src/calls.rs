@@ -65,6 +65,10 @@ pub struct Call {
     /// call also answers the browser's preflight `OPTIONS`.
     pub cors: bool,
     pub websocket: WebSocket,
+    /// Its transfer token is a session identifier: good for minutes, not hours,
+    /// used once (the dispatcher marks it before the plugin starts), and bound to
+    /// the one job or folder the minting request named (`subject`).
+    pub once: bool,
 }
 
 /// The common case; rows spell out what differs.
@@ -84,6 +88,7 @@ const fn call(
         pipe: Pipe::Default,
         cors: false,
         websocket: WebSocket::No,
+        once: false,
     }
 }
 
@@ -127,6 +132,16 @@ pub const CALLS: &[Call] = &[
         limit: Limit::Long,
         websocket: WebSocket::Only,
         ..call("GET", "jobs.provider.{P}/websocket", "jobs.follow", User)
+    },
+    // A terminal: the core asks for a session, the browser opens jobs.shell with it.
+    Call {
+        mints: Some("jobs.shell"),
+        ..call(
+            "POST",
+            "{P}/jobs/interactiveSession",
+            "jobs.interactiveSession",
+            User,
+        )
     },
     call("POST", "{P}/files/browse", "files.browse", User),
     call("POST", "{P}/files/retrieve", "files.retrieve", User),
@@ -201,6 +216,12 @@ pub const CALLS: &[Call] = &[
         websocket: WebSocket::Also,
         ..call("POST", "{P}/upload", "files.upload", Transfer)
     },
+    Call {
+        limit: Limit::Long,
+        websocket: WebSocket::Only,
+        once: true,
+        ..call("GET", "{P}/websocket", "jobs.shell", Transfer)
+    },
 ];
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
@@ -238,6 +259,11 @@ pub fn is_long(call: &str) -> bool {
 /// The call a transfer token minted for `call`'s plugin is good for (redemption).
 pub fn redeemed_by(call: &str) -> Option<&'static str> {
     find(call).and_then(|c| c.mints)
+}
+
+/// Whether `call`'s transfer token is a single-use session identifier.
+pub fn is_once(call: &str) -> bool {
+    find(call).is_some_and(|c| c.once)
 }
 
 /// The names of the calls that run as `who`, worked out when compiled.
@@ -336,8 +362,12 @@ mod tests {
             if let Some(m) = c.mints {
                 assert!(is_transfer_call(m), "{} mints for {m}", c.name);
             }
-            // The data channel is the browser's: its answers need CORS to be read.
-            assert_eq!(c.cors, c.runs_as == Transfer, "{}", c.name);
+            // The data channel is the browser's: its answers need CORS to be read
+            // (a WebSocket is not under CORS: its credential is in its URL).
+            let browser_reads = c.runs_as == Transfer && c.websocket != WebSocket::Only;
+            assert_eq!(c.cors, browser_reads, "{}", c.name);
+            // Only a data-channel call can take a single-use session.
+            assert!(!c.once || c.runs_as == Transfer, "{}", c.name);
         }
     }
 
@@ -354,7 +384,13 @@ mod tests {
                 "files.collections.retrieveProducts",
             ]
         );
-        assert_eq!(TRANSFER_CALLS, ["files.download", "files.upload"]);
+        assert_eq!(
+            TRANSFER_CALLS,
+            ["files.download", "files.upload", "jobs.shell"]
+        );
+        assert!(is_once("jobs.shell") && !is_once("files.download"));
+        assert_eq!(redeemed_by("jobs.interactiveSession"), Some("jobs.shell"));
+        assert!(find("jobs.shell").unwrap().path_is("hpc/websocket", "hpc"));
         assert!(is_service_call("integration.init") && !is_service_call("files.browse"));
         assert!(is_transfer_call("files.upload") && !is_transfer_call("files.createUpload"));
         assert_eq!(redeemed_by("files.createDownload"), Some("files.download"));

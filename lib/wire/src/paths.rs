@@ -58,6 +58,12 @@ pub fn bindings_dir() -> String {
 pub fn share_consents_dir() -> String {
     under("/var/lib/ucloud-im/share-consents")
 }
+/// The terminal session identifiers used so far (root, 0700): one empty file per
+/// identifier, made by the dispatcher before the shell starts, so that each
+/// works once. Removed by the dispatcher when long expired.
+pub fn sessions_used_dir() -> String {
+    under("/var/lib/ucloud-im/sessions-used")
+}
 /// The registry's socket (`ucloud-registry serve`, socket-activated).
 pub fn registry_socket() -> String {
     under("/run/ucloud-im/registry.sock")

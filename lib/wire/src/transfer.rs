@@ -20,6 +20,12 @@ use serde_json::{json, Value};
 /// How long a minted token is good for: UCloud keeps download and upload sessions
 /// for up to 48 hours.
 pub const LIFETIME_SECS: u64 = 48 * 3600;
+/// How long a session identifier (a token for a call the table marks `once`, the
+/// terminal) is good for: the browser opens the session right after UCloud hands
+/// it the identifier, so minutes are plenty, and a leaked one soon dies.
+pub const SESSION_LIFETIME_SECS: u64 = 5 * 60;
+/// The longest `subject` a token may carry (a folder's UCloud path).
+pub const MAX_SUBJECT: usize = 4096;
 /// The `typ` claim, which tells these tokens from any other HS256 JWT.
 pub const TYPE: &str = "ucloud-im-transfer";
 
@@ -33,10 +39,14 @@ pub struct Claims {
     pub jti: String,
     pub iat: Option<u64>,
     pub exp: u64,
+    /// What a session identifier is for (see [`session_subject`]); `None` on
+    /// download and upload tokens.
+    pub subject: Option<String>,
 }
 
 impl Claims {
-    /// A token's claims for `call`, minted at `now` with the random `jti`.
+    /// A token's claims for `call`, minted at `now` with the random `jti`; a
+    /// session identifier (`subject` given) lives [`SESSION_LIFETIME_SECS`].
     pub fn new(
         call: &str,
         ucloud: UcloudName,
@@ -44,7 +54,12 @@ impl Claims {
         uid: u32,
         jti: String,
         now: u64,
+        subject: Option<String>,
     ) -> Claims {
+        let lifetime = match subject {
+            Some(_) => SESSION_LIFETIME_SECS,
+            None => LIFETIME_SECS,
+        };
         Claims {
             call: call.into(),
             ucloud,
@@ -52,16 +67,21 @@ impl Claims {
             uid,
             jti,
             iat: Some(now),
-            exp: now.saturating_add(LIFETIME_SECS),
+            exp: now.saturating_add(lifetime),
+            subject,
         }
     }
 
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut claims = json!({
             "typ": TYPE, "call": self.call, "ucloud": self.ucloud.as_str(),
             "local": self.local.as_str(), "uid": self.uid, "jti": self.jti,
             "iat": self.iat, "exp": self.exp,
-        })
+        });
+        if let Some(subject) = &self.subject {
+            claims["sub"] = Value::String(subject.clone());
+        }
+        claims
     }
 
     /// The claims of a token for `call` that has not expired at `now`. The reasons
@@ -84,6 +104,16 @@ impl Claims {
             .and_then(|u| u32::try_from(u).ok())
             .ok_or("names no uid")?;
         let jti = text("jti").ok_or("has no jti")?.to_string();
+        let subject = match claims.get("sub") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.len() <= MAX_SUBJECT && !s.contains('\0') => {
+                Some(s.clone())
+            }
+            Some(_) => return Err("has a sub that is not a short string".into()),
+        };
+        if crate::calls::is_once(call) && subject.as_deref().and_then(Subject::parse).is_none() {
+            return Err("names no job or folder: it is no session identifier".into());
+        }
         let iat = match claims.get("iat") {
             None | Some(Value::Null) => None,
             Some(v) => Some(v.as_u64().ok_or("has an iat that is not a time")?),
@@ -96,6 +126,67 @@ impl Claims {
             jti,
             iat,
             exp,
+            subject,
+        })
+    }
+}
+
+/// What a session identifier minted for `request` is bound to: the one item of a
+/// `jobs.interactiveSession` (`JobsProviderOpenInteractiveSessionRequestItem`:
+/// `job/<job id>/<rank>`) or of a `jobs.openTerminalInFolder`
+/// (`JobsOpenTerminalInFolderRequestItem`: `folder/<UCloud path>`). One session
+/// per request: the web client asks for one at a time, and one token cannot be
+/// bound to two jobs.
+pub fn session_subject(request: &Value) -> Result<String, String> {
+    let item = match request
+        .get("items")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
+        Some([item]) => item,
+        Some(items) => {
+            return Err(format!(
+                "asks for {} sessions; open one per request",
+                items.len()
+            ))
+        }
+        None => return Err("has no items".into()),
+    };
+    if let Some(folder) = item.get("folder") {
+        return match folder.as_str() {
+            Some(f) if f.starts_with('/') && f.len() < MAX_SUBJECT && !f.contains('\0') => {
+                Ok(format!("folder{f}"))
+            }
+            _ => Err("names a folder that is not an absolute UCloud path".into()),
+        };
+    }
+    let id = item["job"]["id"].as_str().unwrap_or_default();
+    if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("names no job with a decimal id".into());
+    }
+    match item.get("rank").and_then(Value::as_u64) {
+        Some(rank) if rank < 100_000 => Ok(format!("job/{id}/{rank}")),
+        _ => Err("names no rank (a small whole number)".into()),
+    }
+}
+
+/// A session's subject read back: a job and its rank, or a UCloud folder.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Subject {
+    Job { id: String, rank: u32 },
+    Folder(String),
+}
+
+impl Subject {
+    pub fn parse(subject: &str) -> Option<Subject> {
+        if let Some(path) = subject.strip_prefix("folder") {
+            return path.starts_with('/').then(|| Subject::Folder(path.into()));
+        }
+        let (id, rank) = subject.strip_prefix("job/")?.split_once('/')?;
+        let valid = !id.is_empty() && id.len() <= 19 && id.bytes().all(|b| b.is_ascii_digit());
+        Some(Subject::Job {
+            id: valid.then(|| id.to_string())?,
+            rank: rank.parse().ok()?,
         })
     }
 }
@@ -180,6 +271,7 @@ mod tests {
             1001,
             "0123456789abcdef0123456789abcdef".into(),
             NOW,
+            None,
         )
     }
 
@@ -304,5 +396,106 @@ mod tests {
             Ok(())
         );
         assert!(peek(&sign(&without("exp"), Algorithm::HS256), NOW).is_err());
+    }
+
+    #[test]
+    fn a_session_is_bound_to_one_job_and_rank_or_one_folder() {
+        let job = json!({"items": [{"job": {"id": "4711", "specification": {}}, "rank": 0,
+            "sessionType": "SHELL", "target": null}]});
+        assert_eq!(session_subject(&job).as_deref(), Ok("job/4711/0"));
+        assert_eq!(
+            Subject::parse("job/4711/0"),
+            Some(Subject::Job {
+                id: "4711".into(),
+                rank: 0
+            })
+        );
+        let folder = json!({"items": [{"folder": "/12/work dir"}]});
+        assert_eq!(
+            session_subject(&folder).as_deref(),
+            Ok("folder/12/work dir")
+        );
+        assert_eq!(
+            Subject::parse("folder/12/work dir"),
+            Some(Subject::Folder("/12/work dir".into()))
+        );
+        for (bad, why) in [
+            (json!({}), "no items"),
+            (json!({"items": []}), "0 sessions"),
+            (
+                json!({"items": [{"folder": "/1"}, {"folder": "/2"}]}),
+                "2 sessions",
+            ),
+            (json!({"items": [{"folder": "relative"}]}), "absolute"),
+            (json!({"items": [{"folder": "/a\u{0}b"}]}), "absolute"),
+            (json!({"items": [{"folder": 7}]}), "absolute"),
+            (
+                json!({"items": [{"job": {"id": "../1"}, "rank": 0}]}),
+                "decimal",
+            ),
+            (
+                json!({"items": [{"job": {"id": "1/2"}, "rank": 0}]}),
+                "decimal",
+            ),
+            (
+                json!({"items": [{"job": {"id": 42}, "rank": 0}]}),
+                "decimal",
+            ),
+            (
+                json!({"items": [{"job": {"id": "1".repeat(20)}, "rank": 0}]}),
+                "decimal",
+            ),
+            (json!({"items": [{"job": {"id": "42"}}]}), "rank"),
+            (
+                json!({"items": [{"job": {"id": "42"}, "rank": -1}]}),
+                "rank",
+            ),
+            (
+                json!({"items": [{"job": {"id": "42"}, "rank": 1e9}]}),
+                "rank",
+            ),
+        ] {
+            let got = session_subject(&bad).unwrap_err();
+            assert!(got.contains(why), "{bad}: {got}");
+        }
+        for bad in [
+            "", "job", "job/", "job/1", "job/x/0", "job/1/-1", "job//0", "folder", "folderx",
+            "file/1",
+        ] {
+            assert_eq!(Subject::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_session_identifier_is_short_lived_and_names_its_subject() {
+        crate::token::install_crypto_provider();
+        let session = Claims::new(
+            "jobs.shell",
+            UcloudName::new("AliceHansen#1001").unwrap(),
+            LocalName::new("alice").unwrap(),
+            1001,
+            "0123456789abcdef0123456789abcdef".into(),
+            NOW,
+            Some("job/42/0".into()),
+        );
+        assert_eq!(session.exp, NOW + SESSION_LIFETIME_SECS);
+        let token = mint(&KEY, &session).unwrap();
+        assert_eq!(
+            verify(&token, &KEY, "jobs.shell", NOW + 60),
+            Ok(session.clone())
+        );
+        assert!(verify(&token, &KEY, "jobs.shell", NOW + SESSION_LIFETIME_SECS).is_err());
+        // A download token is never a session, nor a session without a subject.
+        let download = mint(&KEY, &claims()).unwrap();
+        assert!(verify(&download, &KEY, "jobs.shell", NOW).is_err());
+        let mut bare = session.to_json();
+        bare.as_object_mut().unwrap().remove("sub");
+        let bare = sign(&bare, Algorithm::HS256);
+        assert!(verify(&bare, &KEY, "jobs.shell", NOW)
+            .unwrap_err()
+            .contains("no session identifier"));
+        let mut odd = session.to_json();
+        odd["sub"] = json!(["job/42/0"]);
+        assert!(verify(&sign(&odd, Algorithm::HS256), &KEY, "jobs.shell", NOW).is_err());
     }
 }

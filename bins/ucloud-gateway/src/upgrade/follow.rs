@@ -5,8 +5,13 @@
 //! (ucloud-im-protocol(7)). The gateway owns the stream id and the `response` that
 //! ends the stream, so a plugin can neither forge nor skip them.
 //!
-//! Every call that is only a WebSocket runs this way; what differs is how its
-//! first message is read ([`Stream`]): search.rs has `files.streamingSearch`'s.
+//! Every call that is only a WebSocket runs this way; what differs is said by its
+//! [`Stream`]: how its first message is read (search.rs has
+//! `files.streamingSearch`'s), who opens it (shell.rs: a browser with a session
+//! identifier), and whether later messages go to the plugin (shell.rs: keys in).
+//! Those go through a thread of their own that writes the plugin's stdin, so that
+//! a plugin slow to read its input never stops its output from flowing; each
+//! message counts in the client's backlog until it is written.
 //!
 //! Three threads meet on one channel: the client's frames, the plugin's lines, and
 //! this one, the only writer to the client, which also pings every 30 s. The
@@ -33,7 +38,8 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use ucloud_http::server::Request;
 use ucloud_http::websocket::{self as ws, Decoder, Message, Role};
@@ -74,11 +80,20 @@ pub struct Stream {
     /// The first message: the stream id and the plugin's request, or why the
     /// message is refused (the stream is closed with 1008).
     pub init: fn(text: &str, site: &SiteConfig) -> Init,
+    /// Opened by a browser with a session identifier in the query (`session`),
+    /// which the first message must name too; else by UCloud's core, with its
+    /// bearer token and `usernameHint`.
+    pub by_browser: bool,
+    /// The client's later messages: dropped (`None`), or each made into a line for
+    /// the plugin's stdin, with the stream id to answer on (given the provider).
+    pub forwards: Option<fn(text: &str, provider: &str) -> super::shell::Forward>,
 }
 
 pub const FOLLOW: Stream = Stream {
     doing: "following a job",
     init: |text, site| parse_init(text, &site.provider),
+    by_browser: false,
+    forwards: None,
 };
 
 enum Event {
@@ -171,10 +186,10 @@ pub fn serve(
     }
     let (tx, rx) = mpsc::sync_channel(CHANNEL);
     let stop = AtomicBool::new(false);
-    let backlog = Backlog::default();
+    let backlog = Arc::new(Backlog::default());
     let note = std::thread::scope(|scope| {
         let client_tx = tx.clone();
-        let (stop_ref, backlog_ref) = (&stop, &backlog);
+        let (stop_ref, backlog_ref): (_, &Backlog) = (&stop, &backlog);
         let reader =
             scope.spawn(move || read_client(input, leftover, client_tx, stop_ref, backlog_ref));
         let mut session = Session {
@@ -198,8 +213,8 @@ pub fn serve(
 
 /// What the upgrade request contributes to the envelope.
 struct Caller {
-    bearer: String,
-    user: UcloudName,
+    credential: Credential,
+    user: Option<UcloudName>,
 }
 
 fn check_upgrade(
@@ -209,6 +224,14 @@ fn check_upgrade(
 ) -> Result<(Caller, String), Reject> {
     conn.config()?;
     let accept = upgrade_accept(req)?;
+    if stream.by_browser {
+        let identifier = crate::credential::session_identifier(req, stream.doing)?;
+        let caller = Caller {
+            credential: Credential::Transfer(identifier),
+            user: None,
+        };
+        return Ok((caller, accept));
+    }
     // The token first: an unauthenticated caller learns nothing else.
     let (bearer, verified) = conn.verify_bearer(req)?;
     let named = req
@@ -222,8 +245,8 @@ fn check_upgrade(
     };
     Ok((
         Caller {
-            bearer: bearer.to_string(),
-            user,
+            credential: Credential::Bearer(bearer.to_string()),
+            user: Some(user),
         },
         accept,
     ))
@@ -333,7 +356,7 @@ fn read_plugin(stdout: impl Read, tx: SyncSender<Event>) {
 struct Session<'a, W: Write> {
     out: &'a mut W,
     rx: &'a Receiver<Event>,
-    backlog: &'a Backlog,
+    backlog: &'a Arc<Backlog>,
     last_heard: Instant,
     next_ping: Instant,
     /// The client's reader has stopped: no close reply can come.
@@ -344,6 +367,8 @@ struct Session<'a, W: Write> {
 struct Plugin {
     child: Child,
     stdin: Option<ChildStdin>,
+    /// For a stream that forwards: the lines for the thread that owns stdin.
+    to_stdin: Option<Sender<(Vec<u8>, usize)>>,
     stderr: std::thread::JoinHandle<Vec<u8>>,
 }
 
@@ -436,7 +461,8 @@ impl<W: Write> Session<'_, W> {
         tx: SyncSender<Event>,
     ) -> String {
         let init_by = Instant::now() + INIT_WITHIN;
-        let (stream_id, request) = loop {
+        let mut provider = String::new();
+        let (stream_id, mut request) = loop {
             let event = match self.next(Some(init_by)) {
                 Ok(e) => e,
                 Err(end) => return self.finish(None, None, end),
@@ -460,15 +486,27 @@ impl<W: Write> Session<'_, W> {
                     return self.finish(None, None, End::Close(ws::CLOSE_POLICY, f.why));
                 }
             };
+            provider.clone_from(&site.provider);
             match (stream.init)(&text, site) {
                 Ok(init) => break init,
                 Err(why) => return self.finish(None, None, End::Close(ws::CLOSE_POLICY, why)),
             }
         };
+        if let Credential::Transfer(identifier) = &caller.credential {
+            // The identifier in the URL opened the stream; the message must name
+            // the same, and the plugin needs neither (the dispatcher hands it over).
+            if request["sessionIdentifier"].as_str() != Some(identifier.as_str()) {
+                let why = "the first message names another session than the URL".into();
+                return self.finish(None, None, End::Close(ws::CLOSE_POLICY, why));
+            }
+            if let Some(fields) = request.as_object_mut() {
+                fields.remove("sessionIdentifier");
+            }
+        }
         let envelope = Envelope {
             call: call.name.to_string(),
-            credential: Credential::Bearer(caller.bearer),
-            user: Some(caller.user),
+            credential: caller.credential,
+            user: caller.user,
             request,
         };
         let mut plugin = match spawn(conn, call, envelope.encode(), tx) {
@@ -478,12 +516,27 @@ impl<W: Write> Session<'_, W> {
                 return self.finish(None, Some(&stream_id), End::Respond(f.status, f.body()));
             }
         };
-        let end = self.relay(call, &stream_id, &mut plugin);
+        if stream.forwards.is_some() {
+            plugin.to_stdin = plugin.stdin.take().map(|stdin| {
+                let (to, from) = mpsc::channel();
+                let backlog = Arc::clone(self.backlog);
+                std::thread::spawn(move || write_plugin(stdin, from, &backlog));
+                to
+            });
+        }
+        let end = self.relay(call, stream, &provider, &stream_id, &mut plugin);
         self.finish(Some(plugin), Some(&stream_id), end)
     }
 
     /// Plugin lines out, client messages in, until one side ends.
-    fn relay(&mut self, call: &Call, stream_id: &str, plugin: &mut Plugin) -> End {
+    fn relay(
+        &mut self,
+        call: &Call,
+        stream: &Stream,
+        provider: &str,
+        stream_id: &str,
+        plugin: &mut Plugin,
+    ) -> End {
         let mut lines_seen = 0usize;
         loop {
             let event = match self.next(None) {
@@ -492,8 +545,26 @@ impl<W: Write> Session<'_, W> {
             };
             match event {
                 Event::Client(m) => match self.control(m) {
-                    Ok(Some(text)) if is_cancel(&text) => {
+                    Ok(Some(text)) if stream.forwards.is_none() && is_cancel(&text) => {
                         return End::Close(ws::CLOSE_NORMAL, "cancelled".into())
+                    }
+                    Ok(Some(text)) if stream.forwards.is_some() => {
+                        let forward = stream.forwards.expect("checked");
+                        let (line, answer_on) = match forward(&text, provider) {
+                            Ok(f) => f,
+                            Err(why) => return End::Close(ws::CLOSE_POLICY, why),
+                        };
+                        // Counted again until the writer has written it.
+                        let counted = size(&Message::Text(text));
+                        self.backlog.add(counted);
+                        let sent = plugin.to_stdin.as_ref().map(|to| to.send((line, counted)));
+                        if !matches!(sent, Some(Ok(()))) {
+                            self.backlog.take(counted);
+                        }
+                        let settled = super::shell::settled(&answer_on);
+                        if let Err(why) = self.send(&ws::text(&settled, None)) {
+                            return End::Gone(why);
+                        }
                     }
                     // Anything else the core may say does not concern a follow stream.
                     Ok(_) => {}
@@ -534,6 +605,7 @@ impl<W: Write> Session<'_, W> {
                 Event::PluginEof(Err(why)) => return plugin_broke(why),
                 Event::PluginEof(Ok(())) => {
                     drop(plugin.stdin.take());
+                    drop(plugin.to_stdin.take());
                     let status = plugin.child.wait();
                     let stderr =
                         std::mem::replace(&mut plugin.stderr, std::thread::spawn(Vec::new));
@@ -588,6 +660,7 @@ impl<W: Write> Session<'_, W> {
     /// session, ends it (PR_SET_PDEATHSIG).
     fn stop(&mut self, mut plugin: Plugin) {
         drop(plugin.stdin.take());
+        drop(plugin.to_stdin.take());
         let until = Instant::now() + STOP_GRACE;
         while Instant::now() < until {
             match plugin.child.try_wait() {
@@ -665,9 +738,24 @@ fn spawn(
     std::thread::spawn(move || read_plugin(stdout, tx));
     Ok(Plugin {
         stdin: child.stdin.take(),
+        to_stdin: None,
         child,
         stderr,
     })
+}
+
+/// Writes the forwarded lines to the plugin's stdin, each taken out of the
+/// client's backlog once written; ends (closing stdin) when the session drops its
+/// sender or the plugin stops reading for good. Not a scoped thread: a plugin that
+/// never reads must not keep the session from ending.
+fn write_plugin(mut stdin: ChildStdin, lines: Receiver<(Vec<u8>, usize)>, backlog: &Backlog) {
+    for (line, counted) in lines {
+        let written = stdin.write_all(&line).and_then(|()| stdin.flush());
+        backlog.take(counted);
+        if written.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

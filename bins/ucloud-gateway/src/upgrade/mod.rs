@@ -5,12 +5,13 @@
 //! is in shared.rs. Which calls upgrade, and how, is the call table's `websocket`.
 //! The WEBSOCKET_V2 folder upload (folder.rs) shares the upload's endpoint and call;
 //! its link says `protocol=WEBSOCKET_V2`. A search (search.rs) is a stream run as
-//! follow.rs runs one.
+//! follow.rs runs one, and so is a terminal (shell.rs).
 
 mod folder;
 mod follow;
 mod search;
 mod shared;
+mod shell;
 mod upload;
 
 use crate::conn::{ClientIn, ClientOut};
@@ -63,6 +64,7 @@ pub fn serve(
         Upgrade::Follow(c) => {
             let stream = match c.name {
                 "files.streamingSearch" => &search::SEARCH,
+                "jobs.shell" => &shell::SHELL,
                 _ => &follow::FOLLOW,
             };
             (c, follow::serve(conn, c, stream, req, leftover, input, out))

@@ -21,6 +21,8 @@ use ucloud_wire::config::SiteConfig;
 pub const SEARCH: Stream = Stream {
     doing: "a search",
     init: parse_search,
+    by_browser: false,
+    forwards: None,
 };
 
 fn parse_search(text: &str, site: &SiteConfig) -> Result<(String, Value), String> {

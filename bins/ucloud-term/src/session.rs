@@ -1,0 +1,128 @@
+//! What the session is for: the job and rank the dispatcher bound the session
+//! identifier to (its `sub` claim, signed), and the terminal size the browser
+//! asked for. The plugin has no key: the dispatcher verified the identifier and
+//! hands it over in `UCLOUD_TRANSFER_TOKEN`; this reads its claims.
+
+use crate::error::Error;
+use serde_json::Value;
+use ucloud_wire::transfer::{self, Subject};
+
+pub struct Session {
+    /// The UCloud job id (the Slurm job's name).
+    pub job: String,
+    pub rank: u32,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+pub fn read(token: Option<&str>, request: &[u8], now: u64) -> Result<Session, Error> {
+    let token = token.ok_or_else(|| {
+        Error::BadRequest(
+            "no session identifier (UCLOUD_TRANSFER_TOKEN) from the dispatcher".into(),
+        )
+    })?;
+    let claims = transfer::read_verified(token, "jobs.shell", now)
+        .map_err(|why| Error::BadRequest(format!("the session identifier {why}")))?;
+    let (job, rank) = match claims.subject.as_deref().and_then(Subject::parse) {
+        Some(Subject::Job { id, rank }) => (id, rank),
+        Some(Subject::Folder(_)) => return Err(Error::BadRequest(
+            "a terminal in a folder is not offered on this site (files.openInTerminal is false)"
+                .into(),
+        )),
+        None => {
+            return Err(Error::BadRequest(
+                "the session identifier names no job".into(),
+            ))
+        }
+    };
+    let (cols, rows) = size(request)?;
+    Ok(Session {
+        job,
+        rank,
+        cols,
+        rows,
+    })
+}
+
+/// `{"type":"initialize","cols":C,"rows":R}`, as the gateway passes it on.
+fn size(request: &[u8]) -> Result<(u16, u16), Error> {
+    let v: Value = serde_json::from_slice(request)
+        .map_err(|e| Error::BadRequest(format!("the request is not JSON: {e}")))?;
+    let dim = |k: &str| {
+        v[k].as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::BadRequest(format!("the request's {k} is not 1 to 65535")))
+    };
+    Ok((dim("cols")?, dim("rows")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ucloud_wire::names::{LocalName, UcloudName};
+
+    fn token(subject: Option<&str>, call: &str) -> String {
+        ucloud_wire::token::install_crypto_provider();
+        let claims = transfer::Claims::new(
+            call,
+            UcloudName::new("AliceHansen#1001").unwrap(),
+            LocalName::new("alice").unwrap(),
+            1001,
+            "0123456789abcdef0123456789abcdef".into(),
+            1_800_000_000,
+            subject.map(str::to_string),
+        );
+        transfer::mint(&[9; 32], &claims).unwrap()
+    }
+
+    #[test]
+    fn the_job_comes_from_the_signed_subject_and_the_size_from_the_request() {
+        let t = token(Some("job/42/1"), "jobs.shell");
+        let s = read(
+            Some(&t),
+            br#"{"type":"initialize","cols":120,"rows":40}"#,
+            1_800_000_010,
+        )
+        .unwrap();
+        assert_eq!((s.job.as_str(), s.rank, s.cols, s.rows), ("42", 1, 120, 40));
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        let good = br#"{"cols":80,"rows":24}"#;
+        let now = 1_800_000_010;
+        let job = token(Some("job/42/0"), "jobs.shell");
+        for (tok, req, why) in [
+            (None, &good[..], "no session identifier"),
+            (
+                Some(token(Some("job/42/0"), "files.download")),
+                &good[..],
+                "is not for jobs.shell",
+            ),
+            (
+                Some(token(Some("folder/1/x"), "jobs.shell")),
+                &good[..],
+                "not offered",
+            ),
+            (
+                Some(token(None, "jobs.shell")),
+                &good[..],
+                "no job or folder",
+            ),
+            (Some(job.clone()), &br#"{"cols":0,"rows":24}"#[..], "cols"),
+            (
+                Some(job.clone()),
+                &br#"{"cols":80,"rows":70000}"#[..],
+                "rows",
+            ),
+            (Some(job.clone()), &br#"{"cols":80}"#[..], "rows"),
+            (Some(job.clone()), &b"[1"[..], "not JSON"),
+        ] {
+            let e = read(tok.as_deref(), req, now).err().expect("refused");
+            assert!(e.to_string().contains(why), "{e} lacks {why}");
+        }
+        let e = read(Some(&job), good, 1_900_000_000).err().unwrap();
+        assert!(e.to_string().contains("expired"), "{e}");
+    }
+}
