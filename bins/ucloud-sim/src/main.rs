@@ -49,7 +49,7 @@ usage:
                    --user NAME [--state DIR] [--unchecked] [--raw HEX] FOLDER QUERY
   ucloud-sim shell [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
                    --user NAME [--rank N] [--cols C] [--rows R] [--linger MS]
-                   [--session ID] [--unchecked] JOB_JSON
+                   [--session ID] [--unchecked] [--bench N] JOB_JSON
   ucloud-sim usage --state DIR
   ucloud-sim --help | --version
 
@@ -79,7 +79,8 @@ usage:
          the browser's WebSocket with the session identifier and no token; each
          stdin line is typed (with Enter), a JSON object line is sent as the
          payload (a resize); prints {\"session\":…}, then each message as follow
-         does; --session ID reuses an identifier instead of asking for one
+         does; --session ID reuses an identifier instead of asking for one;
+         --bench N times N keystrokes (the shell made cat) instead
   usage  print each owner's usage per category and per scope, as JSON
 
 See ucloud-sim(1).
@@ -448,6 +449,7 @@ fn shell_command(mut args: Arguments) -> Result<(), SimError> {
         .map_err(usage)?
         .unwrap_or(500);
     let session: Option<String> = args.opt_value_from_str("--session").map_err(usage)?;
+    let bench: Option<usize> = args.opt_value_from_str("--bench").map_err(usage)?;
     let unchecked = args.contains("--unchecked");
     let job: String = args
         .free_from_str()
@@ -468,6 +470,7 @@ fn shell_command(mut args: Arguments) -> Result<(), SimError> {
             session,
             unchecked,
             linger: std::time::Duration::from_millis(linger),
+            bench,
         },
         &mut std::io::stdout().lock(),
     )

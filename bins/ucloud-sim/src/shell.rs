@@ -37,6 +37,8 @@ pub struct ShellArgs<'a> {
     pub unchecked: bool,
     /// After stdin ends, wait this long for the shell's last output before closing.
     pub linger: Duration,
+    /// Instead of typing stdin: this many keystroke round trips, timed.
+    pub bench: Option<usize>,
 }
 
 fn fail(why: impl Into<String>) -> SimError {
@@ -184,6 +186,10 @@ fn connect(
         "sessionIdentifier": identifier, "cols": args.cols, "rows": args.rows}});
     send(&mut stream, &init)?;
     set_tick(&stream)?;
+    if let Some(rounds) = args.bench {
+        let times = keystrokes(&mut stream, &call, &rest, rounds)?;
+        return print(out, &json!({"keystroke_us": times}));
+    }
     let lines = stdin_lines();
     let mut decoder = Decoder::new(Role::Client, 16 << 20);
     decoder.push(&rest);
@@ -247,6 +253,84 @@ fn connect(
             Err(e) => return Err(fail(format!("reading: {e}"))),
         }
     }
+}
+
+/// `--bench`: the shell becomes `cat` on its terminal, then one key at a time is
+/// sent and timed until the terminal's echo of it comes back (microseconds).
+fn keystrokes(
+    stream: &mut Stream,
+    call: &str,
+    rest: &[u8],
+    rounds: usize,
+) -> Result<Vec<u64>, SimError> {
+    let mut decoder = Decoder::new(Role::Client, 16 << 20);
+    decoder.push(rest);
+    let mut buf = vec![0u8; 16 << 10];
+    let mut screen = String::new();
+    // Waits for output that holds `marker`, collecting it; answers pings.
+    let mut wait_for = |stream: &mut Stream, marker: &str, screen: &mut String| {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            while let Some(m) = decoder.next().map_err(|e| fail(e.to_string()))? {
+                match m {
+                    Message::Text(t) => {
+                        let v: Value = serde_json::from_str(&t).unwrap_or_default();
+                        screen.push_str(v["payload"]["data"].as_str().unwrap_or_default());
+                    }
+                    Message::Ping(p) => {
+                        let pong = websocket::encode(0xA, &p, Some(random()?));
+                        stream.write_all(&pong).map_err(|e| fail(e.to_string()))?;
+                    }
+                    Message::Close(code, why) => {
+                        return Err(fail(format!("closed ({code:?}) while waiting: {why}")))
+                    }
+                    _ => {}
+                }
+            }
+            if screen.contains(marker) {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                return Err(fail(format!(
+                    "no {marker:?} within 30 s; the screen: {screen:?}"
+                )));
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => return Err(fail("the connection closed")),
+                Ok(n) => decoder.push(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(fail(format!("reading: {e}"))),
+            }
+        }
+    };
+    let mut id = 1u64;
+    let mut key = |stream: &mut Stream, data: &str| {
+        id += 1;
+        let m = json!({"call": call, "streamId": id.to_string(),
+            "payload": {"type": "input", "data": data}});
+        send(stream, &m)
+    };
+    // Typed ahead of the shell, keys echo twice; so cat first, then a line.
+    key(stream, "exec cat\r")?;
+    wait_for(stream, "exec cat", &mut screen)?;
+    std::thread::sleep(Duration::from_millis(500));
+    key(stream, "ready\r")?;
+    wait_for(stream, "ready\r\nready", &mut screen)?;
+    let mut times = Vec::with_capacity(rounds);
+    for i in 0..rounds {
+        // A different key each time, so that an echo is never mistaken for the last.
+        let k = char::from(b'a' + (i % 26) as u8).to_string();
+        screen.clear();
+        let started = Instant::now();
+        key(stream, &k)?;
+        wait_for(stream, &k, &mut screen)?;
+        times.push(started.elapsed().as_micros() as u64);
+    }
+    Ok(times)
 }
 
 fn send(stream: &mut Stream, message: &Value) -> Result<(), SimError> {
