@@ -12,6 +12,8 @@ STACK_ENV="$STACK_RUN/stack.env"
 # missing install step cannot hide behind files an earlier run left).
 PREFIX=${UCLOUD_IM_PREFIX:-/opt/ucloud-im-stack}
 PROVIDER=hpc
+# Jobs' web interfaces: app-JOB-RANK.$WEB_DOMAIN (a .test name: never resolved).
+WEB_DOMAIN=apps.ucloud-im.test
 
 GATEWAY_USER=ucloud-gw
 SERVICE_USER=ucloud-svc

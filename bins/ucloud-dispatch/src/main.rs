@@ -138,7 +138,7 @@ fn decide(record: &mut audit::Record) -> Result<Option<Prepared>, Error> {
         .map_err(|e| Error::Internal(format!("cannot serialise the request: {e}")))?;
     let mut env = exec::environment(&envelope.call, &target, &install.site);
     env.extend(
-        transfer::for_plugin(&envelope, &target)?
+        transfer::for_plugin(&envelope, &target, verified.bound.as_ref())?
             .map(|token| ("UCLOUD_TRANSFER_TOKEN".into(), token)),
     );
     Ok(Some(Prepared {

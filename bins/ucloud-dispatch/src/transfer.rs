@@ -68,16 +68,22 @@ pub fn verify(token: &str, key: &TransferKey, call: &str, now: u64) -> Result<Cl
 /// The token the plugin gets: for a create call a fresh one for the call it
 /// redeems; on the data channel the one it was called with (verified by then),
 /// which names the transfer session the create call set up.
-pub fn for_plugin(envelope: &Envelope, target: &Target) -> Result<Option<String>, Error> {
+pub fn for_plugin(
+    envelope: &Envelope,
+    target: &Target,
+    bound: Option<&Claims>,
+) -> Result<Option<String>, Error> {
     // Which call a create call's token is good for is a row of the call table.
-    if let Some(for_call) = ucloud_wire::calls::redeemed_by(&envelope.call) {
-        // A session identifier is bound to the one job or folder its request names.
-        let subject = match ucloud_wire::calls::is_once(for_call) {
-            true => Some(
+    if let Some(for_call) = transfer::minted_for(&envelope.call, &envelope.request) {
+        // A session identifier is bound to the one job or folder its request
+        // names; a web interface's cookie to what its link was bound to.
+        let subject = match (ucloud_wire::calls::is_bound(for_call), bound) {
+            (false, _) => None,
+            (true, Some(link)) => link.subject.clone(),
+            (true, None) => Some(
                 transfer::session_subject(&envelope.request)
                     .map_err(|why| Error::Usage(format!("{}: the request {why}", envelope.call)))?,
             ),
-            false => None,
         };
         let now = ucloud_wire::now_ms() / 1000;
         return mint(&load_key()?, for_call, target, now, subject).map(Some);

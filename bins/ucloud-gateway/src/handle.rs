@@ -151,7 +151,7 @@ fn preflight(out: &mut impl Write, keep_alive: bool) -> u16 {
 /// Launches the call's dispatcher and relays its answer; a failure before the
 /// answer is answered here.
 #[allow(clippy::too_many_arguments)]
-fn run<'a>(
+pub fn run<'a>(
     conn: &'a Connection,
     call: &'static Call,
     envelope: Envelope,

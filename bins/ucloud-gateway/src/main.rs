@@ -3,6 +3,7 @@
 //! one run of the setuid dispatcher. See ucloud-gateway(8).
 #![deny(unsafe_code)]
 
+mod app;
 mod bind;
 mod conn;
 mod connect_page;

@@ -53,7 +53,8 @@ pub fn route(method: &str, raw_path: &str, provider: &str) -> Route {
         };
     }
     let mut known_path = None;
-    for call in CALLS.iter().filter(|c| c.path_is(rest, provider)) {
+    // A job's web interface is served on its own host only (app.rs).
+    for call in CALLS.iter().filter(|c| !c.app && c.path_is(rest, provider)) {
         // A browser asks before it posts across origins (CORS preflight).
         if call.method == method || call.cors && call.method == "POST" && method == "OPTIONS" {
             return Route::Call(call);

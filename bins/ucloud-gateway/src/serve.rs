@@ -7,7 +7,7 @@ use crate::connection::Connection;
 use crate::credential::shows_credential;
 use crate::error::Reject;
 use crate::respond::{self, Outcome};
-use crate::{handle, proxy, relay, upgrade};
+use crate::{app, handle, proxy, relay, upgrade};
 use std::time::{Duration, Instant};
 use ucloud_http::server::{HttpError, Limits, Reader};
 
@@ -54,6 +54,13 @@ pub fn serve(conn: &Connection, client_in: ClientIn, out: &mut ClientOut, timeou
             Err(e) => return refuse(out, e, "-", "-", started),
         };
         reader.get_mut().deadline = Some(Instant::now() + BODY_TIMEOUT);
+        if let Some(app) = app::wanted(conn, &req) {
+            conn.launcher.release_spare();
+            let (method, path) = (req.method.clone(), req.path().to_string());
+            let outcome = app::serve(conn, app, req, body, reader, out);
+            log(&method, &path, &outcome, started);
+            return;
+        }
         if let Some(upgrade) = upgrade::wanted(conn, &req) {
             // The upgrade starts its own dispatcher; a spare would only wait.
             conn.launcher.release_spare();

@@ -23,6 +23,7 @@ mod store;
 mod support;
 mod tokens;
 mod usage;
+mod web;
 
 use error::SimError;
 use pico_args::Arguments;
@@ -50,6 +51,9 @@ usage:
   ucloud-sim shell [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
                    --user NAME [--rank N] [--cols C] [--rows R] [--linger MS]
                    [--session ID] [--unchecked] [--bench N] JOB_JSON
+  ucloud-sim web   [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
+                   --user NAME [--rank N] [--unchecked] [--host HOST --cookie C|none]
+                   [--get PATH]... [--websocket PATH] JOB_JSON
   ucloud-sim usage --state DIR
   ucloud-sim --help | --version
 
@@ -81,6 +85,11 @@ usage:
          payload (a resize); prints {\"session\":…}, then each message as follow
          does; --session ID reuses an identifier instead of asking for one;
          --bench N times N keystrokes (the shell made cat) instead
+  web    open a job's web interface like UCloud: the core's check (native.web)
+         and jobs/interactiveSession (WEB) as --user, then the browser: the link
+         (its cookie), each --get PATH with the cookie on one connection, and a
+         --websocket PATH that must echo; every connection goes to --url's
+         address with the job's host name; --host and --cookie skip the opening
   usage  print each owner's usage per category and per scope, as JSON
 
 See ucloud-sim(1).
@@ -161,6 +170,7 @@ fn run(mut args: Arguments) -> Result<(), SimError> {
         Some("call") => call(args),
         Some("follow") => follow(args),
         Some("shell") => shell_command(args),
+        Some("web") => web_command(args),
         Some("search") => search_command(args),
         Some("usage") => usage_command(args),
         Some(other) => Err(SimError::Usage(format!("unknown command {other:?}"))),
@@ -471,6 +481,48 @@ fn shell_command(mut args: Arguments) -> Result<(), SimError> {
             unchecked,
             linger: std::time::Duration::from_millis(linger),
             bench,
+        },
+        &mut std::io::stdout().lock(),
+    )
+}
+
+fn web_command(mut args: Arguments) -> Result<(), SimError> {
+    let client = Client::parse(&mut args, "web")?;
+    let rank: u32 = args
+        .opt_value_from_str("--rank")
+        .map_err(usage)?
+        .unwrap_or(0);
+    let unchecked = args.contains("--unchecked");
+    let host: Option<String> = args.opt_value_from_str("--host").map_err(usage)?;
+    let cookie: Option<String> = args.opt_value_from_str("--cookie").map_err(usage)?;
+    let paths: Vec<String> = args.values_from_str("--get").map_err(usage)?;
+    let websocket: Option<String> = args.opt_value_from_str("--websocket").map_err(usage)?;
+    let given = match (host, cookie) {
+        (Some(h), Some(c)) => Some((h, (c != "none").then_some(c))),
+        (None, None) => None,
+        _ => return Err(SimError::Usage("--host and --cookie go together".into())),
+    };
+    let job: String = if given.is_some() {
+        args.opt_free_from_str().map_err(usage)?.unwrap_or_default()
+    } else {
+        args.free_from_str()
+            .map_err(|_| SimError::Usage("web needs JOB_JSON after its options".into()))?
+    };
+    no_more(args)?;
+    let user = client.user.clone();
+    let c = client.connect("web")?;
+    web::web(
+        &web::WebArgs {
+            url: &c.url,
+            ca: c.ca.as_deref(),
+            user: &user,
+            token: &c.token,
+            job: &job,
+            rank,
+            unchecked,
+            given,
+            paths,
+            websocket,
         },
         &mut std::io::stdout().lock(),
     )

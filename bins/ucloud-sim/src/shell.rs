@@ -130,10 +130,21 @@ fn open(
 /// Whether the provider's `jobs.retrieveProducts` says `native.terminal` for the
 /// job's product (core2's `SupportByProduct` and `jobFeatureTerminalByBackend`).
 fn terminal_supported(args: &ShellArgs<'_>, job: &Value, provider: &str) -> Result<bool, SimError> {
+    supports(args.url, args.ca, args.token, job, provider, "terminal")
+}
+
+/// Whether the provider's support for the job's product says `native.<feature>`.
+pub fn supports(
+    url: &str,
+    ca: Option<&Path>,
+    token: &str,
+    job: &Value,
+    provider: &str,
+    feature: &str,
+) -> Result<bool, SimError> {
     let path = format!("/ucloud/{provider}/jobs/retrieveProducts");
     let (status, body) =
-        crate::provider::invoke(args.url, args.ca, args.token, None, "GET", &path, b"")
-            .map_err(fail)?;
+        crate::provider::invoke(url, ca, token, None, "GET", &path, b"").map_err(fail)?;
     if status != 200 {
         return Err(fail(format!("GET {path} answered {status}")));
     }
@@ -147,7 +158,7 @@ fn terminal_supported(args: &ShellArgs<'_>, job: &Value, provider: &str) -> Resu
         .any(|s| {
             s["product"]["id"] == product["id"]
                 && s["product"]["category"] == product["category"]
-                && s["native"]["terminal"] == true
+                && s["native"][feature] == true
         }))
 }
 

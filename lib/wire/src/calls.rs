@@ -69,6 +69,9 @@ pub struct Call {
     /// used once (the dispatcher marks it before the plugin starts), and bound to
     /// the one job or folder the minting request named (`subject`).
     pub once: bool,
+    /// Served on a job's own web host (`app-J-R.<web_domain>`), never on the
+    /// provider's: its token is bound to that job and rank.
+    pub app: bool,
 }
 
 /// The common case; rows spell out what differs.
@@ -89,6 +92,7 @@ const fn call(
         cors: false,
         websocket: WebSocket::No,
         once: false,
+        app: false,
     }
 }
 
@@ -222,6 +226,20 @@ pub const CALLS: &[Call] = &[
         once: true,
         ..call("GET", "{P}/websocket", "jobs.shell", Transfer)
     },
+    // A job's web interface, on its own host: the browser comes with the link
+    // jobs.interactiveSession made (single-use), which is exchanged for a cookie
+    // (a token for jobs.web) that every later connection shows.
+    Call {
+        once: true,
+        app: true,
+        mints: Some("jobs.web"),
+        ..call("GET", "{P}/app/authorize", "jobs.webAuthorize", Transfer)
+    },
+    Call {
+        limit: Limit::Long,
+        app: true,
+        ..call("GET", "{P}/app", "jobs.web", Transfer)
+    },
 ];
 
 pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
@@ -264,6 +282,16 @@ pub fn redeemed_by(call: &str) -> Option<&'static str> {
 /// Whether `call`'s transfer token is a single-use session identifier.
 pub fn is_once(call: &str) -> bool {
     find(call).is_some_and(|c| c.once)
+}
+
+/// Whether `call` is served on a job's web host.
+pub fn is_app(call: &str) -> bool {
+    find(call).is_some_and(|c| c.app)
+}
+
+/// Whether `call`'s tokens are bound to a subject (a job or folder).
+pub fn is_bound(call: &str) -> bool {
+    is_once(call) || is_app(call)
 }
 
 /// The names of the calls that run as `who`, worked out when compiled.
@@ -364,10 +392,13 @@ mod tests {
             }
             // The data channel is the browser's: its answers need CORS to be read
             // (a WebSocket is not under CORS: its credential is in its URL).
-            let browser_reads = c.runs_as == Transfer && c.websocket != WebSocket::Only;
+            // A web interface is its own origin, not UCloud's.
+            let browser_reads = c.runs_as == Transfer && c.websocket != WebSocket::Only && !c.app;
             assert_eq!(c.cors, browser_reads, "{}", c.name);
-            // Only a data-channel call can take a single-use session.
+            // Only a data-channel call can take a single-use session or be a web
+            // interface's.
             assert!(!c.once || c.runs_as == Transfer, "{}", c.name);
+            assert!(!c.app || c.runs_as == Transfer && !c.cors, "{}", c.name);
         }
     }
 
@@ -386,8 +417,16 @@ mod tests {
         );
         assert_eq!(
             TRANSFER_CALLS,
-            ["files.download", "files.upload", "jobs.shell"]
+            [
+                "files.download",
+                "files.upload",
+                "jobs.shell",
+                "jobs.webAuthorize",
+                "jobs.web"
+            ]
         );
+        assert!(is_app("jobs.web") && is_bound("jobs.web") && !is_once("jobs.web"));
+        assert!(is_bound("jobs.shell") && !is_app("jobs.shell"));
         assert!(is_once("jobs.shell") && !is_once("files.download"));
         assert_eq!(redeemed_by("jobs.interactiveSession"), Some("jobs.shell"));
         assert!(find("jobs.shell").unwrap().path_is("hpc/websocket", "hpc"));

@@ -23,6 +23,10 @@ pub struct SiteConfig {
     pub provider: String,
     /// The public base URL of the site (the balancer's), for links given to browsers.
     pub public_url: String,
+    /// The wildcard domain of the jobs' web interfaces (`web_domain`): job J's rank
+    /// R is served at `app-J-R.<web_domain>`, each its own origin. Empty: no web
+    /// interfaces.
+    pub web_domain: String,
     /// The only account allowed to run the dispatcher.
     pub gateway_user: String,
     /// The account calls with no UCloud user run as; never root.
@@ -114,6 +118,7 @@ impl SiteConfig {
         let mut config = SiteConfig {
             provider: String::new(),
             public_url: String::new(),
+            web_domain: String::new(),
             gateway_user: String::new(),
             service_user: String::new(),
             min_uid: 1000,
@@ -167,6 +172,16 @@ impl SiteConfig {
             match key {
                 "provider" => config.provider = value.to_string(),
                 "public_url" => config.public_url = value.trim_end_matches('/').to_string(),
+                "web_domain" => {
+                    let domain = value.trim_end_matches('.').to_ascii_lowercase();
+                    if !crate::transfer::is_host_name(&domain) || !domain.contains('.') {
+                        return Err(err(
+                            line_no,
+                            format!("web_domain must be a DNS name like apps.example.org, got {value:?}"),
+                        ));
+                    }
+                    config.web_domain = domain;
+                }
                 "gateway_user" => config.gateway_user = value.to_string(),
                 "service_user" => config.service_user = value.to_string(),
                 "sender_user" => config.sender_user = value.to_string(),

@@ -24,6 +24,9 @@ pub const LIFETIME_SECS: u64 = 48 * 3600;
 /// terminal) is good for: the browser opens the session right after UCloud hands
 /// it the identifier, so minutes are plenty, and a leaked one soon dies.
 pub const SESSION_LIFETIME_SECS: u64 = 5 * 60;
+/// How long a web interface's cookie (a token for `jobs.web`) is good for: a
+/// working day; UCloud's link makes a new one.
+pub const APP_LIFETIME_SECS: u64 = 12 * 3600;
 /// The longest `subject` a token may carry (a folder's UCloud path).
 pub const MAX_SUBJECT: usize = 4096;
 /// The `typ` claim, which tells these tokens from any other HS256 JWT.
@@ -46,7 +49,8 @@ pub struct Claims {
 
 impl Claims {
     /// A token's claims for `call`, minted at `now` with the random `jti`; a
-    /// session identifier (`subject` given) lives [`SESSION_LIFETIME_SECS`].
+    /// single-use session identifier lives [`SESSION_LIFETIME_SECS`], a web
+    /// interface's cookie [`APP_LIFETIME_SECS`].
     pub fn new(
         call: &str,
         ucloud: UcloudName,
@@ -56,9 +60,12 @@ impl Claims {
         now: u64,
         subject: Option<String>,
     ) -> Claims {
-        let lifetime = match subject {
-            Some(_) => SESSION_LIFETIME_SECS,
-            None => LIFETIME_SECS,
+        let lifetime = if crate::calls::is_once(call) {
+            SESSION_LIFETIME_SECS
+        } else if crate::calls::is_app(call) {
+            APP_LIFETIME_SECS
+        } else {
+            LIFETIME_SECS
         };
         Claims {
             call: call.into(),
@@ -111,7 +118,7 @@ impl Claims {
             }
             Some(_) => return Err("has a sub that is not a short string".into()),
         };
-        if crate::calls::is_once(call) && subject.as_deref().and_then(Subject::parse).is_none() {
+        if crate::calls::is_bound(call) && subject.as_deref().and_then(Subject::parse).is_none() {
             return Err("names no job or folder: it is no session identifier".into());
         }
         let iat = match claims.get("iat") {
@@ -131,12 +138,26 @@ impl Claims {
     }
 }
 
+/// The call a token minted for `call`'s plugin is good for: the call table's
+/// `mints`, except that a `jobs.interactiveSession` for a web interface
+/// (`sessionType` WEB) gets the link's token, for `jobs.webAuthorize`.
+pub fn minted_for(call: &str, request: &Value) -> Option<&'static str> {
+    let table = crate::calls::redeemed_by(call)?;
+    let web = request["items"][0]["sessionType"] == "WEB";
+    Some(if call == "jobs.interactiveSession" && web {
+        "jobs.webAuthorize"
+    } else {
+        table
+    })
+}
+
 /// What a session identifier minted for `request` is bound to: the one item of a
 /// `jobs.interactiveSession` (`JobsProviderOpenInteractiveSessionRequestItem`:
-/// `job/<job id>/<rank>`) or of a `jobs.openTerminalInFolder`
-/// (`JobsOpenTerminalInFolderRequestItem`: `folder/<UCloud path>`). One session
-/// per request: the web client asks for one at a time, and one token cannot be
-/// bound to two jobs.
+/// `job/<job id>/<rank>`, or for a web interface `web/<job id>/<rank>/<port>`,
+/// the port the job's application names in `invocation.web.port`) or of a
+/// `jobs.openTerminalInFolder` (`JobsOpenTerminalInFolderRequestItem`:
+/// `folder/<UCloud path>`). One session per request: the web client asks for one
+/// at a time, and one token cannot be bound to two jobs.
 pub fn session_subject(request: &Value) -> Result<String, String> {
     let item = match request
         .get("items")
@@ -164,16 +185,65 @@ pub fn session_subject(request: &Value) -> Result<String, String> {
     if id.is_empty() || id.len() > 19 || !id.bytes().all(|b| b.is_ascii_digit()) {
         return Err("names no job with a decimal id".into());
     }
-    match item.get("rank").and_then(Value::as_u64) {
-        Some(rank) if rank < 100_000 => Ok(format!("job/{id}/{rank}")),
-        _ => Err("names no rank (a small whole number)".into()),
+    let rank = match item.get("rank").and_then(Value::as_u64) {
+        Some(rank) if rank < 100_000 => rank,
+        _ => return Err("names no rank (a small whole number)".into()),
+    };
+    if item["sessionType"] != "WEB" {
+        return Ok(format!("job/{id}/{rank}"));
+    }
+    let port = &item["job"]["status"]["resolvedApplication"]["invocation"]["web"]["port"];
+    match port.as_u64() {
+        Some(port) if (1..=65535).contains(&port) => Ok(format!("web/{id}/{rank}/{port}")),
+        _ => Err(
+            "is for a web interface, and the job's application names no web port \
+             (invocation.web.port)"
+                .into(),
+        ),
     }
 }
 
-/// A session's subject read back: a job and its rank, or a UCloud folder.
+/// A DNS name: labels of letters, digits and inner hyphens, at most 253 bytes.
+pub fn is_host_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// The job and rank a job's web host (`app-<job id>-<rank>.<web_domain>`, any
+/// port, any case) names, if `host` is one.
+pub fn app_host(host: &str, web_domain: &str) -> Option<(String, u32)> {
+    if web_domain.is_empty() {
+        return None;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+    .to_ascii_lowercase();
+    let label = name.strip_suffix(web_domain)?.strip_suffix('.')?;
+    let (id, rank) = label.strip_prefix("app-")?.split_once('-')?;
+    let valid = !id.is_empty() && id.len() <= 19 && id.bytes().all(|b| b.is_ascii_digit());
+    let rank = rank
+        .parse::<u32>()
+        .ok()
+        .filter(|r| *r < 100_000 && !rank.starts_with('+'))?;
+    valid.then(|| (id.to_string(), rank))
+}
+
+/// A session's subject read back: a job and its rank, a job's web interface
+/// (with the port its application names), or a UCloud folder.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Subject {
     Job { id: String, rank: u32 },
+    Web { id: String, rank: u32, port: u16 },
     Folder(String),
 }
 
@@ -182,11 +252,29 @@ impl Subject {
         if let Some(path) = subject.strip_prefix("folder") {
             return path.starts_with('/').then(|| Subject::Folder(path.into()));
         }
+        let job_id = |id: &str| {
+            let valid = !id.is_empty() && id.len() <= 19 && id.bytes().all(|b| b.is_ascii_digit());
+            valid.then(|| id.to_string())
+        };
+        let number = |n: &str| {
+            (!n.starts_with('+'))
+                .then(|| n.parse::<u32>().ok())
+                .flatten()
+        };
+        if let Some(rest) = subject.strip_prefix("web/") {
+            let mut parts = rest.split('/');
+            let (id, rank, port) = (parts.next()?, parts.next()?, parts.next()?);
+            let port = u16::try_from(number(port)?).ok().filter(|p| *p > 0)?;
+            return parts.next().is_none().then_some(Subject::Web {
+                id: job_id(id)?,
+                rank: number(rank)?,
+                port,
+            });
+        }
         let (id, rank) = subject.strip_prefix("job/")?.split_once('/')?;
-        let valid = !id.is_empty() && id.len() <= 19 && id.bytes().all(|b| b.is_ascii_digit());
         Some(Subject::Job {
-            id: valid.then(|| id.to_string())?,
-            rank: rank.parse().ok()?,
+            id: job_id(id)?,
+            rank: number(rank)?,
         })
     }
 }
@@ -497,5 +585,101 @@ mod tests {
         let mut odd = session.to_json();
         odd["sub"] = json!(["job/42/0"]);
         assert!(verify(&sign(&odd, Algorithm::HS256), &KEY, "jobs.shell", NOW).is_err());
+    }
+
+    #[test]
+    fn a_web_interface_is_bound_to_its_job_rank_and_port_and_served_on_its_own_host() {
+        let web = json!({"items": [{"job": {"id": "77", "status": {"resolvedApplication":
+            {"invocation": {"web": {"enabled": true, "port": 8888}}}}}, "rank": 1,
+            "sessionType": "WEB"}]});
+        assert_eq!(session_subject(&web).as_deref(), Ok("web/77/1/8888"));
+        assert_eq!(
+            minted_for("jobs.interactiveSession", &web),
+            Some("jobs.webAuthorize")
+        );
+        let shell = json!({"items": [{"job": {"id": "77"}, "rank": 0, "sessionType": "SHELL"}]});
+        assert_eq!(
+            minted_for("jobs.interactiveSession", &shell),
+            Some("jobs.shell")
+        );
+        assert_eq!(
+            minted_for("jobs.webAuthorize", &json!({})),
+            Some("jobs.web")
+        );
+        assert_eq!(minted_for("files.browse", &json!({})), None);
+        assert_eq!(
+            Subject::parse("web/77/1/8888"),
+            Some(Subject::Web {
+                id: "77".into(),
+                rank: 1,
+                port: 8888
+            })
+        );
+        for bad in [
+            "web/77/1",
+            "web/77/1/0",
+            "web/77/1/65536",
+            "web/77/1/80/x",
+            "web/x/1/80",
+            "web/77/+1/80",
+        ] {
+            assert_eq!(Subject::parse(bad), None, "{bad}");
+        }
+        for port in [json!(0), json!(70000), json!("8888"), json!(null)] {
+            let mut w = web.clone();
+            w["items"][0]["job"]["status"]["resolvedApplication"]["invocation"]["web"]["port"] =
+                port;
+            assert!(session_subject(&w).unwrap_err().contains("web port"));
+        }
+        // The host names the job and rank; nothing else is one.
+        let domain = "apps.example.org";
+        assert_eq!(
+            app_host("app-77-1.apps.example.org", domain),
+            Some(("77".into(), 1))
+        );
+        assert_eq!(
+            app_host("APP-77-0.Apps.Example.org:8443", domain),
+            Some(("77".into(), 0))
+        );
+        for bad in [
+            "app-77-1.apps.example.org.evil.com",
+            "app-77-1.xapps.example.org",
+            "x.app-77-1.apps.example.org",
+            "app-77.apps.example.org",
+            "app--1.apps.example.org",
+            "app-7a-1.apps.example.org",
+            "app-77-+1.apps.example.org",
+            "apps.example.org",
+            "example.org",
+            "",
+        ] {
+            assert_eq!(app_host(bad, domain), None, "{bad}");
+        }
+        assert_eq!(app_host("app-77-1.apps.example.org", ""), None);
+        assert!(is_host_name("apps.example.org") && !is_host_name("a..b") && !is_host_name("-a.b"));
+        assert!(!is_host_name("a_b.c") && !is_host_name(&"a".repeat(64)));
+        // The link lives minutes, the cookie a working day, and either names its job.
+        crate::token::install_crypto_provider();
+        let mk = |call: &str, sub: Option<&str>| {
+            Claims::new(
+                call,
+                UcloudName::new("AliceHansen#1001").unwrap(),
+                LocalName::new("alice").unwrap(),
+                1001,
+                "0123456789abcdef0123456789abcdef".into(),
+                NOW,
+                sub.map(str::to_string),
+            )
+        };
+        assert_eq!(
+            mk("jobs.webAuthorize", Some("web/77/1/8888")).exp,
+            NOW + SESSION_LIFETIME_SECS
+        );
+        assert_eq!(
+            mk("jobs.web", Some("web/77/1/8888")).exp,
+            NOW + APP_LIFETIME_SECS
+        );
+        let bare = mint(&KEY, &mk("jobs.web", None)).unwrap();
+        assert!(verify(&bare, &KEY, "jobs.web", NOW).is_err());
     }
 }

@@ -29,7 +29,7 @@ pub fn read(token: Option<&str>, request: &[u8], now: u64) -> Result<Session, Er
             "a terminal in a folder is not offered on this site (files.openInTerminal is false)"
                 .into(),
         )),
-        None => {
+        Some(Subject::Web { .. }) | None => {
             return Err(Error::BadRequest(
                 "the session identifier names no job".into(),
             ))

@@ -18,6 +18,10 @@ pub enum Error {
     Slurm(String),
     /// The pseudo-terminal or the shell could not be started.
     Start(String),
+    /// A web interface's cookie shown on another job's host.
+    WrongApp(String),
+    /// Nothing of the caller's listens where the application should.
+    Unreachable(String),
 }
 
 impl Error {
@@ -28,6 +32,8 @@ impl Error {
             Error::NotRunning(w) => (409, "NOT_RUNNING", w),
             Error::Slurm(w) => (500, "SLURM_UNAVAILABLE", w),
             Error::Start(w) => (500, "SHELL_FAILED", w),
+            Error::WrongApp(w) => (403, "WRONG_APP", w),
+            Error::Unreachable(w) => (502, "APP_UNREACHABLE", w),
         }
     }
 

@@ -69,7 +69,7 @@ fn pick(listed: &str, job: &str) -> Result<(String, String), Error> {
     match jobs.iter().find(|f| f[1] == "RUNNING" && f.len() == 3) {
         Some(f) => Ok((f[0].to_string(), f[2].to_string())),
         None => Err(Error::NotRunning(format!(
-            "job {job} is not running (Slurm says {}): a terminal opens in a running job only",
+            "job {job} is not running (Slurm says {}): an interactive session opens in a running job only",
             jobs[0][1]
         ))),
     }
