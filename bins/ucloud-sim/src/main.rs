@@ -18,6 +18,7 @@ mod query;
 mod search;
 mod serve;
 mod shares;
+mod ssh;
 mod store;
 mod support;
 mod tokens;
