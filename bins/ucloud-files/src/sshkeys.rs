@@ -43,7 +43,7 @@ pub fn update(acting: &str, home: &std::path::Path, request: &Value) -> Result<V
 fn refusal(e: KeyError) -> Error {
     match e {
         KeyError::Refused(why) => Error::BadRequest(format!("{why}; nothing was changed")),
-        KeyError::Unsafe(why) => Error::Conflict(why),
+        KeyError::Unsafe(why) => Error::Unsafe(why),
         KeyError::Io(why) => Error::Internal(why),
     }
 }
