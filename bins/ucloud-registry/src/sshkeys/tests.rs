@@ -120,6 +120,19 @@ fn no_answer_or_a_refusal_ends_the_wait() {
     assert!(started.elapsed() < Duration::from_secs(3));
     // The core of today answers 404: the sender moves the question to failed/.
     let failed = r.dir.join(outbox::FAILED);
+    // Links and FIFOs planted by the outbox group are neither followed nor waited on.
+    std::os::unix::fs::symlink("/dev/zero", failed.join("0-0-0.json")).unwrap();
+    nix::unistd::mkfifo(
+        &failed.join("0-0-1.json"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let none = r.collect(&name(), Instant::now() + Duration::from_millis(300), |_| {
+        Ok(())
+    });
+    assert!(matches!(none, Fetched::Unavailable(_)), "{none:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
     let message = json!({"path": BROWSE_SSH_KEYS, "body": {}, "reply": ssh_tag(&name())});
     std::fs::write(failed.join("1-2-3.json"), message.to_string()).unwrap();
     std::fs::write(failed.join("1-2-3.response"), r#"{"status":404,"body":{}}"#).unwrap();
@@ -140,6 +153,16 @@ fn no_answer_or_a_refusal_ends_the_wait() {
     );
     // A reply that is a link, or not JSON, is no list of keys.
     std::os::unix::fs::symlink("/etc/passwd", r.reply_path(&name())).unwrap();
+    assert!(matches!(
+        r.collect(&name(), Instant::now(), |_| Ok(())),
+        Fetched::Unavailable(_)
+    ));
+    std::fs::remove_file(r.reply_path(&name())).unwrap();
+    nix::unistd::mkfifo(
+        &r.reply_path(&name()),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     assert!(matches!(
         r.collect(&name(), Instant::now(), |_| Ok(())),
         Fetched::Unavailable(_)
