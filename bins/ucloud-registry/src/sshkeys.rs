@@ -33,6 +33,9 @@ const MAX_PAGES: usize = 40;
 /// A page of 250 keys of up to 8 KiB each, and room for the rest of the JSON.
 const MAX_REPLY: u64 = 4 << 20;
 
+/// The most key text handed to `ucloud-connect`, whose answer line is capped at 4 MiB.
+const MAX_HANDED: usize = 2 << 20;
+
 /// What came of asking.
 #[derive(Debug, PartialEq)]
 pub enum Fetched {
@@ -70,10 +73,17 @@ pub fn parse_page(
 
 /// Checks the whole list the way the plugin does: one bad key, none handed over.
 pub fn check(keys: Vec<Value>) -> Fetched {
-    match sshkeys::parse_all(&Value::Array(keys.clone())) {
-        Ok(_) => Fetched::Keys(keys),
-        Err(e) => Fetched::Unavailable(format!("UCloud's SSH keys were not taken: {e}")),
+    let list = Value::Array(keys);
+    if let Err(e) = sshkeys::parse_all(&list) {
+        return Fetched::Unavailable(format!("UCloud's SSH keys were not taken: {e}"));
     }
+    if list.to_string().len() > MAX_HANDED {
+        return Fetched::Unavailable(format!(
+            "UCloud lists more than {MAX_HANDED} bytes of SSH keys for you; none were taken"
+        ));
+    }
+    let keys = list.as_array().cloned().unwrap_or_default();
+    Fetched::Keys(keys)
 }
 
 pub struct Replies {

@@ -81,6 +81,12 @@ fn a_hostile_key_hands_over_nothing() {
         ];
         assert!(matches!(check(keys), Fetched::Unavailable(_)), "{bad:?}");
     }
+    // More than ucloud-connect reads in one answer: none.
+    let long = format!("{KEY} {}", "c".repeat(8000));
+    let many: Vec<Value> = (1..=300)
+        .map(|i| json!({"id": i.to_string(), "specification": {"key": long}}))
+        .collect();
+    assert!(matches!(check(many), Fetched::Unavailable(ref w) if w.contains("bytes")));
 }
 
 #[test]
