@@ -326,6 +326,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn keys_the_registry_could_not_get_or_that_are_hostile_touch_nothing() {
+        // Each is refused before the home directory is looked up.
+        let said = install_ssh_keys(&json!({"unavailable": "UCloud refused (status 404)"}));
+        assert_eq!(said, Err("UCloud refused (status 404)".to_string()));
+        for bad in [
+            json!({"keys": [{"id": "1", "specification": {"key": "ssh-ed25519 AAAA\ncommand=\"sh\" x"}}]}),
+            json!({"keys": [{"id": "1", "specification": {"key": "command=\"sh\" ssh-ed25519 AAAA"}}]}),
+            json!({"keys": {"id": "1"}}),
+        ] {
+            assert!(install_ssh_keys(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_line_is_read_and_what_follows_is_kept() {
         let mut input = &b"  Ab-_09xyz \ny\n"[..];
         let ticket = read_line(&mut input, MAX_TICKET_LINE, "the ticket").unwrap();
