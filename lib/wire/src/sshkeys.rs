@@ -55,8 +55,10 @@ pub const BEGIN: &str =
     "# BEGIN ucloud-im: the keys of your UCloud account (replaced on every update)";
 pub const END: &str = "# END ucloud-im";
 /// What identifies a marker line, whatever follows on it.
-const BEGIN_TAG: &[u8] = b"# BEGIN ucloud-im";
-const END_TAG: &[u8] = b"# END ucloud-im";
+const BEGIN_TAG_STR: &str = "# BEGIN ucloud-im";
+const END_TAG_STR: &str = "# END ucloud-im";
+const BEGIN_TAG: &[u8] = BEGIN_TAG_STR.as_bytes();
+const END_TAG: &[u8] = END_TAG_STR.as_bytes();
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyError {
@@ -149,9 +151,6 @@ impl AuthorizedKey {
         format!("{} {} ucloud-key-{}", self.kind, self.blob, self.id)
     }
 }
-
-const BEGIN_TAG_STR: &str = "# BEGIN ucloud-im";
-const END_TAG_STR: &str = "# END ucloud-im";
 
 /// The first string of an SSH public key blob (a big-endian u32 length, then that
 /// many bytes): the key's type.
