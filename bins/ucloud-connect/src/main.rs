@@ -6,6 +6,9 @@
 //! registry then says which UCloud user the ticket is for, and the person confirms
 //! before anything is connected. The integration.connect and integration.unlinked
 //! plugins, running as the service account, use `--mint-ticket` and `--unlinked`.
+//! Once connected, the person's UCloud SSH keys, which the registry asked UCloud
+//! for, are written into their `~/.ssh/authorized_keys` by this process, as the
+//! person: nobody with more privilege writes into a home directory.
 //! See ucloud-connect(1).
 #![forbid(unsafe_code)]
 
@@ -56,8 +59,8 @@ const MAX_TICKET_LINE: u64 = 1024;
 /// An answer to the question is a word.
 const MAX_ANSWER_LINE: u64 = 256;
 
-/// An answer is one short JSON line.
-const MAX_ANSWER: u64 = 64 * 1024;
+/// An answer is one JSON line: short, but for the person's SSH keys after a connect.
+const MAX_ANSWER: u64 = 4 << 20;
 /// The registry waits up to 10 s for UCloud's answer to the drive registration.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -210,7 +213,45 @@ fn connect(socket: &str, yes: bool) -> Result<(), Failure> {
         &json!({"op": "connect", "ticket": ticket, "ucloud": ucloud}),
     )?;
     println!("{}", message(&answer));
+    if let Some(keys) = answer.get("sshKeys") {
+        match install_ssh_keys(keys) {
+            Ok(said) => println!("{said}"),
+            // Connected all the same: the keys come with UCloud's next update.
+            Err(why) => eprintln!("ucloud-connect: your UCloud SSH keys were not installed: {why}"),
+        }
+    }
     Ok(())
+}
+
+/// The registry's `sshKeys` (`{"keys":[SshKey...]}` or `{"unavailable":why}`) into
+/// the managed block of this account's `~/.ssh/authorized_keys`; what was done.
+fn install_ssh_keys(answer: &Value) -> Result<String, String> {
+    use ucloud_wire::sshkeys;
+    if let Some(why) = answer.get("unavailable").and_then(Value::as_str) {
+        return Err(why.to_string());
+    }
+    let keys = sshkeys::parse_all(answer.get("keys").unwrap_or(&Value::Null))
+        .map_err(|e| e.to_string())?;
+    let uid = nix::unistd::getuid();
+    let home = match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.dir,
+        _ => return Err(format!("uid {uid} has no home directory in NSS")),
+    };
+    match sshkeys::install(&home, &keys).map_err(|e| e.to_string())? {
+        sshkeys::Installed::Nothing => Ok("UCloud lists no SSH keys of yours.".into()),
+        sshkeys::Installed::Written(n) => {
+            let lines: Vec<String> = keys
+                .iter()
+                .map(|k| format!("  {} ucloud-key-{}", k.kind(), k.id()))
+                .collect();
+            Ok(format!(
+                "{n} SSH key(s) of your UCloud account are now in {}/.ssh/authorized_keys \
+                 (between the ucloud-im lines; UCloud's updates replace them):\n{}",
+                home.display(),
+                lines.join("\n")
+            ))
+        }
+    }
 }
 
 /// One line of `input`, at most `max` bytes; end of input is an empty line. What
@@ -283,6 +324,20 @@ fn ask(socket: &str, request: &Value) -> Result<Value, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_the_registry_could_not_get_or_that_are_hostile_touch_nothing() {
+        // Each is refused before the home directory is looked up.
+        let said = install_ssh_keys(&json!({"unavailable": "UCloud refused (status 404)"}));
+        assert_eq!(said, Err("UCloud refused (status 404)".to_string()));
+        for bad in [
+            json!({"keys": [{"id": "1", "specification": {"key": "ssh-ed25519 AAAA\ncommand=\"sh\" x"}}]}),
+            json!({"keys": [{"id": "1", "specification": {"key": "command=\"sh\" ssh-ed25519 AAAA"}}]}),
+            json!({"keys": {"id": "1"}}),
+        ] {
+            assert!(install_ssh_keys(&bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_line_is_read_and_what_follows_is_kept() {

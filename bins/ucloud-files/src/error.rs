@@ -21,6 +21,9 @@ pub enum Error {
     RangeNotSatisfiable(String),
     /// ENOSPC or EDQUOT: nothing half-written was kept.
     DiskFull(String),
+    /// A file of the user's this plugin will not write as it is (a symbolic link
+    /// where a file belongs, a block edited out of shape); nothing was changed.
+    Unsafe(String),
     /// The call name in `UCLOUD_CALL` is not one this binary serves.
     Unsupported(String),
     /// The installation is wrong (environment, drive table); not the user's fault.
@@ -35,6 +38,7 @@ impl Error {
             Error::BadPath(_) => (400, "BAD_PATH"),
             Error::NotADirectory(_) => (400, "NOT_A_DIRECTORY"),
             Error::Conflict(_) => (409, "ALREADY_EXISTS"),
+            Error::Unsafe(_) => (409, "UNSAFE_FILE"),
             Error::BadOffset(_) => (409, "BAD_OFFSET"),
             Error::RangeNotSatisfiable(_) => (416, "RANGE_NOT_SATISFIABLE"),
             Error::DiskFull(_) => (507, "DISK_FULL"),
@@ -80,6 +84,7 @@ impl fmt::Display for Error {
             | Error::PermissionDenied(m)
             | Error::NotADirectory(m)
             | Error::Conflict(m)
+            | Error::Unsafe(m)
             | Error::BadOffset(m)
             | Error::RangeNotSatisfiable(m)
             | Error::DiskFull(m)

@@ -20,6 +20,7 @@ mod resolve;
 mod search;
 mod session;
 mod shares;
+mod sshkeys;
 mod tree;
 mod upload;
 
@@ -48,9 +49,10 @@ The native file plugins of ucloud-im, one binary dispatching on UCLOUD_CALL:
   files.collections.{create,delete,rename,updateAcl,verify}
   shares.create            checks that each shared folder is the caller's own
   shares.delete            nothing to undo (ucloud-share ends access)
+  ssh.keyUploaded          the user's UCloud SSH keys into ~/.ssh/authorized_keys
 
 Environment (set by ucloud-dispatch): UCLOUD_CALL, USER (the mapped account; the
-drive must be theirs), HOME, UCLOUD_IM_DRIVES (the drive table directory),
+drive must be theirs), HOME, UCLOUD_USERNAME, UCLOUD_IM_DRIVES (the drive table directory),
 UCLOUD_PUBLIC_URL and UCLOUD_PROVIDER (for links), UCLOUD_TRANSFER_TOKEN.
 Prints the response JSON on stdout; on failure one line
   {\"status\":404,\"errorCode\":\"NOT_FOUND\",\"why\":\"...\"}
@@ -104,6 +106,10 @@ fn run(file: &str) -> Result<Value, Error> {
     let call = env("UCLOUD_CALL")?;
     let user = caller()?;
     let request = read_request(file)?;
+    // The one call that is about the account, not its drives.
+    if call == "ssh.keyUploaded" {
+        return sshkeys::key_uploaded(&request);
+    }
     let table = env("UCLOUD_IM_DRIVES")?;
     let table = std::fs::File::open(&table)
         .map_err(|e| Error::Misconfigured(format!("cannot open the drive table {table}: {e}")))?;

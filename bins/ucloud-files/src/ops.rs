@@ -61,6 +61,7 @@ fn with_item(e: Error, i: usize, n: usize, problems: &[String]) -> Error {
         Error::PermissionDenied(m) => Error::PermissionDenied(add(m)),
         Error::NotADirectory(m) => Error::NotADirectory(add(m)),
         Error::Conflict(m) => Error::Conflict(add(m)),
+        Error::Unsafe(m) => Error::Unsafe(add(m)),
         Error::BadOffset(m) => Error::BadOffset(add(m)),
         Error::RangeNotSatisfiable(m) => Error::RangeNotSatisfiable(add(m)),
         Error::DiskFull(m) => Error::DiskFull(add(m)),

@@ -85,6 +85,18 @@ impl Audit {
         self.write(&record.line(None), true, None)
     }
 
+    /// An allowed action with what it handed over (`note`'s keys join the record).
+    pub fn allowed_noting(&self, record: &Record, note: Value) -> Result<(), Error> {
+        let mut line: Value = serde_json::from_str(&record.line(None))
+            .map_err(|e| Error::Audit(format!("cannot make the audit record: {e}")))?;
+        if let (Value::Object(line), Value::Object(note)) = (&mut line, note) {
+            for (k, v) in note {
+                line.entry(k).or_insert(v);
+            }
+        }
+        self.write(&line.to_string(), true, None)
+    }
+
     /// A refusal is recorded best effort: the refusal stands either way.
     pub fn refused(&self, record: &Record, reason: &Error) {
         let limited = record.caller.filter(|_| self.person);

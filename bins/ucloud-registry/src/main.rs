@@ -14,6 +14,7 @@ mod error;
 mod ops;
 mod request;
 mod serve;
+mod sshkeys;
 mod store;
 mod sys;
 mod ticket;

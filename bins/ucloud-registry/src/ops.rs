@@ -558,6 +558,7 @@ impl Registry {
         }
         self.store.remove_mapping(lock, &mapping.ucloud)?;
         self.outbox.discard_drive_reply(&mapping.ucloud);
+        self.outbox.discard_ssh_reply(&mapping.ucloud);
         Ok(())
     }
 

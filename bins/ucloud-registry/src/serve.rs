@@ -18,6 +18,7 @@ use crate::audit::Record;
 use crate::error::Error;
 use crate::ops::{Added, Connected, Preview, Registry};
 use crate::request::{Request, MAX_REQUEST};
+use crate::sshkeys;
 use nix::sys::socket::{getsockopt, sockopt};
 use serde_json::{json, Value};
 use std::fs::File;
@@ -44,6 +45,8 @@ const PERSON_SLOTS: u32 = 2;
 const SERVICE_SLOTS: u32 = 16;
 /// How long a redemption waits for UCloud to answer the home drive registration.
 const DRIVE_WAIT: Duration = Duration::from_secs(10);
+/// How long a connecting person waits for UCloud's list of their SSH keys.
+const SSH_KEYS_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -225,7 +228,12 @@ fn answer(line: &str, uid: u32) -> Result<Value, Error> {
             return Ok(previewed(registry.preview(&site, &ticket, uid)?))
         }
         Request::Connect { ticket, ucloud } => {
-            connected(registry.redeem(&site, &ticket, &ucloud, uid, DRIVE_WAIT)?)
+            let done = registry.redeem(&site, &ticket, &ucloud, uid, DRIVE_WAIT)?;
+            let (Connected::New(mapping, _) | Connected::Again(mapping)) = &done;
+            let keys = sshkeys::fetch(&registry, mapping, uid, SSH_KEYS_WAIT);
+            return Ok(
+                json!({"ok": true, "message": connected(done), "sshKeys": sshkeys::answer(&keys)}),
+            );
         }
         Request::Mapped { ucloud } => {
             return Ok(json!({"ok": true, "mapped": registry.is_mapped(&site, &ucloud)?}));

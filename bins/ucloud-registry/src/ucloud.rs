@@ -13,6 +13,8 @@ pub const REGISTER_DRIVE: &str = "/api/files/collections/control/register";
 pub const BROWSE_DRIVES: &str = "/api/files/collections/control/browse";
 pub const APPROVE_CONNECTION: &str = "/api/providers/integration/control/approveConnection";
 pub const CLEAR_CONNECTION: &str = "/api/providers/integration/control/clearConnection";
+pub const BROWSE_SSH_KEYS: &str = "/api/ssh/control/browse";
+pub const SSH_KEYS_PER_PAGE: u64 = 250;
 
 /// Outbox reply tags are `drive-` (UCloud's answer to a registration) or `find-`
 /// (its answer to a look-up by provider id) and the hex of the name: the longest name
@@ -35,6 +37,22 @@ pub fn find_tag(name: &UcloudName) -> String {
 /// names the same drive.
 pub fn home_drive_provider_id(provider: &str, name: &UcloudName) -> String {
     format!("{provider}-home-{}", name.file_name())
+}
+
+/// The tag of the answer to the SSH key look-up of `name` (sshkeys.rs).
+pub fn ssh_tag(name: &UcloudName) -> String {
+    format!("ssh-{}", name.file_name())
+}
+
+/// `POST /api/ssh/control/browse` (`SshControlBrowse`, orchestrators/ssh.go):
+/// `SshKeysControlBrowseRequest{itemsPerPage, next}` → `fnd.PageV2[SshKey]`.
+pub fn browse_ssh_keys(name: &UcloudName, next: Option<&str>) -> Message {
+    Message {
+        method: Method::Post,
+        path: BROWSE_SSH_KEYS.into(),
+        body: json!({"itemsPerPage": SSH_KEYS_PER_PAGE, "next": next}),
+        reply: Some(ssh_tag(name)),
+    }
 }
 
 pub fn approve_connection(name: &UcloudName) -> Message {
@@ -109,6 +127,16 @@ impl Outbox {
     #[cfg(test)]
     pub fn at(dir: &std::path::Path) -> Outbox {
         Outbox { dir: dir.into() }
+    }
+
+    /// The outbox directory (sshkeys.rs reads its replies and failures).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Forgets an answer to an SSH key look-up: only one asked for now counts.
+    pub fn discard_ssh_reply(&self, name: &UcloudName) {
+        let _ = std::fs::remove_file(self.reply_path(&ssh_tag(name)));
     }
 
     pub fn send(&self, message: &Message) -> Result<(), Error> {

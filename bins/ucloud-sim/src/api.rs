@@ -15,7 +15,7 @@ use crate::gotypes::{self, RESOURCE_FLAGS};
 use crate::query;
 use crate::store::Store;
 use crate::tokens::Keys;
-use crate::{catalogue, shares, support, usage};
+use crate::{catalogue, shares, ssh, support, usage};
 use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -90,6 +90,12 @@ impl Sim {
             ("POST", "/sim/shares") => Some(self.sim_share(body)),
             ("GET", "/sim/shares") => Some(shares::list(&self.lock())),
             (_, p) if p.starts_with("/sim/shares/") => self.sim_share_call(method, p, body),
+            ("GET", "/sim/ssh/keys") => Some(ssh::list(&self.lock(), query)),
+            ("POST", "/sim/ssh/keys") => Some(self.sim_ssh(|s, p| ssh::add(s, p, body))),
+            ("DELETE", p) if p.starts_with("/sim/ssh/keys/") => {
+                let id = &p["/sim/ssh/keys/".len()..];
+                Some(self.sim_ssh(|s, p| ssh::delete(s, p, id)))
+            }
             // Public in the core (`rpc.RolesPublic`): no token needed.
             ("GET", "/api/products/v2/browse") => Some(catalogue::browse(&self.lock(), query)),
             _ => None,
@@ -138,6 +144,7 @@ impl Sim {
             ("POST", "/api/shares/control/update") => {
                 shares::control_update(&store, provider, body)
             }
+            ("POST", "/api/ssh/control/browse") => ssh::control_browse(&store, provider, body),
             _ => Err(fail(
                 404,
                 "NOT_FOUND",
@@ -246,6 +253,35 @@ impl Sim {
             }
         };
         shares::finish(&self.lock(), &pending, outcome)
+    }
+
+    /// A user's SSH key change (`ssh.rs`), then the core's one update to the
+    /// provider, sent without holding the state. Without `--provider-url` there is
+    /// no provider to tell: the answer says so.
+    fn sim_ssh(
+        &self,
+        change: impl FnOnce(&Store, &str) -> Result<ssh::Notice, Answer>,
+    ) -> Result<Answer, Answer> {
+        let notice = change(&self.lock(), &self.provider)?;
+        let outcome = match (&notice.update, &self.provider_url) {
+            (None, _) => None,
+            (Some(_), None) => Some(Err("no --provider-url: no provider to tell".into())),
+            (Some(update), Some((url, ca))) => {
+                let token =
+                    crate::tokens::ucloud_token(&self.keys, &self.lock(), &Default::default())
+                        .map_err(internal)?;
+                Some(crate::provider::invoke(
+                    url,
+                    ca.as_deref(),
+                    &token,
+                    Some(&notice.user),
+                    "POST",
+                    &format!("/ucloud/{}/ssh/keyUploaded", self.provider),
+                    update,
+                ))
+            }
+        };
+        Ok(ssh::answer(&notice, outcome))
     }
 
     /// `/sim/shares/{id}/approve` (POST), `/sim/shares/{id}/permissions` (POST),

@@ -19,6 +19,7 @@ mod search;
 mod serve;
 mod shares;
 mod shell;
+mod ssh;
 mod store;
 mod support;
 mod tokens;
@@ -60,8 +61,9 @@ usage:
   init   create the state when missing; print the provider's refresh token
   serve  HTTPS server for the endpoints a provider calls (and /sim/...); with
          --provider-url it asks the provider for its support before a
-         POST /sim/jobs, as UCloud does before it creates a job, and tells it
-         of a share (POST /sim/shares), which needs it
+         POST /sim/jobs, as UCloud does before it creates a job, tells it
+         of a share (POST /sim/shares), which needs it, and sends it a user's
+         SSH keys after each change (POST, DELETE /sim/ssh/keys)
   token  print a UCloud bearer token (cached, reused until < 3 min remain)
   call   call the provider like UCloud; print the status, then the body
          (--url defaults to $UCLOUD_IM_LB_URL, else $UCLOUD_IM_GATEWAY_URL;

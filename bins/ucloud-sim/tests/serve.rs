@@ -1268,3 +1268,73 @@ fn a_share_goes_through_the_provider_and_guards_its_drive() {
         json!({"items": []})
     );
 }
+
+#[test]
+fn ssh_keys_reach_the_provider_once_per_change_and_only_with_an_allocation() {
+    let provider = FakeProvider::start();
+    let mut f = Fixture::new("ssh");
+    f.stop();
+    f.serve_args = vec!["--provider-url".into(), provider.url.clone()];
+    f.start();
+    let token = f.access_token();
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl";
+    let add = |user: &str, key: &str| {
+        let body = json!({"username": user, "title": "t", "key": key}).to_string();
+        f.call("unused", "POST", "/sim/ssh/keys", Some(&body))
+    };
+    let sent = |provider: &FakeProvider| {
+        provider
+            .seen()
+            .iter()
+            .filter(|l| l.starts_with("POST /ucloud/hpc/ssh/keyUploaded "))
+            .count()
+    };
+    // Not connected, no compute product: the core sends nothing.
+    let (status, answer) = add("A#1", key);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["provider"]["sent"], false, "{answer}");
+    assert_eq!(sent(&provider), 0);
+    f.register_products(&token);
+    let approve = json!({"username": "A#1"}).to_string();
+    let path = "/api/providers/integration/control/approveConnection";
+    assert_eq!(f.call(&token, "POST", path, Some(&approve)).0, 200);
+    let (status, answer) = add("A#1", &format!("  {key} laptop "));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["provider"]["status"], 200, "{answer}");
+    assert_eq!(sent(&provider), 1);
+    let id = answer["id"].as_str().unwrap().to_string();
+    let (status, answer) = add("A#1", "ssh-dss AAAA");
+    assert_eq!(
+        (status, answer["why"].as_str()),
+        (400, Some("Not a valid ssh key"))
+    );
+    assert_eq!(sent(&provider), 1, "a refused key sends nothing");
+    let (status, answer) = f.call("unused", "DELETE", &format!("/sim/ssh/keys/{id}"), None);
+    assert_eq!(
+        (status, &answer["provider"]["status"]),
+        (200, &json!(200)),
+        "{answer}"
+    );
+    assert_eq!(sent(&provider), 2);
+    assert_eq!(f.call("unused", "DELETE", "/sim/ssh/keys/999", None).0, 404);
+    let (status, list) = f.call("unused", "GET", "/sim/ssh/keys?username=A%231", None);
+    assert_eq!(status, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    // The provider's browse needs the provider's token and shows only connected users' keys.
+    let body = Some(r#"{"itemsPerPage":10}"#);
+    assert_eq!(
+        f.call("bad", "POST", "/api/ssh/control/browse", body).0,
+        401
+    );
+    let (status, page) = f.call(&token, "POST", "/api/ssh/control/browse", body);
+    assert_eq!(status, 200, "{page}");
+    let owners: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["owner"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["A#1"]);
+    assert_eq!(page["next"], Value::Null);
+}

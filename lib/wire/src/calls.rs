@@ -207,6 +207,7 @@ pub const CALLS: &[Call] = &[
     ),
     call("POST", "{P}/shares", "shares.create", User),
     call("DELETE", "{P}/shares", "shares.delete", User),
+    call("POST", "{P}/ssh/keyUploaded", "ssh.keyUploaded", User),
     Call {
         limit: Limit::Long,
         pipe: Pipe::Out,

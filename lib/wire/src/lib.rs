@@ -27,6 +27,7 @@ pub mod outbox;
 pub mod paths;
 pub mod products;
 pub mod record;
+pub mod sshkeys;
 pub mod token;
 pub mod transfer;
 pub mod trust;
