@@ -10,7 +10,10 @@ use ucloud_wire::sshkeys::{merge, AuthorizedKey, BEGIN, END, KEY_TYPES};
 
 /// A file the block was added to gains a final newline it may have lacked.
 fn norm(bytes: Vec<u8>) -> Vec<u8> {
-    bytes.strip_suffix(b"\n").map(<[u8]>::to_vec).unwrap_or(bytes)
+    bytes
+        .strip_suffix(b"\n")
+        .map(<[u8]>::to_vec)
+        .unwrap_or(bytes)
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -32,7 +35,10 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(AuthorizedKey::parse("17", &line).unwrap(), parsed);
     if let Ok(with) = merge(file, std::slice::from_ref(&parsed)) {
         let text = String::from_utf8_lossy(&with);
-        assert!(text.contains(&format!("{BEGIN}\n{line}\n{END}")), "{text:?}");
+        assert!(
+            text.contains(&format!("{BEGIN}\n{line}\n{END}")),
+            "{text:?}"
+        );
         let out = merge(&with, &[]).expect("the block it wrote is in shape");
         assert_eq!(norm(out), norm(without.expect("as the file was")));
     } else {

@@ -238,6 +238,7 @@ pub const CALLS: &[Call] = &[
     },
     Call {
         limit: Limit::Long,
+        pipe: Pipe::Out,
         app: true,
         ..call("GET", "{P}/app", "jobs.web", Transfer)
     },
