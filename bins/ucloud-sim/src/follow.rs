@@ -46,16 +46,7 @@ pub fn random<const N: usize>() -> Result<[u8; N], SimError> {
 pub fn follow(args: &FollowArgs<'_>, out: &mut impl Write) -> Result<(), SimError> {
     let job: Value = serde_json::from_str(args.job)
         .map_err(|e| SimError::Usage(format!("JOB_JSON is not JSON: {e}")))?;
-    let provider = job["specification"]["product"]["provider"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| std::env::var("UCLOUD_IM_PROVIDER").ok())
-        .ok_or_else(|| {
-            SimError::Usage(
-                "the job names no specification.product.provider and UCLOUD_IM_PROVIDER is not set"
-                    .into(),
-            )
-        })?;
+    let provider = crate::session::job_provider(&job)?;
     let stream_id = format!("sim-{}", std::process::id());
     let first = match &args.raw {
         Some(raw) => raw.clone(),
@@ -194,10 +185,10 @@ pub fn print(out: &mut impl Write, v: &Value) -> Result<(), SimError> {
         .map_err(|e| fail(format!("cannot write: {e}")))
 }
 
-type Head = (u16, Vec<(String, String)>, Vec<u8>);
+pub type Head = (u16, Vec<(String, String)>, Vec<u8>);
 
 /// The response head; the bytes after it are returned too.
-fn read_head(stream: &mut impl Read) -> Result<Head, SimError> {
+pub fn read_head(stream: &mut impl Read) -> Result<Head, SimError> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let end = loop {

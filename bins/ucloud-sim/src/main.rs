@@ -17,6 +17,7 @@ mod provider;
 mod query;
 mod search;
 mod serve;
+mod session;
 mod shares;
 mod shell;
 mod ssh;

@@ -48,14 +48,10 @@ fn fail(why: impl Into<String>) -> SimError {
 pub fn shell(args: &ShellArgs<'_>, out: &mut impl Write) -> Result<(), SimError> {
     let job: Value = serde_json::from_str(args.job)
         .map_err(|e| SimError::Usage(format!("JOB_JSON is not JSON: {e}")))?;
-    let provider = job["specification"]["product"]["provider"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| std::env::var("UCLOUD_IM_PROVIDER").ok())
-        .ok_or_else(|| SimError::Usage("the job names no provider".into()))?;
+    let provider = crate::session::job_provider(&job)?;
     let (identifier, domain) = match &args.session {
         Some(id) => (id.clone(), String::new()),
-        None => match open(args, &job, &provider)? {
+        None => match open(args, &job)? {
             Ok(opened) => opened,
             Err(refusal) => return print(out, &refusal),
         },
@@ -68,42 +64,19 @@ pub fn shell(args: &ShellArgs<'_>, out: &mut impl Write) -> Result<(), SimError>
     connect(args, base, &provider, &identifier, out)
 }
 
-/// The core's part: the session, or what the core would answer instead.
-fn open(
-    args: &ShellArgs<'_>,
-    job: &Value,
-    provider: &str,
-) -> Result<Result<(String, String), Value>, SimError> {
-    if !args.unchecked && !terminal_supported(args, job, provider)? {
-        return Ok(Err(json!({"refused": 400,
-            "why": "terminal access is not supported by this provider"})));
-    }
-    let body = json!({"items": [{"job": job, "rank": args.rank, "sessionType": "SHELL",
-        "target": null}]});
-    let path = format!("/ucloud/{provider}/jobs/interactiveSession");
-    let (status, answer) = crate::provider::invoke(
-        args.url,
-        args.ca,
-        args.token,
-        Some(args.user),
-        "POST",
-        &path,
-        body.to_string().as_bytes(),
-    )
-    .map_err(fail)?;
-    let answer: Value = serde_json::from_slice(&answer)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
-    if status != 200 {
-        return Ok(Err(json!({"refused": status, "why": answer["why"]})));
-    }
-    let session = match answer["responses"].as_array().map(Vec::as_slice) {
-        Some([one]) => one,
-        // core2: len(resp.Responses) != len(requests)
-        _ => {
-            return Ok(Err(
-                json!({"refused": 502, "why": "bad response from provider"}),
-            ))
-        }
+/// The core's part: the session identifier and domain, or what the core would
+/// answer instead.
+fn open(args: &ShellArgs<'_>, job: &Value) -> Result<Result<(String, String), Value>, SimError> {
+    let core = crate::session::Core {
+        url: args.url,
+        ca: args.ca,
+        token: args.token,
+        user: args.user,
+        unchecked: args.unchecked,
+    };
+    let session = match crate::session::open(&core, job, args.rank, "SHELL", "terminal")? {
+        Ok(session) => session,
+        Err(refusal) => return Ok(Err(refusal)),
     };
     // Go's json.Unmarshal into OpenSession: each field of its type, or an error.
     let text = |k: &str| match &session[k] {
@@ -125,41 +98,6 @@ fn open(
     }
     print(&mut std::io::stdout().lock(), &json!({"session": session}))?;
     Ok(Ok((identifier, text("domainOverride").unwrap_or_default())))
-}
-
-/// Whether the provider's `jobs.retrieveProducts` says `native.terminal` for the
-/// job's product (core2's `SupportByProduct` and `jobFeatureTerminalByBackend`).
-fn terminal_supported(args: &ShellArgs<'_>, job: &Value, provider: &str) -> Result<bool, SimError> {
-    supports(args.url, args.ca, args.token, job, provider, "terminal")
-}
-
-/// Whether the provider's support for the job's product says `native.<feature>`.
-pub fn supports(
-    url: &str,
-    ca: Option<&Path>,
-    token: &str,
-    job: &Value,
-    provider: &str,
-    feature: &str,
-) -> Result<bool, SimError> {
-    let path = format!("/ucloud/{provider}/jobs/retrieveProducts");
-    let (status, body) =
-        crate::provider::invoke(url, ca, token, None, "GET", &path, b"").map_err(fail)?;
-    if status != 200 {
-        return Err(fail(format!("GET {path} answered {status}")));
-    }
-    let support: Value =
-        serde_json::from_slice(&body).map_err(|e| fail(format!("GET {path}: {e}")))?;
-    let product = &job["specification"]["product"];
-    Ok(support["responses"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|s| {
-            s["product"]["id"] == product["id"]
-                && s["product"]["category"] == product["category"]
-                && s["native"][feature] == true
-        }))
 }
 
 /// The browser's part.
@@ -253,15 +191,10 @@ fn connect(
                 }
             }
         }
-        match stream.read(&mut buf) {
-            Ok(0) => return print(out, &json!({"close": null, "reason": "connection closed"})),
-            Ok(n) => decoder.push(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => return Err(fail(format!("reading: {e}"))),
+        match read_tick(&mut stream, &mut buf)? {
+            Some(0) => return print(out, &json!({"close": null, "reason": "connection closed"})),
+            Some(n) => decoder.push(&buf[..n]),
+            None => {}
         }
     }
 }
@@ -306,15 +239,10 @@ fn keystrokes(
                     "no {marker:?} within 30 s; the screen: {screen:?}"
                 )));
             }
-            match stream.read(&mut buf) {
-                Ok(0) => return Err(fail("the connection closed")),
-                Ok(n) => decoder.push(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(fail(format!("reading: {e}"))),
+            match read_tick(stream, &mut buf)? {
+                Some(0) => return Err(fail("the connection closed")),
+                Some(n) => decoder.push(&buf[..n]),
+                None => {}
             }
         }
     };
@@ -342,6 +270,22 @@ fn keystrokes(
         times.push(started.elapsed().as_micros() as u64);
     }
     Ok(times)
+}
+
+/// One read that may come back empty-handed after the read timeout (`None`).
+fn read_tick(stream: &mut Stream, buf: &mut [u8]) -> Result<Option<usize>, SimError> {
+    match stream.read(buf) {
+        Ok(n) => Ok(Some(n)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(fail(format!("reading: {e}"))),
+    }
 }
 
 fn send(stream: &mut Stream, message: &Value) -> Result<(), SimError> {

@@ -36,16 +36,9 @@ use serde_json::{json, Value};
 const FILE: &str = "ssh.json";
 const FIRST_KEY: u64 = 30_000;
 
-/// `validPrefixes` (core2/pkg/orchestrator/ssh.go).
-const VALID_PREFIXES: [&str; 7] = [
-    "ecdsa-sha2-nistp256",
-    "ecdsa-sha2-nistp384",
-    "ecdsa-sha2-nistp521",
-    "sk-ecdsa-sha2-nistp256@openssh.com",
-    "sk-ssh-ed25519@openssh.com",
-    "ssh-ed25519",
-    "ssh-rsa",
-];
+/// `validPrefixes` (core2/pkg/orchestrator/ssh.go): the same list the module's
+/// key parser accepts.
+const VALID_PREFIXES: [&str; 7] = ucloud_wire::sshkeys::KEY_TYPES;
 
 /// `POST /sim/ssh/keys`: the acting user and `orc.SshKeySpecification`.
 static ADD: Ty = Ty::Struct(&[

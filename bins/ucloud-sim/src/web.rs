@@ -99,41 +99,16 @@ pub fn web(args: &WebArgs<'_>, out: &mut impl Write) -> Result<(), SimError> {
 fn open(args: &WebArgs<'_>) -> Result<Result<String, Value>, SimError> {
     let job: Value = serde_json::from_str(args.job)
         .map_err(|e| SimError::Usage(format!("JOB_JSON is not JSON: {e}")))?;
-    let provider = job["specification"]["product"]["provider"]
-        .as_str()
-        .map(str::to_string)
-        .or_else(|| std::env::var("UCLOUD_IM_PROVIDER").ok())
-        .ok_or_else(|| SimError::Usage("the job names no provider".into()))?;
-    if !args.unchecked
-        && !crate::shell::supports(args.url, args.ca, args.token, &job, &provider, "web")?
-    {
-        return Ok(Err(json!({"refused": 400,
-            "why": "web access is not supported by this provider"})));
-    }
-    let body = json!({"items": [{"job": job, "rank": args.rank, "sessionType": "WEB",
-        "target": null}]});
-    let path = format!("/ucloud/{provider}/jobs/interactiveSession");
-    let (status, answer) = crate::provider::invoke(
-        args.url,
-        args.ca,
-        args.token,
-        Some(args.user),
-        "POST",
-        &path,
-        body.to_string().as_bytes(),
-    )
-    .map_err(fail)?;
-    let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
-    if status != 200 {
-        return Ok(Err(json!({"refused": status, "why": answer["why"]})));
-    }
-    let session = match answer["responses"].as_array().map(Vec::as_slice) {
-        Some([one]) => one,
-        _ => {
-            return Ok(Err(
-                json!({"refused": 502, "why": "bad response from provider"}),
-            ))
-        }
+    let core = crate::session::Core {
+        url: args.url,
+        ca: args.ca,
+        token: args.token,
+        user: args.user,
+        unchecked: args.unchecked,
+    };
+    let session = match crate::session::open(&core, &job, args.rank, "WEB", "web")? {
+        Ok(session) => session,
+        Err(refusal) => return Ok(Err(refusal)),
     };
     let link = session["redirectClientTo"].as_str().unwrap_or_default();
     if session["type"] != "web" || link.is_empty() || !session["jobId"].is_string() {
@@ -182,7 +157,7 @@ fn connect(args: &WebArgs<'_>, host: &str) -> Result<Tls, SimError> {
     Ok(rustls::StreamOwned::new(conn, tcp))
 }
 
-type Response = (u16, Vec<(String, String)>, Vec<u8>);
+type Response = crate::follow::Head;
 
 /// One GET on a kept-alive connection; the status, headers and body.
 fn get(
@@ -205,7 +180,7 @@ fn get(
     request.push_str("\r\n");
     tls.write_all(request.as_bytes())
         .map_err(|e| fail(format!("sending to {host}: {e}")))?;
-    let (status, headers, mut body) = read_head(tls)?;
+    let (status, headers, mut body) = crate::follow::read_head(tls)?;
     let length = headers
         .iter()
         .find(|(n, _)| n == "content-length")
@@ -228,33 +203,6 @@ fn get(
     Ok((status, headers, body))
 }
 
-fn read_head(stream: &mut impl Read) -> Result<Response, SimError> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let end = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => return Err(fail("the connection closed before an answer")),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(fail(format!("reading: {e}"))),
-        }
-    };
-    let text = String::from_utf8_lossy(&got[..end]).into_owned();
-    let mut lines = text.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| fail("no status line"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok((status, headers, got[end + 4..].to_vec()))
-}
-
 /// Opens a WebSocket on `path` with the cookie and has "hello" echoed.
 fn websocket_echo(
     args: &WebArgs<'_>,
@@ -274,7 +222,7 @@ fn websocket_echo(
     request.push_str("\r\n");
     tls.write_all(request.as_bytes())
         .map_err(|e| fail(e.to_string()))?;
-    let (status, _, rest) = read_head(&mut tls)?;
+    let (status, _, rest) = crate::follow::read_head(&mut tls)?;
     if status != 101 {
         return Ok(json!({"websocket": status}));
     }
