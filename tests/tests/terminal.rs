@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
-use ucloud_im_tests::{job_id, wait_until, Stack};
+use ucloud_im_tests::{job_id, wait_until, ScratchDir, Stack};
 
 const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
@@ -44,6 +44,7 @@ struct Terminal {
 }
 
 impl Terminal {
+    /// A terminal in `job` (`Value::Null`: in the folder `extra` names).
     fn open(stack: &Stack, user: &str, job: &Value, extra: &[&str]) -> Terminal {
         let mut command = Command::new(stack.bin("ucloud-sim"));
         command
@@ -54,7 +55,7 @@ impl Terminal {
             .args(["--state", &stack.get("UCLOUD_IM_STATE")])
             .args(["--user", user])
             .args(extra)
-            .arg(job.to_string())
+            .args((!job.is_null()).then(|| job.to_string()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -233,4 +234,41 @@ fn another_users_job_and_a_used_identifier_are_refused() {
     let garbage = Terminal::open(&stack, ALICE, &job, &["--session", "not-a-token"]).leave();
     assert!(garbage.iter().any(|v| v["http"] == 401), "{garbage:#?}");
     scancel(slurm_id);
+}
+
+#[test]
+fn a_terminal_in_a_folder_is_the_owners_login_shell_there() {
+    let stack = Stack::load();
+    let local = stack.local_of(ALICE);
+    let scratch = ScratchDir::new(&local, "term-folder");
+    let folder = format!("/{}/{}", stack.drive_of(ALICE), scratch.dir);
+    let mut term = Terminal::open(&stack, ALICE, &Value::Null, &["--folder", &folder]);
+    term.expect("the session", 30, |l| {
+        l.iter().any(|v| v["session"]["type"] == "shell")
+    });
+    term.type_line("echo \"D=$(pwd) U=$(id -un)\"");
+    let expected = format!("D={} U={local}", scratch.local("").trim_end_matches('/'));
+    term.expect("the folder and the owner", 30, |l| {
+        screen(l).contains(&expected)
+    });
+    term.type_line("exit");
+    let seen = term.leave();
+    let ended = seen
+        .iter()
+        .any(|v| v["type"] == "response" && v["streamId"] == "0" && v["status"] == 200);
+    assert!(ended, "the shell's exit ends the stream: {seen:#?}");
+    // Bob may not open Alice's folder (the core refuses: no EDIT on her drive);
+    // a path with .. and a folder that is not there are refused by the provider.
+    let bob = Terminal::open(&stack, BOB, &Value::Null, &["--folder", &folder]).leave();
+    assert!(bob.iter().any(|v| v["refused"] == 403), "{bob:#?}");
+    for (bad, status) in [
+        (format!("{folder}/../.."), 400),
+        (format!("{folder}/none"), 404),
+    ] {
+        let seen = Terminal::open(&stack, ALICE, &Value::Null, &["--folder", &bad]).leave();
+        assert!(
+            seen.iter().any(|v| v["refused"] == status),
+            "{bad}: {seen:#?}"
+        );
+    }
 }

@@ -3,13 +3,9 @@
 //! by ucloud-registry): never the `resolvedCollection` UCloud sends, never the path.
 
 use crate::error::Error;
-use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{fstat, Mode, SFlag};
-use std::io::Read;
 use std::os::fd::AsFd;
 use ucloud_wire::names::DriveId;
-
-use ucloud_wire::record::MAX_RECORD as MAX_ENTRY;
+use ucloud_wire::record::DriveRefusal;
 
 /// The format is ucloud-wire's, the one the registry writes.
 pub use ucloud_wire::record::Drive;
@@ -17,44 +13,11 @@ pub use ucloud_wire::record::Drive;
 /// The drive `id` if it is one of `user`'s. Another user's drive and a missing one
 /// get the same answer, so the plugin tells nobody which drives exist.
 pub fn lookup(table: &impl AsFd, id: &DriveId, user: &str) -> Result<Drive, Error> {
-    let not_yours = || Error::NotFound(format!("there is no drive {id} of yours on this provider"));
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let fd = match openat(table, id.as_str(), flags, Mode::empty()) {
-        Ok(fd) => fd,
-        Err(nix::errno::Errno::ENOENT) => return Err(not_yours()),
-        Err(e) => {
-            return Err(Error::Misconfigured(format!(
-                "cannot open the drive table entry of {id}: {}",
-                e.desc()
-            )))
-        }
-    };
-    let st = fstat(&fd).map_err(|e| Error::Internal(format!("drive {id}: {}", e.desc())))?;
-    let is_file = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
-    // Writable by anyone but root would let that someone point a drive anywhere.
-    if !is_file || st.st_uid != 0 || st.st_mode & 0o022 != 0 {
-        return Err(Error::Misconfigured(format!(
-            "the drive table entry of {id} must be a regular file owned by root, not group/world-writable"
-        )));
-    }
-    let mut text = Vec::new();
-    std::fs::File::from(fd)
-        .take(MAX_ENTRY + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| Error::Internal(format!("cannot read the drive table entry of {id}: {e}")))?;
-    let drive = Drive::parse(id, &text).map_err(|why| {
-        Error::Misconfigured(format!("the drive table entry of {id} is invalid: {why}"))
-    })?;
-    if drive.local.as_str() != user {
-        return Err(not_yours());
-    }
-    // A share UCloud has not confirmed lately may have been revoked.
-    if drive.lapsed(ucloud_wire::now_ms()) {
-        return Err(Error::PermissionDenied(format!(
-            "drive {id} is a share that UCloud has not confirmed lately; try again in a minute"
-        )));
-    }
-    Ok(drive)
+    ucloud_wire::record::lookup_drive(table, id, user, ucloud_wire::now_ms()).map_err(|r| match r {
+        DriveRefusal::NotYours(why) => Error::NotFound(why),
+        DriveRefusal::Lapsed(why) => Error::PermissionDenied(why),
+        DriveRefusal::Broken(why) => Error::Misconfigured(why),
+    })
 }
 
 #[cfg(test)]

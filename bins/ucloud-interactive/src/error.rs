@@ -22,6 +22,8 @@ pub enum Error {
     WrongApp(String),
     /// Nothing of the caller's listens where the application should.
     Unreachable(String),
+    /// No such folder of the caller's.
+    NotFound(String),
 }
 
 impl Error {
@@ -34,6 +36,7 @@ impl Error {
             Error::Start(w) => (500, "SHELL_FAILED", w),
             Error::WrongApp(w) => (403, "WRONG_APP", w),
             Error::Unreachable(w) => (502, "APP_UNREACHABLE", w),
+            Error::NotFound(w) => (404, "NOT_FOUND", w),
         }
     }
 

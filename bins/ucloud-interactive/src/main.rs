@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 mod error;
+mod folder;
 mod listener;
 mod relay;
 mod session;
@@ -23,6 +24,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: jobs.shell REQUEST_FILE
+       jobs.openTerminalInFolder REQUEST_FILE
        jobs.webAuthorize REQUEST_FILE
        jobs.web REQUEST_FILE
        ucloud-interactive --help | --version
@@ -73,6 +75,7 @@ fn run(mut args: pico_args::Arguments) -> Result<(), Error> {
         .ok_or_else(|| Error::Start("the caller's account is not in the user database".into()))?;
     match std::env::var("UCLOUD_CALL").as_deref() {
         Ok("jobs.shell") => term::run(&request, token.as_deref(), now, &me),
+        Ok("jobs.openTerminalInFolder") => folder::open(token.as_deref(), now, &me.name),
         Ok("jobs.webAuthorize") => web::authorize(&request, token.as_deref(), now),
         Ok("jobs.web") => web::proxy(&request, token.as_deref(), now, &me),
         Ok(other) => Err(Error::BadRequest(format!(

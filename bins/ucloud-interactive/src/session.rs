@@ -1,6 +1,6 @@
-//! What the session is for: the job and rank the dispatcher bound the session
-//! identifier to (its `sub` claim, signed), and the terminal size the browser
-//! asked for. The plugin has no key: the dispatcher verified the identifier and
+//! What the session is for: the job and rank, or the folder, the dispatcher bound
+//! the session identifier to (its `sub` claim, signed), and the terminal size the
+//! browser asked for. The plugin has no key: the dispatcher verified the identifier and
 //! hands it over in `UCLOUD_TRANSFER_TOKEN`; this reads its claims.
 
 use crate::error::Error;
@@ -8,11 +8,17 @@ use serde_json::Value;
 use ucloud_wire::transfer::{self, Subject};
 
 pub struct Session {
-    /// The UCloud job id (the Slurm job's name).
-    pub job: String,
-    pub rank: u32,
+    pub place: Place,
     pub cols: u16,
     pub rows: u16,
+}
+
+/// Where the shell runs.
+pub enum Place {
+    /// In the job (the Slurm job's name is the UCloud job id), on the rank's node.
+    Job { job: String, rank: u32 },
+    /// On this login node, in the folder (a UCloud path).
+    Folder(String),
 }
 
 pub fn read(token: Option<&str>, request: &[u8], now: u64) -> Result<Session, Error> {
@@ -23,25 +29,17 @@ pub fn read(token: Option<&str>, request: &[u8], now: u64) -> Result<Session, Er
     })?;
     let claims = transfer::read_verified(token, "jobs.shell", now)
         .map_err(|why| Error::BadRequest(format!("the session identifier {why}")))?;
-    let (job, rank) = match claims.subject.as_deref().and_then(Subject::parse) {
-        Some(Subject::Job { id, rank }) => (id, rank),
-        Some(Subject::Folder(_)) => return Err(Error::BadRequest(
-            "a terminal in a folder is not offered on this site (files.openInTerminal is false)"
-                .into(),
-        )),
+    let place = match claims.subject.as_deref().and_then(Subject::parse) {
+        Some(Subject::Job { id, rank }) => Place::Job { job: id, rank },
+        Some(Subject::Folder(path)) => Place::Folder(path),
         Some(Subject::Web { .. }) | None => {
             return Err(Error::BadRequest(
-                "the session identifier names no job".into(),
+                "the session identifier names no job or folder".into(),
             ))
         }
     };
     let (cols, rows) = size(request)?;
-    Ok(Session {
-        job,
-        rank,
-        cols,
-        rows,
-    })
+    Ok(Session { place, cols, rows })
 }
 
 /// `{"type":"initialize","cols":C,"rows":R}`, as the gateway passes it on.
@@ -85,7 +83,11 @@ mod tests {
             1_800_000_010,
         )
         .unwrap();
-        assert_eq!((s.job.as_str(), s.rank, s.cols, s.rows), ("42", 1, 120, 40));
+        assert!(matches!(&s.place, Place::Job { job, rank: 1 } if job == "42"));
+        assert_eq!((s.cols, s.rows), (120, 40));
+        let f = token(Some("folder/7/work"), "jobs.shell");
+        let s = read(Some(&f), br#"{"cols":80,"rows":24}"#, 1_800_000_010).unwrap();
+        assert!(matches!(&s.place, Place::Folder(p) if p == "/7/work"));
     }
 
     #[test]
@@ -101,9 +103,9 @@ mod tests {
                 "is not for jobs.shell",
             ),
             (
-                Some(token(Some("folder/1/x"), "jobs.shell")),
+                Some(token(Some("web/1/0/80"), "jobs.shell")),
                 &good[..],
-                "not offered",
+                "no job or folder",
             ),
             (
                 Some(token(None, "jobs.shell")),

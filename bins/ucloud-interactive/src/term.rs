@@ -1,9 +1,11 @@
 //! The terminal (`jobs.shell`): a shell from `srun --jobid … --overlap --pty` on a
-//! pseudo-terminal on the rank's node, relayed as the WebSocket stream of
-//! ucloud-im-protocol(7) until either side ends.
+//! pseudo-terminal on the rank's node (or, for a folder, a login shell on this
+//! node in the folder), relayed as the WebSocket stream of ucloud-im-protocol(7)
+//! until either side ends.
 
 use crate::error::Error;
-use crate::{relay, session, slurm, sys};
+use crate::session::Place;
+use crate::{folder, relay, session, slurm, sys};
 use nix::pty::openpty;
 use nix::unistd::{Pid, User};
 use std::io::Write;
@@ -11,8 +13,18 @@ use std::process::{Command, Stdio};
 
 pub fn run(request: &[u8], token: Option<&str>, now: u64, me: &User) -> Result<(), Error> {
     let session = session::read(token, request, now)?;
-    let place = slurm::locate(&session.job, session.rank, &me.name)?;
     let shell = login_shell(me);
+    let mut command = match &session.place {
+        Place::Job { job, rank } => in_job(job, *rank, me, &shell)?,
+        Place::Folder(folder) => {
+            // On this login node, in the folder, inside the gateway unit's limits.
+            let dir = folder::local_dir(folder, &me.name)?;
+            let mut login = Command::new(&shell);
+            login.arg("-l").current_dir(dir);
+            login
+        }
+    };
+    command.env("SHELL", &shell).env("TERM", "xterm-256color");
     let size = nix::pty::Winsize {
         ws_row: session.rows,
         ws_col: session.cols,
@@ -21,17 +33,6 @@ pub fn run(request: &[u8], token: Option<&str>, now: u64, me: &User) -> Result<(
     };
     let pty = openpty(Some(&size), None)
         .map_err(|e| Error::Start(format!("cannot open a pseudo-terminal: {e}")))?;
-    let mut command = Command::new("srun");
-    command
-        .arg(format!("--jobid={}", place.slurm_id))
-        .args(["--overlap", "--pty", "--nodes=1", "--ntasks=1", "--quiet"])
-        .arg(format!("--nodelist={}", place.node))
-        .arg(format!("--chdir={}", me.dir.display()))
-        .arg(&shell)
-        .arg("-l")
-        .env("SHELL", &shell)
-        .env("TERM", "xterm-256color")
-        .current_dir(&me.dir);
     let slave = pty.slave;
     let (stdin, stdout, stderr) = (
         slave.try_clone().map_err(start_error)?,
@@ -45,7 +46,7 @@ pub fn run(request: &[u8], token: Option<&str>, now: u64, me: &User) -> Result<(
     sys::on_own_terminal(&mut command);
     let mut child = command
         .spawn()
-        .map_err(|e| Error::Start(format!("cannot start srun: {e}")))?;
+        .map_err(|e| Error::Start(format!("cannot start the shell: {e}")))?;
     // The command holds the slave's copies: drop them, so that the terminal reads
     // EIO once the shell's side has closed.
     drop(command);
@@ -64,6 +65,21 @@ pub fn run(request: &[u8], token: Option<&str>, now: u64, me: &User) -> Result<(
         .and_then(|()| relay::run(pty.master, Pid::from_raw(child.id() as i32), &mut out));
     let _ = child.wait();
     relayed.map_err(|e| Error::Start(format!("the terminal ended badly: {e}")))
+}
+
+/// `srun` attaching a login shell to the caller's running job, on the rank's node.
+fn in_job(job: &str, rank: u32, me: &User, shell: &std::path::Path) -> Result<Command, Error> {
+    let place = slurm::locate(job, rank, &me.name)?;
+    let mut command = Command::new("srun");
+    command
+        .arg(format!("--jobid={}", place.slurm_id))
+        .args(["--overlap", "--pty", "--nodes=1", "--ntasks=1", "--quiet"])
+        .arg(format!("--nodelist={}", place.node))
+        .arg(format!("--chdir={}", me.dir.display()))
+        .arg(shell)
+        .arg("-l")
+        .current_dir(&me.dir);
+    Ok(command)
 }
 
 fn start_error(e: std::io::Error) -> Error {

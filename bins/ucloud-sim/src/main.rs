@@ -52,7 +52,7 @@ usage:
                    --user NAME [--state DIR] [--unchecked] [--raw HEX] FOLDER QUERY
   ucloud-sim shell [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
                    --user NAME [--rank N] [--cols C] [--rows R] [--linger MS]
-                   [--session ID] [--unchecked] [--bench N] JOB_JSON
+                   [--session ID] [--unchecked] [--bench N] (JOB_JSON | --folder PATH)
   ucloud-sim web   [--url URL] [--ca PEM] (--signing-key PEM --state DIR | --token TOKEN)
                    --user NAME [--rank N] [--unchecked] [--host HOST --cookie C|none]
                    [--get PATH]... [--websocket PATH] JOB_JSON
@@ -87,7 +87,9 @@ usage:
          stdin line is typed (with Enter), a JSON object line is sent as the
          payload (a resize); prints {\"session\":…}, then each message as follow
          does; --session ID reuses an identifier instead of asking for one;
-         --bench N times N keystrokes (the shell made cat) instead
+         --bench N times N keystrokes (the shell made cat) instead; --folder PATH
+         opens a terminal in a folder (jobs/openTerminalInFolder; the core's check:
+         EDIT on the folder's drive, per --state)
   web    open a job's web interface like UCloud: the core's check (native.web)
          and jobs/interactiveSession (WEB) as --user, then the browser: the link
          (its cookie), each --get PATH with the cookie on one connection, and a
@@ -463,10 +465,14 @@ fn shell_command(mut args: Arguments) -> Result<(), SimError> {
         .unwrap_or(500);
     let session: Option<String> = args.opt_value_from_str("--session").map_err(usage)?;
     let bench: Option<usize> = args.opt_value_from_str("--bench").map_err(usage)?;
+    let folder: Option<String> = args.opt_value_from_str("--folder").map_err(usage)?;
     let unchecked = args.contains("--unchecked");
-    let job: String = args
-        .free_from_str()
-        .map_err(|_| SimError::Usage("shell needs JOB_JSON after its options".into()))?;
+    let job: String = match folder {
+        Some(_) => String::new(),
+        None => args.free_from_str().map_err(|_| {
+            SimError::Usage("shell needs JOB_JSON (or --folder) after its options".into())
+        })?,
+    };
     no_more(args)?;
     let user = client.user.clone();
     let c = client.connect("shell")?;
@@ -484,6 +490,8 @@ fn shell_command(mut args: Arguments) -> Result<(), SimError> {
             unchecked,
             linger: std::time::Duration::from_millis(linger),
             bench,
+            folder,
+            store: c.store.as_ref(),
         },
         &mut std::io::stdout().lock(),
     )

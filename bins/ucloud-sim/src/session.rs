@@ -78,6 +78,64 @@ pub fn open(
     }
 }
 
+/// The provider's one `OpenSession` for a terminal in `folder` (a UCloud path),
+/// as core2's `JobsOpenTerminalInFolder` asks for it: the folder's drive must be
+/// in the simulator's state and the user must have EDIT on it (else 403
+/// "permission denied"; a path without a drive is 400 "bad folder path
+/// supplied"); the provider is the drive product's. The core asks nothing of the
+/// product's support here: the web client offers the button only where the
+/// product says `files.openInTerminal`.
+pub fn open_folder(
+    core: &Core<'_>,
+    store: &crate::store::Store,
+    folder: &str,
+) -> Result<Result<(String, Value), Value>, SimError> {
+    let drive_id = folder
+        .strip_prefix('/')
+        .and_then(|p| p.split('/').next())
+        .filter(|d| !d.is_empty());
+    let Some(drive_id) = drive_id else {
+        return Ok(Err(
+            json!({"refused": 400, "why": "bad folder path supplied"}),
+        ));
+    };
+    let drives = store
+        .read("drives.json")
+        .map_err(|e| fail(e.to_string()))?
+        .unwrap_or(json!({}));
+    let drive = &drives["drives"][drive_id];
+    let may_edit = crate::shares::permissions_of(Some(core.user), drive)
+        .iter()
+        .any(|p| p == "EDIT");
+    let provider = drive["specification"]["product"]["provider"].as_str();
+    let (true, Some(provider)) = (drive.is_object() && may_edit, provider) else {
+        return Ok(Err(json!({"refused": 403, "why": "permission denied"})));
+    };
+    let body = json!({"items": [{"folder": folder}]});
+    let path = format!("/ucloud/{provider}/jobs/openTerminalInFolder");
+    let (status, answer) = crate::provider::invoke(
+        core.url,
+        core.ca,
+        core.token,
+        Some(core.user),
+        "POST",
+        &path,
+        body.to_string().as_bytes(),
+    )
+    .map_err(fail)?;
+    let answer: Value = serde_json::from_slice(&answer)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
+    if status != 200 {
+        return Ok(Err(json!({"refused": status, "why": answer["why"]})));
+    }
+    match answer["responses"].as_array().map(Vec::as_slice) {
+        Some([one]) => Ok(Ok((provider.to_string(), one.clone()))),
+        _ => Ok(Err(
+            json!({"refused": 502, "why": "bad response from provider"}),
+        )),
+    }
+}
+
 /// Whether the provider's `jobs.retrieveProducts` says `native.<feature>` for the
 /// job's product (core2's `SupportByProduct` and `jobFeature…ByBackend`).
 fn supports(core: &Core<'_>, job: &Value, provider: &str, feature: &str) -> Result<bool, SimError> {

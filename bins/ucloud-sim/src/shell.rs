@@ -39,6 +39,10 @@ pub struct ShellArgs<'a> {
     pub linger: Duration,
     /// Instead of typing stdin: this many keystroke round trips, timed.
     pub bench: Option<usize>,
+    /// A terminal in this folder (a UCloud path) instead of in the job.
+    pub folder: Option<String>,
+    /// The simulator's state (the drives), for a folder.
+    pub store: Option<&'a crate::store::Store>,
 }
 
 fn fail(why: impl Into<String>) -> SimError {
@@ -46,15 +50,31 @@ fn fail(why: impl Into<String>) -> SimError {
 }
 
 pub fn shell(args: &ShellArgs<'_>, out: &mut impl Write) -> Result<(), SimError> {
-    let job: Value = serde_json::from_str(args.job)
-        .map_err(|e| SimError::Usage(format!("JOB_JSON is not JSON: {e}")))?;
-    let provider = crate::session::job_provider(&job)?;
-    let (identifier, domain) = match &args.session {
-        Some(id) => (id.clone(), String::new()),
-        None => match open(args, &job)? {
-            Ok(opened) => opened,
-            Err(refusal) => return print(out, &refusal),
-        },
+    let (provider, opened) = match &args.folder {
+        Some(folder) => {
+            let store = args
+                .store
+                .ok_or_else(|| SimError::Usage("--folder needs --state (the drives)".into()))?;
+            match crate::session::open_folder(&core(args), store, folder)? {
+                Ok((provider, session)) => (provider, checked(args, session)),
+                Err(refusal) => return print(out, &refusal),
+            }
+        }
+        None => {
+            let job: Value = serde_json::from_str(args.job)
+                .map_err(|e| SimError::Usage(format!("JOB_JSON is not JSON: {e}")))?;
+            let provider = crate::session::job_provider(&job)?;
+            let opened = match args.session {
+                Some(_) => Ok(Ok((String::new(), String::new()))),
+                None => open(args, &job),
+            };
+            (provider, opened)
+        }
+    };
+    let (identifier, domain) = match (&args.session, opened?) {
+        (Some(id), _) => (id.clone(), String::new()),
+        (None, Ok(opened)) => opened,
+        (None, Err(refusal)) => return print(out, &refusal),
     };
     let base = if domain.is_empty() {
         args.url
@@ -64,20 +84,31 @@ pub fn shell(args: &ShellArgs<'_>, out: &mut impl Write) -> Result<(), SimError>
     connect(args, base, &provider, &identifier, out)
 }
 
-/// The core's part: the session identifier and domain, or what the core would
-/// answer instead.
-fn open(args: &ShellArgs<'_>, job: &Value) -> Result<Result<(String, String), Value>, SimError> {
-    let core = crate::session::Core {
+fn core<'a>(args: &ShellArgs<'a>) -> crate::session::Core<'a> {
+    crate::session::Core {
         url: args.url,
         ca: args.ca,
         token: args.token,
         user: args.user,
         unchecked: args.unchecked,
-    };
-    let session = match crate::session::open(&core, job, args.rank, "SHELL", "terminal")? {
-        Ok(session) => session,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
+    }
+}
+
+/// The core's part: the session identifier and domain, or what the core would
+/// answer instead.
+fn open(args: &ShellArgs<'_>, job: &Value) -> Result<Result<(String, String), Value>, SimError> {
+    match crate::session::open(&core(args), job, args.rank, "SHELL", "terminal")? {
+        Ok(session) => checked(args, session),
+        Err(refusal) => Ok(Err(refusal)),
+    }
+}
+
+/// An `OpenSession` as Go decodes it, and of type shell for the rank asked for:
+/// its identifier and domain (printed as `{"session":…}`), or the core's 502.
+fn checked(
+    args: &ShellArgs<'_>,
+    session: Value,
+) -> Result<Result<(String, String), Value>, SimError> {
     // Go's json.Unmarshal into OpenSession: each field of its type, or an error.
     let text = |k: &str| match &session[k] {
         Value::Null => Some(String::new()),

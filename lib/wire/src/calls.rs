@@ -147,6 +147,15 @@ pub const CALLS: &[Call] = &[
             User,
         )
     },
+    Call {
+        mints: Some("jobs.shell"),
+        ..call(
+            "POST",
+            "{P}/jobs/openTerminalInFolder",
+            "jobs.openTerminalInFolder",
+            User,
+        )
+    },
     call("POST", "{P}/files/browse", "files.browse", User),
     call("POST", "{P}/files/retrieve", "files.retrieve", User),
     call("POST", "{P}/files/move", "files.move", User),

@@ -169,6 +169,71 @@ impl Drive {
     }
 }
 
+/// Why a drive cannot be used by a caller.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DriveRefusal {
+    /// Missing, or another account's: the same answer, so nobody learns which
+    /// drives exist.
+    NotYours(String),
+    /// A share UCloud has not confirmed lately.
+    Lapsed(String),
+    /// The entry is not root's, or not readable, or not a drive.
+    Broken(String),
+}
+
+/// The drive `id` of the drive table `table` (an open directory) if it is `user`'s
+/// and has not lapsed at `now_ms`. The entry must be a regular root-owned file that
+/// only root can write, or anyone who could write it could point a drive anywhere.
+pub fn lookup_drive(
+    table: &impl std::os::fd::AsFd,
+    id: &DriveId,
+    user: &str,
+    now_ms: u64,
+) -> Result<Drive, DriveRefusal> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fstat, Mode, SFlag};
+    use std::io::Read;
+    let not_yours =
+        || DriveRefusal::NotYours(format!("there is no drive {id} of yours on this provider"));
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let fd = match openat(table, id.as_str(), flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Err(not_yours()),
+        Err(e) => {
+            return Err(DriveRefusal::Broken(format!(
+                "cannot open the drive table entry of {id}: {}",
+                e.desc()
+            )))
+        }
+    };
+    let st = fstat(&fd).map_err(|e| DriveRefusal::Broken(format!("drive {id}: {}", e.desc())))?;
+    let is_file = st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
+    if !is_file || st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+        return Err(DriveRefusal::Broken(format!(
+            "the drive table entry of {id} must be a regular file owned by root, not group/world-writable"
+        )));
+    }
+    let mut text = Vec::new();
+    std::fs::File::from(fd)
+        .take(MAX_RECORD + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| {
+            DriveRefusal::Broken(format!("cannot read the drive table entry of {id}: {e}"))
+        })?;
+    let drive = Drive::parse(id, &text).map_err(|why| {
+        DriveRefusal::Broken(format!("the drive table entry of {id} is invalid: {why}"))
+    })?;
+    if drive.local.as_str() != user {
+        return Err(not_yours());
+    }
+    if drive.lapsed(now_ms) {
+        return Err(DriveRefusal::Lapsed(format!(
+            "drive {id} is a share that UCloud has not confirmed lately; try again in a minute"
+        )));
+    }
+    Ok(drive)
+}
+
 /// Every entry of the drive table at `dir`, by id, and a note for each file that is
 /// not a valid one. Dot-files are the registry's writes in progress. The table is
 /// root's (a root 0755 directory), so what is in it is trusted once it parses; a

@@ -1,0 +1,91 @@
+//! A terminal in a folder (`jobs.openTerminalInFolder`, UCloud's "Open in
+//! terminal" on a drive whose product says `files.openInTerminal`): a login shell
+//! on this login node, as the user, in the folder. The folder is a UCloud path,
+//! `/<drive>/<path>`; the drive is found only in the root-owned drive table, and
+//! only when it is the caller's (as for the file calls). The shell runs as the
+//! caller, so the kernel decides what it may touch; the folder is where it starts.
+
+use crate::error::Error;
+use std::path::PathBuf;
+use ucloud_wire::names::DriveId;
+use ucloud_wire::record::{lookup_drive, DriveRefusal};
+use ucloud_wire::transfer::{self, Subject};
+
+/// The local directory of `folder` (a UCloud path) in one of `user`'s drives.
+pub fn local_dir(folder: &str, user: &str) -> Result<PathBuf, Error> {
+    let rest = folder
+        .strip_prefix('/')
+        .ok_or_else(|| Error::BadRequest(format!("{folder:?} is not a UCloud path")))?;
+    let (drive, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let id = DriveId::new(drive)
+        .map_err(|e| Error::BadRequest(format!("{folder:?} names no drive: {e}")))?;
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts
+        .iter()
+        .any(|p| *p == "." || *p == ".." || p.contains('\0'))
+    {
+        return Err(Error::BadRequest(format!(
+            "{folder:?} has a . or .. component: name the folder itself"
+        )));
+    }
+    let table_dir =
+        std::env::var("UCLOUD_IM_DRIVES").unwrap_or_else(|_| ucloud_wire::paths::drives_dir());
+    let table = std::fs::File::open(&table_dir)
+        .map_err(|e| Error::Start(format!("cannot open the drive table {table_dir}: {e}")))?;
+    let drive = lookup_drive(&table, &id, user, ucloud_wire::now_ms()).map_err(|r| match r {
+        DriveRefusal::NotYours(why) => Error::NotFound(why),
+        DriveRefusal::Lapsed(why) => Error::NotYourJob(why),
+        DriveRefusal::Broken(why) => Error::Start(why),
+    })?;
+    let mut dir = PathBuf::from(&drive.base);
+    dir.extend(parts);
+    if !dir.is_dir() {
+        return Err(Error::NotFound(format!(
+            "{folder} is not a folder you can open (no such directory, or not yours to enter)"
+        )));
+    }
+    Ok(dir)
+}
+
+/// `jobs.openTerminalInFolder`: checks the one folder the session identifier was
+/// minted for and answers the `OpenSession` for it.
+pub fn open(token: Option<&str>, now: u64, user: &str) -> Result<(), Error> {
+    let token = token.ok_or_else(|| {
+        Error::BadRequest(
+            "no session identifier (UCLOUD_TRANSFER_TOKEN) from the dispatcher".into(),
+        )
+    })?;
+    let claims = transfer::read_verified(token, "jobs.shell", now)
+        .map_err(|why| Error::BadRequest(format!("the session identifier {why}")))?;
+    let Some(Subject::Folder(folder)) = claims.subject.as_deref().and_then(Subject::parse) else {
+        return Err(Error::BadRequest(
+            "the session identifier names no folder".into(),
+        ));
+    };
+    local_dir(&folder, user)?;
+    // As UCloud's own module answers it: the folder in place of a job id, rank 0.
+    let answer = serde_json::json!({"responses": [{"type": "shell", "jobId": folder, "rank": 0,
+        "sessionIdentifier": token, "domainOverride": ""}]});
+    println!("{answer}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_paths_in_a_named_drive() {
+        for bad in [
+            "relative",
+            "/",
+            "//x",
+            "/7/../8",
+            "/7/a/./b",
+            "/7/a/../../etc",
+        ] {
+            let e = local_dir(bad, "nobody").unwrap_err();
+            assert!(matches!(e, Error::BadRequest(_)), "{bad}: {e}");
+        }
+    }
+}
