@@ -90,3 +90,34 @@ fn sweep(dir: &impl AsFd, now: u64) {
         let _ = unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ucloud_wire::names::{LocalName, UcloudName};
+
+    #[test]
+    fn a_malformed_jti_is_refused_before_any_file_is_named() {
+        for jti in [
+            "",
+            "../../etc/passwd",
+            "0123456789abcdef0123456789abcdeX",
+            "ab",
+        ] {
+            let claims = Claims::new(
+                "jobs.shell",
+                UcloudName::new("AliceHansen#1001").unwrap(),
+                LocalName::new("alice").unwrap(),
+                1001,
+                jti.into(),
+                1_800_000_000,
+                Some("job/1/0".into()),
+            );
+            let e = use_once(&claims, 1_800_000_010).unwrap_err();
+            assert!(
+                matches!(&e, Error::BadToken(w) if w.contains("malformed")),
+                "{jti}: {e}"
+            );
+        }
+    }
+}

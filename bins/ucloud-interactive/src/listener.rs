@@ -18,7 +18,14 @@ pub fn check(place: &Place, port: u16) -> Result<String, Error> {
     } else {
         let mut srun = Command::new("srun");
         srun.arg(format!("--jobid={}", place.slurm_id))
-            .args(["--overlap", "--nodes=1", "--ntasks=1", "--quiet"])
+            // A step that cannot start at once is not waited for.
+            .args([
+                "--overlap",
+                "--immediate=10",
+                "--nodes=1",
+                "--ntasks=1",
+                "--quiet",
+            ])
             .arg(format!("--nodelist={}", place.node))
             .arg("ss");
         srun

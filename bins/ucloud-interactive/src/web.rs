@@ -135,3 +135,70 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u64> {
         total += n as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ucloud_wire::names::{LocalName, UcloudName};
+
+    fn token(call: &str, subject: Option<&str>) -> String {
+        ucloud_wire::token::install_crypto_provider();
+        let claims = transfer::Claims::new(
+            call,
+            UcloudName::new("AliceHansen#1001").unwrap(),
+            LocalName::new("alice").unwrap(),
+            1001,
+            "0123456789abcdef0123456789abcdef".into(),
+            1_800_000_000,
+            subject.map(str::to_string),
+        );
+        transfer::mint(&[9; 32], &claims).unwrap()
+    }
+
+    #[test]
+    fn a_cookie_serves_its_own_job_and_rank_only() {
+        let now = 1_800_000_010;
+        let host = br#"{"app":{"job":"77","rank":1}}"#;
+        let good = token("jobs.web", Some("web/77/1/8888"));
+        assert_eq!(
+            bound_app(host, Some(&good), "jobs.web", now).unwrap(),
+            ("77".into(), 1, 8888)
+        );
+        let cases: [(&[u8], Option<String>, &str); 7] = [
+            (
+                br#"{"app":{"job":"78","rank":1}}"#,
+                Some(good.clone()),
+                "WRONG_APP",
+            ),
+            (
+                br#"{"app":{"job":"77","rank":0}}"#,
+                Some(good.clone()),
+                "WRONG_APP",
+            ),
+            (
+                br#"{"app":{"job":77,"rank":1}}"#,
+                Some(good.clone()),
+                "WRONG_APP",
+            ),
+            (
+                host,
+                Some(token("jobs.shell", Some("job/77/1"))),
+                "BAD_REQUEST",
+            ),
+            (
+                host,
+                Some(token("jobs.web", Some("job/77/1"))),
+                "BAD_REQUEST",
+            ),
+            (host, None, "BAD_REQUEST"),
+            (b"not json", Some(good.clone()), "BAD_REQUEST"),
+        ];
+        for (request, tok, code) in cases {
+            let e = bound_app(request, tok.as_deref(), "jobs.web", now).unwrap_err();
+            assert_eq!(e.failure().error_code, code, "{e}");
+        }
+        // Expired: a working day, then no more.
+        let later = now + transfer::APP_LIFETIME_SECS;
+        assert!(bound_app(host, Some(&good), "jobs.web", later).is_err());
+    }
+}

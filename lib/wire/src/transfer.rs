@@ -309,6 +309,17 @@ pub fn peek(token: &str, now: u64) -> Result<(), String> {
     live(&unverified_claims(token)?, now).map(|_| ())
 }
 
+/// The `sub` a token says it is for, WITHOUT checking the signature: for the
+/// gateway, to pick among several cookies of one name the one meant for a host
+/// (the dispatcher still verifies the one picked); never a check that counts.
+pub fn peek_subject(token: &str) -> Option<String> {
+    unverified_claims(token)
+        .ok()?
+        .get("sub")?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// The claims of a token the dispatcher verified and handed to the plugin
 /// (`UCLOUD_TRANSFER_TOKEN`): the plugin has no key, the signature is not checked.
 pub fn read_verified(token: &str, call: &str, now: u64) -> Result<Claims, String> {
