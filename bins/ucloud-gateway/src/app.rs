@@ -200,13 +200,14 @@ fn proxy(
     let mut from_app =
         BufReader::with_capacity(256 << 10, child.stdout.take().expect("stdout is piped"));
     let mut first = Vec::new();
-    let ready = readable_within(from_app.get_ref(), READY_WITHIN)
+    let answered = readable_within(from_app.get_ref(), READY_WITHIN);
+    let ready = answered
         && (&mut from_app)
             .take(64)
             .read_until(b'\n', &mut first)
             .is_ok()
         && first == b"ready\n";
-    if !ready && first.is_empty() && child.try_wait().is_ok_and(|s| s.is_none()) {
+    if !answered {
         // Still finding the application: the client is told; the plugin is
         // stopped by its stdin's end (or its own time limit).
         drop(child.stdin.take());
