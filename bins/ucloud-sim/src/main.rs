@@ -382,6 +382,19 @@ struct Connect {
     token: String,
 }
 
+impl Connect {
+    /// The core's calls of an interactive session, as `user`.
+    fn core<'a>(&'a self, user: &'a str, unchecked: bool) -> session::Core<'a> {
+        session::Core {
+            url: &self.url,
+            ca: self.ca.as_deref(),
+            token: &self.token,
+            user,
+            unchecked,
+        }
+    }
+}
+
 impl Client {
     fn parse(args: &mut Arguments, command: &str) -> Result<Client, SimError> {
         Ok(Client {
@@ -478,16 +491,12 @@ fn shell_command(mut args: Arguments) -> Result<(), SimError> {
     let c = client.connect("shell")?;
     shell::shell(
         &shell::ShellArgs {
-            url: &c.url,
-            ca: c.ca.as_deref(),
-            user: &user,
-            token: &c.token,
+            core: c.core(&user, unchecked),
             job: &job,
             rank,
             cols,
             rows,
             session,
-            unchecked,
             linger: std::time::Duration::from_millis(linger),
             bench,
             folder,
@@ -524,13 +533,9 @@ fn web_command(mut args: Arguments) -> Result<(), SimError> {
     let c = client.connect("web")?;
     web::web(
         &web::WebArgs {
-            url: &c.url,
-            ca: c.ca.as_deref(),
-            user: &user,
-            token: &c.token,
+            core: c.core(&user, unchecked),
             job: &job,
             rank,
-            unchecked,
             given,
             paths,
             websocket,

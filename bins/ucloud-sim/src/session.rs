@@ -53,29 +53,7 @@ pub fn open(
     }
     let body = json!({"items": [{"job": job, "rank": rank, "sessionType": session_type,
         "target": null}]});
-    let path = format!("/ucloud/{provider}/jobs/interactiveSession");
-    let (status, answer) = crate::provider::invoke(
-        core.url,
-        core.ca,
-        core.token,
-        Some(core.user),
-        "POST",
-        &path,
-        body.to_string().as_bytes(),
-    )
-    .map_err(fail)?;
-    let answer: Value = serde_json::from_slice(&answer)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer).into_owned()));
-    if status != 200 {
-        return Ok(Err(json!({"refused": status, "why": answer["why"]})));
-    }
-    match answer["responses"].as_array().map(Vec::as_slice) {
-        Some([one]) => Ok(Ok(one.clone())),
-        // core2: len(resp.Responses) != len(requests)
-        _ => Ok(Err(
-            json!({"refused": 502, "why": "bad response from provider"}),
-        )),
-    }
+    ask(core, &provider, "interactiveSession", &body)
 }
 
 /// The provider's one `OpenSession` for a terminal in `folder` (a UCloud path),
@@ -112,7 +90,20 @@ pub fn open_folder(
         return Ok(Err(json!({"refused": 403, "why": "permission denied"})));
     };
     let body = json!({"items": [{"folder": folder}]});
-    let path = format!("/ucloud/{provider}/jobs/openTerminalInFolder");
+    let session = ask(core, provider, "openTerminalInFolder", &body)?;
+    Ok(session.map(|one| (provider.to_string(), one)))
+}
+
+/// One bulk request of one item to the provider's `jobs/<operation>` as the user:
+/// exactly one `OpenSession` back, or what the core answers instead (the
+/// provider's refusal, or 502 for any other number of answers).
+fn ask(
+    core: &Core<'_>,
+    provider: &str,
+    operation: &str,
+    body: &Value,
+) -> Result<Result<Value, Value>, SimError> {
+    let path = format!("/ucloud/{provider}/jobs/{operation}");
     let (status, answer) = crate::provider::invoke(
         core.url,
         core.ca,
@@ -129,7 +120,8 @@ pub fn open_folder(
         return Ok(Err(json!({"refused": status, "why": answer["why"]})));
     }
     match answer["responses"].as_array().map(Vec::as_slice) {
-        Some([one]) => Ok(Ok((provider.to_string(), one.clone()))),
+        Some([one]) => Ok(Ok(one.clone())),
+        // core2: len(resp.Responses) != len(requests)
         _ => Ok(Err(
             json!({"refused": 502, "why": "bad response from provider"}),
         )),

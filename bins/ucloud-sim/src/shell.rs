@@ -16,25 +16,20 @@ use crate::follow::{print, random};
 use base64::Engine;
 use serde_json::{json, Value};
 use std::io::{BufRead, Read, Write};
-use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use ucloud_http::client::{Endpoint, Stream};
 use ucloud_http::websocket::{self, Decoder, Message, Role};
 
 pub struct ShellArgs<'a> {
-    pub url: &'a str,
-    pub ca: Option<&'a Path>,
-    pub user: &'a str,
-    pub token: &'a str,
+    /// Where and as whom the core calls; `unchecked` skips its support check.
+    pub core: crate::session::Core<'a>,
     pub job: &'a str,
     pub rank: u32,
     pub cols: u16,
     pub rows: u16,
     /// Connect with this identifier instead of asking for one.
     pub session: Option<String>,
-    /// Skip the core's support check.
-    pub unchecked: bool,
     /// After stdin ends, wait this long for the shell's last output before closing.
     pub linger: Duration,
     /// Instead of typing stdin: this many keystroke round trips, timed.
@@ -55,7 +50,7 @@ pub fn shell(args: &ShellArgs<'_>, out: &mut impl Write) -> Result<(), SimError>
             let store = args
                 .store
                 .ok_or_else(|| SimError::Usage("--folder needs --state (the drives)".into()))?;
-            match crate::session::open_folder(&core(args), store, folder)? {
+            match crate::session::open_folder(&args.core, store, folder)? {
                 Ok((provider, session)) => (provider, checked(args, session)),
                 Err(refusal) => return print(out, &refusal),
             }
@@ -77,27 +72,17 @@ pub fn shell(args: &ShellArgs<'_>, out: &mut impl Write) -> Result<(), SimError>
         (None, Err(refusal)) => return print(out, &refusal),
     };
     let base = if domain.is_empty() {
-        args.url
+        args.core.url
     } else {
         domain.as_str()
     };
     connect(args, base, &provider, &identifier, out)
 }
 
-fn core<'a>(args: &ShellArgs<'a>) -> crate::session::Core<'a> {
-    crate::session::Core {
-        url: args.url,
-        ca: args.ca,
-        token: args.token,
-        user: args.user,
-        unchecked: args.unchecked,
-    }
-}
-
 /// The core's part: the session identifier and domain, or what the core would
 /// answer instead.
 fn open(args: &ShellArgs<'_>, job: &Value) -> Result<Result<(String, String), Value>, SimError> {
-    match crate::session::open(&core(args), job, args.rank, "SHELL", "terminal")? {
+    match crate::session::open(&args.core, job, args.rank, "SHELL", "terminal")? {
         Ok(session) => checked(args, session),
         Err(refusal) => Ok(Err(refusal)),
     }
@@ -139,11 +124,11 @@ fn connect(
     identifier: &str,
     out: &mut impl Write,
 ) -> Result<(), SimError> {
-    let endpoint =
-        Endpoint::new(base, args.ca, Duration::from_secs(30)).map_err(|e| fail(e.to_string()))?;
+    let endpoint = Endpoint::new(base, args.core.ca, Duration::from_secs(30))
+        .map_err(|e| fail(e.to_string()))?;
     let mut stream = endpoint.connect().map_err(|e| fail(e.to_string()))?;
     // btoa(): standard base64, as the web client puts it in the URL unescaped.
-    let hint = base64::engine::general_purpose::STANDARD.encode(args.user);
+    let hint = base64::engine::general_purpose::STANDARD.encode(args.core.user);
     let key = base64::engine::general_purpose::STANDARD.encode(random::<16>()?);
     let request = format!(
         "GET {}/ucloud/{provider}/websocket?session={identifier}&usernameHint={hint} HTTP/1.1\r\n\

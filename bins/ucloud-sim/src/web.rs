@@ -17,19 +17,15 @@ use base64::Engine;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use ucloud_http::websocket::{self, Decoder, Message, Role};
 
 pub struct WebArgs<'a> {
-    pub url: &'a str,
-    pub ca: Option<&'a Path>,
-    pub user: &'a str,
-    pub token: &'a str,
+    /// Where and as whom the core calls; `unchecked` skips its support check.
+    pub core: crate::session::Core<'a>,
     pub job: &'a str,
     pub rank: u32,
-    pub unchecked: bool,
     /// A given host and cookie instead of opening a session.
     pub given: Option<(String, Option<String>)>,
     /// Paths to GET with the cookie, on one kept-alive connection.
@@ -99,14 +95,7 @@ pub fn web(args: &WebArgs<'_>, out: &mut impl Write) -> Result<(), SimError> {
 fn open(args: &WebArgs<'_>) -> Result<Result<String, Value>, SimError> {
     let job: Value = serde_json::from_str(args.job)
         .map_err(|e| SimError::Usage(format!("JOB_JSON is not JSON: {e}")))?;
-    let core = crate::session::Core {
-        url: args.url,
-        ca: args.ca,
-        token: args.token,
-        user: args.user,
-        unchecked: args.unchecked,
-    };
-    let session = match crate::session::open(&core, &job, args.rank, "WEB", "web")? {
+    let session = match crate::session::open(&args.core, &job, args.rank, "WEB", "web")? {
         Ok(session) => session,
         Err(refusal) => return Ok(Err(refusal)),
     };
@@ -139,11 +128,13 @@ fn split_link(link: &str) -> Result<(String, String), SimError> {
 /// A TLS connection to `--url`'s address, with `host` as the server's name.
 fn connect(args: &WebArgs<'_>, host: &str) -> Result<Tls, SimError> {
     let address = args
+        .core
         .url
         .strip_prefix("https://")
         .ok_or_else(|| SimError::Usage("web needs an https --url (the balancer)".into()))?
         .trim_end_matches('/');
     let ca = args
+        .core
         .ca
         .ok_or_else(|| SimError::Usage("web needs --ca".into()))?;
     let config: Arc<rustls::ClientConfig> =
