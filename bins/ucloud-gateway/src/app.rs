@@ -37,7 +37,7 @@ use ucloud_wire::envelope::{Credential, Envelope};
 use ucloud_wire::error::Failure;
 
 /// The cookie a job's web host keeps its session in (ucloud-interactive(8)).
-pub const COOKIE: &str = "ucloud-im-app";
+use ucloud_wire::transfer::APP_COOKIE as COOKIE;
 /// How long a kept-alive connection to an application may stay quiet between
 /// requests before it is closed.
 const BETWEEN_REQUESTS: Duration = Duration::from_secs(300);
@@ -433,15 +433,20 @@ mod tests {
             "{head}"
         );
         assert!(!head.contains("content-length"), "{head}");
-        let app = App {
-            job: "7".into(),
-            rank: 0,
-            host: "app-7-0.apps.example.org".into(),
-        };
+        let app = job_7();
         assert_eq!(
             cookie(&Request::new("GET", "/", &[("Cookie", "x=1")]), &app),
             None
         );
+    }
+
+    /// Job 7's rank 0, as a request to its host makes it.
+    fn job_7() -> App {
+        App {
+            job: "7".into(),
+            rank: 0,
+            host: "app-7-0.apps.example.org".into(),
+        }
     }
 
     fn head_of(req: &Request) -> Vec<u8> {
@@ -479,11 +484,7 @@ mod tests {
 
     #[test]
     fn the_hosts_own_cookie_wins_over_one_a_sibling_host_set() {
-        let app = App {
-            job: "7".into(),
-            rank: 0,
-            host: "app-7-0.apps.example.org".into(),
-        };
+        let app = job_7();
         let tossed = token_for("web/8/0/80");
         let mine = token_for("web/7/0/8888");
         let other_rank = token_for("web/7/1/8888");

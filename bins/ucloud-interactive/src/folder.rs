@@ -9,7 +9,7 @@ use crate::error::Error;
 use std::path::PathBuf;
 use ucloud_wire::names::DriveId;
 use ucloud_wire::record::{lookup_drive, DriveRefusal};
-use ucloud_wire::transfer::{self, Subject};
+use ucloud_wire::transfer::Subject;
 
 /// The local directory of `folder` (a UCloud path) in one of `user`'s drives.
 pub fn local_dir(folder: &str, user: &str) -> Result<PathBuf, Error> {
@@ -50,18 +50,12 @@ pub fn local_dir(folder: &str, user: &str) -> Result<PathBuf, Error> {
 /// `jobs.openTerminalInFolder`: checks the one folder the session identifier was
 /// minted for and answers the `OpenSession` for it.
 pub fn open(token: Option<&str>, now: u64, user: &str) -> Result<(), Error> {
-    let token = token.ok_or_else(|| {
-        Error::BadRequest(
-            "no session identifier (UCLOUD_TRANSFER_TOKEN) from the dispatcher".into(),
-        )
-    })?;
-    let claims = transfer::read_verified(token, "jobs.shell", now)
-        .map_err(|why| Error::BadRequest(format!("the session identifier {why}")))?;
-    let Some(Subject::Folder(folder)) = claims.subject.as_deref().and_then(Subject::parse) else {
+    let Some(Subject::Folder(folder)) = crate::session::subject(token, "jobs.shell", now)? else {
         return Err(Error::BadRequest(
             "the session identifier names no folder".into(),
         ));
     };
+    let token = token.expect("checked by subject()");
     local_dir(&folder, user)?;
     // As UCloud's own module answers it: the folder in place of a job id, rank 0.
     let answer = serde_json::json!({"responses": [{"type": "shell", "jobId": folder, "rank": 0,

@@ -21,15 +21,21 @@ pub enum Place {
     Folder(String),
 }
 
-pub fn read(token: Option<&str>, request: &[u8], now: u64) -> Result<Session, Error> {
+/// What the token the dispatcher verified for `call` is bound to (its signed
+/// `sub`). Every call of this plugin starts here.
+pub fn subject(token: Option<&str>, call: &str, now: u64) -> Result<Option<Subject>, Error> {
     let token = token.ok_or_else(|| {
         Error::BadRequest(
             "no session identifier (UCLOUD_TRANSFER_TOKEN) from the dispatcher".into(),
         )
     })?;
-    let claims = transfer::read_verified(token, "jobs.shell", now)
+    let claims = transfer::read_verified(token, call, now)
         .map_err(|why| Error::BadRequest(format!("the session identifier {why}")))?;
-    let place = match claims.subject.as_deref().and_then(Subject::parse) {
+    Ok(claims.subject.as_deref().and_then(Subject::parse))
+}
+
+pub fn read(token: Option<&str>, request: &[u8], now: u64) -> Result<Session, Error> {
+    let place = match subject(token, "jobs.shell", now)? {
         Some(Subject::Job { id, rank }) => Place::Job { job: id, rank },
         Some(Subject::Folder(path)) => Place::Folder(path),
         Some(Subject::Web { .. }) | None => {
@@ -55,23 +61,29 @@ fn size(request: &[u8]) -> Result<(u16, u16), Error> {
     Ok((dim("cols")?, dim("rows")?))
 }
 
+/// A token as the dispatcher mints it, for `call` and `subject` (unit tests).
+#[cfg(test)]
+pub fn test_token(call: &str, subject: Option<&str>) -> String {
+    use ucloud_wire::names::{LocalName, UcloudName};
+    ucloud_wire::token::install_crypto_provider();
+    let claims = transfer::Claims::new(
+        call,
+        UcloudName::new("AliceHansen#1001").unwrap(),
+        LocalName::new("alice").unwrap(),
+        1001,
+        "0123456789abcdef0123456789abcdef".into(),
+        1_800_000_000,
+        subject.map(str::to_string),
+    );
+    transfer::mint(&[9; 32], &claims).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ucloud_wire::names::{LocalName, UcloudName};
 
     fn token(subject: Option<&str>, call: &str) -> String {
-        ucloud_wire::token::install_crypto_provider();
-        let claims = transfer::Claims::new(
-            call,
-            UcloudName::new("AliceHansen#1001").unwrap(),
-            LocalName::new("alice").unwrap(),
-            1001,
-            "0123456789abcdef0123456789abcdef".into(),
-            1_800_000_000,
-            subject.map(str::to_string),
-        );
-        transfer::mint(&[9; 32], &claims).unwrap()
+        test_token(call, subject)
     }
 
     #[test]

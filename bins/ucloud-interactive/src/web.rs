@@ -19,8 +19,8 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 use ucloud_wire::transfer::{self, Subject};
 
-/// The cookie's name on every job's web host.
-pub const COOKIE: &str = "ucloud-im-app";
+/// The cookie's name on every job's web host (the gateway strips it).
+use ucloud_wire::transfer::APP_COOKIE as COOKIE;
 
 /// The job, rank and port the dispatcher bound `token` (for `call`) to, after
 /// checking the host the gateway read (`request.app`) is that job and rank.
@@ -30,11 +30,7 @@ fn bound_app(
     call: &str,
     now: u64,
 ) -> Result<(String, u32, u16), Error> {
-    let token = token.ok_or_else(|| Error::BadRequest("no token from the dispatcher".into()))?;
-    let claims = transfer::read_verified(token, call, now)
-        .map_err(|why| Error::BadRequest(format!("the token {why}")))?;
-    let Some(Subject::Web { id, rank, port }) = claims.subject.as_deref().and_then(Subject::parse)
-    else {
+    let Some(Subject::Web { id, rank, port }) = crate::session::subject(token, call, now)? else {
         return Err(Error::BadRequest("the token names no web interface".into()));
     };
     let v: Value = serde_json::from_slice(request)
@@ -139,20 +135,9 @@ fn pump(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ucloud_wire::names::{LocalName, UcloudName};
 
     fn token(call: &str, subject: Option<&str>) -> String {
-        ucloud_wire::token::install_crypto_provider();
-        let claims = transfer::Claims::new(
-            call,
-            UcloudName::new("AliceHansen#1001").unwrap(),
-            LocalName::new("alice").unwrap(),
-            1001,
-            "0123456789abcdef0123456789abcdef".into(),
-            1_800_000_000,
-            subject.map(str::to_string),
-        );
-        transfer::mint(&[9; 32], &claims).unwrap()
+        crate::session::test_token(call, subject)
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub const SESSION_LIFETIME_SECS: u64 = 5 * 60;
 /// How long a web interface's cookie (a token for `jobs.web`) is good for: a
 /// working day; UCloud's link makes a new one.
 pub const APP_LIFETIME_SECS: u64 = 12 * 3600;
+/// The cookie a job's web host keeps its session in: set by the plugin, found
+/// and stripped by the gateway.
+pub const APP_COOKIE: &str = "ucloud-im-app";
 /// The longest `subject` a token may carry (a folder's UCloud path).
 pub const MAX_SUBJECT: usize = 4096;
 /// The `typ` claim, which tells these tokens from any other HS256 JWT.
