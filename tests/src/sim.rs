@@ -16,6 +16,35 @@ impl Stack {
         command
     }
 
+    /// One of the simulator's own endpoints (`/sim/...`, no token: the test plays
+    /// UCloud's users) over its TLS, giving up after `max_secs`: the status, and the
+    /// body as JSON (a JSON string when it is not).
+    pub fn sim_api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        max_secs: u32,
+    ) -> (u16, serde_json::Value) {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--max-time", &max_secs.to_string()])
+            .args(["--cacert", &self.get("UCLOUD_IM_CA")])
+            .args(["-X", method, "-w", "\n%{http_code}"]);
+        if let Some(body) = body {
+            curl.args(["--data", &body.to_string()]);
+        }
+        let output = curl
+            .arg(format!("{}{path}", self.get("UCLOUD_SIM_URL")))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        (
+            status.trim().parse().unwrap_or(0),
+            serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.into())),
+        )
+    }
+
     /// One call the way UCloud makes it (as `user`, or without a user), in plain HTTP
     /// to the direct gateway (`UCLOUD_IM_GATEWAY_URL`), no balancer in between.
     /// The body is parsed JSON, a JSON string for a text body, `Null` for an empty one.

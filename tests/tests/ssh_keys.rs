@@ -209,31 +209,9 @@ impl Drop for Sshd {
     }
 }
 
-/// The simulator's own endpoints (no token: the test plays UCloud's users), over
-/// its TLS, as the shares tests reach them.
+/// The simulator's own endpoints, giving up after 90 s.
 fn sim(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut curl = Command::new("curl");
-    curl.args([
-        "-sS",
-        "--max-time",
-        "90",
-        "--cacert",
-        &stack.get("UCLOUD_IM_CA"),
-    ])
-    .args(["-X", method, "-w", "\n%{http_code}"]);
-    if let Some(body) = body {
-        curl.args(["--data", &body.to_string()]);
-    }
-    let output = curl
-        .arg(format!("{}{path}", stack.get("UCLOUD_SIM_URL")))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-    (
-        status.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
-    )
+    stack.sim_api(method, path, body, 90)
 }
 
 /// A user adds a key in UCloud; its id, and what the provider answered the core.

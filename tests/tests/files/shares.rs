@@ -9,30 +9,9 @@ use ucloud_im_tests::wait_until;
 /// UCloud ends access within one timer period plus the wait for UCloud's answer.
 const PERIOD: u64 = 40;
 
+/// The simulator's own endpoints, giving up after 60 s.
 fn sim(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut curl = Command::new("curl");
-    curl.args([
-        "-sS",
-        "--max-time",
-        "60",
-        "--cacert",
-        &stack.get("UCLOUD_IM_CA"),
-    ])
-    .args(["-X", method, "-w", "\n%{http_code}"]);
-    if let Some(body) = body {
-        curl.args(["--data", &body.to_string()]);
-    }
-    let output = curl
-        .arg(format!("{}{path}", stack.get("UCLOUD_SIM_URL")))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run curl: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
-    let status = status.trim().parse().unwrap_or(0);
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
-    )
+    stack.sim_api(method, path, body, 60)
 }
 
 fn share(stack: &Stack, with: &str, path: &str, permissions: &[&str]) -> String {
