@@ -66,6 +66,56 @@ pub struct SiteConfig {
     /// The most results one `files.streamingSearch` sends before it ends
     /// (`search_max_results`); its time budget is the call's time limit.
     pub search_max_results: u64,
+    /// UCloud projects on this site (ucloud-project(8)); `None` unless site.conf sets
+    /// `project_prefix`.
+    pub projects: Option<ProjectConfig>,
+}
+
+/// What `ucloud-project` may create and where (site.conf's `project_*` and
+/// `slurm_*` keys; ucloud-im-site.conf(5)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectConfig {
+    /// The prefix of every Unix group and Slurm account it creates (`project_prefix`,
+    /// 1 to 10 of `[a-z0-9_-]`, starting with a letter). It never touches a name
+    /// without it, nor one it did not record.
+    pub prefix: String,
+    /// The gids its groups get (`project_gid_min`, `project_gid_max`, inclusive).
+    pub gid_min: u32,
+    pub gid_max: u32,
+    /// Where project drives live (`project_base`, an absolute path; empty: no
+    /// project drives). Project P's drive is `<project_base>/<P's group>`.
+    pub base: String,
+    /// The program that changes groups (`project_group_hook`; empty: this login
+    /// node's own /etc/group, through groupadd and gpasswd).
+    pub group_hook: String,
+    /// The Slurm account every mapped user gets an association with
+    /// (`slurm_default_account`; empty: none, the site makes associations itself).
+    pub slurm_default_account: String,
+    /// Whether each mapped user gets a Slurm account of their own per category
+    /// (`slurm_personal_accounts = yes|no`, default no).
+    pub slurm_personal_accounts: bool,
+    /// What a locked wallet sets on its account (`slurm_locked`).
+    pub locked: LockedLimit,
+}
+
+/// How a locked wallet stops new work on its Slurm account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockedLimit {
+    /// `GrpSubmit=0`: sbatch refuses new jobs; pending and running jobs go on
+    /// (`slurm_locked = submit`, the default).
+    Submit,
+    /// `GrpJobs=0`: new and pending jobs wait, running jobs finish
+    /// (`slurm_locked = start`).
+    Start,
+}
+
+/// Whether `name` may start a group or Slurm account name this site creates.
+pub fn is_valid_prefix(name: &str) -> bool {
+    (1..=10).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// `search_max_results` when site.conf sets none.
@@ -145,7 +195,19 @@ impl SiteConfig {
             folder_upload_max_width: 10_000,
             folder_upload_max_files: 1_000_000,
             search_max_results: DEFAULT_SEARCH_MAX_RESULTS,
+            projects: None,
         };
+        let mut project = ProjectConfig {
+            prefix: String::new(),
+            gid_min: 0,
+            gid_max: 0,
+            base: String::new(),
+            group_hook: String::new(),
+            slurm_default_account: String::new(),
+            slurm_personal_accounts: false,
+            locked: LockedLimit::Submit,
+        };
+        let mut project_keys = false;
         let mut strict = false;
         let mut claim = String::from("ucloudUsername");
         for (index, raw) in text.lines().enumerate() {
@@ -223,6 +285,84 @@ impl SiteConfig {
                 "folder_upload_max_depth" => config.folder_upload_max_depth = number(key)?,
                 "folder_upload_max_width" => config.folder_upload_max_width = number(key)?,
                 "folder_upload_max_files" => config.folder_upload_max_files = number(key)?,
+                "project_prefix" => {
+                    if !is_valid_prefix(value) {
+                        return Err(err(line_no, format!("project_prefix must be 1 to 10 of a-z, 0-9, _ and -, starting with a letter, got {value:?}")));
+                    }
+                    project.prefix = value.to_string();
+                }
+                "project_gid_min" | "project_gid_max" => {
+                    let gid = u32::try_from(number(key)?)
+                        .ok()
+                        .filter(|g| (1000..u32::MAX).contains(g))
+                        .ok_or_else(|| {
+                            err(
+                                line_no,
+                                format!("{key} must be between 1000 and 4294967294"),
+                            )
+                        })?;
+                    match key {
+                        "project_gid_min" => project.gid_min = gid,
+                        _ => project.gid_max = gid,
+                    }
+                    project_keys = true;
+                }
+                "project_base" | "project_group_hook" => {
+                    if !value.is_empty()
+                        && (!value.starts_with('/')
+                            || value.contains("/../")
+                            || value.ends_with("/.."))
+                    {
+                        return Err(err(
+                            line_no,
+                            format!("{key} must be an absolute path, got {value:?}"),
+                        ));
+                    }
+                    let value = value.trim_end_matches('/').to_string();
+                    match key {
+                        "project_base" => project.base = value,
+                        _ => project.group_hook = value,
+                    }
+                    project_keys = true;
+                }
+                "slurm_default_account" => {
+                    if !value.is_empty() && !is_slurm_name(value) {
+                        return Err(err(
+                            line_no,
+                            format!(
+                                "slurm_default_account must be of a-z, 0-9, _ and -, got {value:?}"
+                            ),
+                        ));
+                    }
+                    project.slurm_default_account = value.to_string();
+                    project_keys = true;
+                }
+                "slurm_personal_accounts" => {
+                    project.slurm_personal_accounts = match value {
+                        "yes" => true,
+                        "no" => false,
+                        _ => {
+                            return Err(err(
+                                line_no,
+                                format!("slurm_personal_accounts must be yes or no, got {value:?}"),
+                            ))
+                        }
+                    };
+                    project_keys = true;
+                }
+                "slurm_locked" => {
+                    project.locked = match value {
+                        "submit" => LockedLimit::Submit,
+                        "start" => LockedLimit::Start,
+                        _ => {
+                            return Err(err(
+                                line_no,
+                                format!("slurm_locked must be submit or start, got {value:?}"),
+                            ))
+                        }
+                    };
+                    project_keys = true;
+                }
                 "nss_skip" => {
                     config.nss_skip = value.split_whitespace().map(String::from).collect();
                     if let Some(bad) = config.nss_skip.iter().find(|m| !is_nss_module_name(m)) {
@@ -270,6 +410,17 @@ impl SiteConfig {
         if config.min_uid == 0 {
             return Err(err(0, "min_uid must be above 0"));
         }
+        if !project.prefix.is_empty() {
+            if project.gid_min == 0 || project.gid_max < project.gid_min {
+                return Err(err(
+                    0,
+                    "project_prefix needs project_gid_min and project_gid_max, the lower first",
+                ));
+            }
+            config.projects = Some(project);
+        } else if project_keys {
+            return Err(err(0, "project_* and slurm_* keys need project_prefix"));
+        }
         Ok(config)
     }
 
@@ -290,6 +441,16 @@ impl SiteConfig {
 }
 
 /// What nsswitch.conf can name as a service (`files`, `sss`, `ldap`, `systemd`).
+/// A Slurm account or Unix group name this module passes to a command: lower-case
+/// letters, digits, `_` and `-`, starting with a letter, at most 32 bytes.
+pub fn is_slurm_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_lowercase()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 fn is_nss_module_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -301,6 +462,41 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "provider = hpc\ngateway_user = ucloud-gw\nservice_user = ucloud-svc\n";
+
+    #[test]
+    fn project_keys_are_checked_and_need_a_prefix() {
+        assert_eq!(SiteConfig::parse(MINIMAL).unwrap().projects, None);
+        let good = format!("{MINIMAL}project_prefix = ucp-\nproject_gid_min = 200000\nproject_gid_max = 200999\nproject_base = /work/projects/\nslurm_default_account = ucloud\nslurm_personal_accounts = yes\nslurm_locked = start\n");
+        let p = SiteConfig::parse(&good).unwrap().projects.unwrap();
+        assert_eq!(
+            (p.prefix.as_str(), p.gid_min, p.gid_max),
+            ("ucp-", 200000, 200999)
+        );
+        assert_eq!(p.base, "/work/projects");
+        assert_eq!(p.slurm_default_account, "ucloud");
+        assert!(p.slurm_personal_accounts);
+        assert_eq!(p.locked, LockedLimit::Start);
+        for bad in [
+            "project_prefix = UCP\n",
+            "project_prefix = 1ucp\n",
+            "project_prefix = ucp;rm\n",
+            "project_prefix = abcdefghijk\n",
+            "project_prefix = ucp\n",
+            "project_prefix = ucp\nproject_gid_min = 5\nproject_gid_max = 10\n",
+            "project_prefix = ucp\nproject_gid_min = 3000\nproject_gid_max = 2000\n",
+            "project_prefix = ucp\nproject_gid_min = 3000\nproject_gid_max = 4000\nproject_base = relative\n",
+            "project_prefix = ucp\nproject_gid_min = 3000\nproject_gid_max = 4000\nproject_base = /a/../etc\n",
+            "project_prefix = ucp\nproject_gid_min = 3000\nproject_gid_max = 4000\nslurm_default_account = Root Acct\n",
+            "project_prefix = ucp\nproject_gid_min = 3000\nproject_gid_max = 4000\nslurm_locked = maybe\n",
+            "project_base = /work/projects\n",
+        ] {
+            assert!(SiteConfig::parse(&format!("{MINIMAL}{bad}")).is_err(), "{bad}");
+        }
+        assert!(is_slurm_name("ucp-1a2b_cpu"));
+        for bad in ["", "-x", "a b", "a\n", "ä", &"a".repeat(33)] {
+            assert!(!is_slurm_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn minimal_config_gets_safe_defaults() {

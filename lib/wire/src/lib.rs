@@ -12,6 +12,7 @@
 
 pub mod account;
 pub mod answer;
+pub mod apm;
 pub mod audit;
 pub mod binding;
 pub mod calls;

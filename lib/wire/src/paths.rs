@@ -47,6 +47,18 @@ pub fn drives_dir() -> String {
 pub fn outbox_dir() -> String {
     under("/var/lib/ucloud-im/outbox")
 }
+/// What UCloud tells the provider (its notification stream), written by the sender
+/// as one file per event (root:<sender's group> 2770, like the outbox) and acted on
+/// by ucloud-project, which treats it as untrusted input.
+pub fn inbox_dir() -> String {
+    under("/var/lib/ucloud-im/inbox")
+}
+/// ucloud-project's state (root, 0755): `state.json` (root 0600, what it created)
+/// and `table.json` (0644: each project's group, Slurm accounts and drive, read by
+/// the plugins as the user).
+pub fn projects_dir() -> String {
+    under("/var/lib/ucloud-im/projects")
+}
 /// Which Slurm job was submitted for which UCloud job: written by the gateway,
 /// read by the monitor (`binding`).
 pub fn bindings_dir() -> String {
