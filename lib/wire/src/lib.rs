@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod error;
+pub mod inbox;
 pub mod install;
 pub mod limit;
 pub mod log;
