@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::store::{Drive, Lock, Mapping, Store};
 use crate::ticket::{Ticket, Tickets};
 use crate::ucloud::{self, Outbox};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use ucloud_wire::config::SiteConfig;
 use ucloud_wire::names::{DriveId, LocalName, UcloudName};
@@ -18,7 +19,15 @@ pub struct Registry {
     pub outbox: Outbox,
     pub audit: Audit,
     pub tickets: Tickets,
+    /// Where a new mapping is announced to ucloud-project and the sender (sites
+    /// with projects only).
+    pub inbox: PathBuf,
 }
+
+/// How long a new mapping waits for ucloud-project to take its announcement (the
+/// user's Slurm association, their projects' groups): the connect answers after it,
+/// so the person's first job finds the association made.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
 
 /// What a valid ticket asks for.
 enum Redeem {
@@ -68,6 +77,35 @@ pub struct Synced {
     pub discarded: Vec<UcloudName>,
 }
 
+/// Writes the replay request and the `mapped` nudge, then waits until the nudge is
+/// taken (removed by ucloud-project) or `wait` passed. Returns whether it was taken.
+fn announce(inbox: &Path, user: &UcloudName, wait: Duration) -> bool {
+    use ucloud_wire::inbox;
+    if let Err(e) = inbox::request_replay(inbox, user) {
+        ucloud_wire::log_err!("ucloud-registry: cannot ask for a replay of {user}: {e}");
+    }
+    let nudge = serde_json::json!({"type": "mapped", "username": user.as_str()});
+    let path = match inbox::write_event(inbox, &nudge) {
+        Ok(p) => p,
+        Err(e) => {
+            ucloud_wire::log_err!("ucloud-registry: cannot announce the mapping of {user}: {e}");
+            return false;
+        }
+    };
+    let deadline = Instant::now() + wait;
+    while path.exists() {
+        if Instant::now() >= deadline {
+            ucloud_wire::log_err!(
+                "ucloud-registry: ucloud-project has not taken the mapping of {user} in {} s; its next run will",
+                wait.as_secs()
+            );
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
 /// A UCloud name as the registry accepts it: valid for the wire, no whitespace
 /// (UCloud never makes such names, and `list` output is whitespace-separated).
 pub fn ucloud_name(raw: &str) -> Result<UcloudName, Error> {
@@ -87,7 +125,21 @@ impl Registry {
             outbox: Outbox::site(),
             audit: Audit::site(),
             tickets: Tickets::site(),
+            inbox: PathBuf::from(ucloud_wire::paths::inbox_dir()),
         }
+    }
+
+    /// On a site with projects: asks the sender to have UCloud replay the user (their
+    /// allocations and projects here), and ucloud-project to give the new account its
+    /// Slurm association and project groups, waiting up to [`ANNOUNCE_WAIT`] for it
+    /// to take the announcement. Neither is needed for the mapping itself, so a
+    /// failure is logged, never an error: ucloud-project's next run and the stream's
+    /// next replay catch up.
+    fn announce_mapped(&self, site: &SiteConfig, user: &UcloudName) {
+        if site.projects.is_none() {
+            return;
+        }
+        announce(&self.inbox, user, ANNOUNCE_WAIT);
     }
 
     /// Maps `raw_name` to the local account `raw_local` and registers the user's home
@@ -117,6 +169,7 @@ impl Registry {
         };
         self.write_mapping(&lock, site, &mapping.0, &record)?;
         drop(lock);
+        self.announce_mapped(site, &mapping.0.ucloud);
         self.wait_for_drive(site, &mapping.0, &mapping.1, wait)
     }
 
@@ -284,6 +337,7 @@ impl Registry {
         self.tickets.spend(&lock, &ticket)?;
         self.write_mapping(&lock, site, &mapping, &record)?;
         drop(lock);
+        self.announce_mapped(site, &mapping.ucloud);
         let added = self.wait_for_drive(site, &mapping, &home, wait)?;
         Ok(Connected::New(mapping, added))
     }
@@ -666,7 +720,54 @@ mod tests {
             outbox: Outbox::at(&dir.join("outbox")),
             audit: Audit::at(&audit),
             tickets: Tickets::at(&dir.join("tickets")),
+            inbox: dir.join("inbox"),
         }
+    }
+
+    #[test]
+    fn a_mapping_is_announced_and_waits_only_until_taken() {
+        let dir = scratch("announce");
+        for sub in ["inbox", "inbox/tmp", "inbox/events", "inbox/replay"] {
+            std::fs::create_dir(dir.join(sub)).unwrap();
+        }
+        let inbox = dir.join("inbox");
+        let user = UcloudName::new("DonnaJensen#4512").unwrap();
+        // Nobody takes it: the wait ends at its bound, the files stay for later.
+        let started = Instant::now();
+        assert!(!announce(&inbox, &user, Duration::from_millis(200)));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let events = ucloud_wire::inbox::events(&inbox).unwrap();
+        assert_eq!(events.len(), 1);
+        let nudge = ucloud_wire::inbox::read_event(&events[0]).unwrap();
+        assert_eq!(
+            nudge,
+            serde_json::json!({"type": "mapped", "username": "DonnaJensen#4512"})
+        );
+        let asked = ucloud_wire::inbox::replay_requests(&inbox).unwrap();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].1, user);
+        std::fs::remove_file(&events[0]).unwrap();
+        // A consumer that takes it: the wait ends as soon as the file is gone.
+        let taker = {
+            let inbox = inbox.clone();
+            std::thread::spawn(move || loop {
+                if let Some(p) = ucloud_wire::inbox::events(&inbox).unwrap().first() {
+                    std::fs::remove_file(p).unwrap();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            })
+        };
+        let started = Instant::now();
+        assert!(announce(&inbox, &user, Duration::from_secs(10)));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        taker.join().unwrap();
+        // Without an inbox the mapping still stands: the announcement only logs.
+        assert!(!announce(
+            &dir.join("missing"),
+            &user,
+            Duration::from_secs(1)
+        ));
     }
 
     fn queued(dir: &Path) -> Vec<String> {
