@@ -71,6 +71,8 @@ pub fn environment(call: &str, target: &Target, site: &SiteConfig) -> Vec<(Strin
         ("UCLOUD_IM_LIBEXEC".into(), paths::libexec_dir()),
         ("UCLOUD_IM_ETC".into(), paths::etc_dir()),
         ("UCLOUD_IM_DRIVES".into(), paths::drives_dir()),
+        // ucloud-project's table of projects (groups, Slurm accounts, drives).
+        ("UCLOUD_IM_PROJECTS".into(), paths::projects_dir()),
     ];
     if let Some(user) = &target.ucloud {
         env.push(("UCLOUD_USERNAME".into(), user.to_string()));

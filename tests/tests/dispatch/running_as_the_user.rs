@@ -68,6 +68,7 @@ fn the_plugin_runs_as_the_mapped_user_with_nothing_else() {
         "UCLOUD_IM_LIBEXEC": libexec.to_string_lossy(),
         "UCLOUD_IM_ETC": env.etc().to_string_lossy(),
         "UCLOUD_IM_DRIVES": prefix.join("var/lib/ucloud-im/drives").to_string_lossy(),
+        "UCLOUD_IM_PROJECTS": prefix.join("var/lib/ucloud-im/projects").to_string_lossy(),
     });
     assert_eq!(probe["env"], expected);
 
