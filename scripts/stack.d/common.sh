@@ -21,6 +21,8 @@ SENDER_USER=ucloud-send
 MONITOR_USER=ucloud-mon
 OUTBOX_GROUP=ucloud-outbox
 NOLOGIN_USER=ucim-nologin
+# The start of every Unix group and Slurm account ucloud-project makes for projects.
+PROJECT_PREFIX=ucp-
 # UCloud name and local account of each test user the stack maps.
 STACK_USERS=("AliceHansen#1001:ucim-alice" "BobNielsen#2002:ucim-bob")
 
