@@ -1,0 +1,311 @@
+//! UCloud projects on the site, end to end: a project made at the simulator (UCloud)
+//! with an allocation here reaches the module through UCloud's notification stream
+//! (the sender writes it to the inbox), and ucloud-project turns it into a Unix
+//! group, a Slurm account with an association per mapped member, a limit from the
+//! allocation and a project drive. Real Slurm and slurmdbd decide what a job may do;
+//! nothing is faked.
+
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::Command;
+use ucloud_im_tests::{job_id, run_as, wait_until, ScratchAccount, Stack};
+
+const ALICE: &str = "AliceHansen#1001";
+const BOB: &str = "BobNielsen#2002";
+
+fn stack() -> Stack {
+    let stack = Stack::with_slurm();
+    stack.get("UCLOUD_IM_PROJECTS");
+    stack
+}
+
+/// A `/sim/...` call that must succeed; its answer.
+fn sim(stack: &Stack, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (status, answer) = stack.sim_api(method, path, body.clone(), 30);
+    assert_eq!(status, 200, "{method} {path} {body:?}: {answer}");
+    answer
+}
+
+/// ucloud-project's published table (`table.json`).
+fn table(stack: &Stack) -> Value {
+    let path = PathBuf::from(stack.get("UCLOUD_IM_PROJECTS")).join("table.json");
+    std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The project's row of the table once `ready` holds for it (ucloud-project acts
+/// within a second or two of the simulator's change).
+fn project_row(stack: &Stack, id: &str, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let mut row = Value::Null;
+    wait_until(what, 20, || {
+        row = table(stack)["projects"][id].clone();
+        !row.is_null() && ready(&row)
+    });
+    row
+}
+
+fn members(row: &Value) -> Vec<String> {
+    let mut m: Vec<String> = row["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    m.sort();
+    m
+}
+
+fn output(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The local accounts in the Unix group `group`, sorted.
+fn group_members(group: &str) -> Vec<String> {
+    let line = output("getent", &["group", group]);
+    let mut m: Vec<String> = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .unwrap_or("")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    m.sort();
+    m
+}
+
+/// The users with an association in the Slurm account, sorted.
+fn associations(account: &str) -> Vec<String> {
+    let text = output(
+        "sacctmgr",
+        &["-nP", "show", "assoc", &format!("account={account}"), "format=user"],
+    );
+    let mut users: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    users.sort();
+    users
+}
+
+/// A limit of the Slurm account's own association, as sacctmgr prints it.
+fn account_limit(account: &str, field: &str) -> String {
+    output(
+        "sacctmgr",
+        &[
+            "-nP",
+            "show",
+            "assoc",
+            &format!("account={account}"),
+            "user=",
+            &format!("format={field}"),
+        ],
+    )
+    .lines()
+    .next()
+    .unwrap_or("")
+    .trim()
+    .to_string()
+}
+
+fn slurm_field(slurm_id: u64, key: &str) -> String {
+    let text = output("scontrol", &["-o", "show", "job", &slurm_id.to_string()]);
+    text.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("scontrol shows no {key} for job {slurm_id}: {text}"))
+        .to_string()
+}
+
+/// A project of Alice (PI) and Bob (USER) with `quota` core-minutes of the stack's
+/// compute category here; its id and its row once both members are in.
+fn alice_and_bobs_project(stack: &Stack, quota: u64) -> (String, Value) {
+    let created = sim(
+        stack,
+        "POST",
+        "/sim/projects",
+        Some(json!({"title": "Protein folding", "members": [
+            {"username": ALICE, "role": "PI"}, {"username": BOB, "role": "USER"}]})),
+    );
+    let id = created["id"].as_str().expect("the project's id").to_string();
+    let category = stack.job_product()["category"].clone();
+    sim(
+        stack,
+        "POST",
+        "/sim/allocations",
+        Some(json!({"owner": {"type": "project", "projectId": id},
+            "category": {"name": category, "provider": stack.get("UCLOUD_IM_PROVIDER")},
+            "quota": quota})),
+    );
+    let (alice, bob) = (stack.local_of(ALICE), stack.local_of(BOB));
+    let mut want = vec![alice, bob];
+    want.sort();
+    let row = project_row(stack, &id, "both members in the project's table row", |r| {
+        members(r) == want && r["accounts"].as_object().is_some_and(|a| !a.is_empty())
+    });
+    (id, row)
+}
+
+fn category(stack: &Stack) -> String {
+    stack.job_product()["category"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_project_becomes_a_group_and_a_slurm_account_and_members_act_on_each_others_jobs() {
+    let stack = stack();
+    let (alice, bob) = (stack.local_of(ALICE), stack.local_of(BOB));
+    let (project, row) = alice_and_bobs_project(&stack, 100_000);
+    let group = row["group"].as_str().unwrap().to_string();
+    let prefix = stack.get("UCLOUD_IM_PROJECT_PREFIX");
+    assert!(group.starts_with(&prefix), "{group} lacks {prefix}");
+    let mut both = vec![alice.clone(), bob.clone()];
+    both.sort();
+    assert_eq!(group_members(&group), both, "the project's group");
+    let account = row["accounts"][category(&stack)]
+        .as_str()
+        .expect("a Slurm account for the compute category")
+        .to_string();
+    assert!(account.starts_with(&prefix), "{account}");
+    let assoc = associations(&account);
+    assert!(
+        assoc.contains(&alice) && assoc.contains(&bob),
+        "associations of {account}: {assoc:?}"
+    );
+
+    // Bob's job for the project runs under the project's account.
+    let id = job_id();
+    stack.ucloud_knows(&id, BOB, Some(&project));
+    let slurm_id = stack.create_job(BOB, &id, "sleep 300", 10, 1, Some(&project));
+    assert_eq!(slurm_field(slurm_id, "Account"), account);
+    assert_eq!(slurm_field(slurm_id, "UserId").split('(').next().unwrap(), bob);
+
+    // A user outside the project cannot stop it, whatever the request says.
+    let outsider_name = format!("CarlOutsider#{}", std::process::id());
+    let outsider = ScratchAccount::new(&stack, "ucim-carl", &outsider_name);
+    let out = stack.registry(&["add", &outsider_name, &outsider.name, "--wait", "15"]);
+    assert!(out.status.success(), "{}", ucloud_im_tests::described(&out));
+    let mut job = stack.shell_job(BOB, &id, "sleep 300", 10);
+    job["owner"]["project"] = json!(project);
+    let terminate = format!("/ucloud/{}/jobs/terminate", stack.get("UCLOUD_IM_PROVIDER"));
+    let request = json!({"items": [job]}).to_string();
+    let (status, body) = stack.call(Some(&outsider_name), "POST", &terminate, Some(&request));
+    assert_eq!(status, 403, "the outsider's terminate: {body}");
+    assert_eq!(
+        slurm_field(slurm_id, "JobState"),
+        "RUNNING",
+        "the outsider's terminate touched the job"
+    );
+
+    // Alice, the project's PI, stops Bob's job.
+    let (status, body) = stack.call(Some(ALICE), "POST", &terminate, Some(&request));
+    assert_eq!(status, 200, "Alice's terminate of Bob's project job: {body}");
+    wait_until("Bob's job cancelled", 20, || {
+        slurm_field(slurm_id, "JobState") == "CANCELLED"
+    });
+    drop(outsider);
+}
+
+#[test]
+fn the_allocation_is_a_slurm_limit_and_a_locked_wallet_stops_new_jobs() {
+    let stack = stack();
+    let bob = stack.local_of(BOB);
+    let (project, row) = alice_and_bobs_project(&stack, 30);
+    let account = row["accounts"][category(&stack)]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // 30 core-minutes left of the allocation, on top of what Slurm counted so far (none).
+    let limit = account_limit(&account, "GrpTRESMins");
+    assert_eq!(limit, "cpu=30", "{account}'s GrpTRESMins");
+
+    // A job that would need more than what is left waits, held by Slurm itself.
+    let big = job_id();
+    stack.ucloud_knows(&big, BOB, Some(&project));
+    let slurm_id = stack.create_job(BOB, &big, "sleep 60", 60, 1, Some(&project));
+    wait_until("Slurm to hold the job over the limit", 20, || {
+        slurm_field(slurm_id, "Reason") == "AssocGrpCPUMinutesLimit"
+    });
+    assert_eq!(slurm_field(slurm_id, "JobState"), "PENDING");
+    let out = Command::new("scancel")
+        .arg(slurm_id.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    // Usage reported past the quota locks the wallet; Slurm then refuses new jobs.
+    let (status, body) = stack.sim_api(
+        "POST",
+        "/sim/quota",
+        Some(json!({"owner": project, "category": category(&stack), "quota": 0})),
+        30,
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until("the project's account to refuse new jobs", 20, || {
+        account_limit(&account, "GrpSubmit") == "0"
+    });
+    let refused = run_as(
+        &bob,
+        &[
+            "sbatch",
+            &format!("--account={account}"),
+            "--chdir=/tmp",
+            "--output=/dev/null",
+            "--wrap=true",
+        ],
+    );
+    assert!(!refused.status.success(), "sbatch on a locked account");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("policy"), "Slurm's reason: {why}");
+}
+
+#[test]
+fn a_removed_member_loses_group_association_and_drive() {
+    let stack = stack();
+    let (alice, bob) = (stack.local_of(ALICE), stack.local_of(BOB));
+    let (project, row) = alice_and_bobs_project(&stack, 1000);
+    let group = row["group"].as_str().unwrap().to_string();
+    let account = row["accounts"][category(&stack)]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let drive = PathBuf::from(row["drive"].as_str().expect("a project drive"));
+    // Both members can use the drive, through the group.
+    let file = drive.join(format!("bob-{}", std::process::id()));
+    let wrote = run_as(
+        &bob,
+        &["sh", "-c", &format!("umask 007; echo hello > '{}'", file.display())],
+    );
+    assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
+    let read = run_as(&alice, &["cat", &file.display().to_string()]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "hello\n");
+
+    sim(
+        &stack,
+        "DELETE",
+        &format!("/sim/projects/{project}/members/{}", BOB.replace('#', "%23")),
+        None,
+    );
+    project_row(&stack, &project, "Bob gone from the project's row", |r| {
+        members(r) == [alice.clone()]
+    });
+    assert_eq!(group_members(&group), [alice.clone()]);
+    assert!(!associations(&account).contains(&bob));
+    // A new process of Bob's has no access any more (the kernel decides).
+    let denied = run_as(&bob, &["ls", &drive.display().to_string()]);
+    assert!(!denied.status.success(), "Bob still lists the project drive");
+    // The data stays.
+    assert!(file.exists());
+}
