@@ -7,6 +7,7 @@ mod deliver;
 mod error;
 mod products;
 mod setup;
+mod tokens;
 
 use error::SendError;
 use std::process::ExitCode;
