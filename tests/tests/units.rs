@@ -181,7 +181,7 @@ fn sender_unit_has_no_way_to_privilege() {
     assert_eq!(value_of(&unit, "User"), ["ucloud-send"]);
     assert_eq!(
         value_of(&unit, "ReadWritePaths"),
-        ["/var/lib/ucloud-im/outbox"]
+        ["/var/lib/ucloud-im/outbox", "-/var/lib/ucloud-im/inbox"]
     );
 }
 
@@ -329,7 +329,7 @@ fn du_unit_holds_one_capability_and_writes_nothing_else() {
     assert_eq!(value_of(&unit, "ProtectHome"), ["read-only"]);
     assert_eq!(
         value_of(&unit, "ReadWritePaths"),
-        ["/var/lib/ucloud-im/outbox"]
+        ["/var/lib/ucloud-im/outbox", "-/var/lib/ucloud-im/inbox"]
     );
     assert_eq!(
         value_of(&unit, "StandardOutput"),

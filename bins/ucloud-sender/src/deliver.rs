@@ -12,7 +12,7 @@
 //! stuck message holds up no report.
 
 use crate::error::SendError;
-use base64::Engine;
+use crate::tokens::Tokens;
 use serde_json::{json, Value};
 use std::fs::{self, File};
 use std::io::Write;
@@ -22,8 +22,6 @@ use ucloud_http::client::{Client, ClientError, Response};
 use ucloud_wire::outbox::{self, Message, Method};
 use ucloud_wire::usage::{self, Report};
 
-/// UCloud renews its tokens when less than this many seconds remain; so do we.
-const RENEW_BELOW: u64 = 180;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// With `--once`, a message gets this many tries before the run gives up.
@@ -31,10 +29,8 @@ pub const ONCE_ATTEMPTS: u32 = 4;
 
 pub struct Sender {
     client: Client,
-    refresh_token: String,
+    tokens: Tokens,
     outbox: PathBuf,
-    /// The access token and when it expires (seconds since the epoch).
-    access: Option<(String, u64)>,
     /// Usage reports wait until then after UCloud did not take them.
     usage_due: Instant,
     usage_backoff: Duration,
@@ -53,20 +49,6 @@ enum Outcome {
 /// UCloud's bulk calls take this many items at most (as UCloud's own modules send).
 const USAGE_BATCH: usize = 500;
 const REPORT_USAGE: &str = "/api/accounting/v2/reportUsage";
-
-fn now() -> u64 {
-    ucloud_wire::now_ms() / 1000
-}
-
-/// The `exp` claim of a JWT, read without verifying it: the token came from UCloud
-/// over TLS, and the only use is to know when to ask for the next one.
-fn expiry_of(token: &str) -> Option<u64> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice::<Value>(&bytes).ok()?["exp"].as_u64()
-}
 
 fn classify(result: Result<Response, ClientError>) -> Outcome {
     match result {
@@ -95,7 +77,7 @@ fn remove_delivered(path: &Path) -> Result<(), SendError> {
     })
 }
 
-fn excerpt(body: &[u8]) -> String {
+pub(crate) fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
     line
@@ -124,54 +106,11 @@ impl Sender {
     pub fn new(client: Client, refresh_token: String, outbox: PathBuf) -> Sender {
         Sender {
             client,
-            refresh_token,
+            tokens: Tokens::new(refresh_token),
             outbox,
-            access: None,
             usage_due: Instant::now(),
             usage_backoff: FIRST_BACKOFF,
         }
-    }
-
-    /// An access token with more than [`RENEW_BELOW`] seconds left.
-    fn access_token(&mut self) -> Result<String, String> {
-        if let Some((token, exp)) = &self.access {
-            if *exp > now() + RENEW_BELOW {
-                return Ok(token.clone());
-            }
-        }
-        let body = json!({"items": [{"refreshToken": self.refresh_token}]}).to_string();
-        let response = self
-            .client
-            .send(
-                "POST",
-                "/auth/providers/refresh",
-                &[
-                    ("Content-Type", "application/json"),
-                    ("Accept", "application/json"),
-                ],
-                body.as_bytes(),
-            )
-            .map_err(|e| format!("cannot reach UCloud for an access token: {e}"))?;
-        if response.status == 401 || response.status == 403 {
-            return Err(format!(
-                "UCloud refused the refresh token ({}): check the refresh-token file",
-                response.status
-            ));
-        }
-        if response.status != 200 {
-            return Err(format!(
-                "UCloud answered {} to the token refresh: {}",
-                response.status,
-                excerpt(&response.body)
-            ));
-        }
-        let token = serde_json::from_slice::<Value>(&response.body)
-            .ok()
-            .and_then(|v| v["responses"][0]["accessToken"].as_str().map(String::from))
-            .ok_or("UCloud's refresh answer holds no accessToken")?;
-        let exp = expiry_of(&token).unwrap_or(now() + 600);
-        self.access = Some((token.clone(), exp));
-        Ok(token)
     }
 
     /// One exchange with UCloud under the provider's access token, for the sender's
@@ -196,7 +135,7 @@ impl Sender {
     }
 
     fn attempt(&mut self, message: &Message) -> Outcome {
-        let token = match self.access_token() {
+        let token = match self.tokens.access_token(&mut self.client) {
             Ok(t) => t,
             Err(why) => return Outcome::Retry(why),
         };
@@ -225,7 +164,7 @@ impl Sender {
         };
         if matches!(&result, Ok(r) if r.status == 401) {
             // Revoked or expired early: the next attempt gets a new token.
-            self.access = None;
+            self.tokens.forget();
         }
         classify(result)
     }
@@ -541,11 +480,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_is_read_from_the_payload() {
-        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let token = format!("{}.{}.sig", b64("{}"), b64(r#"{"exp":1234}"#));
-        assert_eq!(expiry_of(&token), Some(1234));
-        assert_eq!(expiry_of("garbage"), None);
+    fn excerpts_are_one_line() {
         assert_eq!(excerpt(b"a\nb"), "ab");
     }
 

@@ -14,6 +14,9 @@ pub struct Setup {
     pub refresh_token: String,
     pub outbox: PathBuf,
     pub provider: String,
+    /// The inbox, where the notification stream goes, when the site uses UCloud
+    /// projects (site.conf sets `project_prefix`); `None`: the stream is not read.
+    pub inbox: Option<PathBuf>,
 }
 
 pub fn load() -> Result<Setup, SendError> {
@@ -47,6 +50,10 @@ pub fn load() -> Result<Setup, SendError> {
         refresh_token,
         outbox: PathBuf::from(paths::outbox_dir()),
         provider: config.provider,
+        inbox: config
+            .projects
+            .is_some()
+            .then(|| PathBuf::from(paths::inbox_dir())),
     })
 }
 

@@ -1,5 +1,6 @@
 //! The inbox: what UCloud's notification stream told the provider, one file per
-//! event, beside the outbox and made the same way (`root:<sender's group> 2770`).
+//! event, beside the outbox and made like it, but for the sender's own group alone
+//! (`root:<sender's group> 2770`; the outbox's group is wider).
 //!
 //! ```text
 //! inbox/tmp/             files being written

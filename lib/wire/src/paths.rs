@@ -48,7 +48,7 @@ pub fn outbox_dir() -> String {
     under("/var/lib/ucloud-im/outbox")
 }
 /// What UCloud tells the provider (its notification stream), written by the sender
-/// as one file per event (root:<sender's group> 2770, like the outbox) and acted on
+/// as one file per event (root:<sender's own group> 2770) and acted on
 /// by ucloud-project, which treats it as untrusted input.
 pub fn inbox_dir() -> String {
     under("/var/lib/ucloud-im/inbox")
