@@ -13,6 +13,8 @@ mod follow;
 mod gojson;
 mod gopath;
 mod gotypes;
+mod notify;
+mod projects;
 mod provider;
 mod query;
 mod search;
