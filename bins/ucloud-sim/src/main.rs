@@ -66,7 +66,10 @@ usage:
          --provider-url it asks the provider for its support before a
          POST /sim/jobs, as UCloud does before it creates a job, tells it
          of a share (POST /sim/shares), which needs it, and sends it a user's
-         SSH keys after each change (POST, DELETE /sim/ssh/keys)
+         SSH keys after each change (POST, DELETE /sim/ssh/keys); it keeps
+         projects and allocations (/sim/projects, /sim/allocations,
+         /sim/wallets) and serves the provider notification stream
+         (GET /api/accounting/notifications, a WebSocket) as the core does
   token  print a UCloud bearer token (cached, reused until < 3 min remain)
   call   call the provider like UCloud; print the status, then the body
          (--url defaults to $UCLOUD_IM_LB_URL, else $UCLOUD_IM_GATEWAY_URL;
