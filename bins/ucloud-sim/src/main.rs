@@ -76,7 +76,9 @@ usage:
          an https URL needs --ca, which defaults to $UCLOUD_IM_CA); a job
          creation UCloud would not make (not a Go BulkRequest[Job], an id that
          is no decimal number, a product not in the catalogue or not supported
-         by the provider) is answered 400 here and not sent, and so is a files
+         by the provider) is answered 400 here and not sent (a job of a
+         project from /sim/projects: 403 when its creator is no member, 402
+         without an allocation), and so is a files
          call on a share's drive that the drive's ACL does not allow --user
          (403), unless --unchecked
   follow follow a job's output over the WebSocket like UCloud; one JSON line per
