@@ -132,7 +132,7 @@ fn project<'a>(state: &'a Value, id: &str) -> Result<&'a Value, Answer> {
         .ok_or_else(|| fail(404, "NOT_FOUND", format!("unknown project {id:?}")))
 }
 
-/// `POST /sim/projects` `{"title","members":[{"username","role"}]}` \u{2192} `{"id"}`.
+/// `POST /sim/projects` `{"title","members":[{"username","role"}]}` -> `{"id"}`.
 pub fn create(store: &Store, body: &[u8], changes: &mut Vec<Change>) -> Result<Answer, Answer> {
     let v = object(body)?;
     let title = v["title"]
@@ -306,7 +306,7 @@ pub fn mark_updated(usage_state: &mut Value, category: &str, owner: &str) {
 }
 
 /// `POST /sim/allocations` `{"owner":{"type":"user","username"}|{"type":"project",
-/// "projectId"},"category":{"name","provider"},"quota":N}` \u{2192} `{"id"}`.
+/// "projectId"},"category":{"name","provider"},"quota":N}` -> `{"id"}`.
 pub fn allocate(
     store: &Store,
     provider: &str,
