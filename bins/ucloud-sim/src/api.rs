@@ -12,6 +12,8 @@ use crate::error::SimError;
 use crate::gojson;
 pub use crate::gotypes::resource_id;
 use crate::gotypes::{self, RESOURCE_FLAGS};
+use crate::notify::Hub;
+use crate::projects::{self, Change};
 use crate::query;
 use crate::store::Store;
 use crate::tokens::Keys;
@@ -36,6 +38,8 @@ pub struct Sim {
     /// state files (the `call` command only ever writes files of `jobs/`, `owners/`
     /// and `tokens/`, one per job, owner or token).
     store: Mutex<Store>,
+    /// The open notification streams, told of every change (`notify.rs`).
+    pub hub: Hub,
 }
 
 /// The body decoded into its Go type, or the core's 400.
@@ -66,7 +70,16 @@ impl Sim {
             keys,
             provider_url,
             store: Mutex::new(store),
+            hub: Hub::default(),
         })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn store(&self) -> &Mutex<Store> {
+        &self.store
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -81,12 +94,43 @@ impl Sim {
         authorization: Option<&str>,
         body: &[u8],
     ) -> Answer {
+        let mut changes = Vec::new();
+        let answer = self.route(method, path, query, authorization, body, &mut changes);
+        // Told after the state is written and the lock given back: a stream looks
+        // the state up itself when it sends.
+        self.hub.broadcast(&changes);
+        answer
+    }
+
+    fn route(
+        &self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        authorization: Option<&str>,
+        body: &[u8],
+        changes: &mut Vec<Change>,
+    ) -> Answer {
         let path = path.trim_end_matches('/');
         let answer = match (method, path) {
             ("POST", "/auth/providers/refresh") => Some(self.refresh(body)),
             ("POST", "/sim/jobs") => Some(self.sim_job(body)),
+            ("GET", p) if p.starts_with("/sim/jobs/") => {
+                Some(job_for_actor(&self.lock(), &p["/sim/jobs/".len()..], query))
+            }
             ("GET", "/sim/usage") => Some(usage::view(&self.lock()).map(ok)),
-            ("POST", "/sim/quota") => Some(usage::set_quota(&self.lock(), body)),
+            ("POST", "/sim/quota") => Some(projects::set_quota(&self.lock(), body, changes)),
+            ("POST", "/sim/projects") => Some(projects::create(&self.lock(), body, changes)),
+            (_, p) if p.starts_with("/sim/projects/") => {
+                Some(self.sim_project_call(method, p, body, changes))
+            }
+            ("POST", "/sim/allocations") => Some(projects::allocate(
+                &self.lock(),
+                &self.provider,
+                body,
+                changes,
+            )),
+            ("GET", "/sim/wallets") => Some(projects::view_wallets(&self.lock(), &self.provider)),
             ("POST", "/sim/shares") => Some(self.sim_share(body)),
             ("GET", "/sim/shares") => Some(shares::list(&self.lock())),
             (_, p) if p.starts_with("/sim/shares/") => self.sim_share_call(method, p, body),
@@ -134,7 +178,9 @@ impl Sim {
             ("POST", "/api/providers/integration/control/clearConnection") => {
                 connection(&store, body, false)
             }
-            ("POST", "/api/accounting/v2/reportUsage") => usage::report(&store, provider, body),
+            ("POST", "/api/accounting/v2/reportUsage") => {
+                usage::report(&store, provider, body, changes)
+            }
             ("GET", "/api/shares/control/retrieve") => {
                 shares::control_retrieve(&store, provider, query)
             }
@@ -152,6 +198,41 @@ impl Sim {
             )),
         };
         answer.unwrap_or_else(|a| a)
+    }
+
+    /// `/sim/projects/{id}` (GET, DELETE), `/sim/projects/{id}/members` (POST),
+    /// `/sim/projects/{id}/members/{username}` (DELETE; the name percent-encoded,
+    /// `#` as `%23`).
+    fn sim_project_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        changes: &mut Vec<Change>,
+    ) -> Result<Answer, Answer> {
+        let rest = &path["/sim/projects/".len()..];
+        let parts: Vec<&str> = rest.split('/').collect();
+        let store = self.lock();
+        match (method, parts.as_slice()) {
+            ("GET", [id]) => projects::view_project(&store, id),
+            ("DELETE", [id]) => projects::end(&store, id, changes),
+            ("POST", [id, "members"]) => projects::set_member(&store, id, body, changes),
+            ("DELETE", [id, "members", name]) => {
+                let name = ucloud_http::server::percent_decode(name).ok_or_else(|| {
+                    fail(
+                        400,
+                        "BAD_REQUEST",
+                        "the username is not percent-encoded UTF-8",
+                    )
+                })?;
+                projects::remove_member(&store, id, &name, changes)
+            }
+            _ => Err(fail(
+                404,
+                "NOT_FOUND",
+                format!("no endpoint {method} {path}"),
+            )),
+        }
     }
 
     fn refresh(&self, body: &[u8]) -> Result<Answer, Answer> {
@@ -211,6 +292,7 @@ impl Sim {
         };
         let store = self.lock();
         support::check_job(&store, &job, supported.as_deref())?;
+        projects::check_job(&store, &self.provider, &job)?;
         let original: Value = serde_json::from_slice(body)
             .map_err(|e| fail(400, "BAD_REQUEST", format!("body is not JSON: {e}")))?;
         store.put_job(&original).map_err(internal)?;
@@ -302,6 +384,38 @@ impl Sim {
             _ => None,
         }
     }
+}
+
+/// `GET /sim/jobs/{id}?actor=U`: the job as the core hands it to the provider in
+/// a call made for `U` (terminate, follow, ...): `permissions.myself` what `U` may
+/// do (`resourcesReadEx`), `others` the job's ACL (none). A job `U` may not edit
+/// is the core's 404 "permission denied or job not found" (`JobsTerminateBulk`).
+fn job_for_actor(store: &Store, id: &str, query_string: Option<&str>) -> Result<Answer, Answer> {
+    let actor = query_string
+        .into_iter()
+        .flat_map(ucloud_http::server::query_pairs)
+        .find(|(k, _)| k == "actor")
+        .map(|(_, v)| v)
+        .ok_or_else(|| fail(400, "BAD_REQUEST", "?actor=USERNAME is required"))?;
+    let not_found = || {
+        fail(
+            404,
+            "NOT_FOUND",
+            format!("permission denied or job not found ({id})"),
+        )
+    };
+    let n = resource_id(id).ok_or_else(not_found)?;
+    let Some(mut job) = store.read(&Store::job_file(&n)).map_err(internal)? else {
+        return Err(not_found());
+    };
+    let Some(myself) = projects::job_permissions(store, &job, &actor)? else {
+        return Err(not_found());
+    };
+    if !myself.contains(&"EDIT") {
+        return Err(not_found());
+    }
+    job["permissions"] = json!({"myself": myself, "others": []});
+    Ok(ok(job))
 }
 
 /// The provider ids reserved so far, each with the resource it names: every

@@ -6,7 +6,7 @@
 use crate::answer::{fail, Answer};
 use crate::error::SimError;
 use crate::store::Store;
-use crate::{api, gojson, gotypes, query, shares, support, usage};
+use crate::{api, gojson, gotypes, projects, query, shares, support, usage};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::Path;
@@ -256,9 +256,11 @@ pub fn call(args: &CallArgs<'_>, store: Option<&Store>) -> Result<(u16, Vec<u8>)
         let provider = path_provider(args.path);
         let supported = support::fetch(args.url, args.ca, args.support_token, provider);
         let refusal = match &supported {
-            Ok(list) => jobs
-                .iter()
-                .find_map(|(job, _)| support::check_job(store, job, Some(list)).err()),
+            Ok(list) => jobs.iter().find_map(|(job, _)| {
+                support::check_job(store, job, Some(list))
+                    .and_then(|()| projects::check_job(store, provider, job))
+                    .err()
+            }),
             Err(why) => Some(fail(
                 400,
                 "BAD_REQUEST",

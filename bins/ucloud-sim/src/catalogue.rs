@@ -181,7 +181,8 @@ fn omit_empty(map: &mut Map<String, Value>, keys: &[&str]) {
     }
 }
 
-fn category_json(category: &Value) -> Value {
+/// A category as `accapi.ProductCategory` marshals it (its `omitempty` fields).
+pub fn category_json(category: &Value) -> Value {
     let mut c = category.as_object().cloned().unwrap_or_default();
     omit_empty(
         &mut c,

@@ -13,6 +13,8 @@ mod follow;
 mod gojson;
 mod gopath;
 mod gotypes;
+mod notify;
+mod projects;
 mod provider;
 mod query;
 mod search;
@@ -64,14 +66,19 @@ usage:
          --provider-url it asks the provider for its support before a
          POST /sim/jobs, as UCloud does before it creates a job, tells it
          of a share (POST /sim/shares), which needs it, and sends it a user's
-         SSH keys after each change (POST, DELETE /sim/ssh/keys)
+         SSH keys after each change (POST, DELETE /sim/ssh/keys); it keeps
+         projects and allocations (/sim/projects, /sim/allocations,
+         /sim/wallets) and serves the provider notification stream
+         (GET /api/accounting/notifications, a WebSocket) as the core does
   token  print a UCloud bearer token (cached, reused until < 3 min remain)
   call   call the provider like UCloud; print the status, then the body
          (--url defaults to $UCLOUD_IM_LB_URL, else $UCLOUD_IM_GATEWAY_URL;
          an https URL needs --ca, which defaults to $UCLOUD_IM_CA); a job
          creation UCloud would not make (not a Go BulkRequest[Job], an id that
          is no decimal number, a product not in the catalogue or not supported
-         by the provider) is answered 400 here and not sent, and so is a files
+         by the provider) is answered 400 here and not sent (a job of a
+         project from /sim/projects: 403 when its creator is no member, 402
+         without an allocation), and so is a files
          call on a share's drive that the drive's ACL does not allow --user
          (403), unless --unchecked
   follow follow a job's output over the WebSocket like UCloud; one JSON line per

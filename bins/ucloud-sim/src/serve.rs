@@ -109,6 +109,12 @@ fn connection(shared: &Shared, tcp: TcpStream) -> Result<(), String> {
                 return Err(e.to_string());
             }
         };
+        if request.method == "GET"
+            && request.path() == "/api/accounting/notifications"
+            && request.header("upgrade").is_some()
+        {
+            return notifications(shared, &mut reader, &request);
+        }
         let answer = shared.sim.handle(
             &request.method,
             request.path(),
@@ -150,4 +156,76 @@ fn connection(shared: &Shared, tcp: TcpStream) -> Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// `GET /api/accounting/notifications` with `Upgrade: websocket`: the provider
+/// notification stream ([`crate::notify`]) on this connection until it ends.
+fn notifications(
+    shared: &Shared,
+    reader: &mut Reader<StreamOwned<ServerConnection, TcpStream>>,
+    request: &server::Request,
+) -> Result<(), String> {
+    let accept = ucloud_http::websocket::upgrade_accept(request);
+    let refused = accept.as_ref().err().cloned();
+    let status = if refused.is_some() { 400 } else { 101 };
+    shared.log.append(&Entry {
+        method: &request.method,
+        path: request.path(),
+        query: request.query(),
+        status,
+        headers: &request.headers,
+        body: &request.body,
+        error: refused.as_deref(),
+    });
+    eprintln!(
+        "ucloud-sim: GET {} {status}{}",
+        request.path(),
+        refused
+            .as_deref()
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default()
+    );
+    let accept = match accept {
+        Ok(a) => a,
+        Err(why) => {
+            let body = serde_json::json!({"why": why, "errorCode": "BAD_REQUEST"});
+            let headers = [
+                ("Content-Type", "application/json; charset=utf-8"),
+                ("Connection", "close"),
+            ];
+            return server::write_response(
+                reader.get_mut(),
+                400,
+                &headers,
+                body.to_string().as_bytes(),
+            )
+            .map_err(|e| e.to_string());
+        }
+    };
+    ucloud_http::websocket::switch_protocols(reader.get_mut(), &accept)
+        .map_err(|e| e.to_string())?;
+    let leftover = reader.buffered().to_vec();
+    let stream = reader.get_mut();
+    stream
+        .sock
+        .set_read_timeout(Some(crate::notify::POLL))
+        .map_err(|e| e.to_string())?;
+    let sim = &shared.sim;
+    let verify = |token: &str| sim.keys().verify_provider(token, &sim.provider);
+    let cx = crate::notify::Context {
+        provider: &sim.provider,
+        store: sim.store(),
+        hub: &sim.hub,
+        verify: &verify,
+    };
+    let outcome = crate::notify::session(stream, &leftover, &cx);
+    eprintln!(
+        "ucloud-sim: notification stream ended{}",
+        outcome
+            .as_ref()
+            .err()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default()
+    );
+    Ok(())
 }

@@ -9,8 +9,10 @@
 //!   in the category. Either way the difference is what the owner's wallet in the
 //!   category is charged, so re-sending a total charges nothing twice;
 //! - a free-to-use category is accepted and charges nothing;
-//! - the answer per item is `true` unless the wallet is locked (its quota, set with
-//!   `POST /sim/quota`, used up), which is no error.
+//! - the answer per item is `true` unless the wallet is locked (the quota its
+//!   allocations give, see [`crate::projects`], used up), which is no error. A
+//!   wallet no allocation ever gave to never locks (the core would refuse to charge
+//!   it; tests of usage alone need no allocations).
 //!
 //! Refused with 403, as by the core: another provider's category, a category with
 //! no product in the catalogue, an owner UCloud does not know (a user is known once
@@ -19,13 +21,14 @@
 //! order; a refused item stops the call, the ones before it stay applied.
 //!
 //! `usage.json`: `{"wallets":{"<category>\n<owner>":N},"scopes":{"<owner>\n<scope>":N},
-//! "quotas":{"<category>\n<owner>":N}}`; the owners UCloud knows are files of
-//! `owners/` (see [`Store::owner_file`]).
+//! "updated":{"<category>\n<owner>":ms}}` (when each wallet last changed); the owners
+//! UCloud knows are files of `owners/` (see [`Store::owner_file`]).
 
 use crate::answer::{fail, internal, ok, Answer};
 use crate::catalogue;
 use crate::gojson;
 use crate::gotypes;
+use crate::projects::{self, Change};
 use crate::store::Store;
 use serde_json::{json, Map, Value};
 
@@ -88,7 +91,13 @@ fn number(map: &Value, key: &str) -> i64 {
 }
 
 /// `accounting.reportUsage`: `POST /api/accounting/v2/reportUsage`.
-pub fn report(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answer> {
+/// Every wallet charged is named in `changes`, also when a later item is refused.
+pub fn report(
+    store: &Store,
+    provider: &str,
+    body: &[u8],
+    changes: &mut Vec<Change>,
+) -> Result<Answer, Answer> {
     let request = gojson::decode(body, &gotypes::REPORT_USAGE)
         .map_err(|e| fail(400, "BAD_REQUEST", format!("Invalid request supplied: {e}")))?;
     let items = request["items"].as_array().cloned().unwrap_or_default();
@@ -96,7 +105,7 @@ pub fn report(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answ
     let mut responses = Vec::new();
     let mut refusal = None;
     for item in &items {
-        match apply(store, provider, &mut state, item) {
+        match apply(store, provider, &mut state, item, changes) {
             Ok(unlocked) => responses.push(json!(unlocked)),
             Err(a) => {
                 refusal = Some(a);
@@ -115,7 +124,13 @@ pub fn report(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, Answ
     Ok(ok(json!({"responses": responses})))
 }
 
-fn apply(store: &Store, provider: &str, state: &mut Value, item: &Value) -> Result<bool, Answer> {
+fn apply(
+    store: &Store,
+    provider: &str,
+    state: &mut Value,
+    item: &Value,
+    changes: &mut Vec<Change>,
+) -> Result<bool, Answer> {
     let category_name = item["categoryIdV2"]["name"].as_str().unwrap_or_default();
     if item["categoryIdV2"]["provider"].as_str() != Some(provider) {
         return Err(fail(
@@ -154,10 +169,18 @@ fn apply(store: &Store, provider: &str, state: &mut Value, item: &Value) -> Resu
     }
     let total = wallet.saturating_add(delta);
     ensure_object(state, "wallets")[&wallet_key] = json!(total);
-    let locked = state["quotas"][&wallet_key]
-        .as_i64()
-        .is_some_and(|quota| total >= quota);
-    Ok(!locked)
+    let quota = projects::quota(store, category_name, &owner)?;
+    if delta != 0 {
+        projects::mark_updated(state, category_name, &owner);
+        let change = Change::Wallet {
+            category: category_name.to_string(),
+            owner: owner.clone(),
+        };
+        if !changes.contains(&change) {
+            changes.push(change);
+        }
+    }
+    Ok(!projects::is_locked(quota, total))
 }
 
 fn ensure_object<'a>(state: &'a mut Value, key: &str) -> &'a mut Value {
@@ -165,38 +188,6 @@ fn ensure_object<'a>(state: &'a mut Value, key: &str) -> &'a mut Value {
         state[key] = Value::Object(Map::new());
     }
     &mut state[key]
-}
-
-/// `POST /sim/quota` `{"owner":REF,"category":NAME,"quota":N}`: the wallet locks
-/// once its usage reaches N (`"quota":null` removes it).
-pub fn set_quota(store: &Store, body: &[u8]) -> Result<Answer, Answer> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| fail(400, "BAD_REQUEST", format!("body is not JSON: {e}")))?;
-    let (Some(owner), Some(category)) = (v["owner"].as_str(), v["category"].as_str()) else {
-        return Err(fail(
-            400,
-            "BAD_REQUEST",
-            "expected {\"owner\":\"...\",\"category\":\"...\",\"quota\":N}",
-        ));
-    };
-    let quota = match &v["quota"] {
-        Value::Null => None,
-        q => Some(
-            q.as_i64()
-                .ok_or_else(|| fail(400, "BAD_REQUEST", "quota must be an integer or null"))?,
-        ),
-    };
-    let mut state = load(store, USAGE)?;
-    let key = format!("{category}\n{owner}");
-    let quotas = ensure_object(&mut state, "quotas");
-    match quota {
-        Some(q) => quotas[&key] = json!(q),
-        None => {
-            quotas.as_object_mut().map(|m| m.remove(&key));
-        }
-    }
-    store.write(USAGE, &state).map_err(internal)?;
-    Ok(ok(json!({})))
 }
 
 /// What `GET /sim/usage` and `ucloud-sim usage` show: each owner's usage per
@@ -265,7 +256,7 @@ mod tests {
 
     fn send(store: &Store, items: &[Value]) -> Answer {
         let body = json!({"items": items}).to_string();
-        report(store, "hpc", body.as_bytes()).unwrap_or_else(|a| a)
+        report(store, "hpc", body.as_bytes(), &mut Vec::new()).unwrap_or_else(|a| a)
     }
 
     fn wallet(store: &Store, owner: &str, cat: &str) -> Value {
@@ -337,7 +328,9 @@ mod tests {
         }
         for body in [&b""[..], b"{", b"[]", br#"{"items":{}}"#] {
             assert_eq!(
-                report(&store, "hpc", body).unwrap_or_else(|a| a).status,
+                report(&store, "hpc", body, &mut Vec::new())
+                    .unwrap_or_else(|a| a)
+                    .status,
                 400
             );
         }
@@ -358,7 +351,8 @@ mod tests {
         assert_eq!(a.status, 403);
         assert_eq!(wallet(&store, "A#1", "cpu"), 8);
         // A locked wallet answers false, and the usage is still recorded.
-        set_quota(&store, br#"{"owner":"A#1","category":"cpu","quota":10}"#).unwrap();
+        let quota = br#"{"owner":"A#1","category":"cpu","quota":10}"#;
+        projects::set_quota(&store, quota, &mut Vec::new()).unwrap();
         assert_eq!(
             send(&store, &[item("A#1", "cpu", 12, false, Some("j"))]).body,
             json!({"responses": [false]})

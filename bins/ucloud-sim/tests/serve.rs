@@ -1338,3 +1338,259 @@ fn ssh_keys_reach_the_provider_once_per_change_and_only_with_an_allocation() {
     assert_eq!(owners, ["A#1"]);
     assert_eq!(page["next"], Value::Null);
 }
+
+/// The provider's end of the notification stream, over TLS as the module opens it.
+struct Stream {
+    tls: ucloud_http::client::Stream,
+    decoder: ucloud_http::websocket::Decoder,
+    refs: ucloud_wire::apm::Refs,
+}
+
+impl Stream {
+    fn open(f: &Fixture) -> Stream {
+        use std::io::{Read, Write};
+        ucloud_http::tls::install_provider();
+        let endpoint = ucloud_http::client::Endpoint::new(
+            &f.url(),
+            Some(std::path::Path::new(&f.path("ca.pem"))),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let mut tls = endpoint.connect().unwrap();
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let request = format!(
+            "GET /api/accounting/notifications HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(tls.read(&mut byte).unwrap(), 1, "the head ends early");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(
+            head.contains(&ucloud_http::websocket::accept_key(key)),
+            "{head}"
+        );
+        Stream {
+            tls,
+            decoder: ucloud_http::websocket::Decoder::new(
+                ucloud_http::websocket::Role::Client,
+                1 << 24,
+            ),
+            refs: ucloud_wire::apm::Refs::default(),
+        }
+    }
+
+    fn send(&mut self, frames: &[ucloud_wire::apm::Frame]) {
+        use std::io::Write;
+        let payload = ucloud_wire::apm::encode(frames, true);
+        let frame = ucloud_http::websocket::encode(0x2, &payload, Some([9, 8, 7, 6]));
+        self.tls.write_all(&frame).unwrap();
+        self.tls.flush().unwrap();
+    }
+
+    fn message(&mut self) -> ucloud_http::websocket::Message {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(m) = self.decoder.next().unwrap() {
+                return m;
+            }
+            let n = self.tls.read(&mut buf).expect("a message within 10 s");
+            assert!(n > 0, "the stream closed without a close frame");
+            self.decoder.push(&buf[..n]);
+        }
+    }
+
+    fn events(&mut self) -> Vec<ucloud_wire::apm::Event> {
+        match self.message() {
+            ucloud_http::websocket::Message::Binary(b) => {
+                let frames = ucloud_wire::apm::decode(&b, true).unwrap();
+                self.refs.apply(frames).unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+fn auth(token: &str) -> ucloud_wire::apm::Frame {
+    ucloud_wire::apm::Frame::Auth {
+        replay_from_ms: 0,
+        flags: ucloud_wire::apm::FLAG_INCLUDE_RETIRED,
+        token: token.into(),
+    }
+}
+
+#[test]
+fn projects_and_wallets_reach_the_notification_stream() {
+    use ucloud_wire::apm::Event;
+    let f = Fixture::new("stream");
+    let token = f.access_token();
+    f.register_products(&token);
+    let approve = "/api/providers/integration/control/approveConnection";
+    f.call(&token, "POST", approve, Some(r#"{"username":"A#1"}"#));
+    let members = json!([{"username": "A#1", "role": "PI"}, {"username": "B#2", "role": "USER"}]);
+    let body = json!({"title": "Climate", "members": members}).to_string();
+    let (status, created) = f.call("unused", "POST", "/sim/projects", Some(&body));
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    // A project job before the project has an allocation: the core's 402.
+    let job = |n: &str, by: &str| {
+        json!({"id": n, "owner": {"createdBy": by, "project": id},
+               "specification": {"name": "j", "product": {"id": "c1", "category": "cpu", "provider": "hpc"}}})
+        .to_string()
+    };
+    assert_eq!(
+        f.call("unused", "POST", "/sim/jobs", Some(&job("61", "B#2")))
+            .0,
+        402
+    );
+    let alloc = json!({"owner": {"type": "project", "projectId": id},
+                       "category": {"name": "cpu", "provider": "hpc"}, "quota": 1000});
+    let (status, answer) = f.call(
+        "unused",
+        "POST",
+        "/sim/allocations",
+        Some(&alloc.to_string()),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let bad = json!({"owner": {"type": "project", "projectId": id},
+                     "category": {"name": "gpu", "provider": "hpc"}, "quota": 1});
+    assert_eq!(
+        f.call("unused", "POST", "/sim/allocations", Some(&bad.to_string()))
+            .0,
+        404
+    );
+
+    // A token that is not the provider's: the stream closes.
+    let mut forged = Stream::open(&f);
+    forged.send(&[auth("not-a-token")]);
+    assert!(matches!(
+        forged.message(),
+        ucloud_http::websocket::Message::Close(Some(1008), _)
+    ));
+
+    let mut s = Stream::open(&f);
+    s.send(&[auth(&token)]);
+    let events = s.events();
+    let Some(Event::Wallet {
+        owner,
+        quota,
+        locked,
+        project,
+        ..
+    }) = events.last()
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(owner, &json!({"type": "project", "projectId": id}));
+    assert_eq!((*quota, *locked), (1000, false));
+    assert_eq!(project.as_ref().unwrap()["status"]["members"], members);
+    // The project itself follows, modified after the replay start.
+    assert!(matches!(&s.events()[0], Event::Project { .. }));
+
+    // Live: a member joins, one leaves (the name percent-encoded in the path).
+    let join = r#"{"username":"C#3","role":"ADMIN"}"#;
+    assert_eq!(
+        f.call(
+            "unused",
+            "POST",
+            &format!("/sim/projects/{id}/members"),
+            Some(join)
+        )
+        .0,
+        200
+    );
+    let Event::Project { project, .. } = &s.events()[0] else {
+        panic!()
+    };
+    assert_eq!(project["status"]["members"].as_array().unwrap().len(), 3);
+    let leave = format!("/sim/projects/{id}/members/B%232");
+    assert_eq!(f.call("unused", "DELETE", &leave, None).0, 200);
+    let Event::Project { project, .. } = &s.events()[0] else {
+        panic!()
+    };
+    assert_eq!(
+        project["status"]["members"],
+        json!([{"username": "A#1", "role": "PI"}, {"username": "C#3", "role": "ADMIN"}])
+    );
+    let pi = format!("/sim/projects/{id}/members/A%231");
+    assert_eq!(f.call("unused", "DELETE", &pi, None).0, 400);
+    let (status, view) = f.call("unused", "GET", &format!("/sim/projects/{id}"), None);
+    assert_eq!(
+        (status, &view["status"]["members"]),
+        (200, &project["status"]["members"])
+    );
+
+    // Jobs of the project: a member's, not an outsider's; usage moves the wallet.
+    assert_eq!(
+        f.call("unused", "POST", "/sim/jobs", Some(&job("62", "B#2")))
+            .0,
+        403
+    );
+    assert_eq!(
+        f.call("unused", "POST", "/sim/jobs", Some(&job("63", "C#3")))
+            .0,
+        200
+    );
+    let (status, seen) = f.call("unused", "GET", "/sim/jobs/63?actor=A%231", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        seen["permissions"],
+        json!({"myself": ["ADMIN", "READ", "EDIT"], "others": []})
+    );
+    assert_eq!(
+        f.call("unused", "GET", "/sim/jobs/63?actor=B%232", None).0,
+        404
+    );
+    let report = json!({"items": [{"isDeltaCharge": true, "owner": {"type": "project", "projectId": id},
+        "categoryIdV2": {"name": "cpu", "provider": "hpc"}, "usage": 1000}]});
+    let (status, answer) = f.call(
+        &token,
+        "POST",
+        "/api/accounting/v2/reportUsage",
+        Some(&report.to_string()),
+    );
+    assert_eq!((status, answer), (200, json!({"responses": [false]})));
+    let events = s.events();
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Wallet {
+                usage: 1000,
+                locked: true,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    let (_, wallets) = f.call("unused", "GET", "/sim/wallets", None);
+    assert_eq!(wallets["items"][0]["locked"], true, "{wallets}");
+
+    // The project leaves the site: its wallet ends at quota 0.
+    assert_eq!(
+        f.call("unused", "DELETE", &format!("/sim/projects/{id}"), None)
+            .0,
+        200
+    );
+    let events = s.events();
+    assert!(
+        matches!(
+            &events[..],
+            [Event::Wallet {
+                quota: 0,
+                locked: true,
+                ..
+            }]
+        ),
+        "{events:?}"
+    );
+    assert!(f
+        .log()
+        .iter()
+        .any(|l| l["path"] == "/api/accounting/notifications" && l["status"] == 101));
+}
