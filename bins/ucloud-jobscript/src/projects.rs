@@ -44,10 +44,13 @@ fn member<'v>(v: &'v Value, key: &str, what: &str) -> Result<Option<&'v Value>, 
     }
 }
 
-/// An account name of the table, checked to be a plain name.
+/// An account name of the table, checked to be a plain name that starts with a
+/// letter or digit (the plugins pass it to squeue and sacct, never as an option).
 fn account_name(v: &Value, what: &str) -> Result<String, Refusal> {
     match v {
-        Value::String(s) if is_slurm_name(s) => Ok(s.clone()),
+        Value::String(s) if is_slurm_name(s) && s.as_bytes()[0].is_ascii_alphanumeric() => {
+            Ok(s.clone())
+        }
         other => Err(site_config(format!(
             "{what} is {}, not a plain Slurm account name",
             tojson(other)
@@ -205,6 +208,7 @@ mod tests {
                         "accounts": {"cpu": "ucp-p2_cpu"}, "members": ["ann"]},
                 "p-space": {"accounts": {"cpu": "ucp p3"}, "members": ["ann"]},
                 "p-semi": {"accounts": {"cpu": "a;id"}, "members": ["ann"]},
+                "p-dash": {"accounts": {"cpu": "-A"}, "members": ["ann"]},
                 "p-dots": {"drive": "/srv/projects/../../etc", "accounts": {"cpu": "x"},
                         "members": ["ann"]},
                 "p-rel": {"drive": "srv/p", "accounts": {"cpu": "x"}, "members": ["ann"]},
@@ -277,6 +281,7 @@ mod tests {
         for (project, says) in [
             ("p-space", "\"ucp p3\", not a plain Slurm account name"),
             ("p-semi", "\"a;id\""),
+            ("p-dash", "\"-A\""),
             ("p-dots", "not a plain absolute path"),
             ("p-rel", "not a plain absolute path"),
             ("p-quote", "not a plain absolute path"),
