@@ -25,6 +25,7 @@ case "$tool $*" in
 "squeue "*" -u "*) cat "$FAKE/squeue.u" 2>/dev/null ;;
 "squeue "*" -j "*) cat "$FAKE/squeue.j" 2>/dev/null ;;
 "sacct "*) cat "$FAKE/sacct" 2>/dev/null ;;
+"scontrol -o show job "*) cat "$FAKE/show" 2>/dev/null ;;
 "scancel "* | "scontrol "*)
     if [ -e "$FAKE/refuse" ]; then
         echo "$tool: error: Kill job error on job id 101: Access/permission denied" >&2
@@ -372,4 +373,35 @@ fn a_member_follows_a_project_job_in_the_folder_the_table_names() {
         "{}",
         fake.log()
     );
+}
+
+#[test]
+fn a_personal_job_is_followed_where_slurm_says_as_before() {
+    let fake = Fake::new("personal");
+    std::fs::create_dir_all(fake.path("home/ucloud-jobs/j1")).unwrap();
+    let out_file = fake.path("home/ucloud-jobs/j1/stdout.txt");
+    std::fs::write(&out_file, "mine\n").unwrap();
+    fake.answer("squeue.u", "100 RUNNING\n");
+    fake.answer("squeue.j", "COMPLETED\n");
+    fake.answer(
+        "show",
+        &format!(
+            "JobId=100 StdOut={} StdErr={}\n",
+            out_file.display(),
+            out_file.display()
+        ),
+    );
+    // A project the table does not know is the caller's own job, like a personal one.
+    for project in [Value::Null, json!("p-unknown")] {
+        let request = json!({"type": "init", "job": job("j1", project)});
+        let out = fake.plugin("jobs.follow", "ann", &request);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(streamed(&out)[0]["stdout"], "mine\n");
+        assert!(
+            fake.log()
+                .starts_with("squeue -h -t all -u ann -n j1 -o %i %T\nscontrol -o show job 100\n"),
+            "{}",
+            fake.log()
+        );
+    }
 }
