@@ -398,7 +398,7 @@ fn make_folders_under(jobs: &[Planned], own: FileMode) -> Result<(), Refusal> {
         umask_for(job.shared, own);
         let folder = Path::new(&job.folder);
         if let Some(parent) = folder.parent() {
-            if let Err(why) = jobs_dir(parent, job.shared) {
+            if let Err(why) = jobs_dir(parent, job.in_project_drive) {
                 return Err(undo(
                     &made,
                     Refusal {
@@ -449,12 +449,12 @@ fn make_folders_under(jobs: &[Planned], own: FileMode) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// `<base>/ucloud-jobs`, made when missing. A project job's is in a directory every
-/// member writes to: it must be a directory of its own, not a link another member
-/// put there to send the job's folder elsewhere, and the base (the project drive,
-/// ucloud-project's) is never made here.
-fn jobs_dir(dir: &Path, shared: bool) -> Result<(), String> {
-    if !shared {
+/// `<base>/ucloud-jobs`, made when missing. In a project drive it is in a directory
+/// every member writes to: it must be a directory of its own, not a link another
+/// member put there to send the job's folder elsewhere, and the base (the project
+/// drive, ucloud-project's) is never made here.
+fn jobs_dir(dir: &Path, in_project_drive: bool) -> Result<(), String> {
+    if !in_project_drive {
         return std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot make {}: {e}", dir.display()));
     }

@@ -32,6 +32,8 @@ pub struct Planned {
     pub script: String,
     /// A project job: made and submitted with umask 007 (`Workspace::shared`).
     pub shared: bool,
+    /// The folder is in a project drive, a directory every member writes to.
+    pub in_project_drive: bool,
 }
 
 /// Why the request is refused: UCloud gets this status, code and why.
@@ -550,6 +552,7 @@ impl<'a> Job<'a> {
             folder,
             script: lines.join("\n") + "\n",
             shared: workspace.shared,
+            in_project_drive: workspace.drive.is_some(),
         })
     }
 }
@@ -816,6 +819,7 @@ mod tests {
         .unwrap();
         assert_eq!(jobs[0].folder, "/srv/projects/ucp-p1/ucloud-jobs/j1");
         assert!(jobs[0].shared && jobs[1].shared);
+        assert!(jobs[0].in_project_drive);
         let s = &jobs[0].script;
         assert_eq!(header(s, "account").as_deref(), Some("ucp-p1_cpu"));
         assert_eq!(
@@ -839,7 +843,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(jobs[0].folder, "/home/ann/ucloud-jobs/j3");
-        assert!(jobs[0].shared);
+        assert!(jobs[0].shared && !jobs[0].in_project_drive);
         assert_eq!(
             header(&jobs[0].script, "account").as_deref(),
             Some("ucp-p2_cpu")
