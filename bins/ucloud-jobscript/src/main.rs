@@ -7,15 +7,23 @@
 //!   submit 'ID' 'FOLDER'            (with --print: submit 'ID' 'FOLDER' 'SCRIPT')
 //!   refuse STATUS CODE 'WHY'        (the only line; nothing was made)
 //!
+//! A job of a UCloud project (`owner.project`) is checked against ucloud-project's
+//! table: the caller must be a member, the project's Slurm account for the
+//! product's category goes into the script, the folder into the project's drive,
+//! and the folder and the job are made with umask 007 so that the members share
+//! them.
+//!
 //! Every value is single-quoted. With --submit (or when it is the plugin itself,
 //! run under the call name jobs.create) it also submits the jobs and answers as a
 //! plugin: one process fewer per request than a shell plugin running it, ~1 ms of
 //! the 5 the chain may add to sbatch. See ucloud-jobscript(8) and ucloud-im-jobs(7).
 #![forbid(unsafe_code)]
 
+mod projects;
 mod render;
 mod submit;
 
+use nix::sys::stat::{umask, Mode as FileMode};
 use render::{shell_quote, Planned, Refusal, Site};
 use serde_json::Value;
 use std::io::Write;
@@ -24,7 +32,8 @@ use std::process::ExitCode;
 use ucloud_wire::record::Drive;
 
 const HELP: &str = "\
-usage: ucloud-jobscript --etc DIR --drives DIR --user UCLOUD_NAME --tag TAG [--print|--submit] REQUEST_FILE
+usage: ucloud-jobscript --etc DIR --drives DIR [--projects DIR] --user UCLOUD_NAME --tag TAG
+                        [--print|--submit] REQUEST_FILE
        jobs.create REQUEST_FILE   (installed as the plugin; the rest from the environment)
        ucloud-jobscript -h|--help|--version
 
@@ -36,11 +45,18 @@ its job.sbatch for each job, and prints one line per job:
 or, when a job is refused (then nothing is made), the one line
   refuse STATUS CODE 'WHY'
 --print makes nothing and adds each script: submit 'ID' 'FOLDER' 'SCRIPT'.
+--projects DIR: ucloud-project's DIR/table.json (missing: the site has no projects).
+A job with owner.project goes to that project's Slurm account for the product's
+category (403 NOT_ON_SITE, NOT_A_MEMBER or NO_ALLOCATION otherwise), its folder
+into <project drive>/ucloud-jobs/<job id>/ (the home drive when the project has no
+drive), both made and submitted with umask 007 so that the members share them.
+A personal job takes the caller's personal account from the table when it has one.
 --submit also runs `sbatch --parsable` on each script and answers as a plugin:
 {\"responses\":[{\"id\":\"USER/SLURMID\"},...]} on stdout, or, after cancelling what it
 submitted and removing the folders, {\"status\":S,\"errorCode\":C,\"why\":W} on stderr
 and exit 1. Run as jobs.create it is that plugin: --submit with --etc, --drives
-and --user from UCLOUD_IM_ETC, UCLOUD_IM_DRIVES and UCLOUD_USERNAME, --tag ucloud-im.
+and --user from UCLOUD_IM_ETC, UCLOUD_IM_DRIVES and UCLOUD_USERNAME, --projects from
+UCLOUD_IM_PROJECTS when set, --tag ucloud-im.
 Exit 0 with one of those; 64 on a wrong command line. See ucloud-jobscript(8).
 ";
 
@@ -50,6 +66,8 @@ const MAX_INPUT: u64 = 8 << 20;
 struct Args {
     etc: PathBuf,
     drives: PathBuf,
+    /// ucloud-project's directory; None: the site has no projects.
+    projects: Option<PathBuf>,
     user: String,
     tag: String,
     mode: Mode,
@@ -94,7 +112,7 @@ fn main() -> ExitCode {
     };
     if args.mode == Mode::Submit {
         let user = std::env::var("USER").unwrap_or_default();
-        let answer = run(&args).and_then(|jobs| submit::submit_all(&jobs, &user));
+        let answer = run(&args).and_then(|jobs| submit::submit_all(&jobs, &user, own_umask()));
         return match answer {
             Ok(answer) => write_lines(&[answer]),
             Err(refusal) => fail(&refusal),
@@ -179,6 +197,7 @@ fn parse_args() -> Result<Option<Args>, String> {
         return Ok(Some(Args {
             etc: env("UCLOUD_IM_ETC")?.into(),
             drives: env("UCLOUD_IM_DRIVES")?.into(),
+            projects: env("UCLOUD_IM_PROJECTS").ok().map(PathBuf::from),
             user: env("UCLOUD_USERNAME")?,
             tag: TAG.into(),
             mode: Mode::Submit,
@@ -192,6 +211,9 @@ fn parse_args() -> Result<Option<Args>, String> {
         };
     let etc = need(args.opt_value_from_str("--etc"), "--etc")?;
     let drives = need(args.opt_value_from_str("--drives"), "--drives")?;
+    let projects: Option<String> = args
+        .opt_value_from_str("--projects")
+        .map_err(|e| e.to_string())?;
     let user = need(args.opt_value_from_str("--user"), "--user")?;
     let tag = need(args.opt_value_from_str("--tag"), "--tag")?;
     let mode = match (args.contains("--print"), args.contains("--submit")) {
@@ -214,6 +236,7 @@ fn parse_args() -> Result<Option<Args>, String> {
     Ok(Some(Args {
         etc: etc.into(),
         drives: drives.into(),
+        projects: projects.filter(|p| !p.is_empty()).map(PathBuf::from),
         user,
         tag,
         mode,
@@ -233,9 +256,39 @@ fn site_config(why: String) -> Refusal {
 fn read_json(path: &Path) -> Result<Value, String> {
     let file =
         std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    parse_json(file, path)
+}
+
+fn parse_json(file: std::fs::File, path: &Path) -> Result<Value, String> {
     let text =
         ucloud_wire::read_capped(file, MAX_INPUT).map_err(|e| format!("{} {e}", path.display()))?;
     serde_json::from_slice(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))
+}
+
+/// ucloud-project's table, or None when the site has none (no directory given, or
+/// no table in it: a site without projects, where personal jobs go on as ever).
+fn projects_table(dir: Option<&Path>) -> Result<Option<Value>, Refusal> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let path = dir.join("table.json");
+    match std::fs::File::open(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(site_config(format!("cannot open {}: {e}", path.display()))),
+        Ok(file) => parse_json(file, &path).map(Some).map_err(site_config),
+    }
+}
+
+/// The local account the jobs will run as: the passwd name of the real uid, which
+/// is what sbatch submits as and Slurm checks the account's associations for,
+/// whatever the environment or the drive table say.
+fn local_account() -> Result<String, Refusal> {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => Ok(user.name),
+        Ok(None) => Err(site_config(format!("uid {uid} has no passwd entry"))),
+        Err(e) => Err(site_config(format!("cannot look up uid {uid}: {e}"))),
+    }
 }
 
 /// `key` of a site table, a list (absent: empty).
@@ -280,23 +333,60 @@ fn run(args: &Args) -> Result<Vec<Planned>, Refusal> {
     let products = table(&args.etc, "products/jobs.json", "products")?;
     let applications = table(&args.etc, "jobs/applications.json", "applications")?;
     let drives = drives_of(&args.drives, &args.user)?;
+    let projects = projects_table(args.projects.as_deref())?;
+    // Without a table the local name decides nothing: no lookup.
+    let local = match projects {
+        Some(_) => local_account()?,
+        None => String::new(),
+    };
     let site = Site {
         products: &products,
         applications: &applications,
         drives: &drives,
         user: &args.user,
+        local: &local,
+        projects: projects.as_ref(),
         tag: &args.tag,
     };
     let jobs = render::plan(&request, &site)?;
     if args.mode != Mode::Print {
-        make_folders(&jobs)?;
+        make_folders(&jobs, own_umask())?;
     }
     Ok(jobs)
 }
 
+/// The umask a project job is made and submitted with: the members of the project
+/// (its group) read and write what it makes, others nothing.
+pub(crate) const SHARED_UMASK: u32 = 0o007;
+
+/// The umask the program was started with (the dispatcher's 077).
+fn own_umask() -> FileMode {
+    let own = umask(FileMode::from_bits_truncate(0o077));
+    umask(own);
+    own
+}
+
+/// Sets the umask for one job's files and its sbatch; the previous one.
+pub(crate) fn umask_for(shared: bool, own: FileMode) -> FileMode {
+    umask(if shared {
+        FileMode::from_bits_truncate(SHARED_UMASK)
+    } else {
+        own
+    })
+}
+
 /// Each job's folder with its job.sbatch, all or none: a folder that already exists
-/// means that job was submitted before, and it is never submitted twice.
-fn make_folders(jobs: &[Planned]) -> Result<(), Refusal> {
+/// means that job was submitted before, and it is never submitted twice. A project
+/// job's folder and script are made with umask 007 (the folder then is 0770, and in
+/// a project drive, which is setgid, group-owned by the project), the others
+/// under the caller's umask.
+fn make_folders(jobs: &[Planned], own: FileMode) -> Result<(), Refusal> {
+    let result = make_folders_under(jobs, own);
+    umask(own);
+    result
+}
+
+fn make_folders_under(jobs: &[Planned], own: FileMode) -> Result<(), Refusal> {
     let mut made: Vec<&Path> = Vec::new();
     let undo = |made: &[&Path], refusal: Refusal| {
         for folder in made {
@@ -305,15 +395,16 @@ fn make_folders(jobs: &[Planned]) -> Result<(), Refusal> {
         refusal
     };
     for job in jobs {
+        umask_for(job.shared, own);
         let folder = Path::new(&job.folder);
         if let Some(parent) = folder.parent() {
-            if let Err(e) = std::fs::create_dir_all(parent) {
+            if let Err(why) = jobs_dir(parent, job.in_project_drive) {
                 return Err(undo(
                     &made,
                     Refusal {
                         status: 500,
                         code: "JOB_FOLDER",
-                        why: format!("cannot make {}: {e}", parent.display()),
+                        why,
                     },
                 ));
             }
@@ -356,4 +447,47 @@ fn make_folders(jobs: &[Planned]) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// `<base>/ucloud-jobs`, made when missing. In a project drive it is in a directory
+/// every member writes to: it must be a directory of its own, not a link another
+/// member put there to send the job's folder elsewhere, and the base (the project
+/// drive, ucloud-project's) is never made here.
+fn jobs_dir(dir: &Path, in_project_drive: bool) -> Result<(), String> {
+    if !in_project_drive {
+        return std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot make {}: {e}", dir.display()));
+    }
+    let own_directory = |meta: std::fs::Metadata| {
+        if meta.is_dir() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} is not a directory (a link or a file): remove it so that project jobs \
+                 can make their folders there",
+                dir.display()
+            ))
+        }
+    };
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => own_directory(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(dir) {
+            Ok(()) => Ok(()),
+            // Another member's job made it a moment ago.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => own_directory(
+                std::fs::symlink_metadata(dir)
+                    .map_err(|e| format!("cannot look at {}: {e}", dir.display()))?,
+            ),
+            Err(e) => Err(format!(
+                "cannot make {}: {e}{}",
+                dir.display(),
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    " (the project drive is missing: ucloud-project(8) makes it)"
+                } else {
+                    ""
+                }
+            )),
+        },
+        Err(e) => Err(format!("cannot look at {}: {e}", dir.display())),
+    }
 }

@@ -3,6 +3,7 @@
 //! single-quoted in the script (or refused); only the site's own names (partition,
 //! account, QoS, checked to be plain) and numbers go into `#SBATCH` lines unquoted.
 
+use crate::projects::{self, Workspace};
 use serde_json::{Map, Value};
 use ucloud_wire::record::Drive;
 
@@ -15,6 +16,10 @@ pub struct Site<'a> {
     /// The drive table rows of the calling UCloud user.
     pub drives: &'a [Drive],
     pub user: &'a str,
+    /// The local account the jobs are submitted as (the process's own).
+    pub local: &'a str,
+    /// ucloud-project's table, when the site has one.
+    pub projects: Option<&'a Value>,
     /// The `--comment` every job carries, so that ucloud-im's jobs are found again.
     pub tag: &'a str,
 }
@@ -25,6 +30,10 @@ pub struct Planned {
     pub id: String,
     pub folder: String,
     pub script: String,
+    /// A project job: made and submitted with umask 007 (`Workspace::shared`).
+    pub shared: bool,
+    /// The folder is in a project drive, a directory every member writes to.
+    pub in_project_drive: bool,
 }
 
 /// Why the request is refused: UCloud gets this status, code and why.
@@ -80,15 +89,19 @@ pub fn plan(request: &Value, site: &Site) -> Result<Vec<Planned>, Refusal> {
     items
         .iter()
         .map(|job| {
-            Job::new(job, site, &base)
-                .and_then(|j| j.render())
-                .map_err(bad_job)
+            let project = projects::project_of(job).map_err(bad_job)?;
+            let job = Job::new(job, site, &base).map_err(bad_job)?;
+            let product = job.product().map_err(bad_job)?;
+            let category = field(product, "category").as_str();
+            let workspace =
+                projects::workspace(site.projects, project.as_deref(), category, site.local)?;
+            job.render(product, &workspace).map_err(bad_job)
         })
         .collect()
 }
 
 /// `^/[A-Za-z0-9/._+-]*$` with no `.` or `..` component.
-fn is_plain_base(base: &str) -> bool {
+pub fn is_plain_base(base: &str) -> bool {
     base.starts_with('/')
         && base
             .bytes()
@@ -115,7 +128,7 @@ fn is_env_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn is_slurm_name(name: &str) -> bool {
+pub fn is_slurm_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()
@@ -123,7 +136,7 @@ fn is_slurm_name(name: &str) -> bool {
 }
 
 /// A value as JSON text, for messages.
-fn tojson(v: &Value) -> String {
+pub fn tojson(v: &Value) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
@@ -408,21 +421,25 @@ impl<'a> Job<'a> {
         }
     }
 
-    fn render(self) -> Result<Planned, String> {
+    /// The site's row of the job's product.
+    fn product(&self) -> Result<&'a Value, String> {
+        let pid = field(field(field(self.job, "specification"), "product"), "id");
+        self.site
+            .products
+            .iter()
+            .find(|p| field(p, "id") == pid && !pid.is_null())
+            .ok_or_else(|| format!("product {} is not offered by this provider", tojson(pid)))
+    }
+
+    /// The batch script of the job: the product decides the partition, account and
+    /// QoS, the workspace (the job's owner) may replace the account and the folder.
+    fn render(self, product: &Value, workspace: &Workspace) -> Result<Planned, String> {
         let job = self.job;
         let spec = field(job, "specification");
         let status = field(job, "status");
         let app = field(status, "resolvedApplication");
         let rp = field(status, "resolvedProduct");
-
-        // The product decides the partition, account and QoS.
         let pid = field(field(spec, "product"), "id");
-        let product = self
-            .site
-            .products
-            .iter()
-            .find(|p| field(p, "id") == pid && !pid.is_null())
-            .ok_or_else(|| format!("product {} is not offered by this provider", tojson(pid)))?;
 
         // Only applications the site enabled, at the version UCloud asks for.
         let appref = field(spec, "application");
@@ -478,6 +495,11 @@ impl<'a> Job<'a> {
         let setting = |key: &str| given(slurm.get(key));
         let mut sbatch_names = Vec::new();
         for key in ["partition", "account", "qos"] {
+            // The owner's account (checked by projects.rs) before the product's.
+            if let ("account", Some(account)) = (key, &workspace.account) {
+                sbatch_names.push((key, account.clone()));
+                continue;
+            }
             match setting(key) {
                 None => {}
                 Some(Value::String(s)) if is_slurm_name(s) => sbatch_names.push((key, s.clone())),
@@ -489,7 +511,8 @@ impl<'a> Job<'a> {
                 }
             }
         }
-        let folder = format!("{}/ucloud-jobs/{}", self.base, self.id);
+        let base = workspace.drive.as_deref().unwrap_or(self.base);
+        let folder = format!("{base}/ucloud-jobs/{}", self.id);
         let id = &self.id;
         let mut lines = vec![
             "#!/bin/bash".to_string(),
@@ -528,6 +551,8 @@ impl<'a> Job<'a> {
             id: self.id.clone(),
             folder,
             script: lines.join("\n") + "\n",
+            shared: workspace.shared,
+            in_project_drive: workspace.drive.is_some(),
         })
     }
 }
@@ -551,7 +576,10 @@ mod tests {
     fn site_tables() -> (Vec<Value>, Vec<Value>, Vec<Drive>) {
         (
             vec![
-                json!({"id": "cpu", "slurm": {"partition": "small", "account": null, "qos": "normal"}}),
+                json!({"id": "cpu", "category": "cpu",
+                       "slurm": {"partition": "small", "account": null, "qos": "normal"}}),
+                json!({"id": "gpu", "category": "gpu",
+                       "slurm": {"partition": "gpu", "account": "gpu-pool", "qos": null}}),
             ],
             vec![json!({"name": "shell", "version": "1", "modules": ["gcc/12"]})],
             vec![
@@ -572,12 +600,18 @@ mod tests {
     }
 
     fn run(request: Value) -> Result<Vec<Planned>, Refusal> {
+        run_with(request, None)
+    }
+
+    fn run_with(request: Value, projects: Option<&Value>) -> Result<Vec<Planned>, Refusal> {
         let (products, applications, drives) = site_tables();
         let site = Site {
             products: &products,
             applications: &applications,
             drives: &drives,
             user: "Ann#1",
+            local: "ann",
+            projects,
             tag: "ucloud-im",
         };
         plan(&request, &site)
@@ -721,6 +755,8 @@ mod tests {
             applications: &applications,
             drives: &drives,
             user: "Ann#1",
+            local: "ann",
+            projects: None,
             tag: "t",
         };
         let r = plan(&json!({"items": [{"id": "j"}]}), &site).unwrap_err();
@@ -735,6 +771,130 @@ mod tests {
                 .code,
             "NO_HOME_DRIVE"
         );
+    }
+
+    fn projects_table() -> Value {
+        json!({
+            "projects": {
+                "p-1": {"group": "ucp-p1", "drive": "/srv/projects/ucp-p1",
+                        "accounts": {"cpu": "ucp-p1_cpu", "gpu": "ucp-p1_gpu"},
+                        "members": ["ann", "bob"]},
+                "p-2": {"group": "ucp-p2", "drive": null,
+                        "accounts": {"cpu": "ucp-p2_cpu"}, "members": ["ann"]},
+                "p-3": {"drive": "/srv/x/../y", "accounts": {"cpu": "ucp-p3_cpu"},
+                        "members": ["ann"]},
+                "p-4": {"accounts": {"cpu": "ucp-p4 cpu"}, "members": ["ann"]},
+                "p-5": {"accounts": {"cpu": "ucp-p5_cpu"}, "members": ["bob"]}
+            },
+            "users": {"ann": {"accounts": {"cpu": "ucu-ann_cpu"}}}
+        })
+    }
+
+    fn owned_job(id: &str, product: &str, project: Value) -> Value {
+        let mut j = job(
+            json!(id),
+            json!([{"type": "word", "word": "true"}]),
+            json!({}),
+        );
+        j["specification"]["product"]["id"] = json!(product);
+        j["owner"] = json!({"createdBy": "Ann#1", "project": project});
+        j
+    }
+
+    fn header(script: &str, key: &str) -> Option<String> {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("#SBATCH --{key}=")))
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn a_project_job_runs_under_the_projects_account_in_its_drive() {
+        let table = projects_table();
+        let jobs = run_with(
+            json!({"items": [owned_job("j1", "cpu", json!("p-1")),
+                             owned_job("j2", "gpu", json!("p-1"))]}),
+            Some(&table),
+        )
+        .unwrap();
+        assert_eq!(jobs[0].folder, "/srv/projects/ucp-p1/ucloud-jobs/j1");
+        assert!(jobs[0].shared && jobs[1].shared);
+        assert!(jobs[0].in_project_drive);
+        let s = &jobs[0].script;
+        assert_eq!(header(s, "account").as_deref(), Some("ucp-p1_cpu"));
+        assert_eq!(
+            header(s, "output").as_deref(),
+            Some("/srv/projects/ucp-p1/ucloud-jobs/j1/stdout.txt")
+        );
+        assert_eq!(
+            header(s, "chdir").as_deref(),
+            Some("/srv/projects/ucp-p1/ucloud-jobs/j1")
+        );
+        // The project's account replaces the product's own.
+        assert_eq!(
+            header(&jobs[1].script, "account").as_deref(),
+            Some("ucp-p1_gpu")
+        );
+        assert_eq!(s.matches("--account=").count(), 1);
+        // No drive: the caller's home, still a shared project job.
+        let jobs = run_with(
+            json!({"items": [owned_job("j3", "cpu", json!("p-2"))]}),
+            Some(&table),
+        )
+        .unwrap();
+        assert_eq!(jobs[0].folder, "/home/ann/ucloud-jobs/j3");
+        assert!(jobs[0].shared && !jobs[0].in_project_drive);
+        assert_eq!(
+            header(&jobs[0].script, "account").as_deref(),
+            Some("ucp-p2_cpu")
+        );
+    }
+
+    #[test]
+    fn a_personal_job_takes_a_personal_account_when_the_table_has_one() {
+        let table = projects_table();
+        let jobs = run_with(
+            json!({"items": [owned_job("j1", "cpu", Value::Null),
+                             owned_job("j2", "gpu", json!(""))]}),
+            Some(&table),
+        )
+        .unwrap();
+        assert_eq!(jobs[0].folder, "/home/ann/ucloud-jobs/j1");
+        assert!(!jobs[0].shared && !jobs[1].shared);
+        assert_eq!(
+            header(&jobs[0].script, "account").as_deref(),
+            Some("ucu-ann_cpu")
+        );
+        // No personal account for gpu: the product's.
+        assert_eq!(
+            header(&jobs[1].script, "account").as_deref(),
+            Some("gpu-pool")
+        );
+        // No table: as before.
+        let jobs = run(json!({"items": [owned_job("j1", "cpu", Value::Null)]})).unwrap();
+        assert_eq!(header(&jobs[0].script, "account"), None);
+    }
+
+    #[test]
+    fn project_jobs_are_refused_for_outsiders_and_hostile_tables() {
+        let table = projects_table();
+        let cases = [
+            (json!("p-9"), "cpu", Some(&table), 403, "NOT_ON_SITE"),
+            (json!("p-5"), "cpu", Some(&table), 403, "NOT_A_MEMBER"),
+            (json!("p-2"), "gpu", Some(&table), 403, "NO_ALLOCATION"),
+            (json!("p-3"), "cpu", Some(&table), 500, "SITE_CONFIG"),
+            (json!("p-4"), "cpu", Some(&table), 500, "SITE_CONFIG"),
+            (json!("p-1"), "cpu", None, 400, "NO_PROJECTS"),
+            (json!(7), "cpu", Some(&table), 400, "BAD_JOB"),
+            (json!("p-1"), "nope", Some(&table), 400, "BAD_JOB"),
+        ];
+        for (project, product, table, status, code) in cases {
+            // The refused job comes second: nothing of the first is made either.
+            let request = json!({"items": [owned_job("ok", "cpu", json!("p-1")),
+                                           owned_job("j", product, project.clone())]});
+            let r = run_with(request, table).unwrap_err();
+            assert_eq!((r.status, r.code), (status, code), "{project}: {}", r.why);
+        }
     }
 
     #[test]

@@ -5,20 +5,30 @@
 //! removed, and what could not be undone is named in the why.
 
 use crate::render::{Planned, Refusal};
+use nix::sys::stat::{umask, Mode};
 use std::process::{Command, Stdio};
 
 /// The bulk answer, `{"responses":[{"id":"USER/SLURMID"},...]}`, or the failure
-/// (after the rollback).
-pub fn submit_all(jobs: &[Planned], user: &str) -> Result<String, Refusal> {
+/// (after the rollback). `own` is the umask the program was started with: a
+/// personal job's sbatch runs with it, a project job's with umask 007.
+pub fn submit_all(jobs: &[Planned], user: &str, own: Mode) -> Result<String, Refusal> {
+    let answer = submit_under(jobs, user, own);
+    umask(own);
+    answer
+}
+
+fn submit_under(jobs: &[Planned], user: &str, own: Mode) -> Result<String, Refusal> {
     let mut submitted: Vec<String> = Vec::new();
     let mut responses = Vec::new();
     for job in jobs {
+        crate::umask_for(job.shared, own);
         match submit(job) {
             Ok(slurm_id) => {
                 responses.push(serde_json::json!({ "id": format!("{user}/{slurm_id}") }));
                 submitted.push(slurm_id);
             }
             Err(mut refusal) => {
+                umask(own);
                 refusal.why.push_str(&rollback(&submitted, jobs));
                 return Err(refusal);
             }
@@ -30,16 +40,19 @@ pub fn submit_all(jobs: &[Planned], user: &str) -> Result<String, Refusal> {
 /// One `sbatch --parsable FOLDER/job.sbatch`; the Slurm job id.
 fn submit(job: &Planned) -> Result<String, Refusal> {
     let script = format!("{}/job.sbatch", job.folder);
-    let output = Command::new("sbatch")
-        .arg("--parsable")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Refusal {
-            status: 500,
-            code: "SLURM_UNAVAILABLE",
-            why: format!("cannot run sbatch for job {}: {e}", job.id),
-        })?;
+    let mut sbatch = Command::new("sbatch");
+    sbatch.arg("--parsable").arg(&script).stdin(Stdio::null());
+    if job.shared {
+        // sbatch passes this to the job, and slurmstepd sets it before it opens
+        // stdout.txt and stderr.txt (0660 then) and starts the script. Given here,
+        // not taken from sbatch's own umask, so nothing in the environment changes it.
+        sbatch.env("SLURM_UMASK", format!("{:04o}", crate::SHARED_UMASK));
+    }
+    let output = sbatch.output().map_err(|e| Refusal {
+        status: 500,
+        code: "SLURM_UNAVAILABLE",
+        why: format!("cannot run sbatch for job {}: {e}", job.id),
+    })?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
