@@ -1,0 +1,1356 @@
+//! One run: folds the inbox's events into the state, gathers the facts, asks
+//! plan.rs what to do and does it, one audit record per action on stdout. What
+//! an action creates is recorded (and the state written) before the command that
+//! creates it runs, so that a run cut short never leaves a group or account of
+//! ours that the next run would take for someone else's.
+
+use crate::event;
+use crate::plan::{self, Action, Categories, DriveCheck, Person, Scope};
+use crate::runner::Runner;
+use crate::slurm::{self, Slurm, CHUNK};
+use crate::state::{AccountOwner, AccountRec, GroupRec, State};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use ucloud_wire::config::{is_slurm_name, ProjectConfig};
+use ucloud_wire::names::{LocalName, UcloudName};
+
+/// Events folded per run at most; the rest wait for the next (the path unit
+/// starts it again while the directory is not empty).
+pub const MAX_EVENTS: usize = 10_000;
+
+/// Everything a run touches, so that tests can put fakes in.
+pub struct Env<'a> {
+    pub provider: &'a str,
+    pub config: &'a ProjectConfig,
+    pub categories: &'a Categories,
+    pub inbox: PathBuf,
+    /// `projects_dir()`: state.json, table.json.
+    pub dir: PathBuf,
+    pub runner: &'a mut dyn Runner,
+    pub people: &'a dyn Fn(&Scope) -> BTreeMap<UcloudName, Person>,
+    pub group_gid: &'a dyn Fn(&str) -> Option<u32>,
+    pub gid_taken: &'a dyn Fn(u32) -> bool,
+    pub group_members: &'a dyn Fn(&str) -> Option<Vec<String>>,
+    /// The owner of project drives: root (0) on a site.
+    pub drive_owner: u32,
+    pub audit: &'a mut dyn Write,
+}
+
+pub const STATE: &str = "state.json";
+pub const TABLE: &str = "table.json";
+
+pub fn load_state(dir: &Path) -> Result<State, String> {
+    let path = dir.join(STATE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        format!(
+            "{} is not JSON ({e}); put back a good copy, it records what ucloud-project made",
+            path.display()
+        )
+    })?;
+    State::from_json(&value).map_err(|e| {
+        format!(
+            "{}: {e}; put back a good copy, it records what ucloud-project made",
+            path.display()
+        )
+    })
+}
+
+pub fn save_state(dir: &Path, state: &State) -> Result<(), String> {
+    ucloud_wire::record::write_atomic(dir, STATE, &state.to_json(), 0o600)
+        .map_err(|e| format!("cannot write {}/{STATE}: {e}", dir.display()))
+}
+
+/// Reads, folds and removes the waiting events; whether any were there.
+pub fn fold_inbox(env: &mut Env, state: &mut State) -> Result<bool, String> {
+    let files = ucloud_wire::inbox::events(&env.inbox)
+        .map_err(|e| format!("cannot list the inbox {}: {e}", env.inbox.display()))?;
+    let files: Vec<PathBuf> = files.into_iter().take(MAX_EVENTS).collect();
+    if files.is_empty() {
+        return Ok(false);
+    }
+    for file in &files {
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let folded = ucloud_wire::inbox::read_event(file)
+            .map_err(|e| e.to_string())
+            .and_then(|v| event::parse(&v, env.provider, env.categories))
+            .and_then(|ev| event::fold(state, ev));
+        if let Err(why) = folded {
+            record(
+                env.audit,
+                "event",
+                "refused",
+                json!({"file": name, "why": why}),
+            );
+        }
+    }
+    // Removed only once what they said is safely in the state.
+    save_state(&env.dir, state)?;
+    for file in &files {
+        if let Err(e) = std::fs::remove_file(file) {
+            eprintln!("ucloud-project: cannot remove {}: {e}", file.display());
+        }
+    }
+    Ok(true)
+}
+
+/// Asks Slurm about `names`, in chunks; None when it does not answer (then no
+/// Slurm step is taken this run: without knowing what exists, nothing is created).
+fn ask_slurm(
+    runner: &mut dyn Runner,
+    names: &[String],
+    usage: &[String],
+) -> (Option<Slurm>, Vec<String>) {
+    let mut slurm = Slurm::default();
+    let mut problems = Vec::new();
+    for chunk in names.chunks(CHUNK) {
+        let out = runner.run(&slurm::show_accounts(chunk));
+        if !out.ok {
+            problems.push(format!("sacctmgr show account: {}", out.why()));
+            return (None, problems);
+        }
+        slurm.accounts.extend(slurm::parse_accounts(&out.stdout));
+        let out = runner.run(&slurm::show_assocs(chunk));
+        if !out.ok {
+            problems.push(format!("sacctmgr show assoc: {}", out.why()));
+            return (None, problems);
+        }
+        slurm.assocs.extend(slurm::parse_assocs(&out.stdout));
+    }
+    let existing: Vec<String> = usage
+        .iter()
+        .filter(|n| slurm.accounts.contains(*n))
+        .cloned()
+        .collect();
+    for chunk in existing.chunks(CHUNK) {
+        let out = runner.run(&slurm::show_usage(chunk));
+        if out.ok {
+            slurm.used.extend(slurm::parse_usage(&out.stdout));
+        } else {
+            problems.push(format!("scontrol show assoc_mgr: {}", out.why()));
+        }
+    }
+    (Some(slurm), problems)
+}
+
+fn is_user(name: &str) -> bool {
+    LocalName::new(name).is_ok()
+}
+
+/// One reconcile of `scope`; the number of actions that failed.
+pub fn reconcile(env: &mut Env, state: &mut State, scope: &Scope) -> Result<usize, String> {
+    let people = (env.people)(scope);
+    let wanted = plan::wanted(env.config, env.categories, state, &people, scope);
+    for (id, here) in &wanted.here {
+        if let Some(p) = state.projects.get_mut(id) {
+            match scope {
+                Scope::All => p.here = here.clone(),
+                Scope::One(_) => p.here.extend(here.iter().cloned()),
+            }
+        }
+    }
+    let names = wanted.account_names();
+    let usage = wanted.needs_usage(state);
+    let (slurm, problems) = ask_slurm(env.runner, &names, &usage);
+    let mut failed = 0;
+    for why in &problems {
+        failed += 1;
+        note(
+            env.audit,
+            state,
+            "query",
+            "slurm",
+            "failed",
+            json!({"error": why}),
+            why,
+        );
+    }
+    let slurm_ok = slurm.is_some();
+    let slurm = slurm.unwrap_or_default();
+    // An account whose usage Slurm did not give keeps its limit until it does.
+    let no_usage: Vec<&String> = usage
+        .iter()
+        .filter(|n| slurm.accounts.contains(*n) && !slurm.used.contains_key(*n))
+        .collect();
+    let base = env.config.base.clone();
+    let owner = env.drive_owner;
+    let actions = {
+        let drive = |group: &str, gid: u32| crate::drive::check(&base, group, gid, owner);
+        plan::plan(
+            &wanted,
+            &plan::Facts {
+                config: env.config,
+                state,
+                group_gid: env.group_gid,
+                gid_taken: env.gid_taken,
+                slurm: &slurm,
+                drive: &drive,
+            },
+        )
+    };
+    let actions: Vec<Action> = actions
+        .into_iter()
+        .filter(|a| slurm_ok || !is_slurm(a))
+        .filter(|a| !matches!(a, Action::SetLimits { account, .. } if no_usage.contains(&account)))
+        .collect();
+    // Recorded before they are made.
+    let mut intents = false;
+    for a in &actions {
+        match a {
+            Action::AddGroup {
+                group,
+                gid,
+                project,
+            } => {
+                intents = true;
+                state.groups.entry(group.clone()).or_insert(GroupRec {
+                    gid: *gid,
+                    project: project.clone(),
+                    members: Default::default(),
+                    drive: false,
+                });
+            }
+            Action::AddAccount {
+                account,
+                owner,
+                category,
+                ..
+            } => {
+                intents = true;
+                state.accounts.entry(account.clone()).or_insert(AccountRec {
+                    owner: owner.clone(),
+                    category: category.clone(),
+                    created: true,
+                    limit: None,
+                    noted: false,
+                    blocked: Default::default(),
+                });
+            }
+            _ => {}
+        }
+    }
+    if intents {
+        save_state(&env.dir, state)?;
+    }
+    for action in actions {
+        failed += usize::from(!execute(env, state, action));
+    }
+    if !base.is_empty() {
+        for (name, g) in state.groups.iter_mut() {
+            g.drive = crate::drive::check(&base, name, g.gid, owner) == DriveCheck::Ok;
+        }
+    }
+    save_state(&env.dir, state)?;
+    publish(&env.dir, state, env.config)?;
+    Ok(failed)
+}
+
+fn is_slurm(a: &Action) -> bool {
+    matches!(
+        a,
+        Action::AddAccount { .. }
+            | Action::Associate { .. }
+            | Action::Dissociate { .. }
+            | Action::Unblock { .. }
+            | Action::SetLimits { .. }
+            | Action::Note { .. }
+    )
+}
+
+/// Runs `argv` for `action` and audits it; whether it worked.
+fn command(
+    env: &mut Env,
+    state: &mut State,
+    action: &str,
+    subject: &str,
+    mut fields: Value,
+    argv: Vec<String>,
+) -> bool {
+    let out = env.runner.run(&argv);
+    fields["command"] = json!(argv);
+    if out.ok {
+        state.notes.remove(&format!("{action} {subject}"));
+        record(env.audit, action, "done", fields);
+        true
+    } else {
+        let why = out.why();
+        fields["error"] = json!(why);
+        note(env.audit, state, action, subject, "failed", fields, &why);
+        false
+    }
+}
+
+/// An audit record for a refusal or failure, written only when it is news: not
+/// what the last run said about the same subject.
+fn note(
+    out: &mut dyn Write,
+    state: &mut State,
+    action: &str,
+    subject: &str,
+    decision: &str,
+    fields: Value,
+    why: &str,
+) {
+    let key = format!("{action} {subject}");
+    if state.notes.get(&key).map(String::as_str) != Some(why) {
+        state.notes.insert(key, why.to_string());
+        record(out, action, decision, fields);
+    }
+}
+
+/// Refuses, without running anything, a step whose names are not what they must
+/// be: plan.rs checked them already; this is the check right before the call.
+fn refuse_names(env: &mut Env, state: &mut State, action: &str, subject: &str, why: &str) -> bool {
+    note(
+        env.audit,
+        state,
+        action,
+        subject,
+        "refused",
+        json!({"subject": subject, "why": why}),
+        why,
+    );
+    false
+}
+
+fn hook(config: &ProjectConfig, args: &[&str]) -> Vec<String> {
+    std::iter::once(config.group_hook.clone())
+        .chain(args.iter().map(|s| s.to_string()))
+        .collect()
+}
+
+fn execute(env: &mut Env, state: &mut State, action: Action) -> bool {
+    let local = env.config.group_hook.is_empty();
+    match action {
+        Action::Refuse { subject, why } => {
+            note(
+                env.audit,
+                state,
+                "refuse",
+                &subject,
+                "refused",
+                json!({"subject": subject, "why": why}),
+                &why,
+            );
+            true
+        }
+        Action::Note { account, why } => {
+            record(
+                env.audit,
+                "no-limit",
+                "done",
+                json!({"account": account, "why": why}),
+            );
+            if let Some(a) = state.accounts.get_mut(&account) {
+                a.noted = true;
+            }
+            true
+        }
+        Action::AddGroup {
+            group,
+            gid,
+            project,
+        } => {
+            if !is_slurm_name(&group) || !(env.config.gid_min..=env.config.gid_max).contains(&gid) {
+                return refuse_names(
+                    env,
+                    state,
+                    "add-group",
+                    &group,
+                    "not a valid group name or gid",
+                );
+            }
+            let argv = match local {
+                true => vec![
+                    "groupadd".into(),
+                    "-g".into(),
+                    gid.to_string(),
+                    group.clone(),
+                ],
+                false => hook(env.config, &["add-group", &group, &gid.to_string()]),
+            };
+            let fields = json!({"group": group, "gid": gid, "project": project});
+            command(env, state, "add-group", &group, fields, argv)
+        }
+        Action::AddMember { group, user } => {
+            // Never anyone into a group this program did not make.
+            if !state.groups.contains_key(&group) || !is_user(&user) {
+                return refuse_names(
+                    env,
+                    state,
+                    "add-member",
+                    &format!("{group} {user}"),
+                    "the group is not recorded or the user name is invalid",
+                );
+            }
+            let argv = match local {
+                true => vec!["gpasswd".into(), "-a".into(), user.clone(), group.clone()],
+                false => hook(env.config, &["add-member", &group, &user]),
+            };
+            let fields = json!({"group": group, "user": user});
+            let ok = command(
+                env,
+                state,
+                "add-member",
+                &format!("{group} {user}"),
+                fields,
+                argv,
+            );
+            if ok {
+                if let Some(g) = state.groups.get_mut(&group) {
+                    g.members.insert(user);
+                }
+            }
+            ok
+        }
+        Action::RemoveMember { group, user } => {
+            if !state.groups.contains_key(&group) || !is_user(&user) {
+                return refuse_names(
+                    env,
+                    state,
+                    "remove-member",
+                    &format!("{group} {user}"),
+                    "the group is not recorded or the user name is invalid",
+                );
+            }
+            let argv = match local {
+                true => vec!["gpasswd".into(), "-d".into(), user.clone(), group.clone()],
+                false => hook(env.config, &["remove-member", &group, &user]),
+            };
+            let fields = json!({"group": group, "user": user});
+            let mut ok = command(
+                env,
+                state,
+                "remove-member",
+                &format!("{group} {user}"),
+                fields,
+                argv,
+            );
+            // Removed by hand meanwhile: what was wanted is true.
+            if !ok && (env.group_members)(&group).is_some_and(|m| !m.contains(&user)) {
+                ok = true;
+            }
+            if ok {
+                if let Some(g) = state.groups.get_mut(&group) {
+                    g.members.remove(&user);
+                }
+            }
+            ok
+        }
+        Action::AddAccount {
+            account,
+            owner,
+            category,
+            description,
+        } => {
+            if !is_slurm_name(&account) {
+                return refuse_names(
+                    env,
+                    state,
+                    "add-account",
+                    &account,
+                    "not a valid account name",
+                );
+            }
+            let fields =
+                json!({"account": account, "owner": owner_json(&owner), "category": category});
+            command(
+                env,
+                state,
+                "add-account",
+                &account,
+                fields,
+                slurm::add_account(&account, &description),
+            )
+        }
+        Action::Associate { account, users } => {
+            let ours = state.accounts.contains_key(&account)
+                || account == env.config.slurm_default_account;
+            if !ours || !is_slurm_name(&account) || !users.iter().all(|u| is_user(u)) {
+                return refuse_names(
+                    env,
+                    state,
+                    "associate",
+                    &account,
+                    "the account is not recorded or a user name is invalid",
+                );
+            }
+            let mut ok = true;
+            for chunk in users.chunks(CHUNK) {
+                let fields = json!({"account": account, "users": chunk});
+                ok &= command(
+                    env,
+                    state,
+                    "associate",
+                    &account,
+                    fields,
+                    slurm::add_users(&account, chunk),
+                );
+            }
+            ok
+        }
+        Action::Dissociate { account, users } => {
+            if !state.accounts.contains_key(&account) || !users.iter().all(|u| is_user(u)) {
+                return refuse_names(
+                    env,
+                    state,
+                    "dissociate",
+                    &account,
+                    "the account is not recorded or a user name is invalid",
+                );
+            }
+            let mut ok = true;
+            for chunk in users.chunks(CHUNK) {
+                let out = env.runner.run(&slurm::remove_users(&account, chunk));
+                if out.ok {
+                    record(
+                        env.audit,
+                        "dissociate",
+                        "done",
+                        json!({"account": account, "users": chunk, "command": slurm::remove_users(&account, chunk)}),
+                    );
+                    for u in chunk {
+                        unblocked(state, &account, u);
+                    }
+                    continue;
+                }
+                // One by one: Slurm refuses to remove a user with jobs on the
+                // account; the others go, that one is stopped from submitting.
+                for user in chunk {
+                    ok &= dissociate_one(env, state, &account, user);
+                }
+            }
+            ok
+        }
+        Action::Unblock { account, user } => {
+            if !state.accounts.contains_key(&account) || !is_user(&user) {
+                return refuse_names(
+                    env,
+                    state,
+                    "unblock",
+                    &account,
+                    "the account is not recorded or a user name is invalid",
+                );
+            }
+            let fields = json!({"account": account, "user": user, "why": "a member again"});
+            let ok = command(
+                env,
+                state,
+                "unblock",
+                &format!("{account} {user}"),
+                fields,
+                slurm::max_submit(&account, &user, -1),
+            );
+            if ok {
+                unblocked(state, &account, &user);
+            }
+            ok
+        }
+        Action::SetLimits {
+            account,
+            settings,
+            record: limit,
+        } => {
+            if !state.accounts.contains_key(&account) {
+                return refuse_names(
+                    env,
+                    state,
+                    "limits",
+                    &account,
+                    "the account is not recorded",
+                );
+            }
+            let ok = settings.is_empty()
+                || {
+                    let fields = json!({"account": account, "settings": settings, "cpuMinutes": limit.cpu_minutes, "locked": limit.locked, "wallet": limit.wallet});
+                    command(
+                        env,
+                        state,
+                        "limits",
+                        &account,
+                        fields,
+                        slurm::set_account(&account, &settings),
+                    )
+                };
+            if ok {
+                if let Some(a) = state.accounts.get_mut(&account) {
+                    a.limit = Some(limit);
+                }
+            }
+            ok
+        }
+        Action::MakeDrive { group, gid, path } => {
+            if !state.groups.contains_key(&group) {
+                return refuse_names(env, state, "make-drive", &path, "the group is not recorded");
+            }
+            let fields = json!({"group": group, "gid": gid, "path": path, "mode": "2770"});
+            match crate::drive::make(&env.config.base, &group, gid, env.drive_owner) {
+                Ok(()) => {
+                    state.notes.remove(&format!("make-drive {path}"));
+                    record(env.audit, "make-drive", "done", fields);
+                    true
+                }
+                Err(why) => {
+                    let mut fields = fields;
+                    fields["error"] = json!(why);
+                    note(
+                        env.audit,
+                        state,
+                        "make-drive",
+                        &path,
+                        "failed",
+                        fields,
+                        &why,
+                    );
+                    false
+                }
+            }
+        }
+    }
+}
+
+fn unblocked(state: &mut State, account: &str, user: &str) {
+    if let Some(a) = state.accounts.get_mut(account) {
+        a.blocked.remove(user);
+    }
+}
+
+fn dissociate_one(env: &mut Env, state: &mut State, account: &str, user: &str) -> bool {
+    let argv = slurm::remove_users(account, &[user.to_string()]);
+    let out = env.runner.run(&argv);
+    if out.ok {
+        record(
+            env.audit,
+            "dissociate",
+            "done",
+            json!({"account": account, "users": [user], "command": argv}),
+        );
+        unblocked(state, account, user);
+        return true;
+    }
+    let why = out.why();
+    let was_blocked = state
+        .accounts
+        .get(account)
+        .is_some_and(|a| a.blocked.contains(user));
+    if was_blocked {
+        // Stopped already; its removal is tried again next run.
+        let fields = json!({"account": account, "users": [user], "command": argv, "error": why});
+        note(
+            env.audit,
+            state,
+            "dissociate",
+            &format!("{account} {user}"),
+            "failed",
+            fields,
+            &why,
+        );
+        return false;
+    }
+    let fields = json!({"account": account, "users": [user], "command": argv, "error": why});
+    record(env.audit, "dissociate", "failed", fields);
+    let block = slurm::max_submit(account, user, 0);
+    let fields = json!({"account": account, "user": user,
+        "why": "its association could not be removed (jobs still run there): no new jobs, removal retried every run"});
+    let ok = command(
+        env,
+        state,
+        "block",
+        &format!("{account} {user}"),
+        fields,
+        block,
+    );
+    if ok {
+        if let Some(a) = state.accounts.get_mut(account) {
+            a.blocked.insert(user.to_string());
+        }
+    }
+    false
+}
+
+fn owner_json(owner: &AccountOwner) -> Value {
+    match owner {
+        AccountOwner::Project(id) => json!({"type": "project", "projectId": id}),
+        AccountOwner::User { uid, local } => json!({"type": "user", "uid": uid, "local": local}),
+        AccountOwner::Default => json!({"type": "default"}),
+    }
+}
+
+/// table.json: what the job plugins read, as the user, to pick `--account`.
+pub fn table(state: &State, config: &ProjectConfig) -> Value {
+    let mut projects = Map::new();
+    for (id, p) in &state.projects {
+        if state.project_wallets(id).next().is_none() {
+            continue;
+        }
+        let group = state.groups.iter().find(|(_, g)| g.project == *id);
+        let accounts: Map<String, Value> = state
+            .accounts
+            .iter()
+            .filter(|(_, a)| a.owner == AccountOwner::Project(id.clone()))
+            .filter_map(|(name, a)| Some((a.category.clone()?, json!(name))))
+            .collect();
+        let drive = group
+            .filter(|(_, g)| g.drive && !config.base.is_empty())
+            .map(|(name, _)| format!("{}/{name}", config.base));
+        projects.insert(
+            id.clone(),
+            json!({
+                "title": p.title,
+                "group": group.map(|(n, _)| n),
+                "gid": group.map(|(_, g)| g.gid),
+                "drive": drive,
+                "accounts": accounts,
+                "members": p.here,
+            }),
+        );
+    }
+    let mut users: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (name, a) in &state.accounts {
+        if let (AccountOwner::User { local, .. }, Some(category)) = (&a.owner, &a.category) {
+            users
+                .entry(local.clone())
+                .or_default()
+                .insert(category.clone(), json!(name));
+        }
+    }
+    let users: Map<String, Value> = users
+        .into_iter()
+        .map(|(u, accounts)| (u, json!({"accounts": accounts})))
+        .collect();
+    json!({"projects": projects, "users": users})
+}
+
+fn publish(dir: &Path, state: &State, config: &ProjectConfig) -> Result<(), String> {
+    ucloud_wire::record::write_atomic(dir, TABLE, &table(state, config), 0o644)
+        .map_err(|e| format!("cannot write {}/{TABLE}: {e}", dir.display()))
+}
+
+/// One audit record, as a JSON line, under the lock every writer of the audit
+/// log takes (the unit appends stdout to it).
+pub fn record(out: &mut dyn Write, action: &str, decision: &str, fields: Value) {
+    let mut line = json!({
+        "time": ucloud_wire::now_ms(),
+        "program": "ucloud-project",
+        "pid": std::process::id(),
+        "action": action,
+        "decision": decision,
+    });
+    if let Value::Object(extra) = fields {
+        for (k, v) in extra {
+            line[k] = v;
+        }
+    }
+    let _ = out
+        .write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| out.flush());
+}
+
+/// stdout, locked as the audit log's writers lock it.
+pub struct AuditOut;
+
+impl Write for AuditOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _locked = std::os::fd::AsFd::as_fd(&std::io::stdout())
+            .try_clone_to_owned()
+            .ok()
+            .and_then(|fd| nix::fcntl::Flock::lock(fd, nix::fcntl::FlockArg::LockExclusive).ok());
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Category;
+    use crate::runner::fake::Fake;
+    use crate::runner::Output;
+    use crate::state::{LimitRec, Member, Owner, Project, Role, Wallet};
+    use std::collections::BTreeSet;
+    use ucloud_wire::config::LockedLimit;
+
+    const P1: &str = "5d3c7a6e-2f4b-4c1d-9e8f-0a1b2c3d4e5f";
+    const G: &str = "ucp-5d3c7a6e2f";
+    const A: &str = "ucp-5d3c7a6e2f_cpu";
+
+    fn config(hook: &str) -> ProjectConfig {
+        ProjectConfig {
+            prefix: "ucp-".into(),
+            gid_min: 200000,
+            gid_max: 200009,
+            base: String::new(),
+            group_hook: hook.into(),
+            slurm_default_account: "ucloud".into(),
+            slurm_personal_accounts: false,
+            locked: LockedLimit::Submit,
+        }
+    }
+
+    fn categories() -> Categories {
+        [(
+            "cpu".to_string(),
+            Category {
+                compute: true,
+                minutes: Some(60),
+            },
+        )]
+        .into()
+    }
+
+    fn scratch(name: &str) -> (PathBuf, PathBuf) {
+        let root =
+            std::env::temp_dir().join(format!("ucloud-project-act-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for sub in ["inbox/events", "inbox/tmp", "inbox/replay", "projects"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        (root.join("inbox"), root.join("projects"))
+    }
+
+    fn people(scope: &Scope) -> BTreeMap<UcloudName, Person> {
+        let all = [("Alice#1", "alice", 1001), ("Bob#2", "bob", 1002)];
+        all.iter()
+            .map(|(u, l, uid)| {
+                (
+                    UcloudName::new(u).unwrap(),
+                    Person {
+                        local: LocalName::new(l).unwrap(),
+                        uid: *uid,
+                    },
+                )
+            })
+            .filter(|(u, _)| match scope {
+                Scope::All => true,
+                Scope::One(one) => one == u,
+            })
+            .collect()
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Runs one whole run (inbox and reconcile) against `fake`, with `groups`
+    /// as NSS; the audit records.
+    fn run(
+        fake: &mut Fake,
+        config: &ProjectConfig,
+        dirs: &(PathBuf, PathBuf),
+        groups: &[(&str, u32)],
+        state: &mut State,
+    ) -> Vec<Value> {
+        let groups: BTreeMap<String, u32> =
+            groups.iter().map(|(n, g)| (n.to_string(), *g)).collect();
+        let g2 = groups.clone();
+        let group_gid = move |n: &str| groups.get(n).copied();
+        let gid_taken = move |g: u32| g2.values().any(|x| *x == g);
+        let mut audit = Vec::new();
+        {
+            let cats = categories();
+            let mut env = Env {
+                provider: "hpc",
+                config,
+                categories: &cats,
+                inbox: dirs.0.clone(),
+                dir: dirs.1.clone(),
+                runner: fake,
+                people: &people,
+                group_gid: &group_gid,
+                gid_taken: &gid_taken,
+                group_members: &|_| None,
+                drive_owner: 0,
+                audit: &mut audit,
+            };
+            fold_inbox(&mut env, state).unwrap();
+            reconcile(&mut env, state, &Scope::All).unwrap();
+        }
+        String::from_utf8(audit)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn write_event(inbox: &Path, v: Value) {
+        ucloud_wire::inbox::write_event(inbox, &v).unwrap();
+    }
+
+    #[test]
+    fn events_become_a_group_accounts_associations_and_a_limit() {
+        let dirs = scratch("create");
+        write_event(
+            &dirs.0,
+            json!({"type": "project", "modifiedAt": 5, "project": {"id": P1,
+            "specification": {"title": "Physics"},
+            "status": {"members": [{"username": "Alice#1", "role": "PI"}, {"username": "Bob#2", "role": "USER"},
+                                   {"username": "Carol#3", "role": "USER"}]}}}),
+        );
+        write_event(
+            &dirs.0,
+            json!({"type": "wallet", "owner": {"type": "project", "projectId": P1},
+            "category": {"name": "cpu", "provider": "hpc"}, "quota": 100, "usage": 10, "locked": false,
+            "updatedAt": 6, "project": null}),
+        );
+        write_event(
+            &dirs.0,
+            json!({"type": "wallet", "owner": {"type": "project", "projectId": P1},
+            "category": {"name": "cpu", "provider": "elsewhere"}, "quota": 1, "usage": 0, "locked": false, "updatedAt": 7}),
+        );
+        std::fs::write(dirs.0.join("events/zz.json"), "{not json").unwrap();
+        let mut fake = Fake::new(|_| Output::ok(""));
+        let mut state = State::default();
+        let audit = run(
+            &mut fake,
+            &config(""),
+            &dirs,
+            &[("users", 200000)],
+            &mut state,
+        );
+        assert_eq!(
+            fake.calls,
+            vec![
+                strings(&[
+                    "sacctmgr",
+                    "-nP",
+                    "show",
+                    "account",
+                    "where",
+                    &format!("name=ucloud,{A}"),
+                    "format=Account"
+                ]),
+                strings(&[
+                    "sacctmgr",
+                    "-nP",
+                    "show",
+                    "assoc",
+                    "where",
+                    &format!("accounts=ucloud,{A}"),
+                    "format=Account,User,GrpTRESMins,GrpSubmit,GrpJobs,MaxSubmit"
+                ]),
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "add",
+                    "account",
+                    "ucloud",
+                    "Description=ucloud default",
+                    "Organization=ucloud"
+                ]),
+                strings(&["groupadd", "-g", "200001", G]),
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "add",
+                    "account",
+                    A,
+                    &format!("Description=ucloud project {P1}"),
+                    "Organization=ucloud"
+                ]),
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "add",
+                    "user",
+                    "alice,bob",
+                    "account=ucloud"
+                ]),
+                strings(&["gpasswd", "-a", "alice", G]),
+                strings(&["gpasswd", "-a", "bob", G]),
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "add",
+                    "user",
+                    "alice,bob",
+                    &format!("account={A}")
+                ]),
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "modify",
+                    "account",
+                    "where",
+                    &format!("name={A}"),
+                    "set",
+                    "GrpTRESMins=cpu=5400"
+                ]),
+            ]
+        );
+        let refused: Vec<&Value> = audit
+            .iter()
+            .filter(|a| a["decision"] == "refused")
+            .collect();
+        assert_eq!(refused.len(), 2, "{audit:?}");
+        assert!(refused.iter().all(|r| r["action"] == "event"));
+        assert_eq!(audit.iter().filter(|a| a["decision"] == "done").count(), 8);
+        assert!(
+            ucloud_wire::inbox::events(&dirs.0).unwrap().is_empty(),
+            "events are removed"
+        );
+        let mode = std::fs::metadata(dirs.1.join(STATE)).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        let table: Value =
+            serde_json::from_slice(&std::fs::read(dirs.1.join(TABLE)).unwrap()).unwrap();
+        assert_eq!(
+            table["projects"][P1],
+            json!({"title": "Physics", "group": G, "gid": 200001, "drive": null,
+                   "accounts": {"cpu": A}, "members": ["alice", "bob"]})
+        );
+        // A second run with Slurm and NSS as the first left them does nothing.
+        let mut fake = Fake::new(|argv| {
+            match argv.get(3).map(String::as_str) {
+            Some("assoc") => Output::ok(&format!("ucloud|||||\nucloud|alice||||\nucloud|bob||||\n{A}||cpu=5400|||\n{A}|alice||||\n{A}|bob||||\n")),
+            Some("account") => Output::ok(&format!("ucloud\n{A}\n")),
+            _ => Output::ok(""),
+        }
+        });
+        let audit = run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
+        assert_eq!(fake.calls.len(), 2, "{:?}", fake.calls);
+        assert!(audit.is_empty(), "{audit:?}");
+    }
+
+    fn member_state(members: &[&str], here: &[&str]) -> State {
+        let mut s = State::default();
+        s.projects.insert(
+            P1.into(),
+            Project {
+                title: "Physics".into(),
+                members: members
+                    .iter()
+                    .map(|m| Member {
+                        username: UcloudName::new(m).unwrap(),
+                        role: Role::User,
+                    })
+                    .collect(),
+                modified: 1,
+                here: BTreeSet::new(),
+            },
+        );
+        s.wallets.insert(
+            (Owner::Project(P1.into()), "cpu".into()),
+            Wallet {
+                quota: 100,
+                usage: 10,
+                locked: false,
+                updated: 6,
+            },
+        );
+        s.groups.insert(
+            G.into(),
+            GroupRec {
+                gid: 200001,
+                project: P1.into(),
+                members: here.iter().map(|h| h.to_string()).collect(),
+                drive: false,
+            },
+        );
+        s.accounts.insert(
+            A.into(),
+            AccountRec {
+                owner: AccountOwner::Project(P1.into()),
+                category: Some("cpu".into()),
+                created: true,
+                limit: Some(LimitRec {
+                    wallet: 6,
+                    cpu_minutes: Some(5400),
+                    locked: false,
+                }),
+                noted: false,
+                blocked: BTreeSet::new(),
+            },
+        );
+        s
+    }
+
+    fn slurm_with(users: &'static str, limits: &'static str) -> impl FnMut(&[String]) -> Output {
+        move |argv: &[String]| match argv.get(3).map(String::as_str) {
+            Some("assoc") if argv[1] == "-nP" => {
+                let mut out =
+                    format!("ucloud|||||\nucloud|alice||||\nucloud|bob||||\n{A}||{limits}\n");
+                for u in users.split(',').filter(|u| !u.is_empty()) {
+                    out.push_str(&format!("{A}|{u}||||\n"));
+                }
+                Output::ok(&out)
+            }
+            Some("account") if argv[1] == "-nP" => Output::ok(&format!("ucloud\n{A}\n")),
+            Some("assoc_mgr") => Output::ok(&format!(
+                "Account={A} UserName= GrpTRESMins=cpu=5400(2000),mem=N(0)\n"
+            )),
+            _ if argv.iter().any(|a| a == "remove") && argv.iter().any(|a| a.contains("bob")) => {
+                Output::failed(
+                    " Error with request: Job(s) active, cancel job(s) before remove\n  JobID = 42",
+                )
+            }
+            _ => Output::ok(""),
+        }
+    }
+
+    #[test]
+    fn a_removed_member_with_running_jobs_is_blocked_then_removed() {
+        let dirs = scratch("remove");
+        let mut state = member_state(&["Alice#1"], &["alice", "bob"]);
+        let mut fake = Fake::new(slurm_with("alice,bob", "cpu=5400|||"));
+        let audit = run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
+        assert_eq!(
+            fake.calls[2..],
+            vec![
+                strings(&["gpasswd", "-d", "bob", G]),
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "remove",
+                    "user",
+                    "where",
+                    "name=bob",
+                    &format!("account={A}")
+                ]),
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "remove",
+                    "user",
+                    "where",
+                    "name=bob",
+                    &format!("account={A}")
+                ]),
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "modify",
+                    "user",
+                    "where",
+                    "name=bob",
+                    &format!("account={A}"),
+                    "set",
+                    "MaxSubmitJobs=0"
+                ]),
+            ]
+        );
+        let actions: Vec<(&str, &str)> = audit
+            .iter()
+            .map(|a| {
+                (
+                    a["action"].as_str().unwrap(),
+                    a["decision"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("remove-member", "done"),
+                ("dissociate", "failed"),
+                ("block", "done")
+            ]
+        );
+        assert!(audit[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Job(s) active"));
+        assert!(state.accounts[A].blocked.contains("bob"));
+        assert!(!state.groups[G].members.contains("bob"));
+        // Next run: still running; tried again, blocked already, said once.
+        let mut fake = Fake::new(slurm_with("alice,bob", "cpu=5400|||"));
+        let audit = run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
+        assert_eq!(fake.calls.len(), 4, "{:?}", fake.calls);
+        assert_eq!(audit.len(), 1, "{audit:?}");
+        let mut fake = Fake::new(slurm_with("alice,bob", "cpu=5400|||"));
+        assert!(run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state).is_empty());
+        // The jobs ended: removed, and no longer blocked.
+        let mut fake = Fake::new(|argv: &[String]| {
+            match argv.get(3).map(String::as_str) {
+            Some("assoc") => Output::ok(&format!("ucloud|||||\nucloud|alice||||\nucloud|bob||||\n{A}||cpu=5400|||\n{A}|alice||||\n{A}|bob||||0\n")),
+            Some("account") => Output::ok(&format!("ucloud\n{A}\n")),
+            _ => Output::ok(""),
+        }
+        });
+        let audit = run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0]["action"], "dissociate");
+        assert_eq!(audit[0]["decision"], "done");
+        assert!(state.accounts[A].blocked.is_empty());
+    }
+
+    #[test]
+    fn a_wallet_update_relimits_locks_and_unlocks() {
+        let dirs = scratch("limits");
+        let mut state = member_state(&["Alice#1", "Bob#2"], &["alice", "bob"]);
+        write_event(
+            &dirs.0,
+            json!({"type": "wallet", "owner": {"type": "project", "projectId": P1},
+            "category": {"name": "cpu", "provider": "hpc"}, "quota": 100, "usage": 40, "locked": true, "updatedAt": 9}),
+        );
+        let mut fake = Fake::new(slurm_with("alice,bob", "cpu=5400|||"));
+        run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
+        assert_eq!(
+            fake.calls[2..],
+            vec![
+                strings(&[
+                    "scontrol",
+                    "-o",
+                    "show",
+                    "assoc_mgr",
+                    &format!("accounts={A}"),
+                    "flags=assoc"
+                ]),
+                // 2000 used + 60 core-hours left.
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "modify",
+                    "account",
+                    "where",
+                    &format!("name={A}"),
+                    "set",
+                    "GrpTRESMins=cpu=5600",
+                    "GrpSubmitJobs=0"
+                ]),
+            ]
+        );
+        write_event(
+            &dirs.0,
+            json!({"type": "wallet", "owner": {"type": "project", "projectId": P1},
+            "category": {"name": "cpu", "provider": "hpc"}, "quota": 100, "usage": 40, "locked": false, "updatedAt": 10}),
+        );
+        let mut fake = Fake::new(slurm_with("alice,bob", "cpu=5600|0||"));
+        run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
+        assert_eq!(
+            fake.calls.last().unwrap(),
+            &strings(&[
+                "sacctmgr",
+                "-i",
+                "modify",
+                "account",
+                "where",
+                &format!("name={A}"),
+                "set",
+                "GrpSubmitJobs=-1"
+            ])
+        );
+        // An older state replayed changes nothing.
+        write_event(
+            &dirs.0,
+            json!({"type": "wallet", "owner": {"type": "project", "projectId": P1},
+            "category": {"name": "cpu", "provider": "hpc"}, "quota": 1, "usage": 1, "locked": true, "updatedAt": 8}),
+        );
+        let mut fake = Fake::new(slurm_with("alice,bob", "cpu=5600|||"));
+        let audit = run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
+        assert_eq!(fake.calls.len(), 2, "{:?}", fake.calls);
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0]["decision"], "refused");
+    }
+
+    #[test]
+    fn a_project_that_left_is_locked_and_its_members_dissociated() {
+        let dirs = scratch("left");
+        let mut state = member_state(&["Alice#1", "Bob#2"], &["alice", "bob"]);
+        write_event(
+            &dirs.0,
+            json!({"type": "wallet", "owner": {"type": "project", "projectId": P1},
+            "category": {"name": "cpu", "provider": "hpc"}, "quota": 0, "usage": 40, "locked": true, "updatedAt": 9}),
+        );
+        let mut fake = Fake::new(|argv: &[String]| {
+            match argv.get(3).map(String::as_str) {
+            Some("assoc") if argv[1] == "-nP" => Output::ok(&format!("ucloud|||||\nucloud|alice||||\nucloud|bob||||\n{A}||cpu=5400|||\n{A}|alice||||\n{A}|bob||||\n")),
+            Some("account") if argv[1] == "-nP" => Output::ok(&format!("ucloud\n{A}\n")),
+            Some("assoc_mgr") => Output::ok(&format!("Account={A} UserName= GrpTRESMins=cpu=5400(3000)\n")),
+            _ => Output::ok(""),
+        }
+        });
+        run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
+        assert_eq!(
+            fake.calls[3..],
+            vec![
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "remove",
+                    "user",
+                    "where",
+                    "name=alice,bob",
+                    &format!("account={A}")
+                ]),
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "modify",
+                    "account",
+                    "where",
+                    &format!("name={A}"),
+                    "set",
+                    "GrpTRESMins=cpu=3000",
+                    "GrpSubmitJobs=0"
+                ]),
+            ]
+        );
+        // Group and members stay.
+        assert_eq!(state.groups[G].members.len(), 2);
+    }
+
+    #[test]
+    fn the_hook_is_used_when_set_and_a_silent_slurm_stops_only_slurm_steps() {
+        let dirs = scratch("hook");
+        let mut state = member_state(&["Alice#1"], &[]);
+        state.groups.clear();
+        state.accounts.clear();
+        let mut fake = Fake::new(|argv: &[String]| match argv[0].as_str() {
+            "sacctmgr" => Output::failed(
+                "sacctmgr: error: Problem talking to the database: Connection refused",
+            ),
+            _ => Output::ok(""),
+        });
+        let audit = run(
+            &mut fake,
+            &config("/usr/local/sbin/ldap-groups"),
+            &dirs,
+            &[],
+            &mut state,
+        );
+        assert_eq!(
+            fake.calls[1..],
+            vec![
+                strings(&["/usr/local/sbin/ldap-groups", "add-group", G, "200000"]),
+                strings(&["/usr/local/sbin/ldap-groups", "add-member", G, "alice"]),
+            ]
+        );
+        assert_eq!(audit[0]["action"], "query");
+        assert_eq!(audit[0]["decision"], "failed");
+        assert!(state.accounts.is_empty());
+        // A failed hook: audited once, retried, the record kept.
+        let mut fake = Fake::new(|argv: &[String]| match argv[0].as_str() {
+            "sacctmgr" => Output::failed(
+                "sacctmgr: error: Problem talking to the database: Connection refused",
+            ),
+            _ => Output::failed("ldap: server down"),
+        });
+        state.groups.get_mut(G).unwrap().members.clear();
+        let audit = run(
+            &mut fake,
+            &config("/usr/local/sbin/ldap-groups"),
+            &dirs,
+            &[],
+            &mut state,
+        );
+        assert_eq!(audit.len(), 2, "{audit:?}");
+        assert_eq!(audit[1]["error"], "ldap: server down");
+        assert!(state.groups.contains_key(G));
+    }
+}
