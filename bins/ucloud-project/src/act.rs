@@ -593,6 +593,26 @@ fn execute(env: &mut Env, state: &mut State, action: Action) -> bool {
                 return refuse_names(env, state, "make-drive", &path, "the group is not recorded");
             }
             let fields = json!({"group": group, "gid": gid, "path": path, "mode": "2770"});
+            // Only once NSS has the group with that gid (its groupadd may have failed,
+            // or a hook's directory not show it yet): a drive must never go to a gid
+            // that is nobody's, or that another group may take.
+            if (env.group_gid)(&group) != Some(gid) {
+                let why = format!(
+                    "the group {group} is not (yet) known with gid {gid}; the next run tries again"
+                );
+                let mut fields = fields;
+                fields["error"] = json!(why);
+                note(
+                    env.audit,
+                    state,
+                    "make-drive",
+                    &path,
+                    "failed",
+                    fields,
+                    &why,
+                );
+                return false;
+            }
             match crate::drive::make(&env.config.base, &group, gid, env.drive_owner) {
                 Ok(()) => {
                     state.notes.remove(&format!("make-drive {path}"));

@@ -52,6 +52,10 @@ pub struct System {
     pub timeout: Duration,
 }
 
+/// Root's commands come from the system's directories, never from a PATH the
+/// caller's environment gave (the stack starts this with one without sbin).
+const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// More output than any answer of ours; the rest is read and dropped.
 const MAX_OUTPUT: u64 = 64 << 20;
 
@@ -60,13 +64,10 @@ impl Runner for System {
         let Some((program, args)) = argv.split_first() else {
             return Output::failed("an empty command");
         };
-        let path = std::env::var("PATH").unwrap_or_else(|_| {
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
-        });
         let child = Command::new(program)
             .args(args)
             .env_clear()
-            .env("PATH", path)
+            .env("PATH", PATH)
             .env("LC_ALL", "C")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
