@@ -156,6 +156,45 @@ fn alice_and_bobs_project(stack: &Stack, quota: u64) -> (String, Value) {
     (id, row)
 }
 
+/// Reports `usage` as the project's total in `category`, as the provider's monitor
+/// does (`POST /api/accounting/v2/reportUsage` under the provider's access token).
+fn report_usage(stack: &Stack, project: &str, category: &str, usage: u64) {
+    let refresh = std::fs::read_to_string(stack.prefix().join("etc/ucloud-im/refresh-token"))
+        .expect("the provider's refresh token");
+    let curl = |path: &str, token: Option<&str>, body: Value| -> Value {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "30", "--cacert", &stack.get("UCLOUD_IM_CA")])
+            .args(["-X", "POST", "--data", &body.to_string()]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = c
+            .arg(format!("{}{path}", stack.get("UCLOUD_SIM_URL")))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{path}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let answer = curl(
+        "/auth/providers/refresh",
+        None,
+        json!({"items": [{"refreshToken": refresh.trim()}]}),
+    );
+    let token = answer["responses"][0]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access token: {answer}"))
+        .to_string();
+    let answer = curl(
+        "/api/accounting/v2/reportUsage",
+        Some(&token),
+        json!({"items": [{"isDeltaCharge": false,
+            "owner": {"type": "project", "username": "", "projectId": project},
+            "categoryIdV2": {"name": category, "provider": stack.get("UCLOUD_IM_PROVIDER")},
+            "usage": usage, "description": {"scope": null, "description": null}}]}),
+    );
+    assert!(answer["responses"].is_array(), "reportUsage: {answer}");
+}
+
 fn category(stack: &Stack) -> String {
     stack.job_product()["category"]
         .as_str()
@@ -191,6 +230,9 @@ fn a_project_becomes_a_group_and_a_slurm_account_and_members_act_on_each_others_
     let slurm_id = stack.create_job(BOB, &id, "sleep 300", 10, 1, Some(&project));
     assert_eq!(slurm_field(slurm_id, "Account"), account);
     assert_eq!(slurm_field(slurm_id, "UserId").split('(').next().unwrap(), bob);
+    wait_until("Bob's project job to run", 30, || {
+        slurm_field(slurm_id, "JobState") == "RUNNING"
+    });
 
     // A user outside the project cannot stop it, whatever the request says.
     let outsider_name = format!("CarlOutsider#{}", std::process::id());
@@ -245,14 +287,9 @@ fn the_allocation_is_a_slurm_limit_and_a_locked_wallet_stops_new_jobs() {
         .unwrap();
     assert!(out.status.success());
 
-    // Usage reported past the quota locks the wallet; Slurm then refuses new jobs.
-    let (status, body) = stack.sim_api(
-        "POST",
-        "/sim/quota",
-        Some(json!({"owner": project, "category": category(&stack), "quota": 0})),
-        30,
-    );
-    assert_eq!(status, 200, "{body}");
+    // Usage reported past the quota (as the provider reports it) locks the wallet;
+    // Slurm then refuses new jobs on the project's account.
+    report_usage(&stack, &project, &category(&stack), 31);
     wait_until("the project's account to refuse new jobs", 20, || {
         account_limit(&account, "GrpSubmit") == "0"
     });
