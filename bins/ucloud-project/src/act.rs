@@ -119,6 +119,9 @@ fn ask_slurm(
             return (None, problems);
         }
         slurm.accounts.extend(slurm::parse_accounts(&out.stdout));
+        slurm
+            .coordinators
+            .extend(slurm::parse_coordinators(&out.stdout));
         let out = runner.run(&slurm::show_assocs(chunk));
         if !out.ok {
             problems.push(format!("sacctmgr show assoc: {}", out.why()));
@@ -260,6 +263,8 @@ fn is_slurm(a: &Action) -> bool {
         Action::AddAccount { .. }
             | Action::Associate { .. }
             | Action::Dissociate { .. }
+            | Action::Coordinate { .. }
+            | Action::Uncoordinate { .. }
             | Action::Unblock { .. }
             | Action::SetLimits { .. }
             | Action::Note { .. }
@@ -330,6 +335,7 @@ fn hook(config: &ProjectConfig, args: &[&str]) -> Vec<String> {
 
 fn execute(env: &mut Env, state: &mut State, action: Action) -> bool {
     let local = env.config.group_hook.is_empty();
+    let action_kind = matches!(action, Action::Coordinate { .. });
     match action {
         Action::Refuse { subject, why } => {
             note(
@@ -530,6 +536,27 @@ fn execute(env: &mut Env, state: &mut State, action: Action) -> bool {
                 }
             }
             ok
+        }
+        Action::Coordinate { account, users } | Action::Uncoordinate { account, users } => {
+            let (name, argv) = match &action_kind {
+                true => ("coordinate", slurm::add_coordinators(&account, &users)),
+                false => ("uncoordinate", slurm::remove_coordinators(&account, &users)),
+            };
+            if !state.accounts.contains_key(&account)
+                || !is_slurm_name(&account)
+                || users.is_empty()
+                || !users.iter().all(|u| is_user(u))
+            {
+                return refuse_names(
+                    env,
+                    state,
+                    name,
+                    &account,
+                    "the account is not recorded or a user name is invalid",
+                );
+            }
+            let fields = json!({"account": account, "users": users});
+            command(env, state, name, &account, fields, argv)
         }
         Action::Unblock { account, user } => {
             if !state.accounts.contains_key(&account) || !is_user(&user) {
@@ -951,7 +978,8 @@ mod tests {
                     "account",
                     "where",
                     &format!("name=ucloud,{A}"),
-                    "format=Account"
+                    "withcoord",
+                    "format=Account,Coordinators"
                 ]),
                 strings(&[
                     "sacctmgr",
@@ -999,6 +1027,15 @@ mod tests {
                     "alice,bob",
                     &format!("account={A}")
                 ]),
+                // Alice is the project's PI: she may act on Bob's jobs.
+                strings(&[
+                    "sacctmgr",
+                    "-i",
+                    "add",
+                    "coordinator",
+                    &format!("account={A}"),
+                    "names=alice"
+                ]),
                 strings(&[
                     "sacctmgr",
                     "-i",
@@ -1017,7 +1054,7 @@ mod tests {
             .collect();
         assert_eq!(refused.len(), 2, "{audit:?}");
         assert!(refused.iter().all(|r| r["action"] == "event"));
-        assert_eq!(audit.iter().filter(|a| a["decision"] == "done").count(), 8);
+        assert_eq!(audit.iter().filter(|a| a["decision"] == "done").count(), 9);
         assert!(
             ucloud_wire::inbox::events(&dirs.0).unwrap().is_empty(),
             "events are removed"
@@ -1038,7 +1075,7 @@ mod tests {
         let mut fake = Fake::new(|argv| {
             match argv.get(3).map(String::as_str) {
             Some("assoc") => Output::ok(&format!("ucloud|||||\nucloud|alice||||\nucloud|bob||||\n{A}||cpu=5400|||\n{A}|alice||||\n{A}|bob||||\n")),
-            Some("account") => Output::ok(&format!("ucloud\n{A}\n")),
+            Some("account") => Output::ok(&format!("ucloud|\n{A}|alice\n")),
             _ => Output::ok(""),
         }
         });

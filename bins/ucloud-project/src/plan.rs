@@ -96,6 +96,10 @@ pub struct WantedAccount {
     pub minutes: Option<u64>,
     /// Whether it may be created now (someone to use it, an allocation left).
     pub create: bool,
+    /// Its Slurm coordinators (a project's PI and admins mapped here, who may act
+    /// on every job of the account, as UCloud lets them act on every job of the
+    /// project); None: left as they are (accounts that are not a project's).
+    pub coordinators: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -240,6 +244,15 @@ pub fn wanted(
                 continue;
             }
         }
+        let managers: Vec<String> = project
+            .members
+            .iter()
+            .filter(|m| matches!(m.role, crate::state::Role::Pi | crate::state::Role::Admin))
+            .filter_map(|m| people.get(&m.username))
+            .map(|p| p.local.as_str().to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         let entry = w.here.entry(id.clone()).or_default();
         entry.extend(members.iter().cloned());
         let left = wallets.iter().all(|(_, w)| w.quota <= 0);
@@ -269,6 +282,7 @@ pub fn wanted(
                 locked: wallet.locked || left,
                 minutes: c.minutes,
                 create: !left && !members.is_empty(),
+                coordinators: Some(if left { Vec::new() } else { managers.clone() }),
             });
         }
         w.projects.push(WantedProject {
@@ -313,6 +327,7 @@ pub fn wanted(
                 locked: wallet.locked || wallet.quota <= 0,
                 minutes: c.minutes,
                 create: wallet.quota > 0,
+                coordinators: None,
             });
         }
     }
@@ -331,6 +346,7 @@ pub fn wanted(
                     locked: true,
                     minutes: None,
                     create: false,
+                    coordinators: None,
                 });
             }
         }
@@ -411,6 +427,15 @@ pub enum Action {
         users: Vec<String>,
     },
     Dissociate {
+        account: String,
+        users: Vec<String>,
+    },
+    /// Slurm coordinators of the account (see [`WantedAccount::coordinators`]).
+    Coordinate {
+        account: String,
+        users: Vec<String>,
+    },
+    Uncoordinate {
         account: String,
         users: Vec<String>,
     },
@@ -687,6 +712,37 @@ fn account(
             account: a.name.clone(),
             users: missing,
         });
+    }
+    if let Some(wanted) = &a.coordinators {
+        let empty = BTreeSet::new();
+        let now = match fresh {
+            true => &empty,
+            false => f.slurm.coordinators.get(&a.name).unwrap_or(&empty),
+        };
+        let wanted: BTreeSet<&String> = wanted.iter().collect();
+        // Removed first, so that a member who lost the role cannot act meanwhile.
+        let gone: Vec<String> = now
+            .iter()
+            .filter(|u| !wanted.contains(u))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            remove.push(Action::Uncoordinate {
+                account: a.name.clone(),
+                users: gone,
+            });
+        }
+        let new: Vec<String> = wanted
+            .iter()
+            .filter(|u| !now.contains(**u))
+            .map(|u| u.to_string())
+            .collect();
+        if !new.is_empty() {
+            add.push(Action::Coordinate {
+                account: a.name.clone(),
+                users: new,
+            });
+        }
     }
     for u in &a.users {
         if rec_blocked.contains(u) && current.users.get(u) == Some(&Some(0)) {

@@ -40,6 +40,8 @@ pub struct Slurm {
     pub assocs: BTreeMap<String, Assocs>,
     /// Core-minutes used so far, by account.
     pub used: BTreeMap<String, u64>,
+    /// Each account's Slurm coordinators.
+    pub coordinators: BTreeMap<String, BTreeSet<String>>,
 }
 
 fn s(v: &[&str]) -> Vec<String> {
@@ -49,7 +51,24 @@ fn s(v: &[&str]) -> Vec<String> {
 pub fn show_accounts(names: &[String]) -> Vec<String> {
     let mut argv = s(&["sacctmgr", "-nP", "show", "account", "where"]);
     argv.push(format!("name={}", names.join(",")));
-    argv.push("format=Account".into());
+    argv.push("withcoord".into());
+    argv.push("format=Account,Coordinators".into());
+    argv
+}
+
+/// Makes `users` coordinators of `account`: they may then cancel, hold and change
+/// the jobs of the account (what a project's PI and admins may do in UCloud).
+pub fn add_coordinators(account: &str, users: &[String]) -> Vec<String> {
+    let mut argv = s(&["sacctmgr", "-i", "add", "coordinator"]);
+    argv.push(format!("account={account}"));
+    argv.push(format!("names={}", users.join(",")));
+    argv
+}
+
+pub fn remove_coordinators(account: &str, users: &[String]) -> Vec<String> {
+    let mut argv = s(&["sacctmgr", "-i", "remove", "coordinator"]);
+    argv.push(format!("account={account}"));
+    argv.push(format!("names={}", users.join(",")));
     argv
 }
 
@@ -105,13 +124,35 @@ pub fn set_account(account: &str, settings: &[String]) -> Vec<String> {
     argv
 }
 
-/// `show_accounts`'s answer: one name a line.
+/// `show_accounts`'s answer: `account|coordinator,coordinator` a line.
 pub fn parse_accounts(out: &str) -> BTreeSet<String> {
     out.lines()
+        .filter_map(|l| l.split('|').next())
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect()
+}
+
+/// The coordinators in `show_accounts`'s answer, by account.
+pub fn parse_coordinators(out: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut all = BTreeMap::new();
+    for line in out.lines() {
+        let mut fields = line.split('|').map(str::trim);
+        let Some(account) = fields.next().filter(|a| !a.is_empty()) else {
+            continue;
+        };
+        let coordinators = fields
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect();
+        all.insert(account.to_string(), coordinators);
+    }
+    all
 }
 
 /// `cpu=N` of a TRES list such as `cpu=100,mem=2000`; None when cpu is not in it.
@@ -182,6 +223,36 @@ pub fn parse_usage(out: &str) -> BTreeMap<String, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coordinators_are_read_per_account() {
+        let out = "ucloud|\nucp-a_cpu|alice,bob\n|x\nucp-b_cpu\n";
+        let c = parse_coordinators(out);
+        assert_eq!(c["ucloud"], BTreeSet::new());
+        assert_eq!(
+            c["ucp-a_cpu"],
+            ["alice".to_string(), "bob".to_string()].into()
+        );
+        assert_eq!(c["ucp-b_cpu"], BTreeSet::new());
+        assert_eq!(c.len(), 3);
+        assert_eq!(
+            parse_accounts(out),
+            ["ucloud", "ucp-a_cpu", "ucp-b_cpu"]
+                .map(String::from)
+                .into()
+        );
+        assert_eq!(
+            add_coordinators("ucp-a_cpu", &["alice".into(), "bob".into()]),
+            [
+                "sacctmgr",
+                "-i",
+                "add",
+                "coordinator",
+                "account=ucp-a_cpu",
+                "names=alice,bob"
+            ]
+        );
+    }
 
     #[test]
     fn sacctmgr_answers_are_read() {
