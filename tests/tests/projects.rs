@@ -346,3 +346,64 @@ fn a_removed_member_loses_group_association_and_drive() {
     // The data stays.
     assert!(file.exists());
 }
+
+#[test]
+fn a_member_who_connects_later_joins_the_group_and_the_account() {
+    let stack = stack();
+    let alice = stack.local_of(ALICE);
+    let newcomer_name = format!("DanLate#{}", std::process::id());
+    let newcomer = ScratchAccount::new(&stack, "ucim-dan", &newcomer_name);
+    // UCloud knows Dan as a member before he ever connects to this site.
+    let created = sim(
+        &stack,
+        "POST",
+        "/sim/projects",
+        Some(json!({"title": "Late joiner", "members": [
+            {"username": ALICE, "role": "PI"}, {"username": newcomer_name, "role": "ADMIN"}]})),
+    );
+    let project = created["id"].as_str().unwrap().to_string();
+    sim(
+        &stack,
+        "POST",
+        "/sim/allocations",
+        Some(json!({"owner": {"type": "project", "projectId": project},
+            "category": {"name": category(&stack), "provider": stack.get("UCLOUD_IM_PROVIDER")},
+            "quota": 1000})),
+    );
+    let row = project_row(&stack, &project, "the project with Alice alone", |r| {
+        members(r) == [alice.clone()]
+    });
+    let group = row["group"].as_str().unwrap().to_string();
+    assert!(!group_members(&group).contains(&newcomer.name));
+
+    // He connects: the registry announces him, and he is in before `add` returns.
+    let out = stack.registry(&["add", &newcomer_name, &newcomer.name, "--wait", "15"]);
+    assert!(out.status.success(), "{}", ucloud_im_tests::described(&out));
+    let mut both = vec![alice.clone(), newcomer.name.clone()];
+    both.sort();
+    let row = project_row(&stack, &project, "Dan in the project's row", |r| {
+        members(r) == both
+    });
+    assert_eq!(group_members(&group), both);
+    let account = row["accounts"][category(&stack)].as_str().unwrap().to_string();
+    assert!(associations(&account).contains(&newcomer.name));
+    // As an admin of the project he coordinates its account in Slurm.
+    let coordinators = output(
+        "sacctmgr",
+        &[
+            "-nP",
+            "show",
+            "account",
+            "where",
+            &format!("name={account}"),
+            "withcoord",
+            "format=Coordinators",
+        ],
+    );
+    assert!(
+        coordinators.contains(&newcomer.name) && coordinators.contains(&alice),
+        "coordinators of {account}: {coordinators}"
+    );
+    // And he has the site's default association, which Slurm requires of everyone.
+    assert!(associations("ucloud").contains(&newcomer.name));
+}

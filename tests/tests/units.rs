@@ -32,7 +32,9 @@ const fn unit(name: &'static str, max_exposure: Option<f64>) -> Unit {
 /// - ucloud-lb needs no privilege: 1.2 on systemd 252;
 /// - ucloud-monitor: 1.5 on systemd 252: the Slurm clients need the network, nothing
 ///   else is open.
-const UNITS: [Unit; 17] = [
+/// - ucloud-project: 2.7 on systemd 252: root with five file capabilities, /etc
+///   writable (groupadd), and the network for sacctmgr.
+const UNITS: [Unit; 20] = [
     unit("ucloud-gateway.socket", None),
     unit("ucloud-gateway@.service", Some(6.5)),
     unit("ucloud-sender.service", Some(2.0)),
@@ -50,6 +52,9 @@ const UNITS: [Unit; 17] = [
     unit("ucloud-gateway-lb@.service", Some(10.0)),
     unit("ucloud-monitor.socket", None),
     unit("ucloud-monitor.service", Some(2.5)),
+    unit("ucloud-project.service", Some(3.0)),
+    unit("ucloud-project.path", None),
+    unit("ucloud-project.timer", None),
 ];
 
 /// Directives that turn no_new_privs on for a service with User= (or defeat setuid).
@@ -221,11 +226,12 @@ fn exposure_stays_within_the_published_bounds() {
     }
 }
 
-/// Every unit in units/, by file name.
+/// Every unit in units/, by file name (not the generator beside them).
 fn all_units() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(source_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != GENERATOR)
         .collect();
     names.sort();
     names
@@ -239,7 +245,8 @@ fn every_unit_that_runs_for_good_starts_at_boot_once_enabled() {
             name.as_str(),
             "ucloud-sender.service" | "ucloud-monitor.service" | "ucloud-lb.service"
         );
-        if name.ends_with(".socket") || name.ends_with(".timer") || long_running {
+        let wakes = name.ends_with(".socket") || name.ends_with(".timer") || name.ends_with(".path");
+        if wakes || long_running {
             let unit = read_unit(&name);
             assert!(
                 !value_of(&unit, "WantedBy").is_empty(),
@@ -416,4 +423,67 @@ fn registry_units_pass_systemd_analyze() {
             && socket.contains("SocketMode=0666")
             && socket.contains("TriggerLimitBurst=0")
     );
+}
+
+const GENERATOR: &str = "ucloud-im-generator";
+
+/// Runs the generator on a site.conf holding `conf`; the drop-ins it wrote, by unit.
+fn generate(conf: &str) -> (Vec<(String, String)>, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "ucloud-im-generator-{}-{}",
+        std::process::id(),
+        conf.len()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("site.conf"), conf).unwrap();
+    let output = Command::new(source_dir().join(GENERATOR))
+        .arg(dir.join("out"))
+        .arg(dir.join("early"))
+        .arg(dir.join("late"))
+        .env("UCLOUD_IM_SITE_CONF", dir.join("site.conf"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "a generator never fails the boot");
+    let mut dropins = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("out")) {
+        for entry in entries {
+            let entry = entry.unwrap();
+            let unit = entry.file_name().to_string_lossy().into_owned();
+            for file in std::fs::read_dir(entry.path()).unwrap() {
+                dropins.push((unit.clone(), std::fs::read_to_string(file.unwrap().path()).unwrap()));
+            }
+        }
+    }
+    dropins.sort();
+    let _ = std::fs::remove_dir_all(&dir);
+    (dropins, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn the_generator_makes_project_base_writable_and_refuses_what_a_unit_cannot_take() {
+    let (dropins, _) = generate("provider = hpc\nproject_base = /srv/old\nproject_base = /srv/projects/ \n");
+    let units: Vec<&str> = dropins.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(
+        units,
+        ["ucloud-gateway-lb@.service.d", "ucloud-gateway@.service.d", "ucloud-project.service.d"]
+    );
+    for (unit, text) in &dropins {
+        // The last setting wins, as in site.conf's own parser.
+        assert_eq!(value_of(text, "ReadWritePaths"), ["-/srv/projects"], "{unit}");
+        assert!(text.contains("[Service]"));
+    }
+    for (conf, why) in [
+        ("provider = hpc\n", ""),
+        ("project_base =\n", ""),
+        ("project_base = relative/dir\n", "not an absolute path"),
+        ("project_base = /srv/a b\n", "cannot take"),
+        ("project_base = /srv/%n\n", "cannot take"),
+        ("project_base = /srv/../etc\n", "cannot take"),
+        ("project_base = /srv/x\\\nReadWritePaths=/\n", "cannot take"),
+    ] {
+        let (dropins, stderr) = generate(conf);
+        assert!(dropins.is_empty(), "{conf:?}: {dropins:?}");
+        assert!(stderr.contains(why), "{conf:?}: {stderr}");
+    }
 }
