@@ -12,6 +12,7 @@ mod act;
 mod drive;
 mod event;
 mod plan;
+mod register;
 mod runner;
 mod site;
 mod slurm;
@@ -117,6 +118,8 @@ fn usage(why: &str) -> ExitCode {
 struct Site {
     config: SiteConfig,
     categories: plan::Categories,
+    /// The product project drives are registered with (register.rs).
+    drive_product: Option<(String, String)>,
     dir: PathBuf,
     inbox: PathBuf,
     mappings: PathBuf,
@@ -151,6 +154,7 @@ impl Site {
         }
         Ok(Some(Site {
             categories: site::categories(&table),
+            drive_product: register::product(&table),
             config,
             dir,
             inbox: ucloud_wire::paths::inbox_dir().into(),
@@ -211,6 +215,13 @@ impl Site {
             gid_taken: &site::gid_taken,
             group_members: &site::group_members,
             drive_owner: 0,
+            drives: Some(act::DriveSide {
+                outbox: ucloud_wire::paths::outbox_dir().into(),
+                table: ucloud_wire::paths::drives_dir().into(),
+                lock_dir: ucloud_wire::paths::state_dir().into(),
+                product: self.drive_product.clone(),
+                wait: Duration::from_secs(5),
+            }),
             audit,
         }
     }
