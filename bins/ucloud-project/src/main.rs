@@ -55,9 +55,13 @@ add account|add user|remove user|modify account|modify user, and read-only
 sacctmgr show and scontrol show assoc_mgr. Never deletes a group, an account or
 data; never changes a group or account it did not create. Names: group
 <prefix><first 10 letters/digits of the project id>, accounts <group>_<category>,
-personal <prefix>u<uid>_<category>. State: var/lib/ucloud-im/projects/state.json;
-for the job plugins: var/lib/ucloud-im/projects/table.json. Prints one audit
-record per action. See ucloud-project(8).
+personal <prefix>u<uid>_<category>. Each project drive is registered with UCloud
+(through the outbox: asked for by provider id <provider>-project-<id> first,
+registered only when UCloud has none, owned by the project) and its entry, kind
+project with the project's gid, written into the drive table. State:
+var/lib/ucloud-im/projects/state.json; for the job plugins:
+var/lib/ucloud-im/projects/table.json. Prints one audit record per action. See
+ucloud-project(8).
 ";
 
 type Failure = (u8, String);
