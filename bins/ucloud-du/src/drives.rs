@@ -17,8 +17,10 @@ pub const HOME_CATEGORY: &str = "home";
 pub struct Drive {
     pub id: String,
     pub owner: WalletOwner,
-    pub ucloud: String,
-    pub local: String,
+    /// The person whose drive it is; None for a project's drive (ucloud-project's,
+    /// kind `project`), which is its project's alone and charged to it.
+    pub ucloud: Option<String>,
+    pub local: Option<String>,
     pub base: PathBuf,
     pub category: String,
 }
@@ -55,11 +57,18 @@ impl Drive {
                 base.display()
             ));
         }
-        let ucloud = text("ucloud")?;
-        let project = v["project"].as_str();
+        let project = v["project"].as_str().filter(|p| !p.is_empty());
+        let (owner, ucloud, local) = if v["kind"] == "project" {
+            let project = project.ok_or("a project's drive that names no project")?;
+            (WalletOwner::Project(project.to_string()), None, None)
+        } else {
+            let ucloud = text("ucloud")?;
+            let owner = WalletOwner::of(&ucloud, project);
+            (owner, Some(ucloud), Some(text("local")?))
+        };
         Ok(Drive {
-            owner: WalletOwner::of(&ucloud, project),
-            local: text("local")?,
+            owner,
+            local,
             category: v["category"].as_str().unwrap_or(HOME_CATEGORY).to_string(),
             ucloud,
             base,
@@ -132,6 +141,17 @@ mod tests {
         .unwrap();
         assert_eq!(p.owner, WalletOwner::Project("abc".into()));
         assert_eq!(p.category, "fast");
+        // ucloud-project's entry: the project's, charged to it, no person in it.
+        let q = Drive::parse(
+            "23",
+            br#"{"id":"23","kind":"project","project":"5d3c7a6e-2f4b","gid":200001,"base":"/srv/p/ucp-5d3c7a6e2f","title":"Physics"}"#,
+        )
+        .unwrap();
+        assert_eq!(q.owner, WalletOwner::Project("5d3c7a6e-2f4b".into()));
+        assert_eq!(
+            (q.ucloud, q.local, q.category.as_str()),
+            (None, None, "home")
+        );
         for (file, bad) in [
             ("17", r#"{"id":"18","ucloud":"a","local":"a","base":"/a"}"#),
             ("..", r#"{"id":"..","ucloud":"a","local":"a","base":"/a"}"#),
@@ -142,6 +162,11 @@ mod tests {
             ),
             ("17", r#"{"id":"17","ucloud":"","local":"a","base":"/a"}"#),
             ("17", "nonsense"),
+            ("23", r#"{"id":"23","kind":"project","gid":5,"base":"/p"}"#),
+            (
+                "23",
+                r#"{"id":"23","kind":"project","project":"","gid":5,"base":"/p"}"#,
+            ),
         ] {
             assert!(Drive::parse(file, bad.as_bytes()).is_err(), "{bad}");
         }

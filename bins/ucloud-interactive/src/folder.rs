@@ -11,8 +11,18 @@ use ucloud_wire::names::DriveId;
 use ucloud_wire::record::{lookup_drive, DriveRefusal};
 use ucloud_wire::transfer::Subject;
 
-/// The local directory of `folder` (a UCloud path) in one of `user`'s drives.
-pub fn local_dir(folder: &str, user: &str) -> Result<PathBuf, Error> {
+/// A folder a terminal may open in.
+#[derive(Debug)]
+pub struct Folder {
+    pub dir: PathBuf,
+    /// The umask the shell starts with: 007 in a project's drive, so that what a
+    /// member makes there the others (the drive's group) can use; 077 elsewhere.
+    pub umask: u32,
+}
+
+/// The local directory of `folder` (a UCloud path) in a drive `user` may use:
+/// one of theirs, or a project's whose group this process is in.
+pub fn local_dir(folder: &str, user: &str) -> Result<Folder, Error> {
     let rest = folder
         .strip_prefix('/')
         .ok_or_else(|| Error::BadRequest(format!("{folder:?} is not a UCloud path")))?;
@@ -44,7 +54,18 @@ pub fn local_dir(folder: &str, user: &str) -> Result<PathBuf, Error> {
             "{folder} is not a folder you can open (no such directory, or not yours to enter)"
         )));
     }
-    Ok(dir)
+    Ok(Folder {
+        dir,
+        umask: umask_for(&drive),
+    })
+}
+
+fn umask_for(drive: &ucloud_wire::record::Drive) -> u32 {
+    if drive.is_project() {
+        0o007
+    } else {
+        0o077
+    }
 }
 
 /// `jobs.openTerminalInFolder`: checks the one folder the session identifier was
@@ -81,5 +102,21 @@ mod tests {
             let e = local_dir(bad, "nobody").unwrap_err();
             assert!(matches!(e, Error::BadRequest(_)), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_shell_in_a_project_drive_shares_with_the_group() {
+        use ucloud_wire::names::{DriveId, LocalName, UcloudName};
+        use ucloud_wire::record::Drive;
+        let id = DriveId::new("23").unwrap();
+        let project = Drive::project(id.clone(), "p-1".into(), 200001, "/p".into(), "P".into());
+        assert_eq!(umask_for(&project), 0o007);
+        let home = Drive::home(
+            id,
+            UcloudName::new("A#1").unwrap(),
+            LocalName::new("alice").unwrap(),
+            "/home/alice".into(),
+        );
+        assert_eq!(umask_for(&home), 0o077);
     }
 }

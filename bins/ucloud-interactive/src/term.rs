@@ -18,9 +18,11 @@ pub fn run(request: &[u8], token: Option<&str>, now: u64, me: &User) -> Result<(
         Place::Job { job, rank } => in_job(job, *rank, me, &shell)?,
         Place::Folder(folder) => {
             // On this login node, in the folder, inside the gateway unit's limits.
-            let dir = folder::local_dir(folder, &me.name)?;
+            let folder = folder::local_dir(folder, &me.name)?;
+            // The shell inherits it (a profile of the user's may change it).
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(folder.umask));
             let mut login = Command::new(&shell);
-            login.arg("-l").current_dir(dir);
+            login.arg("-l").current_dir(folder.dir);
             login
         }
     };

@@ -29,7 +29,7 @@ use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use ucloud_wire::record::Drive;
+use ucloud_wire::record::{Drive, DriveOwner};
 
 const HELP: &str = "\
 usage: ucloud-jobscript --etc DIR --drives DIR [--projects DIR] --user UCLOUD_NAME --tag TAG
@@ -305,8 +305,11 @@ fn table(etc: &Path, file: &str, key: &str) -> Result<Vec<Value>, Refusal> {
     }
 }
 
-/// The caller's entries of the drive table, by id. An entry the table's reader
-/// cannot use is the site's error, whoever it belongs to: the caller's might be it.
+/// The caller's entries of the drive table, by id: their own drives, and the
+/// drives of the projects whose group this process is in (the groups the
+/// dispatcher gave this request, so a member removed from the group has no
+/// project drive here). An entry the table's reader cannot use is the site's
+/// error, whoever it belongs to: the caller's might be it.
 fn drives_of(dir: &Path, user: &str) -> Result<Vec<Drive>, Refusal> {
     let (drives, problems) = ucloud_wire::record::drive_table(dir).map_err(|e| {
         site_config(format!(
@@ -317,10 +320,22 @@ fn drives_of(dir: &Path, user: &str) -> Result<Vec<Drive>, Refusal> {
     if let Some(problem) = problems.into_iter().next() {
         return Err(site_config(format!("drive table: {problem}")));
     }
-    Ok(drives
+    Ok(callers_drives(
+        drives,
+        user,
+        &ucloud_wire::record::process_groups(),
+    ))
+}
+
+/// The drives of UCloud user `user` (by name; a project's by group).
+fn callers_drives(drives: Vec<Drive>, user: &str, groups: &[u32]) -> Vec<Drive> {
+    drives
         .into_iter()
-        .filter(|d| d.ucloud.as_str() == user)
-        .collect())
+        .filter(|d| match &d.owner {
+            DriveOwner::User { ucloud, .. } => ucloud.as_str() == user,
+            DriveOwner::Project { gid, .. } => groups.contains(gid),
+        })
+        .collect()
 }
 
 /// The checked jobs, their folders made unless --print.
@@ -489,5 +504,51 @@ fn jobs_dir(dir: &Path, in_project_drive: bool) -> Result<(), String> {
             )),
         },
         Err(e) => Err(format!("cannot look at {}: {e}", dir.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ucloud_wire::names::{DriveId, LocalName, UcloudName};
+
+    #[test]
+    fn a_caller_has_their_own_drives_and_the_projects_whose_group_they_are_in() {
+        let home = |id: &str, who: &str, local: &str| {
+            Drive::home(
+                DriveId::new(id).unwrap(),
+                UcloudName::new(who).unwrap(),
+                LocalName::new(local).unwrap(),
+                format!("/home/{local}"),
+            )
+        };
+        let project = |id: &str, gid: u32| {
+            Drive::project(
+                DriveId::new(id).unwrap(),
+                format!("p-{gid}"),
+                gid,
+                format!("/proj/{gid}"),
+                "P".into(),
+            )
+        };
+        let table = vec![
+            home("7", "Ann#1", "ann"),
+            home("9", "Bob#2", "bob"),
+            project("8", 200001),
+            project("10", 200002),
+        ];
+        let ids = |ds: Vec<Drive>| ds.iter().map(|d| d.id.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(callers_drives(table.clone(), "Ann#1", &[1001, 200001])),
+            ["7", "8"]
+        );
+        // Removed from the project's group: its drive is gone with it.
+        assert_eq!(ids(callers_drives(table.clone(), "Ann#1", &[1001])), ["7"]);
+        // A group opens no one's home; a name opens no project's drive.
+        assert_eq!(
+            ids(callers_drives(table.clone(), "Carl#3", &[1001, 200002])),
+            ["10"]
+        );
+        assert!(callers_drives(table, "p-200001", &[]).is_empty());
     }
 }

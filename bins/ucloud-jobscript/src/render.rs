@@ -584,7 +584,14 @@ mod tests {
             vec![json!({"name": "shell", "version": "1", "modules": ["gcc/12"]})],
             vec![
                 drive("7", "home", "/home/ann"),
-                drive("8", "project", "/proj/x"),
+                // A project's drive the caller's groups let them use.
+                Drive::project(
+                    ucloud_wire::names::DriveId::new("8").unwrap(),
+                    "p-1".into(),
+                    200001,
+                    "/proj/x".into(),
+                    "X".into(),
+                ),
             ],
         )
     }

@@ -134,13 +134,14 @@ fn parse_cached(bytes: &[u8]) -> Option<Owner> {
 /// cannot use belongs to nobody here.
 fn home_drive(drives: &Path, ucloud_user: &str) -> Option<Owner> {
     let (drives, _) = ucloud_wire::record::drive_table(drives).ok()?;
-    let home = drives
-        .into_iter()
-        .find(|d| d.ucloud.as_str() == ucloud_user && d.is_home())?;
+    let (home, local) = drives.iter().find_map(|d| match d.user() {
+        Some((ucloud, local)) if ucloud.as_str() == ucloud_user && d.is_home() => Some((d, local)),
+        _ => None,
+    })?;
     Some(Owner {
         job: String::new(),
         ucloud: ucloud_user.to_string(),
-        local: home.local.as_str().to_string(),
+        local: local.as_str().to_string(),
         drive: home.id.as_str().to_string(),
         project: None,
         category: None,

@@ -6,15 +6,17 @@
 
 use crate::event;
 use crate::plan::{self, Action, Categories, DriveCheck, Person, Scope};
+use crate::register;
 use crate::runner::Runner;
 use crate::slurm::{self, Slurm, CHUNK};
-use crate::state::{AccountOwner, AccountRec, GroupRec, State};
+use crate::state::{AccountOwner, AccountRec, DriveReg, GroupRec, Pending, State};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use ucloud_wire::config::{is_slurm_name, ProjectConfig};
-use ucloud_wire::names::{LocalName, UcloudName};
+use ucloud_wire::names::{DriveId, LocalName, UcloudName};
+use ucloud_wire::record::Drive;
 
 /// Events folded per run at most; the rest wait for the next (the path unit
 /// starts it again while the directory is not empty).
@@ -35,7 +37,26 @@ pub struct Env<'a> {
     pub group_members: &'a dyn Fn(&str) -> Option<Vec<String>>,
     /// The owner of project drives: root (0) on a site.
     pub drive_owner: u32,
+    /// Where project drives are registered with UCloud and recorded; None: not
+    /// registered (tests of other things).
+    pub drives: Option<DriveSide>,
     pub audit: &'a mut dyn Write,
+}
+
+/// What registering project drives touches.
+#[derive(Clone)]
+pub struct DriveSide {
+    pub outbox: PathBuf,
+    /// The drive table (`drives_dir()`).
+    pub table: PathBuf,
+    /// Where the registry's lock is (`state_dir()`).
+    pub lock_dir: PathBuf,
+    /// The product (id, category) project drives are registered with; None when
+    /// the site's product table offers none (said once in the audit log).
+    pub product: Option<(String, String)>,
+    /// How long a run waits for UCloud's answer to what it queued before it ends
+    /// (the next run picks up a later answer).
+    pub wait: std::time::Duration,
 }
 
 pub const STATE: &str = "state.json";
@@ -251,10 +272,296 @@ pub fn reconcile(env: &mut Env, state: &mut State, scope: &Scope) -> Result<usiz
         for (name, g) in state.groups.iter_mut() {
             g.drive = crate::drive::check(&base, name, g.gid, owner) == DriveCheck::Ok;
         }
+        failed += register_drives(env, state)?;
     }
     save_state(&env.dir, state)?;
     publish(&env.dir, state, env.config)?;
     Ok(failed)
+}
+
+/// Registers the project drives that exist with UCloud and records them in the
+/// drive table (register.rs); waits a little for UCloud's answers, so that a
+/// drive is usually registered by the run that made it. The number of steps
+/// that failed.
+fn register_drives(env: &mut Env, state: &mut State) -> Result<usize, String> {
+    let Some(side) = env.drives.clone() else {
+        return Ok(0);
+    };
+    let outbox = register::Outbox {
+        dir: side.outbox.clone(),
+    };
+    let mut failed = 0;
+    // Question, registration, record: at most three answers to wait for.
+    for _ in 0..3 {
+        let (queued, f) = register_pass(env, state, &side, &outbox)?;
+        failed += f;
+        if !queued || side.wait.is_zero() {
+            break;
+        }
+        let until = std::time::Instant::now() + side.wait;
+        while std::time::Instant::now() < until && !answered(state, &outbox) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    Ok(failed)
+}
+
+/// Whether an answer to something pending has come.
+fn answered(state: &State, outbox: &register::Outbox) -> bool {
+    state
+        .drives
+        .iter()
+        .filter(|(_, d)| d.id.is_none() && d.pending.is_some())
+        .any(|(group, _)| {
+            outbox.reply(&register::register_tag(group)).is_some()
+                || outbox.reply(&register::find_tag(group)).is_some()
+        })
+        || !outbox.failures().is_empty()
+}
+
+/// One pass over the project drives; whether it queued anything, and how many
+/// steps failed.
+fn register_pass(
+    env: &mut Env,
+    state: &mut State,
+    side: &DriveSide,
+    outbox: &register::Outbox,
+) -> Result<(bool, usize), String> {
+    let failures = outbox.failures();
+    let mut queued = false;
+    let mut failed = 0;
+    let drives: Vec<(String, GroupRec)> = state
+        .groups
+        .iter()
+        .filter(|(_, g)| g.drive)
+        .map(|(n, g)| (n.clone(), g.clone()))
+        .collect();
+    for (group, g) in drives {
+        // Registered while the project has an allocation here (and so a row in
+        // table.json); a drive whose project left stays as it is.
+        let Some(p) = state.projects.get(&g.project) else {
+            continue;
+        };
+        if state.project_wallets(&g.project).next().is_none() {
+            continue;
+        }
+        let title = match p.title.trim() {
+            "" => group.clone(),
+            t => t.to_string(),
+        };
+        let project = register::Project {
+            id: &g.project,
+            group: &group,
+            gid: g.gid,
+            title: &title,
+            base: format!("{}/{group}", env.config.base),
+        };
+        let subject = format!("drive {}", project.base);
+        let fields = json!({"project": g.project, "group": group, "gid": g.gid,
+                            "path": project.base});
+        let reg = state.drives.get(&group).cloned().unwrap_or_default();
+        if let Some(id) = &reg.id {
+            // Kept true: the title follows UCloud's, an entry removed comes back.
+            let Ok(id) = DriveId::new(id) else {
+                continue;
+            };
+            let drive = Drive::project(
+                id.clone(),
+                g.project.clone(),
+                project.gid,
+                project.base.clone(),
+                title.clone(),
+            );
+            match register::put_entry(&side.table, &side.lock_dir, &drive) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let mut fields = fields;
+                    fields["drive"] = json!(id.as_str());
+                    record(env.audit, "record-drive", "done", fields);
+                }
+                Err(why) => {
+                    failed += 1;
+                    let mut fields = fields;
+                    fields["error"] = json!(why);
+                    note(
+                        env.audit,
+                        state,
+                        "record-drive",
+                        &subject,
+                        "failed",
+                        fields,
+                        &why,
+                    );
+                }
+            }
+            continue;
+        }
+        let Some(product) = &side.product else {
+            let why = format!(
+                "products/files.json offers no storage product {:?} to register project drives with",
+                register::PRODUCT
+            );
+            note(
+                env.audit,
+                state,
+                "register-drive",
+                &subject,
+                "refused",
+                json!({"project": g.project, "group": group, "why": why}),
+                &why,
+            );
+            continue;
+        };
+        let rtag = register::register_tag(&group);
+        let ftag = register::find_tag(&group);
+        let registered = outbox
+            .reply(&rtag)
+            .map(|r| r.and_then(|v| register::parse_register_reply(&v)));
+        let found = outbox
+            .reply(&ftag)
+            .map(|r| r.and_then(|v| register::parse_find_reply(&v, env.provider, &g.project)));
+        let refused: Vec<&PathBuf> = [&rtag, &ftag]
+            .iter()
+            .filter_map(|t| failures.get(*t))
+            .collect();
+        let why_failed = (!refused.is_empty()).then(|| {
+            format!(
+                "UCloud refused it (the sender's {}); asking UCloud again",
+                refused
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+        let step = register::decide(&reg, registered, found, why_failed);
+        let entry = state.drives.entry(group.clone()).or_default();
+        match step {
+            register::Step::Wait => {}
+            register::Step::Ask | register::Step::Retry(_) => {
+                if let register::Step::Retry(why) = &step {
+                    let mut fields = fields.clone();
+                    fields["error"] = json!(why);
+                    record(env.audit, "register-drive", "failed", fields);
+                    for path in refused {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                outbox.discard(&ftag);
+                let m = register::find_message(env.provider, &project);
+                match outbox.send(&m) {
+                    Ok(()) => {
+                        entry.pending = Some(Pending::Asked);
+                        queued = true;
+                        let mut fields = fields;
+                        fields["step"] = json!("ask");
+                        fields["command"] = json!(format!("GET {}", m.path));
+                        record(env.audit, "register-drive", "done", fields);
+                    }
+                    Err(why) => {
+                        failed += 1;
+                        let mut fields = fields;
+                        fields["error"] = json!(why);
+                        note(
+                            env.audit,
+                            state,
+                            "register-drive",
+                            &subject,
+                            "failed",
+                            fields,
+                            &why,
+                        );
+                    }
+                }
+            }
+            register::Step::Register => {
+                let m = register::register_message(env.provider, product, &project);
+                match outbox.send(&m) {
+                    Ok(()) => {
+                        // Recorded before the question's answer goes: a crash in
+                        // between asks again, never registers twice unseen.
+                        entry.pending = Some(Pending::Sent);
+                        save_state(&env.dir, state)?;
+                        outbox.discard(&ftag);
+                        queued = true;
+                        let mut fields = fields;
+                        fields["step"] = json!("register");
+                        fields["command"] = json!(format!("POST {}", m.path));
+                        fields["providerGeneratedId"] =
+                            json!(register::provider_id(env.provider, &g.project));
+                        record(env.audit, "register-drive", "done", fields);
+                    }
+                    Err(why) => {
+                        failed += 1;
+                        let mut fields = fields;
+                        fields["error"] = json!(why);
+                        note(
+                            env.audit,
+                            state,
+                            "register-drive",
+                            &subject,
+                            "failed",
+                            fields,
+                            &why,
+                        );
+                    }
+                }
+            }
+            register::Step::Record(id) => {
+                let drive = Drive::project(
+                    id.clone(),
+                    g.project.clone(),
+                    project.gid,
+                    project.base.clone(),
+                    title.clone(),
+                );
+                match register::put_entry(&side.table, &side.lock_dir, &drive) {
+                    Ok(_) => {
+                        *entry = DriveReg {
+                            id: Some(id.as_str().to_string()),
+                            pending: None,
+                        };
+                        outbox.discard(&rtag);
+                        outbox.discard(&ftag);
+                        state.notes.remove(&format!("record-drive {subject}"));
+                        let mut fields = fields;
+                        fields["drive"] = json!(id.as_str());
+                        record(env.audit, "record-drive", "done", fields);
+                    }
+                    Err(why) => {
+                        failed += 1;
+                        let mut fields = fields;
+                        fields["drive"] = json!(id.as_str());
+                        fields["error"] = json!(why);
+                        note(
+                            env.audit,
+                            state,
+                            "record-drive",
+                            &subject,
+                            "failed",
+                            fields,
+                            &why,
+                        );
+                    }
+                }
+            }
+            register::Step::Refuse(why) => {
+                failed += 1;
+                let mut fields = fields;
+                fields["why"] = json!(why);
+                note(
+                    env.audit,
+                    state,
+                    "register-drive",
+                    &subject,
+                    "refused",
+                    fields,
+                    &why,
+                );
+            }
+        }
+    }
+    Ok((queued, failed))
 }
 
 fn is_slurm(a: &Action) -> bool {
@@ -749,6 +1056,10 @@ pub fn table(state: &State, config: &ProjectConfig) -> Value {
         let drive = group
             .filter(|(_, g)| g.drive && !config.base.is_empty())
             .map(|(name, _)| format!("{}/{name}", config.base));
+        let drive_id = group
+            .filter(|_| drive.is_some())
+            .and_then(|(name, _)| state.drives.get(name))
+            .and_then(|d| d.id.clone());
         projects.insert(
             id.clone(),
             json!({
@@ -756,6 +1067,7 @@ pub fn table(state: &State, config: &ProjectConfig) -> Value {
                 "group": group.map(|(n, _)| n),
                 "gid": group.map(|(_, g)| g.gid),
                 "drive": drive,
+                "driveId": drive_id,
                 "accounts": accounts,
                 "members": p.here,
             }),
@@ -901,6 +1213,17 @@ mod tests {
         groups: &[(&str, u32)],
         state: &mut State,
     ) -> Vec<Value> {
+        run_with(fake, config, dirs, groups, state, None)
+    }
+
+    fn run_with(
+        fake: &mut Fake,
+        config: &ProjectConfig,
+        dirs: &(PathBuf, PathBuf),
+        groups: &[(&str, u32)],
+        state: &mut State,
+        drives: Option<DriveSide>,
+    ) -> Vec<Value> {
         let groups: BTreeMap<String, u32> =
             groups.iter().map(|(n, g)| (n.to_string(), *g)).collect();
         let g2 = groups.clone();
@@ -921,6 +1244,7 @@ mod tests {
                 gid_taken: &gid_taken,
                 group_members: &|_| None,
                 drive_owner: 0,
+                drives,
                 audit: &mut audit,
             };
             fold_inbox(&mut env, state).unwrap();
@@ -1069,7 +1393,7 @@ mod tests {
         assert_eq!(
             table["projects"][P1],
             json!({"title": "Physics", "group": G, "gid": 200001, "drive": null,
-                   "accounts": {"cpu": A}, "members": ["alice", "bob"]})
+                   "driveId": null, "accounts": {"cpu": A}, "members": ["alice", "bob"]})
         );
         // A second run with Slurm and NSS as the first left them does nothing.
         let mut fake = Fake::new(|argv| {
@@ -1082,6 +1406,325 @@ mod tests {
         let audit = run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
         assert_eq!(fake.calls.len(), 2, "{:?}", fake.calls);
         assert!(audit.is_empty(), "{audit:?}");
+    }
+
+    /// The outbox's queue, as (method, path, body, reply tag).
+    fn queued(outbox: &Path) -> Vec<(String, String, Value, Value)> {
+        ucloud_wire::outbox::queued(outbox)
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+                let method = v["method"].as_str().unwrap_or("POST").to_string();
+                let path = v["path"].as_str().unwrap().to_string();
+                (method, path, v["body"].clone(), v["reply"].clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_project_drive_is_asked_about_registered_once_and_recorded() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the drive is given the project's group
+        }
+        let dirs = scratch("register");
+        let root = dirs.1.parent().unwrap().to_path_buf();
+        for sub in [
+            "base",
+            "drives",
+            "outbox/tmp",
+            "outbox/queue",
+            "outbox/replies",
+            "outbox/failed",
+        ] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let mut config = config("");
+        config.base = root.join("base").to_string_lossy().into_owned();
+        let side = DriveSide {
+            outbox: root.join("outbox"),
+            table: root.join("drives"),
+            lock_dir: root.clone(),
+            product: Some(("home".into(), "home".into())),
+            wait: std::time::Duration::ZERO,
+        };
+        let reply = |tag: &str, v: Value| {
+            std::fs::write(
+                root.join(format!("outbox/replies/{tag}.json")),
+                v.to_string(),
+            )
+            .unwrap()
+        };
+        let slurm = || {
+            Fake::new(|argv| match argv.get(3).map(String::as_str) {
+                Some("assoc") => Output::ok(&format!(
+                    "ucloud|alice||||\nucloud|bob||||\n{A}|alice||||\n{A}|bob||||\n"
+                )),
+                Some("account") => Output::ok(&format!("ucloud\n{A}\n")),
+                _ => Output::ok(""),
+            })
+        };
+        let mut state = member_state(&["Alice#1", "Bob#2"], &["alice", "bob"]);
+        let nss = [(G, 200001)];
+        // 1. The drive is made, and UCloud asked whether it has it.
+        let audit = run_with(
+            &mut slurm(),
+            &config,
+            &dirs,
+            &nss,
+            &mut state,
+            Some(side.clone()),
+        );
+        assert!(
+            audit.iter().any(|a| a["action"] == "make-drive"),
+            "{audit:?}"
+        );
+        let q = queued(&side.outbox);
+        assert_eq!(q.len(), 1, "{q:?}");
+        assert_eq!(q[0].0, "GET");
+        assert_eq!(
+            q[0].1,
+            format!("/api/files/collections/control/browse?filterProviderIds=hpc-project-{P1}&itemsPerPage=250")
+        );
+        assert_eq!(q[0].3, json!(format!("project-find-{G}")));
+        assert_eq!(state.drives[G].pending, Some(Pending::Asked));
+        // Asked once: no answer yet, nothing more.
+        run_with(
+            &mut slurm(),
+            &config,
+            &dirs,
+            &nss,
+            &mut state,
+            Some(side.clone()),
+        );
+        assert_eq!(queued(&side.outbox).len(), 1);
+        // 2. UCloud has none: registered, owned by the project, for all its members.
+        reply(
+            &format!("project-find-{G}"),
+            json!({"items": [], "next": null}),
+        );
+        let audit = run_with(
+            &mut slurm(),
+            &config,
+            &dirs,
+            &nss,
+            &mut state,
+            Some(side.clone()),
+        );
+        let q = queued(&side.outbox);
+        assert_eq!(q.len(), 2, "{q:?}");
+        let item = &q[1].2["items"][0];
+        assert_eq!(q[1].1, "/api/files/collections/control/register");
+        assert_eq!(item["project"], json!(P1));
+        assert_eq!(item["createdBy"], json!("_ucloud"));
+        assert_eq!(item["spec"]["title"], json!("Physics"));
+        assert_eq!(
+            item["providerGeneratedId"],
+            json!(format!("hpc-project-{P1}"))
+        );
+        assert_eq!(
+            (
+                item["projectAllRead"].clone(),
+                item["projectAllWrite"].clone()
+            ),
+            (json!(true), json!(true))
+        );
+        assert!(audit
+            .iter()
+            .any(|a| a["action"] == "register-drive" && a["step"] == "register"));
+        assert_eq!(state.drives[G].pending, Some(Pending::Sent));
+        // Never twice: the registration's answer is awaited, not repeated.
+        run_with(
+            &mut slurm(),
+            &config,
+            &dirs,
+            &nss,
+            &mut state,
+            Some(side.clone()),
+        );
+        assert_eq!(queued(&side.outbox).len(), 2);
+        // 3. UCloud's id: the drive table entry, and table.json's row.
+        reply(
+            &format!("project-drive-{G}"),
+            json!({"responses": [{"id": "23"}]}),
+        );
+        let audit = run_with(
+            &mut slurm(),
+            &config,
+            &dirs,
+            &nss,
+            &mut state,
+            Some(side.clone()),
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|a| a["action"] == "record-drive" && a["drive"] == "23"),
+            "{audit:?}"
+        );
+        let entry = ucloud_wire::record::Drive::parse(
+            &DriveId::new("23").unwrap(),
+            &std::fs::read(side.table.join("23")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            entry.owner,
+            ucloud_wire::record::DriveOwner::Project {
+                project: P1.into(),
+                gid: 200001
+            }
+        );
+        assert_eq!(entry.base, format!("{}/{G}", config.base));
+        let mode = std::fs::metadata(side.table.join("23"))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o644
+        );
+        let table: Value =
+            serde_json::from_slice(&std::fs::read(dirs.1.join(TABLE)).unwrap()).unwrap();
+        assert_eq!(table["projects"][P1]["driveId"], json!("23"));
+        assert_eq!(table["projects"][P1]["drive"], json!(entry.base));
+        assert!(std::fs::read_dir(side.outbox.join("replies"))
+            .unwrap()
+            .next()
+            .is_none());
+        // 4. Done: nothing queued, nothing said.
+        let audit = run_with(
+            &mut slurm(),
+            &config,
+            &dirs,
+            &nss,
+            &mut state,
+            Some(side.clone()),
+        );
+        // (The fake Slurm never shows the limit set, so that is set again.)
+        let drives: Vec<&Value> = audit
+            .iter()
+            .filter(|a| a["action"].as_str().is_some_and(|x| x.contains("drive")))
+            .collect();
+        assert!(drives.is_empty(), "{drives:?}");
+        assert_eq!(queued(&side.outbox).len(), 2);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_refused_registration_leads_back_to_the_question_and_a_forged_id_takes_nothing() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dirs = scratch("refused");
+        let root = dirs.1.parent().unwrap().to_path_buf();
+        for sub in [
+            "base",
+            "drives",
+            "outbox/tmp",
+            "outbox/queue",
+            "outbox/replies",
+            "outbox/failed",
+        ] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let mut config = config("");
+        config.base = root.join("base").to_string_lossy().into_owned();
+        let side = DriveSide {
+            outbox: root.join("outbox"),
+            table: root.join("drives"),
+            lock_dir: root.clone(),
+            product: Some(("home".into(), "home".into())),
+            wait: std::time::Duration::ZERO,
+        };
+        let slurm = || {
+            Fake::new(|argv| match argv.get(3).map(String::as_str) {
+                Some("assoc") => Output::ok(&format!("{A}|alice||||\n")),
+                Some("account") => Output::ok(&format!("ucloud\n{A}\n")),
+                _ => Output::ok(""),
+            })
+        };
+        let mut state = member_state(&["Alice#1"], &["alice"]);
+        state.drives.insert(
+            G.into(),
+            DriveReg {
+                id: None,
+                pending: Some(Pending::Sent),
+            },
+        );
+        let nss = [(G, 200001)];
+        // The sender moved the registration to failed/ (409: registered before).
+        let failed = root.join("outbox/failed/0001.json");
+        std::fs::write(
+            &failed,
+            json!({"path": "/api/files/collections/control/register", "body": {},
+                   "reply": format!("project-drive-{G}")})
+            .to_string(),
+        )
+        .unwrap();
+        let audit = run_with(
+            &mut slurm(),
+            &config,
+            &dirs,
+            &nss,
+            &mut state,
+            Some(side.clone()),
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|a| a["action"] == "register-drive" && a["decision"] == "failed"),
+            "{audit:?}"
+        );
+        assert!(!failed.exists());
+        let q = queued(&side.outbox);
+        assert_eq!((q.len(), q[0].0.as_str()), (1, "GET"));
+        assert_eq!(state.drives[G].pending, Some(Pending::Asked));
+        // UCloud's answer names a drive id that is Alice's home here: nothing
+        // is written over it, and the refusal is said.
+        let home = r#"{"id":"17","ucloud":"Alice#1","local":"alice","base":"/home/alice"}"#;
+        std::fs::write(side.table.join("17"), home).unwrap();
+        let pid = format!("hpc-project-{P1}");
+        std::fs::write(
+            root.join(format!("outbox/replies/project-find-{G}.json")),
+            json!({"items": [{"id": "17", "providerGeneratedId": pid,
+                              "owner": {"createdBy": "_ucloud", "project": P1}}]})
+            .to_string(),
+        )
+        .unwrap();
+        let audit = run_with(
+            &mut slurm(),
+            &config,
+            &dirs,
+            &nss,
+            &mut state,
+            Some(side.clone()),
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|a| a["action"] == "record-drive" && a["decision"] == "failed"),
+            "{audit:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(side.table.join("17")).unwrap(),
+            home
+        );
+        assert_eq!(state.drives[G].id, None);
+        // Said once, not on every run.
+        let audit = run_with(
+            &mut slurm(),
+            &config,
+            &dirs,
+            &nss,
+            &mut state,
+            Some(side.clone()),
+        );
+        // (The fake Slurm never shows the limit set, so that is set again.)
+        let drives: Vec<&Value> = audit
+            .iter()
+            .filter(|a| a["action"].as_str().is_some_and(|x| x.contains("drive")))
+            .collect();
+        assert!(drives.is_empty(), "{drives:?}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     fn member_state(members: &[&str], here: &[&str]) -> State {

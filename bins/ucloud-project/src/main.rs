@@ -12,6 +12,7 @@ mod act;
 mod drive;
 mod event;
 mod plan;
+mod register;
 mod runner;
 mod site;
 mod slurm;
@@ -54,9 +55,13 @@ add account|add user|remove user|modify account|modify user, and read-only
 sacctmgr show and scontrol show assoc_mgr. Never deletes a group, an account or
 data; never changes a group or account it did not create. Names: group
 <prefix><first 10 letters/digits of the project id>, accounts <group>_<category>,
-personal <prefix>u<uid>_<category>. State: var/lib/ucloud-im/projects/state.json;
-for the job plugins: var/lib/ucloud-im/projects/table.json. Prints one audit
-record per action. See ucloud-project(8).
+personal <prefix>u<uid>_<category>. Each project drive is registered with UCloud
+(through the outbox: asked for by provider id <provider>-project-<id> first,
+registered only when UCloud has none, owned by the project) and its entry, kind
+project with the project's gid, written into the drive table. State:
+var/lib/ucloud-im/projects/state.json; for the job plugins:
+var/lib/ucloud-im/projects/table.json. Prints one audit record per action. See
+ucloud-project(8).
 ";
 
 type Failure = (u8, String);
@@ -117,6 +122,8 @@ fn usage(why: &str) -> ExitCode {
 struct Site {
     config: SiteConfig,
     categories: plan::Categories,
+    /// The product project drives are registered with (register.rs).
+    drive_product: Option<(String, String)>,
     dir: PathBuf,
     inbox: PathBuf,
     mappings: PathBuf,
@@ -151,6 +158,7 @@ impl Site {
         }
         Ok(Some(Site {
             categories: site::categories(&table),
+            drive_product: register::product(&table),
             config,
             dir,
             inbox: ucloud_wire::paths::inbox_dir().into(),
@@ -211,6 +219,13 @@ impl Site {
             gid_taken: &site::gid_taken,
             group_members: &site::group_members,
             drive_owner: 0,
+            drives: Some(act::DriveSide {
+                outbox: ucloud_wire::paths::outbox_dir().into(),
+                table: ucloud_wire::paths::drives_dir().into(),
+                lock_dir: ucloud_wire::paths::state_dir().into(),
+                product: self.drive_product.clone(),
+                wait: Duration::from_secs(5),
+            }),
             audit,
         }
     }

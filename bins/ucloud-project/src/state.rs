@@ -120,12 +120,31 @@ pub struct AccountRec {
     pub blocked: BTreeSet<String>,
 }
 
+/// Where the registration of a project drive with UCloud stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// UCloud was asked whether it has the drive (by its provider id).
+    Asked,
+    /// UCloud had none: the registration was queued.
+    Sent,
+}
+
+/// A project drive's registration with UCloud, by group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriveReg {
+    /// UCloud's id of the drive, once its entry is in the drive table.
+    pub id: Option<String>,
+    pub pending: Option<Pending>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub projects: BTreeMap<String, Project>,
     pub wallets: BTreeMap<(Owner, String), Wallet>,
     pub groups: BTreeMap<String, GroupRec>,
     pub accounts: BTreeMap<String, AccountRec>,
+    /// The project drives' registrations with UCloud, by group.
+    pub drives: BTreeMap<String, DriveReg>,
     /// What the audit log was last told about a subject that keeps failing or
     /// being refused, so that the same news is not repeated every run.
     pub notes: BTreeMap<String, String>,
@@ -203,8 +222,19 @@ impl State {
                 )
             })
             .collect();
+        let drives: Map<String, Value> = self
+            .drives
+            .iter()
+            .map(|(group, d)| {
+                let pending = d.pending.map(|p| match p {
+                    Pending::Asked => "asked",
+                    Pending::Sent => "sent",
+                });
+                (group.clone(), json!({"driveId": d.id, "pending": pending}))
+            })
+            .collect();
         json!({"version": VERSION, "projects": projects, "wallets": wallets, "groups": groups,
-               "accounts": accounts, "notes": self.notes})
+               "accounts": accounts, "drives": drives, "notes": self.notes})
     }
 
     pub fn from_json(v: &Value) -> Result<State, String> {
@@ -300,6 +330,23 @@ impl State {
                     blocked: strings(&a["blocked"], "blocked").map_err(at)?,
                 },
             );
+        }
+        // Absent in a state written before drives were registered.
+        if !v["drives"].is_null() {
+            for (group, d) in obj(&v["drives"], "drives")? {
+                let at = |why: String| format!("drive of {group}: {why}");
+                let id = match &d["driveId"] {
+                    Value::Null => None,
+                    id => Some(str_of(id, "driveId").map_err(at)?.to_string()),
+                };
+                let pending = match d["pending"].as_str() {
+                    None if d["pending"].is_null() => None,
+                    Some("asked") => Some(Pending::Asked),
+                    Some("sent") => Some(Pending::Sent),
+                    _ => return Err(at("pending is not \"asked\", \"sent\" or null".into())),
+                };
+                state.drives.insert(group.clone(), DriveReg { id, pending });
+            }
         }
         if let Value::Object(notes) = &v["notes"] {
             for (k, n) in notes {
@@ -427,6 +474,20 @@ mod tests {
             },
         );
         s.notes.insert("x".into(), "y".into());
+        s.drives.insert(
+            "ucp-p1".into(),
+            DriveReg {
+                id: Some("23".into()),
+                pending: None,
+            },
+        );
+        s.drives.insert(
+            "ucp-p2".into(),
+            DriveReg {
+                id: None,
+                pending: Some(Pending::Sent),
+            },
+        );
         let back = State::from_json(&s.to_json()).unwrap();
         assert_eq!(back, s);
         for bad in [
@@ -436,6 +497,9 @@ mod tests {
             json!({"version": 1, "projects": {}, "wallets": [{"owner": {"type": "x"}}], "groups": {}, "accounts": {}}),
             json!({"version": 1, "projects": {}, "wallets": [], "groups": {"g": {"gid": -1}}, "accounts": {}}),
             json!({"version": 1, "projects": {}, "wallets": [], "groups": {}, "accounts": {"a": {"owner": {"type": "root"}}}}),
+            json!({"version": 1, "projects": {}, "wallets": [], "groups": {}, "accounts": {}, "drives": []}),
+            json!({"version": 1, "projects": {}, "wallets": [], "groups": {}, "accounts": {}, "drives": {"g": {"driveId": 23}}}),
+            json!({"version": 1, "projects": {}, "wallets": [], "groups": {}, "accounts": {}, "drives": {"g": {"pending": "later"}}}),
         ] {
             assert!(State::from_json(&bad).is_err(), "{bad}");
         }

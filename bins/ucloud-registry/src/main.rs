@@ -204,7 +204,7 @@ fn run(command: Command) -> Result<(), Error> {
         Command::Sync => {
             let synced = registry.sync(&site()?)?;
             for d in &synced.recorded {
-                println!("recorded home drive {} of {} at {}", d.id, d.ucloud, d.base);
+                println!("recorded home drive {} of {} at {}", d.id, d.owner, d.base);
             }
             for name in &synced.discarded {
                 println!("discarded UCloud's answer for {name}, who is no longer mapped");

@@ -495,10 +495,11 @@ impl Registry {
 
     fn put_drive(&self, lock: &Lock, drive: &Drive) -> Result<(), Error> {
         if let Some(existing) = self.store.drive(&drive.id)? {
-            if existing.ucloud != drive.ucloud {
+            // A remapped user keeps their drive; a project's drive is never taken.
+            if existing.ucloud() != drive.ucloud() {
                 return Err(Error::Refused(format!(
                     "UCloud answered drive id {} for {}, but that drive belongs to {}; nothing recorded",
-                    drive.id, drive.ucloud, existing.ucloud
+                    drive.id, drive.owner, existing.owner
                 )));
             }
         }
@@ -625,7 +626,7 @@ impl Registry {
             .map(|mapping| {
                 let drive = drives
                     .iter()
-                    .find(|d| d.ucloud == mapping.ucloud)
+                    .find(|d| d.ucloud() == Some(&mapping.ucloud))
                     .map(|d| d.id.clone());
                 Row { mapping, drive }
             })

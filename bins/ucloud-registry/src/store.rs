@@ -135,7 +135,10 @@ impl Store {
 
     pub fn drives_of(&self, name: &UcloudName) -> Result<Vec<Drive>, Error> {
         let (drives, _) = self.drives()?;
-        Ok(drives.into_iter().filter(|d| d.ucloud == *name).collect())
+        Ok(drives
+            .into_iter()
+            .filter(|d| d.ucloud() == Some(name))
+            .collect())
     }
 
     pub fn put_drive(&self, _: &Lock, d: &Drive) -> Result<(), Error> {

@@ -266,7 +266,7 @@ fn folder_of(f: &Facts, share: &Share) -> Result<(String, String), String> {
     let drive = f
         .drives
         .iter()
-        .find(|d| d.id.as_str() == drive_id && d.is_home() && d.ucloud == share.sharer)
+        .find(|d| d.id.as_str() == drive_id && d.is_home() && d.ucloud() == Some(&share.sharer))
         .ok_or_else(refuse)?;
     let folder = format!(
         "{}/{}",

@@ -11,14 +11,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use ucloud_share::gate;
 use ucloud_wire::names::DriveId;
-use ucloud_wire::record::Drive;
+use ucloud_wire::record::{Drive, DriveOwner};
 
 /// The recipient's drive entry: the gate's folder, until `until`.
 pub(crate) fn drive_entry(site: &Site, id: &str, grant: &Grant, until: u64) -> Drive {
     Drive {
         id: grant.drive.clone(),
-        ucloud: grant.recipient.clone(),
-        local: grant.to.local.clone(),
+        owner: DriveOwner::User {
+            ucloud: grant.recipient.clone(),
+            local: grant.to.local.clone(),
+        },
         base: gate::mount_point(&site.gates.join(id))
             .to_string_lossy()
             .into_owned(),
@@ -62,7 +64,7 @@ pub(crate) fn put_drive(site: &Site, drive: &Drive) -> Result<(), String> {
 pub(crate) fn remove_drive(site: &Site, id: &DriveId, local: &str) -> Result<bool, String> {
     let _lock = registry_lock(site)?;
     match existing_drive(site, id)? {
-        Some(d) if d.kind == "share" && d.local.as_str() == local => {
+        Some(d) if d.kind == "share" && d.local().is_some_and(|l| l.as_str() == local) => {
             fs::remove_file(site.drives.join(id.as_str()))
                 .map_err(|e| format!("cannot remove drive {id}: {e}"))?;
             File::open(&site.drives)
@@ -79,7 +81,12 @@ pub(crate) fn remove_drive(site: &Site, id: &DriveId, local: &str) -> Result<boo
 pub(crate) fn renew_drive(site: &Site, drive: &Drive) -> Result<(), String> {
     let _lock = registry_lock(site)?;
     match existing_drive(site, &drive.id)? {
-        Some(d) if d.kind == "share" && d.local == drive.local && d.base == drive.base => {
+        Some(d)
+            if d.kind == "share"
+                && d.local().is_some()
+                && d.local() == drive.local()
+                && d.base == drive.base =>
+        {
             write_atomic(&site.drives, drive.id.as_str(), &drive.to_json(), 0o644)
         }
         _ => Ok(()),

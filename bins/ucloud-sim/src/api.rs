@@ -521,6 +521,7 @@ pub(crate) fn register_drives(
         file: "drives.json",
         fresh,
         first: FIRST_DRIVE,
+        check: project_group,
     };
     register(store, provider, body, kind, |state, item, id, labels| {
         state["drives"][id] = json!({
@@ -537,8 +538,52 @@ pub(crate) fn register_drives(
             "updates": [],
             "status": {"preferredDrive": false, "resolvedSupport": null, "resolvedProduct": null},
         });
+        if let Some(entry) = all_users_acl(item) {
+            state["drives"][id]["acl"] = json!([entry]);
+        }
         Ok(())
     })
+}
+
+/// `ResourceCreateEx`'s first check: a resource owned by a project with
+/// `projectAllRead` or `projectAllWrite` needs the project's all-users group,
+/// which an unknown project has none of (500 "could not create resource (ACL
+/// 0)", after the id was taken from the counter and before the provider id is
+/// reserved).
+fn project_group(store: &Store, item: &Value) -> Result<(), Answer> {
+    let project = item["project"].as_str().filter(|p| !p.is_empty());
+    let all = item["projectAllRead"] == json!(true) || item["projectAllWrite"] == json!(true);
+    match project {
+        Some(p) if all && !crate::projects::exists(store, p)? => Err(fail(
+            500,
+            "INTERNAL_SERVER_ERROR",
+            format!("could not create resource (ACL 0): no project {p:?}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The ACL entry the core gives a project's resource registered with
+/// `projectAllRead`/`projectAllWrite`: the project's all-users group (the
+/// simulator names it `<project>-all-users`), READ and/or EDIT.
+fn all_users_acl(item: &Value) -> Option<Value> {
+    let project = item["project"].as_str().filter(|p| !p.is_empty())?;
+    let mut permissions = Vec::new();
+    if item["projectAllRead"] == json!(true) {
+        permissions.push("READ");
+    }
+    if item["projectAllWrite"] == json!(true) {
+        permissions.push("EDIT");
+    }
+    (!permissions.is_empty()).then(|| {
+        json!({"entity": {"type": "project_group", "projectId": project,
+                          "group": format!("{project}-all-users")},
+               "permissions": permissions})
+    })
+}
+
+fn no_check(_: &Store, _: &Value) -> Result<(), Answer> {
+    Ok(())
 }
 
 /// What differs between the resources a provider registers.
@@ -549,6 +594,8 @@ struct Registration {
     file: &'static str,
     fresh: Value,
     first: u64,
+    /// Checked before an item's provider id is reserved.
+    check: fn(&Store, &Value) -> Result<(), Answer>,
 }
 
 /// A `control/register` call as the core serves it for every resource: each item
@@ -572,6 +619,12 @@ fn register(
     let mut refusal = None;
     for item in &items {
         let generated = item["providerGeneratedId"].as_str();
+        if let Err(a) = (kind.check)(store, item) {
+            let n = state["next"].as_u64().unwrap_or(kind.first);
+            state["next"] = json!(n + 1);
+            refusal = Some(a);
+            break;
+        }
         let id = match reserve(&mut state, &taken, generated, kind.first) {
             Ok(id) => id,
             Err(a) => {
@@ -833,6 +886,7 @@ fn register_jobs(store: &Store, provider: &str, body: &[u8]) -> Result<Answer, A
         file: "jobs.json",
         fresh: json!({"next": FIRST_JOB, "registered": {}}),
         first: FIRST_JOB,
+        check: no_check,
     };
     register(store, provider, body, kind, |state, item, id, labels| {
         let generated = item["providerGeneratedId"].as_str();

@@ -77,17 +77,51 @@ impl Mapping {
     }
 }
 
-/// `{"id":"17","ucloud":"...","local":"...","base":"/home/x","kind":"home","title":"Home"}`.
+/// Whose a drive is, which decides who may use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriveOwner {
+    /// One person's drive (a home, a share's view): only `local` may use it.
+    User {
+        ucloud: UcloudName,
+        local: LocalName,
+    },
+    /// A UCloud project's drive (ucloud-project's): any process in the project's
+    /// group `gid` may use it, as the kernel would let it into the directory.
+    /// There is no one person here: nothing may treat it as someone's own.
+    Project { project: String, gid: u32 },
+}
+
+impl std::fmt::Display for DriveOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DriveOwner::User { ucloud, .. } => write!(f, "{ucloud}"),
+            DriveOwner::Project { project, .. } => write!(f, "project {project}"),
+        }
+    }
+}
+
+/// A UCloud project id as the module accepts one: 1 to 64 of `[A-Za-z0-9_-]`
+/// (UCloud's are UUIDs).
+pub fn valid_project_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `{"id":"17","ucloud":"...","local":"...","base":"/home/x","kind":"home","title":"Home"}`,
+/// or for a project's drive
+/// `{"id":"23","kind":"project","project":"<id>","gid":200001,"base":"/x","title":"..."}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Drive {
     pub id: DriveId,
-    pub ucloud: UcloudName,
-    pub local: LocalName,
+    pub owner: DriveOwner,
     /// The local directory the drive's paths are below; absolute, taken as given
     /// (it is root's data: a link in it is the admin's choice).
     pub base: String,
     /// `home` for the drive the registry makes, `share` for one ucloud-share makes
-    /// (a folder another user shares with `local`); an admin may add others.
+    /// (a folder another user shares with `local`), `project` for a project's
+    /// (and only for one); an admin may add others.
     pub kind: String,
     pub title: String,
     /// When the drive stops working (ms) unless renewed: ucloud-share renews a share's
@@ -95,13 +129,14 @@ pub struct Drive {
     pub until: Option<u64>,
 }
 
+pub const PROJECT_KIND: &str = "project";
+
 impl Drive {
     /// The home drive the registry registers for a mapping.
     pub fn home(id: DriveId, ucloud: UcloudName, local: LocalName, base: String) -> Drive {
         Drive {
             id,
-            ucloud,
-            local,
+            owner: DriveOwner::User { ucloud, local },
             base,
             kind: "home".into(),
             title: "Home".into(),
@@ -109,8 +144,50 @@ impl Drive {
         }
     }
 
+    /// The drive of UCloud project `project`, whose members here are group `gid`.
+    pub fn project(id: DriveId, project: String, gid: u32, base: String, title: String) -> Drive {
+        Drive {
+            id,
+            owner: DriveOwner::Project { project, gid },
+            base,
+            kind: PROJECT_KIND.into(),
+            title,
+            until: None,
+        }
+    }
+
     pub fn is_home(&self) -> bool {
-        self.kind == "home"
+        self.kind == "home" && self.user().is_some()
+    }
+
+    pub fn is_project(&self) -> bool {
+        matches!(self.owner, DriveOwner::Project { .. })
+    }
+
+    /// The person whose drive it is; None for a project's drive.
+    pub fn user(&self) -> Option<(&UcloudName, &LocalName)> {
+        match &self.owner {
+            DriveOwner::User { ucloud, local } => Some((ucloud, local)),
+            DriveOwner::Project { .. } => None,
+        }
+    }
+
+    /// The UCloud user whose drive it is; None for a project's drive.
+    pub fn ucloud(&self) -> Option<&UcloudName> {
+        self.user().map(|(u, _)| u)
+    }
+
+    /// The local account whose drive it is; None for a project's drive.
+    pub fn local(&self) -> Option<&LocalName> {
+        self.user().map(|(_, l)| l)
+    }
+
+    /// The UCloud project whose drive it is.
+    pub fn project_id(&self) -> Option<&str> {
+        match &self.owner {
+            DriveOwner::Project { project, .. } => Some(project),
+            DriveOwner::User { .. } => None,
+        }
     }
 
     /// Whether the drive no longer works at `now_ms` (see [`Drive::until`]).
@@ -125,9 +202,18 @@ impl Drive {
 
     pub fn to_json(&self) -> Value {
         let mut v = json!({
-            "id": self.id.as_str(), "ucloud": self.ucloud.as_str(), "local": self.local.as_str(),
-            "base": self.base, "kind": self.kind, "title": self.title,
+            "id": self.id.as_str(), "base": self.base, "kind": self.kind, "title": self.title,
         });
+        match &self.owner {
+            DriveOwner::User { ucloud, local } => {
+                v["ucloud"] = json!(ucloud.as_str());
+                v["local"] = json!(local.as_str());
+            }
+            DriveOwner::Project { project, gid } => {
+                v["project"] = json!(project);
+                v["gid"] = json!(gid);
+            }
+        }
         if let Some(until) = self.until {
             v["until"] = json!(until);
         }
@@ -154,12 +240,50 @@ impl Drive {
             Some(Value::String(s)) => Ok(s.clone()),
             Some(_) => Err(format!("{key} must be a string")),
         };
+        let given = |key: &str| !matches!(v.get(key), None | Some(Value::Null));
+        let kind = optional("kind", "home")?;
+        // A project's entry and a person's are told apart by every field that
+        // says so agreeing: an entry that mixes them could be read as either.
+        let owner = if kind == PROJECT_KIND || given("project") || given("gid") {
+            if kind != PROJECT_KIND {
+                return Err(format!(
+                    "names a project or gid but its kind is {kind:?}, not \"project\""
+                ));
+            }
+            if given("ucloud") || given("local") {
+                return Err("a project's drive names no ucloud or local user".into());
+            }
+            let project = str_field(v, "project")?;
+            if !valid_project_id(project) {
+                return Err(format!(
+                    "project {:?} is not 1 to 64 of A-Z a-z 0-9 _ -",
+                    project.chars().take(80).collect::<String>()
+                ));
+            }
+            let gid = v
+                .get("gid")
+                .and_then(Value::as_u64)
+                .and_then(|g| u32::try_from(g).ok())
+                .ok_or("a project's drive needs its group's gid")?;
+            // Group 0 is root's: its members are not a project's.
+            if gid == 0 || gid == u32::MAX {
+                return Err(format!("gid {gid} cannot be a project's group"));
+            }
+            DriveOwner::Project {
+                project: project.to_string(),
+                gid,
+            }
+        } else {
+            DriveOwner::User {
+                ucloud: UcloudName::new(str_field(v, "ucloud")?).map_err(|e| e.to_string())?,
+                local: LocalName::new(str_field(v, "local")?).map_err(|e| e.to_string())?,
+            }
+        };
         Ok(Drive {
             id: id.clone(),
-            ucloud: UcloudName::new(str_field(v, "ucloud")?).map_err(|e| e.to_string())?,
-            local: LocalName::new(str_field(v, "local")?).map_err(|e| e.to_string())?,
+            owner,
             base: base.to_string(),
-            kind: optional("kind", "home")?,
+            kind,
             title: optional("title", "Home")?,
             until: match v.get("until") {
                 None | Some(Value::Null) => None,
@@ -172,8 +296,8 @@ impl Drive {
 /// Why a drive cannot be used by a caller.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DriveRefusal {
-    /// Missing, or another account's: the same answer, so nobody learns which
-    /// drives exist.
+    /// Missing, or another account's (or a project's the caller is not in): the
+    /// same answer, so nobody learns which drives exist.
     NotYours(String),
     /// A share UCloud has not confirmed lately.
     Lapsed(String),
@@ -181,13 +305,39 @@ pub enum DriveRefusal {
     Broken(String),
 }
 
-/// The drive `id` of the drive table `table` (an open directory) if it is `user`'s
-/// and has not lapsed at `now_ms`. The entry must be a regular root-owned file that
-/// only root can write, or anyone who could write it could point a drive anywhere.
+/// The groups this process is in, as the kernel checks access with them: the
+/// supplementary groups (which the dispatcher set with initgroups for this one
+/// request, from the group database as it is now) and the effective group.
+/// Empty when they cannot be read: no project drive is then anyone's.
+pub fn process_groups() -> Vec<u32> {
+    let mut groups: Vec<u32> = nix::unistd::getgroups()
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_default();
+    groups.push(nix::unistd::getegid().as_raw());
+    groups
+}
+
+/// The drive `id` of the drive table `table` (an open directory) if `user` may use
+/// it and it has not lapsed at `now_ms`: a person's drive when it is `user`'s, a
+/// project's drive when this process is in the project's group
+/// ([`process_groups`]), so a member removed from the group is refused on the
+/// very next request. The entry must be a regular root-owned file that only root
+/// can write, or anyone who could write it could point a drive anywhere.
 pub fn lookup_drive(
     table: &impl std::os::fd::AsFd,
     id: &DriveId,
     user: &str,
+    now_ms: u64,
+) -> Result<Drive, DriveRefusal> {
+    lookup_drive_in(table, id, user, &process_groups(), now_ms)
+}
+
+/// [`lookup_drive`] with the caller's groups given.
+pub fn lookup_drive_in(
+    table: &impl std::os::fd::AsFd,
+    id: &DriveId,
+    user: &str,
+    groups: &[u32],
     now_ms: u64,
 ) -> Result<Drive, DriveRefusal> {
     use nix::fcntl::{openat, OFlag};
@@ -223,7 +373,7 @@ pub fn lookup_drive(
     let drive = Drive::parse(id, &text).map_err(|why| {
         DriveRefusal::Broken(format!("the drive table entry of {id} is invalid: {why}"))
     })?;
-    if drive.local.as_str() != user {
+    if !may_use(&drive, user, groups) {
         return Err(not_yours());
     }
     if drive.lapsed(now_ms) {
@@ -232,6 +382,15 @@ pub fn lookup_drive(
         )));
     }
     Ok(drive)
+}
+
+/// Whether `user`, in `groups`, may use `drive`: a person's drive only its own
+/// account, a project's only a process in the project's group.
+pub fn may_use(drive: &Drive, user: &str, groups: &[u32]) -> bool {
+    match &drive.owner {
+        DriveOwner::User { local, .. } => local.as_str() == user,
+        DriveOwner::Project { gid, .. } => groups.contains(gid),
+    }
 }
 
 /// Every entry of the drive table at `dir`, by id, and a note for each file that is
@@ -404,6 +563,122 @@ mod tests {
             let text = String::from_utf8_lossy(bad);
             assert!(Drive::parse(&id, bad).is_err(), "{text}");
         }
+    }
+
+    const P: &str = "5d3c7a6e-2f4b-4c1d-9e8f-0a1b2c3d4e5f";
+
+    fn project_entry(extra: &str) -> String {
+        format!(
+            r#"{{"id":"23","kind":"project","project":"{P}","gid":200001,"base":"/srv/p/ucp-5d3c7a6e2f","title":"Physics"{extra}}}"#
+        )
+    }
+
+    #[test]
+    fn a_project_drive_names_its_project_and_group_and_no_person() {
+        let id = DriveId::new("23").unwrap();
+        let d = Drive::parse(&id, project_entry("").as_bytes()).unwrap();
+        assert_eq!(
+            d.owner,
+            DriveOwner::Project {
+                project: P.into(),
+                gid: 200001
+            }
+        );
+        assert!(d.is_project() && !d.is_home());
+        assert_eq!((d.user(), d.ucloud(), d.local()), (None, None, None));
+        assert_eq!(d.project_id(), Some(P));
+        assert_eq!(Drive::from_json(&id, &d.to_json()).unwrap(), d);
+        let made = Drive::project(
+            id.clone(),
+            P.into(),
+            200001,
+            "/srv/p/ucp-5d3c7a6e2f".into(),
+            "Physics".into(),
+        );
+        assert_eq!(made, d);
+        assert!(made.to_json().get("ucloud").is_none() && made.to_json().get("local").is_none());
+        let entry = |s: &str| s.replace("@P", P);
+        for bad in [
+            // A person's fields on a project's drive, or the other way round.
+            project_entry(r#","local":"alice""#),
+            project_entry(r#","ucloud":"A#1""#),
+            entry(r#"{"id":"23","kind":"home","project":"@P","gid":5,"base":"/x"}"#),
+            entry(r#"{"id":"23","project":"@P","gid":5,"base":"/x"}"#),
+            entry(r#"{"id":"23","ucloud":"A#1","local":"alice","gid":5,"base":"/x"}"#),
+            entry(r#"{"id":"23","ucloud":"A#1","local":"alice","kind":"project","base":"/x"}"#),
+            // No project, a hostile one, no gid, root's group, not a gid.
+            r#"{"id":"23","kind":"project","gid":5,"base":"/x"}"#.into(),
+            r#"{"id":"23","kind":"project","project":"../../etc","gid":5,"base":"/x"}"#.into(),
+            r#"{"id":"23","kind":"project","project":"","gid":5,"base":"/x"}"#.into(),
+            format!(
+                r#"{{"id":"23","kind":"project","project":"{}","gid":5,"base":"/x"}}"#,
+                "a".repeat(65)
+            ),
+            r#"{"id":"23","kind":"project","project":"p q","gid":5,"base":"/x"}"#.into(),
+            r#"{"id":"23","kind":"project","project":7,"gid":5,"base":"/x"}"#.into(),
+            entry(r#"{"id":"23","kind":"project","project":"@P","base":"/x"}"#),
+            entry(r#"{"id":"23","kind":"project","project":"@P","gid":0,"base":"/x"}"#),
+            entry(r#"{"id":"23","kind":"project","project":"@P","gid":-1,"base":"/x"}"#),
+            entry(r#"{"id":"23","kind":"project","project":"@P","gid":4294967295,"base":"/x"}"#),
+            entry(r#"{"id":"23","kind":"project","project":"@P","gid":4294967296,"base":"/x"}"#),
+            entry(r#"{"id":"23","kind":"project","project":"@P","gid":"200001","base":"/x"}"#),
+            entry(r#"{"id":"23","kind":"project","project":"@P","gid":1.5,"base":"/x"}"#),
+            entry(r#"{"id":"23","kind":"project","project":"@P","gid":5,"base":"x"}"#),
+            entry(r#"{"id":"24","kind":"project","project":"@P","gid":5,"base":"/x"}"#),
+        ] {
+            assert!(Drive::parse(&id, bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_project_drive_is_for_its_group_alone_and_a_home_for_its_owner_alone() {
+        let id = DriveId::new("23").unwrap();
+        let project = Drive::parse(&id, project_entry("").as_bytes()).unwrap();
+        // Membership is the process's groups, never the account's name.
+        assert!(may_use(&project, "alice", &[1001, 200001]));
+        assert!(may_use(&project, "anyone", &[200001]));
+        assert!(!may_use(&project, "alice", &[1001]));
+        assert!(!may_use(&project, "alice", &[]));
+        assert!(!may_use(&project, "200001", &[1001]));
+        let home = Drive::home(
+            DriveId::new("17").unwrap(),
+            UcloudName::new("A#1").unwrap(),
+            LocalName::new("alice").unwrap(),
+            "/home/alice".into(),
+        );
+        assert!(may_use(&home, "alice", &[]));
+        // A group never opens a person's drive.
+        assert!(!may_use(&home, "bob", &[0, 1001, 200001]));
+    }
+
+    #[test]
+    fn lookup_refuses_a_removed_member_as_it_refuses_a_stranger() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("ucloud-wire-lookup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("23"), project_entry("")).unwrap();
+        std::fs::set_permissions(dir.join("23"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let table = std::fs::File::open(&dir).unwrap();
+        let id = DriveId::new("23").unwrap();
+        let missing = DriveId::new("99").unwrap();
+        let out = lookup_drive_in(&table, &id, "bob", &[1002], 1);
+        let gone = lookup_drive_in(&table, &missing, "bob", &[1002], 1);
+        if nix::unistd::geteuid().is_root() {
+            let d = lookup_drive_in(&table, &id, "alice", &[1001, 200001], 1).unwrap();
+            assert!(d.is_project());
+            // Not in the group (any more): exactly the answer for a missing drive,
+            // but for the id it names.
+            match (out, gone) {
+                (Err(DriveRefusal::NotYours(a)), Err(DriveRefusal::NotYours(b))) => {
+                    assert_eq!(a.replace("23", "99"), b)
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert!(matches!(out, Err(DriveRefusal::Broken(_))));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -361,3 +361,65 @@ fn ids_are_read_as_the_core_reads_them() {
     assert!(is_canonical_id("42"));
     assert!(!is_canonical_id("042"));
 }
+
+#[test]
+fn a_project_drive_keeps_its_project_and_an_unknown_project_is_refused_as_the_core_does() {
+    let (dir, store) = scratch("project-drives");
+    let mut changes = Vec::new();
+    let created = crate::projects::create(
+        &store,
+        br#"{"title":"Physics","members":[{"username":"A#1","role":"PI"}]}"#,
+        &mut changes,
+    );
+    let (_, body) = answer(created);
+    let project = body["id"].as_str().unwrap().to_string();
+    let item = |p: &str, pg: &str| {
+        json!({"providerGeneratedId": pg, "createdBy": "_ucloud", "project": p,
+               "projectAllRead": true, "projectAllWrite": true,
+               "spec": {"title": "Physics", "product": {"id": "home", "category": "home", "provider": "hpc"}}})
+    };
+    let (status, body) = answer(register_drives(
+        &store,
+        "hpc",
+        &bulk(&[item(&project, &format!("hpc-project-{project}"))]),
+    ));
+    assert_eq!(status, 200, "{body}");
+    let id = body["responses"][0]["id"].as_str().unwrap().to_string();
+    let drives = store.read("drives.json").unwrap().unwrap();
+    let d = &drives["drives"][&id];
+    assert_eq!(
+        d["owner"],
+        json!({"createdBy": "_ucloud", "project": project})
+    );
+    assert_eq!(
+        d["acl"],
+        json!([{"entity": {"type": "project_group", "projectId": project,
+                           "group": format!("{project}-all-users")},
+                "permissions": ["READ", "EDIT"]}])
+    );
+    // Found again by its provider id, with its project.
+    let query = format!("filterProviderIds=hpc-project-{project}&itemsPerPage=250");
+    let (status, page) = answer(browse_drives(&store, "hpc", Some(&query)));
+    assert_eq!(status, 200);
+    assert_eq!(page["items"][0]["id"], json!(id));
+    assert_eq!(page["items"][0]["owner"]["project"], json!(project));
+    // An unknown project has no all-users group: 500, no provider id taken.
+    let before = store.read("drives.json").unwrap().unwrap();
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    let (status, body) = answer(register_drives(
+        &store,
+        "hpc",
+        &bulk(&[item(unknown, "hpc-project-x")]),
+    ));
+    assert_eq!(status, 500, "{body}");
+    let after = store.read("drives.json").unwrap().unwrap();
+    assert_eq!(before["drives"], after["drives"]);
+    assert!(after["leaked"].get("hpc-project-x").is_none());
+    // Without the all-users flags the core asks for no group: registered.
+    let mut plain = item(unknown, "hpc-project-y");
+    plain["projectAllRead"] = json!(false);
+    plain["projectAllWrite"] = json!(false);
+    let (status, _) = answer(register_drives(&store, "hpc", &bulk(&[plain])));
+    assert_eq!(status, 200);
+    std::fs::remove_dir_all(dir).unwrap();
+}
