@@ -154,6 +154,59 @@ impl Stack {
             .unwrap_or_else(|| panic!("jobs.create for job {id} named no Slurm job: {answer}"))
     }
 
+    /// A new UCloud project of `members` (UCloud name, role: PI, ADMIN or USER) with
+    /// `quota` of the stack's compute category here, as the core has it; returns its
+    /// id once ucloud-project has given it a Slurm account with every mapped member
+    /// (`table.json`).
+    pub fn project_with(&self, members: &[(&str, &str)], quota: u64) -> String {
+        let members: Vec<serde_json::Value> = members
+            .iter()
+            .map(|(u, r)| serde_json::json!({"username": u, "role": r}))
+            .collect();
+        let (status, created) = self.sim_api(
+            "POST",
+            "/sim/projects",
+            Some(serde_json::json!({"title": "a test project", "members": members})),
+            30,
+        );
+        assert_eq!(status, 200, "POST /sim/projects: {created}");
+        let id = created["id"].as_str().expect("a project id").to_string();
+        let category = self.job_product()["category"].clone();
+        let (status, answer) = self.sim_api(
+            "POST",
+            "/sim/allocations",
+            Some(
+                serde_json::json!({"owner": {"type": "project", "projectId": id},
+                "category": {"name": category, "provider": self.get("UCLOUD_IM_PROVIDER")},
+                "quota": quota}),
+            ),
+            30,
+        );
+        assert_eq!(status, 200, "POST /sim/allocations: {answer}");
+        let table = std::path::PathBuf::from(self.get("UCLOUD_IM_PROJECTS")).join("table.json");
+        let mapped: Vec<String> = members
+            .iter()
+            .filter_map(|m| m["username"].as_str())
+            .filter(|u| self.users().iter().any(|(name, _)| name == u))
+            .map(|u| self.local_of(u))
+            .collect();
+        crate::wait_until("ucloud-project to make the project's account", 30, || {
+            let row = std::fs::read(&table)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .map(|t| t["projects"][&id].clone())
+                .unwrap_or_default();
+            let has = |u: &String| {
+                row["members"]
+                    .as_array()
+                    .is_some_and(|m| m.iter().any(|v| v == u))
+            };
+            row["accounts"][category.as_str().unwrap_or_default()].is_string()
+                && mapped.iter().all(has)
+        });
+        id
+    }
+
     /// What the simulator (UCloud) charged `owner` under `scope`, and in all in
     /// `category`, from its usage view (`GET /sim/usage`).
     pub fn charged(&self, owner: &str, category: &str, scope: &str) -> (Option<u64>, u64) {

@@ -87,7 +87,13 @@ fn group_members(group: &str) -> Vec<String> {
 fn associations(account: &str) -> Vec<String> {
     let text = output(
         "sacctmgr",
-        &["-nP", "show", "assoc", &format!("account={account}"), "format=user"],
+        &[
+            "-nP",
+            "show",
+            "assoc",
+            &format!("account={account}"),
+            "format=user",
+        ],
     );
     let mut users: Vec<String> = text
         .lines()
@@ -137,7 +143,10 @@ fn alice_and_bobs_project(stack: &Stack, quota: u64) -> (String, Value) {
         Some(json!({"title": "Protein folding", "members": [
             {"username": ALICE, "role": "PI"}, {"username": BOB, "role": "USER"}]})),
     );
-    let id = created["id"].as_str().expect("the project's id").to_string();
+    let id = created["id"]
+        .as_str()
+        .expect("the project's id")
+        .to_string();
     let category = stack.job_product()["category"].clone();
     sim(
         stack,
@@ -163,8 +172,14 @@ fn report_usage(stack: &Stack, project: &str, category: &str, usage: u64) {
         .expect("the provider's refresh token");
     let curl = |path: &str, token: Option<&str>, body: Value| -> Value {
         let mut c = Command::new("curl");
-        c.args(["-sS", "--max-time", "30", "--cacert", &stack.get("UCLOUD_IM_CA")])
-            .args(["-X", "POST", "--data", &body.to_string()]);
+        c.args([
+            "-sS",
+            "--max-time",
+            "30",
+            "--cacert",
+            &stack.get("UCLOUD_IM_CA"),
+        ])
+        .args(["-X", "POST", "--data", &body.to_string()]);
         if let Some(t) = token {
             c.args(["-H", &format!("Authorization: Bearer {t}")]);
         }
@@ -229,7 +244,10 @@ fn a_project_becomes_a_group_and_a_slurm_account_and_members_act_on_each_others_
     stack.ucloud_knows(&id, BOB, Some(&project));
     let slurm_id = stack.create_job(BOB, &id, "sleep 300", 10, 1, Some(&project));
     assert_eq!(slurm_field(slurm_id, "Account"), account);
-    assert_eq!(slurm_field(slurm_id, "UserId").split('(').next().unwrap(), bob);
+    assert_eq!(
+        slurm_field(slurm_id, "UserId").split('(').next().unwrap(),
+        bob
+    );
     wait_until("Bob's project job to run", 30, || {
         slurm_field(slurm_id, "JobState") == "RUNNING"
     });
@@ -253,7 +271,10 @@ fn a_project_becomes_a_group_and_a_slurm_account_and_members_act_on_each_others_
 
     // Alice, the project's PI, stops Bob's job.
     let (status, body) = stack.call(Some(ALICE), "POST", &terminate, Some(&request));
-    assert_eq!(status, 200, "Alice's terminate of Bob's project job: {body}");
+    assert_eq!(
+        status, 200,
+        "Alice's terminate of Bob's project job: {body}"
+    );
     wait_until("Bob's job cancelled", 20, || {
         slurm_field(slurm_id, "JobState") == "CANCELLED"
     });
@@ -323,16 +344,27 @@ fn a_removed_member_loses_group_association_and_drive() {
     let file = drive.join(format!("bob-{}", std::process::id()));
     let wrote = run_as(
         &bob,
-        &["sh", "-c", &format!("umask 007; echo hello > '{}'", file.display())],
+        &[
+            "sh",
+            "-c",
+            &format!("umask 007; echo hello > '{}'", file.display()),
+        ],
     );
-    assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
     let read = run_as(&alice, &["cat", &file.display().to_string()]);
     assert_eq!(String::from_utf8_lossy(&read.stdout), "hello\n");
 
     sim(
         &stack,
         "DELETE",
-        &format!("/sim/projects/{project}/members/{}", BOB.replace('#', "%23")),
+        &format!(
+            "/sim/projects/{project}/members/{}",
+            BOB.replace('#', "%23")
+        ),
         None,
     );
     project_row(&stack, &project, "Bob gone from the project's row", |r| {
@@ -342,7 +374,10 @@ fn a_removed_member_loses_group_association_and_drive() {
     assert!(!associations(&account).contains(&bob));
     // A new process of Bob's has no access any more (the kernel decides).
     let denied = run_as(&bob, &["ls", &drive.display().to_string()]);
-    assert!(!denied.status.success(), "Bob still lists the project drive");
+    assert!(
+        !denied.status.success(),
+        "Bob still lists the project drive"
+    );
     // The data stays.
     assert!(file.exists());
 }
@@ -385,7 +420,10 @@ fn a_member_who_connects_later_joins_the_group_and_the_account() {
         members(r) == both
     });
     assert_eq!(group_members(&group), both);
-    let account = row["accounts"][category(&stack)].as_str().unwrap().to_string();
+    let account = row["accounts"][category(&stack)]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(associations(&account).contains(&newcomer.name));
     // As an admin of the project he coordinates its account in Slurm.
     let coordinators = output(

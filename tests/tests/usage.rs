@@ -19,26 +19,6 @@ const ALICE: &str = "AliceHansen#1001";
 const BOB: &str = "BobNielsen#2002";
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-/// A project id UCloud would make (a UUID), new for each test.
-fn project_id() -> String {
-    let n = nanos();
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        (n >> 32) as u32,
-        (n >> 16) as u16,
-        (n & 0xfff) as u16,
-        std::process::id() & 0xfff,
-        n % 0xffff_ffff_ffff
-    )
-}
-
 /// The stack's compute product and its category, from the installed table.
 fn product(stack: &Stack) -> (String, String) {
     let id = stack.get("UCLOUD_IM_JOB_PRODUCT");
@@ -143,7 +123,7 @@ fn a_finished_jobs_usage_arrives_for_its_owner_and_matches_sacct() {
     let stack = Stack::with_slurm();
     let (_, category) = product(&stack);
     // One job in a project (the project pays), one of Alice's own (she pays).
-    let project = project_id();
+    let project = stack.project_with(&[(ALICE, "PI")], 1_000_000);
     let in_project = job_id();
     let own = job_id();
     let (_, alice_before) = stack.charged(ALICE, &category, "");
@@ -208,7 +188,7 @@ fn killing_the_monitor_and_the_sender_mid_report_charges_exactly_once() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let stack = Stack::with_slurm();
     let (_, category) = product(&stack);
-    let project = project_id();
+    let project = stack.project_with(&[(BOB, "PI")], 1_000_000);
     let id = job_id();
     let slurm_id = stack.create_job(BOB, &id, "sleep 70", 10, 8, Some(&project));
     let scope = format!("job-{id}");
