@@ -6,6 +6,7 @@
 //! nothing is faked.
 
 use serde_json::{json, Value};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::Command;
 use ucloud_im_tests::{job_id, run_as, wait_until, ScratchAccount, Stack};
@@ -358,6 +359,52 @@ fn a_removed_member_loses_group_association_and_drive() {
     let read = run_as(&alice, &["cat", &file.display().to_string()]);
     assert_eq!(String::from_utf8_lossy(&read.stdout), "hello\n");
 
+    // The drive is UCloud's too: registered with the project as its owner, and file
+    // calls on it work for both members, with what one makes shared with the other.
+    let row = project_row(&stack, &project, "the project drive registered", |r| {
+        r["driveId"].is_string()
+    });
+    let drive_id = row["driveId"].as_str().unwrap().to_string();
+    let drives: Value = serde_json::from_slice(
+        &std::fs::read(PathBuf::from(stack.get("UCLOUD_IM_STATE")).join("drives.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        drives["drives"][&drive_id]["owner"]["project"], project,
+        "UCloud's drive {drive_id}: {}",
+        drives["drives"][&drive_id]
+    );
+    let folder_call = |user: &str, name: &str| {
+        let body =
+            json!({"items": [{"id": format!("/{drive_id}/{name}"), "conflictPolicy": "REJECT"}]});
+        let path = format!("/ucloud/{}/files/folder", stack.get("UCLOUD_IM_PROVIDER"));
+        stack.call(Some(user), "POST", &path, Some(&body.to_string()))
+    };
+    let made = format!("from-bob-{}", std::process::id());
+    let (status, body) = folder_call(BOB, &made);
+    assert_eq!(status, 200, "Bob's folder in the project drive: {body}");
+    let meta = std::fs::metadata(drive.join(&made)).unwrap();
+    assert_eq!(
+        meta.gid(),
+        row["gid"].as_u64().unwrap() as u32,
+        "the project's group"
+    );
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o2770,
+        "umask 007 in a setgid drive"
+    );
+    let browse = json!({
+        "resolvedCollection": {"id": drive_id, "specification": {"title": "x",
+            "product": {"id": "home", "category": "home", "provider": stack.get("UCLOUD_IM_PROVIDER")}}},
+        "browse": {"flags": {"path": format!("/{drive_id}")}, "itemsPerPage": 50, "next": null,
+            "sortBy": "PATH", "sortDirection": "ascending"},
+    });
+    let path = format!("/ucloud/{}/files/browse", stack.get("UCLOUD_IM_PROVIDER"));
+    let (status, listing) = stack.call(Some(ALICE), "POST", &path, Some(&browse.to_string()));
+    assert_eq!(status, 200, "Alice browses the project drive: {listing}");
+    assert!(listing.to_string().contains(&made), "{listing}");
+
     sim(
         &stack,
         "DELETE",
@@ -378,6 +425,13 @@ fn a_removed_member_loses_group_association_and_drive() {
         !denied.status.success(),
         "Bob still lists the project drive"
     );
+    // Nor through UCloud: the next file call of Bob's is refused.
+    let (status, body) = folder_call(BOB, "after-removal");
+    assert!(
+        (400..500).contains(&status),
+        "Bob's folder after his removal: {status} {body}"
+    );
+    assert!(!drive.join("after-removal").exists());
     // The data stays.
     assert!(file.exists());
 }

@@ -35,6 +35,12 @@ fn lookup_in(table: &impl AsFd, id: &DriveId, user: &str, groups: &[u32]) -> Res
     Ok(drive)
 }
 
+/// The mode a new folder and a new file in a drive ask for: the umask
+/// ([`umask_for`]) decides what is left, 0700 and 0600 in a person's drive, 0770
+/// and 0660 in a project's.
+pub const NEW_DIR: Mode = Mode::from_bits_truncate(0o777);
+pub const NEW_FILE: Mode = Mode::from_bits_truncate(0o666);
+
 /// 007 in a project's drive: what one member makes there, the others (the
 /// directory's group, by its setgid bit) can read and change, as the project
 /// expects; the dispatcher's 077 would hide it from them. 077 everywhere else.

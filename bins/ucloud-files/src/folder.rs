@@ -51,7 +51,7 @@ use crate::resolve::{self, Ctx};
 use crate::session;
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, AtFlags, OFlag};
-use nix::sys::stat::{fstatat, futimens, mkdirat, Mode, SFlag};
+use nix::sys::stat::{fstatat, futimens, mkdirat, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fsync, syncfs, unlinkat, UnlinkatFlags};
 use serde_json::{json, Value};
@@ -162,7 +162,7 @@ fn claim(dir: &OwnedFd, want: &str, policy: Policy, shown: &str) -> Result<(Stri
             Policy::Rename => conflict::free_name(dir, want)?,
             _ => want.to_string(),
         };
-        match mkdirat(dir, name.as_str(), Mode::S_IRWXU) {
+        match mkdirat(dir, name.as_str(), crate::drive::NEW_DIR) {
             Ok(()) => {
                 fsync(dir).map_err(|e| Error::from_errno(e, shown))?;
                 return Ok((name, true));
@@ -396,7 +396,7 @@ impl Upload {
                 match fsops::open_subdir(&up, &name, &shown) {
                     Ok(fd) => fd,
                     Err(Error::NotFound(_)) if create => {
-                        match mkdirat(&up, name.as_str(), Mode::S_IRWXU) {
+                        match mkdirat(&up, name.as_str(), crate::drive::NEW_DIR) {
                             Ok(()) => self.made.push(rel.to_string()),
                             Err(Errno::EEXIST) => {}
                             Err(e) => return Err(Error::from_errno(e, &shown)),
@@ -530,7 +530,7 @@ impl Upload {
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC,
-                Mode::S_IRUSR | Mode::S_IWUSR,
+                crate::drive::NEW_FILE,
             )
             .map_err(|e| Error::from_errno(e, &shown))?;
             self.files.get_mut(&id).expect("announced").state =
@@ -745,7 +745,7 @@ pub fn serve(ctx: &Ctx, request: &Value) -> Result<(), Error> {
     let root = match fsops::open_subdir(&parent, name, &shown) {
         Ok(fd) => fd,
         Err(Error::NotFound(_)) => {
-            match mkdirat(&parent, name, Mode::S_IRWXU) {
+            match mkdirat(&parent, name, crate::drive::NEW_DIR) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => return Err(Error::from_errno(e, &shown)),
             }

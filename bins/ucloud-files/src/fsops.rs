@@ -145,7 +145,8 @@ pub fn copy_tree(
     match tree::Kind::of(&st) {
         Kind::Directory => {
             let from = open_subdir(src_dir, src, shown)?;
-            mkdirat(dst_dir, dst, Mode::S_IRWXU).map_err(|e| Error::from_errno(e, shown))?;
+            mkdirat(dst_dir, dst, crate::drive::NEW_DIR)
+                .map_err(|e| Error::from_errno(e, shown))?;
             let to = open_subdir(dst_dir, dst, shown)?;
             let listing = tree::list(dup(&from)?, shown)?;
             for name in listing.names {
@@ -181,7 +182,7 @@ pub fn copy_tree(
                     | OFlag::O_EXCL
                     | OFlag::O_NOFOLLOW
                     | OFlag::O_CLOEXEC,
-                Mode::S_IRUSR | Mode::S_IWUSR,
+                crate::drive::NEW_FILE,
             )
             .map_err(|e| Error::from_errno(e, shown))?;
             let mut from = std::fs::File::from(from);

@@ -9,7 +9,7 @@ use crate::fsops::{self, Journal, PlaceError};
 use crate::resolve::{self, Ctx, Loc};
 use crate::tree::Kind;
 use nix::errno::Errno;
-use nix::sys::stat::{mkdirat, Mode};
+use nix::sys::stat::mkdirat;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -105,7 +105,7 @@ pub fn create_folder(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
         }
         loop {
             let name = conflict::free_name(&dir, want)?;
-            match mkdirat(&dir, name.as_str(), Mode::S_IRWXU) {
+            match mkdirat(&dir, name.as_str(), crate::drive::NEW_DIR) {
                 Ok(()) => {
                     journal.created(&dir, &name)?;
                     return Ok(done());
@@ -313,12 +313,12 @@ pub fn copy_files(ctx: &Ctx, request: &Value) -> Result<Value, Error> {
 fn open_trash(loc: &Loc) -> Result<(OwnedFd, OwnedFd), Error> {
     let root = loc.open_root()?;
     let shown = format!("/{}/{TRASH}", loc.drive.id);
-    match mkdirat(&root, TRASH, Mode::S_IRWXU) {
+    match mkdirat(&root, TRASH, crate::drive::NEW_DIR) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(Error::from_errno(e, &shown)),
     }
     let trash = fsops::open_subdir(&root, TRASH, &shown)?;
-    match mkdirat(&trash, TRASH_INFO, Mode::S_IRWXU) {
+    match mkdirat(&trash, TRASH_INFO, crate::drive::NEW_DIR) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(Error::from_errno(e, &shown)),
     }
@@ -367,7 +367,7 @@ fn write_info(dir: &OwnedFd, name: &str, note: &Value) -> Result<(), Error> {
         dir,
         name,
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::S_IRUSR | Mode::S_IWUSR,
+        crate::drive::NEW_FILE,
     )
     .map_err(|e| Error::from_errno(e, name))?;
     std::fs::File::from(fd)

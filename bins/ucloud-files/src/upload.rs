@@ -252,7 +252,7 @@ fn open_or_make(
                 dir,
                 name,
                 flags | OFlag::O_CREAT | OFlag::O_EXCL,
-                Mode::S_IRUSR | Mode::S_IWUSR,
+                crate::drive::NEW_FILE,
             ) {
                 Ok(fd) => fd,
                 // Another chunk of ours (or someone else) made it first: look again.
