@@ -14,13 +14,15 @@ SUITE_BOB='BobNielsen#2002' SUITE_BOB_LOCAL=bob
 # Every unit the package ships, as `systemd-analyze security` and is-failed see them.
 SUITE_SERVICES=(ucloud-gateway@.service ucloud-gateway-lb@.service ucloud-lb.service
     ucloud-monitor.service ucloud-registry@.service ucloud-registry-expire.service
-    ucloud-sender.service ucloud-du.service)
+    ucloud-sender.service ucloud-du.service ucloud-project.service)
+# Where the site keeps project drives (site.conf's project_base; made by the admin).
+SUITE_PROJECT_BASE=/srv/projects
 
 # What the site enables (README, "Enabling the units"), and the direct gateway socket,
 # which the README leaves to a site that needs it.
 ENABLED="ucloud-lb.socket ucloud-lb.service ucloud-gateway-lb.socket ucloud-registry.socket
     ucloud-registry-expire.timer ucloud-sender.service ucloud-monitor.socket ucloud-monitor.service
-    ucloud-gateway.socket ucloud-du.timer"
+    ucloud-gateway.socket ucloud-du.timer ucloud-project.path ucloud-project.timer"
 
 SIM_PID=
 failures=0
@@ -250,6 +252,10 @@ configure_site() {
         fail "the example lb.conf does not name the balancer-facing unix socket" || return 1
     # Slurm's account (the monitor hears events from it alone); Slurm itself is not here.
     ct_exec useradd --system --user-group --no-create-home --shell /usr/sbin/nologin slurm || return 1
+    # UCloud projects, with their drives under a directory the admin makes.
+    ct_exec install -d -o root -g root -m 0755 "$SUITE_PROJECT_BASE" || return 1
+    printf '%s\n' "project_prefix = ucp-" "project_gid_min = 200000" "project_gid_max = 200999" \
+        "project_base = $SUITE_PROJECT_BASE" >>"$(ct_path "$etc/site.conf")" || return 1
     # The people: accounts from the normal uid range, with homes.
     ct_exec useradd --create-home --user-group --shell /bin/bash "$SUITE_ALICE_LOCAL" || return 1
     ct_exec useradd --create-home --user-group --shell /bin/bash "$SUITE_BOB_LOCAL" || return 1
@@ -495,6 +501,51 @@ check_refused() {
         >/dev/null
 }
 
+# A UCloud project of Alice's with an allocation here: the sender reads it from the
+# core's notification stream into the inbox, ucloud-project.path starts the service,
+# which makes the group and the drive (no Slurm here: its Slurm steps wait) and
+# registers the drive with UCloud; ucloud-im-generator made the project base writable
+# for the gateway's unit, so a folder Alice makes there through the balancer is the
+# project group's, mode 2770 (umask 007 in a setgid drive).
+check_project_drive() {
+    local unit
+    for unit in ucloud-gateway@.service ucloud-gateway-lb@.service ucloud-project.service; do
+        ct_exec systemctl cat "$unit" | grep -qx "ReadWritePaths=-$SUITE_PROJECT_BASE" ||
+            fail "$unit has no ReadWritePaths=-$SUITE_PROJECT_BASE from ucloud-im-generator:" \
+                "$(ct_exec systemctl cat "$unit" | grep -i readwrite)" || return 1
+    done
+    local sim_url=https://127.0.0.1:$SIM_PORT project row i drive_id group gid got body
+    project=$(curl -sS --fail-with-body --cacert "$SUITE_RUN/ca/ca.pem" -X POST "$sim_url/sim/projects" \
+        --data "$(jq -cn --arg a "$SUITE_ALICE" '{title: "Suite project", members: [{username: $a, role: "PI"}]}')" |
+        jq -r .id) || fail "POST /sim/projects failed" || return 1
+    curl -sS --fail-with-body --cacert "$SUITE_RUN/ca/ca.pem" -X POST "$sim_url/sim/allocations" -o /dev/null \
+        --data "$(jq -cn --arg p "$project" --arg pr "$SUITE_PROVIDER" \
+            '{owner: {type: "project", projectId: $p}, category: {name: "cpu", provider: $pr}, quota: 1000}')" ||
+        fail "POST /sim/allocations failed" || return 1
+    for ((i = 0; i < 300; i++)); do
+        row=$(ct_exec cat /var/lib/ucloud-im/projects/table.json 2>/dev/null |
+            jq -c --arg p "$project" '.projects[$p] // empty' 2>/dev/null) || row=
+        [[ -n $row ]] && jq -e '.driveId | type == "string"' <<<"$row" >/dev/null && break
+        row=
+        sleep 0.1
+    done
+    [[ -n $row ]] || fail "no registered drive for project $project in table.json within 30 s:" \
+        "$(ct_exec cat /var/lib/ucloud-im/projects/table.json 2>&1)" \
+        "$(ct_exec journalctl --no-pager -q -o cat -u ucloud-project.service | tail -n 5)" || return 1
+    drive_id=$(jq -r .driveId <<<"$row") group=$(jq -r .group <<<"$row") gid=$(jq -r .gid <<<"$row")
+    got=$(ct_exec getent group "$group") || fail "no group $group" || return 1
+    [[ ${got##*:} == "$SUITE_ALICE_LOCAL" ]] || fail "group $group is '$got', not $SUITE_ALICE_LOCAL alone" || return 1
+    body=$(sim_expect 200 --user "$SUITE_ALICE" POST "/ucloud/$SUITE_PROVIDER/files/folder" \
+        "$(jq -cn --arg id "/$drive_id/made-by-alice" '{items: [{id: $id, conflictPolicy: "REJECT"}]}')") || return 1
+    got=$(ct_exec stat -c '%U %g %a' "$SUITE_PROJECT_BASE/$group/made-by-alice") ||
+        fail "no made-by-alice in the project drive $SUITE_PROJECT_BASE/$group" || return 1
+    [[ $got == "$SUITE_ALICE_LOCAL $gid 2770" ]] ||
+        fail "made-by-alice is '$got' (owner gid mode), not '$SUITE_ALICE_LOCAL $gid 2770'" || return 1
+    # Bob is no member: the same call is refused, as for a drive that does not exist.
+    sim_expect 404 --user "$SUITE_BOB" POST "/ucloud/$SUITE_PROVIDER/files/folder" \
+        "$(jq -cn --arg id "/$drive_id/made-by-bob" '{items: [{id: $id, conflictPolicy: "REJECT"}]}')" >/dev/null
+}
+
 # The monitor hears Slurm's account alone; without Slurm it stays up, saying why each
 # poll is skipped; stopped, its socket starts it again on the next event.
 notify_as() {
@@ -687,6 +738,8 @@ security_scores() {
         printf '%-32s %s\n' "$unit" "$score" | tee -a "$SUITE_RUN/security.txt"
         bound=2.0
         [[ $unit == ucloud-gateway* ]] && bound=6.5
+        # Root with five file capabilities, /etc writable (groupadd), the network (sacctmgr).
+        [[ $unit == ucloud-project.service ]] && bound=3.0
         if awk -v s="${score%% *}" -v b="$bound" 'BEGIN { exit !(s > b) }'; then
             over+=("$unit ${score%% *} > $bound")
         fi
@@ -781,6 +834,8 @@ run_suite() {
         check_storage_quota_dropin
     check "Bob connects through the registry socket (ucloud-connect)" check_connect
     check "Bob may not browse Alice's drive" check_refused
+    check "a UCloud project becomes a group and a registered project drive the gateway's unit may write" \
+        check_project_drive
     check "the monitor hears Slurm's account alone, stays up without Slurm, and is started by its socket" \
         check_monitor
     check "ucloud-registry-expire.service runs (what its timer starts)" \
