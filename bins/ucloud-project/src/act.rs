@@ -90,6 +90,22 @@ pub fn save_state(dir: &Path, state: &State) -> Result<(), String> {
 
 /// Reads, folds and removes the waiting events; whether any were there.
 pub fn fold_inbox(env: &mut Env, state: &mut State) -> Result<bool, String> {
+    ucloud_wire::inbox::check_dirs(&env.inbox).map_err(|e| e.to_string())?;
+    for stray in ucloud_wire::inbox::strays(&env.inbox).unwrap_or_default() {
+        // Not an event: removed (a link itself, never what it points at), or the path
+        // unit would start this again and again.
+        let removed = match std::fs::symlink_metadata(&stray) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&stray),
+            _ => std::fs::remove_file(&stray),
+        };
+        record(
+            env.audit,
+            "event",
+            "refused",
+            json!({"file": stray.display().to_string(), "why": "not an event file (a regular *.json)",
+                   "removed": removed.is_ok()}),
+        );
+    }
     let files = ucloud_wire::inbox::events(&env.inbox)
         .map_err(|e| format!("cannot list the inbox {}: {e}", env.inbox.display()))?;
     let files: Vec<PathBuf> = files.into_iter().take(MAX_EVENTS).collect();
@@ -1178,7 +1194,17 @@ mod tests {
         for sub in ["inbox/events", "inbox/tmp", "inbox/replay", "projects"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
+        sticky(&root.join("inbox"));
         (root.join("inbox"), root.join("projects"))
+    }
+
+    /// The inbox as the package makes it (root 3770); the tests run as root.
+    fn sticky(inbox: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        for sub in ["", "events", "tmp"] {
+            std::fs::set_permissions(inbox.join(sub), std::fs::Permissions::from_mode(0o3770))
+                .unwrap();
+        }
     }
 
     fn people(scope: &Scope) -> BTreeMap<UcloudName, Person> {

@@ -81,6 +81,12 @@ pub struct Synced {
 /// taken (removed by ucloud-project) or `wait` passed. Returns whether it was taken.
 fn announce(inbox: &Path, user: &UcloudName, wait: Duration) -> bool {
     use ucloud_wire::inbox;
+    // Root writes here: only into root's sticky directories, never through a link
+    // the sender's group put in their place.
+    if let Err(e) = inbox::check_dirs(inbox) {
+        ucloud_wire::log_err!("ucloud-registry: not announcing the mapping of {user}: {e}");
+        return false;
+    }
     if let Err(e) = inbox::request_replay(inbox, user) {
         ucloud_wire::log_err!("ucloud-registry: cannot ask for a replay of {user}: {e}");
     }
@@ -730,6 +736,13 @@ mod tests {
         let dir = scratch("announce");
         for sub in ["inbox", "inbox/tmp", "inbox/events", "inbox/replay"] {
             std::fs::create_dir(dir.join(sub)).unwrap();
+            // As the package makes them: root's, sticky but replay/ (the tests run as root).
+            let mode = if sub == "inbox/replay" {
+                0o2770
+            } else {
+                0o3770
+            };
+            std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(mode)).unwrap();
         }
         let inbox = dir.join("inbox");
         let user = UcloudName::new("DonnaJensen#4512").unwrap();

@@ -17,6 +17,12 @@
 //! group can write here, so the reader treats every file as untrusted input:
 //! [`read_event`] caps its size and checks its shape, and acts on nothing a file
 //! alone asserts about this site (mappings come from the registry's store).
+//!
+//! The directories are root's with the sticky bit (`3770`; `replay/`, whose requests
+//! the sender removes, `2770`): the group may add entries but never rename or remove
+//! one it does not own, so it cannot put a symbolic link where `events/` or `tmp/`
+//! was and have root remove or rename files elsewhere through it. Root's readers and writers check that with
+//! [`check_dirs`] before they touch anything.
 
 use crate::names::UcloudName;
 use serde_json::Value;
@@ -35,6 +41,51 @@ pub const MAX_EVENT: u64 = 32 << 20;
 
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Whether the inbox at `inbox` and its subdirectories are what root may work in:
+/// real directories (not links), owned by root, with the sticky bit, writable by
+/// nobody but root and the group. For root's programs (the registry, ucloud-project);
+/// the sender, which owns nothing here, does not need it.
+pub fn check_dirs(inbox: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // `replay/` is not sticky: the sender removes the requests root wrote there once
+    // sent; it is a root-owned directory in a sticky one, so it cannot be swapped.
+    for (dir, sticky) in [
+        (inbox.to_path_buf(), true),
+        (inbox.join(TMP), true),
+        (inbox.join(EVENTS), true),
+        (inbox.join(REPLAY), false),
+    ] {
+        let meta = fs::symlink_metadata(&dir)?;
+        let sticky_ok = !sticky || meta.mode() & 0o1000 != 0;
+        if !meta.file_type().is_dir() || meta.uid() != 0 || !sticky_ok || meta.mode() & 0o002 != 0 {
+            return Err(invalid(format!(
+                "{} must be a directory owned by root, not world-writable, and but for replay/ \
+                 sticky (root:<sender's group> 3770, replay/ 2770, as the package's tmpfiles.d \
+                 makes them); it is not, so nothing in the inbox is touched",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What `events/` holds besides events: anything that is not a regular `*.json`
+/// file (links, directories, other names). Root's reader removes them, or they
+/// would keep the path unit (`DirectoryNotEmpty=`) starting it for ever.
+pub fn strays(inbox: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(inbox.join(EVENTS))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let regular = entry.file_type().is_ok_and(|t| t.is_file());
+        if !regular || !name.ends_with(".json") || name.starts_with('.') {
+            out.push(entry.path());
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Writes `bytes` to `dir/sub/name` whole or not at all (tmp, fsync, rename,
@@ -167,6 +218,49 @@ mod tests {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
         dir
+    }
+
+    fn sticky(dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [dir.to_path_buf(), dir.join(TMP), dir.join(EVENTS)] {
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o3770)).unwrap();
+        }
+        fs::set_permissions(dir.join(REPLAY), fs::Permissions::from_mode(0o2770)).unwrap();
+    }
+
+    #[test]
+    fn root_works_only_in_sticky_root_directories_and_finds_strays() {
+        let dir = scratch("dirs");
+        // As made by mkdir: no sticky bit.
+        assert!(check_dirs(&dir).is_err());
+        sticky(&dir);
+        let am_root = nix::unistd::geteuid().is_root();
+        assert_eq!(
+            check_dirs(&dir).is_ok(),
+            am_root,
+            "owned by root only when run as root"
+        );
+        if am_root {
+            // events/ swapped for a link to elsewhere: refused.
+            fs::rename(dir.join(EVENTS), dir.join("old")).unwrap();
+            std::os::unix::fs::symlink("/etc", dir.join(EVENTS)).unwrap();
+            assert!(check_dirs(&dir).is_err());
+            fs::remove_file(dir.join(EVENTS)).unwrap();
+            fs::rename(dir.join("old"), dir.join(EVENTS)).unwrap();
+            assert!(check_dirs(&dir).is_ok());
+        }
+        let ev = dir.join(EVENTS);
+        fs::write(ev.join("good.json"), b"{}").unwrap();
+        fs::write(ev.join("note.txt"), b"x").unwrap();
+        fs::create_dir(ev.join("sub.json")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", ev.join("link.json")).unwrap();
+        let found: Vec<String> = strays(&dir)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(found, ["link.json", "note.txt", "sub.json"]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
