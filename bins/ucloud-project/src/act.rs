@@ -288,6 +288,38 @@ pub fn reconcile(env: &mut Env, state: &mut State, scope: &Scope) -> Result<usiz
         for (name, g) in state.groups.iter_mut() {
             g.drive = crate::drive::check(&base, name, g.gid, owner) == DriveCheck::Ok;
         }
+        // A drive made before drives held it gets its ucloud-jobs (ucloud-jobscript
+        // refuses project jobs without it).
+        let drives: Vec<(String, u32)> = state
+            .groups
+            .iter()
+            .filter(|(_, g)| g.drive)
+            .map(|(n, g)| (n.clone(), g.gid))
+            .collect();
+        for (name, gid) in drives {
+            let subject = format!("{base}/{name}/{}", crate::drive::JOBS);
+            match crate::drive::ensure_jobs_dir(&base, &name, gid, owner) {
+                Ok(false) => {}
+                Ok(true) => record(
+                    env.audit,
+                    "make-jobs-folder",
+                    "done",
+                    json!({"path": subject, "gid": gid, "mode": "3770"}),
+                ),
+                Err(why) => {
+                    failed += 1;
+                    note(
+                        env.audit,
+                        state,
+                        "make-jobs-folder",
+                        &subject,
+                        "failed",
+                        json!({"path": subject, "error": why}),
+                        &why,
+                    );
+                }
+            }
+        }
         failed += register_drives(env, state)?;
     }
     save_state(&env.dir, state)?;
