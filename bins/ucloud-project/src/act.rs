@@ -57,6 +57,9 @@ pub struct DriveSide {
     /// How long a run waits for UCloud's answer to what it queued before it ends
     /// (the next run picks up a later answer).
     pub wait: std::time::Duration,
+    /// The sender's uid (site.conf's `sender_user`): replies of anyone else's are
+    /// not believed.
+    pub sender: Option<u32>,
 }
 
 pub const STATE: &str = "state.json";
@@ -337,6 +340,7 @@ fn register_drives(env: &mut Env, state: &mut State) -> Result<usize, String> {
     };
     let outbox = register::Outbox {
         dir: side.outbox.clone(),
+        sender: side.sender,
     };
     let mut failed = 0;
     // Question, registration, record: at most three answers to wait for.
@@ -1505,6 +1509,8 @@ mod tests {
             lock_dir: root.clone(),
             product: Some(("home".into(), "home".into())),
             wait: std::time::Duration::ZERO,
+            // The tests write the replies themselves, as this uid.
+            sender: Some(nix::unistd::geteuid().as_raw()),
         };
         let reply = |tag: &str, v: Value| {
             std::fs::write(
@@ -1692,6 +1698,8 @@ mod tests {
             lock_dir: root.clone(),
             product: Some(("home".into(), "home".into())),
             wait: std::time::Duration::ZERO,
+            // The tests write the replies themselves, as this uid.
+            sender: Some(nix::unistd::geteuid().as_raw()),
         };
         let slurm = || {
             Fake::new(|argv| match argv.get(3).map(String::as_str) {

@@ -124,6 +124,8 @@ struct Site {
     categories: plan::Categories,
     /// The product project drives are registered with (register.rs).
     drive_product: Option<(String, String)>,
+    /// The sender's uid: whose outbox replies are believed.
+    sender_uid: Option<u32>,
     dir: PathBuf,
     inbox: PathBuf,
     mappings: PathBuf,
@@ -156,9 +158,14 @@ impl Site {
                 ),
             ));
         }
+        let sender_uid = nix::unistd::User::from_name(&config.sender_user)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw());
         Ok(Some(Site {
             categories: site::categories(&table),
             drive_product: register::product(&table),
+            sender_uid,
             config,
             dir,
             inbox: ucloud_wire::paths::inbox_dir().into(),
@@ -225,6 +232,7 @@ impl Site {
                 lock_dir: ucloud_wire::paths::state_dir().into(),
                 product: self.drive_product.clone(),
                 wait: Duration::from_secs(5),
+                sender: self.sender_uid,
             }),
             audit,
         }

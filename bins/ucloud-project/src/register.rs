@@ -195,6 +195,11 @@ pub fn decide(
 /// failures of its own tags.
 pub struct Outbox {
     pub dir: PathBuf,
+    /// The sender's uid: the only account whose replies (and failures) are read.
+    /// Everyone in the outbox's group may write `replies/`; only the sender holds
+    /// UCloud's answers, so a file of anyone else's is a forgery. None: no sender
+    /// account is known, and no reply is believed.
+    pub sender: Option<u32>,
 }
 
 impl Outbox {
@@ -216,7 +221,20 @@ impl Outbox {
     /// A reply, once the sender stored it. The sender's account writes it:
     /// never followed through a link, size-capped, parsed as any input.
     pub fn reply(&self, tag: &str) -> Option<Result<Value, String>> {
-        read_json(&self.reply_path(tag))
+        self.from_sender(&self.reply_path(tag))
+    }
+
+    /// A file the sender wrote, or an error naming who else did.
+    fn from_sender(&self, path: &Path) -> Option<Result<Value, String>> {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::symlink_metadata(path).ok()?.uid();
+        if Some(owner) != self.sender {
+            return Some(Err(format!(
+                "{} is uid {owner}'s, not the sender's: not believed",
+                path.display()
+            )));
+        }
+        read_json(path)
     }
 
     pub fn discard(&self, tag: &str) {
@@ -232,7 +250,7 @@ impl Outbox {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(Ok(v)) = read_json(&path) else {
+            let Some(Ok(v)) = self.from_sender(&path) else {
                 continue;
             };
             if let Some(tag) = v["reply"].as_str() {
@@ -365,7 +383,10 @@ mod tests {
         for sub in [outbox::TMP, outbox::QUEUE] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        let out = Outbox { dir: dir.clone() };
+        let out = Outbox {
+            dir: dir.clone(),
+            sender: None,
+        };
         out.send(&m).unwrap();
         out.send(&f).unwrap();
         std::fs::remove_dir_all(dir).unwrap();
