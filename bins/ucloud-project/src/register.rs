@@ -341,6 +341,34 @@ fn lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn only_the_senders_replies_are_believed() {
+        let dir = std::env::temp_dir().join(format!("project-replies-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join(outbox::REPLIES)).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let out = Outbox {
+            dir: dir.clone(),
+            sender: Some(me),
+        };
+        let path = dir.join(outbox::REPLIES).join("project-drive-ucp-x.json");
+        std::fs::write(&path, r#"{"responses":[{"id":"7"}]}"#).unwrap();
+        assert!(matches!(out.reply("project-drive-ucp-x"), Some(Ok(_))));
+        // Nobody else's file is believed, and no sender known believes none.
+        let nobody = Outbox {
+            dir: dir.clone(),
+            sender: None,
+        };
+        assert!(matches!(nobody.reply("project-drive-ucp-x"), Some(Err(_))));
+        if me == 0 {
+            nix::unistd::chown(&path, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let why = out.reply("project-drive-ucp-x").unwrap().unwrap_err();
+            assert!(why.contains("not the sender's"), "{why}");
+        }
+        assert!(out.reply("missing").is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     const P: &str = "5d3c7a6e-2f4b-4c1d-9e8f-0a1b2c3d4e5f";
 
     fn project() -> Project<'static> {
