@@ -31,7 +31,8 @@ pub struct Env<'a> {
     /// `projects_dir()`: state.json, table.json.
     pub dir: PathBuf,
     pub runner: &'a mut dyn Runner,
-    pub people: &'a dyn Fn(&Scope) -> BTreeMap<UcloudName, Person>,
+    /// The mapped users, and whether that answer is complete (`site::people`).
+    pub people: &'a dyn Fn(&Scope) -> (BTreeMap<UcloudName, Person>, bool),
     pub group_gid: &'a dyn Fn(&str) -> Option<u32>,
     pub gid_taken: &'a dyn Fn(u32) -> bool,
     pub group_members: &'a dyn Fn(&str) -> Option<Vec<String>>,
@@ -191,8 +192,18 @@ fn is_user(name: &str) -> bool {
 
 /// One reconcile of `scope`; the number of actions that failed.
 pub fn reconcile(env: &mut Env, state: &mut State, scope: &Scope) -> Result<usize, String> {
-    let people = (env.people)(scope);
-    let wanted = plan::wanted(env.config, env.categories, state, &people, scope);
+    let (people, complete) = (env.people)(scope);
+    // Removals only on a whole run that knows every mapping for sure.
+    let exclusive = *scope == Scope::All && complete;
+    if *scope == Scope::All && !complete {
+        record(
+            env.audit,
+            "people",
+            "refused",
+            json!({"why": "the mapping store or NSS could not be read for every user: this run removes nobody"}),
+        );
+    }
+    let wanted = plan::wanted_with(env.config, env.categories, state, &people, scope, exclusive);
     for (id, here) in &wanted.here {
         if let Some(p) = state.projects.get_mut(id) {
             match scope {
@@ -1243,7 +1254,11 @@ mod tests {
         }
     }
 
-    fn people(scope: &Scope) -> BTreeMap<UcloudName, Person> {
+    fn people(scope: &Scope) -> (BTreeMap<UcloudName, Person>, bool) {
+        (everyone(scope), true)
+    }
+
+    fn everyone(scope: &Scope) -> BTreeMap<UcloudName, Person> {
         let all = [("Alice#1", "alice", 1001), ("Bob#2", "bob", 1002)];
         all.iter()
             .map(|(u, l, uid)| {

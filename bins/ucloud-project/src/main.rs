@@ -211,7 +211,7 @@ impl Site {
     fn env<'a>(
         &'a self,
         runner: &'a mut dyn runner::Runner,
-        people: &'a dyn Fn(&Scope) -> std::collections::BTreeMap<UcloudName, plan::Person>,
+        people: &'a dyn Fn(&Scope) -> (std::collections::BTreeMap<UcloudName, plan::Person>, bool),
         audit: &'a mut dyn std::io::Write,
     ) -> act::Env<'a> {
         act::Env {
@@ -264,7 +264,7 @@ impl Site {
             timeout: Duration::from_secs(20),
         };
         let people = |scope: &Scope| site::people(&self.config, &self.mappings, scope);
-        if people(&Scope::One(user.clone())).is_empty() {
+        if people(&Scope::One(user.clone())).0.is_empty() {
             return Err((
                 65,
                 format!("{user} is not mapped to a usable local account"),

@@ -163,6 +163,7 @@ impl Wanted {
 
 /// Step 1. `people` holds the mapped users this run knows (every one in a whole
 /// run; in `--mapped`, that user alone).
+#[cfg(test)]
 pub fn wanted(
     config: &ProjectConfig,
     categories: &Categories,
@@ -170,8 +171,27 @@ pub fn wanted(
     people: &BTreeMap<UcloudName, Person>,
     scope: &Scope,
 ) -> Wanted {
+    wanted_with(
+        config,
+        categories,
+        state,
+        people,
+        scope,
+        *scope == Scope::All,
+    )
+}
+
+/// [`wanted`], removals only when `exclusive` (a whole run that knows every
+/// mapping for sure).
+pub fn wanted_with(
+    config: &ProjectConfig,
+    categories: &Categories,
+    state: &State,
+    people: &BTreeMap<UcloudName, Person>,
+    scope: &Scope,
+    exclusive: bool,
+) -> Wanted {
     let mut w = Wanted::default();
-    let exclusive = *scope == Scope::All;
     // Names handed out in this run: two owners never get one name.
     let mut taken: BTreeMap<String, (AccountOwner, String)> = BTreeMap::new();
     let mut claim = |w: &mut Wanted, name: &str, owner: &AccountOwner, category: &str| {
@@ -543,19 +563,20 @@ pub fn plan(wanted: &Wanted, f: &Facts) -> Vec<Action> {
             }
         };
         if let Some(gid) = gid {
-            // A project that left keeps its group as it was: its members keep
-            // reaching the data they made.
-            if !p.left {
-                let had: BTreeSet<String> = rec.map(|r| r.members.clone()).unwrap_or_default();
-                let want: BTreeSet<String> = p.members.iter().cloned().collect();
-                if p.exclusive {
-                    for user in had.difference(&want) {
-                        remove.push(Action::RemoveMember {
-                            group: p.group.clone(),
-                            user: user.clone(),
-                        });
-                    }
+            // A project that left gains nobody, but a member who was removed, or is
+            // no longer mapped, still goes: its membership is frozen at the last
+            // state UCloud sent (the core sends no more once the allocations ended).
+            let had: BTreeSet<String> = rec.map(|r| r.members.clone()).unwrap_or_default();
+            let want: BTreeSet<String> = p.members.iter().cloned().collect();
+            if p.exclusive {
+                for user in had.difference(&want) {
+                    remove.push(Action::RemoveMember {
+                        group: p.group.clone(),
+                        user: user.clone(),
+                    });
                 }
+            }
+            if !p.left {
                 for user in want.difference(&had) {
                     add.push(Action::AddMember {
                         group: p.group.clone(),
@@ -721,9 +742,10 @@ fn account(
         };
         let wanted: BTreeSet<&String> = wanted.iter().collect();
         // Removed first, so that a member who lost the role cannot act meanwhile.
+        // Removals only in an exclusive run (never in `--mapped`, which sees one user).
         let gone: Vec<String> = now
             .iter()
-            .filter(|u| !wanted.contains(u))
+            .filter(|u| a.exclusive && !wanted.contains(u))
             .cloned()
             .collect();
         if !gone.is_empty() {
@@ -1138,6 +1160,17 @@ mod tests {
             &s,
             &people(&[("Alice#1", "alice", 1001)]),
             &Scope::One(name("Alice#1")),
+        );
+        assert!(world.plan(&w, &s, &c).is_empty());
+        // Nor when the mappings could not all be read (NSS or the store failed):
+        // Bob is not taken for unmapped.
+        let w = wanted_with(
+            &c,
+            &categories(),
+            &s,
+            &people(&[("Alice#1", "alice", 1001)]),
+            &Scope::All,
+            false,
         );
         assert!(world.plan(&w, &s, &c).is_empty());
     }

@@ -72,44 +72,78 @@ fn read_small(path: &Path) -> std::io::Result<Vec<u8>> {
 
 /// The local account `name` is mapped to, when the mapping is current and the
 /// account passes the rule the dispatcher applies on every request.
+/// `Err` when it could not be told (the record or NSS failed), which is not "no".
 pub fn person(
     config: &SiteConfig,
     own: &Own,
     mappings: &Path,
     name: &UcloudName,
-) -> Option<Person> {
-    let text = read_small(&mappings.join(name.file_name())).ok()?;
-    let mapping = Mapping::parse(name, &text).ok()?;
+) -> Result<Option<Person>, ()> {
+    let text = match read_small(&mappings.join(name.file_name())) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let mapping = Mapping::parse(name, &text).map_err(|_| ())?;
     if mapping.expired(config.mapping_expire_after_ms, ucloud_wire::now_ms()) {
-        return None;
+        return Ok(None);
     }
-    let found = account::look_up(mapping.local.as_str()).ok()??;
+    let Some(found) = account::look_up(mapping.local.as_str()).map_err(|_| ())? else {
+        return Ok(None);
+    };
     if found.facts.uid != mapping.uid {
-        return None;
+        return Ok(None);
     }
-    account::judge(&found.facts, config, own).ok()?;
-    Some(Person {
+    if account::judge(&found.facts, config, own).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(Person {
         local: mapping.local,
         uid: mapping.uid,
-    })
+    }))
 }
 
-/// The mapped users a run considers: all of the store's, or the one of `--mapped`.
-pub fn people(config: &SiteConfig, mappings: &Path, scope: &Scope) -> BTreeMap<UcloudName, Person> {
+/// The mapped users a run considers: all of the store's, or the one of `--mapped`;
+/// and whether the answer is complete. A store that cannot be listed, a record that
+/// cannot be read or an account NSS could not look up (an LDAP hiccup) makes it
+/// incomplete: then nobody may be taken for unmapped, and the run removes nothing.
+pub fn people(
+    config: &SiteConfig,
+    mappings: &Path,
+    scope: &Scope,
+) -> (BTreeMap<UcloudName, Person>, bool) {
     let own = own(config);
+    let mut complete = true;
     let names: Vec<UcloudName> = match scope {
         Scope::One(user) => vec![user.clone()],
-        Scope::All => std::fs::read_dir(mappings)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| UcloudName::from_file_name(e.file_name().to_str()?).ok())
-            .collect(),
+        Scope::All => match std::fs::read_dir(mappings) {
+            Ok(entries) => entries
+                .filter_map(|e| match e {
+                    Ok(e) => Some(e),
+                    Err(_) => {
+                        complete = false;
+                        None
+                    }
+                })
+                .filter_map(|e| UcloudName::from_file_name(e.file_name().to_str()?).ok())
+                .collect(),
+            Err(_) => {
+                complete = false;
+                Vec::new()
+            }
+        },
     };
-    names
-        .into_iter()
-        .filter_map(|n| person(config, &own, mappings, &n).map(|p| (n, p)))
-        .collect()
+    let mut found = BTreeMap::new();
+    for n in names {
+        match person(config, &own, mappings, &n) {
+            Ok(Some(p)) => {
+                found.insert(n, p);
+            }
+            Ok(None) => {}
+            Err(()) => complete = false,
+        }
+    }
+    (found, complete)
 }
 
 pub fn group_gid(name: &str) -> Option<u32> {
