@@ -185,10 +185,22 @@ pub fn parse(v: &Value, provider: &str, categories: &Categories) -> Result<Event
     }
 }
 
+/// How far ahead of this host's clock a time may be: UCloud's clock may run a
+/// little ahead; a time far in the future would freeze the state it stamps (every
+/// later, real change would look older), so it is refused.
+const MAX_AHEAD_MS: i64 = 10 * 60 * 1000;
+
 fn time(v: &Value, key: &str) -> Result<i64, String> {
-    v[key]
+    let t = v[key]
         .as_i64()
-        .ok_or_else(|| format!("{key} is not a time in milliseconds"))
+        .ok_or_else(|| format!("{key} is not a time in milliseconds"))?;
+    let now = ucloud_wire::now_ms() as i64;
+    if t > now.saturating_add(MAX_AHEAD_MS) {
+        return Err(format!(
+            "{key} {t} is more than 10 minutes ahead of this host's clock ({now})"
+        ));
+    }
+    Ok(t)
 }
 
 /// At most 64 characters of a string from a file, for a message.
@@ -246,6 +258,16 @@ fn put_project(state: &mut State, id: String, mut project: Project) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_far_in_the_future_is_refused() {
+        let soon = ucloud_wire::now_ms() as i64 + 60_000;
+        assert_eq!(time(&serde_json::json!({"t": soon}), "t"), Ok(soon));
+        let far = ucloud_wire::now_ms() as i64 + 11 * 60_000;
+        assert!(time(&serde_json::json!({"t": far}), "t").is_err());
+        assert!(time(&serde_json::json!({"t": i64::MAX}), "t").is_err());
+        assert!(time(&serde_json::json!({"t": "1"}), "t").is_err());
+    }
     use crate::plan::Category;
     use serde_json::json;
 
