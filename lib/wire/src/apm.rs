@@ -42,6 +42,11 @@ pub const WALLET_PROJECT: u32 = 1 << 1;
 
 /// The longest string a frame may hold (a project with thousands of members fits).
 pub const MAX_STRING: usize = 16 << 20;
+/// The most references one connection may bind, and the most bytes of JSON they
+/// may hold: a server that binds without end is dropped before the sender runs out
+/// of memory (the connection starts again from the stored replay time).
+pub const MAX_REFS: usize = 1 << 20;
+pub const MAX_REF_BYTES: usize = 512 << 20;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
@@ -97,6 +102,8 @@ pub enum ApmError {
         kind: &'static str,
         why: String,
     },
+    /// More references than [`MAX_REFS`] or [`MAX_REF_BYTES`] on one connection.
+    TooManyRefs,
 }
 
 impl fmt::Display for ApmError {
@@ -115,6 +122,10 @@ impl fmt::Display for ApmError {
                 )
             }
             ApmError::BadJson { kind, why } => write!(f, "a {kind} frame: {why}"),
+            ApmError::TooManyRefs => write!(
+                f,
+                "more than {MAX_REFS} references or {MAX_REF_BYTES} bytes of them on one connection"
+            ),
         }
     }
 }
@@ -341,6 +352,8 @@ pub struct Refs {
     users: HashMap<u32, String>,
     projects: HashMap<u32, Value>,
     categories: HashMap<u32, Value>,
+    /// What the bound strings and JSON came to, in bytes (never less).
+    bytes: usize,
 }
 
 /// A project as the core sends it: an object with a non-empty string `id`, and
@@ -367,6 +380,16 @@ impl Refs {
     pub fn apply(&mut self, frames: Vec<Frame>) -> Result<Vec<Event>, ApmError> {
         let mut events = Vec::new();
         for frame in frames {
+            let size = match &frame {
+                Frame::User { username, .. } => username.len(),
+                Frame::Category { json, .. } | Frame::Project { json, .. } => json.len(),
+                _ => 0,
+            };
+            self.bytes = self.bytes.saturating_add(size);
+            let count = self.users.len() + self.projects.len() + self.categories.len();
+            if self.bytes > MAX_REF_BYTES || (size > 0 && count >= MAX_REFS) {
+                return Err(ApmError::TooManyRefs);
+            }
             match frame {
                 Frame::User {
                     reference,
@@ -579,6 +602,27 @@ mod tests {
             events[2].to_json()["owner"],
             json!({"type": "user", "username": "DonnaJensen#4512"})
         );
+    }
+
+    #[test]
+    fn a_server_binding_without_end_is_stopped() {
+        let mut refs = Refs::default();
+        let big = "x".repeat(MAX_STRING);
+        let mut stopped = false;
+        for reference in 0..64u32 {
+            match refs.apply(vec![Frame::User {
+                reference,
+                username: big.clone(),
+            }]) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e, ApmError::TooManyRefs);
+                    stopped = true;
+                    break;
+                }
+            }
+        }
+        assert!(stopped, "512 MiB of references were taken");
     }
 
     #[test]
