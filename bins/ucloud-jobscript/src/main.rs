@@ -9,9 +9,12 @@
 //!
 //! A job of a UCloud project (`owner.project`) is checked against ucloud-project's
 //! table: the caller must be a member, the project's Slurm account for the
-//! product's category goes into the script, the folder into the project's drive,
-//! and the folder and the job are made with umask 007 so that the members share
-//! them.
+//! product's category goes into the script, the folder into the project's drive
+//! (under its root-owned sticky ucloud-jobs), and the folder and the job are made
+//! with umask 027: the members read them, only the caller writes them.
+//!
+//! sbatch gets each script on its standard input, never by the path of job.sbatch
+//! (which is written for the record): what runs is what was checked here.
 //!
 //! Every value is single-quoted. With --submit (or when it is the plugin itself,
 //! run under the call name jobs.create) it also submits the jobs and answers as a
@@ -23,10 +26,14 @@ mod projects;
 mod render;
 mod submit;
 
-use nix::sys::stat::{umask, Mode as FileMode};
+use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
+use nix::sys::stat::{fstat, mkdirat, umask, Mode as FileMode};
+use nix::unistd::geteuid;
 use render::{shell_quote, Planned, Refusal, Site};
 use serde_json::Value;
 use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use ucloud_wire::record::{Drive, DriveOwner};
@@ -48,10 +55,13 @@ or, when a job is refused (then nothing is made), the one line
 --projects DIR: ucloud-project's DIR/table.json (missing: the site has no projects).
 A job with owner.project goes to that project's Slurm account for the product's
 category (403 NOT_ON_SITE, NOT_A_MEMBER or NO_ALLOCATION otherwise), its folder
-into <project drive>/ucloud-jobs/<job id>/ (the home drive when the project has no
-drive), both made and submitted with umask 007 so that the members share them.
+into <project drive>/ucloud-jobs/<job id>/, made and submitted with umask 027
+(members read, only the caller writes). That ucloud-jobs must be root's, sticky,
+and no link (ucloud-project makes it; 500 JOB_FOLDER otherwise). A project without
+a drive puts the folder in the caller's home, private as a personal job's.
 A personal job takes the caller's personal account from the table when it has one.
---submit also runs `sbatch --parsable` on each script and answers as a plugin:
+--submit also runs `sbatch --parsable` with each script on its standard input
+(job.sbatch is the record, never what runs) and answers as a plugin:
 {\"responses\":[{\"id\":\"USER/SLURMID\"},...]} on stdout, or, after cancelling what it
 submitted and removing the folders, {\"status\":S,\"errorCode\":C,\"why\":W} on stderr
 and exit 1. Run as jobs.create it is that plugin: --submit with --etc, --drives
@@ -370,9 +380,11 @@ fn run(args: &Args) -> Result<Vec<Planned>, Refusal> {
     Ok(jobs)
 }
 
-/// The umask a project job is made and submitted with: the members of the project
-/// (its group) read and write what it makes, others nothing.
-pub(crate) const SHARED_UMASK: u32 = 0o007;
+/// The umask a job in a project drive is made and submitted with: the project's
+/// members (its group) may read the job's folder, script and output but write
+/// none of them, so that no member can change what another member's job runs or
+/// where it writes; others get nothing.
+pub(crate) const SHARED_UMASK: u32 = 0o027;
 
 /// The umask the program was started with (the dispatcher's 077).
 fn own_umask() -> FileMode {
@@ -391,10 +403,11 @@ pub(crate) fn umask_for(shared: bool, own: FileMode) -> FileMode {
 }
 
 /// Each job's folder with its job.sbatch, all or none: a folder that already exists
-/// means that job was submitted before, and it is never submitted twice. A project
-/// job's folder and script are made with umask 007 (the folder then is 0770, and in
-/// a project drive, which is setgid, group-owned by the project), the others
-/// under the caller's umask.
+/// means that job was submitted before, and it is never submitted twice. A job in
+/// a project drive is made with umask 027 (folder 2750 with the setgid bit of the
+/// drive's ucloud-jobs, script 0640), the others under the caller's umask.
+/// job.sbatch is the record of what was submitted; sbatch is given the script
+/// itself (submit.rs), never this file.
 fn make_folders(jobs: &[Planned], own: FileMode) -> Result<(), Refusal> {
     let result = make_folders_under(jobs, own);
     umask(own);
@@ -403,108 +416,164 @@ fn make_folders(jobs: &[Planned], own: FileMode) -> Result<(), Refusal> {
 
 fn make_folders_under(jobs: &[Planned], own: FileMode) -> Result<(), Refusal> {
     let mut made: Vec<&Path> = Vec::new();
-    let undo = |made: &[&Path], refusal: Refusal| {
-        for folder in made {
-            let _ = std::fs::remove_dir_all(folder);
-        }
-        refusal
-    };
     for job in jobs {
         umask_for(job.shared, own);
-        let folder = Path::new(&job.folder);
-        if let Some(parent) = folder.parent() {
-            if let Err(why) = jobs_dir(parent, job.in_project_drive) {
-                return Err(undo(
-                    &made,
-                    Refusal {
-                        status: 500,
-                        code: "JOB_FOLDER",
-                        why,
-                    },
-                ));
+        let result = if job.shared {
+            make_in_project_drive(job, &mut made)
+        } else {
+            make_in_home(job, &mut made)
+        };
+        if let Err(refusal) = result {
+            for folder in &made {
+                let _ = std::fs::remove_dir_all(folder);
             }
-        }
-        match std::fs::create_dir(folder) {
-            Ok(()) => made.push(folder),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(undo(
-                    &made,
-                    Refusal {
-                        status: 409,
-                        code: "ALREADY_EXISTS",
-                        why: format!(
-                            "job {} already has a folder ({}): it was submitted before",
-                            job.id, job.folder
-                        ),
-                    },
-                ))
-            }
-            Err(e) => {
-                return Err(undo(
-                    &made,
-                    Refusal {
-                        status: 500,
-                        code: "JOB_FOLDER",
-                        why: format!("cannot make {}: {e}", job.folder),
-                    },
-                ))
-            }
-        }
-        if let Err(e) = std::fs::write(folder.join("job.sbatch"), &job.script) {
-            return Err(undo(
-                &made,
-                Refusal {
-                    status: 500,
-                    code: "JOB_FOLDER",
-                    why: format!("cannot write {}/job.sbatch: {e}", job.folder),
-                },
-            ));
+            return Err(refusal);
         }
     }
     Ok(())
 }
 
-/// `<base>/ucloud-jobs`, made when missing. In a project drive it is in a directory
-/// every member writes to: it must be a directory of its own, not a link another
-/// member put there to send the job's folder elsewhere, and the base (the project
-/// drive, ucloud-project's) is never made here.
-fn jobs_dir(dir: &Path, in_project_drive: bool) -> Result<(), String> {
-    if !in_project_drive {
-        return std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot make {}: {e}", dir.display()));
+fn job_folder(why: String) -> Refusal {
+    Refusal {
+        status: 500,
+        code: "JOB_FOLDER",
+        why,
     }
-    let own_directory = |meta: std::fs::Metadata| {
-        if meta.is_dir() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} is not a directory (a link or a file): remove it so that project jobs \
-                 can make their folders there",
-                dir.display()
-            ))
+}
+
+fn submitted_before(job: &Planned, whose: &str) -> Refusal {
+    Refusal {
+        status: 409,
+        code: "ALREADY_EXISTS",
+        why: format!(
+            "job {} already has a folder ({}){whose}: it was submitted before",
+            job.id, job.folder
+        ),
+    }
+}
+
+/// A personal drive's job: `<home>/ucloud-jobs` is the caller's own, made when
+/// missing; nobody else can write in it.
+fn make_in_home<'j>(job: &'j Planned, made: &mut Vec<&'j Path>) -> Result<(), Refusal> {
+    let folder = Path::new(&job.folder);
+    if let Some(parent) = folder.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| job_folder(format!("cannot make {}: {e}", parent.display())))?;
+    }
+    match std::fs::create_dir(folder) {
+        Ok(()) => made.push(folder),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(submitted_before(job, ""))
         }
-    };
-    match std::fs::symlink_metadata(dir) {
-        Ok(meta) => own_directory(meta),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(dir) {
-            Ok(()) => Ok(()),
-            // Another member's job made it a moment ago.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => own_directory(
-                std::fs::symlink_metadata(dir)
-                    .map_err(|e| format!("cannot look at {}: {e}", dir.display()))?,
-            ),
-            Err(e) => Err(format!(
-                "cannot make {}: {e}{}",
-                dir.display(),
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    " (the project drive is missing: ucloud-project(8) makes it)"
-                } else {
-                    ""
-                }
-            )),
-        },
-        Err(e) => Err(format!("cannot look at {}: {e}", dir.display())),
+        Err(e) => return Err(job_folder(format!("cannot make {}: {e}", job.folder))),
     }
+    std::fs::write(folder.join("job.sbatch"), &job.script)
+        .map_err(|e| job_folder(format!("cannot write {}/job.sbatch: {e}", job.folder)))
+}
+
+/// A project drive's job. Every member writes in the drive and in its
+/// ucloud-jobs, so nothing there is taken by name twice: ucloud-jobs is opened
+/// once (not through a link) and must be root's and sticky (members then add
+/// folders but never rename or remove each other's); the job's folder is made in
+/// it and opened by that descriptor, checked to be the caller's own and writable by
+/// the caller alone; job.sbatch is made new in it by that descriptor. The folder is
+/// new, the caller's and not group-writable, so nobody else can put a stdout.txt
+/// or stderr.txt (a link to one of the caller's files, say) there before the job
+/// starts: slurmstepd makes them as the caller.
+fn make_in_project_drive<'j>(job: &'j Planned, made: &mut Vec<&'j Path>) -> Result<(), Refusal> {
+    let folder = Path::new(&job.folder);
+    let (Some(parent), Some(name)) = (folder.parent(), folder.file_name()) else {
+        return Err(job_folder(format!(
+            "{} is not a job folder's path",
+            job.folder
+        )));
+    };
+    let jobs_dir = open_jobs_dir(parent)?;
+    let rwx = FileMode::from_bits_truncate(0o777);
+    match mkdirat(&jobs_dir, name, rwx) {
+        Ok(()) => made.push(folder),
+        Err(Errno::EEXIST) => {
+            // Job ids are predictable, so another member can make the next one's
+            // folder first: say so, so that the site can find who.
+            let whose = match nix::sys::stat::fstatat(&jobs_dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            {
+                Ok(st) if st.st_uid != geteuid().as_raw() => {
+                    format!(" that is not yours (uid {} made it)", st.st_uid)
+                }
+                _ => String::new(),
+            };
+            return Err(submitted_before(job, &whose));
+        }
+        Err(e) => return Err(job_folder(format!("cannot make {}: {e}", job.folder))),
+    }
+    let dir = openat(
+        &jobs_dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        FileMode::empty(),
+    )
+    .map_err(|e| job_folder(format!("cannot open {}: {e}", job.folder)))?;
+    let st = fstat(&dir).map_err(|e| job_folder(format!("cannot look at {}: {e}", job.folder)))?;
+    if st.st_uid != geteuid().as_raw() || st.st_mode & 0o022 != 0 {
+        return Err(job_folder(format!(
+            "{} is not the folder this job made (owner uid {}, mode {:o})",
+            job.folder,
+            st.st_uid,
+            st.st_mode & 0o7777
+        )));
+    }
+    let script = openat(
+        &dir,
+        "job.sbatch",
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        FileMode::from_bits_truncate(0o666),
+    )
+    .map_err(|e| job_folder(format!("cannot make {}/job.sbatch: {e}", job.folder)))?;
+    std::fs::File::from(script)
+        .write_all(job.script.as_bytes())
+        .map_err(|e| job_folder(format!("cannot write {}/job.sbatch: {e}", job.folder)))
+}
+
+/// `<project drive>/ucloud-jobs`, opened: ucloud-project makes it
+/// `root:<project group> 3770`, and nothing else will do. It is never made here:
+/// made by a member, it would be that member's, who could then rename the others'
+/// job folders and put their own in their place.
+fn open_jobs_dir(dir: &Path) -> Result<std::fs::File, Refusal> {
+    let refuse = |detail: String| {
+        job_folder(format!(
+            "the project drive's ucloud-jobs folder is missing or not root's sticky folder; \
+             ucloud-project makes it ({}: {detail})",
+            dir.display()
+        ))
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(dir)
+        .map_err(|e| {
+            refuse(match e.raw_os_error().map(Errno::from_raw) {
+                // Linux says ENOTDIR for a link opened with O_DIRECTORY: ask which.
+                Some(Errno::ELOOP | Errno::ENOTDIR) => match std::fs::symlink_metadata(dir) {
+                    Ok(meta) if meta.file_type().is_symlink() => "a symbolic link".into(),
+                    _ => "not a directory".into(),
+                },
+                _ => e.to_string(),
+            })
+        })?;
+    let meta = file.metadata().map_err(|e| refuse(e.to_string()))?;
+    if !meta.is_dir() {
+        return Err(refuse("not a directory".into()));
+    }
+    if meta.uid() != 0 {
+        return Err(refuse(format!("owned by uid {}, not root", meta.uid())));
+    }
+    if meta.mode() & 0o1000 == 0 {
+        return Err(refuse(format!(
+            "mode {:o}, without the sticky bit",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]

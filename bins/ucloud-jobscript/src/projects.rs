@@ -22,8 +22,10 @@ pub struct Workspace {
     pub account: Option<String>,
     /// The project drive the job folder goes in; None: the caller's home drive.
     pub drive: Option<String>,
-    /// A project job: folders, the script and everything the job writes are
-    /// made with umask 007, so the project's members share them.
+    /// The job folder is in the project's drive (a project job of a project with
+    /// a drive): the folder, the script and the job's output are made readable by
+    /// the project's members (umask 027). A project without a drive puts the
+    /// folder in the caller's home, private as a personal job's.
     pub shared: bool,
 }
 
@@ -160,8 +162,10 @@ fn project_workspace(
     };
     Ok(Workspace {
         account: Some(account),
+        // Group-readable modes only where the group can reach them: in a home
+        // drive they would widen nothing but the caller's own files.
+        shared: drive.is_some(),
         drive,
-        shared: true,
     })
 }
 
@@ -238,13 +242,13 @@ mod tests {
                 shared: true,
             }
         );
-        // A project without a drive: the caller's home, still shared.
+        // A project without a drive: the caller's home, private like a personal job.
         assert_eq!(
             ws(Some("p-nodrive"), "cpu", "ann").unwrap(),
             Workspace {
                 account: Some("ucp-p2_cpu".into()),
                 drive: None,
-                shared: true,
+                shared: false,
             }
         );
     }

@@ -30,10 +30,10 @@ pub struct Planned {
     pub id: String,
     pub folder: String,
     pub script: String,
-    /// A project job: made and submitted with umask 007 (`Workspace::shared`).
+    /// The folder is in a project drive (`Workspace::shared`): made under the
+    /// drive's root-owned sticky `ucloud-jobs`, with umask 027, and submitted with
+    /// `SLURM_UMASK=0027`.
     pub shared: bool,
-    /// The folder is in a project drive, a directory every member writes to.
-    pub in_project_drive: bool,
 }
 
 /// Why the request is refused: UCloud gets this status, code and why.
@@ -552,7 +552,6 @@ impl<'a> Job<'a> {
             folder,
             script: lines.join("\n") + "\n",
             shared: workspace.shared,
-            in_project_drive: workspace.drive.is_some(),
         })
     }
 }
@@ -826,7 +825,6 @@ mod tests {
         .unwrap();
         assert_eq!(jobs[0].folder, "/srv/projects/ucp-p1/ucloud-jobs/j1");
         assert!(jobs[0].shared && jobs[1].shared);
-        assert!(jobs[0].in_project_drive);
         let s = &jobs[0].script;
         assert_eq!(header(s, "account").as_deref(), Some("ucp-p1_cpu"));
         assert_eq!(
@@ -843,14 +841,14 @@ mod tests {
             Some("ucp-p1_gpu")
         );
         assert_eq!(s.matches("--account=").count(), 1);
-        // No drive: the caller's home, still a shared project job.
+        // No drive: the caller's home, private like a personal job.
         let jobs = run_with(
             json!({"items": [owned_job("j3", "cpu", json!("p-2"))]}),
             Some(&table),
         )
         .unwrap();
         assert_eq!(jobs[0].folder, "/home/ann/ucloud-jobs/j3");
-        assert!(jobs[0].shared && !jobs[0].in_project_drive);
+        assert!(!jobs[0].shared);
         assert_eq!(
             header(&jobs[0].script, "account").as_deref(),
             Some("ucp-p2_cpu")

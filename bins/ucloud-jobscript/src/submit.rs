@@ -6,11 +6,12 @@
 
 use crate::render::{Planned, Refusal};
 use nix::sys::stat::{umask, Mode};
+use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// The bulk answer, `{"responses":[{"id":"USER/SLURMID"},...]}`, or the failure
 /// (after the rollback). `own` is the umask the program was started with: a
-/// personal job's sbatch runs with it, a project job's with umask 007.
+/// personal job's sbatch runs with it, a job in a project drive's with umask 027.
 pub fn submit_all(jobs: &[Planned], user: &str, own: Mode) -> Result<String, Refusal> {
     let answer = submit_under(jobs, user, own);
     umask(own);
@@ -37,22 +38,38 @@ fn submit_under(jobs: &[Planned], user: &str, own: Mode) -> Result<String, Refus
     Ok(serde_json::json!({ "responses": responses }).to_string())
 }
 
-/// One `sbatch --parsable FOLDER/job.sbatch`; the Slurm job id.
+/// One `sbatch --parsable` with the script on its standard input; the Slurm job id.
+/// The script goes from memory to sbatch, never through job.sbatch: in a project
+/// drive a file is a name other members may reach between the write and sbatch's
+/// read, and what sbatch reads is what runs, as the caller. Every option is in the
+/// script's #SBATCH lines (sbatch reads them from standard input as from a file),
+/// the folder with them: --chdir, --output and --error.
 fn submit(job: &Planned) -> Result<String, Refusal> {
-    let script = format!("{}/job.sbatch", job.folder);
     let mut sbatch = Command::new("sbatch");
-    sbatch.arg("--parsable").arg(&script).stdin(Stdio::null());
+    sbatch
+        .arg("--parsable")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     if job.shared {
         // sbatch passes this to the job, and slurmstepd sets it before it opens
-        // stdout.txt and stderr.txt (0660 then) and starts the script. Given here,
+        // stdout.txt and stderr.txt (0640 then) and starts the script. Given here,
         // not taken from sbatch's own umask, so nothing in the environment changes it.
         sbatch.env("SLURM_UMASK", format!("{:04o}", crate::SHARED_UMASK));
     }
-    let output = sbatch.output().map_err(|e| Refusal {
+    let cannot_run = |e: std::io::Error| Refusal {
         status: 500,
         code: "SLURM_UNAVAILABLE",
         why: format!("cannot run sbatch for job {}: {e}", job.id),
-    })?;
+    };
+    let mut child = sbatch.spawn().map_err(cannot_run)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // sbatch reads the whole script before it says anything, so this write
+        // cannot wait on a full stdout. When sbatch stops early (a broken pipe),
+        // its status and stderr below say why.
+        let _ = stdin.write_all(job.script.as_bytes());
+    }
+    let output = child.wait_with_output().map_err(cannot_run)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {

@@ -163,20 +163,30 @@ fn owned(id: &str, project: &str) -> String {
     )
 }
 
+/// Whether the tests run as root, who alone can make the root-owned folders of a
+/// project drive (as ucloud-project does) or give a folder to someone else.
+fn root() -> bool {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 /// The scratch site with a projects table (`p-1`: the caller a member, with a drive;
-/// `p-2`: someone else's), a setgid project drive and a fake sbatch that records the
-/// umask and SLURM_UMASK it was started with.
+/// `p-2`: someone else's, without one), a setgid project drive with ucloud-project's
+/// `ucloud-jobs` (root's, 3770) and a fake sbatch that records the umask,
+/// SLURM_UMASK and arguments it was started with (sbatch.log) and what it read on
+/// its standard input (stdin.log).
 fn project_site(name: &str) -> Scratch {
     let scratch = Scratch::new(name);
-    for sub in ["projects", "bin", "srv/ucp-p1"] {
+    for sub in ["projects", "bin", "srv/ucp-p1/ucloud-jobs"] {
         std::fs::create_dir_all(scratch.path(sub)).unwrap();
     }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        scratch.path("srv/ucp-p1"),
-        std::fs::Permissions::from_mode(0o2770),
-    )
-    .unwrap();
+    chmod(&scratch.path("srv/ucp-p1"), 0o2770);
+    chmod(&scratch.path("srv/ucp-p1/ucloud-jobs"), 0o3770);
     let drive = scratch.path("srv/ucp-p1").display().to_string();
     std::fs::write(
         scratch.path("projects/table.json"),
@@ -193,18 +203,16 @@ fn project_site(name: &str) -> Scratch {
     )
     .unwrap();
     let log = scratch.path("sbatch.log").display().to_string();
+    let stdin = scratch.path("stdin.log").display().to_string();
     std::fs::write(
         scratch.path("bin/sbatch"),
         format!(
-            "#!/bin/sh\nprintf '%s %s %s\\n' \"$(umask)\" \"${{SLURM_UMASK:-unset}}\" \"$2\" >> '{log}'\necho 4242\n"
+            "#!/bin/sh\nprintf '%s %s %s [%s]\\n' \"$(umask)\" \"${{SLURM_UMASK:-unset}}\" \"$#\" \"$*\" >> '{log}'\n\
+             cat >> '{stdin}'\necho 4242\n"
         ),
     )
     .unwrap();
-    std::fs::set_permissions(
-        scratch.path("bin/sbatch"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    chmod(&scratch.path("bin/sbatch"), 0o755);
     scratch
 }
 
@@ -236,7 +244,11 @@ fn create(scratch: &Scratch, request: &str, projects: Option<&Path>) -> Output {
 }
 
 #[test]
-fn a_project_job_is_made_and_submitted_with_umask_007_in_the_project_drive() {
+fn a_project_job_is_made_and_submitted_with_umask_027_in_the_project_drive() {
+    if !root() {
+        eprintln!("skipped: only root can make a root-owned ucloud-jobs");
+        return;
+    }
     let scratch = project_site("project");
     let projects = scratch.path("projects");
     let out = create(
@@ -250,10 +262,11 @@ fn a_project_job_is_made_and_submitted_with_umask_007_in_the_project_drive() {
         r#"{"responses":[{"id":"u/4242"}]}"#
     );
     let folder = scratch.path("srv/ucp-p1/ucloud-jobs/j1");
-    // The setgid bit comes from the drive: the project's group owns everything in it.
-    assert_eq!(mode(&scratch.path("srv/ucp-p1/ucloud-jobs")), 0o2770);
-    assert_eq!(mode(&folder), 0o2770);
-    assert_eq!(mode(&folder.join("job.sbatch")), 0o660);
+    // The setgid bit comes from ucloud-jobs: the project's group owns everything in
+    // it, and reads but never writes it.
+    assert_eq!(mode(&scratch.path("srv/ucp-p1/ucloud-jobs")), 0o3770);
+    assert_eq!(mode(&folder), 0o2750);
+    assert_eq!(mode(&folder.join("job.sbatch")), 0o640);
     let script = std::fs::read_to_string(folder.join("job.sbatch")).unwrap();
     assert!(
         script.contains("\n#SBATCH --account=ucp-p1_cpu\n"),
@@ -266,12 +279,16 @@ fn a_project_job_is_made_and_submitted_with_umask_007_in_the_project_drive() {
         )),
         "{script}"
     );
+    // sbatch got no path: the script came on its standard input, the one recorded.
     let log = std::fs::read_to_string(scratch.path("sbatch.log")).unwrap();
-    assert_eq!(log, format!("0007 0007 {}/job.sbatch\n", folder.display()));
+    assert_eq!(log, "0027 0027 1 [--parsable]\n");
+    let stdin = std::fs::read_to_string(scratch.path("stdin.log")).unwrap();
+    assert_eq!(stdin, script);
 
     // A personal job of the same caller: the personal account, the home, umask 077,
     // and the job's SLURM_UMASK left as the environment has it (as before).
     std::fs::remove_file(scratch.path("sbatch.log")).unwrap();
+    std::fs::remove_file(scratch.path("stdin.log")).unwrap();
     let out = create(
         &scratch,
         &format!("{{\"items\":[{}]}}", owned("j2", "null")),
@@ -286,7 +303,38 @@ fn a_project_job_is_made_and_submitted_with_umask_007_in_the_project_drive() {
         "{script}"
     );
     let log = std::fs::read_to_string(scratch.path("sbatch.log")).unwrap();
-    assert!(log.starts_with("0077 0000 "), "{log}");
+    assert_eq!(log, "0077 0000 1 [--parsable]\n");
+    assert_eq!(
+        std::fs::read_to_string(scratch.path("stdin.log")).unwrap(),
+        script
+    );
+    assert_eq!(mode(&home.join("job.sbatch")), 0o600);
+}
+
+#[test]
+fn a_project_without_a_drive_keeps_the_job_private_in_the_home() {
+    let scratch = project_site("nodrive");
+    let projects = scratch.path("projects");
+    let table = std::fs::read_to_string(projects.join("table.json")).unwrap();
+    let mut table: serde_json::Value = serde_json::from_str(&table).unwrap();
+    table["projects"]["p-2"]["members"] = serde_json::json!([me()]);
+    std::fs::write(projects.join("table.json"), table.to_string()).unwrap();
+    let out = create(
+        &scratch,
+        &format!("{{\"items\":[{}]}}", owned("j3", "\"p-2\"")),
+        Some(&projects),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let home = scratch.path("home/ucloud-jobs/j3");
+    assert_eq!(mode(&home), 0o700);
+    assert_eq!(mode(&home.join("job.sbatch")), 0o600);
+    let script = std::fs::read_to_string(home.join("job.sbatch")).unwrap();
+    assert!(
+        script.contains("\n#SBATCH --account=ucp-p2_cpu\n"),
+        "{script}"
+    );
+    let log = std::fs::read_to_string(scratch.path("sbatch.log")).unwrap();
+    assert_eq!(log, "0077 0000 1 [--parsable]\n");
 }
 
 #[test]
@@ -311,7 +359,10 @@ fn project_jobs_are_refused_before_anything_is_made() {
         Some(&projects),
     ));
     assert_eq!(unknown["errorCode"], "NOT_ON_SITE", "{unknown}");
-    assert!(!scratch.path("srv/ucp-p1/ucloud-jobs").exists());
+    assert!(std::fs::read_dir(scratch.path("srv/ucp-p1/ucloud-jobs"))
+        .unwrap()
+        .next()
+        .is_none());
     assert!(!scratch.path("sbatch.log").exists());
 
     // No table (a site without projects): project jobs are a clear 400, personal
@@ -346,29 +397,116 @@ fn project_jobs_are_refused_before_anything_is_made() {
     );
 }
 
-#[test]
-fn a_link_in_place_of_the_projects_job_folder_is_refused() {
-    let scratch = project_site("link");
-    let projects = scratch.path("projects");
-    std::fs::create_dir_all(scratch.path("elsewhere")).unwrap();
-    std::os::unix::fs::symlink(
-        scratch.path("elsewhere"),
-        scratch.path("srv/ucp-p1/ucloud-jobs"),
-    )
-    .unwrap();
+/// A project job with `ucloud-jobs` as `prepare` leaves it: refused with 500
+/// JOB_FOLDER saying `says`, nothing made, nothing submitted.
+fn refused_for(name: &str, says: &str, prepare: impl FnOnce(&Scratch, &Path)) {
+    let scratch = project_site(name);
+    let jobs = scratch.path("srv/ucp-p1/ucloud-jobs");
+    prepare(&scratch, &jobs);
     let refused = failure(&create(
         &scratch,
         &format!("{{\"items\":[{}]}}", owned("j1", "\"p-1\"")),
-        Some(&projects),
+        Some(&scratch.path("projects")),
     ));
     assert_eq!(
         (refused["status"].as_u64(), refused["errorCode"].as_str()),
         (Some(500), Some("JOB_FOLDER")),
+        "{name}: {refused}"
+    );
+    let why = refused["why"].as_str().unwrap();
+    assert!(
+        why.starts_with(
+            "the project drive's ucloud-jobs folder is missing or not root's sticky folder; \
+             ucloud-project makes it ("
+        ),
+        "{name}: {why}"
+    );
+    assert!(why.contains(says), "{name}: {why}");
+    assert!(!scratch.path("sbatch.log").exists(), "{name}");
+    // Never made by the member, and nothing made in whatever is there.
+    assert!(!jobs.join("j1").exists(), "{name}");
+    assert!(!scratch.path("elsewhere/j1").exists(), "{name}");
+}
+
+#[test]
+fn the_projects_ucloud_jobs_must_be_roots_sticky_folder() {
+    refused_for("missing", "No such file", |_, jobs| {
+        std::fs::remove_dir(jobs).unwrap()
+    });
+    refused_for("link", "a symbolic link", |scratch, jobs| {
+        // A member's own folder put in its place.
+        std::fs::create_dir_all(scratch.path("elsewhere")).unwrap();
+        chmod(&scratch.path("elsewhere"), 0o3777);
+        std::fs::remove_dir(jobs).unwrap();
+        std::os::unix::fs::symlink(scratch.path("elsewhere"), jobs).unwrap();
+    });
+    refused_for("file", "not a directory", |_, jobs| {
+        std::fs::remove_dir(jobs).unwrap();
+        std::fs::write(jobs, "").unwrap();
+    });
+    refused_for("sticky", "mode 2770, without the sticky bit", |_, jobs| {
+        chmod(jobs, 0o2770)
+    });
+    if root() {
+        refused_for("owner", "owned by uid 65534, not root", |_, jobs| {
+            std::os::unix::fs::chown(jobs, Some(65534), None).unwrap()
+        });
+    }
+}
+
+#[test]
+fn a_folder_another_member_made_first_is_a_409_naming_them() {
+    if !root() {
+        eprintln!("skipped: only root can give a folder to someone else");
+        return;
+    }
+    let scratch = project_site("taken");
+    let taken = scratch.path("srv/ucp-p1/ucloud-jobs/j1");
+    std::fs::create_dir(&taken).unwrap();
+    std::os::unix::fs::chown(&taken, Some(65534), None).unwrap();
+    let refused = failure(&create(
+        &scratch,
+        &format!("{{\"items\":[{}]}}", owned("j1", "\"p-1\"")),
+        Some(&scratch.path("projects")),
+    ));
+    assert_eq!(
+        (refused["status"].as_u64(), refused["errorCode"].as_str()),
+        (Some(409), Some("ALREADY_EXISTS")),
         "{refused}"
     );
-    assert!(std::fs::read_dir(scratch.path("elsewhere"))
-        .unwrap()
-        .next()
-        .is_none());
+    assert!(
+        refused["why"]
+            .as_str()
+            .unwrap()
+            .contains("that is not yours (uid 65534 made it)"),
+        "{refused}"
+    );
     assert!(!scratch.path("sbatch.log").exists());
+    assert!(taken.exists());
+}
+
+#[test]
+fn a_refusing_sbatch_that_reads_nothing_undoes_the_call() {
+    let scratch = Scratch::new("refusing");
+    std::fs::create_dir_all(scratch.path("bin")).unwrap();
+    // Exits before reading its standard input: the write meets a closed pipe, and
+    // Slurm's reason still reaches UCloud.
+    std::fs::write(
+        scratch.path("bin/sbatch"),
+        "#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account' >&2\nexit 1\n",
+    )
+    .unwrap();
+    chmod(&scratch.path("bin/sbatch"), 0o755);
+    let refused = failure(&create(
+        &scratch,
+        &format!("{{\"items\":[{}]}}", owned("j1", "null")),
+        None,
+    ));
+    assert_eq!(
+        (refused["status"].as_u64(), refused["errorCode"].as_str()),
+        (Some(400), Some("SLURM_REFUSED")),
+        "{refused}"
+    );
+    assert_eq!(refused["why"], "Slurm refused job j1: Invalid account");
+    assert!(!scratch.path("home/ucloud-jobs/j1").exists());
 }
