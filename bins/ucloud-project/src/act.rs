@@ -989,7 +989,7 @@ fn execute(env: &mut Env, state: &mut State, action: Action) -> bool {
             if !state.groups.contains_key(&group) {
                 return refuse_names(env, state, "make-drive", &path, "the group is not recorded");
             }
-            let fields = json!({"group": group, "gid": gid, "path": path, "mode": "2770"});
+            let fields = json!({"group": group, "gid": gid, "path": path, "mode": "3770"});
             // Only once NSS has the group with that gid (its groupadd may have failed,
             // or a hook's directory not show it yet): a drive must never go to a gid
             // that is nobody's, or that another group may take.

@@ -1,5 +1,5 @@
 //! Project drives: `<project_base>/<group>`, a directory owned by root and the
-//! project's group, mode 02770 (setgid, so what members make there is the
+//! project's group, mode 03770 (setgid, so what members make there is the
 //! group's; nothing for others). Made once, whole or not at all: under a
 //! temporary name, given its owner and mode while still empty and unreachable,
 //! then renamed into place without replacing anything. An existing one is only
@@ -17,7 +17,9 @@ use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
 use nix::unistd::{fchown, unlinkat, Gid, Uid, UnlinkatFlags};
 use std::os::fd::OwnedFd;
 
-pub const MODE: u32 = 0o2770;
+/// Sticky too: members may not rename or remove what others made at its top,
+/// `ucloud-jobs` among it (a job queued in Slurm finds its folder by path).
+pub const MODE: u32 = 0o3770;
 pub const JOBS: &str = "ucloud-jobs";
 pub const JOBS_MODE: u32 = 0o3770;
 
