@@ -255,7 +255,8 @@ configure_site() {
     # UCloud projects, with their drives under a directory the admin makes.
     ct_exec install -d -o root -g root -m 0755 "$SUITE_PROJECT_BASE" || return 1
     printf '%s\n' "project_prefix = ucp-" "project_gid_min = 200000" "project_gid_max = 200999" \
-        "project_base = $SUITE_PROJECT_BASE" >>"$(ct_path "$etc/site.conf")" || return 1
+        "project_base = $SUITE_PROJECT_BASE" "slurm_default_account = ucloud" >>"$(ct_path "$etc/site.conf")" ||
+        return 1
     # The people: accounts from the normal uid range, with homes.
     ct_exec useradd --create-home --user-group --shell /bin/bash "$SUITE_ALICE_LOCAL" || return 1
     ct_exec useradd --create-home --user-group --shell /bin/bash "$SUITE_BOB_LOCAL" || return 1

@@ -411,6 +411,14 @@ impl SiteConfig {
             return Err(err(0, "min_uid must be above 0"));
         }
         if !project.prefix.is_empty() {
+            if project.slurm_default_account.is_empty() {
+                return Err(err(
+                    0,
+                    "project_prefix needs slurm_default_account: without it a user's first Slurm \
+                     association could be a project's account, and Slurm would charge their \
+                     personal jobs to the project",
+                ));
+            }
             if project.gid_min == 0 || project.gid_max < project.gid_min {
                 return Err(err(
                     0,
@@ -488,6 +496,7 @@ mod tests {
             "project_prefix = ucp\nproject_gid_min = 3000\nproject_gid_max = 4000\nproject_base = /a/../etc\n",
             "project_prefix = ucp\nproject_gid_min = 3000\nproject_gid_max = 4000\nslurm_default_account = Root Acct\n",
             "project_prefix = ucp\nproject_gid_min = 3000\nproject_gid_max = 4000\nslurm_locked = maybe\n",
+            "project_prefix = ucp\nproject_gid_min = 3000\nproject_gid_max = 4000\n",
             "project_base = /work/projects\n",
         ] {
             assert!(SiteConfig::parse(&format!("{MINIMAL}{bad}")).is_err(), "{bad}");
