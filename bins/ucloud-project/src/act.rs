@@ -230,6 +230,23 @@ pub fn reconcile(env: &mut Env, state: &mut State, scope: &Scope) -> Result<usiz
     }
     let slurm_ok = slurm.is_some();
     let slurm = slurm.unwrap_or_default();
+    // Accounts Slurm shows under ours that this program never made: sub-accounts a
+    // coordinator (a project's PI or admin) added. Never changed (not ours); said,
+    // since their users run on the project's allocation (the parent's limits bind
+    // them) without being its members here.
+    for stray in slurm.assocs.keys().filter(|a| !names.contains(a)) {
+        let users: Vec<&String> = slurm.assocs[stray].users.keys().collect();
+        let why = "a sub-account under a project's Slurm account that ucloud-project did not make (a coordinator's): left alone; its jobs count against the project's limits";
+        note(
+            env.audit,
+            state,
+            "sub-account",
+            stray,
+            "refused",
+            json!({"account": stray, "users": users, "why": why}),
+            why,
+        );
+    }
     // An account whose usage Slurm did not give keeps its limit until it does.
     let no_usage: Vec<&String> = usage
         .iter()
@@ -1389,6 +1406,7 @@ mod tests {
                     "assoc",
                     "where",
                     &format!("accounts=ucloud,{A}"),
+                    "withsubaccounts",
                     "format=Account,User,GrpTRESMins,GrpSubmit,GrpJobs,MaxSubmit"
                 ]),
                 strings(&[
@@ -1483,6 +1501,25 @@ mod tests {
         let audit = run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
         assert_eq!(fake.calls.len(), 2, "{:?}", fake.calls);
         assert!(audit.is_empty(), "{audit:?}");
+        // A coordinator made a sub-account under the project's: said, left alone.
+        let mut fake = Fake::new(|argv| {
+            match argv.get(3).map(String::as_str) {
+            Some("assoc") => Output::ok(&format!("ucloud|||||\nucloud|alice||||\nucloud|bob||||\n{A}||cpu=5400|||\n{A}|alice||||\n{A}|bob||||\nside|||||\nside|carol||||\n")),
+            Some("account") => Output::ok(&format!("ucloud|\n{A}|alice\n")),
+            _ => Output::ok(""),
+        }
+        });
+        let audit = run(&mut fake, &config(""), &dirs, &[(G, 200001)], &mut state);
+        assert_eq!(
+            fake.calls.len(),
+            2,
+            "nothing is done to it: {:?}",
+            fake.calls
+        );
+        assert_eq!(audit.len(), 1, "{audit:?}");
+        assert_eq!(audit[0]["action"], "sub-account");
+        assert_eq!(audit[0]["decision"], "refused");
+        assert_eq!(audit[0]["users"], json!(["carol"]));
     }
 
     /// The outbox's queue, as (method, path, body, reply tag).

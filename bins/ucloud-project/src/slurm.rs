@@ -75,6 +75,8 @@ pub fn remove_coordinators(account: &str, users: &[String]) -> Vec<String> {
 pub fn show_assocs(names: &[String]) -> Vec<String> {
     let mut argv = s(&["sacctmgr", "-nP", "show", "assoc", "where"]);
     argv.push(format!("accounts={}", names.join(",")));
+    // Sub-accounts too: a coordinator (a project's PI or admin) could make one.
+    argv.push("withsubaccounts".into());
     argv.push("format=Account,User,GrpTRESMins,GrpSubmit,GrpJobs,MaxSubmit".into());
     argv
 }
