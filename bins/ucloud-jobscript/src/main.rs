@@ -22,6 +22,7 @@
 //! the 5 the chain may add to sbatch. See ucloud-jobscript(8) and ucloud-im-jobs(7).
 #![forbid(unsafe_code)]
 
+mod plain;
 mod projects;
 mod render;
 mod submit;
@@ -380,26 +381,11 @@ fn run(args: &Args) -> Result<Vec<Planned>, Refusal> {
     Ok(jobs)
 }
 
-/// The umask a job in a project drive is made and submitted with: the project's
-/// members (its group) may read the job's folder, script and output but write
-/// none of them, so that no member can change what another member's job runs or
-/// where it writes; others get nothing.
-pub(crate) const SHARED_UMASK: u32 = 0o027;
-
 /// The umask the program was started with (the dispatcher's 077).
 fn own_umask() -> FileMode {
     let own = umask(FileMode::from_bits_truncate(0o077));
     umask(own);
     own
-}
-
-/// Sets the umask for one job's files and its sbatch; the previous one.
-pub(crate) fn umask_for(shared: bool, own: FileMode) -> FileMode {
-    umask(if shared {
-        FileMode::from_bits_truncate(SHARED_UMASK)
-    } else {
-        own
-    })
 }
 
 /// Each job's folder with its job.sbatch, all or none: a folder that already exists
@@ -417,7 +403,7 @@ fn make_folders(jobs: &[Planned], own: FileMode) -> Result<(), Refusal> {
 fn make_folders_under(jobs: &[Planned], own: FileMode) -> Result<(), Refusal> {
     let mut made: Vec<&Path> = Vec::new();
     for job in jobs {
-        umask_for(job.shared, own);
+        submit::umask_for(job.shared, own);
         let result = if job.shared {
             make_in_project_drive(job, &mut made)
         } else {

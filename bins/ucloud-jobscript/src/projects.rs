@@ -12,7 +12,7 @@
 //!  "users":{"<local user>":{"accounts":{"<category>":"<account>"}}}}
 //! ```
 
-use crate::render::{is_plain_base, is_slurm_name, tojson, Refusal};
+use crate::plain::{is_plain_base, is_slurm_name, tojson, Refusal};
 use serde_json::Value;
 
 /// What the owner of a job changes about it.

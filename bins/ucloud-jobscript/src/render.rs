@@ -3,6 +3,8 @@
 //! single-quoted in the script (or refused); only the site's own names (partition,
 //! account, QoS, checked to be plain) and numbers go into `#SBATCH` lines unquoted.
 
+pub use crate::plain::Refusal;
+use crate::plain::{has_dot_component, is_plain_base, is_slurm_name, tojson};
 use crate::projects::{self, Workspace};
 use serde_json::{Map, Value};
 use ucloud_wire::record::Drive;
@@ -34,14 +36,6 @@ pub struct Planned {
     /// drive's root-owned sticky `ucloud-jobs`, with umask 027, and submitted with
     /// `SLURM_UMASK=0027`.
     pub shared: bool,
-}
-
-/// Why the request is refused: UCloud gets this status, code and why.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub code: &'static str,
-    pub why: String,
 }
 
 fn bad_job(why: String) -> Refusal {
@@ -100,19 +94,6 @@ pub fn plan(request: &Value, site: &Site) -> Result<Vec<Planned>, Refusal> {
         .collect()
 }
 
-/// `^/[A-Za-z0-9/._+-]*$` with no `.` or `..` component.
-pub fn is_plain_base(base: &str) -> bool {
-    base.starts_with('/')
-        && base
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._+-".contains(&b))
-        && !has_dot_component(base)
-}
-
-fn has_dot_component(path: &str) -> bool {
-    path.split('/').any(|c| c == "." || c == "..")
-}
-
 fn is_job_id(id: &str) -> bool {
     let mut bytes = id.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -126,18 +107,6 @@ fn is_env_name(name: &str) -> bool {
         .next()
         .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
-}
-
-pub fn is_slurm_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
-/// A value as JSON text, for messages.
-pub fn tojson(v: &Value) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }
 
 /// A value as text: strings as they are, whole numbers without a fraction, the

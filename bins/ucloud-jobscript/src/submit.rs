@@ -5,9 +5,25 @@
 //! removed, and what could not be undone is named in the why.
 
 use crate::render::{Planned, Refusal};
+use nix::sys::stat::Mode as FileMode;
 use nix::sys::stat::{umask, Mode};
 use std::io::Write;
 use std::process::{Command, Stdio};
+
+/// The umask a job in a project drive is made and submitted with: the project's
+/// members (its group) may read the job's folder, script and output but write
+/// none of them, so that no member can change what another member's job runs or
+/// where it writes; others get nothing.
+pub(crate) const SHARED_UMASK: u32 = 0o027;
+
+/// Sets the umask for one job's files and its sbatch; the previous one.
+pub(crate) fn umask_for(shared: bool, own: FileMode) -> FileMode {
+    umask(if shared {
+        FileMode::from_bits_truncate(SHARED_UMASK)
+    } else {
+        own
+    })
+}
 
 /// The bulk answer, `{"responses":[{"id":"USER/SLURMID"},...]}`, or the failure
 /// (after the rollback). `own` is the umask the program was started with: a
@@ -22,7 +38,7 @@ fn submit_under(jobs: &[Planned], user: &str, own: Mode) -> Result<String, Refus
     let mut submitted: Vec<String> = Vec::new();
     let mut responses = Vec::new();
     for job in jobs {
-        crate::umask_for(job.shared, own);
+        umask_for(job.shared, own);
         match submit(job) {
             Ok(slurm_id) => {
                 responses.push(serde_json::json!({ "id": format!("{user}/{slurm_id}") }));
@@ -55,7 +71,7 @@ fn submit(job: &Planned) -> Result<String, Refusal> {
         // sbatch passes this to the job, and slurmstepd sets it before it opens
         // stdout.txt and stderr.txt (0640 then) and starts the script. Given here,
         // not taken from sbatch's own umask, so nothing in the environment changes it.
-        sbatch.env("SLURM_UMASK", format!("{:04o}", crate::SHARED_UMASK));
+        sbatch.env("SLURM_UMASK", format!("{:04o}", SHARED_UMASK));
     }
     let cannot_run = |e: std::io::Error| Refusal {
         status: 500,

@@ -5,7 +5,7 @@
 //! ours that the next run would take for someone else's.
 
 use crate::event;
-use crate::plan::{self, Action, Categories, DriveCheck, Person, Scope};
+use crate::plan::{self, Action, Categories, DriveCheck, Scope};
 use crate::register;
 use crate::runner::Runner;
 use crate::slurm::{self, Slurm, CHUNK};
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use ucloud_wire::config::{is_slurm_name, ProjectConfig};
-use ucloud_wire::names::{DriveId, LocalName, UcloudName};
+use ucloud_wire::names::{DriveId, LocalName};
 use ucloud_wire::record::Drive;
 
 /// Events folded per run at most; the rest wait for the next (the path unit
@@ -32,7 +32,7 @@ pub struct Env<'a> {
     pub dir: PathBuf,
     pub runner: &'a mut dyn Runner,
     /// The mapped users, and whether that answer is complete (`site::people`).
-    pub people: &'a dyn Fn(&Scope) -> (BTreeMap<UcloudName, Person>, bool),
+    pub people: &'a dyn Fn(&Scope) -> crate::site::People,
     pub group_gid: &'a dyn Fn(&str) -> Option<u32>,
     pub gid_taken: &'a dyn Fn(u32) -> bool,
     pub group_members: &'a dyn Fn(&str) -> Option<Vec<String>>,
@@ -1217,11 +1217,13 @@ impl Write for AuditOut {
 mod tests {
     use super::*;
     use crate::plan::Category;
+    use crate::plan::Person;
     use crate::runner::fake::Fake;
     use crate::runner::Output;
     use crate::state::{LimitRec, Member, Owner, Project, Role, Wallet};
     use std::collections::BTreeSet;
     use ucloud_wire::config::LockedLimit;
+    use ucloud_wire::names::UcloudName;
 
     const P1: &str = "5d3c7a6e-2f4b-4c1d-9e8f-0a1b2c3d4e5f";
     const G: &str = "ucp-5d3c7a6e2f";

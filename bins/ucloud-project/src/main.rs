@@ -211,7 +211,7 @@ impl Site {
     fn env<'a>(
         &'a self,
         runner: &'a mut dyn runner::Runner,
-        people: &'a dyn Fn(&Scope) -> (std::collections::BTreeMap<UcloudName, plan::Person>, bool),
+        people: &'a dyn Fn(&Scope) -> site::People,
         audit: &'a mut dyn std::io::Write,
     ) -> act::Env<'a> {
         act::Env {

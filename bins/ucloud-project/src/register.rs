@@ -221,11 +221,11 @@ impl Outbox {
     /// A reply, once the sender stored it. The sender's account writes it:
     /// never followed through a link, size-capped, parsed as any input.
     pub fn reply(&self, tag: &str) -> Option<Result<Value, String>> {
-        self.from_sender(&self.reply_path(tag))
+        self.read_senders(&self.reply_path(tag))
     }
 
     /// A file the sender wrote, or an error naming who else did.
-    fn from_sender(&self, path: &Path) -> Option<Result<Value, String>> {
+    fn read_senders(&self, path: &Path) -> Option<Result<Value, String>> {
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::symlink_metadata(path).ok()?.uid();
         if Some(owner) != self.sender {
@@ -250,7 +250,7 @@ impl Outbox {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(Ok(v)) = self.from_sender(&path) else {
+            let Some(Ok(v)) = self.read_senders(&path) else {
                 continue;
             };
             if let Some(tag) = v["reply"].as_str() {

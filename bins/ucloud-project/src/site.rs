@@ -103,15 +103,14 @@ pub fn person(
     }))
 }
 
+/// The mapped users, and whether that is all of them for sure ([`people`]).
+pub type People = (BTreeMap<UcloudName, Person>, bool);
+
 /// The mapped users a run considers: all of the store's, or the one of `--mapped`;
 /// and whether the answer is complete. A store that cannot be listed, a record that
 /// cannot be read or an account NSS could not look up (an LDAP hiccup) makes it
 /// incomplete: then nobody may be taken for unmapped, and the run removes nothing.
-pub fn people(
-    config: &SiteConfig,
-    mappings: &Path,
-    scope: &Scope,
-) -> (BTreeMap<UcloudName, Person>, bool) {
+pub fn people(config: &SiteConfig, mappings: &Path, scope: &Scope) -> People {
     let own = own(config);
     let mut complete = true;
     let names: Vec<UcloudName> = match scope {

@@ -12,7 +12,7 @@
 //! stuck message holds up no report.
 
 use crate::error::SendError;
-use crate::tokens::Tokens;
+use crate::tokens::{excerpt, Tokens};
 use serde_json::{json, Value};
 use std::fs::{self, File};
 use std::io::Write;
@@ -75,12 +75,6 @@ fn remove_delivered(path: &Path) -> Result<(), SendError> {
             path.display()
         ))),
     })
-}
-
-pub(crate) fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
-    line
 }
 
 /// Writes `bytes` to `dir/name` through `tmp/` and a rename, so that readers never

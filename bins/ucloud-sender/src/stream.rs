@@ -435,7 +435,7 @@ impl<'a> Session<'a> {
                             "UCloud closed the stream ({}{}{})",
                             code.map_or("no code".to_string(), |c| c.to_string()),
                             if reason.is_empty() { "" } else { ": " },
-                            crate::deliver::excerpt(reason.as_bytes())
+                            crate::tokens::excerpt(reason.as_bytes())
                         ));
                     }
                 }
@@ -631,14 +631,14 @@ fn check_upgrade(head: &[u8], body: &[u8], key: &str) -> Result<(), String> {
     {
         return Err(format!(
             "not an HTTP answer to the upgrade request: {}",
-            crate::deliver::excerpt(status_line.as_bytes())
+            crate::tokens::excerpt(status_line.as_bytes())
         ));
     }
     if code != "101" {
         return Err(format!(
             "UCloud answered {code} {} instead of switching to a WebSocket at {PATH}: {}",
-            crate::deliver::excerpt(parts.next().unwrap_or_default().as_bytes()),
-            crate::deliver::excerpt(&body[..body.len().min(300)])
+            crate::tokens::excerpt(parts.next().unwrap_or_default().as_bytes()),
+            crate::tokens::excerpt(&body[..body.len().min(300)])
         ));
     }
     let mut upgrade = false;
@@ -648,7 +648,7 @@ fn check_upgrade(head: &[u8], body: &[u8], key: &str) -> Result<(), String> {
         let Some((name, value)) = line.split_once(':') else {
             return Err(format!(
                 "a malformed header line in the upgrade's answer: {}",
-                crate::deliver::excerpt(line.as_bytes())
+                crate::tokens::excerpt(line.as_bytes())
             ));
         };
         let has = |token: &str| {

@@ -75,7 +75,7 @@ impl Tokens {
             return Err(format!(
                 "UCloud answered {} to the token refresh: {}",
                 response.status,
-                crate::deliver::excerpt(&response.body)
+                excerpt(&response.body)
             ));
         }
         let token = serde_json::from_slice::<Value>(&response.body)
@@ -86,6 +86,13 @@ impl Tokens {
         self.access = Some((token.clone(), exp));
         Ok(token)
     }
+}
+
+/// At most 300 characters of an answer, on one line, for a log line.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line: String = text.chars().filter(|c| !c.is_control()).take(300).collect();
+    line
 }
 
 #[cfg(test)]

@@ -296,7 +296,7 @@ impl Sim {
         let original: Value = serde_json::from_slice(body)
             .map_err(|e| fail(400, "BAD_REQUEST", format!("body is not JSON: {e}")))?;
         store.put_job(&original).map_err(internal)?;
-        usage::know(
+        crate::owners::know(
             &store,
             job["owner"]["createdBy"].as_str(),
             job["owner"]["project"].as_str(),
@@ -937,7 +937,7 @@ fn connection(store: &Store, body: &[u8], connect: bool) -> Result<Answer, Answe
     state["connected"] = json!(connected);
     store.write("connections.json", &state).map_err(internal)?;
     if connect {
-        usage::know(store, Some(&user), None)?;
+        crate::owners::know(store, Some(&user), None)?;
     }
     Ok(ok(json!({})))
 }

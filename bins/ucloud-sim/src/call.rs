@@ -6,7 +6,7 @@
 use crate::answer::{fail, Answer};
 use crate::error::SimError;
 use crate::store::Store;
-use crate::{api, gojson, gotypes, projects, query, shares, support, usage};
+use crate::{api, gojson, gotypes, projects, query, shares, support};
 use serde_json::{json, Value};
 use std::io::Read;
 use std::path::Path;
@@ -99,7 +99,7 @@ fn remember_jobs(
         }
         store.put_job(&job)?;
         let project = decoded["owner"]["project"].as_str();
-        usage::know(store, job["owner"]["createdBy"].as_str(), project)
+        crate::owners::know(store, job["owner"]["createdBy"].as_str(), project)
             .map_err(|a| SimError::Setup(a.refused.unwrap_or_default()))?;
     }
     Ok(())

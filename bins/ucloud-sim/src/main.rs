@@ -14,6 +14,7 @@ mod gojson;
 mod gopath;
 mod gotypes;
 mod notify;
+mod owners;
 mod projects;
 mod provider;
 mod query;

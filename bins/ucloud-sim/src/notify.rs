@@ -26,7 +26,6 @@
 
 use crate::projects::{self, Change, Wallet};
 use crate::store::Store;
-use crate::usage;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -270,7 +269,7 @@ fn replay(cx: &Context<'_>, from_ms: i64) -> Vec<Change> {
 /// does not know.
 fn replay_user(cx: &Context<'_>, user: &str) -> Vec<Change> {
     let store = cx.store();
-    let known = usage::knows_user(&store, user).unwrap_or(false);
+    let known = crate::owners::knows_user(&store, user).unwrap_or(false);
     let member_of = projects::projects_of(&store, user).unwrap_or_default();
     if !known && member_of.is_empty() {
         return Vec::new();

@@ -3,11 +3,11 @@
 //! has members with roles (exactly one PI); an allocation gives a user or a
 //! project a quota in one of the provider's product categories; a wallet is an
 //! owner's view of one category: its quota (the sum of its active allocations),
-//! its usage (charged by [`crate::usage`]), locked when the usage has reached the
+//! its usage (charged by usage.rs), locked when the usage has reached the
 //! quota (the core sends `locked` for `MaxUsable == 0`), and when it last changed.
 //!
 //! Every change names what it touched as a [`Change`], which the server hands to
-//! the open notification streams ([`crate::notify`]); the stream looks the
+//! the open notification streams (the notification streams (notify.rs)); the stream looks the
 //! current state up when it sends, as the core does.
 //!
 //! ```text
@@ -24,7 +24,6 @@
 use crate::answer::{fail, internal, ok, Answer};
 use crate::catalogue;
 use crate::store::Store;
-use crate::usage;
 use serde_json::{json, Map, Value};
 use ucloud_wire::names::UcloudName;
 
@@ -166,9 +165,9 @@ pub fn create(store: &Store, body: &[u8], changes: &mut Vec<Change>) -> Result<A
     });
     store.write(PROJECTS, &state).map_err(internal)?;
     for m in &members {
-        usage::know(store, m["username"].as_str(), None)?;
+        crate::owners::know(store, m["username"].as_str(), None)?;
     }
-    usage::know(store, None, Some(&id))?;
+    crate::owners::know(store, None, Some(&id))?;
     changes.push(Change::Project(id.clone()));
     Ok(ok(json!({"id": id})))
 }
@@ -214,7 +213,7 @@ pub fn set_member(
     p["members"] = json!(members);
     p["modifiedAt"] = json!(now().max(p["modifiedAt"].as_i64().unwrap_or(0) + 1));
     store.write(PROJECTS, &state).map_err(internal)?;
-    usage::know(store, Some(&name), None)?;
+    crate::owners::know(store, Some(&name), None)?;
     changes.push(Change::Project(id.to_string()));
     Ok(ok(json!({})))
 }
@@ -355,7 +354,7 @@ fn owner_of(store: &Store, owner: &Value) -> Result<Value, Answer> {
     match owner["type"].as_str() {
         Some("user") => {
             let name = username(&owner["username"], "owner.username")?;
-            if !usage::knows_user(store, &name)? {
+            if !crate::owners::knows_user(store, &name)? {
                 return Err(fail(404, "NOT_FOUND", format!("unknown user {name:?}")));
             }
             Ok(json!({"type": "user", "username": name}))

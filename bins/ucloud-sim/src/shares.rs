@@ -19,13 +19,13 @@
 //! A drive's ACL is its `acl` in `drives.json`.
 
 use crate::answer::{fail, internal, ok, Answer};
+use crate::catalogue;
 use crate::gojson::{self, Ty};
 use crate::gopath;
 use crate::gotypes;
 use crate::gotypes::{resource_id, RESOURCE_FLAGS};
 use crate::query;
 use crate::store::Store;
-use crate::{catalogue, usage};
 use serde_json::{json, Value};
 
 const FILE: &str = "shares.json";
@@ -199,7 +199,7 @@ fn update_drive_acl(
 ) -> Result<(), Answer> {
     for entry in added {
         let username = entry["entity"]["username"].as_str().unwrap_or_default();
-        if !usage::knows_user(store, username)? {
+        if !crate::owners::knows_user(store, username)? {
             return Err(forbidden("Bad ACL update supplied"));
         }
     }
@@ -256,7 +256,7 @@ pub fn prepare(store: &Store, body: &[u8]) -> Result<Pending, Answer> {
     if recipient == sharer {
         return Err(forbidden("You cannot share a file with yourself"));
     }
-    if !usage::knows_user(store, recipient)? {
+    if !crate::owners::knows_user(store, recipient)? {
         return Err(forbidden("Cannot share this file with that user"));
     }
     // `ResourceRetrieveEx` with ADMIN: the sharer's own drive, outside a project

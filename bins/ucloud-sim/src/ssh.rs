@@ -30,7 +30,6 @@ use crate::answer::{fail, internal, ok, Answer};
 use crate::catalogue;
 use crate::gojson::{self, Ty};
 use crate::store::Store;
-use crate::usage;
 use serde_json::{json, Value};
 
 const FILE: &str = "ssh.json";
@@ -101,7 +100,7 @@ pub fn add(store: &Store, provider: &str, body: &[u8]) -> Result<Notice, Answer>
         "key": key,
     });
     store.write(FILE, &state).map_err(internal)?;
-    usage::know(store, Some(&user), None)?;
+    crate::owners::know(store, Some(&user), None)?;
     Ok(Notice {
         id: Some(id),
         update: update(store, provider, &state, &user)?,

@@ -41,43 +41,6 @@ fn load(store: &Store, file: &str) -> Result<Value, Answer> {
         .unwrap_or_else(|| json!({})))
 }
 
-/// Records users and projects UCloud knows (a job's owner, a connected user).
-pub fn know(store: &Store, user: Option<&str>, project: Option<&str>) -> Result<(), Answer> {
-    for (kind, name) in [("user", user), ("project", project)] {
-        let Some(name) = name.filter(|n| !n.is_empty()) else {
-            continue;
-        };
-        let file = Store::owner_file(kind, name);
-        if store.read(&file).map_err(internal)?.is_none() {
-            store.ensure_dir("owners").map_err(internal)?;
-            store.write(&file, &json!(name)).map_err(internal)?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether UCloud knows the user (`rpc.LookupActor` finds them).
-pub fn knows_user(store: &Store, name: &str) -> Result<bool, Answer> {
-    known(store, &json!({"type": "user", "username": name}))
-}
-
-/// `validateOwner`: by the owner's type, a user or a project UCloud knows.
-fn known(store: &Store, owner: &Value) -> Result<bool, Answer> {
-    let (kind, name) = match owner["type"].as_str() {
-        Some("user") => ("user", &owner["username"]),
-        Some("project") => ("project", &owner["projectId"]),
-        _ => return Ok(false),
-    };
-    let name = name.as_str().unwrap_or_default();
-    if name.is_empty() {
-        return Ok(false);
-    }
-    Ok(store
-        .read(&Store::owner_file(kind, name))
-        .map_err(internal)?
-        .is_some())
-}
-
 /// `WalletOwner.Reference()`.
 fn reference(owner: &Value) -> String {
     match owner["projectId"].as_str() {
@@ -142,7 +105,7 @@ fn apply(
     let Some(category) = catalogue::category(store, provider, category_name)? else {
         return Err(fail(403, "FORBIDDEN", "This category does not exist"));
     };
-    if !known(store, &item["owner"])? {
+    if !crate::owners::known(store, &item["owner"])? {
         return Err(fail(403, "FORBIDDEN", "This user/project does not exist"));
     }
     let usage = number(item, "usage");
@@ -235,6 +198,113 @@ mod tests {
         dir
     }
 
+    // A project's wallet, charged through reports (projects.rs is the other half).
+    fn run(a: Result<Answer, Answer>) -> (u16, Value) {
+        let a = a.unwrap_or_else(|a| a);
+        (a.status, a.body)
+    }
+
+    fn new_project(store: &Store, members: Value) -> String {
+        let body = json!({"title": "Climate", "members": members}).to_string();
+        let (status, v) = run(projects::create(store, body.as_bytes(), &mut Vec::new()));
+        assert_eq!(status, 200, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    fn pi_and_user() -> Value {
+        json!([{"username": "A#1", "role": "PI"}, {"username": "B#2", "role": "USER"}])
+    }
+
+    fn alloc(store: &Store, owner: Value, category: &str, quota: Value) -> (u16, Value) {
+        let body = json!({"owner": owner, "category": {"name": category, "provider": "hpc"}, "quota": quota});
+        run(projects::allocate(
+            store,
+            "hpc",
+            body.to_string().as_bytes(),
+            &mut Vec::new(),
+        ))
+    }
+
+    fn charge(store: &Store, owner: Value, n: i64) -> (u16, Value, Vec<projects::Change>) {
+        let body = json!({"items": [{"isDeltaCharge": true, "owner": owner,
+            "categoryIdV2": {"name": "cpu", "provider": "hpc"}, "usage": n}]});
+        let mut changes = Vec::new();
+        let (status, v) = run(report(
+            store,
+            "hpc",
+            body.to_string().as_bytes(),
+            &mut changes,
+        ));
+        (status, v, changes)
+    }
+
+    #[test]
+    fn a_wallet_locks_when_usage_reaches_its_quota_and_ends_with_its_project() {
+        let (dir, store) = setup("lock");
+        let id = new_project(&store, pi_and_user());
+        let owner = json!({"type": "project", "projectId": id});
+        alloc(&store, owner.clone(), "cpu", json!(10));
+        let before = projects::wallet(&store, "hpc", "cpu", &id)
+            .unwrap()
+            .unwrap();
+        let (status, v, changes) = charge(&store, owner.clone(), 9);
+        assert_eq!((status, v), (200, json!({"responses": [true]})));
+        assert_eq!(
+            changes,
+            [projects::Change::Wallet {
+                category: "cpu".into(),
+                owner: id.clone()
+            }]
+        );
+        let w = projects::wallet(&store, "hpc", "cpu", &id)
+            .unwrap()
+            .unwrap();
+        assert_eq!((w.usage, w.locked), (9, false));
+        assert!(w.updated_ms > before.updated_ms);
+        // Reaching the quota locks: the core answers false, no error.
+        let (_, v, _) = charge(&store, owner.clone(), 1);
+        assert_eq!(v, json!({"responses": [false]}));
+        assert!(
+            projects::wallet(&store, "hpc", "cpu", &id)
+                .unwrap()
+                .unwrap()
+                .locked
+        );
+        // A new allocation unlocks.
+        alloc(&store, owner.clone(), "cpu", json!(5));
+        assert!(
+            !projects::wallet(&store, "hpc", "cpu", &id)
+                .unwrap()
+                .unwrap()
+                .locked
+        );
+        // A report that charges nothing changes no wallet.
+        assert!(charge(&store, owner.clone(), 0).2.is_empty());
+
+        // The project leaves the site: its allocations end, its wallet locks at quota 0.
+        let mut changes = Vec::new();
+        assert_eq!(run(projects::end(&store, &id, &mut changes)).0, 200);
+        assert_eq!(changes.len(), 1);
+        let w = projects::wallet(&store, "hpc", "cpu", &id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (w.quota, w.locked, w.active, w.allocated),
+            (0, true, false, true)
+        );
+        assert!(!projects::active_here(&store, &id).unwrap());
+        assert!(
+            projects::project_json(&store, &id).unwrap().is_some(),
+            "the project stays"
+        );
+        // Ending again changes nothing; an unknown project is 404.
+        let mut changes = Vec::new();
+        assert_eq!(run(projects::end(&store, &id, &mut changes)).0, 200);
+        assert!(changes.is_empty());
+        assert_eq!(run(projects::end(&store, "nope", &mut changes)).0, 404);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     fn setup(name: &str) -> (PathBuf, Store) {
         let dir = scratch(name);
         let (store, _) = Store::init(&dir, "hpc").unwrap();
@@ -244,7 +314,7 @@ mod tests {
         };
         let body = json!({"items": [product("c1", "cpu", false), product("f1", "free", true)]});
         catalogue::create(&store, "hpc", body.to_string().as_bytes()).unwrap();
-        know(&store, Some("A#1"), Some("p-1")).unwrap();
+        crate::owners::know(&store, Some("A#1"), Some("p-1")).unwrap();
         (dir, store)
     }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::catalogue;
+use crate::{catalogue, usage};
 use serde_json::{json, Value};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ fn setup(name: &str) -> (PathBuf, Mutex<Store>) {
     };
     let body = json!({"items": [product("c1", "cpu", false), product("f1", "free", true)]});
     catalogue::create(&store, "hpc", body.to_string().as_bytes()).unwrap();
-    usage::know(&store, Some("A#1"), None).unwrap();
+    crate::owners::know(&store, Some("A#1"), None).unwrap();
     (dir, Mutex::new(store))
 }
 

@@ -11,7 +11,7 @@ fn setup(name: &str) -> (PathBuf, Store) {
     };
     let body = json!({"items": [product("c1", "cpu", false), product("f1", "free", true)]});
     catalogue::create(&store, "hpc", body.to_string().as_bytes()).unwrap();
-    usage::know(&store, Some("A#1"), None).unwrap();
+    crate::owners::know(&store, Some("A#1"), None).unwrap();
     (dir, store)
 }
 
@@ -84,7 +84,7 @@ fn projects_take_one_pi_and_valid_names_only() {
     assert_eq!(&id[14..15], "4", "a version 4 UUID");
     assert_eq!(changes, [Change::Project(id.to_string())]);
     // Members are users UCloud knows, the project an owner it knows.
-    assert!(usage::knows_user(&store, "B#2").unwrap());
+    assert!(crate::owners::knows_user(&store, "B#2").unwrap());
     let (p, _) = project_json(&store, id).unwrap().unwrap();
     assert_eq!(p["specification"]["title"], "Climate");
     assert_eq!(
@@ -145,7 +145,7 @@ fn members_change_roles_and_the_pi_stays() {
     );
     assert_eq!(changes, [Change::Project(id.clone())]);
     assert!(modified(&store) > first);
-    assert!(usage::knows_user(&store, "C#3").unwrap());
+    assert!(crate::owners::knows_user(&store, "C#3").unwrap());
     // A new PI takes over; the old one becomes an admin.
     set(json!({"username": "B#2", "role": "PI"}), &mut changes);
     assert_eq!(role_of(&store, &id, "B#2").unwrap().as_deref(), Some("PI"));
@@ -270,70 +270,6 @@ fn allocations_need_a_known_owner_and_a_category_of_the_provider() {
     assert!(w.updated_ms > 0);
     assert_eq!(w.category["accountingUnit"]["name"], "Core");
     assert!(active_here(&store, &id).unwrap());
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
-fn report(store: &Store, owner: Value, n: i64) -> (u16, Value, Vec<Change>) {
-    let body = json!({"items": [{"isDeltaCharge": true, "owner": owner,
-        "categoryIdV2": {"name": "cpu", "provider": "hpc"}, "usage": n}]});
-    let mut changes = Vec::new();
-    let (status, v) = run(usage::report(
-        store,
-        "hpc",
-        body.to_string().as_bytes(),
-        &mut changes,
-    ));
-    (status, v, changes)
-}
-
-#[test]
-fn a_wallet_locks_when_usage_reaches_its_quota_and_ends_with_its_project() {
-    let (dir, store) = setup("lock");
-    let id = new_project(&store, pi_and_user());
-    let owner = json!({"type": "project", "projectId": id});
-    alloc(&store, owner.clone(), "cpu", json!(10));
-    let before = wallet(&store, "hpc", "cpu", &id).unwrap().unwrap();
-    let (status, v, changes) = report(&store, owner.clone(), 9);
-    assert_eq!((status, v), (200, json!({"responses": [true]})));
-    assert_eq!(
-        changes,
-        [Change::Wallet {
-            category: "cpu".into(),
-            owner: id.clone()
-        }]
-    );
-    let w = wallet(&store, "hpc", "cpu", &id).unwrap().unwrap();
-    assert_eq!((w.usage, w.locked), (9, false));
-    assert!(w.updated_ms > before.updated_ms);
-    // Reaching the quota locks: the core answers false, no error.
-    let (_, v, _) = report(&store, owner.clone(), 1);
-    assert_eq!(v, json!({"responses": [false]}));
-    assert!(wallet(&store, "hpc", "cpu", &id).unwrap().unwrap().locked);
-    // A new allocation unlocks.
-    alloc(&store, owner.clone(), "cpu", json!(5));
-    assert!(!wallet(&store, "hpc", "cpu", &id).unwrap().unwrap().locked);
-    // A report that charges nothing changes no wallet.
-    assert!(report(&store, owner.clone(), 0).2.is_empty());
-
-    // The project leaves the site: its allocations end, its wallet locks at quota 0.
-    let mut changes = Vec::new();
-    assert_eq!(run(end(&store, &id, &mut changes)).0, 200);
-    assert_eq!(changes.len(), 1);
-    let w = wallet(&store, "hpc", "cpu", &id).unwrap().unwrap();
-    assert_eq!(
-        (w.quota, w.locked, w.active, w.allocated),
-        (0, true, false, true)
-    );
-    assert!(!active_here(&store, &id).unwrap());
-    assert!(
-        project_json(&store, &id).unwrap().is_some(),
-        "the project stays"
-    );
-    // Ending again changes nothing; an unknown project is 404.
-    let mut changes = Vec::new();
-    assert_eq!(run(end(&store, &id, &mut changes)).0, 200);
-    assert!(changes.is_empty());
-    assert_eq!(run(end(&store, "nope", &mut changes)).0, 404);
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -14,7 +14,7 @@ fn scratch(name: &str) -> (PathBuf, Store) {
     let _ = std::fs::remove_dir_all(&dir);
     let (store, _) = Store::init(&dir, "hpc").unwrap();
     for user in [ALICE, BOB, CAROL] {
-        usage::know(&store, Some(user), None).unwrap();
+        crate::owners::know(&store, Some(user), None).unwrap();
     }
     let home = |pg: &str, by: &str| {
         json!({"providerGeneratedId": pg, "createdBy": by,

@@ -23,7 +23,7 @@ fn scratch(name: &str, paid: bool) -> (PathBuf, Store) {
     let _ = std::fs::remove_dir_all(&dir);
     let (store, _) = Store::init(&dir, "hpc").unwrap();
     for user in [ALICE, BOB, CAROL] {
-        usage::know(&store, Some(user), None).unwrap();
+        crate::owners::know(&store, Some(user), None).unwrap();
     }
     store
         .write("connections.json", &json!({"connected": [ALICE, BOB]}))
@@ -119,7 +119,7 @@ fn the_core_refuses_what_it_refuses_and_changes_nothing() {
         .unwrap()
         .update
         .is_none());
-    assert!(usage::knows_user(&store, "Dora#4").unwrap());
+    assert!(crate::owners::knows_user(&store, "Dora#4").unwrap());
     // A key the core takes by its prefix although no sshd would: the provider
     // must refuse it (the core does not look further).
     let hostile = format!("{KEY}\ncommand=\"sh\" {KEY}");
