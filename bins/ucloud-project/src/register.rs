@@ -288,7 +288,7 @@ pub fn read_json(path: &Path) -> Option<Result<Value, String>> {
 /// never over an entry that is not this project's drive (a drive id UCloud gave
 /// someone else, or a forged reply, changes nothing).
 pub fn put_entry(table: &Path, lock_dir: &Path, drive: &Drive) -> Result<bool, String> {
-    let _lock = lock(lock_dir)?;
+    let _lock = ucloud_wire::record::registry_lock(lock_dir)?;
     let path = table.join(drive.id.as_str());
     match read_entry(&path, &drive.id)? {
         Some(existing) if existing == *drive => return Ok(false),
@@ -319,22 +319,6 @@ fn read_entry(path: &Path, id: &DriveId) -> Result<Option<Drive>, String> {
             .map_err(|why| format!("{}: {why}", path.display())),
         Some(Err(why)) => Err(why),
     }
-}
-
-/// The registry's lock (`registry.lock` in the state directory), which every
-/// writer of the drive table takes.
-fn lock(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
-    let path = dir.join("registry.lock");
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("cannot lock {}: {e}", path.display()))
 }
 
 #[cfg(test)]

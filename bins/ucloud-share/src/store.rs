@@ -6,8 +6,7 @@ use crate::plan::{Grant, Record};
 use crate::site::{read_small, Failure, Site};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{self, File};
 use std::path::Path;
 use ucloud_share::gate;
 use ucloud_wire::names::DriveId;
@@ -30,25 +29,9 @@ pub(crate) fn drive_entry(site: &Site, id: &str, grant: &Grant, until: u64) -> D
     }
 }
 
-/// The registry's lock, so that a drive entry is never written while the
-/// registry rewrites the table.
-pub(crate) fn registry_lock(site: &Site) -> Result<nix::fcntl::Flock<File>, String> {
-    let path = site.state.join("registry.lock");
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("cannot lock {}: {e}", path.display()))
-}
-
 /// Writes a share's drive entry, never over an entry that is not a share's.
 pub(crate) fn put_drive(site: &Site, drive: &Drive) -> Result<(), String> {
-    let _lock = registry_lock(site)?;
+    let _lock = ucloud_wire::record::registry_lock(&site.state)?;
     if let Some(existing) = existing_drive(site, &drive.id)? {
         if existing.kind != "share" {
             return Err(format!(
@@ -62,7 +45,7 @@ pub(crate) fn put_drive(site: &Site, drive: &Drive) -> Result<(), String> {
 
 /// Whether there was an entry to remove.
 pub(crate) fn remove_drive(site: &Site, id: &DriveId, local: &str) -> Result<bool, String> {
-    let _lock = registry_lock(site)?;
+    let _lock = ucloud_wire::record::registry_lock(&site.state)?;
     match existing_drive(site, id)? {
         Some(d) if d.kind == "share" && d.local().is_some_and(|l| l.as_str() == local) => {
             fs::remove_file(site.drives.join(id.as_str()))
@@ -79,7 +62,7 @@ pub(crate) fn remove_drive(site: &Site, id: &DriveId, local: &str) -> Result<boo
 /// A later `until` for a share's drive entry that is there: never one made anew,
 /// which only a whole grant makes.
 pub(crate) fn renew_drive(site: &Site, drive: &Drive) -> Result<(), String> {
-    let _lock = registry_lock(site)?;
+    let _lock = ucloud_wire::record::registry_lock(&site.state)?;
     match existing_drive(site, &drive.id)? {
         Some(d)
             if d.kind == "share"

@@ -427,6 +427,24 @@ pub fn drive_table(dir: &Path) -> std::io::Result<(Vec<Drive>, Vec<String>)> {
     Ok((found, problems))
 }
 
+/// The registry's lock (`registry.lock` in the state directory `state`), which the
+/// drive table's other writers (ucloud-share, ucloud-project) take before writing an
+/// entry, so that none is written while the registry rewrites the table. Waits for it.
+pub fn registry_lock(state: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = state.join("registry.lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("cannot lock {}: {e}", path.display()))
+}
+
 /// Writes a record file whole or not at all: a temporary file beside it (a dot
 /// file, which readers skip), fsync, rename, fsync of the directory. For root's
 /// record directories, whose writers hold a lock, so the temporary name (by pid)
