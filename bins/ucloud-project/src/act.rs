@@ -1538,12 +1538,10 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_project_drive_is_asked_about_registered_once_and_recorded() {
-        if !nix::unistd::geteuid().is_root() {
-            return; // the drive is given the project's group
-        }
-        let dirs = scratch("register");
+    /// A scratch site with a project base, a drive table and an outbox, and the
+    /// drive side of a run over them.
+    fn drive_setup(name: &str) -> ((PathBuf, PathBuf), PathBuf, ProjectConfig, DriveSide) {
+        let dirs = scratch(name);
         let root = dirs.1.parent().unwrap().to_path_buf();
         for sub in [
             "base",
@@ -1566,6 +1564,15 @@ mod tests {
             // The tests write the replies themselves, as this uid.
             sender: Some(nix::unistd::geteuid().as_raw()),
         };
+        (dirs, root, config, side)
+    }
+
+    #[test]
+    fn a_project_drive_is_asked_about_registered_once_and_recorded() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // the drive is given the project's group
+        }
+        let (dirs, root, config, side) = drive_setup("register");
         let reply = |tag: &str, v: Value| {
             std::fs::write(
                 root.join(format!("outbox/replies/{tag}.json")),
@@ -1732,29 +1739,7 @@ mod tests {
         if !nix::unistd::geteuid().is_root() {
             return;
         }
-        let dirs = scratch("refused");
-        let root = dirs.1.parent().unwrap().to_path_buf();
-        for sub in [
-            "base",
-            "drives",
-            "outbox/tmp",
-            "outbox/queue",
-            "outbox/replies",
-            "outbox/failed",
-        ] {
-            std::fs::create_dir_all(root.join(sub)).unwrap();
-        }
-        let mut config = config("");
-        config.base = root.join("base").to_string_lossy().into_owned();
-        let side = DriveSide {
-            outbox: root.join("outbox"),
-            table: root.join("drives"),
-            lock_dir: root.clone(),
-            product: Some(("home".into(), "home".into())),
-            wait: std::time::Duration::ZERO,
-            // The tests write the replies themselves, as this uid.
-            sender: Some(nix::unistd::geteuid().as_raw()),
-        };
+        let (dirs, root, config, side) = drive_setup("refused");
         let slurm = || {
             Fake::new(|argv| match argv.get(3).map(String::as_str) {
                 Some("assoc") => Output::ok(&format!("{A}|alice||||\n")),
