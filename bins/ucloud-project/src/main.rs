@@ -43,15 +43,17 @@ usage: ucloud-project
                  match it
   --watch        run, then wait for a new event (or 60 s) and run again, until
                  SIGTERM; for a machine without systemd's path unit
-  --mapped NAME  only what concerns the UCloud user NAME, just mapped by the
-                 registry: their default association, personal accounts and the
+  --mapped NAME  only what concerns the UCloud user NAME, mapped here by hand
+                 (the registry announces a new mapping in the inbox instead):
+                 their default association, personal accounts and the
                  memberships of their projects; additions only, quick
 
 Runs as root (ucloud-project.service, started by ucloud-project.path when an
 event arrives and by ucloud-project.timer every 10 minutes). Commands, as root,
 without a shell: groupadd -g GID NAME, gpasswd -a|-d USER NAME (or the
 project_group_hook's add-group, add-member, remove-member), sacctmgr -i
-add account|add user|remove user|modify account|modify user, and read-only
+add account|add user|remove user|modify account|modify user|add coordinator|
+remove coordinator, and read-only
 sacctmgr show and scontrol show assoc_mgr. Never deletes a group, an account or
 data; never changes a group or account it did not create. Names: group
 <prefix><first 10 letters/digits of the project id>, accounts <group>_<category>,
