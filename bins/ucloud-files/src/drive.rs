@@ -54,10 +54,13 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn table(entries: &[(&str, &str)]) -> std::path::PathBuf {
+        // Unique per call: two tests may make a table in the same millisecond.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
-            "files-drives-{}-{}",
+            "files-drives-{}-{}-{}",
             std::process::id(),
-            ucloud_wire::now_ms()
+            ucloud_wire::now_ms(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir(&dir).unwrap();
         for (name, text) in entries {
