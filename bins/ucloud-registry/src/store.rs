@@ -152,11 +152,16 @@ impl Store {
 
 pub fn ensure_dir(path: &Path, mode: u32, forbidden: u32) -> Result<(), Error> {
     match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir(path).map_err(Error::io(format!("cannot create {}", path.display())))?;
-            fs::set_permissions(path, fs::Permissions::from_mode(mode))
-                .map_err(Error::io(format!("cannot set the mode of {}", path.display())))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::create_dir(path) {
+            Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(Error::io(format!("cannot set the mode of {}", path.display()))),
+            // Another registry made it meanwhile (two requests at once): judged as
+            // any existing directory.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                ensure_dir(path, mode, forbidden)
+            }
+            Err(e) => Err(Error::io(format!("cannot create {}", path.display()))(e)),
+        },
         Err(e) => Err(Error::io(path.display())(e)),
         Ok(meta) if !meta.is_dir() => Err(Error::Config(format!(
             "{} must be a directory (it is a {})",
