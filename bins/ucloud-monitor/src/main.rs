@@ -292,3 +292,30 @@ fn run(o: Options) -> Result<(), Error> {
         monitor.flush()?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen(args: &[&str]) -> Result<Vec<SocketAddr>, Error> {
+        let mut a = pico_args::Arguments::from_vec(args.iter().map(|s| s.into()).collect());
+        listen_addresses(&mut a)
+    }
+
+    #[test]
+    fn listen_takes_socket_addresses_only() {
+        assert!(listen(&[]).unwrap().is_empty());
+        let two = listen(&["--listen", "0.0.0.0:6830", "--listen", "[::1]:6830"]).unwrap();
+        assert_eq!(two.len(), 2);
+        for bad in [
+            &["--listen", "host.example.org:6830"][..],
+            &["--listen", "6830"],
+            &["--listen", "10.0.0.1:0"],
+            &["--listen", "10.0.0.1:6830", "--listen", "10.0.0.1:6830"],
+            &["--listen", "10.0.0.1:6830;x"],
+            &["--listen"],
+        ] {
+            assert!(matches!(listen(bad), Err(Error::Usage(_))), "{bad:?}");
+        }
+    }
+}
