@@ -7,6 +7,7 @@
 
 mod error;
 mod events;
+mod events_net;
 mod jobstate;
 mod monitor;
 mod owner;
@@ -15,6 +16,7 @@ mod store;
 mod usage;
 
 use error::Error;
+use std::net::{SocketAddr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -26,14 +28,19 @@ const HELP: &str = "\
 ucloud-monitor: report Slurm job state changes to UCloud
 
 usage: ucloud-monitor [--interval SECONDS] [--usage-interval SECONDS] [--no-events]
-                      [--slurm-user NAME]
+                      [--slurm-user NAME] [--listen ADDR:PORT]...
 
   --interval SECONDS   poll Slurm this often (default 5; one squeue per cycle)
   --usage-interval SECONDS
                        report the usage of running jobs this often (default 30);
                        a job that ends is charged its final total at once
-  --no-events          do not listen for ucloud-notify's events (polling only)
+  --no-events          do not listen on the local event socket (without --listen:
+                       polling only)
   --slurm-user NAME    the only account whose events are accepted (default slurm)
+  --listen ADDR:PORT   also take events from other hosts on this TCP address
+                       (repeatable; e.g. 0.0.0.0:6830 or [::]:6830): each is a
+                       MUNGE credential that unmunge must prove made by
+                       --slurm-user within the last 30 s, and new to this monitor
   --version            print the version
 
 Writes job updates and usage reports to the outbox; ucloud-sender delivers
@@ -54,6 +61,7 @@ struct Options {
     usage_interval: Duration,
     events: bool,
     slurm_user: String,
+    listen: Vec<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -106,7 +114,25 @@ fn options(args: &mut pico_args::Arguments) -> Result<Options, Error> {
             .opt_value_from_str("--slurm-user")
             .map_err(|e| Error::Usage(format!("--slurm-user: {e}")))?
             .unwrap_or_else(|| "slurm".to_string()),
+        listen: listen_addresses(args)?,
     })
+}
+
+fn listen_addresses(args: &mut pico_args::Arguments) -> Result<Vec<SocketAddr>, Error> {
+    let listen: Vec<SocketAddr> = args.values_from_str("--listen").map_err(|e| {
+        Error::Usage(format!(
+            "--listen takes ADDR:PORT, an IP address and a port ({e})"
+        ))
+    })?;
+    for (i, addr) in listen.iter().enumerate() {
+        if addr.port() == 0 {
+            return Err(Error::Usage(format!("--listen {addr}: name a port")));
+        }
+        if listen[..i].contains(addr) {
+            return Err(Error::Usage(format!("--listen {addr} is given twice")));
+        }
+    }
+    Ok(listen)
 }
 
 fn state_dir() -> PathBuf {
@@ -171,6 +197,21 @@ fn run(o: Options) -> Result<(), Error> {
         })?
         .uid
         .as_raw();
+    if !o.listen.is_empty() && slurm_uid == 0 {
+        return Err(Error::Setup(format!(
+            "--listen needs a Slurm account that is not root ({} is uid 0): a munge \
+             credential of root proves too little to take from the network",
+            o.slurm_user
+        )));
+    }
+    let mut tcp = Vec::new();
+    for addr in &o.listen {
+        tcp.push(TcpListener::bind(addr).map_err(|e| {
+            Error::Setup(format!(
+                "cannot listen on {addr}: {e} (a port above 1023, not in use, on an address of this host)"
+            ))
+        })?);
+    }
     let store = store::Store::open(&state_dir())?;
     let outbox = PathBuf::from(ucloud_wire::paths::outbox_dir());
     let drives = PathBuf::from(ucloud_wire::paths::drives_dir());
@@ -180,6 +221,11 @@ fn run(o: Options) -> Result<(), Error> {
     let bindings = PathBuf::from(ucloud_wire::paths::bindings_dir());
     let mut monitor = monitor::Monitor::new(store, outbox, bindings, drives, rates)?;
     let (tx, rx) = mpsc::channel();
+    let shared = events_net::Shared::new(slurm_uid, PathBuf::from(ucloud_wire::munge::UNMUNGE));
+    for listener in tcp {
+        let (shared, tx) = (shared.clone(), tx.clone());
+        std::thread::spawn(move || events_net::serve(listener, shared, tx));
+    }
     if let Some(listener) = listener {
         std::thread::spawn(move || events::serve(listener, slurm_uid, tx));
     } else {
@@ -187,12 +233,18 @@ fn run(o: Options) -> Result<(), Error> {
         std::mem::forget(tx);
     }
     ucloud_wire::log_info!(
-        "ucloud-monitor: polling every {:?}{}",
+        "ucloud-monitor: polling every {:?}{}{}",
         o.interval,
         if o.events {
             ", listening for events"
         } else {
             ""
+        },
+        if o.listen.is_empty() {
+            String::new()
+        } else {
+            let addrs: Vec<String> = o.listen.iter().map(|a| a.to_string()).collect();
+            format!(", taking munge-proven events on {}", addrs.join(" "))
         }
     );
     monitor.flush()?;
@@ -238,5 +290,32 @@ fn run(o: Options) -> Result<(), Error> {
         monitor.recheck()?;
         monitor.collect_bindings()?;
         monitor.flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen(args: &[&str]) -> Result<Vec<SocketAddr>, Error> {
+        let mut a = pico_args::Arguments::from_vec(args.iter().map(|s| s.into()).collect());
+        listen_addresses(&mut a)
+    }
+
+    #[test]
+    fn listen_takes_socket_addresses_only() {
+        assert!(listen(&[]).unwrap().is_empty());
+        let two = listen(&["--listen", "0.0.0.0:6830", "--listen", "[::1]:6830"]).unwrap();
+        assert_eq!(two.len(), 2);
+        for bad in [
+            &["--listen", "host.example.org:6830"][..],
+            &["--listen", "6830"],
+            &["--listen", "10.0.0.1:0"],
+            &["--listen", "10.0.0.1:6830", "--listen", "10.0.0.1:6830"],
+            &["--listen", "10.0.0.1:6830;x"],
+            &["--listen"],
+        ] {
+            assert!(matches!(listen(bad), Err(Error::Usage(_))), "{bad:?}");
+        }
     }
 }

@@ -69,6 +69,9 @@ pub struct SiteConfig {
     /// UCloud projects on this site (ucloud-project(8)); `None` unless site.conf sets
     /// `project_prefix`.
     pub projects: Option<ProjectConfig>,
+    /// Where ucloud-notify sends munge-proven job events over TCP
+    /// (`monitor_events`, 1 to 8 `ADDR:PORT`); empty: the local unix socket.
+    pub monitor_events: Vec<std::net::SocketAddr>,
 }
 
 /// What `ucloud-project` may create and where (site.conf's `project_*` and
@@ -196,6 +199,7 @@ impl SiteConfig {
             folder_upload_max_files: 1_000_000,
             search_max_results: DEFAULT_SEARCH_MAX_RESULTS,
             projects: None,
+            monitor_events: Vec::new(),
         };
         let mut project = ProjectConfig {
             prefix: String::new(),
@@ -363,6 +367,10 @@ impl SiteConfig {
                     };
                     project_keys = true;
                 }
+                "monitor_events" => {
+                    config.monitor_events =
+                        parse_monitor_events(value).map_err(|why| err(line_no, why))?
+                }
                 "nss_skip" => {
                     config.nss_skip = value.split_whitespace().map(String::from).collect();
                     if let Some(bad) = config.nss_skip.iter().find(|m| !is_nss_module_name(m)) {
@@ -448,6 +456,54 @@ impl SiteConfig {
     }
 }
 
+/// The most addresses `monitor_events` may name: each is one connection per
+/// Slurm event, made by a hook that must finish within a second.
+pub const MAX_MONITOR_EVENTS: usize = 8;
+
+/// `monitor_events`: 1 to 8 socket addresses (`192.0.2.7:6830`, `[2001:db8::7]:6830`),
+/// separated by commas or spaces. Literal addresses only: the hook that sends to them
+/// has no time for a name lookup, and a name is one more thing an attacker could
+/// redirect.
+pub fn parse_monitor_events(value: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    let mut addrs: Vec<std::net::SocketAddr> = Vec::new();
+    for word in value
+        .split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        let addr: std::net::SocketAddr = word.parse().map_err(|_| {
+            format!(
+                "monitor_events: {word:?} is not ADDR:PORT (an IPv4 address, or an IPv6 address in [brackets], then :PORT; no host names)"
+            )
+        })?;
+        let ip = addr.ip();
+        if addr.port() == 0 {
+            return Err(format!("monitor_events: {word:?} has port 0"));
+        }
+        let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+        if ip.is_unspecified() || ip.is_multicast() || broadcast {
+            return Err(format!(
+                "monitor_events: {word:?} is not one monitor's address (unspecified, multicast or broadcast)"
+            ));
+        }
+        if addrs.contains(&addr) {
+            return Err(format!("monitor_events: {word:?} is named twice"));
+        }
+        addrs.push(addr);
+        if addrs.len() > MAX_MONITOR_EVENTS {
+            return Err(format!(
+                "monitor_events: at most {MAX_MONITOR_EVENTS} addresses"
+            ));
+        }
+    }
+    if addrs.is_empty() {
+        return Err(
+            "monitor_events needs 1 to 8 ADDR:PORT (leave the key out to use the local socket)"
+                .into(),
+        );
+    }
+    Ok(addrs)
+}
+
 /// What nsswitch.conf can name as a service (`files`, `sss`, `ldap`, `systemd`).
 /// A Slurm account or Unix group name this module passes to a command: lower-case
 /// letters, digits, `_` and `-`, starting with a letter, at most 32 bytes.
@@ -505,6 +561,61 @@ mod tests {
         for bad in ["", "-x", "a b", "a\n", "ä", &"a".repeat(33)] {
             assert!(!is_slurm_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn monitor_events_are_literal_socket_addresses() {
+        assert!(SiteConfig::parse(MINIMAL)
+            .unwrap()
+            .monitor_events
+            .is_empty());
+        let c = SiteConfig::parse(&format!(
+            "{MINIMAL}monitor_events = 192.0.2.7:6830, [2001:db8::7]:6830 127.0.0.1:1\n"
+        ))
+        .unwrap();
+        let shown: Vec<String> = c.monitor_events.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["192.0.2.7:6830", "[2001:db8::7]:6830", "127.0.0.1:1"]
+        );
+        let nine = (1..=9)
+            .map(|i| format!("10.0.0.{i}:6830"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for bad in [
+            "",
+            ",, ,",
+            "monitor.example.org:6830",
+            "localhost:6830",
+            "192.0.2.7",
+            "192.0.2.7:",
+            "192.0.2.7:0",
+            "192.0.2.7:65536",
+            "192.0.2.7:-1",
+            "2001:db8::7:6830",
+            "[2001:db8::7]",
+            "0.0.0.0:6830",
+            "[::]:6830",
+            "255.255.255.255:6830",
+            "224.0.0.1:6830",
+            "[ff02::1]:6830",
+            "192.0.2.7:6830 192.0.2.7:6830",
+            "192.0.2.7:6830;rm -rf /",
+            "192.0.2.7:6830\u{0}",
+            "1.2.3.4.5:80",
+            "192.0.2.7:6830/x",
+            nine.as_str(),
+        ] {
+            let e =
+                SiteConfig::parse(&format!("{MINIMAL}monitor_events = {bad}\n")).expect_err(bad);
+            assert_eq!(e.line, 4, "{bad:?}");
+            assert!(e.message.contains("monitor_events"), "{bad:?}: {e}");
+        }
+        let eight = (1..=8)
+            .map(|i| format!("10.0.0.{i}:6830"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(parse_monitor_events(&eight).unwrap().len(), 8);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Contracts shared by the programs of ucloud-im: where files live, the site
 //! configuration, the envelope the gateway hands the dispatcher, validated names,
 //! the UCloud token checks and UCloud's error body, the rules a trusted file of the
-//! installation follows, how a record goes into the audit log, and the services'
-//! log lines.
+//! installation follows, how a record goes into the audit log, the services'
+//! log lines, and how munge(1) and unmunge(1) are run for the Slurm events that
+//! cross hosts.
 //!
 //! The dispatcher links this crate, so it stays small and free of I/O beyond
 //! reading a file the caller names and appending to the audit log it opened (and
@@ -24,6 +25,7 @@ pub mod inbox;
 pub mod install;
 pub mod limit;
 pub mod log;
+pub mod munge;
 pub mod names;
 pub mod outbox;
 pub mod paths;
