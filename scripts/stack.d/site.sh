@@ -110,6 +110,7 @@ install_site_lb() {
 start_registry_on() {
     local host=$1
     on_host "$host" install -d -o root -g root -m 0755 "$PREFIX/run/ucloud-im"
+    on_host "$host" rm -f "$REGISTRY_SOCKET"
     start_on "$host" "registry@$host" systemd-socket-activate --inetd -a -l "$REGISTRY_SOCKET" \
         "$PREFIX/usr/bin/ucloud-registry" serve
     wait_for "registry@$host" 20 on_host "$host" test -S "$REGISTRY_SOCKET"
@@ -137,6 +138,7 @@ start_monitor_on() {
 
 start_gateway_on() {
     local host=$1
+    on_host "$host" rm -f "$GATEWAY_LB_SOCKET"
     start_on "$host" "gateway-lb@$host" systemd-socket-activate -l "$GATEWAY_LB_SOCKET" --inetd -a \
         setpriv --reuid="$GATEWAY_USER" --regid="$GATEWAY_USER" --init-groups \
         --bounding-set=-all,+setuid,+setgid,+setpcap \
@@ -244,4 +246,43 @@ up_hosts() {
     write_env
     write_site_env
     say "the site is up; its hosts and addresses are in $STACK_ENV"
+}
+
+# A host that died (tests, benchmarks) back: its link up, its services started again
+# as up --hosts starts them. Slurm's daemons come back through scripts/slurm.
+restart_host() {
+    local host=${1:-}
+    need_root
+    [[ -n $host ]] || die "restart-host takes a host: ${SITE_HOSTS[*]}"
+    host_addr "$host" >/dev/null
+    site_is_up || die "no site is up: scripts/stack up --hosts"
+    lock_prefix
+    # shellcheck source=/dev/null
+    . "$STACK_RUN/ports"
+    # shellcheck source=/dev/null
+    . "$STACK_RUN/lb-ports"
+    SIM_ADDR=$SITE_UCLOUD_ADDR PUBLIC_ADDR=$(host_addr edge)
+    ip link set "$(host_ns "$host")" up
+    local name
+    for name in "${SITE_SERVICES[@]}"; do
+        [[ $name == *@"$host" ]] && stop_service "$name"
+    done
+    case $host in
+    login1 | login2)
+        start_registry_on "$host"
+        start_sender_on "$host"
+        start_monitor_on "$host"
+        start_gateway_on "$host"
+        ;;
+    edge) start_edge ;;
+    ctl | c1 | c2)
+        "$STACK_REPO/scripts/slurm" up --hosts
+        if [[ $host == ctl ]]; then
+            # shellcheck disable=SC2016 # expanded by that shell
+            start_on ctl projects@ctl bash -c 'exec "$1" --watch >>"$2"' ucloud-project-watch \
+                "$PREFIX/usr/bin/ucloud-project" "$PREFIX/var/log/ucloud-im/audit.log"
+        fi
+        ;;
+    esac
+    say "host $host is back"
 }

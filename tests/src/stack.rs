@@ -43,6 +43,11 @@ impl Stack {
         }
     }
 
+    /// A value the env file may lack (the site's keys, say).
+    pub fn try_get(&self, key: &str) -> Option<String> {
+        self.vars.get(key).cloned()
+    }
+
     pub fn prefix(&self) -> PathBuf {
         PathBuf::from(self.get("UCLOUD_IM_PREFIX"))
     }
