@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use ucloud_im_tests::{hex, job_id, sim_log, wait_until, Site, Stack};
+use ucloud_im_tests::{hex, job_id, sim_log, wait_until, within, Site, Stack};
 
 const NEEDS_SITE: &str = "needs scripts/stack up --hosts; scripts/test runs it last";
 
@@ -478,4 +478,128 @@ fn uploads_and_jobs_go_on_through_the_other_login_host() {
     let registry = stack.bin("ucloud-registry");
     let list = |host: &str| site.sh_ok(host, &format!("{} list", registry.display()));
     assert_eq!(list("login1"), list("login2"));
+}
+
+/// The lease files of `role`: the highest token's holder (host, pid), unless released.
+fn holder(site: &Site, role: &str) -> Option<(String, i32)> {
+    let dir = site
+        .stack
+        .prefix()
+        .join("var/lib/ucloud-im/leases")
+        .join(role);
+    let mut tokens: Vec<_> = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    tokens.sort();
+    let text = std::fs::read_to_string(dir.join(tokens.last()?)).ok()?;
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(String::from)
+    };
+    if field("released").as_deref() == Some("1") {
+        return None;
+    }
+    Some((field("host")?, field("pid")?.parse().ok()?))
+}
+
+/// Each state of job `id` reached UCloud once, and the job ended well.
+fn each_state_once(stack: &Stack, id: &str) {
+    let seen = states(stack, id);
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!(seen, unique, "job {id}: a state sent twice");
+    assert!(seen.iter().any(|s| s == "SUCCESS"), "job {id}: {seen:?}");
+}
+
+/// The host of the sender's lease dies: the other login host's sender takes over and
+/// delivers what is queued, once. A sender that was paused past its lease and wakes
+/// up does not act again.
+#[test]
+#[ignore = "needs scripts/stack up --hosts; scripts/test runs it last"]
+fn the_sender_moves_when_its_host_dies_and_a_paused_one_stays_out() {
+    let _one = one_at_a_time();
+    let site = Site::load();
+    all_hosts_back(&site);
+    let stack = &site.stack;
+    let (ucloud, _) = alice(stack);
+    let mut first = None;
+    wait_until("a sender to hold the lease", 30, || {
+        first = holder(&site, "sender");
+        first.is_some()
+    });
+    let (victim, _) = first.unwrap();
+    let other = if victim == "login1" {
+        "login2"
+    } else {
+        "login1"
+    };
+
+    // The holder's host dies with its link; a job made meanwhile is reported (by
+    // whichever monitor holds that lease) and delivered by the other host's sender.
+    let killed = Instant::now();
+    site.kill_host(&victim);
+    let id = job_id();
+    stack.ucloud_knows(&id, &ucloud, None);
+    stack.create_job(&ucloud, &id, "sleep 1", 5, 1, None);
+    wait_until(&format!("job {id} to succeed at UCloud"), 90, || {
+        states(stack, &id).iter().any(|s| s == "SUCCESS")
+    });
+    let moved = holder(&site, "sender").map(|h| h.0);
+    assert_eq!(moved.as_deref(), Some(other), "the sender's lease");
+    eprintln!(
+        "sender and monitor failed over and delivered within {:?}",
+        killed.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    each_state_once(stack, &id);
+    let queue = stack.prefix().join("var/lib/ucloud-im/outbox/queue");
+    wait_until("the outbox to be empty", 30, || {
+        std::fs::read_dir(&queue)
+            .map(|d| d.count() == 0)
+            .unwrap_or(false)
+    });
+
+    // The host comes back; its sender waits, the lease stays where it is.
+    site.restart_host(&victim);
+    all_hosts_back(&site);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(holder(&site, "sender").map(|h| h.0).as_deref(), Some(other));
+
+    // The holder pauses (SIGSTOP) past its lease; the other host takes over.
+    let (_, paused) = holder(&site, "sender").unwrap();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &paused.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {paused}");
+    };
+    signal("-STOP");
+    let taken = within(60, || {
+        holder(&site, "sender").is_some_and(|(h, _)| h == victim)
+    });
+    if !taken {
+        signal("-CONT");
+        panic!("the sender's lease did not move off the paused sender {paused}");
+    }
+    let id = job_id();
+    stack.ucloud_knows(&id, &ucloud, None);
+    stack.create_job(&ucloud, &id, "sleep 1", 5, 1, None);
+    wait_until(&format!("job {id} to succeed at UCloud"), 90, || {
+        states(stack, &id).iter().any(|s| s == "SUCCESS")
+    });
+    // Woken up, the old holder sees the higher token and stays out.
+    signal("-CONT");
+    std::thread::sleep(Duration::from_secs(5));
+    each_state_once(stack, &id);
+    assert_eq!(
+        holder(&site, "sender").map(|h| h.0).as_deref(),
+        Some(victim.as_str()),
+        "the lease after the paused sender woke"
+    );
 }
