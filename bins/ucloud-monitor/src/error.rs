@@ -10,6 +10,9 @@ pub enum Error {
     Setup(String),
     /// A file of the monitor's own state could not be read or written (exit 74).
     State(String),
+    /// This host no longer holds the monitor lease: nothing may be written (the
+    /// loop goes back to standby; never an exit).
+    LeaseLost(String),
 }
 
 impl fmt::Display for Error {
@@ -17,6 +20,7 @@ impl fmt::Display for Error {
         match self {
             Error::Usage(why) => write!(f, "{why} (see ucloud-monitor --help)"),
             Error::Setup(why) | Error::State(why) => f.write_str(why),
+            Error::LeaseLost(why) => write!(f, "the monitor lease is lost: {why}"),
         }
     }
 }
@@ -27,6 +31,7 @@ impl Error {
             Error::Usage(_) => 64,
             Error::Setup(_) => 78,
             Error::State(_) => 74,
+            Error::LeaseLost(_) => 75,
         }
     }
 

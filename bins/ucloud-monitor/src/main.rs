@@ -46,8 +46,12 @@ usage: ucloud-monitor [--interval SECONDS] [--usage-interval SECONDS] [--no-even
 Writes job updates and usage reports to the outbox; ucloud-sender delivers
 them. Keeps what it
 sent per job in var/lib/ucloud-im/monitor/. Listens on run/ucloud-im/monitor.sock
-(or the socket the service manager passes). Never runs as root. See
-ucloud-monitor(8).
+(or the socket the service manager passes). Never runs as root.
+
+Several hosts may run it on one shared state directory: only the holder of the
+monitor lease (var/lib/ucloud-im/leases/monitor/, site.conf lease_seconds and
+clock_skew_seconds) polls, reports and writes; the others drop their events and
+wait. See ucloud-monitor(8), HOSTS.
 ";
 
 /// Every this many polls, the accounting database is swept for jobs that came and
@@ -212,14 +216,8 @@ fn run(o: Options) -> Result<(), Error> {
             ))
         })?);
     }
-    let store = store::Store::open(&state_dir())?;
-    let outbox = PathBuf::from(ucloud_wire::paths::outbox_dir());
-    let drives = PathBuf::from(ucloud_wire::paths::drives_dir());
-    let rates = usage::Rates::load(
-        &PathBuf::from(ucloud_wire::paths::etc_dir()).join("products/jobs.json"),
-    );
-    let bindings = PathBuf::from(ucloud_wire::paths::bindings_dir());
-    let mut monitor = monitor::Monitor::new(store, outbox, bindings, drives, rates)?;
+    let keeper = keep_lease()?;
+    store::set_fence(keeper.clone());
     let (tx, rx) = mpsc::channel();
     let shared = events_net::Shared::new(slurm_uid, PathBuf::from(ucloud_wire::munge::UNMUNGE));
     for listener in tcp {
@@ -247,12 +245,78 @@ fn run(o: Options) -> Result<(), Error> {
             format!(", taking munge-proven events on {}", addrs.join(" "))
         }
     );
+    loop {
+        let token = standby(&keeper, &rx)?;
+        store::hold(token);
+        match serve(&o, &rx) {
+            Err(Error::LeaseLost(why)) => ucloud_wire::log_warn!(
+                "ucloud-monitor: standby: {why}; polling and writing nothing until this host holds the monitor lease again"
+            ),
+            Err(e) => return Err(e),
+            Ok(never) => match never {},
+        }
+    }
+}
+
+/// The monitor lease, kept by its own thread.
+fn keep_lease() -> Result<ucloud_wire::lease::Keeper, Error> {
+    use ucloud_wire::lease::{Holder, Keeper, Lease};
+    let setup = |e: ucloud_wire::lease::LeaseError| Error::Setup(e.to_string());
+    let config = ucloud_wire::config::SiteConfig::load(&ucloud_wire::paths::site_config())
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let lease = Lease::open(
+        std::path::Path::new(&ucloud_wire::paths::leases_dir()),
+        "monitor",
+        Holder::this_process().map_err(setup)?,
+        config.lease_timing(),
+    )
+    .map_err(setup)?;
+    Keeper::spawn(lease, "ucloud-monitor", None).map_err(setup)
+}
+
+/// Waits until this process holds the monitor lease, dropping the events that
+/// come meanwhile (the holder on another host hears its own, and polls).
+fn standby(
+    keeper: &ucloud_wire::lease::Keeper,
+    rx: &mpsc::Receiver<events::Event>,
+) -> Result<ucloud_wire::lease::Token, Error> {
+    let tick = keeper.timing().renew_every() / 2;
+    loop {
+        if let Ok(token) = keeper.check() {
+            return Ok(token);
+        }
+        match rx.recv_timeout(tick) {
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::Setup("the event socket stopped serving".into()))
+            }
+        }
+    }
+}
+
+/// The monitor's work while it holds the lease: state read from disk afresh
+/// (another host may have changed it), then polls, events and reports until an
+/// error; a lost lease is `Error::LeaseLost`, checked before every write and on
+/// every turn.
+fn serve(
+    o: &Options,
+    rx: &mpsc::Receiver<events::Event>,
+) -> Result<std::convert::Infallible, Error> {
+    let store = store::Store::open(&state_dir())?;
+    let outbox = PathBuf::from(ucloud_wire::paths::outbox_dir());
+    let drives = PathBuf::from(ucloud_wire::paths::drives_dir());
+    let rates = usage::Rates::load(
+        &PathBuf::from(ucloud_wire::paths::etc_dir()).join("products/jobs.json"),
+    );
+    let bindings = PathBuf::from(ucloud_wire::paths::bindings_dir());
+    let mut monitor = monitor::Monitor::new(store, outbox, bindings, drives, rates)?;
     monitor.flush()?;
     monitor.sweep()?;
     let mut next_poll = Instant::now();
     let mut next_usage = Instant::now() + o.usage_interval;
     let mut polls = 0u32;
     loop {
+        store::fenced()?;
         let now = Instant::now();
         if now >= next_poll {
             monitor.poll()?;

@@ -479,6 +479,7 @@ impl Monitor {
                 scope: format!("job-{}", record.ucloud_id),
                 usage: total,
             };
+            crate::store::fenced()?;
             usage::put(&self.outbox, &report).map_err(|e| {
                 Error::Setup(format!(
                     "cannot put a usage report in {}: {e} (does {} exist, writable by the outbox group?)",
@@ -518,6 +519,7 @@ impl Monitor {
             }
         }
         if !items.is_empty() {
+            crate::store::fenced()?;
             outbox::enqueue(
                 &self.outbox,
                 &Message {

@@ -12,6 +12,9 @@ use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use ucloud_wire::lease::{Keeper, Token};
 
 /// Finished records are forgotten this long after their last update was queued.
 const KEEP_MS: u64 = 7 * 24 * 3600 * 1000;
@@ -131,9 +134,44 @@ impl Record {
     }
 }
 
+/// The monitor lease, where one is kept, and the token the state was read under.
+static FENCE: OnceLock<Keeper> = OnceLock::new();
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// From now on every write of state or to the outbox first asks `keeper`.
+pub fn set_fence(keeper: Keeper) {
+    let _ = FENCE.set(keeper);
+}
+
+/// The token the state in memory was read from disk under.
+pub fn hold(token: Token) {
+    HELD.store(token.0, Ordering::SeqCst);
+}
+
+/// The fencing check before every write: this process still holds the lease, with
+/// the token under which it read the state (after a loss another host may have
+/// changed it). Without a lease (tests), always `Ok`.
+pub fn fenced() -> Result<(), Error> {
+    match FENCE.get() {
+        None => Ok(()),
+        Some(keeper) => check(keeper, HELD.load(Ordering::SeqCst)),
+    }
+}
+
+fn check(keeper: &Keeper, held: u64) -> Result<(), Error> {
+    match keeper.check() {
+        Ok(t) if t.0 == held => Ok(()),
+        Ok(t) => Err(Error::LeaseLost(format!(
+            "token {t} is not the one the state was read under"
+        ))),
+        Err(lost) => Err(Error::LeaseLost(lost.to_string())),
+    }
+}
+
 /// Writes `bytes` to `path` so that a reader (or a restart after a crash) sees the
 /// old content or the new one, never a mix.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    fenced()?;
     let dir = path.parent().expect("state files live in a directory");
     let tmp = dir.join(format!(
         ".{}.tmp",
@@ -214,6 +252,7 @@ impl Store {
                     ))
                 })?;
             if record.is_done() && now.saturating_sub(record.touched_ms) > KEEP_MS {
+                fenced()?;
                 fs::remove_file(&path).map_err(Error::state(&path))?;
                 continue;
             }
@@ -243,6 +282,47 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_stop_when_the_lease_is_lost_or_was_taken_anew() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::time::Duration;
+        use ucloud_wire::lease::{Holder, Lease, Timing};
+        let dir = std::env::temp_dir().join(format!("monitor-fence-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("monitor")).unwrap();
+        fs::set_permissions(dir.join("monitor"), fs::Permissions::from_mode(0o755)).unwrap();
+        let timing = Timing {
+            ttl: Duration::from_millis(300),
+            skew: Duration::from_millis(50),
+        };
+        let keeper = |host: &str| {
+            let holder = Holder {
+                host: host.into(),
+                pid: 1,
+            };
+            Keeper::spawn(
+                Lease::open(&dir, "monitor", holder, timing).unwrap(),
+                "test",
+                None,
+            )
+            .unwrap()
+        };
+        let a = keeper("a");
+        let token = a.check().unwrap();
+        assert!(check(&a, token.0).is_ok());
+        // Held, but under another token than the state was read with.
+        assert!(matches!(check(&a, token.0 + 1), Err(Error::LeaseLost(_))));
+        let b = keeper("b");
+        a.stop_renewing();
+        b.wait_held(timing.takeover_bound() * 2)
+            .expect("B takes over");
+        let e = check(&a, token.0).unwrap_err();
+        assert!(matches!(e, Error::LeaseLost(_)), "{e}");
+        assert_eq!(e.exit_code(), 75);
+        b.release();
+        fs::remove_dir_all(dir).unwrap();
+    }
 
     #[test]
     fn records_round_trip_and_know_their_state() {

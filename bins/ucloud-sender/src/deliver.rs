@@ -10,7 +10,13 @@
 //! queued messages and between the retries of a stuck one, one attempt each time,
 //! with their own backoff: a report UCloud does not take holds up nothing, and a
 //! stuck message holds up no report.
+//!
+//! Where several hosts share the outbox, only the holder of the sender's lease
+//! delivers ([`Sender::fence`]): it asks the lease before every send and claims
+//! each message before it sends it (claims.rs), so a holder that paused and came
+//! back sends nothing a successor has taken over.
 
+use crate::claims::{self, Claimed};
 use crate::error::SendError;
 use crate::tokens::{excerpt, Tokens};
 use serde_json::{json, Value};
@@ -19,6 +25,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use ucloud_http::client::{Client, ClientError, Response};
+use ucloud_wire::lease::{Keeper, Token};
 use ucloud_wire::outbox::{self, Message, Method};
 use ucloud_wire::usage::{self, Report};
 
@@ -34,6 +41,10 @@ pub struct Sender {
     /// Usage reports wait until then after UCloud did not take them.
     usage_due: Instant,
     usage_backoff: Duration,
+    /// The lease this sender delivers under, and the token it took over with.
+    fence: Option<(Keeper, Token)>,
+    /// The lease was lost: the current drain stops.
+    lost: bool,
 }
 
 /// What became of one attempt.
@@ -104,6 +115,30 @@ impl Sender {
             outbox,
             usage_due: Instant::now(),
             usage_backoff: FIRST_BACKOFF,
+            fence: None,
+            lost: false,
+        }
+    }
+
+    /// From now on delivers only while `keeper` holds `token`, claiming each
+    /// message first. The caller has taken over the claims of older tokens
+    /// (`claims::take_over`).
+    pub fn fence(&mut self, keeper: Keeper, token: Token) {
+        self.fence = Some((keeper, token));
+        self.lost = false;
+    }
+
+    /// Whether this sender may act now (it holds the lease it was fenced with).
+    fn may_act(&mut self) -> bool {
+        let Some((keeper, token)) = &self.fence else {
+            return true;
+        };
+        match keeper.check() {
+            Ok(t) if t == *token => true,
+            _ => {
+                self.lost = true;
+                false
+            }
         }
     }
 
@@ -167,8 +202,12 @@ impl Sender {
     /// Returns when the queue is empty (`Ok(true)`), or with `once` when a message
     /// or the usage reports could not be delivered in [`ONCE_ATTEMPTS`] tries
     /// (`Ok(false)`). Without `once` it retries forever.
+    /// With a fence, it returns `Ok(false)` as soon as the lease is lost.
     pub fn drain(&mut self, once: bool) -> Result<bool, SendError> {
         loop {
+            if !self.may_act() {
+                return Ok(false);
+            }
             self.usage_pass()?;
             let queue = outbox::queued(&self.outbox).map_err(|e| {
                 SendError::Setup(format!(
@@ -190,7 +229,7 @@ impl Sender {
                 return Ok(false);
             }
             for path in queue {
-                if !self.deliver(&path, once)? {
+                if !self.deliver(&path, once)? || self.lost {
                     return Ok(false);
                 }
                 self.usage_pass()?;
@@ -236,6 +275,11 @@ impl Sender {
             }
         }
         for batch in reports.chunks(USAGE_BATCH) {
+            // Totals are absolute: a report a successor sends again charges
+            // nothing twice, so the lease check is all the fencing they need.
+            if !self.may_act() {
+                return Ok(false);
+            }
             if !self.report(batch)? {
                 self.usage_due = Instant::now() + self.usage_backoff;
                 self.usage_backoff = (self.usage_backoff * 2).min(MAX_BACKOFF);
@@ -326,13 +370,38 @@ impl Sender {
         .map_err(|e| SendError::Setup(format!("cannot move {} to failed/: {e}", path.display())))
     }
 
-    /// One message, retried with backoff. `Ok(false)`: gave up (only with `once`).
-    fn deliver(&mut self, path: &Path, once: bool) -> Result<bool, SendError> {
-        let name = path
+    /// One message, retried with backoff. `Ok(false)`: gave up (only with `once`),
+    /// or the lease was lost.
+    fn deliver(&mut self, queued: &Path, once: bool) -> Result<bool, SendError> {
+        let name = queued
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_string();
+        if !self.may_act() {
+            return Ok(false);
+        }
+        let claimed = match &self.fence {
+            None => queued.to_path_buf(),
+            Some((_, token)) => match claims::claim(&self.outbox, *token, queued) {
+                Ok(Claimed::Ours(path)) => path,
+                Ok(Claimed::Gone) => return Ok(true),
+                Ok(Claimed::Revoked) => {
+                    ucloud_wire::log_err!(
+                        "ucloud-sender: the claims of token {token} were revoked: another host took over the outbox"
+                    );
+                    self.lost = true;
+                    return Ok(false);
+                }
+                Err(e) => {
+                    return Err(SendError::Setup(format!(
+                        "cannot claim {} for delivery: {e}",
+                        queued.display()
+                    )))
+                }
+            },
+        };
+        let path = claimed.as_path();
         let bytes = match fs::read(path) {
             Ok(b) => b,
             // Taken away by an admin in the meantime: nothing to deliver.
@@ -350,7 +419,7 @@ impl Sender {
                 ucloud_wire::log_err!(
                     "ucloud-sender: {name}: not a valid message ({e}); moved to failed/"
                 );
-                self.fail(&name, json!({"status": null, "error": e.to_string()}))?;
+                self.fail(path, &name, json!({"status": null, "error": e.to_string()}))?;
                 return Ok(true);
             }
         };
@@ -358,6 +427,11 @@ impl Sender {
         let mut attempts = 0;
         loop {
             attempts += 1;
+            // A claim of a sender that lost its lease stays where it is: the
+            // successor puts it back into the queue.
+            if !self.may_act() {
+                return Ok(false);
+            }
             let started = Instant::now();
             match self.attempt(&message) {
                 Outcome::Delivered(status, body) => {
@@ -371,6 +445,11 @@ impl Sender {
                         .map_err(|e| {
                             SendError::Setup(format!("cannot store the reply {tag}: {e}"))
                         })?;
+                    }
+                    if self.fence.is_some() && !path.exists() {
+                        ucloud_wire::log_warn!(
+                            "ucloud-sender: {name} was delivered after another host took over the outbox; it may reach UCloud twice"
+                        );
                     }
                     remove_delivered(path)?;
                     ucloud_wire::log_info!(
@@ -396,7 +475,7 @@ impl Sender {
                     let body = serde_json::from_slice::<Value>(&body).unwrap_or_else(|_| {
                         Value::String(String::from_utf8_lossy(&body).into_owned())
                     });
-                    self.fail(&name, json!({"status": status, "body": body}))?;
+                    self.fail(path, &name, json!({"status": status, "body": body}))?;
                     return Ok(true);
                 }
                 Outcome::Retry(why) => {
@@ -406,6 +485,13 @@ impl Sender {
                         message.path
                     );
                     if once && attempts >= ONCE_ATTEMPTS {
+                        if self.fence.is_some() {
+                            claims::unclaim(&self.outbox, path).map_err(|e| {
+                                SendError::Setup(format!(
+                                    "cannot put {name} back into the queue: {e}"
+                                ))
+                            })?;
+                        }
                         return Ok(false);
                     }
                     // A stuck message holds up no usage report.
@@ -417,8 +503,9 @@ impl Sender {
         }
     }
 
-    /// Moves a message to `failed/`, with UCloud's answer beside it.
-    fn fail(&self, name: &str, response: Value) -> Result<(), SendError> {
+    /// Moves a message (queued or claimed, at `from`) to `failed/`, with UCloud's
+    /// answer beside it.
+    fn fail(&self, from: &Path, name: &str, response: Value) -> Result<(), SendError> {
         let mut response = response;
         response["time"] = json!(ucloud_wire::now_ms());
         let stem = name.strip_suffix(".json").unwrap_or(name);
@@ -428,12 +515,7 @@ impl Sender {
             &format!("{stem}.response"),
             response.to_string().as_bytes(),
         )
-        .and_then(|_| {
-            fs::rename(
-                self.outbox.join(outbox::QUEUE).join(name),
-                self.outbox.join(outbox::FAILED).join(name),
-            )
-        })
+        .and_then(|_| fs::rename(from, self.outbox.join(outbox::FAILED).join(name)))
         .map_err(|e| SendError::Setup(format!("cannot move {name} to failed/: {e}")))
     }
 }
@@ -618,6 +700,107 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_that_lost_its_lease_sends_nothing_and_loses_nothing() {
+        use ucloud_wire::lease::{Holder, Lease, Timing};
+        let dir = std::env::temp_dir().join(format!("sender-fenced-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        for sub in [
+            outbox::TMP,
+            outbox::QUEUE,
+            outbox::REPLIES,
+            outbox::FAILED,
+            usage::USAGE,
+            claims::CLAIMED,
+            "leases/sender",
+        ] {
+            fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.join("leases/sender"), fs::Permissions::from_mode(0o755)).unwrap();
+        let timing = Timing {
+            ttl: Duration::from_millis(300),
+            skew: Duration::from_millis(50),
+        };
+        let keeper = |host: &str| {
+            let lease = Lease::open(
+                &dir.join("leases"),
+                "sender",
+                Holder {
+                    host: host.into(),
+                    pid: 1,
+                },
+                timing,
+            )
+            .unwrap();
+            let outbox = dir.clone();
+            Keeper::spawn(
+                lease,
+                "test",
+                Some(Box::new(move |t| claims::prepare(&outbox, t))),
+            )
+            .unwrap()
+        };
+        let update = |n: u64| Message {
+            method: Method::Post,
+            path: "/api/jobs/control/update".into(),
+            body: json!({ "items": [n] }),
+            reply: None,
+        };
+        let (url, calls) = fake_ucloud(std::sync::Arc::new(true.into()));
+        let client = || {
+            Client::new(
+                ucloud_http::client::Endpoint::new(&url, None, Duration::from_secs(5)).unwrap(),
+            )
+        };
+        let a = keeper("a");
+        let token_a = a.check().unwrap();
+        claims::take_over(&dir, token_a).unwrap();
+        let mut sender_a = Sender::new(client(), "t".into(), dir.clone());
+        sender_a.fence(a.clone(), token_a);
+        outbox::enqueue(&dir, &update(1)).unwrap();
+        assert!(sender_a.drain(false).unwrap());
+        assert!(outbox::queued(&dir).unwrap().is_empty());
+        // A's host hangs; B takes over; A's claim of a message it had begun is
+        // put back.
+        let b = keeper("b");
+        a.stop_renewing();
+        let token_b = b
+            .wait_held(timing.takeover_bound() * 2)
+            .expect("B takes over");
+        let stranded = outbox::enqueue(&dir, &update(2)).unwrap();
+        let claims_a = claims::claims_dir(&dir).join(token_a.name());
+        fs::rename(&stranded, claims_a.join(stranded.file_name().unwrap())).unwrap();
+        outbox::enqueue(&dir, &update(3)).unwrap();
+        assert_eq!(claims::take_over(&dir, token_b).unwrap(), 1);
+        assert_eq!(outbox::queued(&dir).unwrap().len(), 2);
+        // A wakes up: it delivers nothing and takes nothing.
+        let before = calls.try_iter().count();
+        assert!(!sender_a.drain(false).unwrap());
+        assert_eq!(calls.try_iter().count(), 0, "after {before} calls");
+        assert_eq!(outbox::queued(&dir).unwrap().len(), 2);
+        // Even told it may act, its claim would fail: its directory is gone.
+        let first = outbox::queued(&dir).unwrap()[0].clone();
+        assert_eq!(
+            claims::claim(&dir, token_a, &first).unwrap(),
+            claims::Claimed::Revoked
+        );
+        // B delivers both, in order (the fake serves one connection at a time).
+        drop(sender_a);
+        let mut sender_b = Sender::new(client(), "t".into(), dir.clone());
+        sender_b.fence(b.clone(), token_b);
+        assert!(sender_b.drain(false).unwrap());
+        let bodies: Vec<String> = calls
+            .try_iter()
+            .filter(|(p, _)| p == "/api/jobs/control/update")
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(bodies.len(), 2, "{bodies:?}");
+        assert!(bodies[0].contains("[2]") && bodies[1].contains("[3]"));
+        b.release();
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn replies_and_failures_land_whole() {
         let dir = std::env::temp_dir().join(format!("sender-outbox-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -652,7 +835,7 @@ mod tests {
             ucloud_http::client::Endpoint::new("http://127.0.0.1:9", None, Duration::from_secs(1))
                 .unwrap();
         let sender = Sender::new(Client::new(endpoint), "t".into(), dir.clone());
-        sender.fail(&name, json!({"status": 400})).unwrap();
+        sender.fail(&queued, &name, json!({"status": 400})).unwrap();
         assert!(!queued.exists());
         assert!(dir.join(outbox::FAILED).join(&name).exists());
         let stem = name.strip_suffix(".json").unwrap();

@@ -5,6 +5,7 @@
 //! inbox (its own thread).
 #![forbid(unsafe_code)]
 
+mod claims;
 mod deliver;
 mod error;
 mod products;
@@ -13,9 +14,11 @@ mod stream;
 mod tokens;
 
 use error::SendError;
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use ucloud_http::client::{Client, Endpoint};
+use ucloud_wire::lease::{Holder, Keeper, Lease};
 
 const HELP: &str = "\
 ucloud-sender: deliver ucloud-im's outbox to UCloud, read UCloud's notifications
@@ -25,7 +28,9 @@ usage: ucloud-sender [--once]
   --once   register the products, deliver what is queued, then exit: 0 when the
            products are registered and the queue is empty at the end, 1 when they
            are not or a message could not be delivered (it stays queued); the
-           notification stream is not opened
+           notification stream is not opened. When another sender holds the
+           sender lease, it delivers nothing itself and waits up to 30 s for
+           that one to empty the queue
   --version  print the version
 
 First it registers the site's products (products/jobs.json and products/files.json
@@ -37,8 +42,16 @@ sets project_prefix, reads UCloud's provider notification stream
 (/api/accounting/notifications: wallets and projects) into the inbox for
 ucloud-project(8), keeping the replay start in inbox/replay-from. Reads site.conf
 (provider, ucloud_url, ucloud_ca, sender_user, project_prefix) and the refresh
-token; runs as sender_user only. See ucloud-sender(8).
+token; runs as sender_user only.
+
+Several hosts may run it on one shared state directory: only the holder of the
+sender lease (var/lib/ucloud-im/leases/sender/, site.conf lease_seconds and
+clock_skew_seconds) delivers and reads the stream; the others wait and take
+over when it stops renewing. See ucloud-sender(8), HOSTS.
 ";
+
+/// How long `--once` waits for another holder to empty the queue.
+const ONCE_WAIT: Duration = Duration::from_secs(30);
 
 /// How often an idle sender looks for new messages.
 const POLL: Duration = Duration::from_millis(200);
@@ -84,17 +97,40 @@ fn run(once: bool) -> Result<bool, SendError> {
     );
     let stream_endpoint = endpoint.clone();
     let refresh_token = setup.refresh_token.clone();
+    let outbox = setup.outbox.clone();
+    let keeper = keep_lease(&outbox, setup.lease_timing)?;
     let mut sender = deliver::Sender::new(Client::new(endpoint), setup.refresh_token, setup.outbox);
     if once {
         let registered = matches!(
             registrar.settle(&mut sender, Some(deliver::ONCE_ATTEMPTS)),
             products::Outcome::Registered(_)
         );
-        return Ok(sender.drain(true)? && registered);
+        let delivered = match keeper.check() {
+            Ok(token) => {
+                take_over(&outbox, token)?;
+                sender.fence(keeper.clone(), token);
+                sender.drain(true)?
+            }
+            Err(_) => {
+                ucloud_wire::log_info!(
+                    "ucloud-sender: another sender holds the sender lease and delivers; waiting up to {} s for the queue to empty",
+                    ONCE_WAIT.as_secs()
+                );
+                wait_empty(&outbox, ONCE_WAIT)
+            }
+        };
+        keeper.release();
+        return Ok(delivered && registered);
     }
-    ucloud_wire::log_info!("ucloud-sender: delivering to {}", setup.ucloud_url);
+    ucloud_wire::log_info!(
+        "ucloud-sender: delivering to {} while holding the sender lease (takeover within {} s)",
+        setup.ucloud_url,
+        setup.lease_timing.takeover_bound().as_secs_f32()
+    );
+    let stream_keeper = keeper.clone();
+    let fence: stream::Fence = std::sync::Arc::new(move || stream_keeper.check().is_ok());
     let reader = match setup.inbox {
-        Some(inbox) => Some(spawn_stream(stream_endpoint, refresh_token, inbox)?),
+        Some(inbox) => Some(spawn_stream(stream_endpoint, refresh_token, inbox, fence)?),
         None => {
             ucloud_wire::log_info!(
                 "ucloud-sender: site.conf sets no project_prefix: the notification stream is not read"
@@ -102,7 +138,8 @@ fn run(once: bool) -> Result<bool, SendError> {
             None
         }
     };
-    registrar.settle(&mut sender, None);
+    let mut current = None;
+    let mut settled = false;
     loop {
         // The stream's thread waits out every failure; it ends only by a panic, and
         // a sender that no longer reads the stream should say so and be restarted.
@@ -111,8 +148,88 @@ fn run(once: bool) -> Result<bool, SendError> {
                 "the notification stream's thread stopped unexpectedly".into(),
             ));
         }
-        registrar.tick(&mut sender);
-        sender.drain(false)?;
+        match keeper.check() {
+            Ok(token) => {
+                if current != Some(token) {
+                    // A failure here is the file server's: try again next turn.
+                    if let Err(e) = take_over(&outbox, token) {
+                        ucloud_wire::log_err!("ucloud-sender: {e}");
+                        std::thread::sleep(POLL);
+                        continue;
+                    }
+                    sender.fence(keeper.clone(), token);
+                    current = Some(token);
+                }
+                if !settled {
+                    registrar.settle(&mut sender, None);
+                    settled = true;
+                }
+                registrar.tick(&mut sender);
+                sender.drain(false)?;
+            }
+            Err(_) => {
+                if let Some(token) = current.take() {
+                    ucloud_wire::log_warn!(
+                        "ucloud-sender: standby: token {token} is no longer held; delivering nothing until this host holds the sender lease again"
+                    );
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The sender lease, kept by its own thread; the claim directory of each new
+/// token is made before the token.
+fn keep_lease(outbox: &Path, timing: ucloud_wire::lease::Timing) -> Result<Keeper, SendError> {
+    let setup = |e: ucloud_wire::lease::LeaseError| SendError::Setup(e.to_string());
+    let lease = Lease::open(
+        Path::new(&ucloud_wire::paths::leases_dir()),
+        "sender",
+        Holder::this_process().map_err(setup)?,
+        timing,
+    )
+    .map_err(setup)?;
+    let claims = outbox.to_path_buf();
+    Keeper::spawn(
+        lease,
+        "ucloud-sender",
+        Some(Box::new(move |token| claims::prepare(&claims, token))),
+    )
+    .map_err(setup)
+}
+
+/// Revokes the claims of older tokens and puts their messages back in the queue.
+fn take_over(outbox: &Path, token: ucloud_wire::lease::Token) -> Result<(), SendError> {
+    let back = claims::take_over(outbox, token).map_err(|e| {
+        SendError::Setup(format!(
+            "cannot take over the claims in {}: {e}",
+            claims::claims_dir(outbox).display()
+        ))
+    })?;
+    ucloud_wire::log_info!(
+        "ucloud-sender: took over the outbox with token {token}: {back} claimed message(s) back in the queue"
+    );
+    Ok(())
+}
+
+/// Whether the queue and the usage reports empty within `limit` (another host's
+/// sender delivers them).
+fn wait_empty(outbox: &Path, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        let queued = ucloud_wire::outbox::queued(outbox)
+            .map(|q| q.len())
+            .unwrap_or(1);
+        let usage = std::fs::read_dir(outbox.join(ucloud_wire::usage::USAGE))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if queued == 0 && usage == 0 {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
         std::thread::sleep(POLL);
     }
 }
@@ -124,12 +241,14 @@ fn spawn_stream(
     endpoint: Endpoint,
     refresh_token: String,
     inbox: std::path::PathBuf,
+    fence: stream::Fence,
 ) -> Result<std::thread::JoinHandle<()>, SendError> {
     let options = stream::Options {
         endpoint: endpoint.clone(),
         inbox,
         timing: stream::Timing::STANDARD,
         stop: Default::default(),
+        fence,
     };
     let mut client = Client::new(endpoint);
     let mut tokens = tokens::Tokens::new(refresh_token);

@@ -17,6 +17,8 @@ pub struct Setup {
     /// The inbox, where the notification stream goes, when the site uses UCloud
     /// projects (site.conf sets `project_prefix`); `None`: the stream is not read.
     pub inbox: Option<PathBuf>,
+    /// site.conf `lease_seconds` and `clock_skew_seconds`.
+    pub lease_timing: ucloud_wire::lease::Timing,
 }
 
 pub fn load() -> Result<Setup, SendError> {
@@ -45,6 +47,7 @@ pub fn load() -> Result<Setup, SendError> {
     };
     let refresh_token = read_token(&token_file, owner)?;
     Ok(Setup {
+        lease_timing: config.lease_timing(),
         ucloud_url: config.ucloud_url,
         ucloud_ca: PathBuf::from(config.ucloud_ca),
         refresh_token,

@@ -102,6 +102,19 @@ pub struct Options {
     pub timing: Timing,
     /// Set to end [`run`] (tests; the sender runs the stream for its whole life).
     pub stop: Arc<AtomicBool>,
+    /// Whether this process may write the inbox now (it holds the sender's lease):
+    /// asked before it connects, before each write of events or of the replay
+    /// start, and on every turn of a connection, which a `false` ends.
+    pub fence: Fence,
+}
+
+/// The fencing check the stream asks: `true` while it may act.
+pub type Fence = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// A fence that always allows (the tests).
+#[cfg(test)]
+pub fn no_fence() -> Fence {
+    Arc::new(|| true)
 }
 
 /// An access token; `true` asks for a new one rather than the one held (UCloud
@@ -118,6 +131,8 @@ enum End {
     /// UCloud sent what its core never sends.
     Refused(String),
     Stopped,
+    /// This process no longer holds the sender's lease.
+    Standby,
 }
 
 /// Logs at most once per period.
@@ -149,6 +164,11 @@ pub fn run(options: &Options, token: &mut TokenSource<'_>) {
     let mut no_inbox = Every::new(timing.log_every);
     let mut carried: Vec<(Instant, String)> = Vec::new();
     while !options.stop.load(Ordering::SeqCst) {
+        if !(options.fence)() {
+            // Another host's sender reads the stream; this one waits its turn.
+            pause(options, timing.tick);
+            continue;
+        }
         if let Err(why) = inbox_ready(&options.inbox) {
             if no_inbox.due() {
                 ucloud_wire::log_warn!(
@@ -183,6 +203,13 @@ pub fn run(options: &Options, token: &mut TokenSource<'_>) {
         let next = backoff.as_secs_f32();
         match end {
             End::Stopped => return,
+            End::Standby => {
+                ucloud_wire::log_info!(
+                    "ucloud-sender: notification stream closed: this host no longer holds the sender lease"
+                );
+                backoff = timing.first_backoff;
+                continue;
+            }
             End::Failed(why) => ucloud_wire::log_warn!(
                 "ucloud-sender: cannot open the notification stream: {why}; next try in {next} s"
             ),
@@ -225,6 +252,7 @@ fn inbox_ready(inbox: &Path) -> Result<(), String> {
 /// The stored replay start and when to move it.
 struct ReplayStart<'a> {
     inbox: &'a Path,
+    fence: &'a Fence,
     margin_ms: i64,
     stored: i64,
     /// The connection's opening replay is over: the start may move.
@@ -242,7 +270,7 @@ impl ReplayStart<'_> {
         self.last_store = Instant::now();
         self.pending = false;
         let want = now_ms - self.margin_ms;
-        if want <= self.stored {
+        if want <= self.stored || !(self.fence)() {
             return;
         }
         match inbox::set_replay_from(self.inbox, want) {
@@ -341,6 +369,7 @@ impl<'a> Session<'a> {
         );
         let mut start = ReplayStart {
             inbox: inbox_dir,
+            fence: &self.options.fence,
             margin_ms: timing.margin_ms,
             stored,
             settled: false,
@@ -367,6 +396,10 @@ impl<'a> Session<'a> {
                 let _ = send_close(&mut stream, websocket::CLOSE_GOING_AWAY);
                 return End::Stopped;
             }
+            if !(self.options.fence)() {
+                let _ = send_close(&mut stream, websocket::CLOSE_GOING_AWAY);
+                return End::Standby;
+            }
             // Messages already buffered first (the upgrade answer may carry some).
             loop {
                 let message = match decoder.next() {
@@ -391,6 +424,12 @@ impl<'a> Session<'a> {
                                 ));
                             }
                         };
+                        if !events.is_empty() && !(self.options.fence)() {
+                            // Not written: the new holder's stream replays them
+                            // from the stored start.
+                            let _ = send_close(&mut stream, websocket::CLOSE_GOING_AWAY);
+                            return End::Standby;
+                        }
                         for event in &events {
                             if let Err(e) = inbox::write_event(inbox_dir, &event.to_json()) {
                                 let _ = send_close(&mut stream, websocket::CLOSE_GOING_AWAY);
@@ -718,6 +757,7 @@ mod tests {
             inbox: inbox.to_path_buf(),
             timing,
             stop: stop.clone(),
+            fence: no_fence(),
         };
         let thread = std::thread::spawn(move || run(&options, &mut |_| Ok("tok".to_string())));
         (stop, thread)
@@ -1090,6 +1130,7 @@ mod tests {
             inbox: dir.clone(),
             timing: fast(),
             stop: stop.clone(),
+            fence: no_fence(),
         };
         let thread = std::thread::spawn(move || run(&options, &mut |_| Ok("tok".to_string())));
         let mut core = TlsCore::accept_tls(&listener, &server);
@@ -1217,8 +1258,10 @@ mod tests {
     #[test]
     fn the_replay_start_never_moves_backwards() {
         let dir = scratch("start");
+        let fence = no_fence();
         let mut start = ReplayStart {
             inbox: &dir,
+            fence: &fence,
             margin_ms: 60_000,
             stored: i64::MAX - 1,
             settled: true,
@@ -1255,6 +1298,7 @@ mod tests {
             inbox: dir.clone(),
             timing: fast(),
             stop: Default::default(),
+            fence: no_fence(),
         };
         let now = Instant::now();
         let ago = |s| now.checked_sub(Duration::from_secs(s)).unwrap();

@@ -72,6 +72,12 @@ pub struct SiteConfig {
     /// Where ucloud-notify sends munge-proven job events over TCP
     /// (`monitor_events`, 1 to 8 `ADDR:PORT`); empty: the local unix socket.
     pub monitor_events: Vec<std::net::SocketAddr>,
+    /// How long a singleton's lease lasts after a renewal (`lease_seconds`, default
+    /// 10) and how far apart the clocks of the hosts sharing the state directory
+    /// may be (`clock_skew_seconds`, default 2; not `clock_skew`, which is about
+    /// UCloud's tokens). See [`SiteConfig::lease_timing`].
+    pub lease_seconds: u64,
+    pub clock_skew_seconds: u64,
 }
 
 /// What `ucloud-project` may create and where (site.conf's `project_*` and
@@ -158,6 +164,15 @@ impl SiteConfig {
         }
     }
 
+    /// The singletons' lease timing (site.conf `lease_seconds`, `clock_skew_seconds`),
+    /// checked when the file was read.
+    pub fn lease_timing(&self) -> crate::lease::Timing {
+        crate::lease::Timing {
+            ttl: std::time::Duration::from_secs(self.lease_seconds),
+            skew: std::time::Duration::from_secs(self.clock_skew_seconds),
+        }
+    }
+
     /// The signed claim that names the UCloud user, where the site believes no other
     /// source (`user_mode = strict`, `user_claim`).
     pub fn user_claim(&self) -> Option<&str> {
@@ -200,7 +215,10 @@ impl SiteConfig {
             search_max_results: DEFAULT_SEARCH_MAX_RESULTS,
             projects: None,
             monitor_events: Vec::new(),
+            lease_seconds: 10,
+            clock_skew_seconds: 2,
         };
+        let mut lease_line = 0;
         let mut project = ProjectConfig {
             prefix: String::new(),
             gid_min: 0,
@@ -271,6 +289,17 @@ impl SiteConfig {
                     n => config.search_max_results = n,
                 },
                 "timeout" => config.timeout = number(key)?,
+                "lease_seconds" => {
+                    config.lease_seconds = number(key)?;
+                    if !(3..=3600).contains(&config.lease_seconds) {
+                        return Err(err(line_no, "lease_seconds must be between 3 and 3600"));
+                    }
+                    lease_line = line_no;
+                }
+                "clock_skew_seconds" => {
+                    config.clock_skew_seconds = number(key)?;
+                    lease_line = line_no;
+                }
                 "mapping_expire_after_ms" => config.mapping_expire_after_ms = Some(number(key)?),
                 "ucloud_url" => config.ucloud_url = value.trim_end_matches('/').to_string(),
                 "ucloud_ca" => config.ucloud_ca = value.to_string(),
@@ -389,6 +418,16 @@ impl SiteConfig {
                     _ => return Err(err(line_no, format!("unknown key {key:?}"))),
                 },
             }
+        }
+        if config.clock_skew_seconds.saturating_mul(2) >= config.lease_seconds {
+            return Err(err(
+                lease_line,
+                format!(
+                    "clock_skew_seconds ({}) must be less than half of lease_seconds ({}): a holder \
+                     believes its lease for lease_seconds minus the skew, and renews every third",
+                    config.clock_skew_seconds, config.lease_seconds
+                ),
+            ));
         }
         if strict {
             if claim.is_empty() {
@@ -667,6 +706,46 @@ mod tests {
         let c = SiteConfig::parse(&format!("{MINIMAL}folder_upload_max_depth = 4\n")).unwrap();
         assert_eq!(c.folder_upload_max_depth, 4);
         assert!(SiteConfig::parse(&format!("{MINIMAL}folder_upload_max_width = -1\n")).is_err());
+    }
+
+    #[test]
+    fn lease_timing_has_defaults_and_refuses_bad_values() {
+        let c = SiteConfig::parse(MINIMAL).unwrap();
+        assert_eq!(c.lease_timing(), crate::lease::Timing::DEFAULT);
+        let c = SiteConfig::parse(&format!(
+            "{MINIMAL}lease_seconds = 30\nclock_skew_seconds = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.lease_timing().ttl, std::time::Duration::from_secs(30));
+        assert_eq!(c.lease_timing().skew, std::time::Duration::from_secs(5));
+        let c = SiteConfig::parse(&format!("{MINIMAL}clock_skew_seconds = 0\n")).unwrap();
+        assert!(c.lease_timing().skew.is_zero());
+        for bad in [
+            "",
+            "-1",
+            "ten",
+            "2",
+            "0",
+            "3601",
+            "1e3",
+            "99999999999999999999999",
+        ] {
+            let e = SiteConfig::parse(&format!("{MINIMAL}lease_seconds = {bad}\n")).unwrap_err();
+            assert_eq!(e.line, 4, "{bad:?}");
+        }
+        for bad in ["", "-1", "two", "1.5"] {
+            let e =
+                SiteConfig::parse(&format!("{MINIMAL}clock_skew_seconds = {bad}\n")).unwrap_err();
+            assert_eq!(e.line, 4, "{bad:?}");
+        }
+        // A skew of half the lease or more leaves a holder no time to renew.
+        for (lease, skew) in [(10, 5), (10, 9), (4, 2), (10, 18446744073709551615u64)] {
+            let text = format!("{MINIMAL}lease_seconds = {lease}\nclock_skew_seconds = {skew}\n");
+            let e = SiteConfig::parse(&text).unwrap_err();
+            assert!(e.message.contains("half"), "{lease} {skew}: {e}");
+        }
+        let e = SiteConfig::parse(&format!("{MINIMAL}clock_skew_seconds = 5\n")).unwrap_err();
+        assert_eq!(e.line, 4);
     }
 
     #[test]

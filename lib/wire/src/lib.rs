@@ -23,6 +23,7 @@ pub mod envelope;
 pub mod error;
 pub mod inbox;
 pub mod install;
+pub mod lease;
 pub mod limit;
 pub mod log;
 pub mod munge;

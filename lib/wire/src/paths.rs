@@ -47,6 +47,11 @@ pub fn drives_dir() -> String {
 pub fn outbox_dir() -> String {
     under("/var/lib/ucloud-im/outbox")
 }
+/// The singletons' leases (`lease`): one directory per role (`sender`,
+/// `monitor`, `usage`), owned by the role's account, holding its token files.
+pub fn leases_dir() -> String {
+    under("/var/lib/ucloud-im/leases")
+}
 /// What UCloud tells the provider (its notification stream), written by the sender
 /// as one file per event (root:<sender's own group> 2770) and acted on
 /// by ucloud-project, which treats it as untrusted input.
