@@ -1,7 +1,8 @@
 //! One client connection, up to the relay: the TLS handshake under a deadline, a
 //! whole request head under another (no gateway is connected before, so idle and
 //! slow clients hold none), a place on a backend within the client's share (a
-//! refused connect is retried on another: nothing was sent yet), the PROXY header;
+//! refused or timed-out connect is retried on another: nothing was sent yet), the
+//! PROXY header;
 //! then the relay (relay.rs) moves the bytes both ways until either side is done or
 //! the connection sits idle too long.
 

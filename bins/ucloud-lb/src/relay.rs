@@ -9,7 +9,7 @@
 //! backend write is pending, the backend not while the client has TLS output
 //! waiting, so neither side's bytes pile up here.
 
-use crate::backend::Stream;
+use crate::backend::{Stream, MARKED_DOWN};
 use crate::state::{Generation, Lease, Slot};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -56,6 +56,8 @@ pub enum Ended {
     Reset,
     /// The client reset the connection or stopped reading.
     ClientGone,
+    /// Its backend was marked down (`on_marked_down = close`).
+    Cut,
     Broken(String),
 }
 
@@ -133,6 +135,8 @@ struct Loop {
     conns: HashMap<u64, Conn>,
     next: u64,
     buf: Vec<u8>,
+    /// `MARKED_DOWN` when connections were last looked at for it.
+    downs: u64,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -156,6 +160,7 @@ impl Loop {
             conns: HashMap::new(),
             next: 0,
             buf: vec![0u8; READ_SIZE],
+            downs: MARKED_DOWN.load(Relaxed),
         }
     }
 
@@ -191,6 +196,11 @@ impl Loop {
                     }
                 }
                 self.pump(token / 2, hangup && client, hangup && !client);
+            }
+            let downs = MARKED_DOWN.load(Relaxed);
+            if downs != self.downs {
+                self.downs = downs;
+                self.cut();
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
@@ -303,6 +313,39 @@ impl Loop {
         }
     }
 
+    /// Closes the connections whose backend the health checks marked down since
+    /// they were made (`on_marked_down = close`): a keep-alive client whose host
+    /// vanished gets the close at once and reconnects to one that is up, instead
+    /// of waiting on a connection nothing answers (a host whose link went down
+    /// neither resets nor closes it).
+    fn cut(&mut self) {
+        let gone: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.h.lease.cut())
+            .map(|(k, _)| *k)
+            .collect();
+        let mut by_backend: Vec<(Arc<crate::backend::Backend>, u64)> = Vec::new();
+        for key in gone {
+            if let Some(c) = self.conns.get(&key) {
+                let b = &c.h.lease.0;
+                match by_backend.iter_mut().find(|(x, _)| Arc::ptr_eq(x, b)) {
+                    Some((_, n)) => *n += 1,
+                    None => by_backend.push((b.clone(), 1)),
+                }
+            }
+            self.finish(key, Ended::Cut);
+        }
+        for (b, n) in by_backend {
+            b.cut.fetch_add(n, Relaxed);
+            ucloud_wire::log_warn!(
+                "ucloud-lb: backend {} is down: closed its {n} connection(s) \
+                 (on_marked_down = close)",
+                b.name
+            );
+        }
+    }
+
     fn finish(&mut self, key: u64, ended: Ended) {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
@@ -320,7 +363,7 @@ impl Loop {
         shared.counters.bytes_out.fetch_add(conn.moved.1, Relaxed);
         let peer = h.conn.peer;
         // Idle or broken: tell the client the stream ends (best effort, no waiting).
-        let notify = matches!(ended, Ended::Idle | Ended::Broken(_));
+        let notify = matches!(ended, Ended::Idle | Ended::Broken(_) | Ended::Cut);
         match ended {
             Ended::Done => {}
             Ended::Reset => {
@@ -347,7 +390,7 @@ impl Loop {
                 shared.counters.idle_timeouts.fetch_add(1, Relaxed);
             }
             // Clients that hang up mid-way are ordinary, not worth a line.
-            Ended::ClientGone => {}
+            Ended::ClientGone | Ended::Cut => {}
             Ended::Broken(why) => {
                 ucloud_wire::log_warn!("ucloud-lb: {peer} via {}: connection ended: {why}", b.name);
             }
