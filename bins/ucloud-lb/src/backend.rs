@@ -218,6 +218,14 @@ impl Stream {
             Stream::Tls(s) => s.sock.set_nonblocking(true),
         }
     }
+    /// The socket's pending error (SO_ERROR), cleared.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Stream::Tcp(s) => s.take_error(),
+            Stream::Unix(s) => s.take_error(),
+            Stream::Tls(s) => s.sock.take_error(),
+        }
+    }
     /// Whether TLS output waits for the socket (only a TLS stream holds any).
     pub fn wants_write(&self) -> bool {
         matches!(self, Stream::Tls(s) if s.tls.wants_write())

@@ -70,9 +70,11 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
         }
     };
     let _ = client.set_read_timeout(None);
-    // What the client sent, kept until the backend answers its first byte: a backend
-    // that resets the connection before that never saw the request (it sat in the
-    // accept queue of a gateway that went away), so it is safe to send elsewhere.
+    // What the client sent, kept until the backend answers (and then each next
+    // request, until its answer): a backend that resets the connection before that
+    // never read the request (it sat in the accept queue of a gateway that went
+    // away, or in the socket of a process that died), so it is safe to send
+    // elsewhere.
     attach(Pending {
         tls,
         client,
@@ -86,8 +88,8 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
     });
 }
 
-/// The relay gave a connection back: its backend reset it before answering. Runs
-/// on a thread of its own, like `serve`.
+/// The relay gave a connection back: its backend went away without reading what
+/// the client sent since its last answer. Runs on a thread of its own, like `serve`.
 pub fn retry(h: Handover) {
     let Handover {
         conn,

@@ -10,7 +10,7 @@
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Relaxed};
@@ -29,6 +29,9 @@ const SERVING: u8 = 0;
 const KILLED: u8 = 1;
 /// Its link is down: nothing is accepted or answered, nothing is closed.
 const CUT_OFF: u8 = 2;
+/// Answers one request per connection, then closes it when the next comes,
+/// without reading it (as a process that goes away would: the kernel resets).
+const ONE_PER_CONNECTION: u8 = 3;
 
 /// A login host: answers every request with its name, keep-alive.
 struct Host {
@@ -36,6 +39,8 @@ struct Host {
     addr: SocketAddr,
     mode: Arc<AtomicU8>,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    /// Requests it read and never answered: the only ones a failure may lose.
+    unanswered: Arc<AtomicUsize>,
     /// Connections that fill its accept queue once it is cut off.
     queue_fill: Vec<TcpStream>,
 }
@@ -47,7 +52,8 @@ impl Host {
         listener.set_nonblocking(true).unwrap();
         let mode = Arc::new(AtomicU8::new(SERVING));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (m, o) = (mode.clone(), open.clone());
+        let unanswered = Arc::new(AtomicUsize::new(0));
+        let (m, o, u) = (mode.clone(), open.clone(), unanswered.clone());
         std::thread::spawn(move || loop {
             match m.load(Relaxed) {
                 // Dropping the listener: connects are refused from now on.
@@ -61,9 +67,13 @@ impl Host {
             match listener.accept() {
                 Ok((s, _)) => {
                     s.set_nonblocking(false).unwrap();
-                    o.lock().unwrap().push(s.try_clone().unwrap());
-                    let m = m.clone();
-                    std::thread::spawn(move || serve(name, s, &m));
+                    // Kept to close on a kill; a connection closed by its own thread
+                    // must have no other copy.
+                    if m.load(Relaxed) != ONE_PER_CONNECTION {
+                        o.lock().unwrap().push(s.try_clone().unwrap());
+                    }
+                    let (m, u) = (m.clone(), u.clone());
+                    std::thread::spawn(move || serve(name, s, &m, &u));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(2)),
             }
@@ -73,16 +83,16 @@ impl Host {
             addr,
             mode,
             open,
+            unanswered,
             queue_fill: Vec::new(),
         }
     }
 
-    /// Its processes die: the listener goes, open connections are closed.
+    /// Its processes die: the listener goes, and the kernel closes every open
+    /// connection (a FIN, or a reset when a request waits unread in it).
     fn kill(&self) {
         self.mode.store(KILLED, Relaxed);
-        for s in self.open.lock().unwrap().iter() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
+        self.open.lock().unwrap().clear();
     }
 
     /// Its link goes down: connects hang (the accept queue is full, so the kernel
@@ -103,13 +113,22 @@ impl Host {
     }
 }
 
-fn serve(name: &str, mut s: TcpStream, mode: &AtomicU8) {
+fn serve(name: &str, mut s: TcpStream, mode: &AtomicU8, unanswered: &AtomicUsize) {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
+    // Short, so that a kill closes the socket (dropped on return) within it.
+    s.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
     loop {
         let n = match s.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return,
             Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if mode.load(Relaxed) == KILLED {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => return,
         };
         got.extend_from_slice(&buf[..n]);
         while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -119,6 +138,7 @@ fn serve(name: &str, mut s: TcpStream, mode: &AtomicU8) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             if mode.load(Relaxed) == KILLED {
+                unanswered.fetch_add(1, Relaxed);
                 return;
             }
             let answer = format!(
@@ -126,6 +146,13 @@ fn serve(name: &str, mut s: TcpStream, mode: &AtomicU8) {
                 name.len()
             );
             if s.write_all(answer.as_bytes()).is_err() {
+                return;
+            }
+            if mode.load(Relaxed) == ONE_PER_CONNECTION {
+                s.set_read_timeout(None).unwrap();
+                let _ = s.peek(&mut [0u8; 1]);
+                // The whole request in, unread: closing now resets.
+                std::thread::sleep(Duration::from_millis(50));
                 return;
             }
         }
@@ -436,9 +463,18 @@ fn fail_under_load(name: &str, fail: impl FnOnce(&mut Host)) -> (Arc<Tally>, Arc
         &new_failed[..new_failed.len().min(5)],
         lb.log_text()
     );
-    // A client loses at most the request it had on host a when it failed.
+    // A client loses at most the request it had on host a when it failed, and
+    // only if host a had read it.
     let old = tally.old_failed.load(Relaxed);
     assert!(old <= 8, "{old} requests failed on old connections");
+    let read = a.unanswered.load(Relaxed);
+    if name == "killed" {
+        assert!(
+            old <= read,
+            "{old} requests lost, host a read only {read} of them\n{}",
+            lb.log_text()
+        );
+    }
     assert_eq!(
         tally.hung.load(Relaxed),
         0,
@@ -447,7 +483,8 @@ fn fail_under_load(name: &str, fail: impl FnOnce(&mut Host)) -> (Arc<Tally>, Arc
     assert_eq!(lb.metric("ucloud_lb_backend_up{backend=\"a\"}"), 0);
     eprintln!(
         "{name}: {} requests, {after} after the failure; {old} lost on host a's \
-         connections, noticed after {:?}; {} answered by a after the failure",
+         connections (it read {read} it never answered), noticed after {:?}; {} \
+         answered by a after the failure",
         tally.ok.load(Relaxed),
         tally.noticed.lock().unwrap(),
         tally.from_failed.load(Relaxed)
@@ -511,4 +548,32 @@ fn with_on_marked_down_keep_a_connection_to_a_cut_off_host_stays() {
         "the connection ended: {e}"
     );
     assert_eq!(lb.metric("ucloud_lb_backend_cut_total{backend=\"a\"}"), 0);
+}
+
+#[test]
+fn a_request_a_keep_alive_backend_never_read_goes_to_the_other() {
+    let _serial = serial();
+    let dir = scratch("unread");
+    let (a, b) = (Host::start("a"), Host::start("b"));
+    for h in [&a, &b] {
+        h.mode.store(ONE_PER_CONNECTION, Relaxed);
+    }
+    let lb = Lb::start(&dir, "", &[(&a, ""), (&b, "")]);
+    let mut c = lb.client().unwrap();
+    let first = c.get().unwrap();
+    // The first host resets the connection with the request unread: the same
+    // client connection gets its answer from the other.
+    let second = c.get().unwrap_or_else(|e| panic!("{e}\n{}", lb.log_text()));
+    assert_ne!(first, second);
+    assert!(
+        lb.log_text()
+            .contains("went away without reading a request"),
+        "{}",
+        lb.log_text()
+    );
+    // Not a sign of a dead backend: both stay in rotation.
+    assert_eq!(
+        lb.metric(&format!("ucloud_lb_backend_up{{backend=\"{first}\"}}")),
+        1
+    );
 }
