@@ -3,7 +3,7 @@
 //! and connecting to it over TCP, a unix socket, or mutual TLS to a relay balancer
 //! on a gateway's host.
 
-use crate::config::{Address, BackendConfig};
+use crate::config::{Address, BackendConfig, OnMarkedDown};
 use crate::tls::Relayed;
 use rustls::ClientConnection;
 use std::io::{self, ErrorKind, Read, Write};
@@ -13,6 +13,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Bumped whenever the health checks mark a backend down: the relay looks for
+/// connections to cut (`on_marked_down`) only when it has changed.
+pub static MARKED_DOWN: AtomicU64 = AtomicU64::new(0);
 
 pub struct Backend {
     pub name: String,
@@ -27,6 +31,13 @@ pub struct Backend {
     pub retired: AtomicBool,
     /// Consecutive health results: (successes, failures).
     streak: Mutex<(u32, u32)>,
+    /// `on_marked_down = close`.
+    pub cut_when_down: AtomicBool,
+    /// How many times the health checks marked it down: a connection made before
+    /// the latest is cut when `cut_when_down`.
+    pub downs: AtomicU64,
+    /// Connections closed because it was marked down.
+    pub cut: AtomicU64,
     pub active: AtomicU64,
     pub connections: AtomicU64,
     pub connect_errors: AtomicU64,
@@ -51,6 +62,9 @@ impl Backend {
             up: AtomicBool::new(true),
             retired: AtomicBool::new(false),
             streak: Mutex::new((0, 0)),
+            cut_when_down: AtomicBool::new(c.on_marked_down == OnMarkedDown::Close),
+            downs: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
             active: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             connect_errors: AtomicU64::new(0),
@@ -67,6 +81,8 @@ impl Backend {
         self.weight.store(c.weight, Relaxed);
         self.proxy_protocol.store(c.proxy_protocol, Relaxed);
         self.drain.store(c.drain, Relaxed);
+        self.cut_when_down
+            .store(c.on_marked_down == OnMarkedDown::Close, Relaxed);
         self.max_connections
             .store(c.max_connections as u64, Relaxed);
     }
@@ -80,8 +96,11 @@ impl Backend {
         self.up.load(Relaxed) && !self.drain.load(Relaxed) && self.weight.load(Relaxed) > 0
     }
 
-    /// Records one check result; `rise` successes in a row bring it up, `fall`
-    /// failures take it down. Logs each change.
+    /// Records one check result (or a connect that timed out); `rise` successes in
+    /// a row bring it up, `fall` failures take it down, and that counts as a down
+    /// for `on_marked_down` even when a refused connect took it out before: only a
+    /// run of failed checks says the host is gone, not one failed connection.
+    /// Logs each change.
     pub fn record(&self, ok: bool, rise: u32, fall: u32, why: &str) {
         let mut streak = self.streak.lock().unwrap_or_else(|p| p.into_inner());
         if ok {
@@ -94,10 +113,12 @@ impl Backend {
         if !up && streak.0 >= rise {
             self.up.store(true, Relaxed);
             ucloud_wire::log_info!("ucloud-lb: backend {} ({}) is up", self.name, self.address);
-        } else if up && streak.1 >= fall {
+        } else if !ok && streak.1 >= fall {
             *streak = (0, 0);
             drop(streak);
             self.set_down(why);
+            self.downs.fetch_add(1, Relaxed);
+            MARKED_DOWN.fetch_add(1, Relaxed);
         }
     }
 
@@ -195,6 +216,14 @@ impl Stream {
             Stream::Tcp(s) => s.set_nonblocking(true),
             Stream::Unix(s) => s.set_nonblocking(true),
             Stream::Tls(s) => s.sock.set_nonblocking(true),
+        }
+    }
+    /// The socket's pending error (SO_ERROR), cleared.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Stream::Tcp(s) => s.take_error(),
+            Stream::Unix(s) => s.take_error(),
+            Stream::Tls(s) => s.sock.take_error(),
         }
     }
     /// Whether TLS output waits for the socket (only a TLS stream holds any).
@@ -330,6 +359,7 @@ mod tests {
                 drain: false,
                 max_connections: 240,
                 tls: None,
+                on_marked_down: OnMarkedDown::Close,
             },
             None,
         );
@@ -387,5 +417,29 @@ mod tests {
         assert!(!b.up.load(Relaxed));
         b.record(true, 2, 2, "");
         assert!(b.up.load(Relaxed));
+    }
+
+    #[test]
+    fn only_failed_checks_count_as_a_down_that_cuts() {
+        let b = backend("a", 1, 0);
+        // A refused connect takes it out of rotation but cuts nothing: a single
+        // failure says little about the connections already open.
+        b.mark_down("refused");
+        assert!(!b.up.load(Relaxed));
+        assert_eq!(b.downs.load(Relaxed), 0);
+        // The checks confirm it, though it was out already.
+        b.record(false, 2, 2, "x");
+        assert_eq!(b.downs.load(Relaxed), 0);
+        b.record(false, 2, 2, "x");
+        assert_eq!(b.downs.load(Relaxed), 1);
+        // Back up, down again: another down.
+        b.record(true, 1, 2, "");
+        assert!(b.up.load(Relaxed));
+        b.record(false, 1, 2, "x");
+        b.record(true, 1, 2, "");
+        b.record(false, 1, 2, "x");
+        assert_eq!(b.downs.load(Relaxed), 1, "failures not in a row");
+        b.record(false, 1, 2, "x");
+        assert_eq!(b.downs.load(Relaxed), 2);
     }
 }

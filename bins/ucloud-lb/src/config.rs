@@ -23,6 +23,17 @@ impl std::fmt::Display for Address {
     }
 }
 
+/// What happens to the connections relayed to a backend when the balancer marks it
+/// down (failed health checks, a refused connect, a reset before an answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnMarkedDown {
+    /// Close them at once: a client whose host vanished reconnects (to a live one)
+    /// instead of waiting on a connection nothing will answer.
+    Close,
+    /// Leave them be: they end on their own, or at `idle_timeout`.
+    Keep,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
     /// `[A-Za-z0-9_.-]{1,64}`: it appears in logs and metric labels unquoted.
@@ -39,6 +50,8 @@ pub struct BackendConfig {
     pub max_connections: usize,
     /// Mutual TLS to a relay balancer on the gateway's host (`tls_*` keys).
     pub tls: Option<BackendTls>,
+    /// `on_marked_down` of the section, else the global one.
+    pub on_marked_down: OnMarkedDown,
 }
 
 /// How a balancer reaches a relay on another host: the relay's certificate must
@@ -79,6 +92,8 @@ pub struct Config {
     pub health_rise: u32,
     pub health_fall: u32,
     pub health_path: String,
+    /// The default of the backends' `on_marked_down`.
+    pub on_marked_down: OnMarkedDown,
     /// Relay mode: every client must present a certificate issued by this CA (the
     /// balancers on other hosts) and open with a PROXY v2 header, whose address is
     /// then the client's. Without it no client is asked for a certificate and no
@@ -120,13 +135,16 @@ pub fn parse(text: &str) -> Result<Config, Fail> {
         request_timeout: Duration::from_secs(10),
         queue_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(300),
-        connect_timeout: Duration::from_secs(3),
+        // A login host on the site's network accepts within milliseconds; a longer
+        // wait only delays the try on another one when a host's link is down.
+        connect_timeout: Duration::from_secs(1),
         drain_timeout: Duration::from_secs(30),
         health_interval: Duration::from_secs(2),
         health_timeout: Duration::from_secs(2),
         health_rise: 2,
         health_fall: 3,
         health_path: "/ucloud-im/health".to_string(),
+        on_marked_down: OnMarkedDown::Close,
         client_ca: None,
         backends: Vec::new(),
     };
@@ -147,7 +165,9 @@ pub fn parse(text: &str) -> Result<Config, Fail> {
                 .map(str::trim)
                 .ok_or((n, format!("unknown section [{head}]: only [backend NAME]")))?;
             if let Some((at, name, keys)) = section.take() {
-                config.backends.push(backend(at, name, keys)?);
+                config
+                    .backends
+                    .push(backend(at, name, keys, config.on_marked_down)?);
             }
             check_name(name).map_err(|why| (n, why))?;
             if config.backends.iter().any(|b| b.name == name) {
@@ -173,7 +193,9 @@ pub fn parse(text: &str) -> Result<Config, Fail> {
         global(&mut config, &key, &value).map_err(|why| (n, why))?;
     }
     if let Some((at, name, keys)) = section.take() {
-        config.backends.push(backend(at, name, keys)?);
+        config
+            .backends
+            .push(backend(at, name, keys, config.on_marked_down)?);
     }
     if config.certificates.is_empty() {
         return Err((0, "no certificate = CERT.pem KEY.pem line".to_string()));
@@ -236,6 +258,7 @@ fn global(c: &mut Config, key: &str, value: &str) -> Result<(), String> {
             c.health_path = value.to_string();
         }
         "client_ca" => c.client_ca = Some(one_path(value)?),
+        "on_marked_down" => c.on_marked_down = on_marked_down(value)?,
         _ => return Err(format!("unknown key {key:?} (see ucloud-lb.conf(5))")),
     }
     Ok(())
@@ -245,6 +268,7 @@ fn backend(
     at: usize,
     name: String,
     keys: Vec<(usize, String, String)>,
+    mut on_down: OnMarkedDown,
 ) -> Result<BackendConfig, Fail> {
     let (mut address, mut weight, mut proxy, mut drain) = (None, 1, false, false);
     let (mut tls_ca, mut tls_name, mut tls_certificate) = (None, None, None);
@@ -275,6 +299,7 @@ fn backend(
             "tls_ca" => one_path(&value).map(|p| tls_ca = Some(p)),
             "tls_name" => server_name(&value).map(|v| tls_name = Some(v)),
             "tls_certificate" => two_paths(&value).map(|pair| tls_certificate = Some(pair)),
+            "on_marked_down" => on_marked_down(&value).map(|v| on_down = v),
             _ => Err(format!("unknown key {key:?} in [backend {name}]")),
         };
         set.map_err(|why| (n, why))?;
@@ -324,7 +349,18 @@ fn backend(
         drain,
         max_connections,
         tls,
+        on_marked_down: on_down,
     })
+}
+
+fn on_marked_down(value: &str) -> Result<OnMarkedDown, String> {
+    match value {
+        "close" => Ok(OnMarkedDown::Close),
+        "keep" => Ok(OnMarkedDown::Keep),
+        _ => Err(format!(
+            "on_marked_down {value:?}: use close (cut its connections) or keep"
+        )),
+    }
 }
 
 fn one_path(value: &str) -> Result<PathBuf, String> {
@@ -449,6 +485,49 @@ drain = yes
         assert!(c.backends[0].proxy_protocol && !c.backends[0].drain);
         assert_eq!(c.backends[1].address, Address::Unix("/run/gw.sock".into()));
         assert!(c.backends[1].drain && !c.backends[1].proxy_protocol);
+        assert_eq!(c.connect_timeout, Duration::from_secs(1));
+        assert_eq!(c.on_marked_down, OnMarkedDown::Close);
+        assert_eq!(c.backends[0].on_marked_down, OnMarkedDown::Close);
+    }
+
+    #[test]
+    fn on_marked_down_is_global_with_a_per_backend_override() {
+        let c = parse(
+            "certificate = /c /k\non_marked_down = keep\n[backend a]\naddress = 1.2.3.4:5\n\
+             [backend b]\naddress = 1.2.3.4:6\non_marked_down = close\n",
+        )
+        .unwrap();
+        assert_eq!(c.on_marked_down, OnMarkedDown::Keep);
+        assert_eq!(c.backends[0].on_marked_down, OnMarkedDown::Keep);
+        assert_eq!(c.backends[1].on_marked_down, OnMarkedDown::Close);
+        let bad = [
+            ("certificate = a b\non_marked_down = yes\n", 2),
+            ("certificate = a b\non_marked_down = Close\n", 2),
+            ("certificate = a b\non_marked_down =\n", 2),
+            ("certificate = a b\non_marked_down = close keep\n", 2),
+            ("certificate = a b\non_marked_down = \u{1b}[2J\n", 2),
+            (
+                "certificate = a b\non_marked_down = keep\non_marked_down = close\n",
+                3,
+            ),
+            (
+                "certificate = a b\n[backend x]\naddress = 1.2.3.4:5\non_marked_down = drop\n",
+                4,
+            ),
+            (
+                "certificate = a b\n[backend x]\naddress = 1.2.3.4:5\non_marked_down = keep\n\
+                 on_marked_down = keep\n",
+                5,
+            ),
+        ];
+        for (text, line) in bad {
+            let (n, why) = parse(text).unwrap_err();
+            assert_eq!(n, line, "{text}: {why}");
+            assert!(
+                why.contains("on_marked_down") || why.contains("twice"),
+                "{text}: {why}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! One client connection, up to the relay: the TLS handshake under a deadline, a
 //! whole request head under another (no gateway is connected before, so idle and
 //! slow clients hold none), a place on a backend within the client's share (a
-//! refused connect is retried on another: nothing was sent yet), the PROXY header;
+//! refused or timed-out connect is retried on another: nothing was sent yet), the
+//! PROXY header;
 //! then the relay (relay.rs) moves the bytes both ways until either side is done or
 //! the connection sits idle too long.
 
@@ -69,9 +70,11 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
         }
     };
     let _ = client.set_read_timeout(None);
-    // What the client sent, kept until the backend answers its first byte: a backend
-    // that resets the connection before that never saw the request (it sat in the
-    // accept queue of a gateway that went away), so it is safe to send elsewhere.
+    // What the client sent, kept until the backend answers (and then each next
+    // request, until its answer): a backend that resets the connection before that
+    // never read the request (it sat in the accept queue of a gateway that went
+    // away, or in the socket of a process that died), so it is safe to send
+    // elsewhere.
     attach(Pending {
         tls,
         client,
@@ -85,8 +88,8 @@ pub fn serve(slot: Slot, generation: Arc<Generation>, mut client: TcpStream, pee
     });
 }
 
-/// The relay gave a connection back: its backend reset it before answering. Runs
-/// on a thread of its own, like `serve`.
+/// The relay gave a connection back: its backend went away without reading what
+/// the client sent since its last answer. Runs on a thread of its own, like `serve`.
 pub fn retry(h: Handover) {
     let Handover {
         conn,

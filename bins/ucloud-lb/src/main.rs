@@ -36,9 +36,11 @@ Usage: ucloud-lb [--config FILE] [--check]
 
 Takes its listening socket from the service manager (LISTEN_FDS) or binds the
 configured `listen` address, terminates TLS and relays each connection to a healthy
-gateway. SIGHUP reloads the configuration and certificates (open connections keep
-the old ones); SIGTERM stops accepting and waits for open connections, at most
-drain_timeout.
+gateway. A connect that is refused or times out (connect_timeout) goes to another
+backend; a backend its health checks take out has its open connections closed, so
+that clients reconnect to one that is up (on_marked_down). SIGHUP reloads the
+configuration and certificates (open connections keep the old ones); SIGTERM
+stops accepting and waits for open connections, at most drain_timeout.
 
 Options:
   --config FILE  configuration (default: lb.conf in the configuration directory)

@@ -126,7 +126,7 @@ pub fn render(shared: &Shared) -> String {
         c.reload_failures.load(Relaxed),
     );
     let generation = shared.generation();
-    let per: [(&str, &str, &str); 8] = [
+    let per: [(&str, &str, &str); 9] = [
         (
             "backend_up",
             "gauge",
@@ -159,6 +159,11 @@ pub fn render(shared: &Shared) -> String {
             "Failed health checks.",
         ),
         (
+            "backend_cut_total",
+            "counter",
+            "Connections closed because the backend was marked down (on_marked_down = close).",
+        ),
+        (
             "backend_bytes_total",
             "counter",
             "Bytes relayed, by direction.",
@@ -188,6 +193,7 @@ pub fn render(shared: &Shared) -> String {
                 "backend_check_failures_total" => {
                     line(&mut out, name, &label, b.check_failures.load(Relaxed))
                 }
+                "backend_cut_total" => line(&mut out, name, &label, b.cut.load(Relaxed)),
                 _ => {
                     line(
                         &mut out,

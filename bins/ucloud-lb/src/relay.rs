@@ -2,14 +2,15 @@
 //! bytes both ways. A thread per connection woke twice per request and could not
 //! batch; here one wakeup serves every connection that is ready. The handshake and
 //! the backend connect, which may block, stay on the connection's own short-lived
-//! thread (conn.rs), which hands the connection over and ends; a backend that resets
-//! the connection before its first byte sends it back there for another backend.
+//! thread (conn.rs), which hands the connection over and ends; a backend that goes
+//! away without reading a request sends the connection back there for another
+//! backend.
 //!
 //! Every socket is non-blocking. Backpressure: the client is not read while a
 //! backend write is pending, the backend not while the client has TLS output
 //! waiting, so neither side's bytes pile up here.
 
-use crate::backend::Stream;
+use crate::backend::{Stream, MARKED_DOWN};
 use crate::state::{Generation, Lease, Slot};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -37,7 +38,9 @@ pub struct Pending {
     pub own: bool,
     /// Backends tried for this connection already.
     pub tried: Vec<usize>,
-    /// What the client sent, kept until the backend's first byte (see `serve`).
+    /// What the client sent since the backend's last byte (all of it, at first),
+    /// while that is small: what goes to another backend when this one turns out
+    /// never to have read it (see `serve`). None past `REPLAY_LIMIT`.
     pub unanswered: Option<Vec<u8>>,
 }
 
@@ -52,10 +55,13 @@ pub struct Handover {
 pub enum Ended {
     Done,
     Idle,
-    /// The backend reset the connection before its first byte.
+    /// The backend went away without having read what the client sent since its
+    /// last answer: that goes to another backend.
     Reset,
     /// The client reset the connection or stopped reading.
     ClientGone,
+    /// Its backend was marked down (`on_marked_down = close`).
+    Cut,
     Broken(String),
 }
 
@@ -133,6 +139,8 @@ struct Loop {
     conns: HashMap<u64, Conn>,
     next: u64,
     buf: Vec<u8>,
+    /// `MARKED_DOWN` when connections were last looked at for it.
+    downs: u64,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -156,6 +164,7 @@ impl Loop {
             conns: HashMap::new(),
             next: 0,
             buf: vec![0u8; READ_SIZE],
+            downs: MARKED_DOWN.load(Relaxed),
         }
     }
 
@@ -191,6 +200,11 @@ impl Loop {
                     }
                 }
                 self.pump(token / 2, hangup && client, hangup && !client);
+            }
+            let downs = MARKED_DOWN.load(Relaxed);
+            if downs != self.downs {
+                self.downs = downs;
+                self.cut();
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
@@ -303,6 +317,55 @@ impl Loop {
         }
     }
 
+    /// Closes the connections whose backend the health checks marked down since
+    /// they were made (`on_marked_down = close`): a keep-alive client whose host
+    /// vanished gets the close at once and reconnects to one that is up, instead
+    /// of waiting on a connection nothing answers (a host whose link went down
+    /// neither resets nor closes it).
+    fn cut(&mut self) {
+        let gone: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.h.lease.cut())
+            .map(|(k, _)| *k)
+            .collect();
+        let mut by_backend: Vec<(Arc<crate::backend::Backend>, u64)> = Vec::new();
+        for key in gone {
+            if let Some(c) = self.conns.get(&key) {
+                let b = &c.h.lease.0;
+                match by_backend.iter_mut().find(|(x, _)| Arc::ptr_eq(x, b)) {
+                    Some((_, n)) => *n += 1,
+                    None => by_backend.push((b.clone(), 1)),
+                }
+            }
+            self.finish(key, Ended::Cut);
+        }
+        for (b, n) in by_backend {
+            b.cut.fetch_add(n, Relaxed);
+            ucloud_wire::log_warn!(
+                "ucloud-lb: backend {} is down: closed its {n} connection(s) \
+                 (on_marked_down = close)",
+                b.name
+            );
+        }
+    }
+
+    /// Gives a connection back to conn.rs for another backend, on a thread of its
+    /// own (connecting may block).
+    fn hand_back(&self, conn: Conn) {
+        let peer = conn.h.conn.peer;
+        // Back to blocking for the connection's own thread.
+        let _ = conn.h.conn.client.set_nonblocking(false);
+        let retry = self.retry;
+        let h = conn.h;
+        let spawned = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || retry(h));
+        if let Err(e) = spawned {
+            ucloud_wire::log_err!("ucloud-lb: {peer}: cannot start a thread: {e}");
+        }
+    }
+
     fn finish(&mut self, key: u64, ended: Ended) {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
@@ -320,10 +383,10 @@ impl Loop {
         shared.counters.bytes_out.fetch_add(conn.moved.1, Relaxed);
         let peer = h.conn.peer;
         // Idle or broken: tell the client the stream ends (best effort, no waiting).
-        let notify = matches!(ended, Ended::Idle | Ended::Broken(_));
+        let notify = matches!(ended, Ended::Idle | Ended::Broken(_) | Ended::Cut);
         match ended {
             Ended::Done => {}
-            Ended::Reset => {
+            Ended::Reset if conn.moved.1 == 0 => {
                 b.connect_errors.fetch_add(1, Relaxed);
                 b.mark_down("it reset a connection before answering");
                 ucloud_wire::log_warn!(
@@ -331,23 +394,32 @@ impl Loop {
                      sending the request to another",
                     b.name
                 );
-                // Back to blocking for the connection's own thread.
-                let _ = conn.h.conn.client.set_nonblocking(false);
-                let retry = self.retry;
-                let h = conn.h;
-                let spawned = std::thread::Builder::new()
-                    .stack_size(256 * 1024)
-                    .spawn(move || retry(h));
-                if let Err(e) = spawned {
-                    ucloud_wire::log_err!("ucloud-lb: {peer}: cannot start a thread: {e}");
-                }
+                self.hand_back(conn);
+                return;
+            }
+            Ended::Reset => {
+                // A keep-alive connection that answered before: the backend closed it
+                // (an idle close that crossed the next request, or a host going
+                // away). Not a sign of a dead backend by itself (the checks judge
+                // that); the connection may go anywhere but here.
+                ucloud_wire::log_warn!(
+                    "ucloud-lb: {peer}: backend {} went away without reading a request; \
+                     sending it to another",
+                    b.name
+                );
+                let gens = &conn.h.conn.generation.backends;
+                let failed: Vec<usize> = (0..gens.len())
+                    .filter(|&i| Arc::ptr_eq(&gens[i], b))
+                    .collect();
+                conn.h.conn.tried = failed;
+                self.hand_back(conn);
                 return;
             }
             Ended::Idle => {
                 shared.counters.idle_timeouts.fetch_add(1, Relaxed);
             }
             // Clients that hang up mid-way are ordinary, not worth a line.
-            Ended::ClientGone => {}
+            Ended::ClientGone | Ended::Cut => {}
             Ended::Broken(why) => {
                 ucloud_wire::log_warn!("ucloud-lb: {peer} via {}: connection ended: {why}", b.name);
             }
@@ -357,6 +429,13 @@ impl Loop {
             let _ = conn.flush_client();
         }
     }
+}
+
+/// Whether `b` opens with an HTTP/1 request line's method and a space: `GET `,
+/// `POST `, an extension method of capitals.
+fn starts_a_request(b: &[u8]) -> bool {
+    let method = b.iter().take_while(|c| c.is_ascii_uppercase()).count();
+    (1..=20).contains(&method) && b.get(method) == Some(&b' ')
 }
 
 /// A read that notes when it found the socket empty: a short read or EAGAIN.
@@ -502,11 +581,11 @@ impl Conn {
             .read(buf);
             match read {
                 Ok(0) => {
-                    self.backend_done = true;
+                    self.backend_ended()?;
                     progress = true;
                 }
                 Ok(n) => {
-                    self.h.conn.unanswered = None;
+                    self.answered();
                     self.moved.1 += n as u64;
                     let taken = self.h.conn.tls.writer().write(&buf[..n]).unwrap_or(0);
                     self.to_client.extend_from_slice(&buf[taken..n]);
@@ -524,9 +603,9 @@ impl Conn {
     fn drain_backend(&mut self, buf: &mut [u8]) -> Result<(), Ended> {
         while !self.backend_done {
             match self.h.backend.read(buf) {
-                Ok(0) => self.backend_done = true,
+                Ok(0) => self.backend_ended()?,
                 Ok(n) => {
-                    self.h.conn.unanswered = None;
+                    self.answered();
                     self.moved.1 += n as u64;
                     self.to_client.extend_from_slice(&buf[..n]);
                 }
@@ -561,13 +640,63 @@ impl Conn {
         }
     }
 
+    /// The backend answered: what the client sends from now on is kept anew. A
+    /// big request that got no copy gets none of its rest either: a partial
+    /// request must never go to another backend.
+    fn answered(&mut self) {
+        if let Some(kept) = self.h.conn.unanswered.as_mut() {
+            kept.clear();
+        }
+    }
+
+    /// Whether what the client sent since the backend's last answer may go to
+    /// another backend: it is a whole start of a request (a keep-alive client's
+    /// next one; nothing of a WebSocket's frames or a body's middle looks like one)
+    /// and the client has every byte of the answers before it.
+    fn replayable(&self) -> bool {
+        matches!(&self.h.conn.unanswered, Some(kept) if starts_a_request(kept))
+            && self.to_client.is_empty()
+            && !self.h.conn.tls.wants_write()
+    }
+
     fn backend_error(&self, e: io::Error) -> Ended {
+        // A reset means its socket was closed with our bytes unread, or before they
+        // came: the process never read them.
         let gone = matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
-        if gone && self.h.conn.unanswered.is_some() {
+        if gone && self.replayable() {
             Ended::Reset
         } else {
             Ended::Broken(e.to_string())
         }
+    }
+
+    /// The backend's end of the stream. When a request of the client's waits
+    /// unanswered, the backend went away (a killed host, a closed keep-alive
+    /// connection) and it goes to another backend, if the backend never read it:
+    /// none of it was written yet, or the write was answered by a reset (which
+    /// the read does not report once the end has come).
+    fn backend_ended(&mut self) -> Result<(), Ended> {
+        let waiting = self
+            .h
+            .conn
+            .unanswered
+            .as_ref()
+            .is_some_and(|k| !k.is_empty());
+        if waiting && self.replayable() {
+            let unsent = self
+                .h
+                .conn
+                .unanswered
+                .as_ref()
+                .is_some_and(|k| self.to_backend.len() >= k.len());
+            let reset = matches!(self.h.backend.take_error(), Ok(Some(e))
+                if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe));
+            if unsent || reset {
+                return Err(Ended::Reset);
+            }
+        }
+        self.backend_done = true;
+        Ok(())
     }
 
     /// The events each socket should wake the relay for.
@@ -594,6 +723,31 @@ impl Conn {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn only_a_request_line_is_a_start_of_a_request() {
+        for yes in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"POST ",
+            b"PROPFIND /x",
+            b"M-SEARCH",
+        ] {
+            assert_eq!(starts_a_request(yes), yes != b"M-SEARCH", "{yes:?}");
+        }
+        for no in [
+            &b""[..],
+            b"GET",
+            b" GET /",
+            b"get / HTTP/1.1",
+            b"\x81\x85GET ",
+            b"{\"json\": 1}",
+            b"AAAAAAAAAAAAAAAAAAAAAAAAA /",
+            b"\r\nGET / HTTP/1.1",
+            &[0xff; 64][..],
+        ] {
+            assert!(!starts_a_request(no), "{no:?}");
+        }
+    }
 
     #[test]
     fn only_a_read_that_finds_the_socket_empty_marks_it_drained() {

@@ -199,13 +199,22 @@ pub struct Lease(
     pub Arc<Backend>,
     // Never read: held for its Drop.
     #[allow(dead_code)] Option<Place>,
+    /// The backend's `downs` when the connection was made.
+    u64,
 );
 
 impl Lease {
     pub fn new(b: Arc<Backend>, place: Option<Place>) -> Lease {
         b.active.fetch_add(1, Relaxed);
         b.connections.fetch_add(1, Relaxed);
-        Lease(b, place)
+        let downs = b.downs.load(Relaxed);
+        Lease(b, place, downs)
+    }
+
+    /// Whether the connection is to be closed: its backend was marked down since
+    /// it was made, and `on_marked_down = close`.
+    pub fn cut(&self) -> bool {
+        self.0.cut_when_down.load(Relaxed) && self.0.downs.load(Relaxed) != self.2
     }
 }
 
