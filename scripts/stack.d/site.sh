@@ -206,12 +206,17 @@ up_hosts() {
     printf '%s\n' "# ucloud-notify on the controller hands Slurm's events to the monitors on the" \
         "# login hosts, with a munge credential (ucloud-notify(8))." \
         "monitor_events = $(for host in "${SITE_LOGIN_HOSTS[@]}"; do printf '%s:%s ' "$(host_addr "$host")" "$SITE_EVENTS_PORT"; done)" \
+        "# One sender and one monitor act at a time, the holders of their leases; a" \
+        "# host that dies is replaced within lease_seconds + clock_skew_seconds + a third" \
+        "# of lease_seconds (ucloud-sender(8), HOSTS): 7.7 s here." \
+        "lease_seconds = 5" "clock_skew_seconds = 1" \
         >>"$STACK_RUN/site.conf"
     put 0644 root:root "$STACK_RUN/site.conf" "$PREFIX/etc/ucloud-im/site.conf"
     ensure_lb_keys
     ensure_site_keys
     install_lb
     install_site_lb
+    install_sender_state
     install_monitor
     install_du
     install_projects
