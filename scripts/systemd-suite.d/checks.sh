@@ -642,7 +642,7 @@ check_journal() {
     journal_has 'ucloud-gateway-lb@*' \
         "^ucloud-gateway: POST /ucloud/$SUITE_PROVIDER/files/browse files.browse 200 [0-9.]+ms client=127.0.0.1:" || return 1
     journal_has ucloud-lb.service '^ucloud-lb: serving with 1 backend' || return 1
-    journal_has ucloud-sender.service "^ucloud-sender: delivering to https://127.0.0.1:$SIM_PORT\$" || return 1
+    journal_has ucloud-sender.service "^ucloud-sender: delivering to https://127.0.0.1:$SIM_PORT while holding the sender lease " || return 1
     journal_has ucloud-monitor.service '^ucloud-monitor: polling every' || return 1
     journal_has ucloud-monitor.service '^ucloud-monitor: poll skipped' >/dev/null || return 1
     # The registry says nothing when all goes well: its instances are in the journal

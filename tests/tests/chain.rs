@@ -592,7 +592,12 @@ fn a_second_checkout_cannot_bring_up_a_stack_on_a_running_prefix() {
     // it refuses.
     let other = std::env::temp_dir().join(unique("ucloud-im-other-checkout"));
     std::fs::create_dir_all(other.join("scripts/stack.d")).unwrap();
-    for file in ["scripts/stack", "scripts/stack.d/common.sh"] {
+    for file in [
+        "scripts/stack",
+        "scripts/stack.d/common.sh",
+        "scripts/stack.d/site.sh",
+        "scripts/stack.d/hosts.sh",
+    ] {
         std::fs::copy(repo.join(file), other.join(file)).unwrap();
     }
     let before = std::fs::read_dir(prefix.join("usr/bin")).unwrap().count();

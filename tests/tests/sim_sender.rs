@@ -336,15 +336,29 @@ fn nothing_is_lost_while_the_simulator_is_down() {
             )
         })
         .collect();
-    // UCloud is down: the sender must keep every message.
+    // UCloud is down: the sender must keep every message, in the queue or (the
+    // one it keeps trying) claimed under its lease's token (ucloud-sender(8), HOSTS).
     std::thread::sleep(Duration::from_secs(3));
+    let claimed = queued[0]
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("claimed");
+    let kept = |q: &PathBuf| {
+        let name = q.file_name().unwrap();
+        q.exists()
+            || fs::read_dir(&claimed)
+                .map(|dirs| dirs.flatten().any(|d| d.path().join(name).exists()))
+                .unwrap_or(false)
+    };
     assert!(
-        queued.iter().all(|q| q.exists()),
-        "a message left the queue while UCloud was down"
+        queued.iter().all(kept),
+        "a message was lost while UCloud was down"
     );
     outage.end(&stack);
     wait_until("the sender delivers after the restart", 45, || {
-        queued.iter().all(|q| !q.exists())
+        queued.iter().all(|q| !kept(q))
     });
     let expected: Vec<String> = (0..4).map(|s| format!("step {s}")).collect();
     assert_eq!(received_steps(&stack, &job), expected);

@@ -186,7 +186,11 @@ fn sender_unit_has_no_way_to_privilege() {
     assert_eq!(value_of(&unit, "User"), ["ucloud-send"]);
     assert_eq!(
         value_of(&unit, "ReadWritePaths"),
-        ["/var/lib/ucloud-im/outbox", "-/var/lib/ucloud-im/inbox"]
+        [
+            "/var/lib/ucloud-im/outbox",
+            "/var/lib/ucloud-im/leases/sender",
+            "-/var/lib/ucloud-im/inbox"
+        ]
     );
 }
 

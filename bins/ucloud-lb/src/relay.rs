@@ -433,6 +433,15 @@ impl Loop {
 
 /// Whether `b` opens with an HTTP/1 request line's method and a space: `GET `,
 /// `POST `, an extension method of capitals.
+/// One GET, HEAD or OPTIONS request and nothing after its head.
+fn one_safe_request(kept: &[u8]) -> bool {
+    let safe = [&b"GET "[..], b"HEAD ", b"OPTIONS "]
+        .iter()
+        .any(|m| kept.starts_with(m));
+    let head_end = kept.windows(4).position(|w| w == b"\r\n\r\n");
+    safe && head_end.is_some_and(|at| at + 4 == kept.len())
+}
+
 fn starts_a_request(b: &[u8]) -> bool {
     let method = b.iter().take_while(|c| c.is_ascii_uppercase()).count();
     (1..=20).contains(&method) && b.get(method) == Some(&b' ')
@@ -659,11 +668,34 @@ impl Conn {
             && !self.h.conn.tls.wants_write()
     }
 
+    /// Whether none of what the client sent since the last answer was written to
+    /// the backend yet.
+    fn unsent(&self) -> bool {
+        self.h
+            .conn
+            .unanswered
+            .as_ref()
+            .is_some_and(|k| self.to_backend.len() >= k.len())
+    }
+
+    /// Whether what waits is one request that may run twice without harm: a GET,
+    /// HEAD or OPTIONS with nothing after its head. A reset says only that some
+    /// bytes went unread, not which: a backend may have acted on a POST and died
+    /// with a pipelined request unread, and that POST must not run again elsewhere.
+    fn idempotent(&self) -> bool {
+        self.h
+            .conn
+            .unanswered
+            .as_ref()
+            .is_some_and(|kept| one_safe_request(kept))
+    }
+
     fn backend_error(&self, e: io::Error) -> Ended {
-        // A reset means its socket was closed with our bytes unread, or before they
-        // came: the process never read them.
+        // A reset means its socket was closed with some of our bytes unread, or
+        // before they came; only a request that was never written, or one that may
+        // run twice, goes to another backend.
         let gone = matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
-        if gone && self.replayable() {
+        if gone && self.replayable() && (self.unsent() || self.idempotent()) {
             Ended::Reset
         } else {
             Ended::Broken(e.to_string())
@@ -683,15 +715,9 @@ impl Conn {
             .as_ref()
             .is_some_and(|k| !k.is_empty());
         if waiting && self.replayable() {
-            let unsent = self
-                .h
-                .conn
-                .unanswered
-                .as_ref()
-                .is_some_and(|k| self.to_backend.len() >= k.len());
             let reset = matches!(self.h.backend.take_error(), Ok(Some(e))
                 if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe));
-            if unsent || reset {
+            if self.unsent() || (reset && self.idempotent()) {
                 return Err(Ended::Reset);
             }
         }
@@ -723,6 +749,29 @@ impl Conn {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn only_one_bodiless_safe_request_may_run_twice() {
+        for yes in [
+            &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"HEAD /a HTTP/1.1\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(one_safe_request(yes), "{:?}", String::from_utf8_lossy(yes));
+        }
+        for no in [
+            &b"POST /ucloud/hpc/jobs HTTP/1.1\r\n\r\n"[..],
+            b"DELETE /x HTTP/1.1\r\n\r\n",
+            // A pipelined POST behind a GET, a body, or a head not yet whole.
+            b"GET / HTTP/1.1\r\n\r\nPOST /x HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            b"GET / HTTP/1.1\r\n",
+            b"get / HTTP/1.1\r\n\r\n",
+            b"",
+        ] {
+            assert!(!one_safe_request(no), "{:?}", String::from_utf8_lossy(no));
+        }
+    }
 
     #[test]
     fn only_a_request_line_is_a_start_of_a_request() {

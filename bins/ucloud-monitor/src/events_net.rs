@@ -28,9 +28,12 @@ const MAX_LINE: usize = 8192;
 /// How long unmunge may take (munged answers in milliseconds).
 const UNMUNGE_LIMIT: Duration = Duration::from_secs(2);
 /// Connections served at once, in all, and from one address: a peer that opens
-/// many slow connections fills only its own share.
-const MAX_CONNECTIONS: usize = 64;
-const MAX_PER_PEER: usize = 16;
+/// many slow connections fills only its own share. Each costs a thread and, while
+/// unmunge runs, a process and three threads more: 8 stay well inside the unit's
+/// TasksMax (64). An event refused as busy is still seen by the next poll; at about
+/// 10 ms an unmunge, 8 at once take hundreds of events a second.
+const MAX_CONNECTIONS: usize = 8;
+const MAX_PER_PEER: usize = 4;
 /// How old an event may be (by its `time` against this host's clock), how far
 /// ahead of this clock it may be, and how far munge's ENCODE_TIME may be from it.
 const MAX_AGE: i64 = 30;

@@ -140,11 +140,20 @@ fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<String, Str
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     // The output of a few hundred jobs fits a pipe only barely: read while waiting.
-    let reader = std::thread::spawn(move || {
+    // A refused thread (the unit's TasksMax) is an error, never a panic.
+    let spawned = std::thread::Builder::new().spawn(move || {
         let mut out = String::new();
         let _ = stdout.read_to_string(&mut out);
         out
     });
+    let reader = match spawned {
+        Ok(reader) => reader,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("cannot read {program}'s output: {e}"));
+        }
+    };
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {

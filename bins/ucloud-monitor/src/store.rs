@@ -181,6 +181,11 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     file.write_all(bytes).map_err(Error::state(&tmp))?;
     file.sync_all().map_err(Error::state(&tmp))?;
     drop(file);
+    // Again after the fsync, which may have taken longer than the lease lasts.
+    if let Err(e) = fenced() {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fs::rename(&tmp, path).map_err(Error::state(path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())

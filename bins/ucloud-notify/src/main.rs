@@ -95,7 +95,13 @@ fn main() {
                 let payload = v2_payload(event, &job, &name, &user, &exit, unix_now(), &hostname());
                 let deadline = Instant::now() + BUDGET;
                 let munge = Path::new(ucloud_wire::munge::MUNGE);
-                for (addr, result) in deliver_all(&site.monitor_events, &payload, munge, deadline) {
+                for (addr, result) in deliver_all(
+                    &site.monitor_events,
+                    &payload,
+                    munge,
+                    &site.monitor_user,
+                    deadline,
+                ) {
                     if let Err(why) = result {
                         eprintln!(
                             "ucloud-notify: job {job}: event not delivered to {addr}: {why} (the monitor's poll will still see it)"
@@ -177,14 +183,19 @@ fn deliver_all(
     addrs: &[SocketAddr],
     payload: &[u8],
     munge: &Path,
+    decoder: &str,
     deadline: Instant,
 ) -> Vec<(SocketAddr, Result<(), String>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     for &addr in addrs {
         let (tx, payload, munge) = (tx.clone(), payload.to_vec(), munge.to_path_buf());
-        std::thread::spawn(move || {
-            let _ = tx.send((addr, deliver(addr, &payload, &munge, deadline)));
+        let decoder = decoder.to_string();
+        let spawned = std::thread::Builder::new().spawn(move || {
+            let _ = tx.send((addr, deliver(addr, &payload, &munge, &decoder, deadline)));
         });
+        if let Err(e) = spawned {
+            eprintln!("ucloud-notify: cannot start a thread for {addr}: {e}");
+        }
     }
     drop(tx);
     let mut results = Vec::new();
@@ -209,6 +220,7 @@ fn deliver(
     addr: SocketAddr,
     payload: &[u8],
     munge: &Path,
+    decoder: &str,
     deadline: Instant,
 ) -> Result<(), String> {
     let left = || {
@@ -216,7 +228,7 @@ fn deliver(
             .filter(|d| !d.is_zero())
             .ok_or_else(|| "out of time".to_string())
     };
-    let mut line = credential(munge, payload, MUNGE_LIMIT.min(left()?))?;
+    let mut line = credential(munge, payload, decoder, MUNGE_LIMIT.min(left()?))?;
     line.push(b'\n');
     let mut stream = TcpStream::connect_timeout(&addr, left()?.min(STEP))
         .map_err(|e| format!("connect: {e}"))?;
@@ -245,11 +257,19 @@ fn deliver(
     }
 }
 
-/// A MUNGE credential of `payload`, made by munged as this process's account.
-fn credential(munge: &Path, payload: &[u8], limit: Duration) -> Result<Vec<u8>, String> {
-    let done =
-        ucloud_wire::munge::run_bounded(munge, &["-t", MUNGE_TTL], payload, limit, 16 * 1024)
-            .map_err(|e| format!("{}: {e}", munge.display()))?;
+/// A MUNGE credential of `payload`, made by munged as this process's account
+/// (Slurm's), which only `decoder` (the monitor's account) may decode: a copy
+/// taken off the wire is no credential of Slurm's account that slurmctld, slurmd
+/// or any other munge service would take.
+fn credential(
+    munge: &Path,
+    payload: &[u8],
+    decoder: &str,
+    limit: Duration,
+) -> Result<Vec<u8>, String> {
+    let args = ["-t", MUNGE_TTL, "-u", decoder];
+    let done = ucloud_wire::munge::run_bounded(munge, &args, payload, limit, 16 * 1024)
+        .map_err(|e| format!("{}: {e}", munge.display()))?;
     if done.code != Some(0) {
         let why = String::from_utf8_lossy(&done.stderr);
         return Err(format!(
@@ -371,6 +391,7 @@ mod tests {
             &[ok, standby, refuses, closed],
             &payload,
             &munge,
+            "ucloud-mon",
             Instant::now() + BUDGET,
         );
         assert!(t.elapsed() < BUDGET + Duration::from_millis(200));
@@ -401,12 +422,24 @@ mod tests {
         let (silent, _) = monitor("");
         let t = Instant::now();
         let hung = fake_munge("hung", "exec sleep 10");
-        let r = deliver_all(&[silent], &payload, &hung, Instant::now() + BUDGET);
+        let r = deliver_all(
+            &[silent],
+            &payload,
+            &hung,
+            "ucloud-mon",
+            Instant::now() + BUDGET,
+        );
         assert!(r[0].1.as_ref().unwrap_err().contains("killed"), "{r:?}");
         assert!(t.elapsed() < MUNGE_LIMIT + Duration::from_millis(300));
         let t = Instant::now();
         let good = fake_munge("good", ENCODES);
-        let r = deliver_all(&[silent], &payload, &good, Instant::now() + BUDGET);
+        let r = deliver_all(
+            &[silent],
+            &payload,
+            &good,
+            "ucloud-mon",
+            Instant::now() + BUDGET,
+        );
         assert!(r[0].1.is_err(), "{r:?}");
         assert!(t.elapsed() < BUDGET + Duration::from_millis(200));
         for (name, body) in [
@@ -421,12 +454,19 @@ mod tests {
                 &[silent],
                 &payload,
                 &fake_munge(name, body),
+                "ucloud-mon",
                 Instant::now() + BUDGET,
             );
             assert!(r[0].1.is_err(), "{name}: {r:?}");
         }
         let missing = Path::new("/nonexistent/munge");
-        let r = deliver_all(&[silent], &payload, missing, Instant::now() + BUDGET);
+        let r = deliver_all(
+            &[silent],
+            &payload,
+            missing,
+            "ucloud-mon",
+            Instant::now() + BUDGET,
+        );
         assert!(
             r[0].1.as_ref().unwrap_err().contains("cannot start"),
             "{r:?}"
@@ -438,7 +478,13 @@ mod tests {
     fn a_real_credential_decodes_to_the_payload() {
         let munge = Path::new(ucloud_wire::munge::MUNGE);
         let payload = v2_payload("end", "12", "J", "u", "0:0", unix_now(), "ctl");
-        let Ok(cred) = credential(munge, &payload, Duration::from_secs(2)) else {
+        // Decoded by this test's own account, the one the credential names.
+        let me = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_else(|_| "root".into());
+        let Ok(cred) = credential(munge, &payload, &me, Duration::from_secs(2)) else {
             eprintln!("munged does not run here: skipped");
             return;
         };

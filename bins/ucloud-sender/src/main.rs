@@ -159,6 +159,15 @@ fn run(once: bool) -> Result<bool, SendError> {
                     }
                     sender.fence(keeper.clone(), token);
                     current = Some(token);
+                } else if let Ok(back) = claims::take_over(&outbox, token) {
+                    // Again on every turn: a process with a stale view of the lease
+                    // directory may have made an older token's claim directory anew
+                    // after we revoked it; revoked again, its holder cannot claim.
+                    if back > 0 {
+                        ucloud_wire::log_warn!(
+                            "ucloud-sender: {back} message(s) claimed under an older token after the takeover are back in the queue"
+                        );
+                    }
                 }
                 if !settled {
                     registrar.settle(&mut sender, None);

@@ -72,6 +72,9 @@ pub struct SiteConfig {
     /// Where ucloud-notify sends munge-proven job events over TCP
     /// (`monitor_events`, 1 to 8 `ADDR:PORT`); empty: the local unix socket.
     pub monitor_events: Vec<std::net::SocketAddr>,
+    /// The monitor's account (`monitor_user`, default `ucloud-mon`): the only one
+    /// that may decode the munge credentials ucloud-notify sends.
+    pub monitor_user: String,
     /// How long a singleton's lease lasts after a renewal (`lease_seconds`, default
     /// 10) and how far apart the clocks of the hosts sharing the state directory
     /// may be (`clock_skew_seconds`, default 2; not `clock_skew`, which is about
@@ -215,6 +218,7 @@ impl SiteConfig {
             search_max_results: DEFAULT_SEARCH_MAX_RESULTS,
             projects: None,
             monitor_events: Vec::new(),
+            monitor_user: "ucloud-mon".to_string(),
             lease_seconds: 10,
             clock_skew_seconds: 2,
         };
@@ -399,6 +403,23 @@ impl SiteConfig {
                 "monitor_events" => {
                     config.monitor_events =
                         parse_monitor_events(value).map_err(|why| err(line_no, why))?
+                }
+                "monitor_user" => {
+                    let ok = (1..=32).contains(&value.len())
+                        && value
+                            .bytes()
+                            .next()
+                            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+                        && value.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                        });
+                    if !ok {
+                        return Err(err(
+                            line_no,
+                            format!("monitor_user {value:?} is not an account name ([a-z_][a-z0-9_-], at most 32)"),
+                        ));
+                    }
+                    config.monitor_user = value.to_string();
                 }
                 "nss_skip" => {
                     config.nss_skip = value.split_whitespace().map(String::from).collect();
@@ -655,6 +676,29 @@ mod tests {
             .collect::<Vec<_>>()
             .join(" ");
         assert_eq!(parse_monitor_events(&eight).unwrap().len(), 8);
+    }
+
+    #[test]
+    fn monitor_user_is_an_account_name() {
+        assert_eq!(
+            SiteConfig::parse(MINIMAL).unwrap().monitor_user,
+            "ucloud-mon"
+        );
+        let c = SiteConfig::parse(&format!("{MINIMAL}monitor_user = mon_2\n")).unwrap();
+        assert_eq!(c.monitor_user, "mon_2");
+        for bad in [
+            "",
+            "Root",
+            "-u",
+            "1abc",
+            "a b",
+            "mon;id",
+            "x\u{0}",
+            &"a".repeat(33),
+        ] {
+            let e = SiteConfig::parse(&format!("{MINIMAL}monitor_user = {bad}\n")).expect_err(bad);
+            assert!(e.message.contains("monitor_user"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -72,15 +72,17 @@ pub fn run_bounded(
         .map_err(RunError::Spawn)?;
     // Each pipe gets its own thread, so a program that does not read its input, or
     // fills one output while we wait on the other, cannot block us past the deadline.
+    // A thread the system refuses (a unit's TasksMax, say) is an error for this
+    // one run, never a panic: with panic=abort it would take the whole program.
     let stdin = child.stdin.take();
     let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
+    let writer = std::thread::Builder::new().spawn(move || {
         if let Some(mut stdin) = stdin {
             let _ = stdin.write_all(&input);
         }
     });
     let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || match pipe {
+        std::thread::Builder::new().spawn(move || match pipe {
             Some(pipe) => crate::read_capped(pipe, max_output).map_err(|e| match e {
                 crate::Capped::TooLarge(cap) => RunError::TooLarge(cap),
                 crate::Capped::Io(e) => RunError::Wait(e),
@@ -100,6 +102,18 @@ pub fn run_bounded(
             .take()
             .map(|p| Box::new(p) as Box<dyn Read + Send>),
     );
+    let (writer, out, err) = match (writer, out, err) {
+        (Ok(w), Ok(o), Ok(e)) => (w, o, e),
+        (w, o, e) => {
+            // Threads that did start end once the child's pipes close.
+            let _ = child.kill();
+            let _ = child.wait();
+            let refused = [w.err(), o.err(), e.err()].into_iter().flatten().next();
+            return Err(RunError::Spawn(refused.unwrap_or_else(|| {
+                std::io::Error::other("a thread could not be started")
+            })));
+        }
+    };
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
