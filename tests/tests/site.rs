@@ -55,14 +55,46 @@ fn states(stack: &Stack, id: &str) -> Vec<String> {
         .collect()
 }
 
-/// Makes every host reachable again and waits until the edge has both login hosts.
+/// Makes every host reachable again and waits until the edge has both login hosts;
+/// a login host whose services a failed test left dead is started again.
 fn all_hosts_back(site: &Site) {
     for host in &site.hosts {
         site.link(host, true);
     }
+    if !within(5, || site.backend_up("login1") && site.backend_up("login2")) {
+        for host in ["login1", "login2"] {
+            if !site.backend_up(host) {
+                site.restart_host(host);
+            }
+        }
+    }
     wait_until("both login hosts up at the edge", 30, || {
         site.backend_up("login1") && site.backend_up("login2")
     });
+}
+
+/// A process stopped with SIGSTOP, continued however the test ends.
+struct Stopped(i32);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        signal(pid, "-STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: i32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
 }
 
 /// Takes a login host's link down and waits until the edge has taken it out.
@@ -571,22 +603,14 @@ fn the_sender_moves_when_its_host_dies_and_a_paused_one_stays_out() {
 
     // The holder pauses (SIGSTOP) past its lease; the other host takes over.
     let (_, paused) = holder(&site, "sender").unwrap();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &paused.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {paused}");
-    };
-    signal("-STOP");
+    let stopped = Stopped::new(paused);
     let taken = within(60, || {
         holder(&site, "sender").is_some_and(|(h, _)| h == victim)
     });
-    if !taken {
-        signal("-CONT");
-        panic!("the sender's lease did not move off the paused sender {paused}");
-    }
+    assert!(
+        taken,
+        "the sender's lease did not move off the paused sender {paused}"
+    );
     let id = job_id();
     stack.ucloud_knows(&id, &ucloud, None);
     stack.create_job(&ucloud, &id, "sleep 1", 5, 1, None);
@@ -594,7 +618,7 @@ fn the_sender_moves_when_its_host_dies_and_a_paused_one_stays_out() {
         states(stack, &id).iter().any(|s| s == "SUCCESS")
     });
     // Woken up, the old holder sees the higher token and stays out.
-    signal("-CONT");
+    drop(stopped);
     std::thread::sleep(Duration::from_secs(5));
     each_state_once(stack, &id);
     assert_eq!(
