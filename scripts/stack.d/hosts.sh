@@ -35,13 +35,18 @@ host_addr() {
 }
 host_ns() { echo "ucim-$1"; }
 
-# Runs a command on a host: its network, hostname and mounts. nsenter execs the
-# command in place, so a PID recorded for it is the command's own.
+# The words that run a command on a host (its network, hostname and mounts), in
+# HOST_ARGV. nsenter execs the command in place, so a PID recorded for it is the
+# command's own.
+host_argv() {
+    HOST_ARGV=(nsenter --net="/run/netns/$(host_ns "$1")" --mount="$SITE_DIR/$1.mnt"
+        --uts="$SITE_DIR/$1.uts" --)
+}
+
 on_host() {
-    local host=$1
+    host_argv "$1"
     shift
-    nsenter --net="/run/netns/$(host_ns "$host")" --mount="$SITE_DIR/$host.mnt" \
-        --uts="$SITE_DIR/$host.uts" -- "$@"
+    "${HOST_ARGV[@]}" "$@"
 }
 
 site_is_up() { [[ -e /run/netns/$(host_ns ctl) ]]; }

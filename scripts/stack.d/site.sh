@@ -32,10 +32,10 @@ service_comm() {
 
 # Starts a service on a host (start_service's log and PID, nsenter's exec keeps it).
 start_on() {
-    local host=$1 name=$2
+    host_argv "$1"
+    local name=$2
     shift 2
-    start_service "$name" nsenter --net="/run/netns/$(host_ns "$host")" \
-        --mount="$SITE_DIR/$host.mnt" --uts="$SITE_DIR/$host.uts" -- "$@"
+    start_service "$name" "${HOST_ARGV[@]}" "$@"
 }
 
 # The balancers' own CA (not the public one): the edge proves itself to each login
@@ -186,18 +186,9 @@ write_site_env() {
 
 up_hosts() {
     local take_over=$1
-    need_root
-    command -v cargo >/dev/null || die "cargo is not on PATH: install the Rust toolchain first"
     { command -v nsenter && command -v ip; } >/dev/null ||
         die "nsenter (util-linux) and ip (iproute2) are needed for --hosts"
-    lock_prefix
-    check_prefix_parents
-    claim_prefix "$take_over"
-    ensure_packages
-    ensure_accounts
-    install -d -m 0700 "$STACK_RUN"
-    install -d -m 0700 "$STACK_RUN/pids" "$STACK_RUN/logs"
-    build
+    prepare_up "$take_over"
     SIM_ADDR=$SITE_UCLOUD_ADDR PUBLIC_ADDR=$(host_addr edge)
     ensure_keys
     choose_ports
@@ -221,10 +212,7 @@ up_hosts() {
     install_du
     install_projects
     # Whatever ran before, the machine's stack or an earlier site, stops first.
-    local index
-    for ((index = ${#SERVICES[@]} - 1; index >= 0; index--)); do
-        stop_service "${SERVICES[index]}"
-    done
+    stop_machine_services
     stop_site_services
     unmount_gates
     site_hosts_up "$PREFIX/run"
