@@ -77,8 +77,10 @@ impl Runner for System {
             Ok(c) => c,
             Err(e) => return Output::failed(&format!("cannot start {program}: {e}")),
         };
+        // A thread the system refuses (the unit's TasksMax) fails this command,
+        // never the run: with panic=abort a panic would end it.
         let reader = |pipe: Option<Box<dyn Read + Send>>| {
-            std::thread::spawn(move || {
+            std::thread::Builder::new().spawn(move || {
                 let mut bytes = Vec::new();
                 if let Some(p) = pipe {
                     let mut p = p.take(MAX_OUTPUT);
@@ -99,6 +101,18 @@ impl Runner for System {
                 .take()
                 .map(|p| Box::new(p) as Box<dyn Read + Send>),
         );
+        let (out, err) = match (out, err) {
+            (Ok(out), Ok(err)) => (out, err),
+            (out, err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let why = out.err().or(err.err()).map(|e| e.to_string());
+                return Output::failed(&format!(
+                    "cannot read {program}'s output: {}",
+                    why.unwrap_or_default()
+                ));
+            }
+        };
         let deadline = Instant::now() + self.timeout;
         let status = loop {
             match child.try_wait() {
