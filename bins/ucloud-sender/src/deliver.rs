@@ -617,19 +617,27 @@ mod tests {
         (url, rx)
     }
 
-    #[test]
-    fn a_usage_report_ucloud_does_not_take_holds_up_nothing() {
-        let dir = std::env::temp_dir().join(format!("sender-usage-{}", std::process::id()));
+    /// A fresh outbox of this process named `name` under the temp dir, with its
+    /// directories and `extra` ones.
+    fn outbox_at(name: &str, extra: &[&str]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        for sub in [
+        let subs = [
             outbox::TMP,
             outbox::QUEUE,
             outbox::REPLIES,
             outbox::FAILED,
             usage::USAGE,
-        ] {
+        ];
+        for sub in subs.iter().chain(extra) {
             fs::create_dir_all(dir.join(sub)).unwrap();
         }
+        dir
+    }
+
+    #[test]
+    fn a_usage_report_ucloud_does_not_take_holds_up_nothing() {
+        let dir = outbox_at("sender-usage", &[]);
         let report = |scope: &str, total: u64| Report {
             owner: usage::WalletOwner::User("Alice#1".into()),
             category: "cpu".into(),
@@ -702,19 +710,7 @@ mod tests {
     #[test]
     fn a_sender_that_lost_its_lease_sends_nothing_and_loses_nothing() {
         use ucloud_wire::lease::{Holder, Lease, Timing};
-        let dir = std::env::temp_dir().join(format!("sender-fenced-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        for sub in [
-            outbox::TMP,
-            outbox::QUEUE,
-            outbox::REPLIES,
-            outbox::FAILED,
-            usage::USAGE,
-            claims::CLAIMED,
-            "leases/sender",
-        ] {
-            fs::create_dir_all(dir.join(sub)).unwrap();
-        }
+        let dir = outbox_at("sender-fenced", &[claims::CLAIMED, "leases/sender"]);
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(dir.join("leases/sender"), fs::Permissions::from_mode(0o755)).unwrap();
         let timing = Timing {
